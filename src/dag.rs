@@ -1,0 +1,365 @@
+//! Blocks and links: dag-cbor encoding, CIDs and an ordered block store.
+//!
+//! Every ucanto object (delegation, invocation, receipt, agent message) is a
+//! dag-cbor block addressed by a CIDv1 over its sha2-256 digest. Decoding is
+//! strict: bytes that are not the canonical dag-cbor encoding of the value they
+//! decode to are refused, so a CID always names exactly one value.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use cid::Cid;
+pub use ipld_core::ipld::Ipld;
+use multihash::Multihash;
+use sha2::{Digest, Sha256};
+
+/// Multicodec code of dag-cbor.
+pub const DAG_CBOR: u64 = 0x71;
+/// Multicodec code of raw bytes.
+pub const RAW: u64 = 0x55;
+/// Multicodec code of a CAR file (used for receipt archives and batches).
+pub const CAR: u64 = 0x0202;
+/// Multihash code of sha2-256.
+pub const SHA2_256: u64 = 0x12;
+/// Multihash code of the identity "hash" (the digest is the data itself).
+pub const IDENTITY: u64 = 0x00;
+
+/// A map of IPLD values, as used for `nb`, `meta` and result payloads.
+pub type IpldMap = BTreeMap<String, Ipld>;
+
+/// Failure to encode or decode a dag-cbor block.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The bytes are not valid dag-cbor.
+    #[error("invalid dag-cbor: {0}")]
+    InvalidCbor(String),
+    /// The bytes decode, but are not the canonical encoding of what they decode to.
+    #[error("non-canonical dag-cbor encoding")]
+    NonCanonical,
+    /// The value has the wrong shape for what was expected.
+    #[error("invalid {context}: {reason}")]
+    Schema {
+        /// Which value or field was being read.
+        context: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A linked block is not present in the store.
+    #[error("block {0} is not present")]
+    MissingBlock(Cid),
+    /// The value cannot be encoded (e.g. a float that is NaN).
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+impl CodecError {
+    /// A schema error for `context` explained by `reason`.
+    pub fn schema(context: impl Into<String>, reason: impl Into<String>) -> Self {
+        CodecError::Schema {
+            context: context.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// CIDv1 of `bytes` under `codec`, hashed with sha2-256.
+pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
+    let digest = Sha256::digest(bytes);
+    let mh = Multihash::<64>::wrap(SHA2_256, &digest).expect("32-byte digest fits in 64");
+    Cid::new_v1(codec, mh)
+}
+
+/// Encodes an IPLD value as canonical dag-cbor.
+pub fn encode_cbor(value: &Ipld) -> Result<Vec<u8>, CodecError> {
+    check_encodable(value)?;
+    serde_ipld_dagcbor::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes canonical dag-cbor into an IPLD value, refusing any other encoding
+/// (indefinite lengths, unsorted or duplicate keys, non-minimal integers, trailing bytes).
+pub fn decode_cbor(bytes: &[u8]) -> Result<Ipld, CodecError> {
+    let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
+        .map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
+    // Re-encoding is the simplest complete canonicality check: dag-cbor has
+    // exactly one encoding per value, so any difference means the input was not it.
+    let again = encode_cbor(&value).map_err(|_| CodecError::NonCanonical)?;
+    if again != bytes {
+        return Err(CodecError::NonCanonical);
+    }
+    Ok(value)
+}
+
+fn check_encodable(value: &Ipld) -> Result<(), CodecError> {
+    match value {
+        Ipld::Float(f) if !f.is_finite() => Err(CodecError::Encode(
+            "NaN and infinities are not in the IPLD data model".into(),
+        )),
+        Ipld::Integer(i) if *i > u64::MAX as i128 || *i < -(u64::MAX as i128) - 1 => Err(
+            CodecError::Encode(format!("integer {i} does not fit in 64 bits")),
+        ),
+        Ipld::List(items) => items.iter().try_for_each(check_encodable),
+        Ipld::Map(map) => map.values().try_for_each(check_encodable),
+        _ => Ok(()),
+    }
+}
+
+/// One content-addressed block: its CID and the exact bytes it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The block's CID.
+    pub cid: Cid,
+    /// The block's bytes, exactly as received or encoded.
+    pub bytes: Bytes,
+}
+
+impl Block {
+    /// Encodes `value` as a dag-cbor block.
+    pub fn encode(value: &Ipld) -> Result<Block, CodecError> {
+        let bytes = encode_cbor(value)?;
+        Ok(Block {
+            cid: cid_of(DAG_CBOR, &bytes),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Decodes the block's bytes as dag-cbor.
+    pub fn decode(&self) -> Result<Ipld, CodecError> {
+        decode_cbor(&self.bytes)
+    }
+}
+
+/// An insertion-ordered set of blocks keyed by CID.
+///
+/// The order matters because JS @ucanto writes blocks into CARs in the order it
+/// first met them; keeping the same order is what makes our CARs byte-identical.
+/// Inserting a CID that is already present keeps the first position.
+#[derive(Clone, Debug, Default)]
+pub struct BlockStore {
+    order: Vec<Cid>,
+    blocks: HashMap<Cid, Bytes>,
+}
+
+impl BlockStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a block unless one with the same CID is already present.
+    pub fn insert(&mut self, block: Block) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.blocks.entry(block.cid) {
+            slot.insert(block.bytes);
+            self.order.push(block.cid);
+        }
+    }
+
+    /// Adds every block of `blocks`, in order.
+    pub fn extend(&mut self, blocks: impl IntoIterator<Item = Block>) {
+        for block in blocks {
+            self.insert(block);
+        }
+    }
+
+    /// The bytes of the block named `cid`. Identity CIDs carry their bytes inline.
+    pub fn get(&self, cid: &Cid) -> Option<Bytes> {
+        if cid.hash().code() == IDENTITY {
+            return Some(Bytes::copy_from_slice(cid.hash().digest()));
+        }
+        self.blocks.get(cid).cloned()
+    }
+
+    /// The block named `cid`, or [`CodecError::MissingBlock`].
+    pub fn block(&self, cid: &Cid) -> Result<Block, CodecError> {
+        self.get(cid)
+            .map(|bytes| Block { cid: *cid, bytes })
+            .ok_or(CodecError::MissingBlock(*cid))
+    }
+
+    /// Whether a block named `cid` is present.
+    pub fn contains(&self, cid: &Cid) -> bool {
+        self.blocks.contains_key(cid)
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the store holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Blocks in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = Block> + '_ {
+        self.order.iter().map(|cid| Block {
+            cid: *cid,
+            bytes: self.blocks[cid].clone(),
+        })
+    }
+}
+
+impl FromIterator<Block> for BlockStore {
+    fn from_iter<I: IntoIterator<Item = Block>>(iter: I) -> Self {
+        let mut store = BlockStore::new();
+        store.extend(iter);
+        store
+    }
+}
+
+/// Typed accessors over an IPLD map that produce schema errors naming the field.
+pub(crate) struct Fields<'a> {
+    context: &'a str,
+    map: &'a IpldMap,
+}
+
+impl<'a> Fields<'a> {
+    /// Views `value` as a map whose keys must all be in `allowed`.
+    pub(crate) fn new(
+        context: &'a str,
+        value: &'a Ipld,
+        allowed: &[&str],
+    ) -> Result<Self, CodecError> {
+        let Ipld::Map(map) = value else {
+            return Err(CodecError::schema(context, "expected a map"));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(CodecError::schema(
+                context,
+                format!("unknown field {unknown:?}"),
+            ));
+        }
+        Ok(Fields { context, map })
+    }
+
+    fn err(&self, field: &str, reason: &str) -> CodecError {
+        CodecError::schema(format!("{}.{}", self.context, field), reason)
+    }
+
+    pub(crate) fn get(&self, field: &str) -> Option<&'a Ipld> {
+        self.map.get(field)
+    }
+
+    pub(crate) fn required(&self, field: &str) -> Result<&'a Ipld, CodecError> {
+        self.get(field).ok_or_else(|| self.err(field, "missing"))
+    }
+
+    pub(crate) fn string(&self, field: &str) -> Result<&'a str, CodecError> {
+        match self.required(field)? {
+            Ipld::String(s) => Ok(s),
+            _ => Err(self.err(field, "expected a string")),
+        }
+    }
+
+    pub(crate) fn opt_string(&self, field: &str) -> Result<Option<&'a str>, CodecError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Ipld::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.err(field, "expected a string")),
+        }
+    }
+
+    pub(crate) fn bytes(&self, field: &str) -> Result<&'a [u8], CodecError> {
+        match self.required(field)? {
+            Ipld::Bytes(b) => Ok(b),
+            _ => Err(self.err(field, "expected bytes")),
+        }
+    }
+
+    pub(crate) fn link(&self, field: &str) -> Result<Cid, CodecError> {
+        match self.required(field)? {
+            Ipld::Link(cid) => Ok(*cid),
+            _ => Err(self.err(field, "expected a link")),
+        }
+    }
+
+    pub(crate) fn opt_link(&self, field: &str) -> Result<Option<Cid>, CodecError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Ipld::Link(cid)) => Ok(Some(*cid)),
+            Some(_) => Err(self.err(field, "expected a link")),
+        }
+    }
+
+    pub(crate) fn links(&self, field: &str) -> Result<Vec<Cid>, CodecError> {
+        match self.required(field)? {
+            Ipld::List(items) => items
+                .iter()
+                .map(|item| match item {
+                    Ipld::Link(cid) => Ok(*cid),
+                    _ => Err(self.err(field, "expected a list of links")),
+                })
+                .collect(),
+            _ => Err(self.err(field, "expected a list")),
+        }
+    }
+
+    pub(crate) fn map(&self, field: &str) -> Result<&'a IpldMap, CodecError> {
+        match self.required(field)? {
+            Ipld::Map(m) => Ok(m),
+            _ => Err(self.err(field, "expected a map")),
+        }
+    }
+
+    /// An unsigned integer that fits in u64; `null` when `nullable` maps to None.
+    pub(crate) fn opt_uint(&self, field: &str, nullable: bool) -> Result<Option<u64>, CodecError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Ipld::Null) if nullable => Ok(None),
+            Some(Ipld::Integer(i)) => u64::try_from(*i)
+                .map(Some)
+                .map_err(|_| self.err(field, "expected a non-negative integer")),
+            Some(_) => Err(self.err(field, "expected an integer")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_are_encoded_length_first() {
+        let mut map = IpldMap::new();
+        map.insert("version".into(), Ipld::Integer(1));
+        map.insert("roots".into(), Ipld::List(vec![]));
+        map.insert("a".into(), Ipld::Null);
+        let bytes = encode_cbor(&Ipld::Map(map)).unwrap();
+        // {"a": null, "roots": [], "version": 1}
+        assert_eq!(
+            hex::encode(&bytes),
+            "a36161f665726f6f7473806776657273696f6e01"
+        );
+    }
+
+    #[test]
+    fn non_canonical_input_is_refused() {
+        // {"roots": [], "a": null} — keys out of canonical order.
+        let unsorted = hex::decode("a265726f6f7473806161f6").unwrap();
+        assert!(matches!(decode_cbor(&unsorted), Err(CodecError::NonCanonical)));
+        // 1 encoded on two bytes instead of one.
+        assert!(matches!(decode_cbor(&[0x18, 0x01]), Err(CodecError::NonCanonical)));
+        // Indefinite-length list.
+        assert!(decode_cbor(&[0x9f, 0x01, 0xff]).is_err());
+        // Trailing bytes.
+        assert!(decode_cbor(&[0x01, 0x01]).is_err());
+    }
+
+    #[test]
+    fn store_keeps_first_position() {
+        let a = Block::encode(&Ipld::Integer(1)).unwrap();
+        let b = Block::encode(&Ipld::Integer(2)).unwrap();
+        let store: BlockStore = [a.clone(), b.clone(), a.clone()].into_iter().collect();
+        let order: Vec<Cid> = store.iter().map(|b| b.cid).collect();
+        assert_eq!(order, vec![a.cid, b.cid]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = decode_cbor(&bytes);
+        }
+    }
+}

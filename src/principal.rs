@@ -1,0 +1,482 @@
+//! Principals: DIDs, ed25519 signers and verifiers, and signatures.
+//!
+//! A principal is named by a DID. `did:key` DIDs embed their public key, so
+//! anything they sign verifies on its own. A service may present itself under
+//! a `did:web` identity while signing with its ed25519 key
+//! ([`Ed25519Signer::with_did`]); verifying such signatures needs the key,
+//! which the validator gets from configuration or a `ucan/attest`.
+//!
+//! # Formats
+//! - UCAN principal bytes: `varint(0xed) ‖ public key` for did:key ed25519,
+//!   `varint(0x0d1d) ‖ utf8(did without "did:")` for any other DID.
+//! - Signature (varsig): `varint(alg) ‖ varint(len) ‖ raw`; ed25519 is `ed a1 03 40 ‖ 64 bytes`.
+//! - Private key ("M…"): multibase base64pad of `varint(0x1300) ‖ seed ‖ varint(0xed) ‖ public key`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+
+/// Multicodec of an ed25519 public key.
+pub const ED25519_PUB: u64 = 0xed;
+/// Multicodec of an ed25519 private key (as used in the "M…" key format).
+pub const ED25519_PRIV: u64 = 0x1300;
+/// Multicodec of an RSA public key.
+pub const RSA_PUB: u64 = 0x1205;
+/// Multicodec of a P-256 public key.
+pub const P256_PUB: u64 = 0x1200;
+/// Multicodec of a secp256k1 public key.
+pub const SECP256K1_PUB: u64 = 0xe7;
+/// Multicodec tag that prefixes a non-key DID in its UCAN byte form.
+pub const DID_CORE: u64 = 0x0d1d;
+/// Varsig code of an EdDSA (ed25519) signature.
+pub const SIG_EDDSA: u64 = 0xd0ed;
+/// Varsig code of an RS256 signature.
+pub const SIG_RS256: u64 = 0xd01205;
+
+/// A failure to parse or use a principal.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PrincipalError {
+    /// Not a syntactically valid DID.
+    #[error("invalid DID {0:?}: {1}")]
+    InvalidDid(String, String),
+    /// A did:key whose key type we cannot verify with.
+    #[error("unsupported key type 0x{0:x} in {1}")]
+    UnsupportedKey(u64, String),
+    /// A DID we cannot derive a verifier from without resolution (e.g. did:web).
+    #[error("cannot verify signatures of {0} without its key")]
+    Unresolvable(String),
+    /// A malformed private key.
+    #[error("invalid private key: {0}")]
+    InvalidKey(String),
+    /// A malformed signature.
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
+}
+
+/// A decentralized identifier, e.g. `did:key:z6Mk…` or `did:web:tracker.example`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Did(String);
+
+impl Did {
+    /// Parses and checks a DID string: `did:<method>:<id>`.
+    pub fn parse(did: &str) -> Result<Did, PrincipalError> {
+        let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
+        let rest = did.strip_prefix("did:").ok_or_else(|| bad("must start with did:"))?;
+        let (method, id) = rest.split_once(':').ok_or_else(|| bad("missing method"))?;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(bad("invalid method"));
+        }
+        if id.is_empty() {
+            return Err(bad("empty method-specific id"));
+        }
+        if method == "key" {
+            let (code, _) = did_key_bytes(did)?;
+            if ![ED25519_PUB, RSA_PUB, P256_PUB, SECP256K1_PUB].contains(&code) {
+                return Err(PrincipalError::UnsupportedKey(code, did.to_string()));
+            }
+        }
+        Ok(Did(did.to_string()))
+    }
+
+    /// The DID string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is a `did:key` DID (self-certifying).
+    pub fn is_key(&self) -> bool {
+        self.0.starts_with("did:key:")
+    }
+
+    /// The DID's byte form inside a dag-cbor UCAN.
+    pub fn to_ucan_bytes(&self) -> Vec<u8> {
+        if self.is_key() {
+            // Checked in `parse`, so this cannot fail.
+            did_key_bytes(&self.0).map(|(_, b)| b).unwrap_or_default()
+        } else {
+            let mut out = Vec::new();
+            write_varint(&mut out, DID_CORE);
+            out.extend_from_slice(&self.0.as_bytes()[4..]);
+            out
+        }
+    }
+
+    /// Reads the byte form found in a dag-cbor UCAN.
+    pub fn from_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
+        let bad = |why: &str| PrincipalError::InvalidDid(format!("0x{}", hex_prefix(bytes)), why.into());
+        let (code, len) = read_varint(bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
+        match code {
+            DID_CORE => {
+                let rest = std::str::from_utf8(&bytes[len..]).map_err(|_| bad("not UTF-8"))?;
+                Did::parse(&format!("did:{rest}"))
+            }
+            ED25519_PUB | RSA_PUB | P256_PUB | SECP256K1_PUB => {
+                if code == ED25519_PUB && bytes.len() != len + 32 {
+                    return Err(bad("ed25519 key must be 32 bytes"));
+                }
+                let text = multibase::encode(multibase::Base::Base58Btc, bytes);
+                Ok(Did(format!("did:key:{text}")))
+            }
+            other => Err(PrincipalError::UnsupportedKey(other, "UCAN principal".into())),
+        }
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes the multicodec-prefixed key of a did:key.
+fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
+    let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
+    let text = did.strip_prefix("did:key:").ok_or_else(|| bad("not a did:key"))?;
+    if !text.starts_with('z') {
+        return Err(bad("did:key must be base58btc (z…)"));
+    }
+    let (_, bytes) = multibase::decode(text).map_err(|e| bad(&e.to_string()))?;
+    let (code, len) = read_varint(&bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
+    if code == ED25519_PUB && bytes.len() != len + 32 {
+        return Err(bad("ed25519 key must be 32 bytes"));
+    }
+    Ok((code, bytes))
+}
+
+impl fmt::Display for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Did({})", self.0)
+    }
+}
+
+impl std::str::FromStr for Did {
+    type Err = PrincipalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Did::parse(s)
+    }
+}
+
+/// Writes an unsigned LEB128 varint.
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads an unsigned LEB128 varint of at most 9 bytes: (value, bytes used).
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(9) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// A signature in varsig form: the algorithm code and the raw signature bytes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Signature {
+    /// Varsig algorithm code (e.g. [`SIG_EDDSA`]).
+    pub code: u64,
+    /// The raw signature.
+    pub raw: Vec<u8>,
+}
+
+impl Signature {
+    /// The varsig bytes: `varint(code) ‖ varint(len) ‖ raw`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len() + 6);
+        write_varint(&mut out, self.code);
+        write_varint(&mut out, self.raw.len() as u64);
+        out.extend_from_slice(&self.raw);
+        out
+    }
+
+    /// Parses varsig bytes, checking the length against the algorithm.
+    pub fn decode(bytes: &[u8]) -> Result<Signature, PrincipalError> {
+        let bad = |why: &str| PrincipalError::InvalidSignature(why.to_string());
+        let (code, a) = read_varint(bytes).ok_or_else(|| bad("bad algorithm varint"))?;
+        let (len, b) = read_varint(&bytes[a..]).ok_or_else(|| bad("bad length varint"))?;
+        let raw = &bytes[a + b..];
+        if raw.len() as u64 != len {
+            return Err(bad(&format!("declared {len} bytes, found {}", raw.len())));
+        }
+        if code == SIG_EDDSA && raw.len() != 64 {
+            return Err(bad("ed25519 signatures are 64 bytes"));
+        }
+        Ok(Signature { code, raw: raw.to_vec() })
+    }
+
+    /// The JWT `alg` name of the algorithm.
+    pub fn algorithm(&self) -> String {
+        algorithm_name(self.code)
+    }
+}
+
+/// The JWT `alg` name of a varsig code.
+pub fn algorithm_name(code: u64) -> String {
+    match code {
+        SIG_EDDSA => "EdDSA".into(),
+        SIG_RS256 => "RS256".into(),
+        0xd0e7 => "ES256K".into(),
+        0xd01200 => "ES256".into(),
+        other => format!("0x{other:x}"),
+    }
+}
+
+/// Something that signs on behalf of a DID.
+pub trait Signer: Send + Sync + fmt::Debug {
+    /// The DID this signer presents (may be a did:web).
+    fn did(&self) -> &Did;
+    /// Signs `payload`.
+    fn sign(&self, payload: &[u8]) -> Signature;
+    /// The varsig code of the signatures this signer makes.
+    fn signature_code(&self) -> u64;
+    /// A verifier for this signer's signatures, under the same presented DID.
+    fn verifier(&self) -> Arc<dyn Verifier>;
+}
+
+/// Something that checks signatures made on behalf of a DID.
+pub trait Verifier: Send + Sync + fmt::Debug {
+    /// The DID whose signatures this verifies.
+    fn did(&self) -> &Did;
+    /// Whether `signature` is a valid signature of `payload`.
+    fn verify(&self, payload: &[u8], signature: &Signature) -> bool;
+}
+
+/// An ed25519 signer.
+#[derive(Clone)]
+pub struct Ed25519Signer {
+    key: SigningKey,
+    key_did: Did,
+    did: Did,
+}
+
+impl fmt::Debug for Ed25519Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        write!(f, "Ed25519Signer({})", self.did)
+    }
+}
+
+impl Ed25519Signer {
+    /// A signer from a 32-byte seed (the ed25519 secret key).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let key_did = ed25519_did(&key.verifying_key());
+        Ed25519Signer { key, did: key_did.clone(), key_did }
+    }
+
+    /// A fresh signer from the operating system's randomness.
+    pub fn generate() -> Self {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        Self::from_seed(key.to_bytes())
+    }
+
+    /// Parses the multibase "M…" private key format used by upstream configuration.
+    pub fn parse(text: &str) -> Result<Self, PrincipalError> {
+        let bad = |why: &str| PrincipalError::InvalidKey(why.to_string());
+        let (base, bytes) = multibase::decode(text.trim()).map_err(|e| bad(&e.to_string()))?;
+        if base != multibase::Base::Base64Pad {
+            return Err(bad("expected multibase base64pad (M…)"));
+        }
+        Self::decode(&bytes)
+    }
+
+    /// Decodes `varint(0x1300) ‖ seed ‖ varint(0xed) ‖ public key`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PrincipalError> {
+        let bad = |why: &str| PrincipalError::InvalidKey(why.to_string());
+        if bytes.len() != 68 || bytes[..2] != [0x80, 0x26] || bytes[34..36] != [0xed, 0x01] {
+            return Err(bad("expected 68 bytes: 0x1300 tag, seed, 0xed tag, public key"));
+        }
+        let seed: [u8; 32] = bytes[2..34].try_into().map_err(|_| bad("seed"))?;
+        let signer = Self::from_seed(seed);
+        if signer.key.verifying_key().as_bytes() != &bytes[36..] {
+            return Err(bad("public key does not match the seed"));
+        }
+        Ok(signer)
+    }
+
+    /// The 68-byte private key encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0x80, 0x26];
+        out.extend_from_slice(&self.key.to_bytes());
+        out.extend_from_slice(&[0xed, 0x01]);
+        out.extend_from_slice(self.key.verifying_key().as_bytes());
+        out
+    }
+
+    /// The "M…" multibase private key string.
+    pub fn format(&self) -> String {
+        multibase::encode(multibase::Base::Base64Pad, self.encode())
+    }
+
+    /// The same key presented under another DID (e.g. `did:web:tracker.example`).
+    pub fn with_did(&self, did: Did) -> Self {
+        Ed25519Signer { key: self.key.clone(), key_did: self.key_did.clone(), did }
+    }
+
+    /// The did:key of the underlying key, whatever DID is presented.
+    pub fn key_did(&self) -> &Did {
+        &self.key_did
+    }
+
+    /// The 32-byte seed.
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+}
+
+impl Signer for Ed25519Signer {
+    fn did(&self) -> &Did {
+        &self.did
+    }
+    fn sign(&self, payload: &[u8]) -> Signature {
+        Signature { code: SIG_EDDSA, raw: self.key.sign(payload).to_bytes().to_vec() }
+    }
+    fn signature_code(&self) -> u64 {
+        SIG_EDDSA
+    }
+    fn verifier(&self) -> Arc<dyn Verifier> {
+        Arc::new(Ed25519Verifier { key: self.key.verifying_key(), did: self.did.clone() })
+    }
+}
+
+fn ed25519_did(key: &VerifyingKey) -> Did {
+    let mut bytes = vec![0xed, 0x01];
+    bytes.extend_from_slice(key.as_bytes());
+    Did(format!("did:key:{}", multibase::encode(multibase::Base::Base58Btc, bytes)))
+}
+
+/// Verifies ed25519 signatures.
+#[derive(Clone, Debug)]
+pub struct Ed25519Verifier {
+    key: VerifyingKey,
+    did: Did,
+}
+
+impl Ed25519Verifier {
+    /// The verifier of an ed25519 did:key.
+    pub fn parse(did: &Did) -> Result<Self, PrincipalError> {
+        let (code, bytes) = did_key_bytes(did.as_str())?;
+        if code != ED25519_PUB {
+            return Err(PrincipalError::UnsupportedKey(code, did.to_string()));
+        }
+        let key: [u8; 32] = bytes[2..]
+            .try_into()
+            .map_err(|_| PrincipalError::InvalidDid(did.to_string(), "key length".into()))?;
+        let key = VerifyingKey::from_bytes(&key)
+            .map_err(|e| PrincipalError::InvalidDid(did.to_string(), e.to_string()))?;
+        Ok(Ed25519Verifier { key, did: did.clone() })
+    }
+
+    /// The same key verifying for another DID (a did:web backed by this key).
+    pub fn with_did(&self, did: Did) -> Self {
+        Ed25519Verifier { key: self.key, did }
+    }
+}
+
+impl Verifier for Ed25519Verifier {
+    fn did(&self) -> &Did {
+        &self.did
+    }
+    fn verify(&self, payload: &[u8], signature: &Signature) -> bool {
+        let Ok(raw) = <[u8; 64]>::try_from(signature.raw.as_slice()) else {
+            return false;
+        };
+        signature.code == SIG_EDDSA
+            && self.key.verify(payload, &ed25519_dalek::Signature::from_bytes(&raw)).is_ok()
+    }
+}
+
+/// A verifier for a self-certifying DID (a did:key of a supported key type).
+pub fn verifier_for(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {
+    if !did.is_key() {
+        return Err(PrincipalError::Unresolvable(did.to_string()));
+    }
+    Ok(Arc::new(Ed25519Verifier::parse(did)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_byte_forms_round_trip() {
+        let signer = Ed25519Signer::from_seed([1; 32]);
+        let did = signer.did().clone();
+        let bytes = did.to_ucan_bytes();
+        assert_eq!(&bytes[..2], &[0xed, 0x01]);
+        assert_eq!(Did::from_ucan_bytes(&bytes).unwrap(), did);
+
+        let web = Did::parse("did:web:tracker.example").unwrap();
+        let bytes = web.to_ucan_bytes();
+        assert_eq!(&bytes[..2], &[0x9d, 0x1a]);
+        assert_eq!(&bytes[2..], b"web:tracker.example");
+        assert_eq!(Did::from_ucan_bytes(&bytes).unwrap(), web);
+    }
+
+    #[test]
+    fn private_key_format_round_trips() {
+        let signer = Ed25519Signer::from_seed([7; 32]);
+        let text = signer.format();
+        assert!(text.starts_with("Mg"));
+        let back = Ed25519Signer::parse(&text).unwrap();
+        assert_eq!(back.did(), signer.did());
+        assert!(Ed25519Signer::parse("Mgarbage").is_err());
+        assert!(Ed25519Signer::parse(&text[..text.len() - 4]).is_err());
+    }
+
+    #[test]
+    fn varsig_prefix_and_length_checks() {
+        let signer = Ed25519Signer::from_seed([2; 32]);
+        let sig = signer.sign(b"hello");
+        let bytes = sig.encode();
+        assert_eq!(&bytes[..4], &[0xed, 0xa1, 0x03, 0x40]);
+        assert_eq!(Signature::decode(&bytes).unwrap(), sig);
+        assert!(Signature::decode(&bytes[..60]).is_err());
+        let mut short = vec![0xed, 0xa1, 0x03, 0x3f];
+        short.extend_from_slice(&[0; 63]);
+        assert!(Signature::decode(&short).is_err());
+        assert!(signer.verifier().verify(b"hello", &sig));
+        assert!(!signer.verifier().verify(b"hellO", &sig));
+    }
+
+    #[test]
+    fn rejects_bad_dids() {
+        for bad in ["", "did:", "did:key:", "did:key:abc", "did:KEY:z6Mk", "web:x", "did:key:z111"] {
+            assert!(Did::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Did::from_ucan_bytes(&[0xed, 0x01, 1, 2]).is_err());
+        assert!(Did::from_ucan_bytes(&[]).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            let _ = Did::from_ucan_bytes(&bytes);
+            let _ = Signature::decode(&bytes);
+            let _ = Ed25519Signer::decode(&bytes);
+        }
+        #[test]
+        fn did_parse_never_panics(text in ".{0,60}") {
+            let _ = Did::parse(&text);
+            let _ = Did::parse(&format!("did:key:z{text}"));
+        }
+    }
+}

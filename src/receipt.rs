@@ -1,0 +1,372 @@
+//! Receipts: the signed outcome of running an invocation.
+//!
+//! # Format
+//! ```text
+//! { ocm: { ran: Link<invocation>, out: {ok: any} | {error: any},
+//!          fx: { fork: [Link], join?: Link }, meta: {}, iss?: DID string, prf: [Link] },
+//!   sig: varsig bytes over dag-cbor(ocm) }
+//! ```
+//! JS @ucanto always writes `iss`; the executor's DID, did:web included.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cid::Cid;
+
+use crate::dag::{Block, BlockStore, CodecError, Fields, Ipld, IpldMap};
+use crate::principal::{Did, Signature, Signer, Verifier};
+use crate::ucan::{Delegation, Invocation};
+
+/// The result of an invocation: `{ok: …}` or `{error: …}`.
+pub type Out = Result<Ipld, Ipld>;
+
+/// Effects an invocation produced: forks (tasks started) and an optional join.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effects {
+    /// Invocations this one started.
+    pub fork: Vec<Cid>,
+    /// The invocation whose result this one's result continues as.
+    pub join: Option<Cid>,
+}
+
+/// The decoded fields of a receipt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceiptData {
+    /// The invocation that ran.
+    pub ran: Cid,
+    /// Its result.
+    pub out: Out,
+    /// Its effects.
+    pub fx: Effects,
+    /// Metadata.
+    pub meta: IpldMap,
+    /// The issuer's DID, when written.
+    pub issuer: Option<Did>,
+    /// Proofs that the issuer may speak for the executor.
+    pub proofs: Vec<Cid>,
+    /// Signature over dag-cbor of the outcome.
+    pub signature: Signature,
+}
+
+impl ReceiptData {
+    fn outcome(&self) -> Ipld {
+        let mut out = IpldMap::new();
+        match &self.out {
+            Ok(v) => out.insert("ok".into(), v.clone()),
+            Err(e) => out.insert("error".into(), e.clone()),
+        };
+        let mut fx = IpldMap::new();
+        fx.insert("fork".into(), Ipld::List(self.fx.fork.iter().map(|c| Ipld::Link(*c)).collect()));
+        if let Some(join) = self.fx.join {
+            fx.insert("join".into(), Ipld::Link(join));
+        }
+        let mut ocm = IpldMap::new();
+        ocm.insert("ran".into(), Ipld::Link(self.ran));
+        ocm.insert("out".into(), Ipld::Map(out));
+        ocm.insert("fx".into(), Ipld::Map(fx));
+        ocm.insert("meta".into(), Ipld::Map(self.meta.clone()));
+        if let Some(iss) = &self.issuer {
+            ocm.insert("iss".into(), Ipld::String(iss.to_string()));
+        }
+        ocm.insert("prf".into(), Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()));
+        Ipld::Map(ocm)
+    }
+
+    fn to_ipld(&self) -> Ipld {
+        let mut map = IpldMap::new();
+        map.insert("ocm".into(), self.outcome());
+        map.insert("sig".into(), Ipld::Bytes(self.signature.encode()));
+        Ipld::Map(map)
+    }
+
+    fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
+        let top = Fields::new("receipt", value, &["ocm", "sig"])?;
+        let ocm = Fields::new("receipt.ocm", top.required("ocm")?, &["ran", "out", "fx", "meta", "iss", "prf"])?;
+        let out = Fields::new("receipt.ocm.out", ocm.required("out")?, &["ok", "error"])?;
+        let out = match (out.get("ok"), out.get("error")) {
+            (Some(ok), None) => Ok(ok.clone()),
+            (None, Some(err)) => Err(err.clone()),
+            _ => return Err(CodecError::schema("receipt.ocm.out", "expected exactly one of ok or error")),
+        };
+        let fx = Fields::new("receipt.ocm.fx", ocm.required("fx")?, &["fork", "join"])?;
+        let issuer = ocm
+            .opt_string("iss")?
+            .map(Did::parse)
+            .transpose()
+            .map_err(|e| CodecError::schema("receipt.ocm.iss", e.to_string()))?;
+        let meta = match ocm.get("meta") {
+            None => IpldMap::new(),
+            Some(_) => ocm.map("meta")?.clone(),
+        };
+        Ok(ReceiptData {
+            ran: ocm.link("ran")?,
+            out,
+            fx: Effects { fork: fx.links("fork")?, join: fx.opt_link("join")? },
+            meta,
+            issuer,
+            proofs: if ocm.get("prf").is_some() { ocm.links("prf")? } else { Vec::new() },
+            signature: Signature::decode(top.bytes("sig")?)
+                .map_err(|e| CodecError::schema("receipt.sig", e.to_string()))?,
+        })
+    }
+}
+
+/// A signed receipt with the blocks it carries.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    root: Block,
+    data: Arc<ReceiptData>,
+    blocks: Arc<BlockStore>,
+}
+
+impl PartialEq for Receipt {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+    }
+}
+
+/// What a receipt says ran: the whole invocation, or only its link.
+#[derive(Clone, Debug)]
+pub enum Ran {
+    /// The invocation, whose blocks travel with the receipt.
+    Invocation(Invocation),
+    /// Only the invocation's CID.
+    Link(Cid),
+}
+
+impl Ran {
+    fn cid(&self) -> Cid {
+        match self {
+            Ran::Invocation(i) => i.cid(),
+            Ran::Link(c) => *c,
+        }
+    }
+}
+
+impl From<Invocation> for Ran {
+    fn from(i: Invocation) -> Self {
+        Ran::Invocation(i)
+    }
+}
+
+impl From<&Invocation> for Ran {
+    fn from(i: &Invocation) -> Self {
+        Ran::Invocation(i.clone())
+    }
+}
+
+impl From<Cid> for Ran {
+    fn from(c: Cid) -> Self {
+        Ran::Link(c)
+    }
+}
+
+/// The parts of a receipt to issue; see [`Receipt::issue`].
+#[derive(Clone, Debug)]
+pub struct ReceiptParts {
+    /// What ran.
+    pub ran: Ran,
+    /// The result.
+    pub out: Out,
+    /// Forked invocations, carried along.
+    pub fork: Vec<Invocation>,
+    /// Joined invocation, carried along.
+    pub join: Option<Invocation>,
+    /// Metadata.
+    pub meta: IpldMap,
+    /// Proofs the issuer speaks for the executor.
+    pub proofs: Vec<Delegation>,
+}
+
+impl ReceiptParts {
+    /// A receipt for `ran` with result `out` and nothing else.
+    pub fn new(ran: impl Into<Ran>, out: Out) -> Self {
+        ReceiptParts { ran: ran.into(), out, fork: Vec::new(), join: None, meta: IpldMap::new(), proofs: Vec::new() }
+    }
+
+    /// Adds a forked invocation.
+    pub fn fork(mut self, invocation: Invocation) -> Self {
+        self.fork.push(invocation);
+        self
+    }
+
+    /// Sets the joined invocation.
+    pub fn join(mut self, invocation: Invocation) -> Self {
+        self.join = Some(invocation);
+        self
+    }
+}
+
+impl Receipt {
+    /// Signs a receipt with `issuer`. Blocks are gathered in JS order:
+    /// the invocation, forks, join, proofs, then the receipt itself.
+    pub fn issue(issuer: &dyn Signer, parts: ReceiptParts) -> Result<Receipt, CodecError> {
+        let mut blocks = BlockStore::new();
+        if let Ran::Invocation(inv) = &parts.ran {
+            blocks.extend(inv.export());
+        }
+        for inv in parts.fork.iter().chain(parts.join.iter()) {
+            blocks.extend(inv.export());
+        }
+        for proof in &parts.proofs {
+            blocks.extend(proof.export());
+        }
+        let mut data = ReceiptData {
+            ran: parts.ran.cid(),
+            out: parts.out,
+            fx: Effects { fork: parts.fork.iter().map(|i| i.cid()).collect(), join: parts.join.map(|i| i.cid()) },
+            meta: parts.meta,
+            issuer: Some(issuer.did().clone()),
+            proofs: parts.proofs.iter().map(|p| p.cid()).collect(),
+            signature: Signature { code: issuer.signature_code(), raw: Vec::new() },
+        };
+        let payload = crate::dag::encode_cbor(&data.outcome())?;
+        data.signature = issuer.sign(&payload);
+        let root = Block::encode(&data.to_ipld())?;
+        blocks.insert(root.clone());
+        Ok(Receipt { root, data: Arc::new(data), blocks: Arc::new(blocks) })
+    }
+
+    /// Views the receipt named `root` among `blocks`.
+    pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Receipt, CodecError> {
+        let block = blocks.block(root)?;
+        let data = ReceiptData::from_ipld(&block.decode()?)?;
+        Ok(Receipt { root: block, data: Arc::new(data), blocks })
+    }
+
+    /// The receipt's CID.
+    pub fn cid(&self) -> Cid {
+        self.root.cid
+    }
+
+    /// The receipt's root block.
+    pub fn block(&self) -> &Block {
+        &self.root
+    }
+
+    /// The decoded fields.
+    pub fn data(&self) -> &ReceiptData {
+        &self.data
+    }
+
+    /// The result.
+    pub fn out(&self) -> &Out {
+        &self.data.out
+    }
+
+    /// CID of the invocation that ran.
+    pub fn ran_cid(&self) -> Cid {
+        self.data.ran
+    }
+
+    /// The invocation that ran, when its blocks are present.
+    pub fn ran(&self) -> Option<Invocation> {
+        Delegation::from_blocks(&self.data.ran, self.blocks.clone()).ok()
+    }
+
+    /// Forked invocations whose blocks are present (missing ones are skipped).
+    pub fn forks(&self) -> Vec<Invocation> {
+        self.data
+            .fx
+            .fork
+            .iter()
+            .filter_map(|cid| Delegation::from_blocks(cid, self.blocks.clone()).ok())
+            .collect()
+    }
+
+    /// The issuer's DID, when written.
+    pub fn issuer(&self) -> Option<&Did> {
+        self.data.issuer.as_ref()
+    }
+
+    /// The blocks this receipt was found among.
+    pub fn blocks(&self) -> &Arc<BlockStore> {
+        &self.blocks
+    }
+
+    /// Whether `verifier` signed this receipt's outcome.
+    pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
+        crate::dag::encode_cbor(&self.data.outcome())
+            .map(|payload| verifier.verify(&payload, &self.data.signature))
+            .unwrap_or(false)
+    }
+
+    /// The blocks to send with this receipt, in JS order.
+    pub fn export(&self) -> Vec<Block> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut push = |blocks: Vec<Block>, out: &mut Vec<Block>| {
+            for block in blocks {
+                if seen.insert(block.cid) {
+                    out.push(block);
+                }
+            }
+        };
+        let linked = std::iter::once(self.data.ran)
+            .chain(self.data.fx.fork.iter().copied())
+            .chain(self.data.fx.join)
+            .chain(self.data.proofs.iter().copied());
+        for cid in linked {
+            if let Ok(inv) = Delegation::from_blocks(&cid, self.blocks.clone()) {
+                push(inv.export(), &mut out);
+            }
+        }
+        push(vec![self.root.clone()], &mut out);
+        out
+    }
+
+    /// A receipt archive: a CAR whose single root is `{"ucan/receipt@0.9.1": Link}`.
+    pub fn archive(&self) -> Result<Vec<u8>, CodecError> {
+        let mut variant = IpldMap::new();
+        variant.insert("ucan/receipt@0.9.1".into(), Ipld::Link(self.cid()));
+        let variant = Block::encode(&Ipld::Map(variant))?;
+        let mut blocks = self.export();
+        blocks.push(variant.clone());
+        Ok(crate::car::encode(&[variant.cid], blocks.into_iter().map(|b| (b.cid, b.bytes))))
+    }
+
+    /// Reads a receipt archive; blocks may come in any order.
+    pub fn extract(archive: &[u8]) -> Result<Receipt, CodecError> {
+        let (header, blocks) =
+            crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
+        let [root] = header.roots.as_slice() else {
+            return Err(CodecError::schema("receipt archive", "expected exactly one root"));
+        };
+        let store: BlockStore = blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect();
+        let variant = store.block(root)?.decode()?;
+        let link = Fields::new("receipt archive", &variant, &["ucan/receipt@0.9.1"])?.link("ucan/receipt@0.9.1")?;
+        Receipt::from_blocks(&link, Arc::new(store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::Ed25519Signer;
+    use crate::ucan::Capability;
+
+    #[test]
+    fn issue_decode_verify() {
+        let alice = Ed25519Signer::from_seed([1; 32]);
+        let service = Ed25519Signer::from_seed([4; 32]);
+        let inv = Delegation::builder(&alice, service.did().clone())
+            .capability(Capability::new("test/echo", alice.did().as_str()))
+            .expiration(4102444800)
+            .build()
+            .unwrap();
+        let fork = Delegation::builder(&service, service.did().clone())
+            .capability(Capability::new("test/next", service.did().as_str()))
+            .no_expiration()
+            .build()
+            .unwrap();
+        let receipt = Receipt::issue(&service, ReceiptParts::new(&inv, Ok(Ipld::Map(IpldMap::new()))).fork(fork.clone())).unwrap();
+        let order: Vec<Cid> = receipt.export().iter().map(|b| b.cid).collect();
+        assert_eq!(order, vec![inv.cid(), fork.cid(), receipt.cid()]);
+        let back = Receipt::extract(&receipt.archive().unwrap()).unwrap();
+        assert_eq!(back.data(), receipt.data());
+        assert!(back.verify_signature(service.verifier().as_ref()));
+        assert!(!back.verify_signature(alice.verifier().as_ref()));
+        assert_eq!(back.ran().unwrap().cid(), inv.cid());
+        assert_eq!(back.forks()[0].cid(), fork.cid());
+    }
+}

@@ -1,0 +1,661 @@
+//! UCAN 0.9.1 delegations and invocations in ucanto's dag-cbor form.
+//!
+//! An invocation is a delegation addressed to the service that should run it,
+//! so both are [`Delegation`]s. A decoded delegation keeps the exact bytes it
+//! arrived as; its CID is never recomputed from a re-encoding.
+//!
+//! # Format
+//! ```text
+//! { v: "0.9.1", iss: bytes, aud: bytes, att: [{can, with, nb?}], exp: int | null,
+//!   prf: [Link], nbf?: int (omitted when 0), nnc?: string, fct?: [map] (omitted when empty),
+//!   s: varsig bytes }
+//! ```
+//! The signature covers `base64url(header) "." base64url(payload)`, where the
+//! header is `{"alg":"EdDSA","typ":"JWT","ucv":"0.9.1"}` and the payload is the
+//! dag-json of `{iss, aud, att, exp, prf, fct?, nnc?, nbf?}` with DIDs and
+//! proof CIDs as strings.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use cid::Cid;
+
+use crate::dag::{Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
+use crate::principal::{Did, Signature, Signer, Verifier};
+
+/// The UCAN version ucanto speaks.
+pub const UCAN_VERSION: &str = "0.9.1";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One capability: an ability (`can`) on a resource (`with`) with caveats (`nb`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capability {
+    /// The ability, e.g. `space/egress/track`, `ns/*` or `*`.
+    pub can: String,
+    /// The resource URI, usually a DID.
+    pub with: String,
+    /// Caveats; `None` when absent.
+    pub nb: Option<IpldMap>,
+}
+
+impl Capability {
+    /// A capability without caveats.
+    pub fn new(can: impl Into<String>, with: impl Into<String>) -> Self {
+        Capability { can: can.into(), with: with.into(), nb: None }
+    }
+
+    /// The same capability with caveats `nb`.
+    pub fn with_nb(mut self, nb: IpldMap) -> Self {
+        self.nb = Some(nb);
+        self
+    }
+
+    /// The capability as an IPLD map.
+    pub fn to_ipld(&self) -> Ipld {
+        let mut map = IpldMap::new();
+        map.insert("can".into(), Ipld::String(self.can.clone()));
+        map.insert("with".into(), Ipld::String(self.with.clone()));
+        if let Some(nb) = &self.nb {
+            map.insert("nb".into(), Ipld::Map(nb.clone()));
+        }
+        Ipld::Map(map)
+    }
+
+    /// Reads a capability from its IPLD map.
+    pub fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
+        let fields = Fields::new("capability", value, &["can", "with", "nb"])?;
+        let can = fields.string("can")?;
+        if can != "*" && !can.trim_matches('/').contains('/') {
+            return Err(CodecError::schema("capability.can", format!("{can:?} must have at least one path segment")));
+        }
+        let with = fields.string("with")?;
+        if !with.contains(':') {
+            return Err(CodecError::schema("capability.with", format!("{with:?} is not a URI")));
+        }
+        let nb = match fields.get("nb") {
+            None => None,
+            Some(Ipld::Map(map)) => Some(map.clone()),
+            Some(_) => return Err(CodecError::schema("capability.nb", "expected a map")),
+        };
+        Ok(Capability { can: can.to_string(), with: with.to_string(), nb })
+    }
+}
+
+/// The decoded fields of a UCAN.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UcanData {
+    /// Version string, `0.9.1`.
+    pub version: String,
+    /// Who signed it.
+    pub issuer: Did,
+    /// Who it is for.
+    pub audience: Did,
+    /// What it grants or invokes.
+    pub capabilities: Vec<Capability>,
+    /// Expiry in Unix seconds; `None` never expires.
+    pub expiration: Option<u64>,
+    /// Not valid before, Unix seconds.
+    pub not_before: Option<u64>,
+    /// Nonce.
+    pub nonce: Option<String>,
+    /// Facts.
+    pub facts: Vec<IpldMap>,
+    /// Links to proofs (delegations).
+    pub proofs: Vec<Cid>,
+    /// The issuer's signature.
+    pub signature: Signature,
+}
+
+impl UcanData {
+    /// The exact bytes the issuer signs.
+    pub fn signing_payload(&self) -> Result<Vec<u8>, CodecError> {
+        signing_payload(
+            &self.version,
+            self.signature.code,
+            &self.issuer,
+            &self.audience,
+            &self.capabilities,
+            self.expiration,
+            self.not_before,
+            self.nonce.as_deref(),
+            &self.facts,
+            &self.proofs,
+        )
+    }
+
+    fn to_ipld(&self) -> Ipld {
+        let mut map = IpldMap::new();
+        map.insert("v".into(), Ipld::String(self.version.clone()));
+        map.insert("iss".into(), Ipld::Bytes(self.issuer.to_ucan_bytes()));
+        map.insert("aud".into(), Ipld::Bytes(self.audience.to_ucan_bytes()));
+        map.insert("att".into(), Ipld::List(self.capabilities.iter().map(Capability::to_ipld).collect()));
+        map.insert("exp".into(), self.expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())));
+        map.insert("prf".into(), Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()));
+        // Optional fields follow dag-ucan: nbf only when non-zero, nnc whenever
+        // set (even empty), fct only when non-empty.
+        if let Some(nbf) = self.not_before.filter(|n| *n != 0) {
+            map.insert("nbf".into(), Ipld::Integer(nbf.into()));
+        }
+        if let Some(nnc) = &self.nonce {
+            map.insert("nnc".into(), Ipld::String(nnc.clone()));
+        }
+        if !self.facts.is_empty() {
+            map.insert("fct".into(), Ipld::List(self.facts.iter().cloned().map(Ipld::Map).collect()));
+        }
+        map.insert("s".into(), Ipld::Bytes(self.signature.encode()));
+        Ipld::Map(map)
+    }
+
+    fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
+        let f = Fields::new("ucan", value, &["v", "iss", "aud", "att", "exp", "nbf", "nnc", "fct", "prf", "s"])?;
+        let principal = |name: &str| {
+            Did::from_ucan_bytes(f.bytes(name)?).map_err(|e| CodecError::schema(format!("ucan.{name}"), e.to_string()))
+        };
+        let version = f.string("v")?.to_string();
+        if !version.starts_with("0.9.") {
+            return Err(CodecError::schema("ucan.v", format!("unsupported version {version:?}")));
+        }
+        let capabilities = match f.required("att")? {
+            Ipld::List(items) => items.iter().map(Capability::from_ipld).collect::<Result<_, _>>()?,
+            _ => return Err(CodecError::schema("ucan.att", "expected a list")),
+        };
+        if !matches!(f.required("exp")?, Ipld::Null | Ipld::Integer(_)) {
+            return Err(CodecError::schema("ucan.exp", "expected an integer or null"));
+        }
+        let facts = match f.get("fct") {
+            None => Vec::new(),
+            Some(Ipld::List(items)) => items
+                .iter()
+                .map(|fact| match fact {
+                    Ipld::Map(map) => Ok(map.clone()),
+                    _ => Err(CodecError::schema("ucan.fct", "facts must be maps")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(CodecError::schema("ucan.fct", "expected a list")),
+        };
+        let proofs = if f.get("prf").is_some() { f.links("prf")? } else { Vec::new() };
+        let signature = Signature::decode(f.bytes("s")?).map_err(|e| CodecError::schema("ucan.s", e.to_string()))?;
+        Ok(UcanData {
+            version,
+            issuer: principal("iss")?,
+            audience: principal("aud")?,
+            capabilities,
+            expiration: f.opt_uint("exp", true)?,
+            not_before: f.opt_uint("nbf", false)?,
+            nonce: f.opt_string("nnc")?.map(str::to_string),
+            facts,
+            proofs,
+            signature,
+        })
+    }
+
+    /// Links mentioned in capabilities (anywhere in `nb`) and at the top of facts:
+    /// blocks an invocation may carry along with it ("attached" in JS @ucanto).
+    pub fn attached_links(&self) -> Vec<Cid> {
+        fn collect(value: &Ipld, out: &mut Vec<Cid>) {
+            match value {
+                Ipld::Link(cid) => out.push(*cid),
+                Ipld::List(items) => items.iter().for_each(|v| collect(v, out)),
+                Ipld::Map(map) => map.values().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for cap in &self.capabilities {
+            if let Some(nb) = &cap.nb {
+                nb.values().for_each(|v| collect(v, &mut out));
+            }
+        }
+        for fact in &self.facts {
+            out.extend(fact.values().filter_map(|v| match v {
+                Ipld::Link(cid) => Some(*cid),
+                _ => None,
+            }));
+        }
+        let mut seen = BTreeSet::new();
+        out.retain(|cid| seen.insert(*cid));
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn signing_payload(
+    version: &str,
+    signature_code: u64,
+    issuer: &Did,
+    audience: &Did,
+    capabilities: &[Capability],
+    expiration: Option<u64>,
+    not_before: Option<u64>,
+    nonce: Option<&str>,
+    facts: &[IpldMap],
+    proofs: &[Cid],
+) -> Result<Vec<u8>, CodecError> {
+    let mut header = IpldMap::new();
+    header.insert("alg".into(), Ipld::String(crate::principal::algorithm_name(signature_code)));
+    header.insert("typ".into(), Ipld::String("JWT".into()));
+    header.insert("ucv".into(), Ipld::String(version.into()));
+
+    let mut payload = IpldMap::new();
+    payload.insert("iss".into(), Ipld::String(issuer.to_string()));
+    payload.insert("aud".into(), Ipld::String(audience.to_string()));
+    payload.insert("att".into(), Ipld::List(capabilities.iter().map(Capability::to_ipld).collect()));
+    payload.insert("exp".into(), expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())));
+    payload.insert("prf".into(), Ipld::List(proofs.iter().map(|c| Ipld::String(c.to_string())).collect()));
+    // The JSON form drops empty optionals, including an empty nonce.
+    if !facts.is_empty() {
+        payload.insert("fct".into(), Ipld::List(facts.iter().cloned().map(Ipld::Map).collect()));
+    }
+    if let Some(nnc) = nonce.filter(|n| !n.is_empty()) {
+        payload.insert("nnc".into(), Ipld::String(nnc.into()));
+    }
+    if let Some(nbf) = not_before.filter(|n| *n != 0) {
+        payload.insert("nbf".into(), Ipld::Integer(nbf.into()));
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let text = format!(
+        "{}.{}",
+        b64.encode(crate::dag_json::encode(&Ipld::Map(header))?),
+        b64.encode(crate::dag_json::encode(&Ipld::Map(payload))?)
+    );
+    Ok(text.into_bytes())
+}
+
+/// A proof given to a builder: a whole delegation (embedded) or just its link.
+#[derive(Clone, Debug)]
+pub enum Proof {
+    /// A delegation whose blocks travel with the new UCAN.
+    Delegation(Delegation),
+    /// A link to a delegation the recipient is expected to have.
+    Link(Cid),
+}
+
+impl From<Delegation> for Proof {
+    fn from(d: Delegation) -> Self {
+        Proof::Delegation(d)
+    }
+}
+
+impl From<Cid> for Proof {
+    fn from(c: Cid) -> Self {
+        Proof::Link(c)
+    }
+}
+
+/// A signed UCAN with the blocks it carries (embedded proofs, attached blocks).
+#[derive(Clone, Debug)]
+pub struct Delegation {
+    root: Block,
+    data: Arc<UcanData>,
+    blocks: Arc<BlockStore>,
+}
+
+/// An invocation is a delegation to the service that runs it.
+pub type Invocation = Delegation;
+
+impl PartialEq for Delegation {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+    }
+}
+
+impl Delegation {
+    /// Starts building a UCAN signed by `issuer` for `audience`.
+    pub fn builder(issuer: &dyn Signer, audience: Did) -> DelegationBuilder<'_> {
+        DelegationBuilder {
+            issuer,
+            audience,
+            capabilities: Vec::new(),
+            expiration: Expiration::Default,
+            not_before: None,
+            nonce: None,
+            facts: Vec::new(),
+            proofs: Vec::new(),
+            attached: Vec::new(),
+        }
+    }
+
+    /// Views the UCAN named `root` among `blocks`.
+    pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
+        if root.codec() != DAG_CBOR {
+            return Err(CodecError::schema("ucan", format!("{root} is not dag-cbor")));
+        }
+        let block = blocks.block(root)?;
+        let data = UcanData::from_ipld(&block.decode()?)?;
+        Ok(Delegation { root: block, data: Arc::new(data), blocks })
+    }
+
+    /// Decodes a UCAN from a single block.
+    pub fn from_block(block: Block) -> Result<Self, CodecError> {
+        let cid = block.cid;
+        Self::from_blocks(&cid, Arc::new(BlockStore::from_iter([block])))
+    }
+
+    /// The UCAN's CID.
+    pub fn cid(&self) -> Cid {
+        self.root.cid
+    }
+
+    /// The UCAN's root block.
+    pub fn block(&self) -> &Block {
+        &self.root
+    }
+
+    /// The decoded fields.
+    pub fn data(&self) -> &UcanData {
+        &self.data
+    }
+
+    /// The issuer.
+    pub fn issuer(&self) -> &Did {
+        &self.data.issuer
+    }
+
+    /// The audience.
+    pub fn audience(&self) -> &Did {
+        &self.data.audience
+    }
+
+    /// The capabilities.
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.data.capabilities
+    }
+
+    /// Expiry (Unix seconds); `None` never expires.
+    pub fn expiration(&self) -> Option<u64> {
+        self.data.expiration
+    }
+
+    /// Not-before (Unix seconds).
+    pub fn not_before(&self) -> Option<u64> {
+        self.data.not_before
+    }
+
+    /// The blocks this UCAN was found among (or built with).
+    pub fn blocks(&self) -> &Arc<BlockStore> {
+        &self.blocks
+    }
+
+    /// Proofs: embedded delegations where their blocks are present, links otherwise.
+    pub fn proofs(&self) -> Vec<Proof> {
+        self.data
+            .proofs
+            .iter()
+            .map(|cid| match Delegation::from_blocks(cid, self.blocks.clone()) {
+                Ok(d) => Proof::Delegation(d),
+                Err(_) => Proof::Link(*cid),
+            })
+            .collect()
+    }
+
+    /// Whether `verifier` is the issuer and the signature is theirs.
+    pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
+        verifier.did() == &self.data.issuer
+            && self
+                .data
+                .signing_payload()
+                .map(|payload| verifier.verify(&payload, &self.data.signature))
+                .unwrap_or(false)
+    }
+
+    /// The blocks to send with this UCAN, in the order JS @ucanto exports them:
+    /// embedded proofs depth-first, then attached blocks, then the root.
+    pub fn export(&self) -> Vec<Block> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        self.export_into(&mut out, &mut seen, true);
+        out
+    }
+
+    fn export_into(&self, out: &mut Vec<Block>, seen: &mut BTreeSet<Cid>, with_attached: bool) {
+        for cid in &self.data.proofs {
+            if let Ok(proof) = Delegation::from_blocks(cid, self.blocks.clone()) {
+                proof.export_into(out, seen, false);
+            }
+        }
+        if with_attached {
+            for cid in self.data.attached_links() {
+                if let Ok(block) = self.blocks.block(&cid) {
+                    push_unique(out, seen, block);
+                }
+            }
+        }
+        push_unique(out, seen, self.root.clone());
+    }
+
+    /// The attached blocks present (links in `nb` and facts whose blocks travel along).
+    pub fn attached_blocks(&self) -> Vec<Block> {
+        self.data
+            .attached_links()
+            .iter()
+            .filter_map(|cid| self.blocks.block(cid).ok())
+            .collect()
+    }
+
+    /// Encodes the delegation as a CAR archive with root `{"ucan@0.9.1": Link}`,
+    /// the form JS `delegation.archive()` produces.
+    pub fn archive(&self) -> Result<Vec<u8>, CodecError> {
+        let mut variant = IpldMap::new();
+        variant.insert(format!("ucan@{}", self.data.version), Ipld::Link(self.cid()));
+        let variant = Block::encode(&Ipld::Map(variant))?;
+        let mut blocks = self.export();
+        blocks.push(variant.clone());
+        Ok(crate::car::encode(&[variant.cid], blocks.into_iter().map(|b| (b.cid, b.bytes))))
+    }
+
+    /// Reads a delegation from a CAR archive made by [`Delegation::archive`] or JS.
+    pub fn extract(archive: &[u8]) -> Result<Self, CodecError> {
+        let (header, blocks) =
+            crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
+        let [root] = header.roots.as_slice() else {
+            return Err(CodecError::schema("delegation archive", "expected exactly one root"));
+        };
+        let store: BlockStore = blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect();
+        let variant = store.block(root)?.decode()?;
+        let fields = Fields::new("delegation archive", &variant, &["ucan@0.9.1"])?;
+        let link = fields.link("ucan@0.9.1")?;
+        Delegation::from_blocks(&link, Arc::new(store))
+    }
+}
+
+fn push_unique(out: &mut Vec<Block>, seen: &mut BTreeSet<Cid>, block: Block) {
+    if seen.insert(block.cid) {
+        out.push(block);
+    }
+}
+
+enum Expiration {
+    Default,
+    Never,
+    At(u64),
+}
+
+/// Builds and signs a [`Delegation`].
+pub struct DelegationBuilder<'a> {
+    issuer: &'a dyn Signer,
+    audience: Did,
+    capabilities: Vec<Capability>,
+    expiration: Expiration,
+    not_before: Option<u64>,
+    nonce: Option<String>,
+    facts: Vec<IpldMap>,
+    proofs: Vec<Proof>,
+    attached: Vec<Block>,
+}
+
+impl DelegationBuilder<'_> {
+    /// Adds a capability.
+    pub fn capability(mut self, capability: Capability) -> Self {
+        self.capabilities.push(capability);
+        self
+    }
+
+    /// Expires at `exp` (Unix seconds). Without this, it expires 30 s from now, as in JS.
+    pub fn expiration(mut self, exp: u64) -> Self {
+        self.expiration = Expiration::At(exp);
+        self
+    }
+
+    /// Never expires (`exp: null`).
+    pub fn no_expiration(mut self) -> Self {
+        self.expiration = Expiration::Never;
+        self
+    }
+
+    /// Not valid before `nbf` (Unix seconds).
+    pub fn not_before(mut self, nbf: u64) -> Self {
+        self.not_before = Some(nbf);
+        self
+    }
+
+    /// Sets the nonce.
+    pub fn nonce(mut self, nonce: impl Into<String>) -> Self {
+        self.nonce = Some(nonce.into());
+        self
+    }
+
+    /// Adds a fact.
+    pub fn fact(mut self, fact: IpldMap) -> Self {
+        self.facts.push(fact);
+        self
+    }
+
+    /// Adds a proof.
+    pub fn proof(mut self, proof: impl Into<Proof>) -> Self {
+        self.proofs.push(proof.into());
+        self
+    }
+
+    /// Carries a block linked from `nb` or a fact along with the UCAN.
+    pub fn attach(mut self, block: Block) -> Self {
+        self.attached.push(block);
+        self
+    }
+
+    /// Signs and encodes.
+    pub fn build(self) -> Result<Delegation, CodecError> {
+        let expiration = match self.expiration {
+            Expiration::Default => Some(now() + 30),
+            Expiration::Never => None,
+            Expiration::At(e) => Some(e),
+        };
+        let mut blocks = BlockStore::new();
+        let mut links = Vec::new();
+        for proof in &self.proofs {
+            match proof {
+                Proof::Link(cid) => links.push(*cid),
+                Proof::Delegation(d) => {
+                    links.push(d.cid());
+                    blocks.extend(d.export());
+                }
+            }
+        }
+        let payload = signing_payload(
+            UCAN_VERSION,
+            self.issuer.signature_code(),
+            self.issuer.did(),
+            &self.audience,
+            &self.capabilities,
+            expiration,
+            self.not_before,
+            self.nonce.as_deref(),
+            &self.facts,
+            &links,
+        )?;
+        let data = UcanData {
+            version: UCAN_VERSION.into(),
+            issuer: self.issuer.did().clone(),
+            audience: self.audience,
+            capabilities: self.capabilities,
+            expiration,
+            not_before: self.not_before,
+            nonce: self.nonce,
+            facts: self.facts,
+            proofs: links,
+            signature: self.issuer.sign(&payload),
+        };
+        let attachable = data.attached_links();
+        for block in self.attached {
+            if !attachable.contains(&block.cid) {
+                return Err(CodecError::schema("attached block", format!("{} is not linked from nb or facts", block.cid)));
+            }
+            blocks.insert(block);
+        }
+        let root = Block::encode(&data.to_ipld())?;
+        blocks.insert(root.clone());
+        Ok(Delegation { root, data: Arc::new(data), blocks: Arc::new(blocks) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::Ed25519Signer;
+
+    fn alice() -> Ed25519Signer {
+        Ed25519Signer::from_seed([1; 32])
+    }
+    fn bob() -> Ed25519Signer {
+        Ed25519Signer::from_seed([2; 32])
+    }
+
+    #[test]
+    fn build_decode_verify() {
+        let d = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .expiration(4102444800)
+            .build()
+            .unwrap();
+        let again = Delegation::from_block(d.block().clone()).unwrap();
+        assert_eq!(again.data(), d.data());
+        assert!(again.verify_signature(alice().verifier().as_ref()));
+        assert!(!again.verify_signature(bob().verifier().as_ref()));
+        assert_eq!(&d.block().bytes[..], &crate::dag::encode_cbor(&d.data().to_ipld()).unwrap()[..]);
+    }
+
+    #[test]
+    fn export_puts_proofs_first() {
+        let root = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("*", "ucan:*"))
+            .no_expiration()
+            .build()
+            .unwrap();
+        let child = Delegation::builder(&bob(), alice().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .proof(root.clone())
+            .build()
+            .unwrap();
+        let cids: Vec<Cid> = child.export().iter().map(|b| b.cid).collect();
+        assert_eq!(cids, vec![root.cid(), child.cid()]);
+        let archived = Delegation::extract(&child.archive().unwrap()).unwrap();
+        assert_eq!(archived.cid(), child.cid());
+        assert!(matches!(&archived.proofs()[0], Proof::Delegation(p) if p.cid() == root.cid()));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let d = Delegation::builder(&alice(), bob().did().clone()).build().unwrap();
+        let Ipld::Map(mut map) = d.data().to_ipld() else { unreachable!() };
+        map.insert("zzz".into(), Ipld::Null);
+        let block = Block::encode(&Ipld::Map(map)).unwrap();
+        assert!(matches!(Delegation::from_block(block), Err(CodecError::Schema { .. })));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let block = Block { cid: crate::dag::cid_of(DAG_CBOR, &bytes), bytes: bytes.into() };
+            let _ = Delegation::from_block(block);
+        }
+    }
+}
