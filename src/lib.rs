@@ -6,3 +6,4 @@ pub mod message;
 pub mod principal;
 pub mod receipt;
 pub mod ucan;
+pub mod validator;
