@@ -284,8 +284,12 @@ impl Receipt {
         &self.blocks
     }
 
-    /// Whether `verifier` signed this receipt's outcome.
+    /// Whether `verifier` signed this receipt's outcome (and, when the receipt
+    /// names its issuer, whether that is the verifier's DID).
     pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
+        if self.data.issuer.as_ref().is_some_and(|iss| iss != verifier.did()) {
+            return false;
+        }
         crate::dag::encode_cbor(&self.data.outcome())
             .map(|payload| verifier.verify(&payload, &self.data.signature))
             .unwrap_or(false)

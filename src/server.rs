@@ -1,0 +1,296 @@
+//! Server: dispatches invocations to typed handlers and signs their receipts.
+//!
+//! For each invocation of a message, in order: it must carry exactly one
+//! capability (`InvocationCapabilityError`), a handler must be registered for
+//! its ability (`HandlerNotFound`), its audience must be the service
+//! (`InvalidAudience`), the validator must authorize it (`Unauthorized`), and
+//! then the handler runs. A handler has two failure channels: a domain error it
+//! returns as a [`Response::error`] goes into the receipt as is, while an
+//! unexpected [`HandlerError`] becomes a `HandlerExecutionError` receipt and is
+//! reported to the catch hook.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::dag::{CodecError, Ipld, IpldMap};
+use crate::message::AgentMessage;
+use crate::principal::{Did, Signer, Verifier};
+use crate::receipt::{Out, Receipt, ReceiptParts};
+use crate::ucan::{Capability, Invocation};
+use crate::validator::{access, Authorization, CapabilityParser, ValidatorConfig};
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a handler receives.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The invocation being run (with every block of its message).
+    pub invocation: Invocation,
+    /// The invoked capability, as the validator parsed it.
+    pub capability: Capability,
+    /// The proof chain that authorized it.
+    pub authorization: Authorization,
+}
+
+/// What a handler answers: a result plus effects.
+#[derive(Clone, Debug)]
+pub struct Response {
+    out: Out,
+    fork: Vec<Invocation>,
+    join: Option<Invocation>,
+    meta: IpldMap,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(value: Ipld) -> Self {
+        Response { out: Ok(value), fork: Vec::new(), join: None, meta: IpldMap::new() }
+    }
+
+    /// A domain failure, to be put in the receipt as is.
+    pub fn error(value: Ipld) -> Self {
+        Response { out: Err(value), fork: Vec::new(), join: None, meta: IpldMap::new() }
+    }
+
+    /// A domain failure `{name, message}`.
+    pub fn failure(name: &str, message: impl Into<String>) -> Self {
+        Self::error(error_value(name, message.into()))
+    }
+
+    /// Adds a forked invocation (its blocks travel with the receipt).
+    pub fn fork(mut self, invocation: Invocation) -> Self {
+        self.fork.push(invocation);
+        self
+    }
+
+    /// Sets the joined invocation.
+    pub fn join(mut self, invocation: Invocation) -> Self {
+        self.join = Some(invocation);
+        self
+    }
+
+    /// The result.
+    pub fn out(&self) -> &Out {
+        &self.out
+    }
+}
+
+/// The error object ucanto puts in `out.error`: `{name, message}`.
+pub fn error_value(name: &str, message: String) -> Ipld {
+    let mut map = IpldMap::new();
+    map.insert("name".into(), Ipld::String(name.into()));
+    map.insert("message".into(), Ipld::String(message));
+    Ipld::Map(map)
+}
+
+/// An unexpected handler failure; becomes a `HandlerExecutionError` receipt.
+#[derive(Debug, Clone)]
+pub struct HandlerError {
+    /// Error name of the cause.
+    pub name: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A failure explained by `message`.
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        HandlerError { name: "Error".into(), message: message.to_string() }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+/// Runs one capability.
+pub trait Handler: Send + Sync {
+    /// Handles an authorized request.
+    fn handle(&self, request: Request) -> BoxFuture<Result<Response, HandlerError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Response, HandlerError>> + Send + 'static,
+{
+    fn handle(&self, request: Request) -> BoxFuture<Result<Response, HandlerError>> {
+        Box::pin(self(request))
+    }
+}
+
+struct Route {
+    parser: Arc<dyn CapabilityParser>,
+    handler: Arc<dyn Handler>,
+}
+
+/// Hook told about every `HandlerExecutionError`.
+pub type CatchHook = Arc<dyn Fn(&Invocation, &HandlerError) + Send + Sync>;
+
+/// A ucanto service: a signer, a validator configuration and handlers by ability.
+pub struct Server {
+    signer: Arc<dyn Signer>,
+    routes: HashMap<String, Route>,
+    validator: ValidatorConfig,
+    catch: Option<CatchHook>,
+}
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    server: Server,
+}
+
+impl ServerBuilder {
+    /// Registers `handler` for the capability `parser` describes.
+    pub fn provide(mut self, parser: Arc<dyn CapabilityParser>, handler: impl Handler + 'static) -> Self {
+        let can = parser.can().to_string();
+        self.server.routes.insert(can, Route { parser, handler: Arc::new(handler) });
+        self
+    }
+
+    /// Replaces the validator configuration (authority must stay the service).
+    pub fn validator(mut self, f: impl FnOnce(&mut ValidatorConfig)) -> Self {
+        f(&mut self.server.validator);
+        self
+    }
+
+    /// Sets the hook told about handler failures.
+    pub fn catch(mut self, hook: CatchHook) -> Self {
+        self.server.catch = Some(hook);
+        self
+    }
+
+    /// Finishes.
+    pub fn build(self) -> Server {
+        self.server
+    }
+}
+
+impl Server {
+    /// Starts a server that signs receipts with `signer`.
+    pub fn builder(signer: Arc<dyn Signer>) -> ServerBuilder {
+        let authority: Arc<dyn Verifier> = signer.verifier();
+        ServerBuilder {
+            server: Server {
+                signer,
+                routes: HashMap::new(),
+                validator: ValidatorConfig { authority, attesters: Vec::new(), local_proofs: Vec::new(), now: None },
+                catch: None,
+            },
+        }
+    }
+
+    /// The service DID.
+    pub fn did(&self) -> &Did {
+        self.signer.did()
+    }
+
+    /// The service's signer.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
+    }
+
+    /// Runs every invocation of `request` (concurrently) and answers with their
+    /// receipts, in invocation order. Fails only if an invocation cannot be decoded.
+    pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
+        let invocations = request.invocations().into_iter().collect::<Result<Vec<_>, _>>()?;
+        let receipts = futures_util::future::join_all(invocations.into_iter().map(|inv| self.run(inv))).await;
+        let receipts = receipts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        AgentMessage::build(&[], &receipts)
+    }
+
+    /// Runs one invocation and signs its receipt.
+    pub async fn run(&self, invocation: Invocation) -> Result<Receipt, CodecError> {
+        let response = self.dispatch(&invocation).await;
+        let parts = ReceiptParts { ran: invocation.clone().into(), out: response.out, fork: response.fork, join: response.join, meta: response.meta, proofs: Vec::new() };
+        match Receipt::issue(self.signer.as_ref(), parts) {
+            Ok(receipt) => Ok(receipt),
+            // A handler result that cannot be encoded is the handler's failure.
+            Err(e) => {
+                let failure = HandlerError { name: "EncodeError".into(), message: e.to_string() };
+                let out = Err(self.execution_error(&invocation, &failure));
+                Receipt::issue(self.signer.as_ref(), ReceiptParts::new(invocation, out))
+            }
+        }
+    }
+
+    async fn dispatch(&self, invocation: &Invocation) -> Response {
+        let [capability] = invocation.capabilities() else {
+            let caps = invocation.capabilities().iter().map(Capability::to_ipld).collect();
+            let mut err = IpldMap::new();
+            err.insert("name".into(), Ipld::String("InvocationCapabilityError".into()));
+            err.insert("error".into(), Ipld::Bool(true));
+            err.insert("message".into(), Ipld::String("Invocation is required to have a single capability.".into()));
+            err.insert("capabilities".into(), Ipld::List(caps));
+            return Response::error(Ipld::Map(err));
+        };
+        let Some(route) = self.routes.get(&capability.can) else {
+            let mut err = capability_error("HandlerNotFound", capability);
+            err.insert("message".into(), Ipld::String(format!("service does not implement {{can: \"{}\"}} handler", capability.can)));
+            return Response::error(Ipld::Map(err));
+        };
+        if invocation.audience() != self.did() {
+            return Response::failure(
+                "InvalidAudience",
+                format!("Expected literal {:?} instead got {:?}", self.did().as_str(), invocation.audience().as_str()),
+            );
+        }
+        let authorization = match access(invocation, route.parser.as_ref(), &self.validator) {
+            Ok(a) => a,
+            Err(unauthorized) => return Response::failure(unauthorized.name(), unauthorized.message.clone()),
+        };
+        let request = Request { invocation: invocation.clone(), capability: authorization.capability.clone(), authorization };
+        match route.handler.handle(request).await {
+            Ok(response) => response,
+            Err(failure) => {
+                tracing::warn!(can = %capability.can, invocation = %invocation.cid(), error = %failure, "handler failed");
+                if let Some(hook) = &self.catch {
+                    hook(invocation, &failure);
+                }
+                Response::error(self.execution_error(invocation, &failure))
+            }
+        }
+    }
+
+    fn execution_error(&self, invocation: &Invocation, failure: &HandlerError) -> Ipld {
+        let (can, with) = invocation
+            .capabilities()
+            .first()
+            .map(|c| (c.can.clone(), c.with.clone()))
+            .unwrap_or_default();
+        let mut err = capability_error("HandlerExecutionError", &Capability::new(can.clone(), with));
+        let mut cause = IpldMap::new();
+        cause.insert("name".into(), Ipld::String(failure.name.clone()));
+        cause.insert("message".into(), Ipld::String(failure.message.clone()));
+        err.insert("cause".into(), Ipld::Map(cause));
+        err.insert("message".into(), Ipld::String(format!("service handler {{can: \"{can}\"}} error: {}", failure.message)));
+        Ipld::Map(err)
+    }
+}
+
+fn capability_error(name: &str, capability: &Capability) -> IpldMap {
+    let mut cap = IpldMap::new();
+    cap.insert("can".into(), Ipld::String(capability.can.clone()));
+    cap.insert("with".into(), Ipld::String(capability.with.clone()));
+    let mut err = IpldMap::new();
+    err.insert("name".into(), Ipld::String(name.into()));
+    err.insert("error".into(), Ipld::Bool(true));
+    err.insert("capability".into(), Ipld::Map(cap));
+    err
+}
+
+/// The error name in a receipt's `out.error`, if it has one.
+pub fn error_name(out: &Out) -> Option<&str> {
+    match out {
+        Err(Ipld::Map(map)) => match map.get("name") {
+            Some(Ipld::String(name)) => Some(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
