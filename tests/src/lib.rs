@@ -1,0 +1,138 @@
+//! Shared helpers for the end-to-end tests: fixture paths, fixed principals,
+//! JS peers spawned with node, and a small `test/echo` capability.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use ucanto::dag::Ipld;
+use ucanto::principal::Ed25519Signer;
+use ucanto::server::{HandlerError, Request, Response, Server};
+use ucanto::ucan::Capability;
+use ucanto::validator::CapabilityParser;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `fixtures/<rest>`.
+pub fn fixture(rest: &str) -> PathBuf {
+    repo_root().join("fixtures").join(rest)
+}
+
+/// Fixed principal from a seed of 32 equal bytes (alice 1, bob 2, mallory 3, service 4, node 5, authority 6).
+pub fn principal(byte: u8) -> Ed25519Signer {
+    Ed25519Signer::from_seed([byte; 32])
+}
+
+/// alice: `principal(1)`.
+pub fn alice() -> Ed25519Signer {
+    principal(1)
+}
+/// bob: `principal(2)`.
+pub fn bob() -> Ed25519Signer {
+    principal(2)
+}
+/// mallory: `principal(3)`.
+pub fn mallory() -> Ed25519Signer {
+    principal(3)
+}
+/// service: `principal(4)`.
+pub fn service() -> Ed25519Signer {
+    principal(4)
+}
+
+/// A JS process started from `fixtures/js`, killed on drop.
+pub struct JsPeer {
+    /// The child process.
+    pub child: Child,
+    /// The first line it printed, parsed as JSON.
+    pub hello: serde_json::Value,
+}
+
+/// Starts `node <script> <args>` in fixtures/js and waits for its first JSON line.
+pub async fn spawn_js(script: &str, args: &[&str]) -> JsPeer {
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(fixture("js"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed (see scripts/test.sh)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await.expect("read first line");
+    let hello = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
+    JsPeer { child, hello }
+}
+
+/// Runs `node <script> <args>` in fixtures/js to completion; returns (exit code, stdout).
+pub async fn run_js(script: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(fixture("js"))
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("node is installed (see scripts/test.sh)");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `test/echo`: with = any DID, nb = {text: string}; ok = {text}.
+pub struct Echo;
+
+impl CapabilityParser for Echo {
+    fn can(&self) -> &str {
+        "test/echo"
+    }
+    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+        if !cap.with.starts_with("did:") {
+            return Err(format!("Expected a did: URI instead got {:?}", cap.with));
+        }
+        match cap.nb.as_ref().and_then(|nb| nb.get("text")) {
+            Some(Ipld::String(_)) => Ok(cap.clone()),
+            _ => Err("nb.text must be a string".into()),
+        }
+    }
+}
+
+/// `test/fail`: a handler that always fails unexpectedly.
+pub struct Fail;
+
+impl CapabilityParser for Fail {
+    fn can(&self) -> &str {
+        "test/fail"
+    }
+    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+        Ok(cap.clone())
+    }
+}
+
+/// A Rust server with `test/echo` and `test/fail`, signed by `signer`.
+pub fn echo_server(signer: Arc<dyn ucanto::principal::Signer>) -> Server {
+    Server::builder(signer)
+        .provide(Arc::new(Echo), |req: Request| async move {
+            Ok::<_, HandlerError>(Response::ok(Ipld::Map(req.capability.nb.unwrap_or_default())))
+        })
+        .provide(Arc::new(Fail), |_req: Request| async move {
+            Err::<Response, _>(HandlerError::new("Boom"))
+        })
+        .build()
+}
+
+/// Serves `router` on 127.0.0.1 (any free port); returns the base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("serve");
+    });
+    format!("http://{addr}/")
+}
