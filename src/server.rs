@@ -78,12 +78,21 @@ impl Response {
     }
 }
 
-/// The error object ucanto puts in `out.error`: `{name, message}`.
+/// The error object ucanto puts in `out.error`: `{name, message, stack}`.
 pub fn error_value(name: &str, message: String) -> Ipld {
+    Ipld::Map(failure_fields(name, message))
+}
+
+/// `{name, message, stack}` as JS @ucanto's `Failure#toJSON` writes them. JS
+/// puts a stack trace in `stack`; ours holds only its first line
+/// (`"<name>: <message>"`, what JS writes with stack traces disabled), which
+/// keeps the field JS peers expect without leaking anything.
+pub fn failure_fields(name: &str, message: String) -> IpldMap {
     let mut map = IpldMap::new();
+    map.insert("stack".into(), Ipld::String(format!("{name}: {message}")));
     map.insert("name".into(), Ipld::String(name.into()));
     map.insert("message".into(), Ipld::String(message));
-    Ipld::Map(map)
+    map
 }
 
 /// An unexpected handler failure; becomes a `HandlerExecutionError` receipt.
@@ -230,9 +239,8 @@ impl Server {
             return Response::error(Ipld::Map(err));
         };
         let Some(route) = self.routes.get(&capability.can) else {
-            let mut err = capability_error("HandlerNotFound", capability);
-            err.insert("message".into(), Ipld::String(format!("service does not implement {{can: \"{}\"}} handler", capability.can)));
-            return Response::error(Ipld::Map(err));
+            let message = format!("service does not implement {{can: \"{}\"}} handler", capability.can);
+            return Response::error(Ipld::Map(capability_error("HandlerNotFound", message, capability)));
         };
         if invocation.audience() != self.did() {
             return Response::failure(
@@ -263,22 +271,19 @@ impl Server {
             .first()
             .map(|c| (c.can.clone(), c.with.clone()))
             .unwrap_or_default();
-        let mut err = capability_error("HandlerExecutionError", &Capability::new(can.clone(), with));
-        let mut cause = IpldMap::new();
-        cause.insert("name".into(), Ipld::String(failure.name.clone()));
-        cause.insert("message".into(), Ipld::String(failure.message.clone()));
+        let message = format!("service handler {{can: \"{can}\"}} error: {}", failure.message);
+        let mut err = capability_error("HandlerExecutionError", message, &Capability::new(can, with));
+        let cause = failure_fields(&failure.name, failure.message.clone());
         err.insert("cause".into(), Ipld::Map(cause));
-        err.insert("message".into(), Ipld::String(format!("service handler {{can: \"{can}\"}} error: {}", failure.message)));
         Ipld::Map(err)
     }
 }
 
-fn capability_error(name: &str, capability: &Capability) -> IpldMap {
+fn capability_error(name: &str, message: String, capability: &Capability) -> IpldMap {
     let mut cap = IpldMap::new();
     cap.insert("can".into(), Ipld::String(capability.can.clone()));
     cap.insert("with".into(), Ipld::String(capability.with.clone()));
-    let mut err = IpldMap::new();
-    err.insert("name".into(), Ipld::String(name.into()));
+    let mut err = failure_fields(name, message);
     err.insert("error".into(), Ipld::Bool(true));
     err.insert("capability".into(), Ipld::Map(cap));
     err
