@@ -67,3 +67,8 @@ pub mod server;
 pub mod transport;
 pub mod ucan;
 pub mod validator;
+
+/// The README's code blocks, compiled as doctests so they cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -179,4 +179,19 @@ mod tests {
         let car = crate::car::encode(&[other.cid], [(other.cid, other.bytes.clone())]);
         assert!(matches!(AgentMessage::from_car(&car), Err(MessageError::Codec(_))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn from_car_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = AgentMessage::from_car(&bytes);
+        }
+
+        #[test]
+        fn any_root_block_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            let cid = crate::dag::cid_of(crate::dag::DAG_CBOR, &bytes);
+            let car = crate::car::encode(&[cid], [(cid, bytes)]);
+            let _ = AgentMessage::from_car(&car);
+        }
+    }
 }

@@ -373,4 +373,47 @@ mod tests {
         assert_eq!(back.ran().unwrap().cid(), inv.cid());
         assert_eq!(back.forks()[0].cid(), fork.cid());
     }
+
+    #[test]
+    fn malformed_receipts_are_typed_errors() {
+        let service = Ed25519Signer::from_seed([4; 32]);
+        let ran = crate::dag::cid_of(crate::dag::DAG_CBOR, b"x");
+        let receipt = Receipt::issue(&service, ReceiptParts::new(ran, Ok(Ipld::Null))).unwrap();
+        let Ipld::Map(mut top) = receipt.data().to_ipld() else { unreachable!() };
+        top.insert("extra".into(), Ipld::Null);
+        let block = Block::encode(&Ipld::Map(top)).unwrap();
+        let cid = block.cid;
+        let err = Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block]))).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+
+        let both = ucanto_out_both();
+        let block = Block::encode(&both).unwrap();
+        let cid = block.cid;
+        let err = Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block]))).unwrap_err();
+        assert!(err.to_string().contains("exactly one of ok or error"), "{err}");
+    }
+
+    fn ucanto_out_both() -> Ipld {
+        let service = Ed25519Signer::from_seed([4; 32]);
+        let ran = crate::dag::cid_of(crate::dag::DAG_CBOR, b"x");
+        let receipt = Receipt::issue(&service, ReceiptParts::new(ran, Ok(Ipld::Null))).unwrap();
+        let Ipld::Map(mut top) = receipt.data().to_ipld() else { unreachable!() };
+        let Some(Ipld::Map(ocm)) = top.get_mut("ocm") else { unreachable!() };
+        let mut out = IpldMap::new();
+        out.insert("ok".into(), Ipld::Null);
+        out.insert("error".into(), Ipld::Null);
+        ocm.insert("out".into(), Ipld::Map(out));
+        Ipld::Map(top)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let block = Block { cid: crate::dag::cid_of(crate::dag::DAG_CBOR, &bytes), bytes: bytes.clone().into() };
+            let cid = block.cid;
+            let _ = Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block])));
+            let _ = Receipt::extract(&bytes);
+        }
+    }
 }
