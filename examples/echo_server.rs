@@ -33,11 +33,17 @@ async fn main() -> std::io::Result<()> {
     let signer = Arc::new(Ed25519Signer::generate());
     let server = Server::builder(signer.clone())
         .provide(Arc::new(Echo), |req: Request| async move {
-            Ok::<_, HandlerError>(Response::ok(Ipld::Map(req.capability.nb.unwrap_or_default())))
+            Ok::<_, HandlerError>(Response::ok(Ipld::Map(
+                req.capability.nb.unwrap_or_default(),
+            )))
         })
         .build();
     let addr = std::env::var("ECHO_ADDR").unwrap_or_else(|_| "127.0.0.1:8787".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("{{\"url\":\"http://{}/\",\"did\":\"{}\"}}", listener.local_addr()?, signer.did());
+    println!(
+        "{{\"url\":\"http://{}/\",\"did\":\"{}\"}}",
+        listener.local_addr()?,
+        signer.did()
+    );
     axum::serve(listener, router(Arc::new(server), DEFAULT_BODY_LIMIT)).await
 }

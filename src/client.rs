@@ -69,12 +69,18 @@ pub struct HttpChannel {
 impl HttpChannel {
     /// A channel posting to `url`.
     pub fn new(url: impl Into<String>) -> Self {
-        HttpChannel { url: url.into(), http: reqwest::Client::new() }
+        HttpChannel {
+            url: url.into(),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// A channel using a configured HTTP client (timeouts, pools).
     pub fn with_client(url: impl Into<String>, http: reqwest::Client) -> Self {
-        HttpChannel { url: url.into(), http }
+        HttpChannel {
+            url: url.into(),
+            http,
+        }
     }
 }
 
@@ -87,11 +93,20 @@ impl Channel for HttpChannel {
             .header(reqwest::header::ACCEPT, CAR_CONTENT_TYPE)
             .body(body);
         Box::pin(async move {
-            let response = request.send().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
             let status = response.status();
-            let bytes = response.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
             if !status.is_success() {
-                return Err(ClientError::Status { status: status.as_u16(), body: String::from_utf8_lossy(&bytes).into_owned() });
+                return Err(ClientError::Status {
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                });
             }
             Ok(bytes.to_vec())
         })

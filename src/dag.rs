@@ -337,9 +337,15 @@ mod tests {
     fn non_canonical_input_is_refused() {
         // {"roots": [], "a": null} — keys out of canonical order.
         let unsorted = hex::decode("a265726f6f7473806161f6").unwrap();
-        assert!(matches!(decode_cbor(&unsorted), Err(CodecError::NonCanonical)));
+        assert!(matches!(
+            decode_cbor(&unsorted),
+            Err(CodecError::NonCanonical)
+        ));
         // 1 encoded on two bytes instead of one.
-        assert!(matches!(decode_cbor(&[0x18, 0x01]), Err(CodecError::NonCanonical)));
+        assert!(matches!(
+            decode_cbor(&[0x18, 0x01]),
+            Err(CodecError::NonCanonical)
+        ));
         // Indefinite-length list.
         assert!(decode_cbor(&[0x9f, 0x01, 0xff]).is_err());
         // Trailing bytes.

@@ -93,7 +93,9 @@ fn write_string(out: &mut String, s: &str) {
 /// Formats a float like JS `String(number)`, plus the `.0` dag-json adds to integral floats.
 fn write_float(out: &mut String, f: f64) -> Result<(), CodecError> {
     if !f.is_finite() {
-        return Err(CodecError::Encode("NaN and infinities are not in the IPLD data model".into()));
+        return Err(CodecError::Encode(
+            "NaN and infinities are not in the IPLD data model".into(),
+        ));
     }
     let abs = f.abs();
     let text = if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
@@ -175,7 +177,10 @@ mod tests {
         let mut map = IpldMap::new();
         map.insert("b".into(), Ipld::Bytes(vec![1, 2, 3]));
         map.insert("aa".into(), Ipld::String("quote\" tab\t ü\u{1}".into()));
-        map.insert("a".into(), Ipld::List(vec![Ipld::Integer(-5), Ipld::Null, Ipld::Float(1.0)]));
+        map.insert(
+            "a".into(),
+            Ipld::List(vec![Ipld::Integer(-5), Ipld::Null, Ipld::Float(1.0)]),
+        );
         let text = to_string(&Ipld::Map(map)).unwrap();
         assert_eq!(
             text,

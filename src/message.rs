@@ -58,21 +58,34 @@ impl AgentMessage {
         for receipt in receipts {
             blocks.extend(receipt.export());
             // A repeated invocation keeps its first receipt, as in JS.
-            report.entry(receipt.ran_cid().to_string()).or_insert(receipt.cid());
+            report
+                .entry(receipt.ran_cid().to_string())
+                .or_insert(receipt.cid());
         }
         let mut body = IpldMap::new();
         if !execute.is_empty() {
-            body.insert("execute".into(), Ipld::List(execute.iter().map(|c| Ipld::Link(*c)).collect()));
+            body.insert(
+                "execute".into(),
+                Ipld::List(execute.iter().map(|c| Ipld::Link(*c)).collect()),
+            );
         }
         if !report.is_empty() {
-            let map = report.iter().map(|(k, v)| (k.clone(), Ipld::Link(*v))).collect();
+            let map = report
+                .iter()
+                .map(|(k, v)| (k.clone(), Ipld::Link(*v)))
+                .collect();
             body.insert("report".into(), Ipld::Map(map));
         }
         let mut top = IpldMap::new();
         top.insert(MESSAGE_TAG.into(), Ipld::Map(body));
         let root = Block::encode(&Ipld::Map(top))?;
         blocks.insert(root.clone());
-        Ok(AgentMessage { root, blocks: Arc::new(blocks), execute, report })
+        Ok(AgentMessage {
+            root,
+            blocks: Arc::new(blocks),
+            execute,
+            report,
+        })
     }
 
     /// Views the message named `root` among `blocks`.
@@ -80,20 +93,34 @@ impl AgentMessage {
         let block = blocks.block(root)?;
         let value = block.decode()?;
         let top = Fields::new("message", &value, &[MESSAGE_TAG])?;
-        let body = Fields::new("message body", top.required(MESSAGE_TAG)?, &["execute", "report"])?;
-        let execute = if body.get("execute").is_some() { body.links("execute")? } else { Vec::new() };
+        let body = Fields::new(
+            "message body",
+            top.required(MESSAGE_TAG)?,
+            &["execute", "report"],
+        )?;
+        let execute = if body.get("execute").is_some() {
+            body.links("execute")?
+        } else {
+            Vec::new()
+        };
         let mut report = BTreeMap::new();
         if body.get("report").is_some() {
             for (key, value) in body.map("report")? {
                 let Ipld::Link(cid) = value else {
                     return Err(CodecError::schema("message.report", "values must be links"));
                 };
-                key.parse::<Cid>()
-                    .map_err(|_| CodecError::schema("message.report", format!("key {key:?} is not a CID")))?;
+                key.parse::<Cid>().map_err(|_| {
+                    CodecError::schema("message.report", format!("key {key:?} is not a CID"))
+                })?;
                 report.insert(key.clone(), *cid);
             }
         }
-        Ok(AgentMessage { root: block, blocks, execute, report })
+        Ok(AgentMessage {
+            root: block,
+            blocks,
+            execute,
+            report,
+        })
     }
 
     /// Reads a message from CAR bytes (exactly one root: the message block).
@@ -102,13 +129,19 @@ impl AgentMessage {
         if header.roots.len() != 1 {
             return Err(MessageError::RootCount(header.roots.len()));
         }
-        let store: BlockStore = blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect();
+        let store: BlockStore = blocks
+            .into_iter()
+            .map(|(cid, bytes)| Block { cid, bytes })
+            .collect();
         Ok(Self::from_blocks(&header.roots[0], Arc::new(store))?)
     }
 
     /// Encodes the message as CAR bytes.
     pub fn to_car(&self) -> Vec<u8> {
-        crate::car::encode(&[self.root.cid], self.blocks.iter().map(|b| (b.cid, b.bytes)))
+        crate::car::encode(
+            &[self.root.cid],
+            self.blocks.iter().map(|b| (b.cid, b.bytes)),
+        )
     }
 
     /// The message block's CID.
@@ -128,7 +161,10 @@ impl AgentMessage {
 
     /// The invocations to execute; each is decoded with access to all the message's blocks.
     pub fn invocations(&self) -> Vec<Result<Invocation, CodecError>> {
-        self.execute.iter().map(|cid| Delegation::from_blocks(cid, self.blocks.clone())).collect()
+        self.execute
+            .iter()
+            .map(|cid| Delegation::from_blocks(cid, self.blocks.clone()))
+            .collect()
     }
 
     /// The reported receipts: invocation CID string → receipt link.
@@ -158,26 +194,38 @@ mod tests {
             .capability(Capability::new("test/echo", alice.did().as_str()))
             .build()
             .unwrap();
-        let request = AgentMessage::build(&[inv.clone()], &[]).unwrap();
+        let request = AgentMessage::build(std::slice::from_ref(&inv), &[]).unwrap();
         let back = AgentMessage::from_car(&request.to_car()).unwrap();
         assert_eq!(back.execute(), &[inv.cid()]);
         assert_eq!(back.invocations()[0].as_ref().unwrap().cid(), inv.cid());
 
         let receipt = Receipt::issue(&service, ReceiptParts::new(&inv, Ok(Ipld::Null))).unwrap();
-        let response = AgentMessage::build(&[], &[receipt.clone()]).unwrap();
+        let response = AgentMessage::build(&[], std::slice::from_ref(&receipt)).unwrap();
         let back = AgentMessage::from_car(&response.to_car()).unwrap();
-        assert_eq!(back.receipt_for(&inv.cid()).unwrap().unwrap().cid(), receipt.cid());
+        assert_eq!(
+            back.receipt_for(&inv.cid()).unwrap().unwrap().cid(),
+            receipt.cid()
+        );
         assert!(back.receipt_for(&receipt.cid()).is_none());
     }
 
     #[test]
     fn bad_messages_are_typed_errors() {
         let empty_roots = crate::car::encode(&[], Vec::<(Cid, Vec<u8>)>::new());
-        assert!(matches!(AgentMessage::from_car(&empty_roots), Err(MessageError::RootCount(0))));
-        assert!(matches!(AgentMessage::from_car(&[1, 2, 3]), Err(MessageError::Car(_))));
+        assert!(matches!(
+            AgentMessage::from_car(&empty_roots),
+            Err(MessageError::RootCount(0))
+        ));
+        assert!(matches!(
+            AgentMessage::from_car(&[1, 2, 3]),
+            Err(MessageError::Car(_))
+        ));
         let other = Block::encode(&Ipld::String("hi".into())).unwrap();
         let car = crate::car::encode(&[other.cid], [(other.cid, other.bytes.clone())]);
-        assert!(matches!(AgentMessage::from_car(&car), Err(MessageError::Codec(_))));
+        assert!(matches!(
+            AgentMessage::from_car(&car),
+            Err(MessageError::Codec(_))
+        ));
     }
 
     proptest::proptest! {

@@ -63,9 +63,15 @@ impl Did {
     /// Parses and checks a DID string: `did:<method>:<id>`.
     pub fn parse(did: &str) -> Result<Did, PrincipalError> {
         let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
-        let rest = did.strip_prefix("did:").ok_or_else(|| bad("must start with did:"))?;
+        let rest = did
+            .strip_prefix("did:")
+            .ok_or_else(|| bad("must start with did:"))?;
         let (method, id) = rest.split_once(':').ok_or_else(|| bad("missing method"))?;
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if method.is_empty()
+            || !method
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(bad("invalid method"));
         }
         if id.is_empty() {
@@ -105,7 +111,8 @@ impl Did {
 
     /// Reads the byte form found in a dag-cbor UCAN.
     pub fn from_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
-        let bad = |why: &str| PrincipalError::InvalidDid(format!("0x{}", hex_prefix(bytes)), why.into());
+        let bad =
+            |why: &str| PrincipalError::InvalidDid(format!("0x{}", hex_prefix(bytes)), why.into());
         let (code, len) = read_varint(bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
         match code {
             DID_CORE => {
@@ -119,7 +126,10 @@ impl Did {
                 let text = multibase::encode(multibase::Base::Base58Btc, bytes);
                 Ok(Did(format!("did:key:{text}")))
             }
-            other => Err(PrincipalError::UnsupportedKey(other, "UCAN principal".into())),
+            other => Err(PrincipalError::UnsupportedKey(
+                other,
+                "UCAN principal".into(),
+            )),
         }
     }
 }
@@ -131,7 +141,9 @@ fn hex_prefix(bytes: &[u8]) -> String {
 /// Decodes the multicodec-prefixed key of a did:key.
 fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
     let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
-    let text = did.strip_prefix("did:key:").ok_or_else(|| bad("not a did:key"))?;
+    let text = did
+        .strip_prefix("did:key:")
+        .ok_or_else(|| bad("not a did:key"))?;
     if !text.starts_with('z') {
         return Err(bad("did:key must be base58btc (z…)"));
     }
@@ -218,7 +230,10 @@ impl Signature {
         if code == SIG_EDDSA && raw.len() != 64 {
             return Err(bad("ed25519 signatures are 64 bytes"));
         }
-        Ok(Signature { code, raw: raw.to_vec() })
+        Ok(Signature {
+            code,
+            raw: raw.to_vec(),
+        })
     }
 
     /// The JWT `alg` name of the algorithm.
@@ -278,7 +293,11 @@ impl Ed25519Signer {
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let key = SigningKey::from_bytes(&seed);
         let key_did = ed25519_did(&key.verifying_key());
-        Ed25519Signer { key, did: key_did.clone(), key_did }
+        Ed25519Signer {
+            key,
+            did: key_did.clone(),
+            key_did,
+        }
     }
 
     /// A fresh signer from the operating system's randomness.
@@ -301,7 +320,9 @@ impl Ed25519Signer {
     pub fn decode(bytes: &[u8]) -> Result<Self, PrincipalError> {
         let bad = |why: &str| PrincipalError::InvalidKey(why.to_string());
         if bytes.len() != 68 || bytes[..2] != [0x80, 0x26] || bytes[34..36] != [0xed, 0x01] {
-            return Err(bad("expected 68 bytes: 0x1300 tag, seed, 0xed tag, public key"));
+            return Err(bad(
+                "expected 68 bytes: 0x1300 tag, seed, 0xed tag, public key",
+            ));
         }
         let seed: [u8; 32] = bytes[2..34].try_into().map_err(|_| bad("seed"))?;
         let signer = Self::from_seed(seed);
@@ -327,7 +348,11 @@ impl Ed25519Signer {
 
     /// The same key presented under another DID (e.g. `did:web:tracker.example`).
     pub fn with_did(&self, did: Did) -> Self {
-        Ed25519Signer { key: self.key.clone(), key_did: self.key_did.clone(), did }
+        Ed25519Signer {
+            key: self.key.clone(),
+            key_did: self.key_did.clone(),
+            did,
+        }
     }
 
     /// The did:key of the underlying key, whatever DID is presented.
@@ -346,20 +371,29 @@ impl Signer for Ed25519Signer {
         &self.did
     }
     fn sign(&self, payload: &[u8]) -> Signature {
-        Signature { code: SIG_EDDSA, raw: self.key.sign(payload).to_bytes().to_vec() }
+        Signature {
+            code: SIG_EDDSA,
+            raw: self.key.sign(payload).to_bytes().to_vec(),
+        }
     }
     fn signature_code(&self) -> u64 {
         SIG_EDDSA
     }
     fn verifier(&self) -> Arc<dyn Verifier> {
-        Arc::new(Ed25519Verifier { key: self.key.verifying_key(), did: self.did.clone() })
+        Arc::new(Ed25519Verifier {
+            key: self.key.verifying_key(),
+            did: self.did.clone(),
+        })
     }
 }
 
 fn ed25519_did(key: &VerifyingKey) -> Did {
     let mut bytes = vec![0xed, 0x01];
     bytes.extend_from_slice(key.as_bytes());
-    Did(format!("did:key:{}", multibase::encode(multibase::Base::Base58Btc, bytes)))
+    Did(format!(
+        "did:key:{}",
+        multibase::encode(multibase::Base::Base58Btc, bytes)
+    ))
 }
 
 /// Verifies ed25519 signatures.
@@ -381,7 +415,10 @@ impl Ed25519Verifier {
             .map_err(|_| PrincipalError::InvalidDid(did.to_string(), "key length".into()))?;
         let key = VerifyingKey::from_bytes(&key)
             .map_err(|e| PrincipalError::InvalidDid(did.to_string(), e.to_string()))?;
-        Ok(Ed25519Verifier { key, did: did.clone() })
+        Ok(Ed25519Verifier {
+            key,
+            did: did.clone(),
+        })
     }
 
     /// The same key verifying for another DID (a did:web backed by this key).
@@ -399,7 +436,10 @@ impl Verifier for Ed25519Verifier {
             return false;
         };
         signature.code == SIG_EDDSA
-            && self.key.verify(payload, &ed25519_dalek::Signature::from_bytes(&raw)).is_ok()
+            && self
+                .key
+                .verify(payload, &ed25519_dalek::Signature::from_bytes(&raw))
+                .is_ok()
     }
 }
 
@@ -458,7 +498,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_dids() {
-        for bad in ["", "did:", "did:key:", "did:key:abc", "did:KEY:z6Mk", "web:x", "did:key:z111"] {
+        for bad in [
+            "",
+            "did:",
+            "did:key:",
+            "did:key:abc",
+            "did:KEY:z6Mk",
+            "web:x",
+            "did:key:z111",
+        ] {
             assert!(Did::parse(bad).is_err(), "{bad}");
         }
         assert!(Did::from_ucan_bytes(&[0xed, 0x01, 1, 2]).is_err());

@@ -56,7 +56,10 @@ impl ReceiptData {
             Err(e) => out.insert("error".into(), e.clone()),
         };
         let mut fx = IpldMap::new();
-        fx.insert("fork".into(), Ipld::List(self.fx.fork.iter().map(|c| Ipld::Link(*c)).collect()));
+        fx.insert(
+            "fork".into(),
+            Ipld::List(self.fx.fork.iter().map(|c| Ipld::Link(*c)).collect()),
+        );
         if let Some(join) = self.fx.join {
             fx.insert("join".into(), Ipld::Link(join));
         }
@@ -68,7 +71,10 @@ impl ReceiptData {
         if let Some(iss) = &self.issuer {
             ocm.insert("iss".into(), Ipld::String(iss.to_string()));
         }
-        ocm.insert("prf".into(), Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()));
+        ocm.insert(
+            "prf".into(),
+            Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()),
+        );
         Ipld::Map(ocm)
     }
 
@@ -81,12 +87,21 @@ impl ReceiptData {
 
     fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
         let top = Fields::new("receipt", value, &["ocm", "sig"])?;
-        let ocm = Fields::new("receipt.ocm", top.required("ocm")?, &["ran", "out", "fx", "meta", "iss", "prf"])?;
+        let ocm = Fields::new(
+            "receipt.ocm",
+            top.required("ocm")?,
+            &["ran", "out", "fx", "meta", "iss", "prf"],
+        )?;
         let out = Fields::new("receipt.ocm.out", ocm.required("out")?, &["ok", "error"])?;
         let out = match (out.get("ok"), out.get("error")) {
             (Some(ok), None) => Ok(ok.clone()),
             (None, Some(err)) => Err(err.clone()),
-            _ => return Err(CodecError::schema("receipt.ocm.out", "expected exactly one of ok or error")),
+            _ => {
+                return Err(CodecError::schema(
+                    "receipt.ocm.out",
+                    "expected exactly one of ok or error",
+                ))
+            }
         };
         let fx = Fields::new("receipt.ocm.fx", ocm.required("fx")?, &["fork", "join"])?;
         let issuer = ocm
@@ -101,10 +116,17 @@ impl ReceiptData {
         Ok(ReceiptData {
             ran: ocm.link("ran")?,
             out,
-            fx: Effects { fork: fx.links("fork")?, join: fx.opt_link("join")? },
+            fx: Effects {
+                fork: fx.links("fork")?,
+                join: fx.opt_link("join")?,
+            },
             meta,
             issuer,
-            proofs: if ocm.get("prf").is_some() { ocm.links("prf")? } else { Vec::new() },
+            proofs: if ocm.get("prf").is_some() {
+                ocm.links("prf")?
+            } else {
+                Vec::new()
+            },
             signature: Signature::decode(top.bytes("sig")?)
                 .map_err(|e| CodecError::schema("receipt.sig", e.to_string()))?,
         })
@@ -181,7 +203,14 @@ pub struct ReceiptParts {
 impl ReceiptParts {
     /// A receipt for `ran` with result `out` and nothing else.
     pub fn new(ran: impl Into<Ran>, out: Out) -> Self {
-        ReceiptParts { ran: ran.into(), out, fork: Vec::new(), join: None, meta: IpldMap::new(), proofs: Vec::new() }
+        ReceiptParts {
+            ran: ran.into(),
+            out,
+            fork: Vec::new(),
+            join: None,
+            meta: IpldMap::new(),
+            proofs: Vec::new(),
+        }
     }
 
     /// Adds a forked invocation.
@@ -214,24 +243,38 @@ impl Receipt {
         let mut data = ReceiptData {
             ran: parts.ran.cid(),
             out: parts.out,
-            fx: Effects { fork: parts.fork.iter().map(|i| i.cid()).collect(), join: parts.join.map(|i| i.cid()) },
+            fx: Effects {
+                fork: parts.fork.iter().map(|i| i.cid()).collect(),
+                join: parts.join.map(|i| i.cid()),
+            },
             meta: parts.meta,
             issuer: Some(issuer.did().clone()),
             proofs: parts.proofs.iter().map(|p| p.cid()).collect(),
-            signature: Signature { code: issuer.signature_code(), raw: Vec::new() },
+            signature: Signature {
+                code: issuer.signature_code(),
+                raw: Vec::new(),
+            },
         };
         let payload = crate::dag::encode_cbor(&data.outcome())?;
         data.signature = issuer.sign(&payload);
         let root = Block::encode(&data.to_ipld())?;
         blocks.insert(root.clone());
-        Ok(Receipt { root, data: Arc::new(data), blocks: Arc::new(blocks) })
+        Ok(Receipt {
+            root,
+            data: Arc::new(data),
+            blocks: Arc::new(blocks),
+        })
     }
 
     /// Views the receipt named `root` among `blocks`.
     pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Receipt, CodecError> {
         let block = blocks.block(root)?;
         let data = ReceiptData::from_ipld(&block.decode()?)?;
-        Ok(Receipt { root: block, data: Arc::new(data), blocks })
+        Ok(Receipt {
+            root: block,
+            data: Arc::new(data),
+            blocks,
+        })
     }
 
     /// The receipt's CID.
@@ -287,7 +330,12 @@ impl Receipt {
     /// Whether `verifier` signed this receipt's outcome (and, when the receipt
     /// names its issuer, whether that is the verifier's DID).
     pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
-        if self.data.issuer.as_ref().is_some_and(|iss| iss != verifier.did()) {
+        if self
+            .data
+            .issuer
+            .as_ref()
+            .is_some_and(|iss| iss != verifier.did())
+        {
             return false;
         }
         crate::dag::encode_cbor(&self.data.outcome())
@@ -326,7 +374,10 @@ impl Receipt {
         let variant = Block::encode(&Ipld::Map(variant))?;
         let mut blocks = self.export();
         blocks.push(variant.clone());
-        Ok(crate::car::encode(&[variant.cid], blocks.into_iter().map(|b| (b.cid, b.bytes))))
+        Ok(crate::car::encode(
+            &[variant.cid],
+            blocks.into_iter().map(|b| (b.cid, b.bytes)),
+        ))
     }
 
     /// Reads a receipt archive; blocks may come in any order.
@@ -334,11 +385,18 @@ impl Receipt {
         let (header, blocks) =
             crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
         let [root] = header.roots.as_slice() else {
-            return Err(CodecError::schema("receipt archive", "expected exactly one root"));
+            return Err(CodecError::schema(
+                "receipt archive",
+                "expected exactly one root",
+            ));
         };
-        let store: BlockStore = blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect();
+        let store: BlockStore = blocks
+            .into_iter()
+            .map(|(cid, bytes)| Block { cid, bytes })
+            .collect();
         let variant = store.block(root)?.decode()?;
-        let link = Fields::new("receipt archive", &variant, &["ucan/receipt@0.9.1"])?.link("ucan/receipt@0.9.1")?;
+        let link = Fields::new("receipt archive", &variant, &["ucan/receipt@0.9.1"])?
+            .link("ucan/receipt@0.9.1")?;
         Receipt::from_blocks(&link, Arc::new(store))
     }
 }
@@ -363,7 +421,11 @@ mod tests {
             .no_expiration()
             .build()
             .unwrap();
-        let receipt = Receipt::issue(&service, ReceiptParts::new(&inv, Ok(Ipld::Map(IpldMap::new()))).fork(fork.clone())).unwrap();
+        let receipt = Receipt::issue(
+            &service,
+            ReceiptParts::new(&inv, Ok(Ipld::Map(IpldMap::new()))).fork(fork.clone()),
+        )
+        .unwrap();
         let order: Vec<Cid> = receipt.export().iter().map(|b| b.cid).collect();
         assert_eq!(order, vec![inv.cid(), fork.cid(), receipt.cid()]);
         let back = Receipt::extract(&receipt.archive().unwrap()).unwrap();
@@ -379,7 +441,9 @@ mod tests {
         let service = Ed25519Signer::from_seed([4; 32]);
         let ran = crate::dag::cid_of(crate::dag::DAG_CBOR, b"x");
         let receipt = Receipt::issue(&service, ReceiptParts::new(ran, Ok(Ipld::Null))).unwrap();
-        let Ipld::Map(mut top) = receipt.data().to_ipld() else { unreachable!() };
+        let Ipld::Map(mut top) = receipt.data().to_ipld() else {
+            unreachable!()
+        };
         top.insert("extra".into(), Ipld::Null);
         let block = Block::encode(&Ipld::Map(top)).unwrap();
         let cid = block.cid;
@@ -390,15 +454,22 @@ mod tests {
         let block = Block::encode(&both).unwrap();
         let cid = block.cid;
         let err = Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block]))).unwrap_err();
-        assert!(err.to_string().contains("exactly one of ok or error"), "{err}");
+        assert!(
+            err.to_string().contains("exactly one of ok or error"),
+            "{err}"
+        );
     }
 
     fn ucanto_out_both() -> Ipld {
         let service = Ed25519Signer::from_seed([4; 32]);
         let ran = crate::dag::cid_of(crate::dag::DAG_CBOR, b"x");
         let receipt = Receipt::issue(&service, ReceiptParts::new(ran, Ok(Ipld::Null))).unwrap();
-        let Ipld::Map(mut top) = receipt.data().to_ipld() else { unreachable!() };
-        let Some(Ipld::Map(ocm)) = top.get_mut("ocm") else { unreachable!() };
+        let Ipld::Map(mut top) = receipt.data().to_ipld() else {
+            unreachable!()
+        };
+        let Some(Ipld::Map(ocm)) = top.get_mut("ocm") else {
+            unreachable!()
+        };
         let mut out = IpldMap::new();
         out.insert("ok".into(), Ipld::Null);
         out.insert("error".into(), Ipld::Null);

@@ -47,12 +47,22 @@ pub struct Response {
 impl Response {
     /// A success.
     pub fn ok(value: Ipld) -> Self {
-        Response { out: Ok(value), fork: Vec::new(), join: None, meta: IpldMap::new() }
+        Response {
+            out: Ok(value),
+            fork: Vec::new(),
+            join: None,
+            meta: IpldMap::new(),
+        }
     }
 
     /// A domain failure, to be put in the receipt as is.
     pub fn error(value: Ipld) -> Self {
-        Response { out: Err(value), fork: Vec::new(), join: None, meta: IpldMap::new() }
+        Response {
+            out: Err(value),
+            fork: Vec::new(),
+            join: None,
+            meta: IpldMap::new(),
+        }
     }
 
     /// A domain failure `{name, message}`.
@@ -107,7 +117,10 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure explained by `message`.
     pub fn new(message: impl std::fmt::Display) -> Self {
-        HandlerError { name: "Error".into(), message: message.to_string() }
+        HandlerError {
+            name: "Error".into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -156,9 +169,19 @@ pub struct ServerBuilder {
 
 impl ServerBuilder {
     /// Registers `handler` for the capability `parser` describes.
-    pub fn provide(mut self, parser: Arc<dyn CapabilityParser>, handler: impl Handler + 'static) -> Self {
+    pub fn provide(
+        mut self,
+        parser: Arc<dyn CapabilityParser>,
+        handler: impl Handler + 'static,
+    ) -> Self {
         let can = parser.can().to_string();
-        self.server.routes.insert(can, Route { parser, handler: Arc::new(handler) });
+        self.server.routes.insert(
+            can,
+            Route {
+                parser,
+                handler: Arc::new(handler),
+            },
+        );
         self
     }
 
@@ -188,7 +211,12 @@ impl Server {
             server: Server {
                 signer,
                 routes: HashMap::new(),
-                validator: ValidatorConfig { authority, attesters: Vec::new(), local_proofs: Vec::new(), now: None },
+                validator: ValidatorConfig {
+                    authority,
+                    attesters: Vec::new(),
+                    local_proofs: Vec::new(),
+                    now: None,
+                },
                 catch: None,
             },
         }
@@ -207,8 +235,12 @@ impl Server {
     /// Runs every invocation of `request` (concurrently) and answers with their
     /// receipts, in invocation order. Fails only if an invocation cannot be decoded.
     pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
-        let invocations = request.invocations().into_iter().collect::<Result<Vec<_>, _>>()?;
-        let receipts = futures_util::future::join_all(invocations.into_iter().map(|inv| self.run(inv))).await;
+        let invocations = request
+            .invocations()
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let receipts =
+            futures_util::future::join_all(invocations.into_iter().map(|inv| self.run(inv))).await;
         let receipts = receipts.into_iter().collect::<Result<Vec<_>, _>>()?;
         AgentMessage::build(&[], &receipts)
     }
@@ -216,12 +248,22 @@ impl Server {
     /// Runs one invocation and signs its receipt.
     pub async fn run(&self, invocation: Invocation) -> Result<Receipt, CodecError> {
         let response = self.dispatch(&invocation).await;
-        let parts = ReceiptParts { ran: invocation.clone().into(), out: response.out, fork: response.fork, join: response.join, meta: response.meta, proofs: Vec::new() };
+        let parts = ReceiptParts {
+            ran: invocation.clone().into(),
+            out: response.out,
+            fork: response.fork,
+            join: response.join,
+            meta: response.meta,
+            proofs: Vec::new(),
+        };
         match Receipt::issue(self.signer.as_ref(), parts) {
             Ok(receipt) => Ok(receipt),
             // A handler result that cannot be encoded is the handler's failure.
             Err(e) => {
-                let failure = HandlerError { name: "EncodeError".into(), message: e.to_string() };
+                let failure = HandlerError {
+                    name: "EncodeError".into(),
+                    message: e.to_string(),
+                };
                 let out = Err(self.execution_error(&invocation, &failure));
                 Receipt::issue(self.signer.as_ref(), ReceiptParts::new(invocation, out))
             }
@@ -230,29 +272,56 @@ impl Server {
 
     async fn dispatch(&self, invocation: &Invocation) -> Response {
         let [capability] = invocation.capabilities() else {
-            let caps = invocation.capabilities().iter().map(Capability::to_ipld).collect();
+            let caps = invocation
+                .capabilities()
+                .iter()
+                .map(Capability::to_ipld)
+                .collect();
             let mut err = IpldMap::new();
-            err.insert("name".into(), Ipld::String("InvocationCapabilityError".into()));
+            err.insert(
+                "name".into(),
+                Ipld::String("InvocationCapabilityError".into()),
+            );
             err.insert("error".into(), Ipld::Bool(true));
-            err.insert("message".into(), Ipld::String("Invocation is required to have a single capability.".into()));
+            err.insert(
+                "message".into(),
+                Ipld::String("Invocation is required to have a single capability.".into()),
+            );
             err.insert("capabilities".into(), Ipld::List(caps));
             return Response::error(Ipld::Map(err));
         };
         let Some(route) = self.routes.get(&capability.can) else {
-            let message = format!("service does not implement {{can: \"{}\"}} handler", capability.can);
-            return Response::error(Ipld::Map(capability_error("HandlerNotFound", message, capability)));
+            let message = format!(
+                "service does not implement {{can: \"{}\"}} handler",
+                capability.can
+            );
+            return Response::error(Ipld::Map(capability_error(
+                "HandlerNotFound",
+                message,
+                capability,
+            )));
         };
         if invocation.audience() != self.did() {
             return Response::failure(
                 "InvalidAudience",
-                format!("Expected literal {:?} instead got {:?}", self.did().as_str(), invocation.audience().as_str()),
+                format!(
+                    "Expected literal {:?} instead got {:?}",
+                    self.did().as_str(),
+                    invocation.audience().as_str()
+                ),
             );
         }
         let authorization = match access(invocation, route.parser.as_ref(), &self.validator) {
             Ok(a) => a,
-            Err(unauthorized) => return Response::failure(unauthorized.name(), unauthorized.message.clone()),
+            Err(unauthorized) => {
+                return Response::failure(unauthorized.name(), unauthorized.message.clone())
+            }
         };
-        let request = Request { invocation: invocation.clone(), capability: authorization.capability.clone(), authorization };
+        let request = Request {
+            invocation: invocation.clone(),
+            capability: authorization.capability.clone(),
+            authorization,
+        };
         match route.handler.handle(request).await {
             Ok(response) => response,
             Err(failure) => {
@@ -271,8 +340,15 @@ impl Server {
             .first()
             .map(|c| (c.can.clone(), c.with.clone()))
             .unwrap_or_default();
-        let message = format!("service handler {{can: \"{can}\"}} error: {}", failure.message);
-        let mut err = capability_error("HandlerExecutionError", message, &Capability::new(can, with));
+        let message = format!(
+            "service handler {{can: \"{can}\"}} error: {}",
+            failure.message
+        );
+        let mut err = capability_error(
+            "HandlerExecutionError",
+            message,
+            &Capability::new(can, with),
+        );
         let cause = failure_fields(&failure.name, failure.message.clone());
         err.insert("cause".into(), Ipld::Map(cause));
         Ipld::Map(err)

@@ -35,7 +35,10 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
 /// Decides whether a request can be served; the error is the HTTP answer.
 #[allow(clippy::result_large_err)]
 pub fn negotiate(headers: &HeaderMap) -> Result<(), Response> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case(CAR_CONTENT_TYPE) {
         return Err((
@@ -45,7 +48,10 @@ pub fn negotiate(headers: &HeaderMap) -> Result<(), Response> {
         )
             .into_response());
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
     if !accepts_car(accept) {
         return Err((
             StatusCode::NOT_ACCEPTABLE,
@@ -64,7 +70,9 @@ fn accepts_car(accept: &str) -> bool {
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let refused = parts.any(|p| {
             let p = p.trim();
-            p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()).is_some_and(|q| q <= 0.0)
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
         });
         !refused && (media == "*/*" || media == "application/*" || media == CAR_CONTENT_TYPE)
     })

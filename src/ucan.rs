@@ -50,7 +50,11 @@ pub struct Capability {
 impl Capability {
     /// A capability without caveats.
     pub fn new(can: impl Into<String>, with: impl Into<String>) -> Self {
-        Capability { can: can.into(), with: with.into(), nb: None }
+        Capability {
+            can: can.into(),
+            with: with.into(),
+            nb: None,
+        }
     }
 
     /// The same capability with caveats `nb`.
@@ -75,18 +79,28 @@ impl Capability {
         let fields = Fields::new("capability", value, &["can", "with", "nb"])?;
         let can = fields.string("can")?;
         if can != "*" && !can.trim_matches('/').contains('/') {
-            return Err(CodecError::schema("capability.can", format!("{can:?} must have at least one path segment")));
+            return Err(CodecError::schema(
+                "capability.can",
+                format!("{can:?} must have at least one path segment"),
+            ));
         }
         let with = fields.string("with")?;
         if !with.contains(':') {
-            return Err(CodecError::schema("capability.with", format!("{with:?} is not a URI")));
+            return Err(CodecError::schema(
+                "capability.with",
+                format!("{with:?} is not a URI"),
+            ));
         }
         let nb = match fields.get("nb") {
             None => None,
             Some(Ipld::Map(map)) => Some(map.clone()),
             Some(_) => return Err(CodecError::schema("capability.nb", "expected a map")),
         };
-        Ok(Capability { can: can.to_string(), with: with.to_string(), nb })
+        Ok(Capability {
+            can: can.to_string(),
+            with: with.to_string(),
+            nb,
+        })
     }
 }
 
@@ -137,9 +151,19 @@ impl UcanData {
         map.insert("v".into(), Ipld::String(self.version.clone()));
         map.insert("iss".into(), Ipld::Bytes(self.issuer.to_ucan_bytes()));
         map.insert("aud".into(), Ipld::Bytes(self.audience.to_ucan_bytes()));
-        map.insert("att".into(), Ipld::List(self.capabilities.iter().map(Capability::to_ipld).collect()));
-        map.insert("exp".into(), self.expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())));
-        map.insert("prf".into(), Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()));
+        map.insert(
+            "att".into(),
+            Ipld::List(self.capabilities.iter().map(Capability::to_ipld).collect()),
+        );
+        map.insert(
+            "exp".into(),
+            self.expiration
+                .map_or(Ipld::Null, |e| Ipld::Integer(e.into())),
+        );
+        map.insert(
+            "prf".into(),
+            Ipld::List(self.proofs.iter().map(|c| Ipld::Link(*c)).collect()),
+        );
         // Optional fields follow dag-ucan: nbf only when non-zero, nnc whenever
         // set (even empty), fct only when non-empty.
         if let Some(nbf) = self.not_before.filter(|n| *n != 0) {
@@ -149,27 +173,46 @@ impl UcanData {
             map.insert("nnc".into(), Ipld::String(nnc.clone()));
         }
         if !self.facts.is_empty() {
-            map.insert("fct".into(), Ipld::List(self.facts.iter().cloned().map(Ipld::Map).collect()));
+            map.insert(
+                "fct".into(),
+                Ipld::List(self.facts.iter().cloned().map(Ipld::Map).collect()),
+            );
         }
         map.insert("s".into(), Ipld::Bytes(self.signature.encode()));
         Ipld::Map(map)
     }
 
     fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
-        let f = Fields::new("ucan", value, &["v", "iss", "aud", "att", "exp", "nbf", "nnc", "fct", "prf", "s"])?;
+        let f = Fields::new(
+            "ucan",
+            value,
+            &[
+                "v", "iss", "aud", "att", "exp", "nbf", "nnc", "fct", "prf", "s",
+            ],
+        )?;
         let principal = |name: &str| {
-            Did::from_ucan_bytes(f.bytes(name)?).map_err(|e| CodecError::schema(format!("ucan.{name}"), e.to_string()))
+            Did::from_ucan_bytes(f.bytes(name)?)
+                .map_err(|e| CodecError::schema(format!("ucan.{name}"), e.to_string()))
         };
         let version = f.string("v")?.to_string();
         if !version.starts_with("0.9.") {
-            return Err(CodecError::schema("ucan.v", format!("unsupported version {version:?}")));
+            return Err(CodecError::schema(
+                "ucan.v",
+                format!("unsupported version {version:?}"),
+            ));
         }
         let capabilities = match f.required("att")? {
-            Ipld::List(items) => items.iter().map(Capability::from_ipld).collect::<Result<_, _>>()?,
+            Ipld::List(items) => items
+                .iter()
+                .map(Capability::from_ipld)
+                .collect::<Result<_, _>>()?,
             _ => return Err(CodecError::schema("ucan.att", "expected a list")),
         };
         if !matches!(f.required("exp")?, Ipld::Null | Ipld::Integer(_)) {
-            return Err(CodecError::schema("ucan.exp", "expected an integer or null"));
+            return Err(CodecError::schema(
+                "ucan.exp",
+                "expected an integer or null",
+            ));
         }
         let facts = match f.get("fct") {
             None => Vec::new(),
@@ -182,8 +225,13 @@ impl UcanData {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(CodecError::schema("ucan.fct", "expected a list")),
         };
-        let proofs = if f.get("prf").is_some() { f.links("prf")? } else { Vec::new() };
-        let signature = Signature::decode(f.bytes("s")?).map_err(|e| CodecError::schema("ucan.s", e.to_string()))?;
+        let proofs = if f.get("prf").is_some() {
+            f.links("prf")?
+        } else {
+            Vec::new()
+        };
+        let signature = Signature::decode(f.bytes("s")?)
+            .map_err(|e| CodecError::schema("ucan.s", e.to_string()))?;
         Ok(UcanData {
             version,
             issuer: principal("iss")?,
@@ -241,19 +289,34 @@ fn signing_payload(
     proofs: &[Cid],
 ) -> Result<Vec<u8>, CodecError> {
     let mut header = IpldMap::new();
-    header.insert("alg".into(), Ipld::String(crate::principal::algorithm_name(signature_code)));
+    header.insert(
+        "alg".into(),
+        Ipld::String(crate::principal::algorithm_name(signature_code)),
+    );
     header.insert("typ".into(), Ipld::String("JWT".into()));
     header.insert("ucv".into(), Ipld::String(version.into()));
 
     let mut payload = IpldMap::new();
     payload.insert("iss".into(), Ipld::String(issuer.to_string()));
     payload.insert("aud".into(), Ipld::String(audience.to_string()));
-    payload.insert("att".into(), Ipld::List(capabilities.iter().map(Capability::to_ipld).collect()));
-    payload.insert("exp".into(), expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())));
-    payload.insert("prf".into(), Ipld::List(proofs.iter().map(|c| Ipld::String(c.to_string())).collect()));
+    payload.insert(
+        "att".into(),
+        Ipld::List(capabilities.iter().map(Capability::to_ipld).collect()),
+    );
+    payload.insert(
+        "exp".into(),
+        expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())),
+    );
+    payload.insert(
+        "prf".into(),
+        Ipld::List(proofs.iter().map(|c| Ipld::String(c.to_string())).collect()),
+    );
     // The JSON form drops empty optionals, including an empty nonce.
     if !facts.is_empty() {
-        payload.insert("fct".into(), Ipld::List(facts.iter().cloned().map(Ipld::Map).collect()));
+        payload.insert(
+            "fct".into(),
+            Ipld::List(facts.iter().cloned().map(Ipld::Map).collect()),
+        );
     }
     if let Some(nnc) = nonce.filter(|n| !n.is_empty()) {
         payload.insert("nnc".into(), Ipld::String(nnc.into()));
@@ -327,11 +390,18 @@ impl Delegation {
     /// Views the UCAN named `root` among `blocks`.
     pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
         if root.codec() != DAG_CBOR {
-            return Err(CodecError::schema("ucan", format!("{root} is not dag-cbor")));
+            return Err(CodecError::schema(
+                "ucan",
+                format!("{root} is not dag-cbor"),
+            ));
         }
         let block = blocks.block(root)?;
         let data = UcanData::from_ipld(&block.decode()?)?;
-        Ok(Delegation { root: block, data: Arc::new(data), blocks })
+        Ok(Delegation {
+            root: block,
+            data: Arc::new(data),
+            blocks,
+        })
     }
 
     /// Decodes a UCAN from a single block.
@@ -390,10 +460,12 @@ impl Delegation {
         self.data
             .proofs
             .iter()
-            .map(|cid| match Delegation::from_blocks(cid, self.blocks.clone()) {
-                Ok(d) => Proof::Delegation(d),
-                Err(_) => Proof::Link(*cid),
-            })
+            .map(
+                |cid| match Delegation::from_blocks(cid, self.blocks.clone()) {
+                    Ok(d) => Proof::Delegation(d),
+                    Err(_) => Proof::Link(*cid),
+                },
+            )
             .collect()
     }
 
@@ -445,11 +517,17 @@ impl Delegation {
     /// the form JS `delegation.archive()` produces.
     pub fn archive(&self) -> Result<Vec<u8>, CodecError> {
         let mut variant = IpldMap::new();
-        variant.insert(format!("ucan@{}", self.data.version), Ipld::Link(self.cid()));
+        variant.insert(
+            format!("ucan@{}", self.data.version),
+            Ipld::Link(self.cid()),
+        );
         let variant = Block::encode(&Ipld::Map(variant))?;
         let mut blocks = self.export();
         blocks.push(variant.clone());
-        Ok(crate::car::encode(&[variant.cid], blocks.into_iter().map(|b| (b.cid, b.bytes))))
+        Ok(crate::car::encode(
+            &[variant.cid],
+            blocks.into_iter().map(|b| (b.cid, b.bytes)),
+        ))
     }
 
     /// Reads a delegation from a CAR archive made by [`Delegation::archive`] or JS.
@@ -457,9 +535,15 @@ impl Delegation {
         let (header, blocks) =
             crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
         let [root] = header.roots.as_slice() else {
-            return Err(CodecError::schema("delegation archive", "expected exactly one root"));
+            return Err(CodecError::schema(
+                "delegation archive",
+                "expected exactly one root",
+            ));
         };
-        let store: BlockStore = blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect();
+        let store: BlockStore = blocks
+            .into_iter()
+            .map(|(cid, bytes)| Block { cid, bytes })
+            .collect();
         let variant = store.block(root)?.decode()?;
         let fields = Fields::new("delegation archive", &variant, &["ucan@0.9.1"])?;
         let link = fields.link("ucan@0.9.1")?;
@@ -586,13 +670,20 @@ impl DelegationBuilder<'_> {
         let attachable = data.attached_links();
         for block in self.attached {
             if !attachable.contains(&block.cid) {
-                return Err(CodecError::schema("attached block", format!("{} is not linked from nb or facts", block.cid)));
+                return Err(CodecError::schema(
+                    "attached block",
+                    format!("{} is not linked from nb or facts", block.cid),
+                ));
             }
             blocks.insert(block);
         }
         let root = Block::encode(&data.to_ipld())?;
         blocks.insert(root.clone());
-        Ok(Delegation { root, data: Arc::new(data), blocks: Arc::new(blocks) })
+        Ok(Delegation {
+            root,
+            data: Arc::new(data),
+            blocks: Arc::new(blocks),
+        })
     }
 }
 
@@ -619,7 +710,10 @@ mod tests {
         assert_eq!(again.data(), d.data());
         assert!(again.verify_signature(alice().verifier().as_ref()));
         assert!(!again.verify_signature(bob().verifier().as_ref()));
-        assert_eq!(&d.block().bytes[..], &crate::dag::encode_cbor(&d.data().to_ipld()).unwrap()[..]);
+        assert_eq!(
+            &d.block().bytes[..],
+            &crate::dag::encode_cbor(&d.data().to_ipld()).unwrap()[..]
+        );
     }
 
     #[test]
@@ -643,11 +737,18 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let d = Delegation::builder(&alice(), bob().did().clone()).build().unwrap();
-        let Ipld::Map(mut map) = d.data().to_ipld() else { unreachable!() };
+        let d = Delegation::builder(&alice(), bob().did().clone())
+            .build()
+            .unwrap();
+        let Ipld::Map(mut map) = d.data().to_ipld() else {
+            unreachable!()
+        };
         map.insert("zzz".into(), Ipld::Null);
         let block = Block::encode(&Ipld::Map(map)).unwrap();
-        assert!(matches!(Delegation::from_block(block), Err(CodecError::Schema { .. })));
+        assert!(matches!(
+            Delegation::from_block(block),
+            Err(CodecError::Schema { .. })
+        ));
     }
 
     proptest::proptest! {

@@ -15,7 +15,10 @@ use ucanto::validator::CapabilityParser;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `fixtures/<rest>`.
@@ -67,8 +70,12 @@ pub async fn spawn_js(script: &str, args: &[&str]) -> JsPeer {
         .expect("node is installed (see scripts/test.sh)");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).await.expect("read first line");
-    let hello = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .expect("read first line");
+    let hello =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
     JsPeer { child, hello }
 }
 
@@ -82,7 +89,10 @@ pub async fn run_js(script: &str, args: &[&str]) -> (i32, String) {
         .output()
         .await
         .expect("node is installed (see scripts/test.sh)");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 /// `test/echo`: with = any DID, nb = {text: string}; ok = {text}.
@@ -119,7 +129,9 @@ impl CapabilityParser for Fail {
 pub fn echo_server(signer: Arc<dyn ucanto::principal::Signer>) -> Server {
     Server::builder(signer)
         .provide(Arc::new(Echo), |req: Request| async move {
-            Ok::<_, HandlerError>(Response::ok(Ipld::Map(req.capability.nb.unwrap_or_default())))
+            Ok::<_, HandlerError>(Response::ok(Ipld::Map(
+                req.capability.nb.unwrap_or_default(),
+            )))
         })
         .provide(Arc::new(Fail), |_req: Request| async move {
             Err::<Response, _>(HandlerError::new("Boom"))
@@ -129,7 +141,9 @@ pub fn echo_server(signer: Arc<dyn ucanto::principal::Signer>) -> Server {
 
 /// Serves `router` on 127.0.0.1 (any free port); returns the base URL.
 pub async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         axum::serve(listener, router).await.expect("serve");

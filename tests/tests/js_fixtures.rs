@@ -23,20 +23,33 @@ struct Manifest {
 
 impl Manifest {
     fn load() -> Self {
-        let json: Value = serde_json::from_slice(&std::fs::read(fixture("ucanto/vectors.json")).unwrap()).unwrap();
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(fixture("ucanto/vectors.json")).unwrap())
+                .unwrap();
         let mut signers = HashMap::new();
         for (name, p) in json["principals"].as_object().unwrap() {
             if let Some(seed) = p["seed"].as_str() {
                 let seed: [u8; 32] = hex(seed).try_into().unwrap();
                 let signer = Ed25519Signer::from_seed(seed);
-                assert_eq!(signer.did().as_str(), p["did"], "{name}: same DID from the same seed");
-                assert_eq!(signer.format(), p["secret"].as_str().unwrap(), "{name}: same M… key format");
+                assert_eq!(
+                    signer.did().as_str(),
+                    p["did"],
+                    "{name}: same DID from the same seed"
+                );
+                assert_eq!(
+                    signer.format(),
+                    p["secret"].as_str().unwrap(),
+                    "{name}: same M… key format"
+                );
                 signers.insert(name.clone(), signer);
             }
         }
         let web = &json["principals"]["serviceWeb"];
         let base = signers[web["signer"].as_str().unwrap()].clone();
-        signers.insert("serviceWeb".into(), base.with_did(web["did"].as_str().unwrap().parse().unwrap()));
+        signers.insert(
+            "serviceWeb".into(),
+            base.with_did(web["did"].as_str().unwrap().parse().unwrap()),
+        );
         Manifest { json, signers }
     }
 
@@ -45,7 +58,9 @@ impl Manifest {
     }
 
     fn vector(&self, name: &str) -> &Value {
-        self.vectors().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no vector {name}"))
+        self.vectors()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no vector {name}"))
     }
 
     fn did(&self, name_or_did: &str) -> Did {
@@ -64,16 +79,22 @@ impl Manifest {
     }
 
     fn file(&self, vector: &Value) -> Vec<u8> {
-        std::fs::read(fixture(&format!("ucanto/{}", vector["file"].as_str().unwrap()))).unwrap()
+        std::fs::read(fixture(&format!(
+            "ucanto/{}",
+            vector["file"].as_str().unwrap()
+        )))
+        .unwrap()
     }
 
     /// Rebuilds a delegation or invocation from the vector's inputs.
     fn build_delegation(&self, name: &str) -> Delegation {
         let input = &self.vector(name)["input"];
         let issuer = &self.signers[input["issuer"].as_str().unwrap()];
-        let mut builder = Delegation::builder(issuer, self.did(input["audience"].as_str().unwrap()));
+        let mut builder =
+            Delegation::builder(issuer, self.did(input["audience"].as_str().unwrap()));
         for cap in input["capabilities"].as_array().unwrap() {
-            builder = builder.capability(Capability::from_ipld(&dag_json::from_json(cap).unwrap()).unwrap());
+            builder = builder
+                .capability(Capability::from_ipld(&dag_json::from_json(cap).unwrap()).unwrap());
         }
         builder = match input["expiration"].as_u64() {
             Some(exp) => builder.expiration(exp),
@@ -86,7 +107,9 @@ impl Manifest {
             builder = builder.nonce(nonce);
         }
         for fact in input["facts"].as_array().into_iter().flatten() {
-            let Ipld::Map(map) = dag_json::from_json(fact).unwrap() else { panic!("fact is a map") };
+            let Ipld::Map(map) = dag_json::from_json(fact).unwrap() else {
+                panic!("fact is a map")
+            };
             builder = builder.fact(map);
         }
         for proof in input["proofs"].as_array().into_iter().flatten() {
@@ -99,7 +122,9 @@ impl Manifest {
         let input = &self.vector(name)["input"];
         let issuer = &self.signers[input["issuer"].as_str().unwrap()];
         let ran = self.build_delegation(input["ran"].as_str().unwrap());
-        let Ipld::Map(out) = dag_json::from_json(&input["out"]).unwrap() else { panic!("out is a map") };
+        let Ipld::Map(out) = dag_json::from_json(&input["out"]).unwrap() else {
+            panic!("out is a map")
+        };
         let out = match (out.get("ok"), out.get("error")) {
             (Some(ok), None) => Ok(ok.clone()),
             (None, Some(err)) => Err(err.clone()),
@@ -112,20 +137,31 @@ impl Manifest {
         if let Some(join) = input["fx"]["join"].as_str() {
             parts = parts.join(self.build_delegation(join));
         }
-        let Ipld::Map(meta) = dag_json::from_json(&input["meta"]).unwrap() else { panic!("meta is a map") };
+        let Ipld::Map(meta) = dag_json::from_json(&input["meta"]).unwrap() else {
+            panic!("meta is a map")
+        };
         parts.meta = meta;
         Receipt::issue(issuer, parts).unwrap()
     }
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn read_car(bytes: &[u8]) -> (Cid, Vec<Block>) {
     let (header, blocks) = ucanto::car::decode(bytes).unwrap();
     assert_eq!(header.roots.len(), 1);
-    (header.roots[0], blocks.into_iter().map(|(cid, bytes)| Block { cid, bytes }).collect())
+    (
+        header.roots[0],
+        blocks
+            .into_iter()
+            .map(|(cid, bytes)| Block { cid, bytes })
+            .collect(),
+    )
 }
 
 fn store(blocks: &[Block]) -> Arc<BlockStore> {
@@ -142,25 +178,51 @@ fn car_of(root: Cid, blocks: Vec<Block>) -> Vec<u8> {
 fn delegations_and_invocations_match_js() {
     let m = Manifest::load();
     let mut seen = 0;
-    for v in m.vectors().filter(|v| v["kind"] == "delegation" || v["kind"] == "invocation") {
+    for v in m
+        .vectors()
+        .filter(|v| v["kind"] == "delegation" || v["kind"] == "invocation")
+    {
         let name = v["name"].as_str().unwrap();
         let bytes = m.file(v);
         let (root, blocks) = read_car(&bytes);
         assert_eq!(root.to_string(), v["root"], "{name}: root CID");
         let order: Vec<String> = blocks.iter().map(|b| b.cid.to_string()).collect();
-        assert_eq!(serde_json::to_value(&order).unwrap(), v["blocks"], "{name}: block order");
+        assert_eq!(
+            serde_json::to_value(&order).unwrap(),
+            v["blocks"],
+            "{name}: block order"
+        );
 
         let decoded = Delegation::from_blocks(&root, store(&blocks)).unwrap();
-        assert_eq!(car_of(root, decoded.export()), bytes, "{name}: export re-encodes to the same CAR");
+        assert_eq!(
+            car_of(root, decoded.export()),
+            bytes,
+            "{name}: export re-encodes to the same CAR"
+        );
         let payload = String::from_utf8(decoded.data().signing_payload().unwrap()).unwrap();
-        assert_eq!(payload, v["signaturePayload"].as_str().unwrap(), "{name}: signed payload");
-        assert!(decoded.verify_signature(m.verifier(decoded.issuer()).as_ref()), "{name}: signature verifies");
+        assert_eq!(
+            payload,
+            v["signaturePayload"].as_str().unwrap(),
+            "{name}: signed payload"
+        );
+        assert!(
+            decoded.verify_signature(m.verifier(decoded.issuer()).as_ref()),
+            "{name}: signature verifies"
+        );
         let rendered = dag_json::from_json(&v["rootBlock"]).unwrap();
-        assert_eq!(decoded.block().decode().unwrap(), rendered, "{name}: decoded root block");
+        assert_eq!(
+            decoded.block().decode().unwrap(),
+            rendered,
+            "{name}: decoded root block"
+        );
 
         let rebuilt = m.build_delegation(name);
         assert_eq!(rebuilt.cid(), root, "{name}: same CID from the same inputs");
-        assert_eq!(car_of(root, rebuilt.export()), bytes, "{name}: same bytes from the same inputs");
+        assert_eq!(
+            car_of(root, rebuilt.export()),
+            bytes,
+            "{name}: same bytes from the same inputs"
+        );
         seen += 1;
     }
     assert!(seen >= 20, "only {seen} delegation vectors");
@@ -178,9 +240,19 @@ fn receipts_match_js() {
         assert_eq!(root.to_string(), v["root"], "{name}");
         let receipt = Receipt::from_blocks(&root, store(&blocks)).unwrap();
         let issuer = receipt.issuer().expect("JS always writes iss").clone();
-        assert!(receipt.verify_signature(m.verifier(&issuer).as_ref()), "{name}: signature");
-        assert!(!receipt.verify_signature(m.signers["mallory"].verifier().as_ref()), "{name}: not mallory's");
-        assert_eq!(car_of(root, receipt.export()), bytes, "{name}: export re-encodes to the same CAR");
+        assert!(
+            receipt.verify_signature(m.verifier(&issuer).as_ref()),
+            "{name}: signature"
+        );
+        assert!(
+            !receipt.verify_signature(m.signers["mallory"].verifier().as_ref()),
+            "{name}: not mallory's"
+        );
+        assert_eq!(
+            car_of(root, receipt.export()),
+            bytes,
+            "{name}: export re-encodes to the same CAR"
+        );
 
         let rebuilt = m.build_receipt(name);
         assert_eq!(rebuilt.cid(), root, "{name}: same CID from the same inputs");
@@ -194,26 +266,47 @@ fn receipts_match_js() {
 #[test]
 fn agent_messages_match_js() {
     let m = Manifest::load();
-    for v in m.vectors().filter(|v| v["kind"] == "request" || v["kind"] == "response") {
+    for v in m
+        .vectors()
+        .filter(|v| v["kind"] == "request" || v["kind"] == "response")
+    {
         let name = v["name"].as_str().unwrap();
         let bytes = m.file(v);
         let message = AgentMessage::from_car(&bytes).unwrap();
         assert_eq!(message.cid().to_string(), v["root"], "{name}");
         assert_eq!(message.to_car(), bytes, "{name}: re-encodes identically");
         let rebuilt = if v["kind"] == "request" {
-            let invs: Vec<_> = v["input"]["invocations"].as_array().unwrap().iter().map(|n| m.build_delegation(n.as_str().unwrap())).collect();
+            let invs: Vec<_> = v["input"]["invocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| m.build_delegation(n.as_str().unwrap()))
+                .collect();
             for (inv, decoded) in invs.iter().zip(message.invocations()) {
                 assert_eq!(inv.cid(), decoded.unwrap().cid(), "{name}");
             }
             AgentMessage::build(&invs, &[]).unwrap()
         } else {
-            let receipts: Vec<_> = v["input"]["receipts"].as_array().unwrap().iter().map(|n| m.build_receipt(n.as_str().unwrap())).collect();
+            let receipts: Vec<_> = v["input"]["receipts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| m.build_receipt(n.as_str().unwrap()))
+                .collect();
             for r in &receipts {
-                assert_eq!(message.receipt_for(&r.ran_cid()).unwrap().unwrap().cid(), r.cid(), "{name}");
+                assert_eq!(
+                    message.receipt_for(&r.ran_cid()).unwrap().unwrap().cid(),
+                    r.cid(),
+                    "{name}"
+                );
             }
             AgentMessage::build(&[], &receipts).unwrap()
         };
-        assert_eq!(rebuilt.to_car(), bytes, "{name}: built from inputs, byte-identical");
+        assert_eq!(
+            rebuilt.to_car(),
+            bytes,
+            "{name}: built from inputs, byte-identical"
+        );
     }
 }
 
@@ -232,16 +325,32 @@ async fn server_answers_like_js_server() {
             Arc::new(service().with_did(server_did.clone()))
         };
         let server = echo_server(signer.clone());
-        let request = std::fs::read(fixture(&format!("ucanto/{}", case["request"].as_str().unwrap()))).unwrap();
-        let js_response = std::fs::read(fixture(&format!("ucanto/{}", case["response"].as_str().unwrap()))).unwrap();
+        let request = std::fs::read(fixture(&format!(
+            "ucanto/{}",
+            case["request"].as_str().unwrap()
+        )))
+        .unwrap();
+        let js_response = std::fs::read(fixture(&format!(
+            "ucanto/{}",
+            case["response"].as_str().unwrap()
+        )))
+        .unwrap();
 
-        let ours = AgentMessage::from_car(&ucanto::transport::respond(&server, &request).await.unwrap()).unwrap();
+        let ours =
+            AgentMessage::from_car(&ucanto::transport::respond(&server, &request).await.unwrap())
+                .unwrap();
         let theirs = AgentMessage::from_car(&js_response).unwrap();
         let invocation: Cid = case["invocation"].as_str().unwrap().parse().unwrap();
         let our_receipt = ours.receipt_for(&invocation).unwrap().unwrap();
         let their_receipt = theirs.receipt_for(&invocation).unwrap().unwrap();
-        assert!(their_receipt.verify_signature(signer.verifier().as_ref()), "{name}: JS receipt verifies");
-        assert!(our_receipt.verify_signature(signer.verifier().as_ref()), "{name}: our receipt verifies");
+        assert!(
+            their_receipt.verify_signature(signer.verifier().as_ref()),
+            "{name}: JS receipt verifies"
+        );
+        assert!(
+            our_receipt.verify_signature(signer.verifier().as_ref()),
+            "{name}: our receipt verifies"
+        );
 
         match (our_receipt.out(), their_receipt.out()) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
@@ -251,14 +360,22 @@ async fn server_answers_like_js_server() {
                     _ => None,
                 };
                 assert_eq!(field(a, "name"), field(b, "name"), "{name}: error name");
-                assert_eq!(field(a, "message"), field(b, "message"), "{name}: error message");
+                assert_eq!(
+                    field(a, "message"),
+                    field(b, "message"),
+                    "{name}: error message"
+                );
             }
             (a, b) => panic!("{name}: ours {a:?} theirs {b:?}"),
         }
         if case["errorName"] != "Unauthorized" && name != "handler-execution-error" {
             // Outside validator messages (compared above) and JS handler stack
             // traces, the receipts are byte-identical.
-            assert_eq!(our_receipt.cid(), their_receipt.cid(), "{name}: same receipt bytes as JS");
+            assert_eq!(
+                our_receipt.cid(),
+                their_receipt.cid(),
+                "{name}: same receipt bytes as JS"
+            );
         }
     }
 }
@@ -271,7 +388,9 @@ fn did_web_signer_matches_js() {
     let signer = &m.signers["serviceWeb"];
     assert_eq!(signer.did().as_str(), web["did"]);
     assert_eq!(signer.key_did().as_str(), web["keyDid"]);
-    let verifier = Ed25519Verifier::parse(signer.key_did()).unwrap().with_did(signer.did().clone());
+    let verifier = Ed25519Verifier::parse(signer.key_did())
+        .unwrap()
+        .with_did(signer.did().clone());
     let v = m.vector("delegation-did-web-issuer");
     let (root, blocks) = read_car(&m.file(v));
     let d = Delegation::from_blocks(&root, store(&blocks)).unwrap();

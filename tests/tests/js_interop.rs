@@ -25,7 +25,11 @@ const SCENARIOS: &[&str] = &[
 ];
 
 async fn js_client(url: &str, did: &str, scenario: &str) -> serde_json::Value {
-    let (code, stdout) = run_js("client.js", &["--url", url, "--service-did", did, "--scenario", scenario]).await;
+    let (code, stdout) = run_js(
+        "client.js",
+        &["--url", url, "--service-did", did, "--scenario", scenario],
+    )
+    .await;
     assert_eq!(code, 0, "client.js {scenario} failed: {stdout}");
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{scenario}: {stdout:?}: {e}"))
 }
@@ -41,7 +45,11 @@ fn outcome_name(result: &serde_json::Value) -> String {
 /// server as from a real JS server, for every scenario, and our receipts verify.
 #[tokio::test(flavor = "multi_thread")]
 async fn js_client_sees_same_outcomes_from_rust_and_js_servers() {
-    let rust_url = serve(router(Arc::new(echo_server(Arc::new(service()))), DEFAULT_BODY_LIMIT)).await;
+    let rust_url = serve(router(
+        Arc::new(echo_server(Arc::new(service()))),
+        DEFAULT_BODY_LIMIT,
+    ))
+    .await;
     let js = spawn_js("echo-server.js", &[]).await;
     let js_url = js.hello["url"].as_str().unwrap().to_string();
     let did = service().did().to_string();
@@ -52,8 +60,15 @@ async fn js_client_sees_same_outcomes_from_rust_and_js_servers() {
         let theirs = js_client(&js_url, &did, scenario).await;
         assert_eq!(ours["signatureValid"], true, "{scenario}: {ours}");
         assert_eq!(ours["issuer"], did.as_str(), "{scenario}");
-        assert_eq!(ours["ran"], ours["invocation"], "{scenario}: receipt must be for the invocation sent");
-        assert_eq!(outcome_name(&ours), outcome_name(&theirs), "{scenario}: ours {ours} theirs {theirs}");
+        assert_eq!(
+            ours["ran"], ours["invocation"],
+            "{scenario}: receipt must be for the invocation sent"
+        );
+        assert_eq!(
+            outcome_name(&ours),
+            outcome_name(&theirs),
+            "{scenario}: ours {ours} theirs {theirs}"
+        );
         if scenario == &"ok" || scenario == &"delegated" {
             assert_eq!(ours["out"], theirs["out"], "{scenario}");
         }
@@ -85,7 +100,10 @@ async fn rust_client_invokes_js_server() {
         .build()
         .unwrap();
 
-    let receipts = connection.execute(&[echo.clone(), unknown.clone(), wrong_audience.clone()]).await.unwrap();
+    let receipts = connection
+        .execute(&[echo.clone(), unknown.clone(), wrong_audience.clone()])
+        .await
+        .unwrap();
     assert_eq!(receipts[0].ran_cid(), echo.cid());
     assert_eq!(receipts[0].out(), &Ok(Ipld::Map(nb)));
     assert_eq!(error_name(receipts[1].out()), Some("HandlerNotFound"));
@@ -94,7 +112,10 @@ async fn rust_client_invokes_js_server() {
     // A connection that expects another service key refuses JS's receipts.
     let impostor = Connection::http(Ed25519Signer::from_seed([9; 32]).verifier(), url);
     let err = impostor.invoke(&echo).await.unwrap_err();
-    assert!(matches!(err, ucanto::client::ClientError::InvalidSignature(_)), "{err}");
+    assert!(
+        matches!(err, ucanto::client::ClientError::InvalidSignature(_)),
+        "{err}"
+    );
 }
 
 /// A JS client talks to our server presenting a did:web identity.
@@ -106,7 +127,16 @@ async fn js_client_reaches_did_web_service() {
     let key_did = service().did().to_string();
     let (code, stdout) = run_js(
         "client.js",
-        &["--url", &url, "--service-did", web.as_str(), "--service-key-did", &key_did, "--scenario", "ok"],
+        &[
+            "--url",
+            &url,
+            "--service-did",
+            web.as_str(),
+            "--service-key-did",
+            &key_did,
+            "--scenario",
+            "ok",
+        ],
     )
     .await;
     assert_eq!(code, 0, "{stdout}");

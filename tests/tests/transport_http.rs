@@ -26,7 +26,11 @@ mod reqwest_like {
     }
 
     pub(crate) fn post(url: &str, body: Vec<u8>) -> Request {
-        Request { url: url.into(), headers: Vec::new(), body }
+        Request {
+            url: url.into(),
+            headers: Vec::new(),
+            body,
+        }
     }
 
     impl Request {
@@ -37,9 +41,16 @@ mod reqwest_like {
 
         /// Returns (status, content-type or accept header seen, body).
         pub(crate) async fn send(self) -> (u16, String, String) {
-            let addr = self.url.trim_start_matches("http://").trim_end_matches('/').to_string();
+            let addr = self
+                .url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
             let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let mut head = format!("POST / HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", self.body.len());
+            let mut head = format!(
+                "POST / HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+                self.body.len()
+            );
             for (k, v) in &self.headers {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
@@ -50,7 +61,11 @@ mod reqwest_like {
             let _ = stream.read_to_end(&mut raw).await;
             let text = String::from_utf8_lossy(&raw).into_owned();
             let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let headers = head.to_ascii_lowercase();
             (status, headers, body.to_string())
         }
@@ -61,18 +76,27 @@ mod reqwest_like {
 /// (and, for 415/406, the same `accept` hint and message).
 #[tokio::test]
 async fn statuses_match_js_transport() {
-    let url = serve(router(Arc::new(echo_server(Arc::new(service()))), DEFAULT_BODY_LIMIT)).await;
+    let url = serve(router(
+        Arc::new(echo_server(Arc::new(service()))),
+        DEFAULT_BODY_LIMIT,
+    ))
+    .await;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("ucanto/vectors.json")).unwrap()).unwrap();
     let valid = std::fs::read(fixture("ucanto/errors/ok.request.car")).unwrap();
     for case in manifest["httpErrors"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let Some(status) = case["status"].as_u64() else { continue };
+        let Some(status) = case["status"].as_u64() else {
+            continue;
+        };
         let body = match name {
             "garbage-body" => b"definitely not a CAR".to_vec(),
             "empty-body" => Vec::new(),
             "root-not-a-message" => {
-                let block = ucanto::dag::Block::encode(&ucanto::dag_json::decode(r#"{"hello":"world"}"#).unwrap()).unwrap();
+                let block = ucanto::dag::Block::encode(
+                    &ucanto::dag_json::decode(r#"{"hello":"world"}"#).unwrap(),
+                )
+                .unwrap();
                 ucanto::car::encode(&[block.cid], [(block.cid, block.bytes)])
             }
             _ => valid.clone(),
@@ -87,11 +111,20 @@ async fn statuses_match_js_transport() {
         assert_eq!(u64::from(got), status, "{name}: {text}");
         match got {
             415 | 406 => {
-                assert!(head.contains(&format!("accept: {CAR_CONTENT_TYPE}")), "{name}: accept hint in {head}");
+                assert!(
+                    head.contains(&format!("accept: {CAR_CONTENT_TYPE}")),
+                    "{name}: accept hint in {head}"
+                );
                 assert_eq!(text, case["body"].as_str().unwrap(), "{name}");
             }
-            400 => assert!(text.starts_with("Bad request: Malformed payload - "), "{name}: {text}"),
-            200 => assert!(head.contains(&format!("content-type: {CAR_CONTENT_TYPE}")), "{name}"),
+            400 => assert!(
+                text.starts_with("Bad request: Malformed payload - "),
+                "{name}: {text}"
+            ),
+            200 => assert!(
+                head.contains(&format!("content-type: {CAR_CONTENT_TYPE}")),
+                "{name}"
+            ),
             _ => {}
         }
     }
@@ -103,7 +136,10 @@ async fn body_limit_is_enforced() {
     let url = serve(router(Arc::new(echo_server(Arc::new(service()))), 1024)).await;
     let (status, _, _) = post(
         &url,
-        &[("content-type", CAR_CONTENT_TYPE), ("accept", CAR_CONTENT_TYPE)],
+        &[
+            ("content-type", CAR_CONTENT_TYPE),
+            ("accept", CAR_CONTENT_TYPE),
+        ],
         vec![0u8; 4096],
     )
     .await;
@@ -113,14 +149,25 @@ async fn body_limit_is_enforced() {
 /// A message whose invocation block is missing is a 400, not a crash (JS throws).
 #[tokio::test]
 async fn missing_invocation_block_is_bad_request() {
-    let url = serve(router(Arc::new(echo_server(Arc::new(service()))), DEFAULT_BODY_LIMIT)).await;
+    let url = serve(router(
+        Arc::new(echo_server(Arc::new(service()))),
+        DEFAULT_BODY_LIMIT,
+    ))
+    .await;
     let valid = std::fs::read(fixture("ucanto/errors/ok.request.car")).unwrap();
     let (header, blocks) = ucanto::car::decode(&valid).unwrap();
     // Keep only the message root: the execute link now points nowhere.
     let root = header.roots[0];
     let stripped = ucanto::car::encode(&[root], blocks.into_iter().filter(|(cid, _)| *cid == root));
-    let (status, _, text) =
-        post(&url, &[("content-type", CAR_CONTENT_TYPE), ("accept", CAR_CONTENT_TYPE)], stripped).await;
+    let (status, _, text) = post(
+        &url,
+        &[
+            ("content-type", CAR_CONTENT_TYPE),
+            ("accept", CAR_CONTENT_TYPE),
+        ],
+        stripped,
+    )
+    .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("is not present"), "{text}");
 }
