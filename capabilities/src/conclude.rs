@@ -1,0 +1,97 @@
+//! `space/egress/conclude` (ours; nowhere upstream): the consolidator hands
+//! the receipt of a consolidate task to the tracker.
+//!
+//! # Format
+//! ```text
+//! invocation  iss: consolidator, aud: tracker, prf: [tracker → consolidator, unless they are one]
+//!             blocks: the receipt's root block is attached
+//! capability  { can: "space/egress/conclude", with: <tracker DID>,
+//!               nb: { receipt: Link<consolidate receipt> } }
+//! ok          {}
+//! error       { name: "EgressConcludeError", message: string }
+//! ```
+//! Only the receipt's root block travels with the invocation: ucanto attaches
+//! blocks linked directly from `nb`, so the invocation the receipt ran (the
+//! consolidate task, which the tracker created) is not among them.
+
+use cid::Cid;
+use ucanto::dag::{CodecError, Ipld, IpldMap};
+use ucanto::principal::{Did, Signer};
+use ucanto::receipt::Receipt;
+use ucanto::ucan::{Delegation, DelegationBuilder, Invocation, Proof};
+
+use crate::schema::{nb_or_empty, Fields};
+use crate::{named_failure, Ability, Empty, SchemaError};
+
+/// The `space/egress/conclude` capability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conclude;
+
+/// Caveats of `space/egress/conclude`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConcludeNb {
+    /// The consolidate receipt.
+    pub receipt: Cid,
+}
+
+impl Ability for Conclude {
+    const CAN: &'static str = "space/egress/conclude";
+    type Nb = ConcludeNb;
+
+    fn parse_nb(nb: Option<&IpldMap>) -> Result<ConcludeNb, SchemaError> {
+        Ok(ConcludeNb {
+            receipt: Fields::new("nb", nb_or_empty(nb)).link("receipt")?,
+        })
+    }
+
+    fn to_nb(nb: &ConcludeNb) -> IpldMap {
+        IpldMap::from([("receipt".to_string(), Ipld::Link(nb.receipt))])
+    }
+}
+
+/// Starts the conclude invocation of `receipt`, from `consolidator` to
+/// `tracker`, with the receipt's root block attached. Add proofs, expiry or a
+/// nonce, then `build()`.
+pub fn conclude_builder<'a>(
+    consolidator: &'a dyn Signer,
+    tracker: &Did,
+    receipt: &Receipt,
+) -> DelegationBuilder<'a> {
+    Delegation::builder(consolidator, tracker.clone())
+        .capability(Conclude::capability(
+            tracker,
+            &ConcludeNb {
+                receipt: receipt.cid(),
+            },
+        ))
+        .attach(receipt.block().clone())
+}
+
+/// The conclude invocation of `receipt`, from `consolidator` to `tracker`,
+/// with `proofs` and the default expiry (30 s from now).
+pub fn conclude_invocation(
+    consolidator: &dyn Signer,
+    tracker: &Did,
+    receipt: &Receipt,
+    proofs: impl IntoIterator<Item = Proof>,
+) -> Result<Invocation, CodecError> {
+    proofs
+        .into_iter()
+        .fold(conclude_builder(consolidator, tracker, receipt), |b, p| {
+            b.proof(p)
+        })
+        .build()
+}
+
+/// The receipt `nb.receipt` names, from the blocks that came with `invocation`.
+pub fn attached_receipt(invocation: &Invocation, nb: &ConcludeNb) -> Result<Receipt, CodecError> {
+    Receipt::from_blocks(&nb.receipt, invocation.blocks().clone())
+}
+
+/// Success of `space/egress/conclude`: `{}`.
+pub type ConcludeOk = Empty;
+
+named_failure! {
+    /// Failure of `space/egress/conclude`: `{name: "EgressConcludeError", message}`.
+    ConcludeError = "EgressConcludeError"
+}
