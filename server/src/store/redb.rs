@@ -1,0 +1,923 @@
+//! The embedded default backend: one [redb] file, one write transaction per
+//! store operation.
+//!
+//! redb commits with `Durability::Immediate` (fsync before `commit` returns)
+//! and is crash-safe, so a `kill -9` loses nothing that was reported done and
+//! never leaves half an operation behind. Write transactions are serialised by
+//! redb, which is what makes each method's check-then-write atomic.
+//!
+//! # Format
+//!
+//! File `<dir>/etracker.redb`, format 1 (`meta["format"]`; another value is
+//! refused at open rather than misread). CIDs are stored as their binary form
+//! (`Cid::to_bytes`), DIDs and days (`YYYY-MM-DD`) as UTF-8.
+//!
+//! | table         | key                                        | value                         |
+//! |---------------|--------------------------------------------|-------------------------------|
+//! | `meta`        | `&str` (`"format"`)                        | `u64` (1)                     |
+//! | `records`     | batch CID                                  | record, dag-cbor (below)      |
+//! | `due`         | `(due_at u64, received_at u64, batch CID)` | `()`                          |
+//! | `receipts`    | consolidate invocation CID                 | receipt CAR bytes             |
+//! | `counted`     | retrieve receipt CID                       | CID of the batch counting it  |
+//! | `node_totals` | node DID                                   | `u64` bytes                   |
+//! | `node_daily`  | `(node DID, day)`                          | `u64` bytes                   |
+//! | `space_daily` | `(space DID, day)`                         | `u64` bytes                   |
+//!
+//! `due` is the sparse index of pending records, keyed by the time each
+//! becomes leasable (`max(next_attempt_at, lease.until)`), so leasing is a
+//! range scan over entries that are all due. Every write of a record rewrites
+//! its `due` entry in the same transaction.
+//!
+//! A record is a canonical dag-cbor map (decoding is strict: unknown keys,
+//! missing keys, another version and non-canonical bytes are refused):
+//!
+//! ```text
+//! { "v": 1, "batch": bytes(CID), "node": DID, "endpoint": string,
+//!   "track": bytes(CID), "trackBytes": bytes, "consolidate": bytes(CID),
+//!   "receivedAt": int, "attempts": int, "nextAttemptAt": int,
+//!   "firstFailureAt"?: int, "lastError"?: string,
+//!   "lease"?: { "owner": string, "until": int },
+//!   "done"?: { "receipt": bytes(CID), "concludedAt": int,
+//!              "totalBytes": int, "countedReceipts": int } }
+//! ```
+//!
+//! [redb]: https://www.redb.org
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use cid::Cid;
+use redb::backends::InMemoryBackend;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+};
+use ucanto::dag::{decode_cbor, encode_cbor, Ipld};
+use ucanto::principal::Did;
+
+use super::{
+    check_conclusion, check_day, ConcludeOutcome, Conclusion, EgressRecord, Lease, NewRecord,
+    PutOutcome, RecordStatus, Store, StoreError, StoreStats,
+};
+
+/// Name of the database file inside the data directory.
+pub const FILE_NAME: &str = "etracker.redb";
+
+const FORMAT_KEY: &str = "format";
+const FORMAT: u64 = 1;
+const RECORD_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+const DUE: TableDefinition<(u64, u64, &[u8]), ()> = TableDefinition::new("due");
+const RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("receipts");
+const COUNTED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counted");
+const NODE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("node_totals");
+const NODE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("node_daily");
+const SPACE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("space_daily");
+
+/// The [`Store`] on an embedded redb database.
+pub struct RedbStore {
+    db: Database,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store in `dir`, file [`FILE_NAME`].
+    ///
+    /// After a crash, redb repairs the file on open; everything committed is
+    /// there, and leases held by the dead process expire as usual. The file is
+    /// locked: a second open, in this or another process, fails until the
+    /// first store is dropped.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        Self::init(db, Some(path))
+    }
+
+    /// A store that lives in memory only, for tests and dry runs.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .or_backend()?;
+        Self::init(db, None)
+    }
+
+    /// The database file, or `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Checks the format and creates the tables, so that readers never meet
+    /// a missing table.
+    fn init(db: Database, path: Option<PathBuf>) -> Result<Self, StoreError> {
+        let tx = db.begin_write().or_backend()?;
+        {
+            let mut meta = tx.open_table(META).or_backend()?;
+            let format = meta.get(FORMAT_KEY).or_backend()?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert(FORMAT_KEY, FORMAT).or_backend()?;
+                }
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "store format {other} is not supported (expected {FORMAT})"
+                    )))
+                }
+            }
+            tx.open_table(RECORDS).or_backend()?;
+            tx.open_table(DUE).or_backend()?;
+            tx.open_table(RECEIPTS).or_backend()?;
+            tx.open_table(COUNTED).or_backend()?;
+            tx.open_table(NODE_TOTALS).or_backend()?;
+            tx.open_table(NODE_DAILY).or_backend()?;
+            tx.open_table(SPACE_DAILY).or_backend()?;
+        }
+        tx.commit().or_backend()?;
+        Ok(RedbStore { db, path })
+    }
+
+    /// Reads the whole database in one snapshot and checks that its tables
+    /// agree with each other. For tests and the admin page; cost is linear
+    /// in the size of the store.
+    pub fn audit(&self) -> Result<Audit, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let records = tx.open_table(RECORDS).or_backend()?;
+        let due = tx.open_table(DUE).or_backend()?;
+        let receipts = tx.open_table(RECEIPTS).or_backend()?;
+        let counted = tx.open_table(COUNTED).or_backend()?;
+        let node_totals = tx.open_table(NODE_TOTALS).or_backend()?;
+        let node_daily = tx.open_table(NODE_DAILY).or_backend()?;
+        let space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
+
+        let mut audit = Audit::default();
+        let mut problems = Vec::new();
+        let mut done_batches = HashSet::new();
+        let mut expected_node_totals: BTreeMap<String, u128> = BTreeMap::new();
+        for entry in records.iter().or_backend()? {
+            let (key, value) = entry.or_backend()?;
+            let record = decode_record(key.value(), value.value())?;
+            audit.records += 1;
+            match &record.status {
+                RecordStatus::Pending => {
+                    audit.pending += 1;
+                    let due_at = record.due_at().unwrap_or_default();
+                    let key = (due_at, record.received_at, key.value());
+                    if due.get(key).or_backend()?.is_none() {
+                        problems.push(format!("pending {} has no due entry", record.batch));
+                    }
+                }
+                RecordStatus::Done {
+                    total_bytes,
+                    counted_receipts,
+                    ..
+                } => {
+                    audit.concluded += 1;
+                    audit.concluded_bytes += u128::from(*total_bytes);
+                    audit.concluded_receipts += u128::from(*counted_receipts);
+                    *expected_node_totals
+                        .entry(record.node.as_str().to_string())
+                        .or_default() += u128::from(*total_bytes);
+                    done_batches.insert(key.value().to_vec());
+                    let cid = record.consolidate_invocation.to_bytes();
+                    if receipts.get(cid.as_slice()).or_backend()?.is_none() {
+                        problems.push(format!("done {} has no receipt", record.batch));
+                    }
+                }
+            }
+        }
+        if due.len().or_backend()? != audit.pending {
+            problems.push("due index and pending records differ in number".into());
+        }
+        if receipts.len().or_backend()? != audit.concluded {
+            problems.push("receipts and done records differ in number".into());
+        }
+        for entry in counted.iter().or_backend()? {
+            let (receipt, batch) = entry.or_backend()?;
+            audit.counted_receipts += 1;
+            if !done_batches.contains(batch.value()) {
+                let receipt = decode_cid(receipt.value())?;
+                problems.push(format!("receipt {receipt} counted by a batch not done"));
+            }
+        }
+        if u128::from(audit.counted_receipts) != audit.concluded_receipts {
+            problems.push("counted receipts and done records' counts differ".into());
+        }
+        let mut node_totals_seen = BTreeMap::new();
+        for entry in node_totals.iter().or_backend()? {
+            let (node, bytes) = entry.or_backend()?;
+            audit.node_bytes += u128::from(bytes.value());
+            node_totals_seen.insert(node.value().to_string(), u128::from(bytes.value()));
+        }
+        if node_totals_seen != expected_node_totals {
+            problems.push("node totals differ from the done records' totals".into());
+        }
+        let mut node_daily_sums: BTreeMap<String, u128> = BTreeMap::new();
+        for entry in node_daily.iter().or_backend()? {
+            let (key, bytes) = entry.or_backend()?;
+            let (node, _day) = key.value();
+            audit.node_daily_bytes += u128::from(bytes.value());
+            *node_daily_sums.entry(node.to_string()).or_default() += u128::from(bytes.value());
+        }
+        node_daily_sums.retain(|_, b| *b != 0);
+        node_totals_seen.retain(|_, b| *b != 0);
+        if node_daily_sums != node_totals_seen {
+            problems.push("node daily totals differ from node totals".into());
+        }
+        for entry in space_daily.iter().or_backend()? {
+            let (_, bytes) = entry.or_backend()?;
+            audit.space_bytes += u128::from(bytes.value());
+        }
+        if audit.space_bytes != audit.node_bytes {
+            problems.push("space totals differ from node totals".into());
+        }
+        audit.problems = problems;
+        Ok(audit)
+    }
+}
+
+/// A consistency report of a [`RedbStore`] (see [`RedbStore::audit`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Records stored.
+    pub records: u64,
+    /// Pending records.
+    pub pending: u64,
+    /// Done records.
+    pub concluded: u64,
+    /// Σ `total_bytes` of the done records.
+    pub concluded_bytes: u128,
+    /// Σ `counted_receipts` of the done records.
+    pub concluded_receipts: u128,
+    /// Entries in `counted`.
+    pub counted_receipts: u64,
+    /// Σ node totals.
+    pub node_bytes: u128,
+    /// Σ node daily totals.
+    pub node_daily_bytes: u128,
+    /// Σ space daily totals.
+    pub space_bytes: u128,
+    /// Every disagreement found; empty when the store is consistent.
+    pub problems: Vec<String>,
+}
+
+impl Audit {
+    /// Whether no problem was found.
+    pub fn is_consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Store for RedbStore {
+    fn put(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        let record = {
+            let mut records = tx.open_table(RECORDS).or_backend()?;
+            let mut due = tx.open_table(DUE).or_backend()?;
+            if let Some(existing) = load(&records, &new.batch)? {
+                // Nothing to write: dropping the transaction aborts it.
+                return if existing.node == new.node {
+                    Ok(PutOutcome::Existing(existing))
+                } else {
+                    Err(StoreError::NodeConflict {
+                        node: existing.node,
+                    })
+                };
+            }
+            let record = EgressRecord::from_new(new);
+            save(&mut records, &mut due, None, &record)?;
+            record
+        };
+        tx.commit().or_backend()?;
+        Ok(PutOutcome::Inserted(record))
+    }
+
+    fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let records = tx.open_table(RECORDS).or_backend()?;
+        load(&records, batch)
+    }
+
+    fn lease_pending(
+        &self,
+        now: u64,
+        owner: &str,
+        lease_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        if lease_secs == 0 {
+            return Err(StoreError::Invalid("a lease must last at least 1 s".into()));
+        }
+        let until = now
+            .checked_add(lease_secs)
+            .ok_or_else(|| StoreError::Invalid("lease end overflows u64".into()))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_write().or_backend()?;
+        let mut leased = Vec::new();
+        {
+            let mut records = tx.open_table(RECORDS).or_backend()?;
+            let mut due = tx.open_table(DUE).or_backend()?;
+            let mut picked = Vec::new();
+            for entry in due.iter().or_backend()? {
+                let (key, _) = entry.or_backend()?;
+                let (due_at, _, batch) = key.value();
+                if due_at > now || picked.len() == limit {
+                    break;
+                }
+                picked.push((due_at, decode_cid(batch)?));
+            }
+            for (due_at, batch) in picked {
+                let old = load(&records, &batch)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("due index names missing record {batch}"))
+                })?;
+                if old.due_at() != Some(due_at) {
+                    return Err(StoreError::Corrupt(format!(
+                        "due index of {batch} is stale"
+                    )));
+                }
+                let mut record = old.clone();
+                record.lease = Some(Lease {
+                    owner: owner.to_string(),
+                    until,
+                });
+                save(&mut records, &mut due, Some(&old), &record)?;
+                leased.push(record);
+            }
+        }
+        if !leased.is_empty() {
+            tx.commit().or_backend()?;
+        }
+        Ok(leased)
+    }
+
+    fn reschedule(
+        &self,
+        batch: &Cid,
+        owner: &str,
+        now: u64,
+        next_attempt_at: u64,
+        last_error: &str,
+    ) -> Result<EgressRecord, StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        let record = {
+            let mut records = tx.open_table(RECORDS).or_backend()?;
+            let mut due = tx.open_table(DUE).or_backend()?;
+            let old = load(&records, batch)?.ok_or(StoreError::NotFound)?;
+            if !old.is_pending() {
+                return Err(StoreError::NotPending);
+            }
+            let holder = old.lease.as_ref().map(|l| l.owner.as_str());
+            if holder != Some(owner) {
+                return Err(StoreError::NotLeaseOwner {
+                    holder: holder.map(str::to_string),
+                });
+            }
+            let mut record = old.clone();
+            record.attempts = record.attempts.saturating_add(1);
+            record.first_failure_at.get_or_insert(now);
+            record.last_error = Some(last_error.to_string());
+            record.next_attempt_at = next_attempt_at;
+            record.lease = None;
+            save(&mut records, &mut due, Some(&old), &record)?;
+            record
+        };
+        tx.commit().or_backend()?;
+        Ok(record)
+    }
+
+    fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
+        let summed = check_conclusion(c)?;
+        let tx = self.db.begin_write().or_backend()?;
+        {
+            let mut records = tx.open_table(RECORDS).or_backend()?;
+            let mut due = tx.open_table(DUE).or_backend()?;
+            let mut receipts = tx.open_table(RECEIPTS).or_backend()?;
+            let mut counted = tx.open_table(COUNTED).or_backend()?;
+            let mut node_totals = tx.open_table(NODE_TOTALS).or_backend()?;
+            let mut node_daily = tx.open_table(NODE_DAILY).or_backend()?;
+            let mut space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
+
+            let old = load(&records, &c.batch)?.ok_or(StoreError::NotFound)?;
+            if old.consolidate_invocation != c.consolidate_invocation {
+                return Err(StoreError::Mismatch(format!(
+                    "consolidate invocation is {}, not {}",
+                    old.consolidate_invocation, c.consolidate_invocation
+                )));
+            }
+            if old.node != c.node {
+                return Err(StoreError::Mismatch(format!(
+                    "tracked by {}, not {}",
+                    old.node, c.node
+                )));
+            }
+            if let RecordStatus::Done { receipt, .. } = old.status {
+                return Ok(ConcludeOutcome::AlreadyConcluded { receipt });
+            }
+
+            // Check every receipt before writing any: an early return drops
+            // (aborts) the transaction, so a conflict changes nothing.
+            let keys: Vec<Vec<u8>> = c.counted_receipts.iter().map(Cid::to_bytes).collect();
+            let mut conflicts = Vec::new();
+            for (cid, key) in c.counted_receipts.iter().zip(&keys) {
+                if counted.get(key.as_slice()).or_backend()?.is_some() {
+                    conflicts.push(*cid);
+                }
+            }
+            if !conflicts.is_empty() {
+                return Err(StoreError::Conflict {
+                    receipts: conflicts,
+                });
+            }
+
+            let batch_key = c.batch.to_bytes();
+            for key in &keys {
+                counted
+                    .insert(key.as_slice(), batch_key.as_slice())
+                    .or_backend()?;
+            }
+            receipts
+                .insert(
+                    c.consolidate_invocation.to_bytes().as_slice(),
+                    c.receipt_bytes.as_slice(),
+                )
+                .or_backend()?;
+            let node = c.node.as_str();
+            let total = node_totals.get(node).or_backend()?.map_or(0, |v| v.value());
+            node_totals
+                .insert(node, add(total, c.total_bytes)?)
+                .or_backend()?;
+            for ((space, day), bytes) in &summed.by_space_day {
+                let key = (space.as_str(), day.as_str());
+                let old = space_daily.get(key).or_backend()?.map_or(0, |v| v.value());
+                space_daily.insert(key, add(old, *bytes)?).or_backend()?;
+            }
+            for (day, bytes) in &summed.by_day {
+                let key = (node, day.as_str());
+                let old = node_daily.get(key).or_backend()?.map_or(0, |v| v.value());
+                node_daily.insert(key, add(old, *bytes)?).or_backend()?;
+            }
+
+            let mut record = old.clone();
+            record.status = RecordStatus::Done {
+                receipt: c.receipt,
+                concluded_at: c.concluded_at,
+                total_bytes: c.total_bytes,
+                counted_receipts: keys.len() as u64,
+            };
+            record.lease = None;
+            save(&mut records, &mut due, Some(&old), &record)?;
+        }
+        tx.commit().or_backend()?;
+        Ok(ConcludeOutcome::Concluded)
+    }
+
+    fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let receipts = tx.open_table(RECEIPTS).or_backend()?;
+        let key = consolidate_invocation.to_bytes();
+        let value = receipts.get(key.as_slice()).or_backend()?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let counted = tx.open_table(COUNTED).or_backend()?;
+        receipts
+            .iter()
+            .map(|cid| {
+                let key = cid.to_bytes();
+                match counted.get(key.as_slice()).or_backend()? {
+                    Some(batch) => decode_cid(batch.value()).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    fn space_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(SPACE_DAILY, space, from_day, to_day)
+    }
+
+    fn node_usage(
+        &self,
+        node: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(NODE_DAILY, node, from_day, to_day)
+    }
+
+    fn node_total(&self, node: &Did) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let totals = tx.open_table(NODE_TOTALS).or_backend()?;
+        let total = totals.get(node.as_str()).or_backend()?;
+        Ok(total.map_or(0, |v| v.value()))
+    }
+
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let due = tx.open_table(DUE).or_backend()?;
+        due.len().or_backend()
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let node_totals = tx.open_table(NODE_TOTALS).or_backend()?;
+        let mut total_bytes: u64 = 0;
+        for entry in node_totals.iter().or_backend()? {
+            let (_, bytes) = entry.or_backend()?;
+            total_bytes = total_bytes.saturating_add(bytes.value());
+        }
+        Ok(StoreStats {
+            records: tx.open_table(RECORDS).or_backend()?.len().or_backend()?,
+            pending: tx.open_table(DUE).or_backend()?.len().or_backend()?,
+            // One receipt per done record, keyed by its consolidate CID.
+            concluded: tx.open_table(RECEIPTS).or_backend()?.len().or_backend()?,
+            counted_receipts: tx.open_table(COUNTED).or_backend()?.len().or_backend()?,
+            nodes: node_totals.len().or_backend()?,
+            total_bytes,
+        })
+    }
+}
+
+impl RedbStore {
+    /// Days `from..to` of a `(DID, day) → bytes` table.
+    fn daily(
+        &self,
+        table: TableDefinition<(&str, &str), u64>,
+        did: &Did,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        check_day(from)?;
+        check_day(to)?;
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read().or_backend()?;
+        let table = tx.open_table(table).or_backend()?;
+        let did = did.as_str();
+        let mut days = Vec::new();
+        for entry in table.range((did, from)..(did, to)).or_backend()? {
+            let (key, bytes) = entry.or_backend()?;
+            days.push((key.value().1.to_string(), bytes.value()));
+        }
+        Ok(days)
+    }
+}
+
+fn add(a: u64, b: u64) -> Result<u64, StoreError> {
+    a.checked_add(b)
+        .ok_or_else(|| StoreError::Invalid("total overflows u64".into()))
+}
+
+/// Reads and decodes the record of `batch`.
+fn load(
+    records: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    batch: &Cid,
+) -> Result<Option<EgressRecord>, StoreError> {
+    let key = batch.to_bytes();
+    match records.get(key.as_slice()).or_backend()? {
+        Some(value) => decode_record(&key, value.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Writes `new` and moves its `due` entry from where `old` had it.
+fn save(
+    records: &mut Table<'_, &'static [u8], &'static [u8]>,
+    due: &mut Table<'_, (u64, u64, &'static [u8]), ()>,
+    old: Option<&EgressRecord>,
+    new: &EgressRecord,
+) -> Result<(), StoreError> {
+    let key = new.batch.to_bytes();
+    if let Some(due_at) = old.and_then(EgressRecord::due_at) {
+        due.remove((due_at, old.map_or(0, |o| o.received_at), key.as_slice()))
+            .or_backend()?;
+    }
+    if let Some(due_at) = new.due_at() {
+        due.insert((due_at, new.received_at, key.as_slice()), ())
+            .or_backend()?;
+    }
+    records
+        .insert(key.as_slice(), encode_record(new)?.as_slice())
+        .or_backend()?;
+    Ok(())
+}
+
+/// Maps any redb error to [`StoreError::Backend`].
+trait OrBackend<T> {
+    fn or_backend(self) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrBackend<T> for Result<T, E> {
+    fn or_backend(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Backend(e.into().to_string()))
+    }
+}
+
+fn decode_cid(bytes: &[u8]) -> Result<Cid, StoreError> {
+    let cid = Cid::try_from(bytes).map_err(|e| StoreError::Corrupt(format!("bad CID: {e}")))?;
+    // `try_from` ignores trailing bytes; a stored CID must be exactly one.
+    if cid.to_bytes() != bytes {
+        return Err(StoreError::Corrupt("CID with trailing bytes".into()));
+    }
+    Ok(cid)
+}
+
+fn int(n: u64) -> Ipld {
+    Ipld::Integer(n.into())
+}
+
+fn cid_bytes(cid: &Cid) -> Ipld {
+    Ipld::Bytes(cid.to_bytes())
+}
+
+/// Encodes a record as format-1 dag-cbor (see the module docs).
+fn encode_record(r: &EgressRecord) -> Result<Vec<u8>, StoreError> {
+    let mut map = BTreeMap::new();
+    map.insert("v".to_string(), int(RECORD_VERSION));
+    map.insert("batch".to_string(), cid_bytes(&r.batch));
+    map.insert("node".to_string(), Ipld::String(r.node.as_str().into()));
+    map.insert("endpoint".to_string(), Ipld::String(r.endpoint.clone()));
+    map.insert("track".to_string(), cid_bytes(&r.track_invocation));
+    map.insert(
+        "trackBytes".to_string(),
+        Ipld::Bytes(r.track_invocation_bytes.clone()),
+    );
+    map.insert(
+        "consolidate".to_string(),
+        cid_bytes(&r.consolidate_invocation),
+    );
+    map.insert("receivedAt".to_string(), int(r.received_at));
+    map.insert("attempts".to_string(), int(r.attempts.into()));
+    map.insert("nextAttemptAt".to_string(), int(r.next_attempt_at));
+    if let Some(t) = r.first_failure_at {
+        map.insert("firstFailureAt".to_string(), int(t));
+    }
+    if let Some(e) = &r.last_error {
+        map.insert("lastError".to_string(), Ipld::String(e.clone()));
+    }
+    if let Some(lease) = &r.lease {
+        let lease = BTreeMap::from([
+            ("owner".to_string(), Ipld::String(lease.owner.clone())),
+            ("until".to_string(), int(lease.until)),
+        ]);
+        map.insert("lease".to_string(), Ipld::Map(lease));
+    }
+    if let RecordStatus::Done {
+        receipt,
+        concluded_at,
+        total_bytes,
+        counted_receipts,
+    } = &r.status
+    {
+        let done = BTreeMap::from([
+            ("receipt".to_string(), cid_bytes(receipt)),
+            ("concludedAt".to_string(), int(*concluded_at)),
+            ("totalBytes".to_string(), int(*total_bytes)),
+            ("countedReceipts".to_string(), int(*counted_receipts)),
+        ]);
+        map.insert("done".to_string(), Ipld::Map(done));
+    }
+    encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Corrupt(format!("encode record: {e}")))
+}
+
+/// Decodes a record stored under `key`, refusing anything but format 1.
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<EgressRecord, StoreError> {
+    let value = decode_cbor(bytes).map_err(|e| StoreError::Corrupt(format!("record: {e}")))?;
+    let mut f = Fields::new("record", value)?;
+    let version = f.u64("v")?;
+    if version != RECORD_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "record version {version} is not supported"
+        )));
+    }
+    let batch = f.cid("batch")?;
+    if batch.to_bytes() != key {
+        return Err(StoreError::Corrupt(format!(
+            "record of {batch} stored under another key"
+        )));
+    }
+    let node = f.string("node")?;
+    let node = Did::parse(&node).map_err(|e| StoreError::Corrupt(format!("record node: {e}")))?;
+    let lease = match f.opt("lease") {
+        None => None,
+        Some(value) => {
+            let mut l = Fields::new("lease", value)?;
+            let lease = Lease {
+                owner: l.string("owner")?,
+                until: l.u64("until")?,
+            };
+            l.finish()?;
+            Some(lease)
+        }
+    };
+    let status = match f.opt("done") {
+        None => RecordStatus::Pending,
+        Some(value) => {
+            let mut d = Fields::new("done", value)?;
+            let status = RecordStatus::Done {
+                receipt: d.cid("receipt")?,
+                concluded_at: d.u64("concludedAt")?,
+                total_bytes: d.u64("totalBytes")?,
+                counted_receipts: d.u64("countedReceipts")?,
+            };
+            d.finish()?;
+            status
+        }
+    };
+    let record = EgressRecord {
+        batch,
+        node,
+        endpoint: f.string("endpoint")?,
+        track_invocation: f.cid("track")?,
+        track_invocation_bytes: f.bytes("trackBytes")?,
+        consolidate_invocation: f.cid("consolidate")?,
+        received_at: f.u64("receivedAt")?,
+        status,
+        attempts: u32::try_from(f.u64("attempts")?)
+            .map_err(|_| StoreError::Corrupt("record attempts overflow u32".into()))?,
+        next_attempt_at: f.u64("nextAttemptAt")?,
+        first_failure_at: f
+            .opt("firstFailureAt")
+            .map(|v| as_u64("firstFailureAt", v))
+            .transpose()?,
+        last_error: f
+            .opt("lastError")
+            .map(|v| as_string("lastError", v))
+            .transpose()?,
+        lease,
+    };
+    f.finish()?;
+    Ok(record)
+}
+
+/// A map being decoded: fields are taken out one by one, and any left at the
+/// end are unknown, hence an error.
+struct Fields {
+    context: &'static str,
+    map: BTreeMap<String, Ipld>,
+}
+
+impl Fields {
+    fn new(context: &'static str, value: Ipld) -> Result<Self, StoreError> {
+        match value {
+            Ipld::Map(map) => Ok(Fields { context, map }),
+            _ => Err(StoreError::Corrupt(format!("{context} is not a map"))),
+        }
+    }
+
+    fn opt(&mut self, key: &str) -> Option<Ipld> {
+        self.map.remove(key)
+    }
+
+    fn take(&mut self, key: &str) -> Result<Ipld, StoreError> {
+        self.opt(key)
+            .ok_or_else(|| StoreError::Corrupt(format!("{} lacks {key}", self.context)))
+    }
+
+    fn u64(&mut self, key: &str) -> Result<u64, StoreError> {
+        as_u64(key, self.take(key)?)
+    }
+
+    fn string(&mut self, key: &str) -> Result<String, StoreError> {
+        as_string(key, self.take(key)?)
+    }
+
+    fn bytes(&mut self, key: &str) -> Result<Vec<u8>, StoreError> {
+        match self.take(key)? {
+            Ipld::Bytes(b) => Ok(b),
+            _ => Err(StoreError::Corrupt(format!("{key} is not bytes"))),
+        }
+    }
+
+    fn cid(&mut self, key: &str) -> Result<Cid, StoreError> {
+        decode_cid(&self.bytes(key)?)
+    }
+
+    fn finish(self) -> Result<(), StoreError> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(StoreError::Corrupt(format!(
+                "{} has unknown field {k}",
+                self.context
+            ))),
+        }
+    }
+}
+
+fn as_u64(key: &str, value: Ipld) -> Result<u64, StoreError> {
+    match value {
+        Ipld::Integer(i) => {
+            u64::try_from(i).map_err(|_| StoreError::Corrupt(format!("{key} is out of range")))
+        }
+        _ => Err(StoreError::Corrupt(format!("{key} is not an integer"))),
+    }
+}
+
+fn as_string(key: &str, value: Ipld) -> Result<String, StoreError> {
+    match value {
+        Ipld::String(s) => Ok(s),
+        _ => Err(StoreError::Corrupt(format!("{key} is not a string"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+
+    fn record() -> EgressRecord {
+        let mut r = EgressRecord::from_new(NewRecord {
+            batch: cid_of(CAR, b"batch"),
+            node: Did::parse("did:web:node.example").unwrap(),
+            endpoint: "https://node.example/receipts/{cid}".into(),
+            track_invocation: cid_of(DAG_CBOR, b"track"),
+            track_invocation_bytes: b"car".to_vec(),
+            consolidate_invocation: cid_of(DAG_CBOR, b"consolidate"),
+            received_at: 100,
+        });
+        r.attempts = 2;
+        r.first_failure_at = Some(150);
+        r.last_error = Some("fetch failed".into());
+        r.lease = Some(Lease {
+            owner: "replica-1".into(),
+            until: 200,
+        });
+        r
+    }
+
+    /// Every field survives a round trip, pending or done.
+    #[test]
+    fn record_round_trips() {
+        let mut r = record();
+        let key = r.batch.to_bytes();
+        assert_eq!(decode_record(&key, &encode_record(&r).unwrap()).unwrap(), r);
+        r.status = RecordStatus::Done {
+            receipt: cid_of(DAG_CBOR, b"receipt"),
+            concluded_at: 300,
+            total_bytes: 42,
+            counted_receipts: 3,
+        };
+        r.lease = None;
+        assert_eq!(decode_record(&key, &encode_record(&r).unwrap()).unwrap(), r);
+    }
+
+    /// A record from a newer format, with an unknown field, or under another
+    /// key is refused rather than misread.
+    #[test]
+    fn record_decoding_is_strict() {
+        let r = record();
+        let key = r.batch.to_bytes();
+        let Ipld::Map(map) = decode_cbor(&encode_record(&r).unwrap()).unwrap() else {
+            unreachable!()
+        };
+        let with = |k: &str, v: Ipld| {
+            let mut m = map.clone();
+            m.insert(k.into(), v);
+            encode_cbor(&Ipld::Map(m)).unwrap()
+        };
+        assert!(decode_record(&key, &with("v", int(2))).is_err());
+        assert!(decode_record(&key, &with("extra", int(1))).is_err());
+        assert!(decode_record(b"other", &encode_record(&r).unwrap()).is_err());
+        let mut missing = map.clone();
+        missing.remove("endpoint");
+        let missing = encode_cbor(&Ipld::Map(missing)).unwrap();
+        assert!(decode_record(&key, &missing).is_err());
+    }
+
+    /// A file written with another store format is refused at open.
+    #[test]
+    fn other_format_is_refused() {
+        let dir = std::env::temp_dir().join(format!("etracker-format-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(RedbStore::open(&dir).unwrap());
+        {
+            let db = Database::create(dir.join(FILE_NAME)).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert(FORMAT_KEY, 2).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(RedbStore::open(&dir), Err(StoreError::Corrupt(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
