@@ -490,6 +490,11 @@ impl Delegation {
 
     fn export_into(&self, out: &mut Vec<Block>, seen: &mut BTreeSet<Cid>, with_attached: bool) {
         for cid in &self.data.proofs {
+            // A proof already exported brought its own proofs along; walking it
+            // again would make diamond-shaped proof DAGs exponential.
+            if seen.contains(cid) {
+                continue;
+            }
             if let Ok(proof) = Delegation::from_blocks(cid, self.blocks.clone()) {
                 proof.export_into(out, seen, false);
             }

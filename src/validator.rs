@@ -1,14 +1,62 @@
-//! Validator: decides whether an invocation is authorized.
+//! Validator: decides whether an invocation is authorized, exactly as
+//! @ucanto/validator's `access()` does — same search through the proof
+//! chain, same outcome, same error names and message texts.
 //!
-//! INTERFACE STUB — implementation in progress.
+//! # How a claim is checked
+//! 1. The invocation is validated like any proof: time bounds (`exp <= now`
+//!    is expired, `now <= nbf` is too early) and its issuer's authorization:
+//!    a did:key verifies its own signature, the authority's DID (a did:web
+//!    included) verifies with the authority's key, any other DID needs a
+//!    `ucan/attest` session from the authority (or an attester) among the
+//!    sibling proofs, or an attester key of that DID.
+//! 2. Its capabilities with the parser's ability are parsed; a capability on
+//!    the issuer's own DID is authorized outright ("self-issued").
+//! 3. Otherwise each proof (embedded, or linked and held locally) must be
+//!    addressed to the issuer, valid as in 1., and grant a capability that —
+//!    resolved against the claim (`*`/`ns/*` abilities, `ucan:*` resources,
+//!    missing `nb` fields inherited) — parses and
+//!    [`derives`](CapabilityParser::derives) the claim; recursively until a
+//!    self-issued link.
+//!
+//! Failures are collected along every path tried and rendered like JS (see
+//! [`Unauthorized`]); [`Unauthorized::to_ipld`] is the receipt's `out.error`.
+//!
+//! Known differences from JS: the `InvalidSignature` message names the
+//! verifier's DID where JS names its did:key (they differ when a did:web
+//! authority's or attester's signature fails); a parsed `nb` with several
+//! fields prints in dag-cbor key order where JS uses the schema's order;
+//! default `derives` compares object-valued caveats by value (JS compares
+//! references, so pinned links never match there); a did:key of a type we
+//! cannot verify is a `DIDKeyResolutionError` (JS throws); dates print in
+//! UTC (JS uses the server's zone); exploration stops after
+//! [`MAX_VALIDATIONS`] proof checks.
+
+// Failures carry CIDs and DIDs (and `Unauthorized` every reason) by value:
+// they are built once per rejected check, off the hot path, and boxing them
+// would only make the public API clumsier.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
 use cid::Cid;
 
-use crate::dag::{Ipld, IpldMap};
+use crate::dag::IpldMap;
 use crate::principal::{Did, Verifier};
 use crate::ucan::{Capability, Delegation};
+
+mod engine;
+mod error;
+mod js;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use error::{Failure, InvalidClaim, Unauthorized};
+
+/// Most proof validations one [`access`] call runs. Proof DAGs can fan out
+/// exponentially (a UCAN citing two proofs that each cite the same two…) and
+/// JS explores every path; real chains need a handful of checks.
+pub const MAX_VALIDATIONS: usize = 10_000;
 
 /// Parsing and derivation rules of one capability ("a capability is a value").
 ///
@@ -17,6 +65,10 @@ use crate::ucan::{Capability, Delegation};
 /// patterns `*`/`ns/*` and resource `ucan:*` take the claimed values, missing
 /// `nb` fields are inherited from the claim), then parsed, then
 /// [`CapabilityParser::derives`] decides whether it covers the claim.
+///
+/// To read like JS in error messages, check `with` before `nb`, treat a
+/// missing `nb` like an empty one, and word errors as @ucanto's `Schema`
+/// does ([`schema`] has the usual ones).
 pub trait CapabilityParser: Send + Sync {
     /// The ability, e.g. `space/egress/track`.
     fn can(&self) -> &str;
@@ -31,34 +83,39 @@ pub trait CapabilityParser: Send + Sync {
 }
 
 /// The default rule: same resource (or a `prefix*` resource), and every `nb`
-/// field the delegation pins is equal in the claim.
+/// field the delegation pins is equal in the claim. Messages as in JS.
 pub fn default_derives(claimed: &Capability, delegated: &Capability) -> Result<(), String> {
     if let Some(prefix) = delegated.with.strip_suffix('*') {
         if !claimed.with.starts_with(prefix) {
-            return Err(format!("Resource {} does not match delegated {} ", claimed.with, delegated.with));
+            // The trailing space is in the JS message too.
+            return Err(format!(
+                "Resource {} does not match delegated {} ",
+                claimed.with, delegated.with
+            ));
         }
     } else if delegated.with != claimed.with {
-        return Err(format!("Resource {} is not contained by {}", claimed.with, delegated.with));
+        return Err(format!(
+            "Resource {} is not contained by {}",
+            claimed.with, delegated.with
+        ));
     }
     let empty = IpldMap::new();
     let claimed_nb = claimed.nb.as_ref().unwrap_or(&empty);
     for (name, value) in delegated.nb.as_ref().unwrap_or(&empty) {
-        if claimed_nb.get(name) != Some(value) {
-            return Err(format!("{name}: {} violates {}", show(claimed_nb.get(name)), show(Some(value))));
+        if !js::loosely_equal(claimed_nb.get(name), Some(value)) {
+            // JS interpolates the values with String(), not JSON.
+            return Err(format!(
+                "{name}: {} violates {}",
+                js::string(claimed_nb.get(name)),
+                js::string(Some(value))
+            ));
         }
     }
     Ok(())
 }
 
-fn show(value: Option<&Ipld>) -> String {
-    match value {
-        None => "undefined".into(),
-        Some(v) => crate::dag_json::to_string(v).unwrap_or_default(),
-    }
-}
-
 /// What the validator needs to know about the service.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ValidatorConfig {
     /// The service's verifier; UCANs issued by its DID (did:web included) verify with it.
     pub authority: Arc<dyn Verifier>,
@@ -72,6 +129,43 @@ pub struct ValidatorConfig {
     pub now: Option<u64>,
 }
 
+impl ValidatorConfig {
+    /// A configuration for the service `authority`: no attesters, no local
+    /// proofs, the system clock.
+    pub fn new(authority: Arc<dyn Verifier>) -> Self {
+        ValidatorConfig {
+            authority,
+            attesters: Vec::new(),
+            local_proofs: Vec::new(),
+            now: None,
+        }
+    }
+
+    /// Judges time bounds (of the invocation, its proofs and attestations) at
+    /// Unix time `now`, e.g. when the invocation was made.
+    pub fn at(mut self, now: u64) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// Also accepts `ucan/attest` from `attester`, whose signatures verify with it.
+    pub fn attester(mut self, attester: Arc<dyn Verifier>) -> Self {
+        self.attesters.push(attester);
+        self
+    }
+
+    /// Resolves linked proofs to `proof` too.
+    pub fn local_proof(mut self, proof: Delegation) -> Self {
+        self.local_proofs.push(proof);
+        self
+    }
+
+    /// The time bounds are judged at: [`ValidatorConfig::now`] or the system clock.
+    pub fn time(&self) -> u64 {
+        self.now.unwrap_or_else(crate::ucan::now)
+    }
+}
+
 /// A successful authorization.
 #[derive(Clone, Debug)]
 pub struct Authorization {
@@ -81,29 +175,53 @@ pub struct Authorization {
     pub issuer: Did,
     /// The invocation.
     pub invocation: Cid,
-    /// Delegations from the invocation's proof up to the resource owner.
+    /// Delegations from the invocation's proof up to the resource owner
+    /// (empty for a self-issued capability).
     pub proofs: Vec<Delegation>,
 }
 
-/// Why an invocation is not authorized.
-#[derive(Clone, Debug)]
-pub struct Unauthorized {
-    /// The rendered reasons, like JS @ucanto's `Unauthorized` message.
-    pub message: String,
-}
-
-impl Unauthorized {
-    /// The error name.
-    pub fn name(&self) -> &'static str {
-        "Unauthorized"
-    }
-}
-
-/// Checks that `invocation` is authorized to invoke the capability `parser` describes.
+/// Checks that `invocation` is authorized to invoke the capability `parser`
+/// describes (JS `access`). The invocation's audience is not checked here.
 pub fn access(
-    _invocation: &Delegation,
-    _parser: &dyn CapabilityParser,
-    _config: &ValidatorConfig,
+    invocation: &Delegation,
+    parser: &dyn CapabilityParser,
+    config: &ValidatorConfig,
 ) -> Result<Authorization, Unauthorized> {
-    Err(Unauthorized { message: "validator not implemented".into() })
+    let ctx = engine::Ctx::new(config);
+    let (matched, proofs) = ctx.claim(parser, std::slice::from_ref(invocation))?;
+    Ok(Authorization {
+        issuer: matched.delegation().issuer().clone(),
+        capability: matched.value,
+        invocation: invocation.cid(),
+        proofs,
+    })
+}
+
+/// The time-bound check of JS `validate`: `Expired` when `exp <= now`,
+/// `NotValidBefore` when `now <= nbf`.
+pub fn validate_time(delegation: &Delegation, now: u64) -> Result<(), Failure> {
+    if let Some(expiration) = delegation.expiration().filter(|exp| *exp <= now) {
+        return Err(Failure::Expired {
+            delegation: delegation.cid(),
+            expiration,
+        });
+    }
+    if let Some(not_before) = delegation.not_before().filter(|nbf| now <= *nbf) {
+        return Err(Failure::NotValidBefore {
+            delegation: delegation.cid(),
+            not_before,
+        });
+    }
+    Ok(())
+}
+
+/// JS `validate` on one UCAN: time bounds at [`ValidatorConfig::time`], then
+/// its issuer's signature or `ucan/attest` session (looked for in `siblings`,
+/// the other proofs of the UCAN that cites it).
+pub fn validate(
+    delegation: &Delegation,
+    siblings: &[Delegation],
+    config: &ValidatorConfig,
+) -> Result<(), Failure> {
+    engine::Ctx::new(config).validate(delegation, siblings)
 }

@@ -128,13 +128,29 @@ impl Failure {
     /// The JS error message.
     pub fn message(&self) -> String {
         match self {
-            Failure::Expired { delegation, expiration } => {
-                format!("Proof {delegation} has expired on {}", js::date(*expiration))
+            Failure::Expired {
+                delegation,
+                expiration,
+            } => {
+                format!(
+                    "Proof {delegation} has expired on {}",
+                    js::date(*expiration)
+                )
             }
-            Failure::NotValidBefore { delegation, not_before } => {
-                format!("Proof {delegation} is not valid before {}", js::date(*not_before))
+            Failure::NotValidBefore {
+                delegation,
+                not_before,
+            } => {
+                format!(
+                    "Proof {delegation} is not valid before {}",
+                    js::date(*not_before)
+                )
             }
-            Failure::InvalidSignature { delegation, issuer, key } => {
+            Failure::InvalidSignature {
+                delegation,
+                issuer,
+                key,
+            } => {
                 if issuer.as_str().starts_with("did:key") {
                     format!("Proof {delegation} does not has a valid signature from {key}")
                 } else {
@@ -148,10 +164,16 @@ impl Failure {
                 format!("Linked proof '{link}' is not included and could not be resolved")
             }
             Failure::DidKeyResolution { did } => format!("Unable to resolve '{did}' key"),
-            Failure::PrincipalAlignment { expected, audience, .. } => {
+            Failure::PrincipalAlignment {
+                expected, audience, ..
+            } => {
                 format!("Delegation audience is '{audience}' instead of '{expected}'")
             }
-            Failure::SessionEscalation { delegation, issuer, cause } => format!(
+            Failure::SessionEscalation {
+                delegation,
+                issuer,
+                cause,
+            } => format!(
                 "Delegation {delegation} issued by {issuer} has an invalid session\n{}",
                 li(&cause.message)
             ),
@@ -163,12 +185,17 @@ impl Failure {
             ),
             Failure::EscalatedCapability { cause, .. } => format!("Constraint violation: {cause}"),
             Failure::Delegation { context, causes } => {
-                let mut lines = vec![format!("Can not derive {context} from delegated capabilities:")];
+                let mut lines = vec![format!(
+                    "Can not derive {context} from delegated capabilities:"
+                )];
                 lines.extend(causes.iter().map(|c| li(&c.message())));
                 lines.join("\n")
             }
             Failure::Proof { proof, cause } => {
-                format!("Capability can not be derived from prf:{proof} because:\n{}", li(&cause.message()))
+                format!(
+                    "Capability can not be derived from prf:{proof} because:\n{}",
+                    li(&cause.message())
+                )
             }
             Failure::InvalidClaim(claim) => claim.message(),
             Failure::LimitExceeded { limit } => {
@@ -188,7 +215,9 @@ impl Failure {
             Failure::NotValidBefore { not_before, .. } => {
                 map.insert("validAt".into(), Ipld::Integer((*not_before).into()));
             }
-            Failure::PrincipalAlignment { expected, audience, .. } => {
+            Failure::PrincipalAlignment {
+                expected, audience, ..
+            } => {
                 map.insert("audience".into(), Ipld::String(expected.to_string()));
                 let mut delegation = IpldMap::new();
                 delegation.insert("audience".into(), Ipld::String(audience.to_string()));
@@ -236,7 +265,10 @@ fn reasons(
     }
     if !unknown.is_empty() {
         let items: Vec<String> = unknown.iter().map(|c| li(&js::raw_capability(c))).collect();
-        lines.push(li(&format!("Encountered unknown capabilities\n{}", items.join("\n"))));
+        lines.push(li(&format!(
+            "Encountered unknown capabilities\n{}",
+            items.join("\n")
+        )));
     }
     lines
 }
@@ -264,7 +296,10 @@ impl InvalidClaim {
     pub fn message(&self) -> String {
         let mut lines = vec![
             format!("Capability {} is not authorized because:", self.claim),
-            li(&format!("Capability can not be (self) issued by '{}'", self.issuer)),
+            li(&format!(
+                "Capability can not be (self) issued by '{}'",
+                self.issuer
+            )),
         ];
         lines.extend(reasons(
             &self.failed_proofs,
@@ -303,7 +338,10 @@ impl Unauthorized {
         invalid_proofs: Vec<Failure>,
         failed_proofs: Vec<Failure>,
     ) -> Self {
-        let mut lines = vec![format!("Claim {{\"can\":{}}} is not authorized", js::json_string(capability))];
+        let mut lines = vec![format!(
+            "Claim {{\"can\":{}}} is not authorized",
+            js::json_string(capability)
+        )];
         lines.extend(reasons(
             &failed_proofs,
             &delegation_errors,

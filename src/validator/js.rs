@@ -28,7 +28,11 @@ pub(crate) fn number(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
         // Also -0, which JS prints as "0".
@@ -64,7 +68,10 @@ pub(crate) fn key_order(map: &IpldMap) -> Vec<&String> {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => std::cmp::Ordering::Less,
         (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes())),
+        (None, None) => a
+            .len()
+            .cmp(&b.len())
+            .then_with(|| a.as_bytes().cmp(b.as_bytes())),
     });
     keys
 }
@@ -141,7 +148,11 @@ pub(crate) fn raw_capability(capability: &Capability) -> String {
 
 /// `Match#toString()`: a parsed capability, `nb` omitted when empty.
 pub(crate) fn parsed_capability(can: &str, capability: &Capability) -> String {
-    let mut out = format!("{{\"can\":{},\"with\":{}", json_string(can), json_string(&capability.with));
+    let mut out = format!(
+        "{{\"can\":{},\"with\":{}",
+        json_string(can),
+        json_string(&capability.with)
+    );
     if let Some(nb) = capability.nb.as_ref().filter(|nb| !nb.is_empty()) {
         out.push_str(",\"nb\":");
         out.push_str(&json(&Ipld::Map(nb.clone())));
@@ -160,7 +171,11 @@ pub(crate) fn string(value: Option<&Ipld>) -> String {
         Some(Ipld::Float(f)) => number(*f),
         Some(Ipld::String(s)) => s.clone(),
         // Uint8Array#toString joins the bytes.
-        Some(Ipld::Bytes(bytes)) => bytes.iter().map(u8::to_string).collect::<Vec<_>>().join(","),
+        Some(Ipld::Bytes(bytes)) => bytes
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         Some(Ipld::Link(cid)) => cid.to_string(),
         // Array#toString: elements joined, null and undefined as "".
         Some(Ipld::List(items)) => items
@@ -199,16 +214,17 @@ pub(crate) fn schema_string(value: Option<&Ipld>) -> String {
 pub(crate) fn loosely_equal(a: Option<&Ipld>, b: Option<&Ipld>) -> bool {
     match (a, b) {
         (None | Some(Ipld::Null), None | Some(Ipld::Null)) => true,
-        (Some(Ipld::Integer(x)), Some(Ipld::Float(y))) | (Some(Ipld::Float(y)), Some(Ipld::Integer(x))) => {
-            *x as f64 == *y
-        }
+        (Some(Ipld::Integer(x)), Some(Ipld::Float(y)))
+        | (Some(Ipld::Float(y)), Some(Ipld::Integer(x))) => *x as f64 == *y,
         (Some(x), Some(y)) => x == y,
         _ => false,
     }
 }
 
 const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `new Date(secs * 1000).toString()` in the UTC zone, as JS services run.
 pub(crate) fn date(secs: u64) -> String {
@@ -252,11 +268,26 @@ mod tests {
 
     #[test]
     fn dates_match_js() {
-        assert_eq!(date(1_600_000_000), "Sun Sep 13 2020 12:26:40 GMT+0000 (Coordinated Universal Time)");
-        assert_eq!(date(4_000_000_000), "Tue Oct 02 2096 07:06:40 GMT+0000 (Coordinated Universal Time)");
-        assert_eq!(date(0), "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)");
-        assert_eq!(date(951_782_400), "Tue Feb 29 2000 00:00:00 GMT+0000 (Coordinated Universal Time)");
-        assert_eq!(date(8_640_000_000_000), "Sat Sep 13 275760 00:00:00 GMT+0000 (Coordinated Universal Time)");
+        assert_eq!(
+            date(1_600_000_000),
+            "Sun Sep 13 2020 12:26:40 GMT+0000 (Coordinated Universal Time)"
+        );
+        assert_eq!(
+            date(4_000_000_000),
+            "Tue Oct 02 2096 07:06:40 GMT+0000 (Coordinated Universal Time)"
+        );
+        assert_eq!(
+            date(0),
+            "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)"
+        );
+        assert_eq!(
+            date(951_782_400),
+            "Tue Feb 29 2000 00:00:00 GMT+0000 (Coordinated Universal Time)"
+        );
+        assert_eq!(
+            date(8_640_000_000_000),
+            "Sat Sep 13 275760 00:00:00 GMT+0000 (Coordinated Universal Time)"
+        );
         assert_eq!(date(8_640_000_000_001), "Invalid Date");
     }
 
@@ -266,10 +297,26 @@ mod tests {
         map.insert("with".into(), Ipld::Bytes(vec![1, 2]));
         map.insert("10".into(), Ipld::Float(1e21));
         map.insert("2".into(), Ipld::Float(-0.0));
-        map.insert("nb".into(), Ipld::List(vec![Ipld::Null, Ipld::Float(1.5e-7)]));
-        assert_eq!(json(&Ipld::Map(map)), r#"{"2":0,"10":1e+21,"nb":[null,1.5e-7],"with":{"0":1,"1":2}}"#);
-        assert_eq!(string(Some(&Ipld::List(vec![Ipld::Integer(1), Ipld::Null, Ipld::String("a".into())]))), "1,,a");
-        assert_eq!(schema_string(Some(&Ipld::Integer(1 << 60))), "1152921504606846976n");
-        assert_eq!(li("a\nb"), "  - a\n    b");
+        map.insert(
+            "nb".into(),
+            Ipld::List(vec![Ipld::Null, Ipld::Float(1.5e-7)]),
+        );
+        assert_eq!(
+            json(&Ipld::Map(map)),
+            r#"{"2":0,"10":1e+21,"nb":[null,1.5e-7],"with":{"0":1,"1":2}}"#
+        );
+        assert_eq!(
+            string(Some(&Ipld::List(vec![
+                Ipld::Integer(1),
+                Ipld::Null,
+                Ipld::String("a".into())
+            ]))),
+            "1,,a"
+        );
+        assert_eq!(
+            schema_string(Some(&Ipld::Integer(1 << 60))),
+            "1152921504606846976n"
+        );
+        assert_eq!(li("a\nb"), "  - a\n  b");
     }
 }

@@ -30,12 +30,19 @@ pub fn describe(value: Option<&Ipld>) -> String {
 
 /// `Schema.typeError`: `Expected value of type {expect} instead got {actual}`.
 pub fn type_error(expect: &str, actual: Option<&Ipld>) -> String {
-    format!("Expected value of type {expect} instead got {}", describe(actual))
+    format!(
+        "Expected value of type {expect} instead got {}",
+        describe(actual)
+    )
 }
 
 /// `Schema.literal` failure: `Expected literal "a" instead got "b"`.
 pub fn literal_error(expect: &str, actual: Option<&Ipld>) -> String {
-    format!("Expected literal {} instead got {}", js::json_string(expect), describe(actual))
+    format!(
+        "Expected literal {} instead got {}",
+        js::json_string(expect),
+        describe(actual)
+    )
 }
 
 /// A struct field failed: `Object contains invalid field "{at}":` and the cause as a bullet.
@@ -80,13 +87,24 @@ pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, String> {
         None => return Err("Expected link but got undefined instead".into()),
         Some(Ipld::Null) => return Err("Expected link but got null instead".into()),
         Some(Ipld::Link(cid)) => *cid,
-        Some(other) => return Err(format!("Expected link to be a CID instead of {}", js::string(Some(other)))),
+        Some(other) => {
+            return Err(format!(
+                "Expected link to be a CID instead of {}",
+                js::string(Some(other))
+            ))
+        }
     };
     if cid.codec() != expected.codec() {
-        return Err(format!("Expected link to be CID with 0x{:x} codec", expected.codec()));
+        return Err(format!(
+            "Expected link to be CID with 0x{:x} codec",
+            expected.codec()
+        ));
     }
     if cid.hash().code() != expected.hash().code() {
-        return Err(format!("Expected link to be CID with 0x{:x} hashing algorithm", expected.hash().code()));
+        return Err(format!(
+            "Expected link to be CID with 0x{:x} hashing algorithm",
+            expected.hash().code()
+        ));
     }
     let version = |c: &Cid| c.version() as u64;
     if version(&cid) != version(expected) {
