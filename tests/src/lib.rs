@@ -103,13 +103,10 @@ impl CapabilityParser for Echo {
         "test/echo"
     }
     fn parse(&self, cap: &Capability) -> Result<Capability, String> {
-        if !cap.with.starts_with("did:") {
-            return Err(format!("Expected a did: URI instead got {:?}", cap.with));
-        }
-        match cap.nb.as_ref().and_then(|nb| nb.get("text")) {
-            Some(Ipld::String(_)) => Ok(cap.clone()),
-            _ => Err("nb.text must be a string".into()),
-        }
+        // JS Schema wording, so error receipts match JS byte for byte.
+        ucanto::validator::schema::did(&cap.with)?;
+        ucanto::validator::schema::string_field(cap.nb.as_ref(), "text")?;
+        Ok(cap.clone())
     }
 }
 
@@ -134,7 +131,7 @@ pub fn echo_server(signer: Arc<dyn ucanto::principal::Signer>) -> Server {
             )))
         })
         .provide(Arc::new(Fail), |_req: Request| async move {
-            Err::<Response, _>(HandlerError::new("Boom"))
+            Err::<Response, _>(HandlerError::new("test/fail handler always throws"))
         })
         .build()
 }
