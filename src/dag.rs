@@ -208,6 +208,40 @@ impl FromIterator<Block> for BlockStore {
     }
 }
 
+/// Encodes an archive: a CAR whose single root is the block `{<tag>: Link<root>}`,
+/// after `blocks` (the form JS writes for delegations and receipts).
+pub fn write_archive(tag: &str, root: Cid, mut blocks: Vec<Block>) -> Result<Vec<u8>, CodecError> {
+    let mut variant = IpldMap::new();
+    variant.insert(tag.to_string(), Ipld::Link(root));
+    let variant = Block::encode(&Ipld::Map(variant))?;
+    blocks.push(variant.clone());
+    Ok(crate::car::encode(
+        &[variant.cid],
+        blocks.into_iter().map(|b| (b.cid, b.bytes)),
+    ))
+}
+
+/// Reads an archive written by [`write_archive`] (or JS): the link under `tag`
+/// and every block of the CAR, in whatever order they came.
+pub fn read_archive(
+    archive: &[u8],
+    tag: &str,
+) -> Result<(Cid, std::sync::Arc<BlockStore>), CodecError> {
+    let context = format!("{tag} archive");
+    let (header, blocks) =
+        crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
+    let [root] = header.roots.as_slice() else {
+        return Err(CodecError::schema(context, "expected exactly one root"));
+    };
+    let store: BlockStore = blocks
+        .into_iter()
+        .map(|(cid, bytes)| Block { cid, bytes })
+        .collect();
+    let variant = store.block(root)?.decode()?;
+    let link = Fields::new(&context, &variant, &[tag])?.link(tag)?;
+    Ok((link, std::sync::Arc::new(store)))
+}
+
 /// Typed accessors over an IPLD map that produce schema errors naming the field.
 pub(crate) struct Fields<'a> {
     context: &'a str,

@@ -17,6 +17,9 @@ use crate::dag::{Block, BlockStore, CodecError, Fields, Ipld, IpldMap};
 use crate::principal::{Did, Signature, Signer, Verifier};
 use crate::ucan::{Delegation, Invocation};
 
+/// The variant tag of a receipt archive's root block.
+pub const RECEIPT_TAG: &str = "ucan/receipt@0.9.1";
+
 /// The result of an invocation: `{ok: …}` or `{error: …}`.
 pub type Out = Result<Ipld, Ipld>;
 
@@ -369,35 +372,13 @@ impl Receipt {
 
     /// A receipt archive: a CAR whose single root is `{"ucan/receipt@0.9.1": Link}`.
     pub fn archive(&self) -> Result<Vec<u8>, CodecError> {
-        let mut variant = IpldMap::new();
-        variant.insert("ucan/receipt@0.9.1".into(), Ipld::Link(self.cid()));
-        let variant = Block::encode(&Ipld::Map(variant))?;
-        let mut blocks = self.export();
-        blocks.push(variant.clone());
-        Ok(crate::car::encode(
-            &[variant.cid],
-            blocks.into_iter().map(|b| (b.cid, b.bytes)),
-        ))
+        crate::dag::write_archive(RECEIPT_TAG, self.cid(), self.export())
     }
 
     /// Reads a receipt archive; blocks may come in any order.
     pub fn extract(archive: &[u8]) -> Result<Receipt, CodecError> {
-        let (header, blocks) =
-            crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
-        let [root] = header.roots.as_slice() else {
-            return Err(CodecError::schema(
-                "receipt archive",
-                "expected exactly one root",
-            ));
-        };
-        let store: BlockStore = blocks
-            .into_iter()
-            .map(|(cid, bytes)| Block { cid, bytes })
-            .collect();
-        let variant = store.block(root)?.decode()?;
-        let link = Fields::new("receipt archive", &variant, &["ucan/receipt@0.9.1"])?
-            .link("ucan/receipt@0.9.1")?;
-        Receipt::from_blocks(&link, Arc::new(store))
+        let (link, store) = crate::dag::read_archive(archive, RECEIPT_TAG)?;
+        Receipt::from_blocks(&link, store)
     }
 }
 

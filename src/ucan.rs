@@ -521,38 +521,17 @@ impl Delegation {
     /// Encodes the delegation as a CAR archive with root `{"ucan@0.9.1": Link}`,
     /// the form JS `delegation.archive()` produces.
     pub fn archive(&self) -> Result<Vec<u8>, CodecError> {
-        let mut variant = IpldMap::new();
-        variant.insert(
-            format!("ucan@{}", self.data.version),
-            Ipld::Link(self.cid()),
-        );
-        let variant = Block::encode(&Ipld::Map(variant))?;
-        let mut blocks = self.export();
-        blocks.push(variant.clone());
-        Ok(crate::car::encode(
-            &[variant.cid],
-            blocks.into_iter().map(|b| (b.cid, b.bytes)),
-        ))
+        crate::dag::write_archive(
+            &format!("ucan@{}", self.data.version),
+            self.cid(),
+            self.export(),
+        )
     }
 
     /// Reads a delegation from a CAR archive made by [`Delegation::archive`] or JS.
     pub fn extract(archive: &[u8]) -> Result<Self, CodecError> {
-        let (header, blocks) =
-            crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
-        let [root] = header.roots.as_slice() else {
-            return Err(CodecError::schema(
-                "delegation archive",
-                "expected exactly one root",
-            ));
-        };
-        let store: BlockStore = blocks
-            .into_iter()
-            .map(|(cid, bytes)| Block { cid, bytes })
-            .collect();
-        let variant = store.block(root)?.decode()?;
-        let fields = Fields::new("delegation archive", &variant, &["ucan@0.9.1"])?;
-        let link = fields.link("ucan@0.9.1")?;
-        Delegation::from_blocks(&link, Arc::new(store))
+        let (link, store) = crate::dag::read_archive(archive, "ucan@0.9.1")?;
+        Delegation::from_blocks(&link, store)
     }
 }
 
