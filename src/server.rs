@@ -160,6 +160,7 @@ pub struct Server {
     routes: HashMap<String, Route>,
     validator: ValidatorConfig,
     catch: Option<CatchHook>,
+    audiences: Vec<Did>,
 }
 
 /// Builds a [`Server`].
@@ -191,6 +192,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Also accepts invocations addressed to `did` (e.g. a consolidator that runs
+    /// tasks the tracker addressed to itself). The service DID is always accepted.
+    pub fn audience(mut self, did: Did) -> Self {
+        self.server.audiences.push(did);
+        self
+    }
+
     /// Sets the hook told about handler failures.
     pub fn catch(mut self, hook: CatchHook) -> Self {
         self.server.catch = Some(hook);
@@ -218,6 +226,7 @@ impl Server {
                     now: None,
                 },
                 catch: None,
+                audiences: Vec::new(),
             },
         }
     }
@@ -301,7 +310,7 @@ impl Server {
                 capability,
             )));
         };
-        if invocation.audience() != self.did() {
+        if invocation.audience() != self.did() && !self.audiences.contains(invocation.audience()) {
             return Response::failure(
                 "InvalidAudience",
                 format!(

@@ -6,13 +6,19 @@
 //! invocation  iss: consolidator, aud: tracker, prf: [tracker → consolidator, unless they are one]
 //!             blocks: the receipt's root block is attached
 //! capability  { can: "space/egress/conclude", with: <tracker DID>,
-//!               nb: { receipt: Link<consolidate receipt> } }
+//!               nb: { receipt: Link<consolidate receipt>, tally?: [Link<tally chunk>] } }
 //! ok          {}
 //! error       { name: "EgressConcludeError", message: string }
 //! ```
 //! Only the receipt's root block travels with the invocation: ucanto attaches
 //! blocks linked directly from `nb`, so the invocation the receipt ran (the
 //! consolidate task, which the tracker created) is not among them.
+//!
+//! `tally` links the blocks that say what the receipt's `totalEgress` is made
+//! of (bytes per space and day, and which retrieve receipts were counted).
+//! They are too large for the receipt a node downloads, so they travel here,
+//! attached like the receipt; their format belongs to the tracker service.
+//! An absent `tally` reads as empty (a batch that counted nothing).
 
 use cid::Cid;
 use ucanto::dag::{CodecError, Ipld, IpldMap};
@@ -32,6 +38,8 @@ pub struct Conclude;
 pub struct ConcludeNb {
     /// The consolidate receipt.
     pub receipt: Cid,
+    /// Blocks detailing the receipt's total; empty when nothing was counted.
+    pub tally: Vec<Cid>,
 }
 
 impl Ability for Conclude {
@@ -39,13 +47,32 @@ impl Ability for Conclude {
     type Nb = ConcludeNb;
 
     fn parse_nb(nb: Option<&IpldMap>) -> Result<ConcludeNb, SchemaError> {
+        let fields = Fields::new("nb", nb_or_empty(nb));
+        let tally = match fields.get("tally") {
+            None => Vec::new(),
+            Some(_) => fields
+                .list("tally")?
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Ipld::Link(cid) => Ok(*cid),
+                    _ => Err(SchemaError::wrong_type(format!("nb.tally[{i}]"), "a link")),
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(ConcludeNb {
-            receipt: Fields::new("nb", nb_or_empty(nb)).link("receipt")?,
+            receipt: fields.link("receipt")?,
+            tally,
         })
     }
 
     fn to_nb(nb: &ConcludeNb) -> IpldMap {
-        IpldMap::from([("receipt".to_string(), Ipld::Link(nb.receipt))])
+        let mut map = IpldMap::from([("receipt".to_string(), Ipld::Link(nb.receipt))]);
+        if !nb.tally.is_empty() {
+            let links = nb.tally.iter().map(|c| Ipld::Link(*c)).collect();
+            map.insert("tally".to_string(), Ipld::List(links));
+        }
+        map
     }
 }
 
@@ -62,6 +89,7 @@ pub fn conclude_builder<'a>(
             tracker,
             &ConcludeNb {
                 receipt: receipt.cid(),
+                tally: Vec::new(),
             },
         ))
         .attach(receipt.block().clone())

@@ -365,7 +365,8 @@ fn conclude_round_trips() {
     assert_eq!(
         parsed.nb,
         ConcludeNb {
-            receipt: consolidate_receipt.cid()
+            receipt: consolidate_receipt.cid(),
+            tally: Vec::new(),
         }
     );
     let attached = attached_receipt(&js, &parsed.nb).unwrap();

@@ -13,4 +13,9 @@
 //!   the default backend. [`store::Store::conclude`] is the single commit
 //!   point: a batch's receipt, totals and counted retrievals land together or
 //!   not at all.
+pub mod consolidator;
+pub mod handlers;
+pub mod metrics;
+pub mod service;
 pub mod store;
+pub mod tally;

@@ -1,21 +1,29 @@
-//! Principals: DIDs, ed25519 signers and verifiers, and signatures.
+//! Principals: DIDs, ed25519 and RSA signers and verifiers, and signatures.
 //!
 //! A principal is named by a DID. `did:key` DIDs embed their public key, so
-//! anything they sign verifies on its own. A service may present itself under
-//! a `did:web` identity while signing with its ed25519 key
+//! anything they sign verifies on its own ([`verifier_for`]). A service may
+//! present itself under a `did:web` identity while signing with its key
 //! ([`Ed25519Signer::with_did`]); verifying such signatures needs the key,
 //! which the validator gets from configuration or a `ucan/attest`.
 //!
 //! # Formats
 //! - UCAN principal bytes: `varint(0xed) ‖ public key` for did:key ed25519,
+//!   `varint(0x1205) ‖ PKCS#1 DER public key` for did:key RSA ([`rsa`]),
 //!   `varint(0x0d1d) ‖ utf8(did without "did:")` for any other DID.
-//! - Signature (varsig): `varint(alg) ‖ varint(len) ‖ raw`; ed25519 is `ed a1 03 40 ‖ 64 bytes`.
-//! - Private key ("M…"): multibase base64pad of `varint(0x1300) ‖ seed ‖ varint(0xed) ‖ public key`.
+//! - Signature (varsig): `varint(alg) ‖ varint(len) ‖ raw`; ed25519 is
+//!   `ed a1 03 40 ‖ 64 bytes`, RS256 `85 a4 c0 06 ‖ varint(len) ‖ raw`.
+//! - Private key ("M…"): multibase base64pad of `varint(0x1300) ‖ seed ‖
+//!   varint(0xed) ‖ public key` (ed25519) or `varint(0x1305) ‖ PKCS#1 DER`
+//!   (RSA); [`decode_signer`] and [`parse_signer`] take either.
 
 use std::fmt;
 use std::sync::Arc;
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+
+pub mod rsa;
+
+pub use self::rsa::{RsaSigner, RsaVerifier, RSA_PRIV};
 
 /// Multicodec of an ed25519 public key.
 pub const ED25519_PUB: u64 = 0xed;
@@ -443,12 +451,41 @@ impl Verifier for Ed25519Verifier {
     }
 }
 
-/// A verifier for a self-certifying DID (a did:key of a supported key type).
+/// A verifier for a self-certifying DID (a did:key of a supported key type:
+/// ed25519 or RSA).
 pub fn verifier_for(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {
     if !did.is_key() {
         return Err(PrincipalError::Unresolvable(did.to_string()));
     }
-    Ok(Arc::new(Ed25519Verifier::parse(did)?))
+    let (code, _) = did_key_bytes(did.as_str())?;
+    match code {
+        ED25519_PUB => Ok(Arc::new(Ed25519Verifier::parse(did)?)),
+        RSA_PUB => Ok(Arc::new(RsaVerifier::parse(did)?)),
+        other => Err(PrincipalError::UnsupportedKey(other, did.to_string())),
+    }
+}
+
+/// A signer from private key bytes of either supported type, told apart by
+/// their multicodec tag: `0x1300` ed25519 (68 bytes), `0x1305` RSA (PKCS#1).
+pub fn decode_signer(bytes: &[u8]) -> Result<Arc<dyn Signer>, PrincipalError> {
+    match read_varint(bytes) {
+        Some((ED25519_PRIV, _)) => Ok(Arc::new(Ed25519Signer::decode(bytes)?)),
+        Some((RSA_PRIV, _)) => Ok(Arc::new(RsaSigner::decode(bytes)?)),
+        Some((other, _)) => Err(PrincipalError::InvalidKey(format!(
+            "unsupported private key type 0x{other:x}"
+        ))),
+        None => Err(PrincipalError::InvalidKey("bad multicodec prefix".into())),
+    }
+}
+
+/// A signer from the "M…" multibase private key format, ed25519 or RSA.
+pub fn parse_signer(text: &str) -> Result<Arc<dyn Signer>, PrincipalError> {
+    let bad = |why: &str| PrincipalError::InvalidKey(why.to_string());
+    let (base, bytes) = multibase::decode(text.trim()).map_err(|e| bad(&e.to_string()))?;
+    if base != multibase::Base::Base64Pad {
+        return Err(bad("expected multibase base64pad (M…)"));
+    }
+    decode_signer(&bytes)
 }
 
 #[cfg(test)]
@@ -497,6 +534,23 @@ mod tests {
     }
 
     #[test]
+    fn generic_signer_parsing_dispatches_on_the_tag() {
+        let ed = Ed25519Signer::from_seed([3; 32]);
+        assert_eq!(parse_signer(&ed.format()).unwrap().did(), ed.did());
+        assert_eq!(decode_signer(&ed.encode()).unwrap().did(), ed.did());
+        assert!(decode_signer(&[0x80]).is_err());
+        assert!(decode_signer(&[0xed, 0x01, 0, 0]).is_err());
+        let unsupported = Did::parse(
+            "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme",
+        )
+        .unwrap();
+        assert!(matches!(
+            verifier_for(&unsupported),
+            Err(PrincipalError::UnsupportedKey(SECP256K1_PUB, _))
+        ));
+    }
+
+    #[test]
     fn rejects_bad_dids() {
         for bad in [
             "",
@@ -520,6 +574,7 @@ mod tests {
             let _ = Did::from_ucan_bytes(&bytes);
             let _ = Signature::decode(&bytes);
             let _ = Ed25519Signer::decode(&bytes);
+            let _ = decode_signer(&bytes);
         }
         #[test]
         fn did_parse_never_panics(text in ".{0,60}") {

@@ -1,0 +1,637 @@
+//! The consolidator: runs `space/egress/consolidate` tasks and concludes them.
+//!
+//! It is a ucanto service of its own (in-process by default, or deployed
+//! apart and reached over HTTP): the scheduler *invokes* each task through a
+//! real connection, the dispatcher validates it and calls [`Consolidator`]'s
+//! handler, which
+//! 1. fetches the batch from the node's endpoint, streaming it to a scratch
+//!    file with a size limit and a timeout, hashing as it goes;
+//! 2. refuses the batch unless its bytes hash to the batch CID (codec car,
+//!    sha2-256) and its size is within the limits;
+//! 3. reads it block by block (bounded memory) and checks every receipt
+//!    archive: archive CID, receipt signature by the node, that it ran a
+//!    `space/content/retrieve` addressed to the node, that the space
+//!    authorized it (validator over the invocation's proofs, judged at the time
+//!    of the retrieval), a sane range, and that it was not counted before;
+//! 4. answers `{totalEgress, errors}`; bad receipts are listed, not counted.
+//!
+//! The dispatcher signs the receipt; the consolidator then invokes
+//! `space/egress/conclude` on the tracker with it and the tally. Transient
+//! failures (network, 5xx, timeouts) give an `EgressConsolidateRetry` answer
+//! that is never concluded, so the record stays pending and the scheduler
+//! retries with backoff — until the give-up age, after which the failure is
+//! final (`EgressConsolidateError`).
+//!
+//! # Day of a retrieval
+//! A retrieve invocation carries no timestamp, only its validity window, and
+//! a node can only serve it while it is valid. The retrieval is dated at
+//! `exp − 1` (the last second it was valid) or, without `exp`, at its `nbf`,
+//! never later than the moment of consolidation; its bytes count for that UTC
+//! day, and its authorization is judged at that time.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cid::Cid;
+use etracker_capabilities::account_egress_get::format_date;
+use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk, ReceiptError};
+use etracker_capabilities::retrieve::{egress_bytes, EgressError};
+use etracker_capabilities::{Ability, Consolidate, Outcome, Retrieve, Track};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use ucanto::car::{CarReader, Limits};
+use ucanto::client::{Channel, ClientError, Connection};
+use ucanto::dag::{CodecError, CAR, SHA2_256};
+use ucanto::message::AgentMessage;
+use ucanto::principal::{verifier_for, Did, Signer, Verifier};
+use ucanto::receipt::Receipt;
+use ucanto::server::{error_name, BoxFuture, HandlerError, Request, Response, Server};
+use ucanto::ucan::{now, Delegation, Invocation, Proof};
+use ucanto::validator::{access, ValidatorConfig};
+
+use crate::store::Store;
+use crate::tally::Tally;
+
+/// Error name of a consolidation postponed by a transient failure.
+pub const RETRY: &str = "EgressConsolidateRetry";
+
+/// Limits and timings of batch processing.
+#[derive(Clone, Debug)]
+pub struct BatchLimits {
+    /// Smallest acceptable batch (bytes).
+    pub min_size: u64,
+    /// Largest acceptable batch (bytes).
+    pub max_size: u64,
+    /// Timeout of the whole download.
+    pub fetch_timeout: Duration,
+    /// After this many seconds since tracking, a failing fetch becomes final.
+    pub give_up_after: u64,
+    /// Where batches are spooled while being checked.
+    pub scratch_dir: PathBuf,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            min_size: 10 * 1024 * 1024,
+            max_size: 1024 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(300),
+            give_up_after: 48 * 3600,
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// The consolidate task for `track`: the deterministic invocation the tracker
+/// forks (iss = aud = with = tracker, no expiry, no nonce), with the track
+/// invocation attached so a consolidator needs nothing else to run it.
+pub fn consolidate_task(
+    tracker: &dyn Signer,
+    track: &Invocation,
+) -> Result<Invocation, CodecError> {
+    Delegation::builder(tracker, tracker.did().clone())
+        .capability(Consolidate::capability(
+            tracker.did(),
+            &etracker_capabilities::consolidate::ConsolidateNb { cause: track.cid() },
+        ))
+        .no_expiration()
+        .attach(track.block().clone())
+        .build()
+}
+
+/// What a failed batch download or check means.
+#[derive(Debug)]
+enum BatchFailure {
+    /// Try again later.
+    Transient(String),
+    /// Final: the batch can never be counted.
+    Permanent(String),
+}
+
+/// One receipt archive that passed every check.
+struct Counted {
+    receipt: Cid,
+    space: Did,
+    day: String,
+    bytes: u64,
+}
+
+/// The consolidator sub-service.
+pub struct Consolidator {
+    signer: Arc<dyn Signer>,
+    tracker: Did,
+    server: Server,
+    state: Arc<HandlerState>,
+    tracker_connection: Connection,
+    conclude_proofs: Vec<Delegation>,
+}
+
+struct HandlerState {
+    store: Option<Arc<dyn Store>>,
+    limits: BatchLimits,
+    authorities: Vec<Arc<dyn Verifier>>,
+    http: reqwest::Client,
+    /// Tallies of finished tasks waiting to be concluded, by task CID.
+    tallies: Mutex<HashMap<Cid, (Cid, Tally)>>,
+}
+
+impl Consolidator {
+    /// A consolidator signing as `signer`, running tasks of the tracker verified by
+    /// `tracker` and concluding them over `tracker_connection`.
+    ///
+    /// `store` (read only here) tells the age of a record, for the give-up
+    /// rule, and which receipts were counted before; `authorities` are the
+    /// principals whose `ucan/attest` count when validating retrievals;
+    /// `conclude_proofs` authorize `signer` to conclude on the tracker when it
+    /// is not the tracker itself.
+    pub fn new(
+        signer: Arc<dyn Signer>,
+        tracker: Arc<dyn Verifier>,
+        tracker_connection: Connection,
+        store: Option<Arc<dyn Store>>,
+        limits: BatchLimits,
+        authorities: Vec<Arc<dyn Verifier>>,
+        conclude_proofs: Vec<Delegation>,
+    ) -> Self {
+        let state = Arc::new(HandlerState {
+            store,
+            http: reqwest::Client::builder()
+                .timeout(limits.fetch_timeout)
+                .build()
+                .unwrap_or_default(),
+            limits,
+            authorities,
+            tallies: Mutex::new(HashMap::new()),
+        });
+        let handler_state = state.clone();
+        let tracker_did = tracker.did().clone();
+        let server = Server::builder(signer.clone())
+            .audience(tracker_did.clone())
+            .validator(|config| config.authority = tracker)
+            .provide(Consolidate::parser(), move |request: Request| {
+                let state = handler_state.clone();
+                async move { Ok::<_, HandlerError>(state.consolidate(request).await) }
+            })
+            .build();
+        Consolidator {
+            signer,
+            tracker: tracker_did,
+            server,
+            state,
+            tracker_connection,
+            conclude_proofs,
+        }
+    }
+
+    /// Runs the invocations of `request` and, for each final consolidate
+    /// receipt, invokes `space/egress/conclude` on the tracker before answering.
+    pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
+        let response = self.server.execute(request).await?;
+        for invocation in request.execute() {
+            let Some(Ok(receipt)) = response.receipt_for(invocation) else {
+                continue;
+            };
+            let pending = self
+                .state
+                .tallies
+                .lock()
+                .map(|mut t| t.remove(invocation))
+                .ok()
+                .flatten();
+            let Some((batch, tally)) = pending else {
+                continue;
+            };
+            if let Err(e) = self.conclude(&receipt, batch, &tally).await {
+                // The record stays pending; the scheduler will run the task again.
+                tracing::warn!(task = %invocation, %batch, error = %e, "conclude failed");
+            }
+        }
+        Ok(response)
+    }
+
+    async fn conclude(&self, receipt: &Receipt, batch: Cid, tally: &Tally) -> Result<(), String> {
+        let chunks = tally.to_blocks(batch).map_err(|e| e.to_string())?;
+        let nb = etracker_capabilities::conclude::ConcludeNb {
+            receipt: receipt.cid(),
+            tally: chunks.iter().map(|b| b.cid).collect(),
+        };
+        let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
+            .capability(etracker_capabilities::Conclude::capability(
+                &self.tracker,
+                &nb,
+            ))
+            .attach(receipt.block().clone());
+        for chunk in chunks {
+            builder = builder.attach(chunk);
+        }
+        for proof in &self.conclude_proofs {
+            builder = builder.proof(Proof::Delegation(proof.clone()));
+        }
+        let invocation = builder.build().map_err(|e| e.to_string())?;
+        let answer = self
+            .tracker_connection
+            .invoke(&invocation)
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer.out() {
+            Ok(_) => {
+                tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
+                Ok(())
+            }
+            Err(error) => Err(format!(
+                "tracker refused conclude: {}",
+                ucanto::dag_json::to_string(error).unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// A channel into an in-process [`Consolidator`], through the CAR codec.
+#[derive(Clone)]
+pub struct ConsolidatorChannel(pub Arc<Consolidator>);
+
+impl Channel for ConsolidatorChannel {
+    fn request(&self, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, ClientError>> {
+        let consolidator = self.0.clone();
+        Box::pin(async move {
+            let request = AgentMessage::from_car(&body).map_err(|e| ClientError::Status {
+                status: 400,
+                body: e.to_string(),
+            })?;
+            let response =
+                consolidator
+                    .execute(&request)
+                    .await
+                    .map_err(|e| ClientError::Status {
+                        status: 400,
+                        body: e.to_string(),
+                    })?;
+            Ok(response.to_car())
+        })
+    }
+}
+
+/// An HTTP router serving a separately deployed consolidator at `POST /`.
+pub fn router(consolidator: Arc<Consolidator>, body_limit: usize) -> axum::Router {
+    use axum::body::Bytes;
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    async fn handle(
+        State(c): State<Arc<Consolidator>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::response::Response {
+        if let Err(response) = ucanto::transport::negotiate(&headers) {
+            return response;
+        }
+        let result = match AgentMessage::from_car(&body) {
+            Ok(request) => c.execute(&request).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(message) => (
+                [(header::CONTENT_TYPE, ucanto::transport::CAR_CONTENT_TYPE)],
+                message.to_car(),
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::BAD_REQUEST,
+                format!("Bad request: Malformed payload - {e}"),
+            )
+                .into_response(),
+        }
+    }
+    axum::Router::new()
+        .route("/", axum::routing::post(handle))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(consolidator)
+}
+
+impl HandlerState {
+    async fn consolidate(&self, request: Request) -> Response {
+        let task = request.invocation.cid();
+        let failure = |message: String| Response::error(ConsolidateError::new(message).to_ipld());
+        let cause = match Consolidate::parse(&request.capability) {
+            Ok(parsed) => parsed.nb.cause,
+            Err(e) => return failure(e.to_string()),
+        };
+        let Ok(track) = Delegation::from_blocks(&cause, request.invocation.blocks().clone()) else {
+            return failure(format!(
+                "the track invocation {cause} is not attached to the task"
+            ));
+        };
+        let track_nb = match track.capabilities() {
+            [capability] => match Track::parse(capability) {
+                Ok(parsed) => parsed.nb,
+                Err(e) => return failure(format!("invalid track invocation: {e}")),
+            },
+            _ => return failure("the track invocation must have one capability".into()),
+        };
+        let batch = track_nb.receipts;
+        let node = track.issuer().clone();
+        match self.process(&node, &batch, &track_nb.url()).await {
+            Ok((ok, tally)) => {
+                self.stash(task, batch, tally);
+                Response::ok(ok.to_ipld())
+            }
+            Err(BatchFailure::Permanent(message)) => {
+                tracing::warn!(%batch, %message, "batch cannot be consolidated");
+                self.stash(task, batch, Tally::default());
+                failure(message)
+            }
+            Err(BatchFailure::Transient(message)) => {
+                let received_at = self.received_at(&batch).await;
+                if received_at
+                    .is_some_and(|at| now().saturating_sub(at) >= self.limits.give_up_after)
+                {
+                    let message =
+                        format!("gave up after {} s: {message}", self.limits.give_up_after);
+                    self.stash(task, batch, Tally::default());
+                    return failure(message);
+                }
+                tracing::info!(%batch, %message, "batch unavailable, will retry");
+                Response::failure(RETRY, message)
+            }
+        }
+    }
+
+    fn stash(&self, task: Cid, batch: Cid, tally: Tally) {
+        if let Ok(mut tallies) = self.tallies.lock() {
+            tallies.insert(task, (batch, tally));
+        }
+    }
+
+    async fn received_at(&self, batch: &Cid) -> Option<u64> {
+        let store = self.store.clone()?;
+        let batch = *batch;
+        tokio::task::spawn_blocking(move || {
+            store.record(&batch).ok().flatten().map(|r| r.received_at)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn process(
+        &self,
+        node: &Did,
+        batch: &Cid,
+        url: &str,
+    ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
+        if batch.codec() != CAR || batch.hash().code() != SHA2_256 || batch.hash().size() != 32 {
+            return Err(BatchFailure::Permanent(format!(
+                "batch CID {batch} is not a sha2-256 CID with codec car (0x0202)"
+            )));
+        }
+        let path = self
+            .limits
+            .scratch_dir
+            .join(format!("etracker-batch-{batch}-{}.car", std::process::id()));
+        let result = async {
+            self.download(url, batch, &path).await?;
+            self.count(node, &path).await
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        let (ok, candidates) = result?;
+        self.finish(ok, candidates).await
+    }
+
+    /// Streams the batch to `path`, enforcing the size limits and the hash.
+    async fn download(&self, url: &str, batch: &Cid, path: &PathBuf) -> Result<(), BatchFailure> {
+        let limits = &self.limits;
+        let transient =
+            |e: &dyn std::fmt::Display| BatchFailure::Transient(format!("fetching {url}: {e}"));
+        let mut response = self.http.get(url).send().await.map_err(|e| transient(&e))?;
+        if !response.status().is_success() {
+            return Err(BatchFailure::Transient(format!(
+                "fetching {url}: HTTP {}",
+                response.status()
+            )));
+        }
+        if let Some(len) = response.content_length() {
+            if len > limits.max_size {
+                return Err(BatchFailure::Permanent(format!(
+                    "batch is {len} bytes, more than the {} allowed",
+                    limits.max_size
+                )));
+            }
+        }
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| transient(&e))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| transient(&e))? {
+            size += chunk.len() as u64;
+            if size > limits.max_size {
+                return Err(BatchFailure::Permanent(format!(
+                    "batch is more than the {} bytes allowed",
+                    limits.max_size
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| transient(&e))?;
+        }
+        file.flush().await.map_err(|e| transient(&e))?;
+        if size < limits.min_size {
+            return Err(BatchFailure::Permanent(format!(
+                "batch is {size} bytes, less than the {} required",
+                limits.min_size
+            )));
+        }
+        if hasher.finalize().as_slice() != batch.hash().digest() {
+            return Err(BatchFailure::Permanent(format!(
+                "the bytes served for {batch} do not hash to its CID"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the spooled batch block by block and checks every receipt.
+    async fn count(
+        &self,
+        node: &Did,
+        path: &PathBuf,
+    ) -> Result<(ConsolidateOk, Vec<Counted>), BatchFailure> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| BatchFailure::Transient(e.to_string()))?;
+        let limits = Limits {
+            max_header_len: 64 * 1024,
+            max_block_len: 16 * 1024 * 1024,
+        };
+        let undecodable = |e: ucanto::car::CarError| {
+            BatchFailure::Permanent(format!("batch is not a valid CAR: {e}"))
+        };
+        let mut reader = CarReader::new(tokio::io::BufReader::new(file), limits)
+            .await
+            .map_err(undecodable)?;
+        let node_verifier =
+            verifier_for(node).map_err(|e| BatchFailure::Permanent(format!("node {node}: {e}")))?;
+        let mut ok = ConsolidateOk::default();
+        let mut counted = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some((archive, bytes)) = reader.next_block().await.map_err(undecodable)? {
+            match self.check(node, node_verifier.as_ref(), &archive, &bytes, &mut seen) {
+                Ok(Some(entry)) => counted.push(entry),
+                Ok(None) => {}
+                Err(error) => ok.errors.push(error),
+            }
+        }
+        Ok((ok, counted))
+    }
+
+    /// Checks one receipt archive: `Ok(Some)` counts, `Ok(None)` is a valid
+    /// receipt of a failed retrieval (no egress), `Err` goes to `errors[]`.
+    fn check(
+        &self,
+        node: &Did,
+        node_verifier: &dyn Verifier,
+        archive: &Cid,
+        bytes: &[u8],
+        seen: &mut HashSet<Cid>,
+    ) -> Result<Option<Counted>, ReceiptError> {
+        let reject = |name: &str, message: String, receipt: Cid| ReceiptError {
+            name: name.into(),
+            message,
+            receipt,
+        };
+        if archive.codec() != CAR {
+            return Err(reject(
+                "InvalidArchive",
+                format!("block {archive} is not a receipt archive (codec car)"),
+                *archive,
+            ));
+        }
+        let receipt = Receipt::extract(bytes)
+            .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
+        let cid = receipt.cid();
+        if !seen.insert(cid) {
+            return Err(reject(
+                "DuplicateReceipt",
+                "receipt appears more than once in the batch".into(),
+                cid,
+            ));
+        }
+        if receipt.issuer().is_some_and(|iss| iss != node) {
+            return Err(reject(
+                "WrongIssuer",
+                format!(
+                    "receipt issued by {}, not by the node {node}",
+                    receipt.issuer().map(Did::to_string).unwrap_or_default()
+                ),
+                cid,
+            ));
+        }
+        if !receipt.verify_signature(node_verifier) {
+            return Err(reject(
+                "InvalidSignature",
+                format!("receipt is not signed by the node {node}"),
+                cid,
+            ));
+        }
+        let Some(invocation) = receipt.ran() else {
+            return Err(reject(
+                "MissingInvocation",
+                format!("the invocation {} is not in the archive", receipt.ran_cid()),
+                cid,
+            ));
+        };
+        if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
+            return Err(reject(
+                "NotRetrieve",
+                "receipt is not for a space/content/retrieve invocation".into(),
+                cid,
+            ));
+        }
+        if invocation.audience() != node {
+            return Err(reject(
+                "WrongAudience",
+                format!(
+                    "retrieval was addressed to {}, not to the node {node}",
+                    invocation.audience()
+                ),
+                cid,
+            ));
+        }
+        let size = match egress_bytes(&receipt) {
+            Ok(size) => size,
+            // A failed retrieval served nothing: a valid receipt with no egress.
+            Err(EgressError::Failed { .. }) => return Ok(None),
+            Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
+                return Err(reject("InvalidRange", e.to_string(), cid))
+            }
+            Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
+        };
+        let at = retrieval_time(&invocation);
+        let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier)).at(at);
+        for authority in &self.authorities {
+            config = config.attester(authority.clone());
+        }
+        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
+            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
+        let space = Did::parse(&authorization.capability.with)
+            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+        Ok(Some(Counted {
+            receipt: cid,
+            space,
+            day: format_date((at / 86_400) as i64),
+            bytes: size,
+        }))
+    }
+
+    /// Drops receipts an earlier batch already counted, then totals the rest.
+    async fn finish(
+        &self,
+        mut ok: ConsolidateOk,
+        candidates: Vec<Counted>,
+    ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
+        let earlier: Vec<Option<Cid>> = match self.store.clone() {
+            Some(store) => {
+                let cids: Vec<Cid> = candidates.iter().map(|c| c.receipt).collect();
+                tokio::task::spawn_blocking(move || store.counted(&cids))
+                    .await
+                    .map_err(|e| BatchFailure::Transient(e.to_string()))?
+                    .map_err(|e| BatchFailure::Transient(e.to_string()))?
+            }
+            None => vec![None; candidates.len()],
+        };
+        let mut tally = Tally::default();
+        for (entry, counted_by) in candidates.into_iter().zip(earlier) {
+            match counted_by {
+                Some(batch) => ok.errors.push(ReceiptError {
+                    name: "DuplicateReceipt".into(),
+                    message: format!("receipt already counted in batch {batch}"),
+                    receipt: entry.receipt,
+                }),
+                None => tally.add(entry.space, entry.day, entry.bytes, entry.receipt),
+            }
+        }
+        ok.total_egress = tally.total();
+        Ok((ok, tally))
+    }
+}
+
+fn node_verifier_arc(verifier: &dyn Verifier) -> Arc<dyn Verifier> {
+    // The node is a did:key (checked before), so this cannot fail.
+    verifier_for(verifier.did()).expect("node verifier")
+}
+
+/// When a retrieval happened, per the module's rule.
+fn retrieval_time(invocation: &Invocation) -> u64 {
+    let current = now();
+    match (invocation.expiration(), invocation.not_before()) {
+        (Some(exp), _) => exp.saturating_sub(1).min(current),
+        (None, Some(nbf)) => nbf.min(current),
+        (None, None) => current,
+    }
+}
+
+/// Whether a consolidate receipt says "try again later".
+pub fn is_retry(receipt: &Receipt) -> bool {
+    error_name(receipt.out()) == Some(RETRY)
+}

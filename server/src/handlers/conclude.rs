@@ -1,0 +1,165 @@
+//! `space/egress/conclude`: the consolidator hands over a signed consolidate
+//! receipt and its tally; this is the only place totals change.
+//!
+//! The receipt must have run a consolidate task this tracker created (the
+//! record's task) and be signed by the trusted consolidator; its
+//! `totalEgress` must equal the tally. Then one store transaction stores the
+//! receipt (as the agent message `GET /receipts/{task}` serves), adds the
+//! node and space totals, records the counted receipts and marks the batch
+//! done. Concluding the same receipt again changes nothing.
+
+use std::sync::Arc;
+
+use cid::Cid;
+use etracker_capabilities::conclude::{attached_receipt, ConcludeError};
+use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
+use etracker_capabilities::{read_out, Ability, Conclude, Outcome};
+use ucanto::dag::{BlockStore, Ipld, IpldMap};
+use ucanto::message::AgentMessage;
+use ucanto::receipt::Receipt;
+use ucanto::server::{HandlerError, Request, Response};
+use ucanto::ucan::{now, Delegation};
+
+use super::{unexpected, Context};
+use crate::consolidator::consolidate_task;
+use crate::metrics::Metrics;
+use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
+use crate::tally::Tally;
+
+/// Handles one conclude invocation.
+pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, HandlerError> {
+    Metrics::add(&ctx.metrics.conclude_invocations, 1);
+    tracing::info!(invocation = %request.invocation.cid(), issuer = %request.invocation.issuer(), "space/egress/conclude");
+    match conclude(&ctx, &request).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Refusal::Error(message)) => {
+            tracing::warn!(%message, "conclude refused");
+            Ok(Response::error(ConcludeError::new(message).to_ipld()))
+        }
+        Err(Refusal::Unexpected(e)) => Err(unexpected(e)),
+    }
+}
+
+enum Refusal {
+    Error(String),
+    Unexpected(StoreError),
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal::Error(message)
+    }
+}
+
+async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Refusal> {
+    let nb = Conclude::parse(&request.capability)
+        .map_err(|e| e.to_string())?
+        .nb;
+    let consolidator = ctx.consolidator.did();
+    if request.invocation.issuer() != consolidator {
+        return Err(format!("only the consolidator {consolidator} concludes tasks").into());
+    }
+    let receipt = attached_receipt(&request.invocation, &nb)
+        .map_err(|e| format!("receipt {} is not attached: {e}", nb.receipt))?;
+    if !receipt.verify_signature(ctx.consolidator.as_ref()) {
+        return Err(format!(
+            "receipt {} is not signed by the consolidator {consolidator}",
+            receipt.cid()
+        )
+        .into());
+    }
+    let Some(first) = nb.tally.first() else {
+        return Err("nb.tally is empty: the batch is unknown".to_string().into());
+    };
+    let blocks = request.invocation.blocks();
+    let batch = match blocks.block(first).and_then(|b| b.decode()) {
+        Ok(Ipld::Map(chunk)) => match chunk.get("batch") {
+            Some(Ipld::Link(batch)) => *batch,
+            _ => return Err("tally chunk names no batch".to_string().into()),
+        },
+        _ => return Err(format!("tally chunk {first} is missing or malformed").into()),
+    };
+    let tally = Tally::from_blocks(&batch, &nb.tally, blocks).map_err(|e| e.to_string())?;
+
+    let record = ctx
+        .store(move |store| store.record(&batch))
+        .await
+        .map_err(Refusal::Unexpected)?
+        .ok_or_else(|| format!("batch {batch} was never tracked"))?;
+    if record.consolidate_invocation != receipt.ran_cid() {
+        return Err(format!(
+            "receipt ran {}, not the task {} this tracker created",
+            receipt.ran_cid(),
+            record.consolidate_invocation
+        )
+        .into());
+    }
+    let total = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
+        Ok(Ok(ok)) if ok.total_egress == tally.total() => ok.total_egress,
+        Ok(Ok(ok)) => {
+            return Err(format!(
+                "totalEgress {} differs from the tally's {}",
+                ok.total_egress,
+                tally.total()
+            )
+            .into())
+        }
+        Ok(Err(_)) if tally.counted.is_empty() => 0,
+        Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
+        Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
+    };
+
+    // What `GET /receipts/{task}` serves: the receipt with the task it ran.
+    let track = Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
+    let task = consolidate_task(ctx.signer.as_ref(), &track).map_err(|e| e.to_string())?;
+    let mut linked: BlockStore = task.export().into_iter().collect();
+    linked.insert(receipt.block().clone());
+    let receipt =
+        Receipt::from_blocks(&receipt.cid(), Arc::new(linked)).map_err(|e| e.to_string())?;
+    let message = AgentMessage::build(&[], &[receipt.clone()]).map_err(|e| e.to_string())?;
+
+    let conclusion = Conclusion {
+        batch,
+        consolidate_invocation: task.cid(),
+        receipt: receipt.cid(),
+        receipt_bytes: message.to_car(),
+        node: record.node.clone(),
+        total_bytes: total,
+        usage: tally
+            .usage
+            .iter()
+            .map(|((space, day), bytes)| DailyUsage {
+                space: space.clone(),
+                day: day.clone(),
+                bytes: *bytes,
+            })
+            .collect(),
+        counted_receipts: tally.counted.clone(),
+        concluded_at: now(),
+    };
+    let receipt_cid = receipt.cid();
+    match ctx.store(move |store| store.conclude(&conclusion)).await {
+        Ok(ConcludeOutcome::Concluded) => {
+            Metrics::add(&ctx.metrics.concluded_batches, 1);
+            Metrics::add(&ctx.metrics.consolidated_bytes, total);
+            tracing::info!(%batch, receipt = %receipt_cid, total, "batch concluded");
+            Ok(Response::ok(Ipld::Map(IpldMap::new())))
+        }
+        Ok(ConcludeOutcome::AlreadyConcluded { receipt }) if receipt == receipt_cid => {
+            Ok(Response::ok(Ipld::Map(IpldMap::new())))
+        }
+        Ok(ConcludeOutcome::AlreadyConcluded { receipt }) => {
+            Err(format!("batch {batch} was concluded with receipt {receipt}").into())
+        }
+        Err(StoreError::Conflict { receipts }) => Err(describe_conflict(&receipts).into()),
+        Err(e) => Err(Refusal::Unexpected(e)),
+    }
+}
+
+fn describe_conflict(receipts: &[Cid]) -> String {
+    let first = receipts.first().map(Cid::to_string).unwrap_or_default();
+    format!(
+        "{} receipt(s) were counted by another batch meanwhile (e.g. {first}); consolidate again",
+        receipts.len()
+    )
+}

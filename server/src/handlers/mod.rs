@@ -1,0 +1,47 @@
+//! The tracker's ucanto handlers, one per capability.
+
+pub mod conclude;
+pub mod egress_get;
+pub mod track;
+
+use std::sync::Arc;
+
+use ucanto::principal::{Signer, Verifier};
+use ucanto::server::HandlerError;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// What every handler shares.
+pub struct Context {
+    /// The tracker's identity.
+    pub signer: Arc<dyn Signer>,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The consolidator whose receipts `space/egress/conclude` accepts.
+    pub consolidator: Arc<dyn Verifier>,
+}
+
+impl Context {
+    /// Runs a store operation off the async runtime (redb is synchronous).
+    pub async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+/// A store failure a handler did not expect: the invocation fails with
+/// `HandlerExecutionError` and the caller may retry.
+pub fn unexpected(error: StoreError) -> HandlerError {
+    HandlerError {
+        name: "StoreError".into(),
+        message: error.to_string(),
+    }
+}

@@ -1,0 +1,287 @@
+//! `etracker`: the egress tracker service and its admin commands.
+//!
+//! Every flag can also be set as an `ETRACKER_*` environment variable; see
+//! `etracker <command> --help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use etracker_capabilities::{Ability, Track};
+use etracker_server::consolidator::BatchLimits;
+use etracker_server::service::{Settings, Tracker};
+use etracker_server::store::redb::RedbStore;
+use ucanto::principal::{Did, Ed25519Signer, Ed25519Verifier, Signer, Verifier};
+use ucanto::ucan::Delegation;
+
+#[derive(Parser)]
+#[command(
+    name = "etracker",
+    version,
+    about = "Egress tracker for a decentralized storage network, over UCAN/ucanto"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (embedded redb store; a key is generated on first start).
+    Start(StartArgs),
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Print a delegation that lets a node invoke space/egress/track.
+    Delegate(DelegateArgs),
+    /// Trigger consolidation on a running service.
+    Consolidate(ConsolidateArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate an ed25519 key; prints its DID and its "M…" private key.
+    Gen,
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// Private key ("M…" multibase, as upstream).
+    #[arg(long, env = "ETRACKER_PRIVATE_KEY", hide_env_values = true)]
+    private_key: Option<String>,
+    /// File holding the private key; created with a fresh key if absent.
+    #[arg(long, env = "ETRACKER_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Present the service under this DID (e.g. did:web:tracker.example).
+    #[arg(long, env = "ETRACKER_DID")]
+    did: Option<String>,
+    /// Data directory (holds the store, and the key file by default).
+    #[arg(long, env = "ETRACKER_DATA_DIR", default_value = "etracker-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct StartArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Address to listen on.
+    #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Seconds between consolidation runs.
+    #[arg(long, env = "ETRACKER_CONSOLIDATION_INTERVAL", default_value_t = 3600)]
+    consolidation_interval: u64,
+    /// Records consolidated per run.
+    #[arg(long, env = "ETRACKER_BATCH_LIMIT", default_value_t = 200)]
+    batch_limit: usize,
+    /// Batches consolidated at once.
+    #[arg(long, env = "ETRACKER_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Smallest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MIN_BATCH_SIZE", default_value_t = 10 * 1024 * 1024)]
+    min_batch_size: u64,
+    /// Largest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MAX_BATCH_SIZE", default_value_t = 1024 * 1024 * 1024)]
+    max_batch_size: u64,
+    /// Seconds allowed to download one batch.
+    #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
+    fetch_timeout: u64,
+    /// Seconds after tracking when an unreachable batch is given up.
+    #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
+    give_up_after: u64,
+    /// Seconds a replica holds a record while consolidating it.
+    #[arg(long, env = "ETRACKER_LEASE_SECS", default_value_t = 900)]
+    lease_secs: u64,
+    /// Name of this replica in leases (stable across restarts of one host).
+    #[arg(long, env = "ETRACKER_REPLICA", default_value = "etracker")]
+    replica: String,
+    /// First retry delay after a transient failure, seconds (doubles per attempt).
+    #[arg(long, env = "ETRACKER_RETRY_BASE", default_value_t = 60)]
+    retry_base: u64,
+    /// Bearer token for /metrics and /consolidate (open when unset).
+    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
+    #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
+    authorities: Vec<String>,
+}
+
+#[derive(Args)]
+struct DelegateArgs {
+    /// The node's DID.
+    node: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Args)]
+struct ConsolidateArgs {
+    /// Run now (required: scheduled runs happen by themselves).
+    #[arg(long)]
+    now: bool,
+    /// The running service.
+    #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token, when the service has one.
+    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Start(args) => start(args).await,
+        Command::Key {
+            command: KeyCommand::Gen,
+        } => {
+            let key = Ed25519Signer::generate();
+            println!("{{\"did\":\"{}\",\"key\":\"{}\"}}", key.did(), key.format());
+            Ok(())
+        }
+        Command::Delegate(args) => {
+            let signer = load_signer(&args.key)?;
+            let node: Did = args.node.parse()?;
+            let delegation = Delegation::builder(signer.as_ref(), node)
+                .capability(Track::unrestricted(signer.did()))
+                .no_expiration()
+                .build()?;
+            println!(
+                "{}",
+                multibase::encode(multibase::Base::Base64, delegation.archive()?)
+            );
+            Ok(())
+        }
+        Command::Consolidate(args) => {
+            if !args.now {
+                return Err(
+                    "scheduled runs happen by themselves; pass --now to run one immediately".into(),
+                );
+            }
+            let mut request = reqwest::Client::new()
+                .post(format!("{}/consolidate", args.url.trim_end_matches('/')));
+            if let Some(token) = args.admin_token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            let body = response.text().await?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}: {body}").into());
+            }
+            print!("{body}");
+            Ok(())
+        }
+    }
+}
+
+async fn start(args: StartArgs) -> Result<(), Failure> {
+    let signer = load_signer(&args.key)?;
+    let store = Arc::new(RedbStore::open(&args.key.data_dir)?);
+    let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
+    for entry in &args.authorities {
+        let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
+        authorities.push(Arc::new(
+            Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
+        ));
+    }
+    let settings = Settings {
+        interval: Duration::from_secs(args.consolidation_interval),
+        batch_limit: args.batch_limit,
+        concurrency: args.concurrency,
+        retry_base_secs: args.retry_base,
+        lease_secs: args.lease_secs,
+        replica: args.replica,
+        limits: BatchLimits {
+            min_size: args.min_batch_size,
+            max_size: args.max_batch_size,
+            fetch_timeout: Duration::from_secs(args.fetch_timeout),
+            give_up_after: args.give_up_after,
+            scratch_dir: args.key.data_dir.join("tmp"),
+        },
+        authorities,
+        admin_token: args.admin_token,
+        ..Settings::default()
+    };
+    std::fs::create_dir_all(&settings.limits.scratch_dir)?;
+    let tracker = Tracker::new(signer.clone(), store, settings);
+    tokio::spawn(tracker.clone().run_scheduler());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(did = %signer.did(), %address, data_dir = %args.key.data_dir.display(), "etracker listening");
+    // One line on stdout so scripts and tests can find the service.
+    println!(
+        "{{\"url\":\"http://{address}/\",\"did\":\"{}\"}}",
+        signer.did()
+    );
+    axum::serve(listener, tracker.app())
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The key from the flag/env, else the key file (generated and persisted on first use).
+fn load_signer(args: &KeyArgs) -> Result<Arc<dyn Signer>, Failure> {
+    let key = match &args.private_key {
+        Some(text) => Ed25519Signer::parse(text)?,
+        None => {
+            let path = args
+                .key_file
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("etracker.key"));
+            load_or_create_key(&path)?
+        }
+    };
+    Ok(match &args.did {
+        Some(did) => Arc::new(key.with_did(did.parse()?)),
+        None => Arc::new(key),
+    })
+}
+
+fn load_or_create_key(path: &Path) -> Result<Ed25519Signer, Failure> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Ed25519Signer::parse(&text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Ed25519Signer::generate();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_private(path, &key.format())?;
+            tracing::info!(path = %path.display(), did = %key.did(), "generated a new service key");
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

@@ -1,0 +1,358 @@
+//! Wiring: the tracker's dispatcher, the consolidator, the scheduler and the
+//! HTTP routes.
+//!
+//! ```text
+//! POST /                  ucanto (track, conclude, account/egress/get)
+//! GET  /receipts/{cid}    consolidate receipt as a CAR agent message (400 bad CID, 404 not yet)
+//! GET  /                  banner with the service DID
+//! GET  /health            store reachable
+//! GET  /metrics           Prometheus text (bearer token when configured)
+//! POST /consolidate       run consolidation now (bearer token when configured)
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cid::Cid;
+use etracker_capabilities::{Ability, Conclude, EgressGet, Track};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use ucanto::client::{Connection, ServerChannel};
+use ucanto::principal::{Signer, Verifier};
+use ucanto::server::Server;
+use ucanto::ucan::{now, Delegation};
+
+use crate::consolidator::{
+    consolidate_task, is_retry, BatchLimits, Consolidator, ConsolidatorChannel,
+};
+use crate::handlers::{self, Context};
+use crate::metrics::Metrics;
+use crate::store::{EgressRecord, RecordStatus, Store};
+
+/// Tracker settings (the binary fills them from flags and `ETRACKER_*`).
+#[derive(Clone)]
+pub struct Settings {
+    /// Time between scheduled consolidation runs.
+    pub interval: Duration,
+    /// Records leased per run.
+    pub batch_limit: usize,
+    /// Batches consolidated at once.
+    pub concurrency: usize,
+    /// How long a replica holds a record while consolidating it.
+    pub lease_secs: u64,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub retry_base_secs: u64,
+    /// Longest retry delay.
+    pub retry_max_secs: u64,
+    /// Batch download limits.
+    pub limits: BatchLimits,
+    /// Principals whose `ucan/attest` count when validating retrievals.
+    pub authorities: Vec<Arc<dyn Verifier>>,
+    /// Bearer token for `/metrics` and `/consolidate`; open when `None`.
+    pub admin_token: Option<String>,
+    /// Largest ucanto request body.
+    pub body_limit: usize,
+    /// Name of this replica in leases.
+    pub replica: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interval: Duration::from_secs(3600),
+            batch_limit: 200,
+            concurrency: 4,
+            lease_secs: 15 * 60,
+            retry_base_secs: 60,
+            retry_max_secs: 3600,
+            limits: BatchLimits::default(),
+            authorities: Vec::new(),
+            admin_token: None,
+            body_limit: 64 * 1024 * 1024,
+            replica: format!("etracker-{}", std::process::id()),
+        }
+    }
+}
+
+/// What one consolidation run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Records leased.
+    pub leased: usize,
+    /// Records concluded.
+    pub concluded: usize,
+    /// Records postponed.
+    pub retried: usize,
+}
+
+/// The tracker: its dispatcher, consolidator and scheduler.
+pub struct Tracker {
+    ctx: Arc<Context>,
+    server: Arc<Server>,
+    consolidator: Connection,
+    settings: Settings,
+    trigger: Notify,
+    run_lock: tokio::sync::Mutex<()>,
+}
+
+impl Tracker {
+    /// A tracker signing as `signer` over `store`, with the in-process consolidator
+    /// (same identity), wired through real ucanto connections.
+    pub fn new(signer: Arc<dyn Signer>, store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Context {
+            signer: signer.clone(),
+            store: store.clone(),
+            metrics,
+            consolidator: signer.verifier(),
+        });
+        let server = Arc::new(tracker_server(ctx.clone()));
+        let tracker_connection =
+            Connection::new(signer.verifier(), Arc::new(ServerChannel(server.clone())));
+        let consolidator = Arc::new(Consolidator::new(
+            signer.clone(),
+            signer.verifier(),
+            tracker_connection,
+            Some(store),
+            settings.limits.clone(),
+            settings.authorities.clone(),
+            Vec::new(),
+        ));
+        let consolidator = Connection::new(
+            signer.verifier(),
+            Arc::new(ConsolidatorChannel(consolidator)),
+        );
+        Arc::new(Tracker {
+            ctx,
+            server,
+            consolidator,
+            settings,
+            trigger: Notify::new(),
+            run_lock: Default::default(),
+        })
+    }
+
+    /// The dispatcher (for in-process clients).
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    /// The HTTP routes.
+    pub fn app(self: &Arc<Self>) -> Router {
+        let ucanto = ucanto::transport::router(self.server.clone(), self.settings.body_limit);
+        Router::new()
+            .route("/receipts/{cid}", get(receipt))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/consolidate", post(consolidate_now))
+            .route("/", get(banner))
+            .with_state(self.clone())
+            .merge(ucanto)
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+    }
+
+    /// Runs consolidation every interval, or when triggered, until the task is dropped.
+    pub async fn run_scheduler(self: Arc<Self>) {
+        // A first run at start resumes whatever a previous process left pending.
+        loop {
+            let summary = self.consolidate().await;
+            tracing::info!(?summary, "consolidation run");
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.interval) => {}
+                _ = self.trigger.notified() => {}
+            }
+        }
+    }
+
+    /// Asks the scheduler for a run now.
+    pub fn trigger(&self) {
+        self.trigger.notify_one();
+    }
+
+    /// Leases due records and consolidates them (one run at a time per process).
+    pub async fn consolidate(&self) -> RunSummary {
+        let _one_at_a_time = self.run_lock.lock().await;
+        let started = Instant::now();
+        let (owner, lease, limit) = (
+            self.settings.replica.clone(),
+            self.settings.lease_secs,
+            self.settings.batch_limit,
+        );
+        let leased = match self
+            .ctx
+            .store(move |s| s.lease_pending(now(), &owner, lease, limit))
+            .await
+        {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lease records");
+                return RunSummary::default();
+            }
+        };
+        let mut summary = RunSummary {
+            leased: leased.len(),
+            ..Default::default()
+        };
+        let outcomes: Vec<bool> = futures_util::stream::iter(leased)
+            .map(|record| self.consolidate_one(record))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        summary.concluded = outcomes.iter().filter(|done| **done).count();
+        summary.retried = outcomes.len() - summary.concluded;
+        Metrics::add(&self.ctx.metrics.consolidation_runs, 1);
+        self.ctx
+            .metrics
+            .last_run_duration_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        summary
+    }
+
+    /// Invokes the record's consolidate task; true when the batch is concluded.
+    async fn consolidate_one(&self, record: EgressRecord) -> bool {
+        let batch = record.batch;
+        let outcome = async {
+            let track =
+                Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
+            let task =
+                consolidate_task(self.ctx.signer.as_ref(), &track).map_err(|e| e.to_string())?;
+            let receipt = self
+                .consolidator
+                .invoke(&task)
+                .await
+                .map_err(|e| e.to_string())?;
+            if is_retry(&receipt) {
+                return Err(
+                    ucanto::dag_json::to_string(receipt.out().as_ref().unwrap_err())
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+        .await;
+        let concluded = matches!(
+            self.ctx.store(move |s| s.record(&batch)).await,
+            Ok(Some(EgressRecord {
+                status: RecordStatus::Done { .. },
+                ..
+            }))
+        );
+        if concluded {
+            return true;
+        }
+        let reason = outcome.err().unwrap_or_else(|| "not concluded".into());
+        let backoff = self
+            .settings
+            .retry_base_secs
+            .saturating_mul(1u64 << record.attempts.min(20))
+            .min(self.settings.retry_max_secs);
+        let owner = self.settings.replica.clone();
+        let current = now();
+        let message = reason.clone();
+        if let Err(e) = self
+            .ctx
+            .store(move |s| s.reschedule(&batch, &owner, current, current + backoff, &message))
+            .await
+        {
+            tracing::warn!(%batch, error = %e, "cannot reschedule");
+        }
+        Metrics::add(&self.ctx.metrics.consolidation_retries, 1);
+        tracing::info!(%batch, %reason, retry_in = backoff, "consolidation postponed");
+        false
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        match &self.settings.admin_token {
+            None => true,
+            Some(token) => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| given == token),
+        }
+    }
+}
+
+/// The tracker's ucanto dispatcher: track, conclude and account/egress/get.
+pub fn tracker_server(ctx: Arc<Context>) -> Server {
+    let (track, conclude, get) = (ctx.clone(), ctx.clone(), ctx.clone());
+    Server::builder(ctx.signer.clone())
+        .provide(Track::parser(), move |r| {
+            handlers::track::handle(track.clone(), r)
+        })
+        .provide(Conclude::parser(), move |r| {
+            handlers::conclude::handle(conclude.clone(), r)
+        })
+        .provide(EgressGet::parser(), move |r| {
+            handlers::egress_get::handle(get.clone(), r)
+        })
+        .catch(Arc::new(|invocation, error| {
+            tracing::error!(invocation = %invocation.cid(), %error, "handler failed");
+        }))
+        .build()
+}
+
+async fn receipt(State(tracker): State<Arc<Tracker>>, Path(cid): Path<String>) -> Response {
+    let Ok(cid) = cid.parse::<Cid>() else {
+        return (StatusCode::BAD_REQUEST, format!("invalid CID {cid:?}")).into_response();
+    };
+    match tracker.ctx.store(move |s| s.receipt(&cid)).await {
+        Ok(Some(bytes)) => (
+            [(header::CONTENT_TYPE, ucanto::transport::CAR_CONTENT_TYPE)],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("no receipt for {cid}")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn banner(State(tracker): State<Arc<Tracker>>) -> String {
+    format!(
+        "🚚 etracker {} — egress tracker\n{}\n",
+        env!("CARGO_PKG_VERSION"),
+        tracker.ctx.signer.did()
+    )
+}
+
+async fn health(State(tracker): State<Arc<Tracker>>) -> Response {
+    match tracker.ctx.store(|s| s.pending_count()).await {
+        Ok(_) => "ok\n".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+    if !tracker.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let pending = tracker.ctx.store(|s| s.pending_count()).await.unwrap_or(0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        tracker.ctx.metrics.render(pending),
+    )
+        .into_response()
+}
+
+async fn consolidate_now(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+    if !tracker.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let s = tracker.consolidate().await;
+    let body = format!(
+        "{{\"leased\":{},\"concluded\":{},\"retried\":{}}}\n",
+        s.leased, s.concluded, s.retried
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,156 @@
+//! The tally: what a consolidate receipt's `totalEgress` is made of.
+//!
+//! The consolidator hands it to the tracker as blocks attached to the
+//! `space/egress/conclude` invocation (linked from `nb.tally`), because a batch
+//! can hold hundreds of thousands of receipts — far too many CIDs for the
+//! receipt a node downloads.
+//!
+//! # Format
+//! ```text
+//! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
+//!          counted: [Link<retrieve receipt>] }
+//! ```
+//! Usage entries and counted receipts may be spread over any number of chunks;
+//! every chunk names the same batch.
+
+use std::collections::BTreeMap;
+
+use cid::Cid;
+use ucanto::dag::{Block, BlockStore, CodecError, Ipld, IpldMap};
+use ucanto::principal::Did;
+
+/// Counted receipts per chunk: ~150 KiB blocks.
+pub const CHUNK_RECEIPTS: usize = 4096;
+
+/// Egress of one batch, per space and day, and the receipts it counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Bytes per (space, day).
+    pub usage: BTreeMap<(Did, String), u64>,
+    /// Retrieve receipts counted, in batch order.
+    pub counted: Vec<Cid>,
+}
+
+impl Tally {
+    /// Adds `bytes` retrieved from `space` on `day` by `receipt`.
+    pub fn add(&mut self, space: Did, day: String, bytes: u64, receipt: Cid) {
+        *self.usage.entry((space, day)).or_default() += bytes;
+        self.counted.push(receipt);
+    }
+
+    /// Sum of all usage.
+    pub fn total(&self) -> u64 {
+        self.usage.values().sum()
+    }
+
+    /// Encodes the tally of `batch` as chunk blocks (at least one).
+    pub fn to_blocks(&self, batch: Cid) -> Result<Vec<Block>, CodecError> {
+        let usage: Vec<Ipld> = self
+            .usage
+            .iter()
+            .map(|((space, day), bytes)| {
+                Ipld::Map(IpldMap::from([
+                    ("space".to_string(), Ipld::String(space.to_string())),
+                    ("day".to_string(), Ipld::String(day.clone())),
+                    ("bytes".to_string(), Ipld::Integer((*bytes).into())),
+                ]))
+            })
+            .collect();
+        let mut chunks: Vec<&[Cid]> = self.counted.chunks(CHUNK_RECEIPTS).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, counted)| {
+                let usage = if i == 0 { usage.clone() } else { Vec::new() };
+                let counted = counted.iter().map(|c| Ipld::Link(*c)).collect();
+                Block::encode(&Ipld::Map(IpldMap::from([
+                    ("batch".to_string(), Ipld::Link(batch)),
+                    ("usage".to_string(), Ipld::List(usage)),
+                    ("counted".to_string(), Ipld::List(counted)),
+                ])))
+            })
+            .collect()
+    }
+
+    /// Reads the chunks `links` from `blocks`; every chunk must name `batch`.
+    pub fn from_blocks(
+        batch: &Cid,
+        links: &[Cid],
+        blocks: &BlockStore,
+    ) -> Result<Tally, CodecError> {
+        let bad = |why: String| CodecError::schema("tally", why);
+        let mut tally = Tally::default();
+        for link in links {
+            let Ipld::Map(chunk) = blocks.block(link)?.decode()? else {
+                return Err(bad(format!("chunk {link} is not a map")));
+            };
+            if chunk.get("batch") != Some(&Ipld::Link(*batch)) {
+                return Err(bad(format!("chunk {link} is not for batch {batch}")));
+            }
+            let list = |key: &str| match chunk.get(key) {
+                Some(Ipld::List(items)) => Ok(items.clone()),
+                _ => Err(bad(format!("chunk {link} has no {key} list"))),
+            };
+            for entry in list("usage")? {
+                let Ipld::Map(entry) = entry else {
+                    return Err(bad("usage entry is not a map".into()));
+                };
+                let (
+                    Some(Ipld::String(space)),
+                    Some(Ipld::String(day)),
+                    Some(Ipld::Integer(bytes)),
+                ) = (entry.get("space"), entry.get("day"), entry.get("bytes"))
+                else {
+                    return Err(bad("usage entry needs space, day and bytes".into()));
+                };
+                let space = Did::parse(space).map_err(|e| bad(e.to_string()))?;
+                let bytes = u64::try_from(*bytes)
+                    .map_err(|_| bad(format!("bytes {bytes} out of range")))?;
+                let slot = tally.usage.entry((space, day.clone())).or_default();
+                *slot = slot
+                    .checked_add(bytes)
+                    .ok_or_else(|| bad("usage overflows".into()))?;
+            }
+            for item in list("counted")? {
+                let Ipld::Link(cid) = item else {
+                    return Err(bad("counted entries are links".into()));
+                };
+                tally.counted.push(cid);
+            }
+        }
+        Ok(tally)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip() {
+        let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
+        let space: Did = "did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX"
+            .parse()
+            .unwrap();
+        let mut tally = Tally::default();
+        for i in 0..(CHUNK_RECEIPTS * 2 + 3) {
+            let receipt = ucanto::dag::cid_of(ucanto::dag::DAG_CBOR, &i.to_le_bytes());
+            tally.add(
+                space.clone(),
+                format!("2026-11-{:02}", 1 + i % 3),
+                10,
+                receipt,
+            );
+        }
+        let blocks = tally.to_blocks(batch).unwrap();
+        assert_eq!(blocks.len(), 3);
+        let links: Vec<Cid> = blocks.iter().map(|b| b.cid).collect();
+        let store: BlockStore = blocks.into_iter().collect();
+        assert_eq!(Tally::from_blocks(&batch, &links, &store).unwrap(), tally);
+        let other = ucanto::dag::cid_of(ucanto::dag::CAR, b"other");
+        assert!(Tally::from_blocks(&other, &links, &store).is_err());
+    }
+}
