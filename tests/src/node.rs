@@ -1,0 +1,289 @@
+//! A storage node for tests: retrieve receipts, batches in the Piri format, a
+//! batch server that can go offline, and a running tracker.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cid::Cid;
+use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
+use etracker_capabilities::track::TrackNb;
+use etracker_capabilities::{read_out, Ability, Track};
+use etracker_server::service::{Settings, Tracker};
+use etracker_server::store::redb::RedbStore;
+use ucanto::client::Connection;
+use ucanto::dag::{cid_of, Ipld, IpldMap, CAR};
+use ucanto::message::AgentMessage;
+use ucanto::principal::{Did, Ed25519Signer, Signer};
+use ucanto::receipt::{Receipt, ReceiptParts};
+use ucanto::ucan::{now, Capability, Delegation, Invocation};
+
+use crate::principal;
+
+/// The storage node: `principal(5)`.
+pub fn node() -> Ed25519Signer {
+    principal(5)
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("etracker-e2e-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `space` lets `agent` retrieve from it (no expiry).
+pub fn retrieve_delegation(space: &Ed25519Signer, agent: &Did) -> Delegation {
+    Delegation::builder(space, agent.clone())
+        .capability(Capability::new(
+            "space/content/retrieve",
+            space.did().as_str(),
+        ))
+        .no_expiration()
+        .build()
+        .expect("delegation")
+}
+
+/// `space/content/retrieve` of `[start, end]` of a blob, by `agent` on `space`, addressed to `node`.
+pub fn retrieve_invocation(
+    agent: &Ed25519Signer,
+    node: &Did,
+    space: &Did,
+    start: u64,
+    end: u64,
+    proofs: &[Delegation],
+    nonce: &str,
+) -> Invocation {
+    let digest = {
+        let mut mh = vec![0x12, 0x20];
+        mh.extend_from_slice(cid_of(0x55, nonce.as_bytes()).hash().digest());
+        mh
+    };
+    let nb = IpldMap::from([
+        (
+            "blob".to_string(),
+            Ipld::Map(IpldMap::from([("digest".to_string(), Ipld::Bytes(digest))])),
+        ),
+        (
+            "range".to_string(),
+            Ipld::List(vec![Ipld::Integer(start.into()), Ipld::Integer(end.into())]),
+        ),
+    ]);
+    let mut builder = Delegation::builder(agent, node.clone())
+        .capability(Capability::new("space/content/retrieve", space.as_str()).with_nb(nb))
+        .expiration(now() + 30)
+        .nonce(nonce);
+    for proof in proofs {
+        builder = builder.proof(proof.clone());
+    }
+    builder.build().expect("retrieve invocation")
+}
+
+/// The node's ok receipt for `invocation`.
+pub fn ok_receipt(node: &Ed25519Signer, invocation: &Invocation) -> Receipt {
+    Receipt::issue(
+        node,
+        ReceiptParts::new(invocation, Ok(Ipld::Map(IpldMap::new()))),
+    )
+    .expect("receipt")
+}
+
+/// A batch in the Piri format: empty roots, one receipt archive per block
+/// under a CID with codec car. Returns (batch CID, bytes).
+pub fn batch(receipts: &[Receipt]) -> (Cid, Vec<u8>) {
+    let blocks = receipts.iter().map(|r| {
+        let archive = r.archive().expect("archive");
+        (cid_of(CAR, &archive), archive)
+    });
+    let bytes = ucanto::car::encode(&[], blocks);
+    (cid_of(CAR, &bytes), bytes)
+}
+
+/// Batches served at `GET /receipts/{cid}`, with switches to misbehave.
+#[derive(Clone, Default)]
+pub struct BatchServer {
+    batches: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Answer 503 instead of the batch.
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Send half the batch, then stall this long.
+    pub stall: Arc<Mutex<Option<Duration>>>,
+}
+
+impl BatchServer {
+    /// Serves `bytes` under `cid` (any CID: tests also serve wrong bytes).
+    pub fn put(&self, cid: &Cid, bytes: Vec<u8>) {
+        self.batches.lock().unwrap().insert(cid.to_string(), bytes);
+    }
+
+    /// The router.
+    pub fn router(&self) -> axum::Router {
+        async fn get(State(s): State<BatchServer>, Path(cid): Path<String>) -> Response {
+            if s.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            let Some(bytes) = s.batches.lock().unwrap().get(&cid).cloned() else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            let stall = *s.stall.lock().unwrap();
+            match stall {
+                None => bytes.into_response(),
+                Some(pause) => {
+                    let half = bytes[..bytes.len() / 2].to_vec();
+                    let stream = futures_stall(half, pause);
+                    axum::body::Body::from_stream(stream).into_response()
+                }
+            }
+        }
+        axum::Router::new()
+            .route("/receipts/{cid}", axum::routing::get(get))
+            .with_state(self.clone())
+    }
+
+    /// Serves on 127.0.0.1; returns the endpoint template `http://…/receipts/{cid}`.
+    pub async fn serve(&self) -> String {
+        format!("{}receipts/{{cid}}", crate::serve(self.router()).await)
+    }
+}
+
+/// One chunk, then silence for `pause`, then the end: a node that stalls mid-batch.
+fn futures_stall(
+    first: Vec<u8>,
+    pause: Duration,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Some(first), move |state| async move {
+        match state {
+            Some(first) => Some((Ok(bytes::Bytes::from(first)), None)),
+            None => {
+                tokio::time::sleep(pause).await;
+                None
+            }
+        }
+    })
+}
+
+/// Tracker settings for tests: tiny batches allowed, immediate retries.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.limits.min_size = 0;
+    settings.limits.scratch_dir = temp_dir("scratch");
+    settings.retry_base_secs = 0;
+    settings.interval = Duration::from_secs(3600);
+    settings
+}
+
+/// A tracker (signed by `service`) on a fresh redb store, served over HTTP.
+pub struct RunningTracker {
+    /// The tracker.
+    pub tracker: Arc<Tracker>,
+    /// Its store.
+    pub store: Arc<RedbStore>,
+    /// Base URL, ending in `/`.
+    pub url: String,
+}
+
+/// Starts a tracker with `settings`.
+pub async fn start_tracker(settings: Settings) -> RunningTracker {
+    let store = Arc::new(RedbStore::open(&temp_dir("store")).expect("store"));
+    let tracker = Tracker::new(Arc::new(crate::service()), store.clone(), settings);
+    let url = crate::serve(tracker.app()).await;
+    RunningTracker {
+        tracker,
+        store,
+        url,
+    }
+}
+
+/// The delegation a node needs to track on the tracker `service`.
+pub fn track_proof(service: &Ed25519Signer, node: &Did) -> Delegation {
+    Delegation::builder(service, node.clone())
+        .capability(Track::unrestricted(service.did()))
+        .no_expiration()
+        .build()
+        .expect("track delegation")
+}
+
+/// The node's track invocation for `batch` at `endpoint`.
+pub fn track_invocation(
+    node: &Ed25519Signer,
+    tracker: &Did,
+    batch: Cid,
+    endpoint: &str,
+    proofs: &[Delegation],
+) -> Invocation {
+    let nb = TrackNb::new(batch, endpoint).expect("track nb");
+    let mut builder =
+        Delegation::builder(node, tracker.clone()).capability(Track::capability(tracker, &nb));
+    for proof in proofs {
+        builder = builder.proof(proof.clone());
+    }
+    builder.build().expect("track invocation")
+}
+
+/// Sends `invocation` to the tracker at `url` over HTTP; the receipt is verified.
+pub async fn invoke(url: &str, invocation: &Invocation) -> Receipt {
+    Connection::http(crate::service().verifier(), url)
+        .invoke(invocation)
+        .await
+        .expect("receipt")
+}
+
+/// `POST /consolidate`; returns the JSON summary.
+pub async fn consolidate_now(url: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(format!("{url}consolidate"))
+        .send()
+        .await
+        .expect("consolidate");
+    assert!(response.status().is_success());
+    response.json().await.expect("summary")
+}
+
+/// `GET /receipts/{task}`: `None` on 404; otherwise the receipt, checked to be
+/// signed by the service and to be for `task`.
+pub async fn consolidate_receipt(url: &str, task: &Cid) -> Option<Receipt> {
+    let response = reqwest::get(format!("{url}receipts/{task}"))
+        .await
+        .expect("GET receipt");
+    if response.status() == StatusCode::NOT_FOUND {
+        return None;
+    }
+    assert!(response.status().is_success(), "{}", response.status());
+    let message =
+        AgentMessage::from_car(&response.bytes().await.expect("body")).expect("agent message");
+    let receipt = message
+        .receipt_for(task)
+        .expect("report has the task")
+        .expect("receipt decodes");
+    assert!(
+        receipt.verify_signature(crate::service().verifier().as_ref()),
+        "signed by the service"
+    );
+    assert_eq!(&receipt.ran_cid(), task);
+    Some(receipt)
+}
+
+/// The consolidate result of `receipt`.
+pub fn consolidate_out(receipt: &Receipt) -> Result<ConsolidateOk, ConsolidateError> {
+    read_out::<ConsolidateOk, ConsolidateError>(receipt.out()).expect("a consolidate result")
+}
+
+/// `GET /metrics` value of `name`.
+pub async fn metric(url: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("{url}metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}

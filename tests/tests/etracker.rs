@@ -1,0 +1,496 @@
+//! The tracker end to end: real HTTP on 127.0.0.1, a real redb store, a node
+//! serving batches in the Piri format.
+
+use std::sync::atomic::Ordering;
+
+use cid::Cid;
+use etracker_e2e::node::*;
+use etracker_e2e::{alice, bob, mallory, principal, service};
+use ucanto::dag::{Ipld, IpldMap};
+use ucanto::principal::{Did, Ed25519Signer, Signer};
+use ucanto::receipt::{Receipt, ReceiptParts};
+use ucanto::server::error_name;
+use ucanto::ucan::{Capability, Delegation};
+
+/// Receipts of `n` good retrievals from alice's space by bob, served by the node;
+/// returns them and the bytes they add up to.
+fn good_receipts(n: u64, tag: &str) -> (Vec<Receipt>, u64) {
+    let (node, space, agent) = (node(), alice(), bob());
+    let proof = retrieve_delegation(&space, agent.did());
+    let mut receipts = Vec::new();
+    let mut total = 0;
+    for i in 0..n {
+        let (start, end) = (i * 1000, i * 1000 + 99 + i);
+        total += end - start + 1;
+        let inv = retrieve_invocation(
+            &agent,
+            node.did(),
+            space.did(),
+            start,
+            end,
+            std::slice::from_ref(&proof),
+            &format!("{tag}-{i}"),
+        );
+        receipts.push(ok_receipt(&node, &inv));
+    }
+    (receipts, total)
+}
+
+/// Tracks `receipts` as one batch served by `server`; returns (batch, consolidate task CID).
+async fn track(
+    tracker: &RunningTracker,
+    server: &BatchServer,
+    endpoint: &str,
+    receipts: &[Receipt],
+) -> (Cid, Cid) {
+    let (batch, bytes) = batch(receipts);
+    server.put(&batch, bytes);
+    let node = node();
+    let proof = track_proof(&service(), node.did());
+    let invocation = track_invocation(&node, service().did(), batch, endpoint, &[proof]);
+    let receipt = invoke(&tracker.url, &invocation).await;
+    assert_eq!(receipt.out(), &Ok(Ipld::Map(IpldMap::new())), "track ok");
+    let forks = receipt.forks();
+    assert_eq!(forks.len(), 1, "exactly one fork: the consolidate task");
+    assert_eq!(forks[0].capabilities()[0].can, "space/egress/consolidate");
+    (batch, forks[0].cid())
+}
+
+/// A node tracks a batch with a delegated proof; consolidation runs through the
+/// dispatcher and invokes conclude; the receipt at `GET /receipts/{task}` is
+/// signed by the tracker and its totalEgress is the sum of the batch's ranges.
+#[tokio::test(flavor = "multi_thread")]
+async fn tracks_consolidates_and_concludes() {
+    let tracker = start_tracker(test_settings()).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(5, "happy");
+    let (_batch, task) = track(&tracker, &server, &endpoint, &receipts).await;
+    assert!(
+        consolidate_receipt(&tracker.url, &task).await.is_none(),
+        "404 before consolidation"
+    );
+
+    let summary = consolidate_now(&tracker.url).await;
+    assert_eq!(summary["concluded"], 1, "{summary}");
+    let receipt = consolidate_receipt(&tracker.url, &task)
+        .await
+        .expect("concluded");
+    let ok = consolidate_out(&receipt).expect("ok receipt");
+    assert_eq!(ok.total_egress, total);
+    assert!(ok.errors.is_empty(), "{:?}", ok.errors);
+    assert_eq!(
+        metric(&tracker.url, "etracker_conclude_invocations_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        total
+    );
+    assert_eq!(
+        metric(&tracker.url, "etracker_unprocessed_batches_total").await,
+        0
+    );
+
+    // Re-tracking the same batch answers with the same task; nothing changes.
+    let node = node();
+    let (batch, _) = batch(&receipts);
+    let again = track_invocation(
+        &node,
+        service().did(),
+        batch,
+        &endpoint,
+        &[track_proof(&service(), node.did())],
+    );
+    let receipt = invoke(&tracker.url, &again).await;
+    assert_eq!(receipt.forks()[0].cid(), task);
+    assert_eq!(consolidate_now(&tracker.url).await["leased"], 0);
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        total
+    );
+
+    // The same batch claimed by another node is refused.
+    let other = principal(7);
+    let stolen = track_invocation(
+        &other,
+        service().did(),
+        batch,
+        &endpoint,
+        &[track_proof(&service(), other.did())],
+    );
+    let receipt = invoke(&tracker.url, &stolen).await;
+    assert_eq!(error_name(receipt.out()), Some("EgressTrackError"));
+}
+
+/// Bad receipts are reported in errors[] and not counted; the rest are.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_receipts_are_reported_not_counted() {
+    let tracker = start_tracker(test_settings()).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (node, space, agent) = (node(), alice(), bob());
+    let proof = retrieve_delegation(&space, agent.did());
+
+    // An earlier batch, concluded, whose receipt will be repeated.
+    let (earlier, _) = good_receipts(1, "earlier");
+    let (_, earlier_task) = track(&tracker, &server, &endpoint, &earlier).await;
+    consolidate_now(&tracker.url).await;
+    assert!(consolidate_receipt(&tracker.url, &earlier_task)
+        .await
+        .is_some());
+    let earlier_bytes = consolidate_out(
+        &consolidate_receipt(&tracker.url, &earlier_task)
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+    .total_egress;
+
+    let (good, good_total) = good_receipts(3, "good");
+    // Forged: a receipt signed by mallory but claiming the node as issuer is
+    // impossible to build, so sign as mallory and rewrite iss via a different node key.
+    let inv = retrieve_invocation(
+        &agent,
+        node.did(),
+        space.did(),
+        0,
+        9,
+        std::slice::from_ref(&proof),
+        "forged",
+    );
+    let forged = forge(&ok_receipt(&node, &inv));
+    // Another node's receipt (issuer and audience are someone else).
+    let other = principal(7);
+    let inv = retrieve_invocation(
+        &agent,
+        other.did(),
+        space.did(),
+        0,
+        9,
+        std::slice::from_ref(&proof),
+        "other-node",
+    );
+    let other_node = ok_receipt(&other, &inv);
+    // Not a retrieval.
+    let not_retrieve_inv = Delegation::builder(&agent, node.did().clone())
+        .capability(Capability::new("blob/allocate", space.did().as_str()))
+        .proof(proof.clone())
+        .build()
+        .unwrap();
+    let not_retrieve = ok_receipt(&node, &not_retrieve_inv);
+    // A retrieval the space never authorized (no proof; mallory's own delegation).
+    let inv = retrieve_invocation(
+        &mallory(),
+        node.did(),
+        space.did(),
+        0,
+        9,
+        &[],
+        "unauthorized",
+    );
+    let unauthorized = ok_receipt(&node, &inv);
+    let inv = retrieve_invocation(
+        &mallory(),
+        node.did(),
+        space.did(),
+        0,
+        9,
+        &[retrieve_delegation(&principal(8), mallory().did())],
+        "wrong-space-proof",
+    );
+    let wrong_proof = ok_receipt(&node, &inv);
+    // end < start.
+    let inv = retrieve_invocation(
+        &agent,
+        node.did(),
+        space.did(),
+        100,
+        10,
+        std::slice::from_ref(&proof),
+        "reversed",
+    );
+    let reversed = ok_receipt(&node, &inv);
+    // A failed retrieval: valid, counts nothing, not an error.
+    let inv = retrieve_invocation(
+        &agent,
+        node.did(),
+        space.did(),
+        0,
+        9,
+        std::slice::from_ref(&proof),
+        "not-found",
+    );
+    let mut not_found_err = IpldMap::new();
+    not_found_err.insert("name".into(), Ipld::String("NotFound".into()));
+    not_found_err.insert("message".into(), Ipld::String("no such blob".into()));
+    let not_found = Receipt::issue(
+        &node,
+        ReceiptParts::new(&inv, Err(Ipld::Map(not_found_err))),
+    )
+    .unwrap();
+
+    let mut all = good.clone();
+    let bad = [
+        &forged,
+        &other_node,
+        &not_retrieve,
+        &unauthorized,
+        &wrong_proof,
+        &reversed,
+        &earlier[0],
+    ];
+    all.extend(bad.iter().map(|r| (*r).clone()));
+    all.push(good[0].clone()); // repeated within the batch
+    all.push(not_found);
+    let (_, task) = track(&tracker, &server, &endpoint, &all).await;
+    consolidate_now(&tracker.url).await;
+    let ok = consolidate_out(
+        &consolidate_receipt(&tracker.url, &task)
+            .await
+            .expect("concluded"),
+    )
+    .expect("ok");
+    assert_eq!(ok.total_egress, good_total, "only the good receipts count");
+    let named = |cid: Cid| {
+        ok.errors
+            .iter()
+            .find(|e| e.receipt == cid)
+            .map(|e| e.name.clone())
+    };
+    assert_eq!(named(forged.cid()), Some("InvalidSignature".into()));
+    assert_eq!(named(other_node.cid()), Some("WrongIssuer".into()));
+    assert_eq!(named(not_retrieve.cid()), Some("NotRetrieve".into()));
+    assert_eq!(named(unauthorized.cid()), Some("Unauthorized".into()));
+    assert_eq!(named(wrong_proof.cid()), Some("Unauthorized".into()));
+    assert_eq!(named(reversed.cid()), Some("InvalidRange".into()));
+    assert_eq!(named(earlier[0].cid()), Some("DuplicateReceipt".into()));
+    assert_eq!(
+        ok.errors
+            .iter()
+            .filter(|e| e.receipt == good[0].cid())
+            .count(),
+        1,
+        "the repeat, not the first"
+    );
+    assert_eq!(ok.errors.len(), bad.len() + 1);
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        earlier_bytes + good_total,
+        "nothing else was added"
+    );
+}
+
+/// The same receipt with one signature byte flipped.
+fn forge(receipt: &Receipt) -> Receipt {
+    let Ipld::Map(mut top) = receipt.block().decode().unwrap() else {
+        unreachable!()
+    };
+    let Some(Ipld::Bytes(sig)) = top.get_mut("sig") else {
+        unreachable!()
+    };
+    let last = sig.len() - 1;
+    sig[last] ^= 1;
+    let block = ucanto::dag::Block::encode(&Ipld::Map(top)).unwrap();
+    let mut blocks: ucanto::dag::BlockStore = receipt
+        .export()
+        .into_iter()
+        .filter(|b| b.cid != receipt.cid())
+        .collect();
+    blocks.insert(block.clone());
+    Receipt::from_blocks(&block.cid, std::sync::Arc::new(blocks)).unwrap()
+}
+
+/// A node offline at first (connection refused), then failing (503), then
+/// back: no receipt and the record stays pending until the batch is served,
+/// then the exact total.
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_node_is_retried_not_concluded() {
+    let tracker = start_tracker(test_settings()).await;
+    // A port that refuses connections: bind, note, close.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}/receipts/{{cid}}");
+    let server = BatchServer::default();
+    let (receipts, total) = good_receipts(4, "offline");
+    let (batch, task) = track(&tracker, &server, &endpoint, &receipts).await;
+
+    let summary = consolidate_now(&tracker.url).await;
+    assert_eq!(
+        (summary["leased"].as_u64(), summary["concluded"].as_u64()),
+        (Some(1), Some(0)),
+        "{summary}"
+    );
+    assert!(
+        consolidate_receipt(&tracker.url, &task).await.is_none(),
+        "no receipt while offline"
+    );
+    assert_eq!(
+        metric(&tracker.url, "etracker_unprocessed_batches_total").await,
+        1
+    );
+
+    // Online but failing.
+    server.failing.store(true, Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("port still free");
+    let router = server.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    consolidate_now(&tracker.url).await;
+    assert!(
+        consolidate_receipt(&tracker.url, &task).await.is_none(),
+        "no receipt on 5xx"
+    );
+    let record = ucanto_record(&tracker, &batch);
+    assert!(record.is_pending() && record.attempts >= 2, "{record:?}");
+
+    server.failing.store(false, Ordering::Relaxed);
+    consolidate_now(&tracker.url).await;
+    let ok = consolidate_out(
+        &consolidate_receipt(&tracker.url, &task)
+            .await
+            .expect("concluded"),
+    )
+    .unwrap();
+    assert_eq!(ok.total_egress, total);
+}
+
+fn ucanto_record(tracker: &RunningTracker, batch: &Cid) -> etracker_server::store::EgressRecord {
+    use etracker_server::store::Store;
+    tracker.store.record(batch).unwrap().expect("record")
+}
+
+/// A batch whose bytes don't match its CID, one too small and one too large
+/// each get a final EgressConsolidateError receipt; nothing is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn unprocessable_batches_get_error_receipts() {
+    let mut settings = test_settings();
+    let (receipts, _) = good_receipts(2, "sizes");
+    let (_, bytes) = batch(&receipts);
+    settings.limits.min_size = bytes.len() as u64;
+    settings.limits.max_size = bytes.len() as u64 + 10_000;
+    let tracker = start_tracker(settings).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+
+    // Wrong hash: serve other bytes under the batch CID.
+    let (batch_cid, task_hash) = track(&tracker, &server, &endpoint, &receipts).await;
+    let (_, other) = batch(&good_receipts(2, "impostor").0);
+    server.put(&batch_cid, other);
+    // Too small.
+    let (small, _) = good_receipts(1, "small");
+    let (_, task_small) = track(&tracker, &server, &endpoint, &small).await;
+    // Too large.
+    let (large, _) = good_receipts(60, "large");
+    let (_, task_large) = track(&tracker, &server, &endpoint, &large).await;
+
+    let summary = consolidate_now(&tracker.url).await;
+    assert_eq!(summary["concluded"], 3, "{summary}");
+    for (task, phrase) in [
+        (task_hash, "do not hash"),
+        (task_small, "less than"),
+        (task_large, "more than"),
+    ] {
+        let receipt = consolidate_receipt(&tracker.url, &task)
+            .await
+            .expect("final receipt");
+        let error = consolidate_out(&receipt).expect_err("error receipt");
+        assert!(error.message.contains(phrase), "{}", error.message);
+        assert_eq!(error_name(receipt.out()), Some("EgressConsolidateError"));
+    }
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        0
+    );
+}
+
+/// Track invocations that must not pass: error receipts with ucanto's error
+/// names, and the store is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthorized_track_changes_nothing() {
+    use etracker_server::store::Store;
+    let tracker = start_tracker(test_settings()).await;
+    let node = node();
+    let endpoint = "http://127.0.0.1:9/receipts/{cid}";
+    let (batch, _) = batch(&good_receipts(1, "unauth").0);
+    let service = service();
+    let expired_proof = Delegation::builder(&service, node.did().clone())
+        .capability(
+            <etracker_capabilities::Track as etracker_capabilities::Ability>::unrestricted(
+                service.did(),
+            ),
+        )
+        .expiration(1_600_000_000)
+        .build()
+        .unwrap();
+    let other_service = principal(9);
+    let cases: Vec<(&str, ucanto::ucan::Invocation, &str)> = vec![
+        (
+            "wrong audience",
+            track_on(
+                &node,
+                mallory().did(),
+                service.did(),
+                batch,
+                endpoint,
+                &[track_proof(&service, node.did())],
+            ),
+            "InvalidAudience",
+        ),
+        (
+            "no proof",
+            track_invocation(&node, service.did(), batch, endpoint, &[]),
+            "Unauthorized",
+        ),
+        (
+            "expired proof",
+            track_invocation(&node, service.did(), batch, endpoint, &[expired_proof]),
+            "Unauthorized",
+        ),
+        (
+            "proof for another service",
+            track_invocation(
+                &node,
+                service.did(),
+                batch,
+                endpoint,
+                &[track_proof(&other_service, node.did())],
+            ),
+            "Unauthorized",
+        ),
+    ];
+    for (scenario, invocation, expected) in cases {
+        let receipt = invoke(&tracker.url, &invocation).await;
+        assert_eq!(
+            error_name(receipt.out()),
+            Some(expected),
+            "{scenario}: {:?}",
+            receipt.out()
+        );
+        assert!(receipt.forks().is_empty(), "{scenario}: no task");
+    }
+    assert_eq!(tracker.store.stats().unwrap().records, 0, "nothing stored");
+    assert!(tracker.store.record(&batch).unwrap().is_none());
+}
+
+/// A track invocation addressed to `audience` (not necessarily the tracker).
+fn track_on(
+    node: &Ed25519Signer,
+    audience: &Did,
+    tracker: &Did,
+    batch: Cid,
+    endpoint: &str,
+    proofs: &[Delegation],
+) -> ucanto::ucan::Invocation {
+    use etracker_capabilities::{track::TrackNb, Ability, Track};
+    let nb = TrackNb::new(batch, endpoint).unwrap();
+    let mut builder =
+        Delegation::builder(node, audience.clone()).capability(Track::capability(tracker, &nb));
+    for p in proofs {
+        builder = builder.proof(p.clone());
+    }
+    builder.build().unwrap()
+}
