@@ -479,7 +479,7 @@ impl HandlerState {
             match self.check(node, node_verifier.as_ref(), &archive, &bytes, &mut seen) {
                 Ok(Some(entry)) => counted.push(entry),
                 Ok(None) => {}
-                Err(error) => ok.errors.push(error),
+                Err(error) => ok.errors.push(*error),
             }
         }
         Ok((ok, counted))
@@ -494,11 +494,13 @@ impl HandlerState {
         archive: &Cid,
         bytes: &[u8],
         seen: &mut HashSet<Cid>,
-    ) -> Result<Option<Counted>, ReceiptError> {
-        let reject = |name: &str, message: String, receipt: Cid| ReceiptError {
-            name: name.into(),
-            message,
-            receipt,
+    ) -> Result<Option<Counted>, Box<ReceiptError>> {
+        let reject = |name: &str, message: String, receipt: Cid| {
+            Box::new(ReceiptError {
+                name: name.into(),
+                message,
+                receipt,
+            })
         };
         if archive.codec() != CAR {
             return Err(reject(

@@ -6,13 +6,41 @@
 //! polls for.
 //!
 //! # Layout
+//! A track invocation, walked through the modules:
+//! 1. [`service`] serves `POST /` with the core crate's transport: CAR →
+//!    agent message → invocation; the dispatcher checks the audience and the
+//!    validator the proofs (tracker → node delegation);
+//! 2. [`handlers::track`] persists the egress record in the [`store`]
+//!    (idempotently) and answers `ok {}` with the consolidate task forked;
+//! 3. the scheduler in [`service`] leases due records and *invokes* each task
+//!    on the [`consolidator`] through a ucanto connection; its handler fetches
+//!    the batch, checks it against the CID and checks every receipt, and its
+//!    dispatcher signs the receipt;
+//! 4. the consolidator invokes `space/egress/conclude` with the receipt and
+//!    the [`tally`]; [`handlers::conclude`] verifies both and commits receipt,
+//!    totals and counted receipts in one [`store::Store::conclude`];
+//! 5. the node reads the receipt at `GET /receipts/{task}`; accounts read
+//!    totals with [`handlers::egress_get`]; [`metrics`] counts it all.
 //!
-//! - [`store`]: the durable state — egress records, leases for the
-//!   consolidator replicas, consolidate receipts and the totals — behind the
-//!   [`store::Store`] trait, with the embedded [`store::redb::RedbStore`] as
-//!   the default backend. [`store::Store::conclude`] is the single commit
-//!   point: a batch's receipt, totals and counted retrievals land together or
-//!   not at all.
+//! The store ([`store::Store`], embedded [`store::redb::RedbStore`] by
+//! default) is shaped for several replicas: leases on records, writes only the
+//! lease owner may make, and a conclude that refuses receipts already counted.
+//!
+//! # Example
+//! ```no_run
+//! use std::sync::Arc;
+//! use etracker_server::service::{Settings, Tracker};
+//! use etracker_server::store::redb::RedbStore;
+//! use ucanto::principal::Ed25519Signer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(RedbStore::open(std::path::Path::new("etracker-data"))?);
+//! let tracker = Tracker::new(Arc::new(Ed25519Signer::generate()), store, Settings::default());
+//! tokio::spawn(tracker.clone().run_scheduler());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, tracker.app()).await?;
+//! # Ok(()) }
+//! ```
 pub mod consolidator;
 pub mod handlers;
 pub mod metrics;

@@ -494,3 +494,46 @@ fn track_on(
     }
     builder.build().unwrap()
 }
+
+/// A JS @ucanto client (standing in for a Go Piri node) tracks a batch against
+/// our tracker over HTTP and reads the fork: the same consolidate task Rust computes.
+#[tokio::test(flavor = "multi_thread")]
+async fn js_node_tracks_and_reads_the_fork() {
+    let tracker = start_tracker(test_settings()).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(2, "js");
+    let (batch_cid, bytes) = batch(&receipts);
+    server.put(&batch_cid, bytes);
+    let (code, stdout) = etracker_e2e::run_js(
+        "track.js",
+        &[
+            "--url",
+            &tracker.url,
+            "--batch",
+            &batch_cid.to_string(),
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["out"], serde_json::json!({"ok": {}}), "{result}");
+    assert_eq!(result["signatureValid"], true);
+    assert_eq!(result["ran"], result["invocation"]);
+    let forks = result["forks"].as_array().unwrap();
+    assert_eq!(forks.len(), 1);
+    assert_eq!(forks[0]["can"], "space/egress/consolidate");
+    assert_eq!(forks[0]["cause"], result["invocation"]);
+
+    consolidate_now(&tracker.url).await;
+    let task: Cid = forks[0]["cid"].as_str().unwrap().parse().unwrap();
+    let ok = consolidate_out(
+        &consolidate_receipt(&tracker.url, &task)
+            .await
+            .expect("concluded"),
+    )
+    .unwrap();
+    assert_eq!(ok.total_egress, total);
+}

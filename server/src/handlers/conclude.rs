@@ -116,7 +116,8 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
     linked.insert(receipt.block().clone());
     let receipt =
         Receipt::from_blocks(&receipt.cid(), Arc::new(linked)).map_err(|e| e.to_string())?;
-    let message = AgentMessage::build(&[], &[receipt.clone()]).map_err(|e| e.to_string())?;
+    let message =
+        AgentMessage::build(&[], std::slice::from_ref(&receipt)).map_err(|e| e.to_string())?;
 
     let conclusion = Conclusion {
         batch,

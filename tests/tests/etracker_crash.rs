@@ -1,0 +1,170 @@
+//! `kill -9` of the real `etracker` process in the middle of a consolidation:
+//! after a restart on the same data directory the totals are exact and nothing
+//! is counted twice.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use etracker_e2e::node::*;
+use etracker_e2e::{alice, bob, service};
+use etracker_server::store::redb::RedbStore;
+use etracker_server::store::Store;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use ucanto::principal::Signer;
+
+/// The `etracker` binary of this build, built if needed.
+fn etracker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug");
+    let binary = dir.join("etracker");
+    if !binary.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "etracker-server", "--bin", "etracker"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building etracker failed");
+    }
+    binary
+}
+
+/// Starts `etracker start` on `data_dir`; returns the child and its base URL.
+async fn start(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(etracker_binary())
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--min-batch-size",
+            "0",
+            "--lease-secs",
+            "1",
+            "--retry-base",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("ETRACKER_PRIVATE_KEY", service().format())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn etracker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .expect("hello line");
+    let hello: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(hello["did"], service().did().as_str());
+    (child, hello["url"].as_str().unwrap().to_string())
+}
+
+/// SIGKILL, and wait until the process is gone (its store lock released).
+async fn kill9(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_consolidation_keeps_totals_exact() {
+    let data_dir = temp_dir("crash");
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (node, space, agent) = (node(), alice(), bob());
+    let proof = retrieve_delegation(&space, agent.did());
+    let mut receipts = Vec::new();
+    let mut total = 0;
+    for i in 0..20u64 {
+        let (start, end) = (i * 10_000, i * 10_000 + 4_095);
+        total += end - start + 1;
+        let inv = retrieve_invocation(
+            &agent,
+            node.did(),
+            space.did(),
+            start,
+            end,
+            std::slice::from_ref(&proof),
+            &format!("crash-{i}"),
+        );
+        receipts.push(ok_receipt(&node, &inv));
+    }
+    let (batch_cid, bytes) = batch(&receipts);
+    server.put(&batch_cid, bytes);
+
+    // The node stalls half way through the batch; the tracker dies mid-download.
+    *server.stall.lock().unwrap() = Some(Duration::from_secs(60));
+    let (child, url) = start(&data_dir).await;
+    let track = track_invocation(
+        &node,
+        service().did(),
+        batch_cid,
+        &endpoint,
+        &[track_proof(&service(), node.did())],
+    );
+    let task = invoke(&url, &track).await.forks()[0].cid();
+    let stuck = tokio::spawn({
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}consolidate"))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kill9(child).await;
+    assert!(stuck.await.unwrap().is_err(), "the run never finished");
+
+    // Restart; the node is healthy again; the lease of the dead run expires.
+    *server.stall.lock().unwrap() = None;
+    let (child, url) = start(&data_dir).await;
+    assert!(
+        consolidate_receipt(&url, &task).await.is_none(),
+        "nothing concluded by the dead process"
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    consolidate_now(&url).await;
+    let receipt = consolidate_receipt(&url, &task)
+        .await
+        .expect("concluded after restart");
+    assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
+
+    // Die again right after, restart, run again: nothing more is counted.
+    kill9(child).await;
+    let (child, url) = start(&data_dir).await;
+    assert_eq!(consolidate_now(&url).await["leased"], 0);
+    assert_eq!(
+        consolidate_receipt(&url, &task)
+            .await
+            .expect("still there")
+            .cid(),
+        receipt.cid()
+    );
+    kill9(child).await;
+
+    let store = RedbStore::open(&data_dir).expect("reopen after the last kill");
+    // Yesterday to tomorrow: immune to the run crossing midnight.
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    let day = etracker_capabilities::account_egress_get::format_date(today - 1);
+    let next = etracker_capabilities::account_egress_get::format_date(today + 2);
+    let usage: u64 = store
+        .space_usage(space.did(), &day, &next)
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b)
+        .sum();
+    assert_eq!(usage, total, "space total counted exactly once");
+    assert_eq!(
+        store.node_total(node.did()).unwrap(),
+        total,
+        "node total counted exactly once"
+    );
+    assert_eq!(store.pending_count().unwrap(), 0);
+}
