@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
 use ucanto::client::{Channel, ClientError, Connection};
-use ucanto::dag::{CodecError, CAR, SHA2_256};
+use ucanto::dag::{CodecError, Ipld, CAR, SHA2_256};
 use ucanto::message::AgentMessage;
 use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
@@ -135,6 +135,9 @@ struct HandlerState {
     http: reqwest::Client,
     /// Tallies of finished tasks waiting to be concluded, by task CID.
     tallies: Mutex<HashMap<Cid, (Cid, Tally)>>,
+    /// Receipts the tracker said were counted by another batch (learned from
+    /// refused conclusions): what a consolidator without the store knows.
+    known_counted: Mutex<HashSet<Cid>>,
 }
 
 impl Consolidator {
@@ -164,6 +167,7 @@ impl Consolidator {
             limits,
             authorities,
             tallies: Mutex::new(HashMap::new()),
+            known_counted: Mutex::new(HashSet::new()),
         });
         let handler_state = state.clone();
         let tracker_did = tracker.did().clone();
@@ -240,10 +244,23 @@ impl Consolidator {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
                 Ok(())
             }
-            Err(error) => Err(format!(
-                "tracker refused conclude: {}",
-                ucanto::dag_json::to_string(error).unwrap_or_default()
-            )),
+            Err(error) => {
+                // A conflict lists the receipts counted elsewhere meanwhile.
+                if let Ipld::Map(map) = error {
+                    if let Some(Ipld::List(receipts)) = map.get("receipts") {
+                        if let Ok(mut known) = self.state.known_counted.lock() {
+                            known.extend(receipts.iter().filter_map(|r| match r {
+                                Ipld::Link(cid) => Some(*cid),
+                                _ => None,
+                            }));
+                        }
+                    }
+                }
+                Err(format!(
+                    "tracker refused conclude: {}",
+                    ucanto::dag_json::to_string(error).unwrap_or_default()
+                ))
+            }
         }
     }
 }
@@ -602,12 +619,24 @@ impl HandlerState {
             }
             None => vec![None; candidates.len()],
         };
+        let known = self
+            .known_counted
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
         let mut tally = Tally::default();
         for (entry, counted_by) in candidates.into_iter().zip(earlier) {
-            match counted_by {
-                Some(batch) => ok.errors.push(ReceiptError {
+            let duplicate = match counted_by {
+                Some(batch) => Some(format!("receipt already counted in batch {batch}")),
+                None if known.contains(&entry.receipt) => {
+                    Some("receipt already counted in another batch".to_string())
+                }
+                None => None,
+            };
+            match duplicate {
+                Some(message) => ok.errors.push(ReceiptError {
                     name: "DuplicateReceipt".into(),
-                    message: format!("receipt already counted in batch {batch}"),
+                    message,
                     receipt: entry.receipt,
                 }),
                 None => tally.add(entry.space, entry.day, entry.bytes, entry.receipt),

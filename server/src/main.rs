@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use etracker_capabilities::{Ability, Track};
+use etracker_capabilities::{Ability, Conclude, Track};
 use etracker_server::consolidator::BatchLimits;
-use etracker_server::service::{Settings, Tracker};
+use etracker_server::service::{RemoteConsolidator, Settings, Tracker};
 use etracker_server::store::redb::RedbStore;
 use ucanto::principal::{Did, Ed25519Signer, Ed25519Verifier, Signer, Verifier};
 use ucanto::ucan::Delegation;
@@ -40,6 +40,8 @@ enum Command {
     Delegate(DelegateArgs),
     /// Trigger consolidation on a running service.
     Consolidate(ConsolidateArgs),
+    /// Run a separately deployed consolidator (the tracker invokes it over HTTP).
+    Consolidator(ConsolidatorArgs),
 }
 
 #[derive(Subcommand)]
@@ -107,12 +109,56 @@ struct StartArgs {
     /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
     #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
     authorities: Vec<String>,
+    /// URL of a separately deployed consolidator (in-process when unset).
+    #[arg(long, env = "ETRACKER_CONSOLIDATOR_URL", requires = "consolidator_did")]
+    consolidator_url: Option<String>,
+    /// DID (did:key) of that consolidator.
+    #[arg(long, env = "ETRACKER_CONSOLIDATOR_DID", requires = "consolidator_url")]
+    consolidator_did: Option<String>,
+}
+
+#[derive(Args)]
+struct ConsolidatorArgs {
+    /// This consolidator's key and scratch directory.
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Address to listen on.
+    #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// The tracker's ucanto endpoint, for space/egress/conclude.
+    #[arg(long, env = "ETRACKER_TRACKER_URL")]
+    tracker_url: String,
+    /// The tracker's DID.
+    #[arg(long, env = "ETRACKER_TRACKER_DID")]
+    tracker_did: String,
+    /// The tracker's did:key, when its DID is a did:web.
+    #[arg(long, env = "ETRACKER_TRACKER_KEY")]
+    tracker_key: Option<String>,
+    /// Delegation tracker → this consolidator of space/egress/conclude
+    /// (from `etracker delegate <DID> --ability space/egress/conclude`).
+    #[arg(long, env = "ETRACKER_CONCLUDE_PROOF")]
+    proof: Option<String>,
+    /// Smallest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MIN_BATCH_SIZE", default_value_t = 10 * 1024 * 1024)]
+    min_batch_size: u64,
+    /// Largest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MAX_BATCH_SIZE", default_value_t = 1024 * 1024 * 1024)]
+    max_batch_size: u64,
+    /// Seconds allowed to download one batch.
+    #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
+    fetch_timeout: u64,
+    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
+    #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
+    authorities: Vec<String>,
 }
 
 #[derive(Args)]
 struct DelegateArgs {
-    /// The node's DID.
+    /// The DID of the node (or consolidator) to authorize.
     node: String,
+    /// The ability to delegate.
+    #[arg(long, default_value = "space/egress/track")]
+    ability: String,
     #[command(flatten)]
     key: KeyArgs,
 }
@@ -152,8 +198,17 @@ async fn main() -> Result<(), Failure> {
         Command::Delegate(args) => {
             let signer = load_signer(&args.key)?;
             let node: Did = args.node.parse()?;
+            let capability =
+                match args.ability.as_str() {
+                    "space/egress/track" => Track::unrestricted(signer.did()),
+                    "space/egress/conclude" => Conclude::unrestricted(signer.did()),
+                    other => return Err(format!(
+                        "cannot delegate {other:?}: space/egress/track or space/egress/conclude"
+                    )
+                    .into()),
+                };
             let delegation = Delegation::builder(signer.as_ref(), node)
-                .capability(Track::unrestricted(signer.did()))
+                .capability(capability)
                 .no_expiration()
                 .build()?;
             println!(
@@ -162,6 +217,7 @@ async fn main() -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Consolidator(args) => consolidator(args).await,
         Command::Consolidate(args) => {
             if !args.now {
                 return Err(
@@ -211,6 +267,13 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         },
         authorities,
         admin_token: args.admin_token,
+        remote_consolidator: match (&args.consolidator_url, &args.consolidator_did) {
+            (Some(url), Some(did)) => Some(RemoteConsolidator {
+                url: url.clone(),
+                verifier: ucanto::principal::verifier_for(&did.parse()?)?,
+            }),
+            _ => None,
+        },
         ..Settings::default()
     };
     std::fs::create_dir_all(&settings.limits.scratch_dir)?;
@@ -225,6 +288,60 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         signer.did()
     );
     axum::serve(listener, tracker.app())
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+fn parse_authorities(entries: &[String]) -> Result<Vec<Arc<dyn Verifier>>, Failure> {
+    let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
+    for entry in entries {
+        let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
+        authorities.push(Arc::new(
+            Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
+        ));
+    }
+    Ok(authorities)
+}
+
+async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
+    let signer = load_signer(&args.key)?;
+    let tracker_did: Did = args.tracker_did.parse()?;
+    let tracker: Arc<dyn Verifier> = match &args.tracker_key {
+        Some(key) => Arc::new(Ed25519Verifier::parse(&key.parse()?)?.with_did(tracker_did)),
+        None => ucanto::principal::verifier_for(&tracker_did)?,
+    };
+    let proofs = match &args.proof {
+        Some(text) => vec![Delegation::extract(&multibase::decode(text.trim())?.1)?],
+        None => Vec::new(),
+    };
+    let limits = BatchLimits {
+        min_size: args.min_batch_size,
+        max_size: args.max_batch_size,
+        fetch_timeout: Duration::from_secs(args.fetch_timeout),
+        scratch_dir: args.key.data_dir.join("tmp"),
+        ..BatchLimits::default()
+    };
+    std::fs::create_dir_all(&limits.scratch_dir)?;
+    let connection = ucanto::client::Connection::http(tracker.clone(), args.tracker_url.clone());
+    let service = Arc::new(etracker_server::consolidator::Consolidator::new(
+        signer.clone(),
+        tracker,
+        connection,
+        None,
+        limits,
+        parse_authorities(&args.authorities)?,
+        proofs,
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(did = %signer.did(), %address, tracker = %args.tracker_url, "consolidator listening");
+    println!(
+        "{{\"url\":\"http://{address}/\",\"did\":\"{}\"}}",
+        signer.did()
+    );
+    let app = etracker_server::consolidator::router(service, 64 * 1024 * 1024);
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())

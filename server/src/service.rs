@@ -60,6 +60,18 @@ pub struct Settings {
     pub body_limit: usize,
     /// Name of this replica in leases.
     pub replica: String,
+    /// A separately deployed consolidator; in-process (same identity) when `None`.
+    pub remote_consolidator: Option<RemoteConsolidator>,
+}
+
+/// Where a separately deployed consolidator listens and who it is.
+#[derive(Clone)]
+pub struct RemoteConsolidator {
+    /// Its ucanto endpoint (`POST`).
+    pub url: String,
+    /// Its identity: it signs consolidate receipts and conclude invocations,
+    /// holding a tracker → consolidator delegation of `space/egress/conclude`.
+    pub verifier: Arc<dyn Verifier>,
 }
 
 impl Default for Settings {
@@ -76,6 +88,7 @@ impl Default for Settings {
             admin_token: None,
             body_limit: 64 * 1024 * 1024,
             replica: format!("etracker-{}", std::process::id()),
+            remote_consolidator: None,
         }
     }
 }
@@ -102,32 +115,39 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker signing as `signer` over `store`, with the in-process consolidator
-    /// (same identity), wired through real ucanto connections.
+    /// A tracker signing as `signer` over `store`. Its consolidator is
+    /// in-process with the same identity unless `settings.remote_consolidator`
+    /// names one; either way tasks go through a real ucanto connection.
     pub fn new(signer: Arc<dyn Signer>, store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
+        let consolidator_key = match &settings.remote_consolidator {
+            Some(remote) => remote.verifier.clone(),
+            None => signer.verifier(),
+        };
         let ctx = Arc::new(Context {
             signer: signer.clone(),
             store: store.clone(),
             metrics,
-            consolidator: signer.verifier(),
+            consolidator: consolidator_key.clone(),
         });
         let server = Arc::new(tracker_server(ctx.clone()));
-        let tracker_connection =
-            Connection::new(signer.verifier(), Arc::new(ServerChannel(server.clone())));
-        let consolidator = Arc::new(Consolidator::new(
-            signer.clone(),
-            signer.verifier(),
-            tracker_connection,
-            Some(store),
-            settings.limits.clone(),
-            settings.authorities.clone(),
-            Vec::new(),
-        ));
-        let consolidator = Connection::new(
-            signer.verifier(),
-            Arc::new(ConsolidatorChannel(consolidator)),
-        );
+        let consolidator = match &settings.remote_consolidator {
+            Some(remote) => Connection::http(consolidator_key, remote.url.clone()),
+            None => {
+                let tracker_connection =
+                    Connection::new(signer.verifier(), Arc::new(ServerChannel(server.clone())));
+                let local = Arc::new(Consolidator::new(
+                    signer.clone(),
+                    signer.verifier(),
+                    tracker_connection,
+                    Some(store),
+                    settings.limits.clone(),
+                    settings.authorities.clone(),
+                    Vec::new(),
+                ));
+                Connection::new(consolidator_key, Arc::new(ConsolidatorChannel(local)))
+            }
+        };
         Arc::new(Tracker {
             ctx,
             server,

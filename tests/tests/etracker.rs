@@ -537,3 +537,114 @@ async fn js_node_tracks_and_reads_the_fork() {
     .unwrap();
     assert_eq!(ok.total_egress, total);
 }
+
+/// A separately deployed consolidator with its own identity, reached over
+/// HTTP: it signs the receipts and concludes with a tracker → consolidator
+/// delegation; without that delegation its conclusions are refused and the
+/// record stays pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_consolidator_concludes_with_a_delegation() {
+    use etracker_capabilities::{Ability, Conclude};
+    use etracker_server::consolidator::{router, Consolidator};
+    use etracker_server::service::RemoteConsolidator;
+    use std::sync::Arc;
+    use ucanto::client::Connection;
+
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let consolidator_key = principal(6);
+
+    for authorized in [false, true] {
+        // The consolidator's address must be known before the tracker starts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let consolidator_url = format!("http://{}/", listener.local_addr().unwrap());
+        let mut settings = test_settings();
+        settings.remote_consolidator = Some(RemoteConsolidator {
+            url: consolidator_url,
+            verifier: consolidator_key.verifier(),
+        });
+        let tracker = start_tracker(settings).await;
+
+        let proofs = if authorized {
+            vec![
+                Delegation::builder(&service(), consolidator_key.did().clone())
+                    .capability(Conclude::unrestricted(service().did()))
+                    .no_expiration()
+                    .build()
+                    .unwrap(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let consolidator = Consolidator::new(
+            Arc::new(consolidator_key.clone()),
+            service().verifier(),
+            Connection::http(service().verifier(), tracker.url.clone()),
+            None,
+            test_settings().limits,
+            Vec::new(),
+            proofs,
+        );
+        let app = router(Arc::new(consolidator), 1 << 20);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let (receipts, total) =
+            good_receipts(3, if authorized { "remote-ok" } else { "remote-no" });
+        let (batch, task) = track(&tracker, &server, &endpoint, &receipts).await;
+        let summary = consolidate_now(&tracker.url).await;
+        let response = reqwest::get(format!("{}receipts/{task}", tracker.url))
+            .await
+            .unwrap();
+        if !authorized {
+            assert_eq!(summary["concluded"], 0, "{summary}");
+            assert_eq!(response.status(), 404);
+            assert!(ucanto_record(&tracker, &batch).is_pending());
+            continue;
+        }
+        assert_eq!(summary["concluded"], 1, "{summary}");
+        let message =
+            ucanto::message::AgentMessage::from_car(&response.bytes().await.unwrap()).unwrap();
+        let receipt = message.receipt_for(&task).unwrap().unwrap();
+        assert_eq!(
+            receipt.issuer(),
+            Some(consolidator_key.did()),
+            "signed by the consolidator"
+        );
+        assert!(receipt.verify_signature(consolidator_key.verifier().as_ref()));
+        assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
+
+        // A later batch repeats a counted receipt. This consolidator has no
+        // store to look it up: the tracker refuses the conclusion (nothing is
+        // double-counted), names the receipt, and the next run reports it.
+        let (fresh, fresh_total) = good_receipts(1, "remote-fresh");
+        let (_, task) = track(
+            &tracker,
+            &server,
+            &endpoint,
+            &[receipts[0].clone(), fresh[0].clone()],
+        )
+        .await;
+        assert_eq!(consolidate_now(&tracker.url).await["concluded"], 0);
+        assert_eq!(
+            metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+            total
+        );
+        assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
+        let response = reqwest::get(format!("{}receipts/{task}", tracker.url))
+            .await
+            .unwrap();
+        let message =
+            ucanto::message::AgentMessage::from_car(&response.bytes().await.unwrap()).unwrap();
+        let ok = consolidate_out(&message.receipt_for(&task).unwrap().unwrap()).unwrap();
+        assert_eq!(ok.total_egress, fresh_total);
+        assert_eq!(ok.errors.len(), 1);
+        assert_eq!(
+            (ok.errors[0].name.as_str(), ok.errors[0].receipt),
+            ("DuplicateReceipt", receipts[0].cid())
+        );
+        assert_eq!(
+            metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+            total + fresh_total
+        );
+    }
+}

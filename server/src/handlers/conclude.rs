@@ -36,12 +36,25 @@ pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, Han
             tracing::warn!(%message, "conclude refused");
             Ok(Response::error(ConcludeError::new(message).to_ipld()))
         }
+        Err(Refusal::Conflict(receipts)) => {
+            let message = describe_conflict(&receipts);
+            tracing::warn!(%message, "conclude refused");
+            let Ipld::Map(mut error) = ConcludeError::new(message).to_ipld() else {
+                unreachable!("failures are maps")
+            };
+            let links = receipts.into_iter().map(Ipld::Link).collect();
+            error.insert("receipts".into(), Ipld::List(links));
+            Ok(Response::error(Ipld::Map(error)))
+        }
         Err(Refusal::Unexpected(e)) => Err(unexpected(e)),
     }
 }
 
 enum Refusal {
     Error(String),
+    /// Receipts another batch counted meanwhile; listed so a consolidator
+    /// without store access can drop them on its next run.
+    Conflict(Vec<Cid>),
     Unexpected(StoreError),
 }
 
@@ -152,7 +165,7 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         Ok(ConcludeOutcome::AlreadyConcluded { receipt }) => {
             Err(format!("batch {batch} was concluded with receipt {receipt}").into())
         }
-        Err(StoreError::Conflict { receipts }) => Err(describe_conflict(&receipts).into()),
+        Err(StoreError::Conflict { receipts }) => Err(Refusal::Conflict(receipts)),
         Err(e) => Err(Refusal::Unexpected(e)),
     }
 }
