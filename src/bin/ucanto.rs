@@ -534,3 +534,68 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(with: &str, text: Option<&str>) -> Capability {
+        let capability = Capability::new("test/echo", with);
+        match text {
+            Some(text) => capability.with_nb(IpldMap::from([(
+                "echo".to_string(),
+                Ipld::String(text.into()),
+            )])),
+            None => capability,
+        }
+    }
+
+    /// `test/echo` parses and derives as the harness's JS service does.
+    #[test]
+    fn test_echo_follows_the_js_service() {
+        let alice = Ed25519Signer::from_seed([1; 32]).did().to_string();
+        let mut extra = echo(&alice, Some("hi"));
+        extra
+            .nb
+            .as_mut()
+            .unwrap()
+            .insert("more".into(), Ipld::Integer(1));
+        assert_eq!(TestEcho.parse(&extra), Ok(echo(&alice, Some("hi"))));
+        assert_eq!(
+            TestEcho.parse(&echo("did:web:example.com", Some("hi"))),
+            Err("Expected a did:key: but got \"did:web:example.com\" instead".into())
+        );
+        assert!(TestEcho
+            .parse(&echo(&alice, None))
+            .unwrap_err()
+            .contains("Object contains invalid field \"echo\""));
+        assert_eq!(
+            TestEcho.derives(&echo(&alice, Some("a")), &echo(&alice, Some("b"))),
+            Err("Constrain violation: 'a' violates imposed 'echo' constraint 'b'".into())
+        );
+        assert_eq!(
+            TestEcho.derives(&echo(&alice, Some("a")), &echo("did:key:zOther", None)),
+            Err(format!(
+                "Can not derive test/echo with {alice} from did:key:zOther"
+            ))
+        );
+        assert_eq!(
+            TestEcho.derives(&echo(&alice, Some("a")), &echo(&alice, None)),
+            Ok(())
+        );
+    }
+
+    /// Keys and proofs are read from multibase or plain base64.
+    #[test]
+    fn keys_read_from_multibase_or_base64() {
+        let signer = Ed25519Signer::from_seed([2; 32]);
+        let plain = base64::engine::general_purpose::STANDARD.encode(signer.encode());
+        for text in [signer.format(), plain.clone(), format!(" {plain}\n")] {
+            assert_eq!(parse_key("--issuer", &text).unwrap().did(), signer.did());
+        }
+        let err = parse_key("--issuer", "not a key!").unwrap_err().to_string();
+        assert_eq!(err, "--issuer: neither multibase (M…) nor base64");
+        let err = parse_key("--issuer", "Mabcd").unwrap_err().to_string();
+        assert!(err.starts_with("--issuer: "), "{err}");
+    }
+}

@@ -540,10 +540,8 @@ mod tests {
         assert_eq!(decode_signer(&ed.encode()).unwrap().did(), ed.did());
         assert!(decode_signer(&[0x80]).is_err());
         assert!(decode_signer(&[0xed, 0x01, 0, 0]).is_err());
-        let unsupported = Did::parse(
-            "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme",
-        )
-        .unwrap();
+        let unsupported =
+            Did::parse("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme").unwrap();
         assert!(matches!(
             verifier_for(&unsupported),
             Err(PrincipalError::UnsupportedKey(SECP256K1_PUB, _))

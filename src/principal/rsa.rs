@@ -212,8 +212,7 @@ impl RsaVerifier {
         if code != RSA_PUB {
             return Err(PrincipalError::UnsupportedKey(code, did.to_string()));
         }
-        Self::decode(&bytes)
-            .map_err(|e| PrincipalError::InvalidDid(did.to_string(), e.to_string()))
+        Self::decode(&bytes).map_err(|e| PrincipalError::InvalidDid(did.to_string(), e.to_string()))
     }
 
     /// Decodes `varint(0x1205) ‖ PKCS#1 DER RSAPublicKey` (JS `rsa.Verifier.decode`).
@@ -301,7 +300,10 @@ mod tests {
         assert_eq!(verifier.encode()[..2], [0x85, 0x24]);
         assert_eq!(Did::from_ucan_bytes(&did.to_ucan_bytes()).unwrap(), did);
         assert!(RsaSigner::decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(RsaSigner::parse(&crate::principal::Ed25519Signer::from_seed([1; 32]).format()).is_err());
+        assert!(
+            RsaSigner::parse(&crate::principal::Ed25519Signer::from_seed([1; 32]).format())
+                .is_err()
+        );
     }
 
     #[test]
@@ -400,8 +402,8 @@ mod tests {
         fn signature_matches_js() {
             let v = vectors();
             let text = v["signature"]["text"].as_str().unwrap().as_bytes();
-            let js = Signature::decode(&unhex(v["signature"]["varsigHex"].as_str().unwrap()))
-                .unwrap();
+            let js =
+                Signature::decode(&unhex(v["signature"]["varsigHex"].as_str().unwrap())).unwrap();
             let signer = js_signer();
             assert!(signer.verifier().verify(text, &js));
             assert_eq!(signer.sign(text), js);
@@ -416,8 +418,10 @@ mod tests {
             let service = Ed25519Signer::from_seed([4; 32]);
             assert_eq!(alice.did().as_str(), v["principals"]["alice"]);
             assert_eq!(service.did().as_str(), v["principals"]["service"]);
-            let signers: HashMap<&str, &dyn Signer> =
-                HashMap::from([("rsa", &rsa as &dyn Signer), ("alice", &alice as &dyn Signer)]);
+            let signers: HashMap<&str, &dyn Signer> = HashMap::from([
+                ("rsa", &rsa as &dyn Signer),
+                ("alice", &alice as &dyn Signer),
+            ]);
             let dids: HashMap<&str, Did> = HashMap::from([
                 ("rsa", rsa.did().clone()),
                 ("alice", alice.did().clone()),
@@ -443,11 +447,18 @@ mod tests {
                     entry["signaturePayload"],
                     "{name}"
                 );
-                assert_eq!(hex::encode(js.data().signature.encode()), entry["signatureHex"]);
+                assert_eq!(
+                    hex::encode(js.data().signature.encode()),
+                    entry["signatureHex"]
+                );
                 let issuer = verifier_for(js.issuer()).unwrap();
                 assert!(js.verify_signature(issuer.as_ref()), "{name}: signature");
                 let exported: Vec<String> = js.export().iter().map(|b| b.cid.to_string()).collect();
-                assert_eq!(Value::from(exported), entry["blocks"], "{name}: export order");
+                assert_eq!(
+                    Value::from(exported),
+                    entry["blocks"],
+                    "{name}: export order"
+                );
 
                 // The same UCAN from the same inputs, signed here.
                 let input = &entry["input"];
@@ -457,19 +468,17 @@ mod tests {
                 )
                 .expiration(input["expiration"].as_u64().unwrap());
                 for cap in input["capabilities"].as_array().unwrap() {
-                    let Ipld::Map(nb) = crate::dag_json::from_json(&cap["nb"])
-                        .unwrap_or(Ipld::Null)
-                    else {
-                        builder = builder.capability(Capability::new(
-                            cap["can"].as_str().unwrap(),
-                            cap["with"].as_str().unwrap(),
-                        ));
-                        continue;
-                    };
-                    builder = builder.capability(
-                        Capability::new(cap["can"].as_str().unwrap(), cap["with"].as_str().unwrap())
-                            .with_nb(nb),
+                    let mut capability = Capability::new(
+                        cap["can"].as_str().unwrap(),
+                        cap["with"].as_str().unwrap(),
                     );
+                    if let Some(nb) = cap.get("nb") {
+                        let Ipld::Map(nb) = crate::dag_json::from_json(nb).unwrap() else {
+                            panic!("{name}: nb must be a map")
+                        };
+                        capability = capability.with_nb(nb);
+                    }
+                    builder = builder.capability(capability);
                 }
                 for proof in input["proofs"].as_array().into_iter().flatten() {
                     builder = builder.proof(built[proof.as_str().unwrap()].clone());

@@ -287,3 +287,70 @@ pub async fn metric(url: &str, name: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
+
+/// A did:mailto account, as JS's `Absentee` signer: it cannot sign (empty
+/// non-standard signature); its delegations count through a `ucan/attest`.
+#[derive(Debug)]
+pub struct Account(pub Did);
+
+impl Signer for Account {
+    fn did(&self) -> &Did {
+        &self.0
+    }
+    fn sign(&self, _: &[u8]) -> ucanto::principal::Signature {
+        ucanto::principal::Signature {
+            code: 0xd000,
+            raw: Vec::new(),
+        }
+    }
+    fn signature_code(&self) -> u64 {
+        0xd000
+    }
+    fn verifier(&self) -> Arc<dyn ucanto::principal::Verifier> {
+        unimplemented!("an absentee signature never verifies")
+    }
+}
+
+/// `account/egress/get` by `agent` for `account`: the account's delegation to the
+/// agent, the service's attestation of it, and the spaces' delegations to the
+/// account travel as proofs.
+pub fn egress_get_invocation(
+    account: &Account,
+    agent: &Ed25519Signer,
+    spaces: &[&Ed25519Signer],
+    nb: IpldMap,
+) -> Invocation {
+    let service = crate::service();
+    let access = Delegation::builder(account, agent.did().clone())
+        .capability(Capability::new("account/egress/get", account.0.as_str()))
+        .no_expiration()
+        .build()
+        .expect("account delegation");
+    let attest = Delegation::builder(&service, agent.did().clone())
+        .capability(
+            Capability::new("ucan/attest", service.did().as_str()).with_nb(IpldMap::from([(
+                "proof".to_string(),
+                Ipld::Link(access.cid()),
+            )])),
+        )
+        .no_expiration()
+        .build()
+        .expect("attestation");
+    let mut capability = Capability::new("account/egress/get", account.0.as_str());
+    if !nb.is_empty() {
+        capability = capability.with_nb(nb);
+    }
+    let mut builder = Delegation::builder(agent, service.did().clone())
+        .capability(capability)
+        .proof(access)
+        .proof(attest);
+    for space in spaces {
+        let owner = Delegation::builder(*space, account.0.clone())
+            .capability(Capability::new("space/*", space.did().as_str()))
+            .no_expiration()
+            .build()
+            .expect("space delegation");
+        builder = builder.proof(owner);
+    }
+    builder.build().expect("egress get invocation")
+}

@@ -648,3 +648,77 @@ async fn remote_consolidator_concludes_with_a_delegation() {
         );
     }
 }
+
+/// An account reads egress per space and day with account/egress/get, for the
+/// spaces its proofs show it owns; other spaces and long periods are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn account_reads_egress_per_space_and_day() {
+    use etracker_capabilities::account_egress_get::{format_date, EgressGetError, EgressGetOk};
+    use etracker_capabilities::read_out;
+
+    let tracker = start_tracker(test_settings()).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(3, "account");
+    let (_, task) = track(&tracker, &server, &endpoint, &receipts).await;
+    consolidate_now(&tracker.url).await;
+    assert!(consolidate_receipt(&tracker.url, &task).await.is_some());
+
+    let account = Account("did:mailto:example.com:alice".parse().unwrap());
+    let agent = principal(10);
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    let period = |from: i64, to: i64| {
+        Ipld::Map(IpldMap::from([
+            ("from".to_string(), Ipld::String(format_date(from))),
+            ("to".to_string(), Ipld::String(format_date(to))),
+        ]))
+    };
+    let nb = IpldMap::from([("period".to_string(), period(today - 1, today + 1))]);
+    let receipt = invoke(
+        &tracker.url,
+        &egress_get_invocation(&account, &agent, &[&alice()], nb),
+    )
+    .await;
+    let ok = read_out::<EgressGetOk, EgressGetError>(receipt.out())
+        .expect("shape")
+        .expect("ok");
+    assert_eq!(ok.total, total, "{:?}", receipt.out());
+    let space = &ok.spaces[alice().did()];
+    assert_eq!(space.total, total);
+    assert_eq!(
+        space.daily_stats.iter().map(|d| d.egress).sum::<u64>(),
+        total
+    );
+
+    // A space the account does not own.
+    let nb = IpldMap::from([(
+        "spaces".to_string(),
+        Ipld::List(vec![Ipld::String(mallory().did().to_string())]),
+    )]);
+    let receipt = invoke(
+        &tracker.url,
+        &egress_get_invocation(&account, &agent, &[&alice()], nb),
+    )
+    .await;
+    assert_eq!(error_name(receipt.out()), Some("SpaceUnauthorized"));
+    // More than 60 days.
+    let nb = IpldMap::from([("period".to_string(), period(today - 90, today))]);
+    let receipt = invoke(
+        &tracker.url,
+        &egress_get_invocation(&account, &agent, &[&alice()], nb),
+    )
+    .await;
+    assert_eq!(error_name(receipt.out()), Some("PeriodNotAcceptable"));
+    // Without the service's attestation the account's delegation proves nothing.
+    let mut unattested = egress_get_invocation(&account, &agent, &[&alice()], IpldMap::new());
+    unattested = Delegation::builder(&agent, service().did().clone())
+        .capability(unattested.capabilities()[0].clone())
+        .proof(match &unattested.proofs()[0] {
+            ucanto::ucan::Proof::Delegation(d) => d.clone(),
+            ucanto::ucan::Proof::Link(_) => unreachable!(),
+        })
+        .build()
+        .unwrap();
+    let receipt = invoke(&tracker.url, &unattested).await;
+    assert_eq!(error_name(receipt.out()), Some("Unauthorized"));
+}
