@@ -30,7 +30,7 @@ use etracker_capabilities::{
     UcanAttest,
 };
 use ucanto::dag::{Block, BlockStore, Ipld, IpldMap, CAR, RAW};
-use ucanto::principal::{Did, Ed25519Signer, Signature, Signer, Verifier};
+use ucanto::principal::{Did, Ed25519Signer, Signer};
 use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::ucan::{Capability, Delegation, Invocation};
 
@@ -114,43 +114,6 @@ fn only_capability(ucan: &Delegation) -> &Capability {
         panic!("expected one capability")
     };
     capability
-}
-
-/// The JS `Absentee` signer: a did:mailto issuer with an empty non-standard signature.
-#[derive(Debug)]
-struct Absentee(Did);
-
-impl Signer for Absentee {
-    fn did(&self) -> &Did {
-        &self.0
-    }
-    fn sign(&self, _: &[u8]) -> Signature {
-        Signature {
-            code: NON_STANDARD,
-            raw: Vec::new(),
-        }
-    }
-    fn signature_code(&self) -> u64 {
-        NON_STANDARD
-    }
-    fn verifier(&self) -> Arc<dyn Verifier> {
-        Arc::new(AbsenteeVerifier(self.0.clone()))
-    }
-}
-
-/// Varsig code of a non-standard signature.
-const NON_STANDARD: u64 = 0xd000;
-
-#[derive(Debug)]
-struct AbsenteeVerifier(Did);
-
-impl Verifier for AbsenteeVerifier {
-    fn did(&self) -> &Did {
-        &self.0
-    }
-    fn verify(&self, _: &[u8], _: &Signature) -> bool {
-        false
-    }
 }
 
 fn retrieve_nb(range: (u64, u64)) -> RetrieveNb {
@@ -281,11 +244,14 @@ fn account_egress_get_round_trips() {
         spaces: Some(vec![alice().did().clone()]),
         period: None,
     };
-    let account_proof = Delegation::builder(&Absentee(account.clone()), alice().did().clone())
-        .capability(EgressGet::capability(&account, &pinned))
-        .expiration(EXP)
-        .build()
-        .unwrap();
+    let account_proof = Delegation::builder(
+        &ucanto::principal::Absentee::new(account.clone()),
+        alice().did().clone(),
+    )
+    .capability(EgressGet::capability(&account, &pinned))
+    .expiration(EXP)
+    .build()
+    .unwrap();
     assert_same_ucan(&account_proof, fixture!("egress-proof-account-alice.car"));
 
     let attestation = Delegation::builder(&service(), alice().did().clone())

@@ -254,6 +254,8 @@ impl Signature {
 pub fn algorithm_name(code: u64) -> String {
     match code {
         SIG_EDDSA => "EdDSA".into(),
+        // JS's Absentee signs with an empty algorithm name.
+        SIG_NON_STANDARD => String::new(),
         SIG_RS256 => "RS256".into(),
         0xd0e7 => "ES256K".into(),
         0xd01200 => "ES256".into(),
@@ -486,6 +488,49 @@ pub fn parse_signer(text: &str) -> Result<Arc<dyn Signer>, PrincipalError> {
         return Err(bad("expected multibase base64pad (M…)"));
     }
     decode_signer(&bytes)
+}
+
+/// Varsig code of a non-standard signature; JS's `Absentee` writes it with no bytes.
+pub const SIG_NON_STANDARD: u64 = 0xd000;
+
+/// A principal that cannot sign, like JS @ucanto/principal's `Absentee`: a
+/// `did:mailto` account, whose delegations count only through a `ucan/attest`
+/// from an authority. Its signature is empty and never verifies.
+#[derive(Clone, Debug)]
+pub struct Absentee(Did);
+
+impl Absentee {
+    /// The absentee `did`.
+    pub fn new(did: Did) -> Self {
+        Absentee(did)
+    }
+}
+
+impl Signer for Absentee {
+    fn did(&self) -> &Did {
+        &self.0
+    }
+    fn sign(&self, _payload: &[u8]) -> Signature {
+        Signature {
+            code: SIG_NON_STANDARD,
+            raw: Vec::new(),
+        }
+    }
+    fn signature_code(&self) -> u64 {
+        SIG_NON_STANDARD
+    }
+    fn verifier(&self) -> Arc<dyn Verifier> {
+        Arc::new(self.clone())
+    }
+}
+
+impl Verifier for Absentee {
+    fn did(&self) -> &Did {
+        &self.0
+    }
+    fn verify(&self, _payload: &[u8], _signature: &Signature) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

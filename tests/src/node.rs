@@ -18,7 +18,7 @@ use etracker_server::store::redb::RedbStore;
 use ucanto::client::Connection;
 use ucanto::dag::{cid_of, Ipld, IpldMap, CAR};
 use ucanto::message::AgentMessage;
-use ucanto::principal::{Did, Ed25519Signer, Signer};
+use ucanto::principal::{Absentee, Did, Ed25519Signer, Signer};
 use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::ucan::{now, Capability, Delegation, Invocation};
 
@@ -288,41 +288,21 @@ pub async fn metric(url: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
-/// A did:mailto account, as JS's `Absentee` signer: it cannot sign (empty
-/// non-standard signature); its delegations count through a `ucan/attest`.
-#[derive(Debug)]
-pub struct Account(pub Did);
-
-impl Signer for Account {
-    fn did(&self) -> &Did {
-        &self.0
-    }
-    fn sign(&self, _: &[u8]) -> ucanto::principal::Signature {
-        ucanto::principal::Signature {
-            code: 0xd000,
-            raw: Vec::new(),
-        }
-    }
-    fn signature_code(&self) -> u64 {
-        0xd000
-    }
-    fn verifier(&self) -> Arc<dyn ucanto::principal::Verifier> {
-        unimplemented!("an absentee signature never verifies")
-    }
-}
-
 /// `account/egress/get` by `agent` for `account`: the account's delegation to the
 /// agent, the service's attestation of it, and the spaces' delegations to the
 /// account travel as proofs.
 pub fn egress_get_invocation(
-    account: &Account,
+    account: &Absentee,
     agent: &Ed25519Signer,
     spaces: &[&Ed25519Signer],
     nb: IpldMap,
 ) -> Invocation {
     let service = crate::service();
     let access = Delegation::builder(account, agent.did().clone())
-        .capability(Capability::new("account/egress/get", account.0.as_str()))
+        .capability(Capability::new(
+            "account/egress/get",
+            account.did().as_str(),
+        ))
         .no_expiration()
         .build()
         .expect("account delegation");
@@ -336,7 +316,7 @@ pub fn egress_get_invocation(
         .no_expiration()
         .build()
         .expect("attestation");
-    let mut capability = Capability::new("account/egress/get", account.0.as_str());
+    let mut capability = Capability::new("account/egress/get", account.did().as_str());
     if !nb.is_empty() {
         capability = capability.with_nb(nb);
     }
@@ -345,7 +325,7 @@ pub fn egress_get_invocation(
         .proof(access)
         .proof(attest);
     for space in spaces {
-        let owner = Delegation::builder(*space, account.0.clone())
+        let owner = Delegation::builder(*space, account.did().clone())
             .capability(Capability::new("space/*", space.did().as_str()))
             .no_expiration()
             .build()

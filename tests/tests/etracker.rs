@@ -664,7 +664,7 @@ async fn account_reads_egress_per_space_and_day() {
     consolidate_now(&tracker.url).await;
     assert!(consolidate_receipt(&tracker.url, &task).await.is_some());
 
-    let account = Account("did:mailto:example.com:alice".parse().unwrap());
+    let account = ucanto::principal::Absentee::new("did:mailto:example.com:alice".parse().unwrap());
     let agent = principal(10);
     let today = (ucanto::ucan::now() / 86_400) as i64;
     let period = |from: i64, to: i64| {
