@@ -281,6 +281,11 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     fn did(&self) -> &Did;
     /// Whether `signature` is a valid signature of `payload`.
     fn verify(&self, payload: &[u8], signature: &Signature) -> bool;
+    /// The did:key of the key behind this verifier (the same as [`Verifier::did`]
+    /// unless it verifies for a did:web); error messages name it, as JS does.
+    fn key_did(&self) -> Did {
+        self.did().clone()
+    }
 }
 
 /// An ed25519 signer.
@@ -440,6 +445,9 @@ impl Ed25519Verifier {
 impl Verifier for Ed25519Verifier {
     fn did(&self) -> &Did {
         &self.did
+    }
+    fn key_did(&self) -> Did {
+        ed25519_did(&self.key)
     }
     fn verify(&self, payload: &[u8], signature: &Signature) -> bool {
         let Ok(raw) = <[u8; 64]>::try_from(signature.raw.as_slice()) else {

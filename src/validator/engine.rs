@@ -268,9 +268,8 @@ impl<'a> Ctx<'a> {
             Err(Failure::InvalidSignature {
                 delegation: delegation.cid(),
                 issuer: delegation.issuer().clone(),
-                // JS names the verifier's did:key; our Verifier only knows its
-                // presented DID, which is the did:key for did:key issuers.
-                key: verifier.did().clone(),
+                // JS names the key, even for a did:web issuer.
+                key: verifier.key_did(),
             })
         }
     }
