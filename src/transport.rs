@@ -5,6 +5,10 @@
 //! nothing we can encode, 400 for a body that does not decode, 413 for a body
 //! over the limit. Everything else — including authorization failures — is a
 //! receipt in a 200 response.
+//!
+//! The legacy JS codec is understood too: a request `application/car` whose
+//! roots are the invocations, answered with a dag-cbor list of results when the
+//! client asks for `application/cbor`.
 
 use std::sync::Arc;
 
@@ -15,8 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use crate::dag::{encode_cbor, Block, BlockStore, Ipld};
 use crate::message::AgentMessage;
 use crate::server::Server;
+use crate::ucan::Delegation;
 
 /// The media type of CAR bodies.
 pub const CAR_CONTENT_TYPE: &str = "application/vnd.ipld.car";
@@ -32,58 +38,103 @@ pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
         .with_state(server)
 }
 
-/// Decides whether a request can be served; the error is the HTTP answer.
+/// Media type of the legacy request codec: a CAR whose roots are the invocations.
+pub const LEGACY_REQUEST_CONTENT_TYPE: &str = "application/car";
+/// Media type of the legacy response codec: a dag-cbor list of results.
+pub const LEGACY_RESPONSE_CONTENT_TYPE: &str = "application/cbor";
+
+/// How a request body is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestCodec {
+    /// `application/vnd.ipld.car`: an agent message.
+    Car,
+    /// `application/car` (legacy JS clients): the CAR's roots are the invocations.
+    LegacyCar,
+}
+
+/// How a response body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseCodec {
+    /// `application/vnd.ipld.car`: an agent message with the receipts.
+    Car,
+    /// `application/cbor` (legacy): the results, `{…error, error: true}` for failures.
+    LegacyCbor,
+}
+
+/// The codecs chosen for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Request codec.
+    pub request: RequestCodec,
+    /// Response codec.
+    pub response: ResponseCodec,
+}
+
+/// Chooses the codecs from the headers; the error is the HTTP answer (415/406).
+/// Any `Accept` that admits CAR gets CAR, as JS's inbound codec does; only
+/// an explicit `application/cbor` gets the legacy response.
 #[allow(clippy::result_large_err)]
-pub fn negotiate(headers: &HeaderMap) -> Result<(), Response> {
+pub fn negotiate(headers: &HeaderMap) -> Result<Negotiated, Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case(CAR_CONTENT_TYPE) {
+    let request = if media_type.eq_ignore_ascii_case(CAR_CONTENT_TYPE) {
+        RequestCodec::Car
+    } else if media_type.eq_ignore_ascii_case(LEGACY_REQUEST_CONTENT_TYPE) {
+        RequestCodec::LegacyCar
+    } else {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             [(header::ACCEPT, HeaderValue::from_static(CAR_CONTENT_TYPE))],
             "The server cannot process the request because the payload format is not supported. Please check the content-type header and try again with a supported media type.",
         )
             .into_response());
-    }
+    };
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("*/*");
-    if !accepts_car(accept) {
+    let response = if accepts(accept, CAR_CONTENT_TYPE) {
+        ResponseCodec::Car
+    } else if accepts(accept, LEGACY_RESPONSE_CONTENT_TYPE) {
+        ResponseCodec::LegacyCbor
+    } else {
         return Err((
             StatusCode::NOT_ACCEPTABLE,
             [(header::ACCEPT, HeaderValue::from_static(CAR_CONTENT_TYPE))],
             "The requested resource cannot be served in the requested content type. Please specify a supported content type using the Accept header.",
         )
             .into_response());
-    }
-    Ok(())
+    };
+    Ok(Negotiated { request, response })
 }
 
-/// Whether an `Accept` header admits CAR (`*/*`, `application/*` or the exact type, q > 0).
-fn accepts_car(accept: &str) -> bool {
+/// Whether an `Accept` header admits `media` (`*/*`, `application/*` or the exact type, q > 0).
+fn accepts(accept: &str, wanted: &str) -> bool {
     accept.split(',').any(|item| {
         let mut parts = item.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let item_media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let refused = parts.any(|p| {
             let p = p.trim();
             p.strip_prefix("q=")
                 .and_then(|q| q.parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
-        !refused && (media == "*/*" || media == "application/*" || media == CAR_CONTENT_TYPE)
+        !refused && (item_media == "*/*" || item_media == "application/*" || item_media == wanted)
     })
 }
 
 async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = negotiate(&headers) {
-        return response;
-    }
-    match respond(&server, &body).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, CAR_CONTENT_TYPE)], bytes).into_response(),
+    let codecs = match negotiate(&headers) {
+        Ok(codecs) => codecs,
+        Err(response) => return response,
+    };
+    match respond_with(&server, &body, codecs).await {
+        Ok((content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
         Err(message) => (
             StatusCode::BAD_REQUEST,
             [(header::CONTENT_TYPE, "text/plain")],
@@ -93,9 +144,73 @@ async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     }
 }
 
-/// Decodes a request body, runs it and encodes the response body.
+/// Decodes a CAR agent message, runs it and encodes the CAR response.
 pub async fn respond(server: &Server, body: &[u8]) -> Result<Vec<u8>, String> {
-    let request = AgentMessage::from_car(body).map_err(|e| e.to_string())?;
+    let codecs = Negotiated {
+        request: RequestCodec::Car,
+        response: ResponseCodec::Car,
+    };
+    respond_with(server, body, codecs)
+        .await
+        .map(|(_, bytes)| bytes)
+}
+
+/// Decodes a request body with the chosen codec, runs it and encodes the
+/// response; returns its content type and bytes.
+pub async fn respond_with(
+    server: &Server,
+    body: &[u8],
+    codecs: Negotiated,
+) -> Result<(&'static str, Vec<u8>), String> {
+    let request = match codecs.request {
+        RequestCodec::Car => AgentMessage::from_car(body).map_err(|e| e.to_string())?,
+        RequestCodec::LegacyCar => legacy_request(body)?,
+    };
     let response = server.execute(&request).await.map_err(|e| e.to_string())?;
-    Ok(response.to_car())
+    match codecs.response {
+        ResponseCodec::Car => Ok((CAR_CONTENT_TYPE, response.to_car())),
+        ResponseCodec::LegacyCbor => Ok((
+            LEGACY_RESPONSE_CONTENT_TYPE,
+            legacy_response(&request, &response)?,
+        )),
+    }
+}
+
+/// The legacy request: every root of the CAR is an invocation.
+fn legacy_request(body: &[u8]) -> Result<AgentMessage, String> {
+    let (header, blocks) = crate::car::decode(body).map_err(|e| e.to_string())?;
+    let store: Arc<BlockStore> = Arc::new(
+        blocks
+            .into_iter()
+            .map(|(cid, bytes)| Block { cid, bytes })
+            .collect(),
+    );
+    let invocations = header
+        .roots
+        .iter()
+        .map(|root| Delegation::from_blocks(root, store.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    AgentMessage::build(&invocations, &[]).map_err(|e| e.to_string())
+}
+
+/// The legacy response: results in invocation order; failures carry `error: true`.
+fn legacy_response(request: &AgentMessage, response: &AgentMessage) -> Result<Vec<u8>, String> {
+    let mut results = Vec::new();
+    for invocation in request.execute() {
+        let receipt = response
+            .receipt_for(invocation)
+            .ok_or_else(|| format!("no receipt for {invocation}"))?
+            .map_err(|e| e.to_string())?;
+        results.push(match receipt.out() {
+            Ok(value) => value.clone(),
+            Err(Ipld::Map(error)) => {
+                let mut error = error.clone();
+                error.insert("error".into(), Ipld::Bool(true));
+                Ipld::Map(error)
+            }
+            Err(other) => other.clone(),
+        });
+    }
+    encode_cbor(&Ipld::List(results)).map_err(|e| e.to_string())
 }
