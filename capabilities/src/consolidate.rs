@@ -19,7 +19,7 @@
 use cid::Cid;
 use ucanto::dag::{CodecError, Ipld, IpldMap};
 use ucanto::principal::Signer;
-use ucanto::ucan::{Delegation, Invocation};
+use ucanto::ucan::{Delegation, DelegationBuilder, Invocation};
 
 use crate::schema::{nb_or_empty, Fields};
 use crate::{named_failure, Ability, Outcome, SchemaError};
@@ -57,13 +57,21 @@ pub fn consolidate_invocation(
     tracker: &dyn Signer,
     track: &Invocation,
 ) -> Result<Invocation, CodecError> {
+    consolidate_builder(tracker, track).build()
+}
+
+/// The builder behind [`consolidate_invocation`], to attach blocks (which
+/// travel with the invocation without changing its CID).
+pub fn consolidate_builder<'a>(
+    tracker: &'a dyn Signer,
+    track: &Invocation,
+) -> DelegationBuilder<'a> {
     Delegation::builder(tracker, tracker.did().clone())
         .capability(Consolidate::capability(
             tracker.did(),
             &ConsolidateNb { cause: track.cid() },
         ))
         .no_expiration()
-        .build()
 }
 
 /// Success of `space/egress/consolidate`.

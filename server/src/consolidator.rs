@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use cid::Cid;
 use etracker_capabilities::account_egress_get::format_date;
-use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk, ReceiptError};
+use etracker_capabilities::consolidate::{
+    consolidate_builder, ConsolidateError, ConsolidateOk, ReceiptError,
+};
 use etracker_capabilities::retrieve::{egress_bytes, EgressError};
 use etracker_capabilities::{Ability, Consolidate, Outcome, Retrieve, Track};
 use sha2::{Digest, Sha256};
@@ -91,12 +93,7 @@ pub fn consolidate_task(
     tracker: &dyn Signer,
     track: &Invocation,
 ) -> Result<Invocation, CodecError> {
-    Delegation::builder(tracker, tracker.did().clone())
-        .capability(Consolidate::capability(
-            tracker.did(),
-            &etracker_capabilities::consolidate::ConsolidateNb { cause: track.cid() },
-        ))
-        .no_expiration()
+    consolidate_builder(tracker, track)
         .attach(track.block().clone())
         .build()
 }

@@ -106,6 +106,30 @@ pub fn batch(receipts: &[Receipt]) -> (Cid, Vec<u8>) {
     (cid_of(CAR, &bytes), bytes)
 }
 
+/// Receipts of `n` good retrievals from alice's space by bob, served by the node;
+/// returns them and the bytes they add up to.
+pub fn good_receipts(n: u64, tag: &str) -> (Vec<Receipt>, u64) {
+    let (node, space, agent) = (node(), crate::alice(), crate::bob());
+    let proof = retrieve_delegation(&space, agent.did());
+    let mut receipts = Vec::new();
+    let mut total = 0;
+    for i in 0..n {
+        let (start, end) = (i * 1000, i * 1000 + 99 + i);
+        total += end - start + 1;
+        let inv = retrieve_invocation(
+            &agent,
+            node.did(),
+            space.did(),
+            start,
+            end,
+            std::slice::from_ref(&proof),
+            &format!("{tag}-{i}"),
+        );
+        receipts.push(ok_receipt(&node, &inv));
+    }
+    (receipts, total)
+}
+
 /// Batches served at `GET /receipts/{cid}`, with switches to misbehave.
 #[derive(Clone, Default)]
 pub struct BatchServer {

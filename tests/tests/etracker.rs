@@ -12,30 +12,6 @@ use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::server::error_name;
 use ucanto::ucan::{Capability, Delegation};
 
-/// Receipts of `n` good retrievals from alice's space by bob, served by the node;
-/// returns them and the bytes they add up to.
-fn good_receipts(n: u64, tag: &str) -> (Vec<Receipt>, u64) {
-    let (node, space, agent) = (node(), alice(), bob());
-    let proof = retrieve_delegation(&space, agent.did());
-    let mut receipts = Vec::new();
-    let mut total = 0;
-    for i in 0..n {
-        let (start, end) = (i * 1000, i * 1000 + 99 + i);
-        total += end - start + 1;
-        let inv = retrieve_invocation(
-            &agent,
-            node.did(),
-            space.did(),
-            start,
-            end,
-            std::slice::from_ref(&proof),
-            &format!("{tag}-{i}"),
-        );
-        receipts.push(ok_receipt(&node, &inv));
-    }
-    (receipts, total)
-}
-
 /// Tracks `receipts` as one batch served by `server`; returns (batch, consolidate task CID).
 async fn track(
     tracker: &RunningTracker,

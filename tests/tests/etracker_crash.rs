@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use etracker_e2e::node::*;
-use etracker_e2e::{alice, bob, service};
+use etracker_e2e::{alice, service};
 use etracker_server::store::redb::RedbStore;
 use etracker_server::store::Store;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -77,24 +77,8 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
     let data_dir = temp_dir("crash");
     let server = BatchServer::default();
     let endpoint = server.serve().await;
-    let (node, space, agent) = (node(), alice(), bob());
-    let proof = retrieve_delegation(&space, agent.did());
-    let mut receipts = Vec::new();
-    let mut total = 0;
-    for i in 0..20u64 {
-        let (start, end) = (i * 10_000, i * 10_000 + 4_095);
-        total += end - start + 1;
-        let inv = retrieve_invocation(
-            &agent,
-            node.did(),
-            space.did(),
-            start,
-            end,
-            std::slice::from_ref(&proof),
-            &format!("crash-{i}"),
-        );
-        receipts.push(ok_receipt(&node, &inv));
-    }
+    let (node, space) = (node(), alice());
+    let (receipts, total) = good_receipts(20, "crash");
     let (batch_cid, bytes) = batch(&receipts);
     server.put(&batch_cid, bytes);
 
