@@ -52,7 +52,11 @@ fn main() {
 }
 
 async fn run() {
-    let (alice, bob, service) = (Ed25519Signer::from_seed([1; 32]), Ed25519Signer::from_seed([2; 32]), Ed25519Signer::from_seed([4; 32]));
+    let (alice, bob, service) = (
+        Ed25519Signer::from_seed([1; 32]),
+        Ed25519Signer::from_seed([2; 32]),
+        Ed25519Signer::from_seed([4; 32]),
+    );
     let proof = Delegation::builder(&alice, bob.did().clone())
         .capability(Capability::new("test/echo", alice.did().as_str()))
         .expiration(4102444800)
@@ -74,7 +78,9 @@ async fn run() {
     let server = Arc::new(
         Server::builder(Arc::new(service.clone()))
             .provide(Arc::new(Echo), |req: Request| async move {
-                Ok::<_, HandlerError>(Response::ok(Ipld::Map(req.capability.nb.unwrap_or_default())))
+                Ok::<_, HandlerError>(Response::ok(Ipld::Map(
+                    req.capability.nb.unwrap_or_default(),
+                )))
             })
             .build(),
     );
@@ -109,7 +115,10 @@ async fn run() {
         .spawn()
         .expect("node");
     let mut line = String::new();
-    BufReader::new(js_server.stdout.take().unwrap()).read_line(&mut line).await.unwrap();
+    BufReader::new(js_server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
     let hello: serde_json::Value = serde_json::from_str(&line).unwrap();
     let js_url = hello["url"].as_str().unwrap().to_string();
     let invocations: Vec<Invocation> = (0..HTTP_REQUESTS).map(build).collect();
@@ -135,11 +144,22 @@ async fn run() {
         "server": {"rust_ops_per_s": served, "js_ops_per_s": js_server_rate, "ratio": served / js_server_rate},
         "http": {"rust_req_per_s": http_rust, "js_req_per_s": http_js, "ratio": http_rust / http_js},
     });
-    println!("{:<8} {:>14} {:>14} {:>8}", "bench", "rust ops/s", "js ops/s", "ratio");
-    for (name, a, b) in [("issue", issue, js_issue), ("server", served, js_server_rate), ("http", http_rust, http_js)] {
+    println!(
+        "{:<8} {:>14} {:>14} {:>8}",
+        "bench", "rust ops/s", "js ops/s", "ratio"
+    );
+    for (name, a, b) in [
+        ("issue", issue, js_issue),
+        ("server", served, js_server_rate),
+        ("http", http_rust, http_js),
+    ] {
         println!("{name:<8} {a:>14.0} {b:>14.0} {:>7.1}x", a / b);
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(format!("{dir}/interop.json"), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        format!("{dir}/interop.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
 }

@@ -198,15 +198,16 @@ async fn main() -> Result<(), Failure> {
         Command::Delegate(args) => {
             let signer = load_signer(&args.key)?;
             let node: Did = args.node.parse()?;
-            let capability =
-                match args.ability.as_str() {
-                    "space/egress/track" => Track::unrestricted(signer.did()),
-                    "space/egress/conclude" => Conclude::unrestricted(signer.did()),
-                    other => return Err(format!(
+            let capability = match args.ability.as_str() {
+                "space/egress/track" => Track::unrestricted(signer.did()),
+                "space/egress/conclude" => Conclude::unrestricted(signer.did()),
+                other => {
+                    return Err(format!(
                         "cannot delegate {other:?}: space/egress/track or space/egress/conclude"
                     )
-                    .into()),
-                };
+                    .into())
+                }
+            };
             let delegation = Delegation::builder(signer.as_ref(), node)
                 .capability(capability)
                 .no_expiration()

@@ -202,7 +202,6 @@ fn run(case: &Value, now: u64) -> Result<Authorization, Unauthorized> {
     )
 }
 
-
 /// Runs a fixture case and asserts the JS outcome: the same parsed capability,
 /// issuer and proof path, or the same error name and message, byte for byte.
 fn check(name: &str) {

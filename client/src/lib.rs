@@ -1,0 +1,194 @@
+//! Egress tracking for Piri-compatible storage nodes.
+//!
+//! A storage node signs a receipt for every `space/content/retrieve` it
+//! serves. This crate journals those receipts into batches in exactly
+//! Piri's format, serves the closed batches to the tracker, reports them with
+//! `space/egress/track`, polls for the tracker's consolidate receipt and
+//! deletes a batch only once that receipt is verified and matches the
+//! journal's own count.
+//!
+//! # Ten lines in a node
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use etracker_client::{parse_proof, verifier, BatchJournal, EgressClient, JournalConfig, Reporter};
+//! # use ucanto::principal::Ed25519Signer;
+//! # async fn node(receipt: ucanto::receipt::Receipt) -> Result<(), Box<dyn std::error::Error>> {
+//! # const TRACKER_KEY: &str = "did:key:z6Mkt6316e2PN3mZdB6N9CrzomJYUd1s5yBZi1XYHmwT9TUP";
+//! let node = Arc::new(Ed25519Signer::parse(&std::env::var("NODE_KEY")?)?); // the node's "Mg…" key
+//! let journal = BatchJournal::open("/var/lib/node/egress", JournalConfig::default())?;
+//! let tracker = verifier("did:web:tracker.example", Some(TRACKER_KEY))?;
+//! let client = EgressClient::builder(node, tracker, "https://tracker.example")
+//!     .proof(parse_proof(&std::env::var("TRACKER_PROOF")?)?) // the tracker → node delegation
+//!     .endpoint("https://node.example/receipts/{cid}")
+//!     .build()?;
+//! Reporter::new(journal.clone(), client).spawn(); // rotate, track, poll, reconcile, delete
+//! let app = axum::Router::new().merge(etracker_client::router(journal.clone())); // + your routes
+//! // …and for every retrieval served, journal its signed receipt:
+//! journal.append(&receipt)?;
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! One batch, walked through the modules:
+//! 1. [`journal`]: [`BatchJournal::append`] writes each receipt's archive as a
+//!    section of the open batch file ([`batch`] has the format) and rotates
+//!    the batch by size or age, naming it by its CID;
+//! 2. [`http`]: [`router`] serves closed batches at `GET /receipts/{cid}`;
+//! 3. [`client`]: [`EgressClient::track`] invokes `space/egress/track` with
+//!    that endpoint and checks the receipt forks one consolidate task;
+//!    [`EgressClient::consolidation`] fetches `GET /receipts/{task}` from the
+//!    tracker and verifies the receipt ([`Consolidation`]);
+//! 4. [`reconcile`](mod@reconcile): [`reconcile()`] compares it with the
+//!    journal's record of the batch; [`BatchJournal::settle`] deletes the
+//!    batch on a match and keeps it, disputed, otherwise;
+//! 5. [`reporter`]: [`Reporter`] runs steps 1–4 on a timer.
+//!
+//! # Running it
+//! `cargo run -p etracker-client --example node` plays a node against a
+//! running tracker end to end (see `examples/node.rs`).
+
+use std::sync::Arc;
+
+use ucanto::dag::{CodecError, IDENTITY};
+use ucanto::principal::{Did, Ed25519Verifier, PrincipalError, Verifier};
+use ucanto::ucan::Delegation;
+
+pub mod batch;
+pub mod client;
+pub mod http;
+pub mod journal;
+pub mod reconcile;
+pub mod reporter;
+
+pub use client::{
+    BuildError, Consolidation, ConsolidationError, EgressClient, EgressClientBuilder, Failure,
+    TrackError, Tracked,
+};
+pub use http::router;
+pub use journal::{
+    Appended, BatchJournal, BatchRecord, BatchState, CurrentBatch, JournalConfig, JournalError,
+    ReceiptRecord, Recovery, Settlement,
+};
+pub use reconcile::{reconcile, Reconciliation, Rejection, Verdict};
+pub use reporter::{Event, Reporter};
+
+/// The verifier of a principal: `did` alone for a did:key, or a did:web
+/// with the did:key (ed25519) it signs with.
+///
+/// ```
+/// let tracker = etracker_client::verifier(
+///     "did:web:tracker.example",
+///     Some("did:key:z6Mkt6316e2PN3mZdB6N9CrzomJYUd1s5yBZi1XYHmwT9TUP"),
+/// )
+/// .unwrap();
+/// assert_eq!(tracker.did().as_str(), "did:web:tracker.example");
+/// ```
+pub fn verifier(did: &str, key: Option<&str>) -> Result<Arc<dyn Verifier>, PrincipalError> {
+    let did = Did::parse(did)?;
+    match key {
+        None => ucanto::principal::verifier_for(&did),
+        Some(key) => Ok(Arc::new(
+            Ed25519Verifier::parse(&Did::parse(key)?)?.with_did(did),
+        )),
+    }
+}
+
+/// A failure to read a delegation given as text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofError {
+    /// Neither a multibase string nor an identity CID.
+    #[error("not a multibase-encoded delegation archive nor an identity CID: {0}")]
+    Encoding(String),
+    /// The bytes are not a delegation archive.
+    #[error("invalid delegation archive: {0}")]
+    Archive(#[source] CodecError),
+}
+
+/// Reads a delegation as operators pass them around: a delegation archive
+/// (CAR with root `{"ucan@0.9.1": Link}`) encoded in multibase (e.g. base64
+/// `m…`, as `storacha delegation create --base64` and go-ucanto's
+/// `delegation.Format` print), or an identity-hash CID (codec car) whose
+/// digest is the archive.
+pub fn parse_proof(text: &str) -> Result<Delegation, ProofError> {
+    let (_, bytes) =
+        multibase::decode(text.trim()).map_err(|e| ProofError::Encoding(e.to_string()))?;
+    let archive = identity_cid_digest(&bytes).unwrap_or(&bytes);
+    Delegation::extract(archive).map_err(ProofError::Archive)
+}
+
+/// The digest of a binary CIDv1 with an identity multihash, of any length.
+/// (A CAR never starts like one: its first varint is the header length.)
+fn identity_cid_digest(bytes: &[u8]) -> Option<&[u8]> {
+    fn varint(rest: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..9 {
+            let (&byte, tail) = rest.split_first()?;
+            *rest = tail;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut rest = bytes;
+    let version = varint(&mut rest)?;
+    let _codec = varint(&mut rest)?;
+    let hash = varint(&mut rest)?;
+    let len = varint(&mut rest)?;
+    (version == 1 && hash == IDENTITY && len == rest.len() as u64).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etracker_capabilities::track::Track;
+    use etracker_capabilities::Ability;
+    use ucanto::principal::{Ed25519Signer, Signer};
+
+    #[test]
+    fn proofs_parse_from_multibase_and_identity_cids() {
+        let tracker = Ed25519Signer::from_seed([4; 32]);
+        let node = Ed25519Signer::from_seed([5; 32]);
+        let proof = Delegation::builder(&tracker, node.did().clone())
+            .capability(Track::unrestricted(tracker.did()))
+            .no_expiration()
+            .build()
+            .unwrap();
+        let archive = proof.archive().unwrap();
+        for base in [
+            multibase::Base::Base64,
+            multibase::Base::Base64Pad,
+            multibase::Base::Base32Lower,
+        ] {
+            let text = multibase::encode(base, &archive);
+            assert_eq!(parse_proof(&text).unwrap().cid(), proof.cid(), "{base:?}");
+        }
+        // An identity CID (v1, codec car 0x0202, identity multihash) wrapping the
+        // archive: longer than `Cid` (or the multihash crate) can hold.
+        let len = archive.len();
+        assert!((256..16384).contains(&len));
+        let mut raw = vec![0x01, 0x82, 0x04, 0x00, (len as u8) | 0x80, (len >> 7) as u8];
+        raw.extend(&archive);
+        let cid = multibase::encode(multibase::Base::Base32Lower, &raw);
+        assert_eq!(parse_proof(&cid).unwrap().cid(), proof.cid());
+        assert!(matches!(
+            parse_proof("not a proof"),
+            Err(ProofError::Encoding(_))
+        ));
+        assert!(matches!(parse_proof("mAAAA"), Err(ProofError::Archive(_))));
+    }
+
+    #[test]
+    fn verifiers_for_did_key_and_did_web() {
+        let service = Ed25519Signer::from_seed([4; 32]);
+        let key = verifier(service.did().as_str(), None).unwrap();
+        assert_eq!(key.did(), service.did());
+        assert!(verifier("did:web:tracker.example", None).is_err());
+        let web = verifier("did:web:tracker.example", Some(service.did().as_str())).unwrap();
+        assert_eq!(web.did().as_str(), "did:web:tracker.example");
+    }
+}
