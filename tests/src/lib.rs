@@ -150,42 +150,49 @@ pub async fn serve(router: axum::Router) -> String {
     format!("http://{addr}/")
 }
 
-/// The `ucanto` CLI (src/bin/ucanto.rs). Cargo only hands `CARGO_BIN_EXE_*`
-/// to tests of the binary's own package, so the first call runs
-/// `cargo build --bin ucanto` (same cargo, profile and target directory as
-/// this test binary, found from its path `<target>/<profile>/deps/…`) and
-/// later calls reuse the result.
-pub fn ucanto_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test binaries live in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "ucanto", "--bin", "ucanto"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(repo_root());
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => {}
-            Some("release") => {
-                build.arg("--release");
-            }
-            Some(other) => {
-                build.args(["--profile", other]);
-            }
-            None => panic!("unexpected target layout: {}", exe.display()),
+/// A binary of the workspace, built fresh for this test process. Cargo only
+/// hands `CARGO_BIN_EXE_*` to tests of the binary's own package, so the first
+/// call per binary runs `cargo build -p <package> --bin <bin>` (same cargo,
+/// profile and target directory as this test binary, found from its path
+/// `<target>/<profile>/deps/…`; a no-op when up to date) and later calls reuse it.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
+        return path.clone();
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("<target>/<profile>");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(repo_root());
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            build.arg("--release");
         }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --bin ucanto failed");
-        let bin = profile_dir.join(format!("ucanto{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
+        Some(other) => {
+            build.args(["--profile", other]);
+        }
+        None => panic!("unexpected target layout: {}", exe.display()),
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --bin {bin} failed");
+    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} was not built", path.display());
+    built.push((bin.to_string(), path.clone()));
+    path
+}
+
+/// The `ucanto` CLI (src/bin/ucanto.rs).
+pub fn ucanto_bin() -> PathBuf {
+    workspace_bin("ucanto", "ucanto")
 }

@@ -14,22 +14,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use ucanto::principal::Signer;
 
-/// The `etracker` binary of this build, built if needed.
+/// The `etracker` binary of this build.
 fn etracker_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/debug");
-    let binary = dir.join("etracker");
-    if !binary.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "etracker-server", "--bin", "etracker"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building etracker failed");
-    }
-    binary
+    etracker_e2e::workspace_bin("etracker-server", "etracker")
 }
 
 /// Starts `etracker start` on `data_dir`; returns the child and its base URL.

@@ -46,12 +46,21 @@ fn proxy(tracker: String, tamper: Tamper) -> axum::Router {
         }
         let response = request.send().await.unwrap();
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        (status, [("content-type", ucanto::transport::CAR_CONTENT_TYPE)], response.bytes().await.unwrap()).into_response()
+        (
+            status,
+            [("content-type", ucanto::transport::CAR_CONTENT_TYPE)],
+            response.bytes().await.unwrap(),
+        )
+            .into_response()
     }
     async fn receipt(State(p): State<Proxy>, Path(cid): Path<String>) -> Response {
-        let response = reqwest::get(format!("{}receipts/{cid}", p.tracker)).await.unwrap();
+        let response = reqwest::get(format!("{}receipts/{cid}", p.tracker))
+            .await
+            .unwrap();
         if !response.status().is_success() {
-            return StatusCode::from_u16(response.status().as_u16()).unwrap().into_response();
+            return StatusCode::from_u16(response.status().as_u16())
+                .unwrap()
+                .into_response();
         }
         let bytes = response.bytes().await.unwrap();
         if p.tamper == Tamper::None {
@@ -60,7 +69,10 @@ fn proxy(tracker: String, tamper: Tamper) -> axum::Router {
         let task: Cid = cid.parse().unwrap();
         let message = AgentMessage::from_car(&bytes).unwrap();
         let genuine = message.receipt_for(&task).unwrap().unwrap();
-        let mut ok = read_out::<ConsolidateOk, etracker_capabilities::consolidate::ConsolidateError>(genuine.out())
+        let mut ok =
+            read_out::<ConsolidateOk, etracker_capabilities::consolidate::ConsolidateError>(
+                genuine.out(),
+            )
             .unwrap()
             .unwrap();
         let signer: Ed25519Signer = match p.tamper {
@@ -70,8 +82,15 @@ fn proxy(tracker: String, tamper: Tamper) -> axum::Router {
             }
             _ => mallory(),
         };
-        let forged = Receipt::issue(&signer, ReceiptParts::new(genuine.ran().unwrap(), Ok(ok.to_ipld()))).unwrap();
-        AgentMessage::build(&[], &[forged]).unwrap().to_car().into_response()
+        let forged = Receipt::issue(
+            &signer,
+            ReceiptParts::new(genuine.ran().unwrap(), Ok(ok.to_ipld())),
+        )
+        .unwrap();
+        AgentMessage::build(&[], &[forged])
+            .unwrap()
+            .to_car()
+            .into_response()
     }
     axum::Router::new()
         .route("/", axum::routing::post(forward))
@@ -82,9 +101,17 @@ fn proxy(tracker: String, tamper: Tamper) -> axum::Router {
 async fn run(tamper: Tamper) -> (Vec<Event>, BatchJournal, u64) {
     let tracker = start_tracker(test_settings()).await;
     let node = node();
-    let journal = BatchJournal::open(temp_dir("journal"), JournalConfig::default().allow_small_batches(true).min_batch_bytes(0))
-        .expect("journal");
-    let batches = format!("{}receipts/{{cid}}", serve(etracker_client::router(journal.clone())).await);
+    let journal = BatchJournal::open(
+        temp_dir("journal"),
+        JournalConfig::default()
+            .allow_small_batches(true)
+            .min_batch_bytes(0),
+    )
+    .expect("journal");
+    let batches = format!(
+        "{}receipts/{{cid}}",
+        serve(etracker_client::router(journal.clone())).await
+    );
     let tracker_url = match tamper {
         Tamper::None => tracker.url.clone(),
         _ => serve(proxy(tracker.url.clone(), tamper)).await,
@@ -102,9 +129,15 @@ async fn run(tamper: Tamper) -> (Vec<Event>, BatchJournal, u64) {
     journal.rotate().expect("rotate").expect("a batch");
     let reporter = Reporter::new(journal.clone(), client);
     let mut events = reporter.tick().await; // tracks
-    assert!(events.iter().any(|e| matches!(e, Event::Tracked { .. })), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Tracked { .. })),
+        "{events:?}"
+    );
     events.extend(reporter.tick().await); // not yet consolidated
-    assert!(events.iter().any(|e| matches!(e, Event::Pending(_))), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Pending(_))),
+        "{events:?}"
+    );
     consolidate_now(&tracker.url).await;
     events.extend(reporter.tick().await); // polls and reconciles
     (events, journal, total)
@@ -122,7 +155,10 @@ async fn node_reconciles_with_the_real_tracker() {
     assert_eq!(settled.verdict, Verdict::Match);
     assert_eq!(settled.reported_total, Some(total));
     assert_eq!(settled.expected_total, total);
-    assert!(journal.batches().is_empty(), "deleted after a verified match");
+    assert!(
+        journal.batches().is_empty(),
+        "deleted after a verified match"
+    );
 }
 
 /// A tracker answer whose total was changed (validly signed) is a mismatch:
@@ -135,7 +171,11 @@ async fn wrong_total_is_a_mismatch_and_keeps_the_batch() {
         _ => None,
     });
     let disputed = disputed.unwrap_or_else(|| panic!("disputed: {events:?}"));
-    assert!(matches!(disputed.verdict, Verdict::Mismatch { .. }), "{:?}", disputed.verdict);
+    assert!(
+        matches!(disputed.verdict, Verdict::Mismatch { .. }),
+        "{:?}",
+        disputed.verdict
+    );
     assert_eq!(disputed.reported_total, Some(total + 1));
     assert_eq!(journal.batches().len(), 1, "kept");
 }
@@ -148,6 +188,8 @@ async fn wrong_signer_is_refused_and_keeps_the_batch() {
         events.iter().any(|e| matches!(e, Event::PollFailed { .. })),
         "the forged receipt is an error: {events:?}"
     );
-    assert!(!events.iter().any(|e| matches!(e, Event::Settled(_) | Event::Disputed(_))));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::Settled(_) | Event::Disputed(_))));
     assert_eq!(journal.batches().len(), 1, "kept");
 }
