@@ -400,10 +400,11 @@ impl HandlerState {
                 "batch CID {batch} is not a sha2-256 CID with codec car (0x0202)"
             )));
         }
-        let path = self
-            .limits
-            .scratch_dir
-            .join(format!("etracker-batch-{batch}-{}.car", std::process::id()));
+        let path = self.limits.scratch_dir.join(format!(
+            "etracker-batch-{batch}-{}-{}.car",
+            std::process::id(),
+            next_spool_id()
+        ));
         let result = async {
             self.download(url, batch, &path).await?;
             self.count(node, &path).await
@@ -489,7 +490,14 @@ impl HandlerState {
         let mut ok = ConsolidateOk::default();
         let mut counted = Vec::new();
         let mut seen = HashSet::new();
+        let mut archives: u64 = 0;
         while let Some((archive, bytes)) = reader.next_block().await.map_err(undecodable)? {
+            // Checking is CPU work (signatures, validation): let other tasks
+            // (HTTP requests, other batches) run between receipts now and then.
+            archives += 1;
+            if archives % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
             match self.check(node, node_verifier.as_ref(), &archive, &bytes, &mut seen) {
                 Ok(Some(entry)) => counted.push(entry),
                 Ok(None) => {}
@@ -647,6 +655,12 @@ impl HandlerState {
 fn node_verifier_arc(verifier: &dyn Verifier) -> Arc<dyn Verifier> {
     // The node is a did:key (checked before), so this cannot fail.
     verifier_for(verifier.did()).expect("node verifier")
+}
+
+/// A process-unique number, so concurrent runs of one task never share a spool file.
+fn next_spool_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// When a retrieval happened, per the module's rule.
