@@ -495,7 +495,7 @@ impl HandlerState {
             // Checking is CPU work (signatures, validation): let other tasks
             // (HTTP requests, other batches) run between receipts now and then.
             archives += 1;
-            if archives % 64 == 0 {
+            if archives.is_multiple_of(64) {
                 tokio::task::yield_now().await;
             }
             match self.check(node, node_verifier.as_ref(), &archive, &bytes, &mut seen) {
