@@ -712,10 +712,15 @@ async fn unreachable_batch_is_given_up_after_the_give_up_age() {
     let (receipts, _) = good_receipts(2, "give-up");
     let (_, task) = track(&tracker, &server, &endpoint, &receipts).await;
     assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
-    let receipt = consolidate_receipt(&tracker.url, &task).await.expect("final receipt");
+    let receipt = consolidate_receipt(&tracker.url, &task)
+        .await
+        .expect("final receipt");
     let error = consolidate_out(&receipt).expect_err("an error receipt");
     assert!(error.message.contains("gave up"), "{}", error.message);
-    assert_eq!(metric(&tracker.url, "etracker_consolidated_bytes_total").await, 0);
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        0
+    );
 }
 
 /// With an admin token, /metrics and /consolidate need it; the rest stays open.
@@ -726,15 +731,68 @@ async fn admin_routes_need_the_token() {
     let tracker = start_tracker(settings).await;
     let http = reqwest::Client::new();
     let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(status(http.get(format!("{}metrics", tracker.url)).send().await.unwrap()), 401);
-    assert_eq!(status(http.post(format!("{}consolidate", tracker.url)).send().await.unwrap()), 401);
-    let wrong = http.get(format!("{}metrics", tracker.url)).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(
+        status(
+            http.get(format!("{}metrics", tracker.url))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            http.post(format!("{}consolidate", tracker.url))
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    let wrong = http
+        .get(format!("{}metrics", tracker.url))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status(wrong), 401);
-    let ok = http.get(format!("{}metrics", tracker.url)).bearer_auth("s3cret").send().await.unwrap();
+    let ok = http
+        .get(format!("{}metrics", tracker.url))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
-    assert!(ok.text().await.unwrap().contains("etracker_tracked_batches_total 0"));
-    let banner = http.get(&tracker.url).send().await.unwrap().text().await.unwrap();
+    assert!(ok
+        .text()
+        .await
+        .unwrap()
+        .contains("etracker_tracked_batches_total 0"));
+    let banner = http
+        .get(&tracker.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(banner.contains(service().did().as_str()));
-    assert_eq!(status(http.get(format!("{}health", tracker.url)).send().await.unwrap()), 200);
-    assert_eq!(status(http.get(format!("{}receipts/not-a-cid", tracker.url)).send().await.unwrap()), 400);
+    assert_eq!(
+        status(
+            http.get(format!("{}health", tracker.url))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            http.get(format!("{}receipts/not-a-cid", tracker.url))
+                .send()
+                .await
+                .unwrap()
+        ),
+        400
+    );
 }
