@@ -561,6 +561,7 @@ async fn remote_consolidator_concludes_with_a_delegation() {
             Vec::new(),
             proofs,
         );
+        let consolidator_url = format!("http://{}/", listener.local_addr().unwrap());
         let app = router(Arc::new(consolidator), 1 << 20);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
@@ -588,6 +589,30 @@ async fn remote_consolidator_concludes_with_a_delegation() {
         );
         assert!(receipt.verify_signature(consolidator_key.verifier().as_ref()));
         assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
+
+        // The same task delivered again (a duplicate delivery, or a replica
+        // whose lease ran out): the same signed receipt, concluded again,
+        // changes nothing.
+        let record = ucanto_record(&tracker, &batch);
+        let track_invocation = Delegation::extract(&record.track_invocation_bytes).unwrap();
+        let task_invocation =
+            etracker_server::consolidator::consolidate_task(&service(), &track_invocation).unwrap();
+        assert_eq!(task_invocation.cid(), task);
+        let concludes = metric(&tracker.url, "etracker_conclude_invocations_total").await;
+        let again = Connection::http(consolidator_key.verifier(), consolidator_url.clone())
+            .invoke(&task_invocation)
+            .await
+            .unwrap();
+        assert_eq!(again.cid(), receipt.cid(), "deterministic receipt");
+        assert_eq!(
+            metric(&tracker.url, "etracker_conclude_invocations_total").await,
+            concludes + 1,
+            "concluded again"
+        );
+        assert_eq!(
+            metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+            total
+        );
 
         // A later batch repeats a counted receipt. This consolidator has no
         // store to look it up: the tracker refuses the conclusion (nothing is
