@@ -6,13 +6,16 @@
 //! 2. [`car`] reads the CARv1, checking every block against its CID;
 //! 3. [`message`] finds the agent message (`ucanto/message@7.0.0`) and its invocations;
 //! 4. [`ucan`] decodes each invocation (a [`ucan::Delegation`] kept with its exact bytes),
-//!    whose principals and signatures come from [`principal`];
+//!    whose principals and signatures come from [`principal`] (ed25519, RSA, did:key,
+//!    did:web identities, and the absentee did:mailto signer);
 //! 5. [`server`] checks the audience, asks [`validator`] to authorize it against the
 //!    capability's rules, and calls the registered handler;
 //! 6. [`receipt`] signs the outcome, with any forked invocations;
 //! 7. [`message`] and [`car`] carry the receipts back; [`client`] verifies them.
 //!
 //! [`dag`] and [`dag_json`] hold the block, CID and encoding helpers the rest share.
+//! The `ucanto` binary (`src/bin/ucanto.rs`) puts all of it behind the CLI
+//! contract of the ucanto-compat harness.
 //!
 //! # Example: serve a capability and invoke it
 //! ```
