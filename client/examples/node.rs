@@ -4,7 +4,8 @@
 //! `GET /receipts/{cid}`, tracks it, polls for the consolidate receipt,
 //! reconciles it with its journal and deletes the batch on a match.
 //!
-//! Run, with a tracker at 127.0.0.1:8080 that can reach this node:
+//! Run, with a tracker at 127.0.0.1:8080 that can reach this node (on one
+//! machine: `etracker start --allow-private-endpoints --consolidation-interval 5`):
 //!
 //! ```text
 //! cargo run -p etracker-client --example node -- \

@@ -30,6 +30,7 @@
 //! day, and its authorization is judged at that time.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +73,10 @@ pub struct BatchLimits {
     pub give_up_after: u64,
     /// Where batches are spooled while being checked.
     pub scratch_dir: PathBuf,
+    /// Fetch batches from loopback, private and link-local addresses too.
+    /// Off by default: a node must not make the tracker reach into its own
+    /// network (cloud metadata, admin ports).
+    pub allow_private_endpoints: bool,
 }
 
 impl Default for BatchLimits {
@@ -82,6 +87,7 @@ impl Default for BatchLimits {
             fetch_timeout: Duration::from_secs(300),
             give_up_after: 48 * 3600,
             scratch_dir: std::env::temp_dir(),
+            allow_private_endpoints: false,
         }
     }
 }
@@ -157,10 +163,7 @@ impl Consolidator {
     ) -> Self {
         let state = Arc::new(HandlerState {
             store,
-            http: reqwest::Client::builder()
-                .timeout(limits.fetch_timeout)
-                .build()
-                .unwrap_or_default(),
+            http: batch_client(&limits),
             limits,
             authorities,
             tallies: Mutex::new(HashMap::new()),
@@ -420,6 +423,13 @@ impl HandlerState {
         let limits = &self.limits;
         let transient =
             |e: &dyn std::fmt::Display| BatchFailure::Transient(format!("fetching {url}: {e}"));
+        if !self.limits.allow_private_endpoints {
+            if let Some(ip) = literal_ip(url).filter(|ip| !is_public(*ip)) {
+                return Err(BatchFailure::Permanent(format!(
+                    "endpoint {url} is a non-public address ({ip})"
+                )));
+            }
+        }
         let mut response = self.http.get(url).send().await.map_err(|e| transient(&e))?;
         if !response.status().is_success() {
             return Err(BatchFailure::Transient(format!(
@@ -657,6 +667,90 @@ fn node_verifier_arc(verifier: &dyn Verifier) -> Arc<dyn Verifier> {
     verifier_for(verifier.did()).expect("node verifier")
 }
 
+/// The HTTP client batches are fetched with: the download timeout and, unless
+/// private endpoints are allowed, a resolver and redirect policy that only
+/// reach public addresses. Filtering at resolution means a DNS answer that
+/// changes between a check and the connection cannot slip through.
+fn batch_client(limits: &BatchLimits) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(limits.fetch_timeout);
+    if !limits.allow_private_endpoints {
+        builder =
+            builder
+                .dns_resolver(Arc::new(PublicOnly))
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let private = attempt
+                        .url()
+                        .host_str()
+                        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+                        .is_some_and(|ip| !is_public(ip));
+                    if private {
+                        attempt.error("redirect to a non-public address")
+                    } else if attempt.previous().len() >= 5 {
+                        attempt.error("too many redirects")
+                    } else {
+                        attempt.follow()
+                    }
+                }));
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// Resolves names to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The IP address of a URL whose host is an IP literal.
+fn literal_ip(url: &str) -> Option<IpAddr> {
+    let url = reqwest::Url::parse(url).ok()?;
+    url.host_str()?.trim_matches(['[', ']']).parse().ok()
+}
+
+/// Whether `ip` is a public unicast address (not loopback, private, link-local,
+/// shared, documentation, multicast or reserved).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || a == 0
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80) // link-local
+            }
+        },
+    }
+}
+
 /// A process-unique number, so concurrent runs of one task never share a spool file.
 fn next_spool_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -676,4 +770,43 @@ fn retrieval_time(invocation: &Invocation) -> u64 {
 /// Whether a consolidate receipt says "try again later".
 pub fn is_retry(receipt: &Receipt) -> bool {
     error_name(receipt.out()) == Some(RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        assert_eq!(
+            literal_ip("http://[::1]:8080/receipts/x"),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(literal_ip("https://node.example/receipts/x"), None);
+    }
 }

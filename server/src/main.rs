@@ -109,6 +109,9 @@ struct StartArgs {
     /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
     #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
     authorities: Vec<String>,
+    /// Also fetch batches from loopback/private/link-local addresses (local setups only).
+    #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
+    allow_private_endpoints: bool,
     /// URL of a separately deployed consolidator (in-process when unset).
     #[arg(long, env = "ETRACKER_CONSOLIDATOR_URL", requires = "consolidator_did")]
     consolidator_url: Option<String>,
@@ -147,6 +150,9 @@ struct ConsolidatorArgs {
     /// Seconds allowed to download one batch.
     #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
     fetch_timeout: u64,
+    /// Also fetch batches from loopback/private/link-local addresses (local setups only).
+    #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
+    allow_private_endpoints: bool,
     /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
     #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
     authorities: Vec<String>,
@@ -265,6 +271,7 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
             fetch_timeout: Duration::from_secs(args.fetch_timeout),
             give_up_after: args.give_up_after,
             scratch_dir: args.key.data_dir.join("tmp"),
+            allow_private_endpoints: args.allow_private_endpoints,
         },
         authorities,
         admin_token: args.admin_token,
@@ -321,6 +328,7 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
         max_size: args.max_batch_size,
         fetch_timeout: Duration::from_secs(args.fetch_timeout),
         scratch_dir: args.key.data_dir.join("tmp"),
+        allow_private_endpoints: args.allow_private_endpoints,
         ..BatchLimits::default()
     };
     std::fs::create_dir_all(&limits.scratch_dir)?;

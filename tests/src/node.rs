@@ -196,6 +196,8 @@ fn futures_stall(
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.limits.min_size = 0;
+    // Nodes in tests serve on 127.0.0.1.
+    settings.limits.allow_private_endpoints = true;
     settings.limits.scratch_dir = temp_dir("scratch");
     settings.retry_base_secs = 0;
     settings.interval = Duration::from_secs(3600);

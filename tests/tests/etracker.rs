@@ -821,3 +821,42 @@ async fn admin_routes_need_the_token() {
         400
     );
 }
+
+/// By default the tracker fetches only from public addresses: a node cannot
+/// point it at loopback or its cloud's metadata service. An IP literal is
+/// refused at once; a name resolving only to private addresses never connects.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_endpoints_are_refused_by_default() {
+    let mut settings = test_settings();
+    settings.limits.allow_private_endpoints = false;
+    let tracker = start_tracker(settings).await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await; // http://127.0.0.1:PORT/receipts/{cid}
+    let (receipts, _) = good_receipts(1, "private-literal");
+    let (_, task) = track(&tracker, &server, &endpoint, &receipts).await;
+    let by_name = endpoint.replace("127.0.0.1", "localhost");
+    let (receipts, _) = good_receipts(1, "private-name");
+    let (batch, by_name_task) = track(&tracker, &server, &by_name, &receipts).await;
+
+    consolidate_now(&tracker.url).await;
+    let receipt = consolidate_receipt(&tracker.url, &task)
+        .await
+        .expect("final");
+    let error = consolidate_out(&receipt).expect_err("refused");
+    assert!(
+        error.message.contains("non-public address"),
+        "{}",
+        error.message
+    );
+    assert!(consolidate_receipt(&tracker.url, &by_name_task)
+        .await
+        .is_none());
+    assert!(
+        ucanto_record(&tracker, &batch).is_pending(),
+        "retried, never fetched"
+    );
+    assert_eq!(
+        metric(&tracker.url, "etracker_consolidated_bytes_total").await,
+        0
+    );
+}

@@ -32,6 +32,7 @@ async fn start(data_dir: &std::path::Path) -> (Child, String) {
             "1",
             "--retry-base",
             "0",
+            "--allow-private-endpoints",
         ])
         .arg("--data-dir")
         .arg(data_dir)
