@@ -754,72 +754,37 @@ async fn admin_routes_need_the_token() {
     let mut settings = test_settings();
     settings.admin_token = Some("s3cret".into());
     let tracker = start_tracker(settings).await;
-    let http = reqwest::Client::new();
-    let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(
-        status(
-            http.get(format!("{}metrics", tracker.url))
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            http.post(format!("{}consolidate", tracker.url))
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    let wrong = http
-        .get(format!("{}metrics", tracker.url))
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status(wrong), 401);
-    let ok = http
-        .get(format!("{}metrics", tracker.url))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status().as_u16(), 200);
-    assert!(ok
+    let call = |post: bool, path: &str, token: Option<&str>| {
+        let url = format!("{}{path}", tracker.url);
+        let client = reqwest::Client::new();
+        let mut request = if post {
+            client.post(url)
+        } else {
+            client.get(url)
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(call(false, "metrics", None).await.status(), 401);
+    assert_eq!(call(true, "consolidate", None).await.status(), 401);
+    assert_eq!(call(false, "metrics", Some("nope")).await.status(), 401);
+    let metrics = call(false, "metrics", Some("s3cret")).await;
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
         .text()
         .await
         .unwrap()
         .contains("etracker_tracked_batches_total 0"));
-    let banner = http
-        .get(&tracker.url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(banner.contains(service().did().as_str()));
     assert_eq!(
-        status(
-            http.get(format!("{}health", tracker.url))
-                .send()
-                .await
-                .unwrap()
-        ),
+        call(true, "consolidate", Some("s3cret")).await.status(),
         200
     );
-    assert_eq!(
-        status(
-            http.get(format!("{}receipts/not-a-cid", tracker.url))
-                .send()
-                .await
-                .unwrap()
-        ),
-        400
-    );
+    let banner = call(false, "", None).await.text().await.unwrap();
+    assert!(banner.contains(service().did().as_str()));
+    assert_eq!(call(false, "health", None).await.status(), 200);
+    assert_eq!(call(false, "receipts/not-a-cid", None).await.status(), 400);
 }
 
 /// By default the tracker fetches only from public addresses: a node cannot
