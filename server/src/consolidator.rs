@@ -500,122 +500,48 @@ impl HandlerState {
         let mut ok = ConsolidateOk::default();
         let mut counted = Vec::new();
         let mut seen = HashSet::new();
-        let mut archives: u64 = 0;
-        while let Some((archive, bytes)) = reader.next_block().await.map_err(undecodable)? {
-            // Checking is CPU work (signatures, validation): let other tasks
-            // (HTTP requests, other batches) run between receipts now and then.
-            archives += 1;
-            if archives.is_multiple_of(64) {
-                tokio::task::yield_now().await;
+        let mut chunk = Vec::with_capacity(CHECK_CHUNK);
+        loop {
+            let next = reader.next_block().await.map_err(undecodable)?;
+            let end = next.is_none();
+            chunk.extend(next);
+            if chunk.len() < CHECK_CHUNK && !end {
+                continue;
             }
-            match self.check(node, node_verifier.as_ref(), &archive, &bytes, &mut seen) {
-                Ok(Some(entry)) => counted.push(entry),
-                Ok(None) => {}
-                Err(error) => ok.errors.push(*error),
+            // Checking is CPU work (signatures, validation): it runs off the async
+            // runtime, on every core, a bounded chunk of archives at a time.
+            let (authorities, node, verifier) = (
+                self.authorities.clone(),
+                node.clone(),
+                node_verifier.clone(),
+            );
+            let archives = std::mem::take(&mut chunk);
+            let checked = tokio::task::spawn_blocking(move || {
+                check_chunk(&authorities, &node, verifier.as_ref(), &archives)
+            })
+            .await
+            .map_err(|e| BatchFailure::Transient(format!("checking receipts: {e}")))?;
+            // In batch order: the first copy of a receipt is judged, later copies are duplicates.
+            for outcome in checked {
+                if !seen.insert(outcome.receipt()) {
+                    ok.errors.push(ReceiptError {
+                        name: "DuplicateReceipt".into(),
+                        message: "receipt appears more than once in the batch".into(),
+                        receipt: outcome.receipt(),
+                    });
+                    continue;
+                }
+                match outcome {
+                    Checked::Counted(entry) => counted.push(entry),
+                    Checked::NoEgress(_) => {}
+                    Checked::Rejected(error) => ok.errors.push(*error),
+                }
+            }
+            if end {
+                break;
             }
         }
         Ok((ok, counted))
-    }
-
-    /// Checks one receipt archive: `Ok(Some)` counts, `Ok(None)` is a valid
-    /// receipt of a failed retrieval (no egress), `Err` goes to `errors[]`.
-    fn check(
-        &self,
-        node: &Did,
-        node_verifier: &dyn Verifier,
-        archive: &Cid,
-        bytes: &[u8],
-        seen: &mut HashSet<Cid>,
-    ) -> Result<Option<Counted>, Box<ReceiptError>> {
-        let reject = |name: &str, message: String, receipt: Cid| {
-            Box::new(ReceiptError {
-                name: name.into(),
-                message,
-                receipt,
-            })
-        };
-        if archive.codec() != CAR {
-            return Err(reject(
-                "InvalidArchive",
-                format!("block {archive} is not a receipt archive (codec car)"),
-                *archive,
-            ));
-        }
-        let receipt = Receipt::extract(bytes)
-            .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
-        let cid = receipt.cid();
-        if !seen.insert(cid) {
-            return Err(reject(
-                "DuplicateReceipt",
-                "receipt appears more than once in the batch".into(),
-                cid,
-            ));
-        }
-        if receipt.issuer().is_some_and(|iss| iss != node) {
-            return Err(reject(
-                "WrongIssuer",
-                format!(
-                    "receipt issued by {}, not by the node {node}",
-                    receipt.issuer().map(Did::to_string).unwrap_or_default()
-                ),
-                cid,
-            ));
-        }
-        if !receipt.verify_signature(node_verifier) {
-            return Err(reject(
-                "InvalidSignature",
-                format!("receipt is not signed by the node {node}"),
-                cid,
-            ));
-        }
-        let Some(invocation) = receipt.ran() else {
-            return Err(reject(
-                "MissingInvocation",
-                format!("the invocation {} is not in the archive", receipt.ran_cid()),
-                cid,
-            ));
-        };
-        if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
-            return Err(reject(
-                "NotRetrieve",
-                "receipt is not for a space/content/retrieve invocation".into(),
-                cid,
-            ));
-        }
-        if invocation.audience() != node {
-            return Err(reject(
-                "WrongAudience",
-                format!(
-                    "retrieval was addressed to {}, not to the node {node}",
-                    invocation.audience()
-                ),
-                cid,
-            ));
-        }
-        let size = match egress_bytes(&receipt) {
-            Ok(size) => size,
-            // A failed retrieval served nothing: a valid receipt with no egress.
-            Err(EgressError::Failed { .. }) => return Ok(None),
-            Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
-                return Err(reject("InvalidRange", e.to_string(), cid))
-            }
-            Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
-        };
-        let at = retrieval_time(&invocation);
-        let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier)).at(at);
-        for authority in &self.authorities {
-            config = config.attester(authority.clone());
-        }
-        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
-            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
-        let space = Did::parse(&authorization.capability.with)
-            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-        Ok(Some(Counted {
-            receipt: cid,
-            space,
-            day: format_date((at / 86_400) as i64),
-            bytes: size,
-        }))
     }
 
     /// Drops receipts an earlier batch already counted, then totals the rest.
@@ -749,6 +675,151 @@ fn is_public(ip: IpAddr) -> bool {
             }
         },
     }
+}
+
+/// Archives checked per blocking task.
+const CHECK_CHUNK: usize = 512;
+
+/// What checking one archive concluded.
+enum Checked {
+    Counted(Counted),
+    /// A valid receipt of a failed retrieval.
+    NoEgress(Cid),
+    Rejected(Box<ReceiptError>),
+}
+
+impl Checked {
+    /// The receipt (the archive, when no receipt could be read).
+    fn receipt(&self) -> Cid {
+        match self {
+            Checked::Counted(c) => c.receipt,
+            Checked::NoEgress(cid) => *cid,
+            Checked::Rejected(e) => e.receipt,
+        }
+    }
+}
+
+/// Checks `archives` on all available cores; results in batch order.
+fn check_chunk(
+    authorities: &[Arc<dyn Verifier>],
+    node: &Did,
+    node_verifier: &dyn Verifier,
+    archives: &[(Cid, axum::body::Bytes)],
+) -> Vec<Checked> {
+    let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
+        check_archive(authorities, node, node_verifier, archive, bytes)
+            .unwrap_or_else(Checked::Rejected)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads == 1 || archives.len() < 2 * threads {
+        return archives.iter().map(check).collect();
+    }
+    let per_thread = archives.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = archives
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Checks one receipt archive, all but duplicates (judged in batch order by
+/// the caller); an `Err` goes to `errors[]`.
+fn check_archive(
+    authorities: &[Arc<dyn Verifier>],
+    node: &Did,
+    node_verifier: &dyn Verifier,
+    archive: &Cid,
+    bytes: &[u8],
+) -> Result<Checked, Box<ReceiptError>> {
+    let reject = |name: &str, message: String, receipt: Cid| {
+        Box::new(ReceiptError {
+            name: name.into(),
+            message,
+            receipt,
+        })
+    };
+    if archive.codec() != CAR {
+        return Err(reject(
+            "InvalidArchive",
+            format!("block {archive} is not a receipt archive (codec car)"),
+            *archive,
+        ));
+    }
+    let receipt =
+        Receipt::extract(bytes).map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
+    let cid = receipt.cid();
+    if receipt.issuer().is_some_and(|iss| iss != node) {
+        return Err(reject(
+            "WrongIssuer",
+            format!(
+                "receipt issued by {}, not by the node {node}",
+                receipt.issuer().map(Did::to_string).unwrap_or_default()
+            ),
+            cid,
+        ));
+    }
+    if !receipt.verify_signature(node_verifier) {
+        return Err(reject(
+            "InvalidSignature",
+            format!("receipt is not signed by the node {node}"),
+            cid,
+        ));
+    }
+    let Some(invocation) = receipt.ran() else {
+        return Err(reject(
+            "MissingInvocation",
+            format!("the invocation {} is not in the archive", receipt.ran_cid()),
+            cid,
+        ));
+    };
+    if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
+        return Err(reject(
+            "NotRetrieve",
+            "receipt is not for a space/content/retrieve invocation".into(),
+            cid,
+        ));
+    }
+    if invocation.audience() != node {
+        return Err(reject(
+            "WrongAudience",
+            format!(
+                "retrieval was addressed to {}, not to the node {node}",
+                invocation.audience()
+            ),
+            cid,
+        ));
+    }
+    let size = match egress_bytes(&receipt) {
+        Ok(size) => size,
+        // A failed retrieval served nothing: a valid receipt with no egress.
+        Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
+        Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
+            return Err(reject("InvalidRange", e.to_string(), cid))
+        }
+        Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
+    };
+    let at = retrieval_time(&invocation);
+    let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier)).at(at);
+    for authority in authorities {
+        config = config.attester(authority.clone());
+    }
+    let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
+        .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
+    let space = Did::parse(&authorization.capability.with)
+        .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+    Ok(Checked::Counted(Counted {
+        receipt: cid,
+        space,
+        day: format_date((at / 86_400) as i64),
+        bytes: size,
+    }))
 }
 
 /// A process-unique number, so concurrent runs of one task never share a spool file.
