@@ -219,12 +219,7 @@ impl Server {
             server: Server {
                 signer,
                 routes: HashMap::new(),
-                validator: ValidatorConfig {
-                    authority,
-                    attesters: Vec::new(),
-                    local_proofs: Vec::new(),
-                    now: None,
-                },
+                validator: ValidatorConfig::new(authority),
                 catch: None,
                 audiences: Vec::new(),
             },

@@ -127,6 +127,38 @@ pub struct ValidatorConfig {
     pub local_proofs: Vec<Delegation>,
     /// Evaluate time bounds at this Unix time instead of now.
     pub now: Option<u64>,
+    /// Signatures already verified, shared across calls (e.g. the same proof in
+    /// every receipt of a batch); `None` verifies each call afresh.
+    pub verified: Option<Arc<SignatureCache>>,
+}
+
+/// Verified signatures, by UCAN CID, the verifier (its DID and its key) and
+/// the exact bytes. Only successes are kept: a failure is re-checked (and
+/// reported) every time.
+#[derive(Debug, Default)]
+pub struct SignatureCache {
+    entries: std::sync::Mutex<std::collections::HashMap<(Cid, Did, Did), bytes::Bytes>>,
+}
+
+impl SignatureCache {
+    /// Most entries kept; the cache starts over past it.
+    pub const CAPACITY: usize = 100_000;
+
+    /// Whether `bytes`, named `cid`, was verified by `verifier`.
+    pub fn contains(&self, cid: &Cid, verifier: &dyn Verifier, bytes: &bytes::Bytes) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (*cid, verifier.did().clone(), verifier.key_did());
+        entries.get(&key).is_some_and(|b| b == bytes)
+    }
+
+    /// Records that `bytes`, named `cid`, verified with `verifier`.
+    pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert((cid, verifier.did().clone(), verifier.key_did()), bytes);
+    }
 }
 
 impl ValidatorConfig {
@@ -138,7 +170,14 @@ impl ValidatorConfig {
             attesters: Vec::new(),
             local_proofs: Vec::new(),
             now: None,
+            verified: None,
         }
+    }
+
+    /// Shares verified signatures with other calls through `cache`.
+    pub fn with_cache(mut self, cache: Arc<SignatureCache>) -> Self {
+        self.verified = Some(cache);
+        self
     }
 
     /// Judges time bounds (of the invocation, its proofs and attestations) at

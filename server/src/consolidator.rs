@@ -52,7 +52,7 @@ use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
 use ucanto::server::{error_name, BoxFuture, HandlerError, Request, Response, Server};
 use ucanto::ucan::{now, Delegation, Invocation, Proof};
-use ucanto::validator::{access, ValidatorConfig};
+use ucanto::validator::{access, SignatureCache, ValidatorConfig};
 
 use crate::store::Store;
 use crate::tally::Tally;
@@ -501,6 +501,8 @@ impl HandlerState {
         let mut counted = Vec::new();
         let mut seen = HashSet::new();
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
+        // A batch's retrievals mostly share their proofs: verify each once.
+        let signatures = Arc::new(SignatureCache::default());
         loop {
             let next = reader.next_block().await.map_err(undecodable)?;
             let end = next.is_none();
@@ -510,14 +512,21 @@ impl HandlerState {
             }
             // Checking is CPU work (signatures, validation): it runs off the async
             // runtime, on every core, a bounded chunk of archives at a time.
-            let (authorities, node, verifier) = (
+            let (authorities, node, verifier, signatures) = (
                 self.authorities.clone(),
                 node.clone(),
                 node_verifier.clone(),
+                signatures.clone(),
             );
             let archives = std::mem::take(&mut chunk);
             let checked = tokio::task::spawn_blocking(move || {
-                check_chunk(&authorities, &node, verifier.as_ref(), &archives)
+                check_chunk(
+                    &authorities,
+                    &signatures,
+                    &node,
+                    verifier.as_ref(),
+                    &archives,
+                )
             })
             .await
             .map_err(|e| BatchFailure::Transient(format!("checking receipts: {e}")))?;
@@ -702,12 +711,13 @@ impl Checked {
 /// Checks `archives` on all available cores; results in batch order.
 fn check_chunk(
     authorities: &[Arc<dyn Verifier>],
+    signatures: &Arc<SignatureCache>,
     node: &Did,
     node_verifier: &dyn Verifier,
     archives: &[(Cid, axum::body::Bytes)],
 ) -> Vec<Checked> {
     let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
-        check_archive(authorities, node, node_verifier, archive, bytes)
+        check_archive(authorities, signatures, node, node_verifier, archive, bytes)
             .unwrap_or_else(Checked::Rejected)
     };
     let threads = std::thread::available_parallelism()
@@ -733,6 +743,7 @@ fn check_chunk(
 /// the caller); an `Err` goes to `errors[]`.
 fn check_archive(
     authorities: &[Arc<dyn Verifier>],
+    signatures: &Arc<SignatureCache>,
     node: &Did,
     node_verifier: &dyn Verifier,
     archive: &Cid,
@@ -806,7 +817,9 @@ fn check_archive(
         Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
     };
     let at = retrieval_time(&invocation);
-    let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier)).at(at);
+    let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier))
+        .at(at)
+        .with_cache(signatures.clone());
     for authority in authorities {
         config = config.attester(authority.clone());
     }

@@ -249,6 +249,10 @@ impl<'a> Ctx<'a> {
     ) -> Result<(), Failure> {
         let key = (delegation.cid(), verifier.did().clone());
         let bytes = &delegation.block().bytes;
+        let shared = self.config.verified.as_ref();
+        if shared.is_some_and(|cache| cache.contains(&key.0, verifier, bytes)) {
+            return Ok(());
+        }
         let cached = self
             .signatures
             .borrow()
@@ -257,6 +261,9 @@ impl<'a> Ctx<'a> {
             .map(|(_, ok)| *ok);
         let valid = cached.unwrap_or_else(|| {
             let ok = delegation.verify_signature(verifier);
+            if let (true, Some(cache)) = (ok, shared) {
+                cache.insert(key.0, verifier, bytes.clone());
+            }
             self.signatures
                 .borrow_mut()
                 .insert(key, (bytes.clone(), ok));

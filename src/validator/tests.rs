@@ -638,3 +638,34 @@ proptest::proptest! {
         }
     }
 }
+
+/// A signature cache shared by every case (as the consolidator shares one
+/// across a batch) changes no outcome, however the cases are ordered: a
+/// forged signature is never cached, and a verified one only for its verifier.
+#[test]
+fn shared_signature_cache_changes_no_outcome() {
+    let cache = Arc::new(crate::validator::SignatureCache::default());
+    let cases = cases();
+    for round in 0..2 {
+        for case in cases.iter().rev() {
+            let name = case["name"].as_str().unwrap();
+            let invocation = load(case["invocation"].as_str().unwrap());
+            let parser = parser(case["can"].as_str().unwrap());
+            let plain = access(&invocation, parser, &config_of(case, NOW));
+            let cached = access(
+                &invocation,
+                parser,
+                &config_of(case, NOW).with_cache(cache.clone()),
+            );
+            match (plain, cached) {
+                (Ok(a), Ok(b)) => assert_eq!(
+                    (a.capability, a.issuer, a.invocation),
+                    (b.capability, b.issuer, b.invocation),
+                    "{name} (round {round})"
+                ),
+                (Err(a), Err(b)) => assert_eq!(a.message, b.message, "{name} (round {round})"),
+                (a, b) => panic!("{name} (round {round}): without cache {a:?}, with {b:?}"),
+            }
+        }
+    }
+}
