@@ -1,13 +1,41 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (the JS @ucanto peers in fixtures/js), checks formatting and lints, then runs
-# every test of the workspace with one shared build.
+# (Node.js if missing, the JS @ucanto peers in fixtures/js, moto for the
+# DynamoDB backend), checks formatting and lints, then runs every test of the
+# workspace with one shared build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v node >/dev/null || { echo "node (>= 18) is required: apt-get install nodejs npm" >&2; exit 1; }
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
 (cd fixtures/js && npm ci --no-audit --no-fund --loglevel=error)
 
+# The DynamoDB store backend (feature etracker-server/dynamodb) is tested
+# against moto's DynamoDB emulator on a free loopback port. moto's own
+# `moto_server` answers requests on several threads without serialising its
+# transactions; served from one thread, every request is atomic, as each
+# DynamoDB request is, so the replica race tests are meaningful.
+MOTO_VERSION=5.2.1
+if [ "$(python3 -c 'import moto, flask, flask_cors; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+    python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
+fi
+MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -c '
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+' "$MOTO_PORT" >/dev/null 2>&1 &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$MOTO_PORT" 2>/dev/null && break
+    kill -0 "$MOTO_PID" 2>/dev/null || { echo "moto failed to start" >&2; exit 1; }
+    sleep 0.2
+done
+export ETRACKER_TEST_DYNAMODB="http://127.0.0.1:$MOTO_PORT"
+
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
+cargo clippy --workspace --all-targets --features etracker-server/dynamodb --quiet -- -D warnings
+cargo test --workspace --features etracker-server/dynamodb

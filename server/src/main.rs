@@ -44,6 +44,27 @@ enum Command {
     Consolidator(ConsolidatorArgs),
 }
 
+/// Where the tracker keeps its state.
+#[derive(Args)]
+struct StoreArgs {
+    /// Store backend: redb (embedded, in the data directory) or dynamodb.
+    #[cfg(feature = "dynamodb")]
+    #[arg(long = "store", env = "ETRACKER_STORE", default_value = "redb", value_parser = ["redb", "dynamodb"])]
+    kind: String,
+    /// DynamoDB endpoint URL (with --store dynamodb).
+    #[cfg(feature = "dynamodb")]
+    #[arg(
+        long,
+        env = "ETRACKER_DYNAMODB_ENDPOINT",
+        required_if_eq("kind", "dynamodb")
+    )]
+    dynamodb_endpoint: Option<String>,
+    /// Prefix of the DynamoDB table name (`<prefix>etracker`, created if missing).
+    #[cfg(feature = "dynamodb")]
+    #[arg(long, env = "ETRACKER_DYNAMODB_TABLE_PREFIX", default_value = "")]
+    dynamodb_table_prefix: String,
+}
+
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Generate an ed25519 key; prints its DID and its "M…" private key.
@@ -70,6 +91,8 @@ struct KeyArgs {
 struct StartArgs {
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -250,7 +273,24 @@ async fn main() -> Result<(), Failure> {
 
 async fn start(args: StartArgs) -> Result<(), Failure> {
     let signer = load_signer(&args.key)?;
-    let store = Arc::new(RedbStore::open(&args.key.data_dir)?);
+    let store: Arc<dyn etracker_server::store::Store> = match &args.store {
+        #[cfg(feature = "dynamodb")]
+        StoreArgs {
+            kind,
+            dynamodb_endpoint: Some(endpoint),
+            dynamodb_table_prefix: prefix,
+        } if kind == "dynamodb" => {
+            // The store blocks on its own runtime: connect off the async threads.
+            let (endpoint, prefix) = (endpoint.clone(), prefix.clone());
+            Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    etracker_server::store::dynamodb::DynamoStore::connect(&endpoint, &prefix)
+                })
+                .await??,
+            )
+        }
+        _ => Arc::new(RedbStore::open(&args.key.data_dir)?),
+    };
     let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
     for entry in &args.authorities {
         let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;

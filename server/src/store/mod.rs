@@ -27,6 +27,8 @@
 use cid::Cid;
 use ucanto::principal::Did;
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod redb;
 
 /// Everything `space/egress/track` learns about a batch, as first stored.

@@ -1,0 +1,743 @@
+//! Fixtures and behavioural scenarios of the [`Store`] trait, shared by the
+//! backends' test files: `tests/store.rs` (redb) and `tests/dynamodb.rs`.
+//! Each scenario takes a function that makes a fresh, empty store.
+
+// Each test crate uses a part of this module.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cid::Cid;
+use etracker_server::store::redb::{Audit, RedbStore};
+use etracker_server::store::{
+    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Store, StoreError,
+};
+use proptest::prelude::*;
+use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+use ucanto::principal::{Did, Ed25519Signer, Signer};
+
+/// A backend under test: a [`Store`] with a consistency audit.
+pub trait TestStore: Store + Sized {
+    /// Reads the whole store and checks that it agrees with itself.
+    fn audit(&self) -> Result<Audit, StoreError>;
+}
+
+impl TestStore for RedbStore {
+    fn audit(&self) -> Result<Audit, StoreError> {
+        RedbStore::audit(self)
+    }
+}
+
+#[cfg(feature = "dynamodb")]
+impl TestStore for etracker_server::store::dynamodb::DynamoStore {
+    fn audit(&self) -> Result<Audit, StoreError> {
+        etracker_server::store::dynamodb::DynamoStore::audit(self)
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// The DID of the fixed principal with seed `[byte; 32]` (the workspace's
+/// convention: alice 1, bob 2, mallory 3, service 4, node 5).
+pub fn did(byte: u8) -> Did {
+    Ed25519Signer::from_seed([byte; 32]).did().clone()
+}
+/// The storage node that tracks batches.
+pub fn node() -> Did {
+    did(5)
+}
+/// A node that tries to track someone else's batch.
+pub fn mallory() -> Did {
+    did(3)
+}
+/// alice's space.
+pub fn space_a() -> Did {
+    did(1)
+}
+/// bob's space.
+pub fn space_b() -> Did {
+    did(2)
+}
+
+pub fn batch(n: u64) -> Cid {
+    cid_of(CAR, format!("batch {n}").as_bytes())
+}
+pub fn consolidate(n: u64) -> Cid {
+    cid_of(DAG_CBOR, format!("consolidate {n}").as_bytes())
+}
+pub fn retrieve(n: u64) -> Cid {
+    cid_of(DAG_CBOR, format!("retrieve receipt {n}").as_bytes())
+}
+
+/// The record a track of batch `n` by `node` at time `at` stores.
+pub fn new_record(n: u64, node: Did, at: u64) -> NewRecord {
+    NewRecord {
+        batch: batch(n),
+        node,
+        endpoint: "https://node.example/receipts/{cid}".into(),
+        track_invocation: cid_of(DAG_CBOR, format!("track {n}").as_bytes()),
+        track_invocation_bytes: format!("track car {n}").into_bytes(),
+        consolidate_invocation: consolidate(n),
+        received_at: at,
+    }
+}
+
+pub fn usage(space: Did, day: &str, bytes: u64) -> DailyUsage {
+    DailyUsage {
+        space,
+        day: day.into(),
+        bytes,
+    }
+}
+
+/// The conclusion of batch `n` tracked by [`node`], counting `receipts`.
+pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusion {
+    Conclusion {
+        batch: batch(n),
+        consolidate_invocation: consolidate(n),
+        receipt: cid_of(DAG_CBOR, format!("consolidate receipt {n}").as_bytes()),
+        receipt_bytes: format!("receipt car {n}").into_bytes(),
+        node: node(),
+        total_bytes: usage.iter().map(|u| u.bytes).sum(),
+        usage,
+        counted_receipts: receipts.iter().copied().map(retrieve).collect(),
+        concluded_at: 10_000 + n,
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "etracker-store-{name}-{}-{}",
+            std::process::id(),
+            random() % 1_000_000
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A random number from std's per-process hash seed (no rand dependency).
+pub fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+pub fn consistent<S: TestStore>(store: &S) -> Audit {
+    let audit = store.audit().unwrap();
+    assert!(audit.is_consistent(), "{:?}", audit.problems);
+    audit
+}
+
+pub fn leased_batches(records: &[etracker_server::store::EgressRecord]) -> Vec<Cid> {
+    records.iter().map(|r| r.batch).collect()
+}
+
+// ---------------------------------------------------------------- tracking
+
+/// Re-tracking a batch by its node changes nothing and returns the record
+/// (with the first consolidate CID, which is what the node is polling for).
+pub fn put_is_idempotent_for_the_same_node<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    let first = store.put(new_record(1, node(), 100)).unwrap();
+    let PutOutcome::Inserted(record) = first else {
+        panic!("expected Inserted, got {first:?}")
+    };
+    assert!(record.is_pending());
+    assert_eq!(record.next_attempt_at, 100);
+
+    let mut again = new_record(1, node(), 500);
+    again.consolidate_invocation = consolidate(99);
+    again.endpoint = "https://elsewhere.example/{cid}".into();
+    assert_eq!(
+        store.put(again).unwrap(),
+        PutOutcome::Existing(record.clone())
+    );
+    assert_eq!(store.record(&batch(1)).unwrap(), Some(record));
+    assert_eq!(store.pending_count().unwrap(), 1);
+    consistent(&store);
+}
+
+/// A batch tracked by one node cannot be claimed by another.
+pub fn put_by_another_node_conflicts<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 100)).unwrap();
+    let err = store.put(new_record(1, mallory(), 100)).unwrap_err();
+    assert_eq!(err, StoreError::NodeConflict { node: node() });
+    assert_eq!(store.record(&batch(1)).unwrap().unwrap().node, node());
+}
+
+// ---------------------------------------------------------------- leases
+
+/// A lease hides records from other replicas until it expires; records are
+/// handed out oldest first, and never before they were received.
+pub fn lease_excludes_other_owners_until_expiry<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    for n in [3, 1, 2] {
+        store.put(new_record(n, node(), 100 + n)).unwrap();
+    }
+    assert!(store.lease_pending(50, "a", 60, 10).unwrap().is_empty());
+
+    let a = store.lease_pending(200, "a", 60, 2).unwrap();
+    assert_eq!(leased_batches(&a), [batch(1), batch(2)]);
+    assert!(a.iter().all(|r| r.lease.as_ref().unwrap().owner == "a"));
+    assert!(a.iter().all(|r| r.lease.as_ref().unwrap().until == 260));
+
+    let b = store.lease_pending(200, "b", 60, 10).unwrap();
+    assert_eq!(leased_batches(&b), [batch(3)]);
+    assert!(store.lease_pending(259, "c", 60, 10).unwrap().is_empty());
+    // Leases are still counted as pending: they are not done.
+    assert_eq!(store.pending_count().unwrap(), 3);
+    consistent(&store);
+}
+
+/// Once a lease expires another replica takes the record over, and the
+/// first owner can no longer reschedule it.
+pub fn expired_lease_is_taken_over<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 100)).unwrap();
+    store.lease_pending(100, "a", 30, 10).unwrap();
+    let b = store.lease_pending(130, "b", 30, 10).unwrap();
+    assert_eq!(leased_batches(&b), [batch(1)]);
+    assert_eq!(b[0].lease.as_ref().unwrap().until, 160);
+
+    let err = store
+        .reschedule(&batch(1), "a", 131, 200, "late")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NotLeaseOwner {
+            holder: Some("b".into())
+        }
+    );
+}
+
+/// Only the lease owner records a failure; it backs the record off until
+/// `next_attempt_at`, counts attempts and keeps the first failure time.
+pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 100)).unwrap();
+
+    let unleased = store.reschedule(&batch(1), "a", 100, 200, "x").unwrap_err();
+    assert!(matches!(
+        unleased,
+        StoreError::NotLeaseOwner { holder: None, .. }
+    ));
+    let missing = store.reschedule(&batch(9), "a", 100, 200, "x").unwrap_err();
+    assert_eq!(missing, StoreError::NotFound);
+
+    store.lease_pending(100, "a", 60, 10).unwrap();
+    let other = store.reschedule(&batch(1), "b", 110, 200, "x").unwrap_err();
+    assert!(matches!(other, StoreError::NotLeaseOwner { .. }));
+    assert_eq!(store.record(&batch(1)).unwrap().unwrap().attempts, 0);
+
+    let r = store
+        .reschedule(&batch(1), "a", 110, 400, "fetch: connection refused")
+        .unwrap();
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.first_failure_at, Some(110));
+    assert_eq!(r.next_attempt_at, 400);
+    assert_eq!(r.last_error.as_deref(), Some("fetch: connection refused"));
+    assert_eq!(r.lease, None);
+    assert_eq!(store.record(&batch(1)).unwrap(), Some(r));
+
+    // Released, but not due before 400 — for anyone.
+    assert!(store.lease_pending(399, "b", 60, 10).unwrap().is_empty());
+    let b = store.lease_pending(400, "b", 60, 10).unwrap();
+    assert_eq!(leased_batches(&b), [batch(1)]);
+    let r = store.reschedule(&batch(1), "b", 401, 900, "again").unwrap();
+    assert_eq!((r.attempts, r.first_failure_at), (2, Some(110)));
+    consistent(&store);
+
+    store.lease_pending(900, "a", 60, 10).unwrap();
+    store
+        .conclude(&conclusion(
+            1,
+            vec![usage(space_a(), "2025-01-01", 5)],
+            &[1],
+        ))
+        .unwrap();
+    let done = store.reschedule(&batch(1), "a", 901, 999, "x").unwrap_err();
+    assert_eq!(done, StoreError::NotPending);
+}
+
+/// Replicas leasing at the same moment from several threads never get the
+/// same record.
+pub fn concurrent_leases_are_disjoint<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = Arc::new(store());
+    for n in 0..40 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for _ in 0..10 {
+                    mine.extend(leased_batches(
+                        &store.lease_pending(100, &format!("r{i}"), 60, 3).unwrap(),
+                    ));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<Cid> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let leased = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), leased, "a record was leased twice");
+    assert_eq!(leased, 40);
+}
+
+// ---------------------------------------------------------------- conclude
+
+/// Concluding stores the receipt, adds node and space totals, marks the
+/// receipts counted and the record done, together; doing it again is
+/// reported and changes nothing.
+pub fn conclude_commits_everything_once<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 100)).unwrap();
+    store.lease_pending(100, "a", 60, 10).unwrap();
+    let c = conclusion(
+        1,
+        vec![
+            usage(space_a(), "2025-01-01", 100),
+            usage(space_a(), "2025-01-02", 20),
+            usage(space_b(), "2025-01-01", 3),
+            usage(space_a(), "2025-01-01", 1), // repeated key: added up
+        ],
+        &[1, 2, 3, 4],
+    );
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+
+    let record = store.record(&batch(1)).unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        RecordStatus::Done {
+            receipt: c.receipt,
+            concluded_at: c.concluded_at,
+            total_bytes: 124,
+            counted_receipts: 4
+        }
+    );
+    assert_eq!(record.lease, None);
+    assert_eq!(
+        store.receipt(&consolidate(1)).unwrap(),
+        Some(c.receipt_bytes.clone())
+    );
+    assert_eq!(
+        store
+            .counted(&[retrieve(1), retrieve(5), retrieve(4)])
+            .unwrap(),
+        [Some(batch(1)), None, Some(batch(1))]
+    );
+    assert_eq!(store.node_total(&node()).unwrap(), 124);
+    assert_eq!(store.node_total(&mallory()).unwrap(), 0);
+    assert_eq!(
+        store
+            .node_usage(&node(), "2025-01-01", "2025-02-01")
+            .unwrap(),
+        [
+            ("2025-01-01".to_string(), 104),
+            ("2025-01-02".to_string(), 20)
+        ]
+    );
+    assert_eq!(
+        store
+            .space_usage(&space_a(), "2025-01-01", "2025-01-03")
+            .unwrap(),
+        [
+            ("2025-01-01".to_string(), 101),
+            ("2025-01-02".to_string(), 20)
+        ]
+    );
+    assert_eq!(store.pending_count().unwrap(), 0);
+    assert!(store.lease_pending(10_000, "b", 60, 10).unwrap().is_empty());
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        (
+            stats.records,
+            stats.pending,
+            stats.concluded,
+            stats.counted_receipts,
+            stats.nodes,
+            stats.total_bytes
+        ),
+        (1, 0, 1, 4, 1, 124)
+    );
+    let before = consistent(&store);
+    assert_eq!((before.space_bytes, before.node_bytes), (124, 124));
+
+    // A second conclusion, even with other numbers, changes nothing.
+    let mut again = conclusion(1, vec![usage(space_b(), "2025-01-05", 999)], &[7]);
+    again.receipt = cid_of(DAG_CBOR, b"another receipt");
+    assert_eq!(
+        store.conclude(&again).unwrap(),
+        ConcludeOutcome::AlreadyConcluded { receipt: c.receipt }
+    );
+    assert_eq!(store.audit().unwrap(), before);
+    assert_eq!(
+        store.receipt(&consolidate(1)).unwrap(),
+        Some(c.receipt_bytes)
+    );
+    assert_eq!(store.node_total(&node()).unwrap(), 124);
+}
+
+/// A conclusion for a batch that is unknown, that is not the record's
+/// consolidate task or node, or whose numbers do not add up, is refused.
+pub fn conclude_refuses_what_does_not_match<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    let c = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[1]);
+    assert_eq!(store.conclude(&c).unwrap_err(), StoreError::NotFound);
+
+    store.put(new_record(1, node(), 100)).unwrap();
+    let mut wrong_task = c.clone();
+    wrong_task.consolidate_invocation = consolidate(2);
+    assert!(matches!(
+        store.conclude(&wrong_task),
+        Err(StoreError::Mismatch(_))
+    ));
+    let mut wrong_node = c.clone();
+    wrong_node.node = mallory();
+    assert!(matches!(
+        store.conclude(&wrong_node),
+        Err(StoreError::Mismatch(_))
+    ));
+    let mut wrong_total = c.clone();
+    wrong_total.total_bytes = 11;
+    assert!(matches!(
+        store.conclude(&wrong_total),
+        Err(StoreError::Invalid(_))
+    ));
+    let mut bad_day = c.clone();
+    bad_day.usage[0].day = "2025-1-1".into();
+    assert!(matches!(
+        store.conclude(&bad_day),
+        Err(StoreError::Invalid(_))
+    ));
+    let twice = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[1, 1]);
+    assert!(matches!(
+        store.conclude(&twice),
+        Err(StoreError::Invalid(_))
+    ));
+
+    assert!(store.record(&batch(1)).unwrap().unwrap().is_pending());
+    assert_eq!(store.stats().unwrap().total_bytes, 0);
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+}
+
+/// A batch that would count a retrieve receipt another batch already
+/// counted is refused whole: no total, receipt, counted mark or status
+/// changes, so nothing is ever counted twice.
+pub fn overlapping_receipts_conflict_and_change_nothing<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 100)).unwrap();
+    store.put(new_record(2, node(), 101)).unwrap();
+    store
+        .conclude(&conclusion(
+            1,
+            vec![usage(space_a(), "2025-01-01", 10)],
+            &[1, 2],
+        ))
+        .unwrap();
+    let before = consistent(&store);
+    let record_before = store.record(&batch(2)).unwrap();
+
+    let overlapping = conclusion(
+        2,
+        vec![
+            usage(space_a(), "2025-01-01", 7),
+            usage(space_b(), "2025-01-02", 5),
+        ],
+        &[3, 2, 4, 1],
+    );
+    assert_eq!(
+        store.conclude(&overlapping).unwrap_err(),
+        StoreError::Conflict {
+            receipts: vec![retrieve(2), retrieve(1)]
+        }
+    );
+    assert_eq!(store.audit().unwrap(), before);
+    assert_eq!(store.record(&batch(2)).unwrap(), record_before);
+    assert_eq!(store.receipt(&consolidate(2)).unwrap(), None);
+    assert_eq!(
+        store.counted(&[retrieve(3), retrieve(4)]).unwrap(),
+        [None, None]
+    );
+    assert_eq!(
+        store
+            .space_usage(&space_b(), "2025-01-01", "2026-01-01")
+            .unwrap(),
+        []
+    );
+
+    // Without the already-counted receipts, the batch concludes.
+    let rest = conclusion(2, vec![usage(space_a(), "2025-01-01", 7)], &[3, 4]);
+    assert_eq!(store.conclude(&rest).unwrap(), ConcludeOutcome::Concluded);
+    assert_eq!(store.node_total(&node()).unwrap(), 17);
+    consistent(&store);
+}
+
+/// Two replicas concluding batches that share receipts at the same time:
+/// exactly one wins, the other gets `Conflict`.
+pub fn racing_conclusions_count_a_receipt_once<S: TestStore>(store: &dyn Fn() -> S) {
+    for _ in 0..20 {
+        let store = Arc::new(store());
+        store.put(new_record(1, node(), 1)).unwrap();
+        store.put(new_record(2, node(), 2)).unwrap();
+        let racers: Vec<_> = [1, 2]
+            .map(|n| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let c = conclusion(n, vec![usage(space_a(), "2025-01-01", 10)], &[5, 6, n]);
+                    store.conclude(&c)
+                })
+            })
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let wins = racers.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{racers:?}");
+        assert_eq!(store.node_total(&node()).unwrap(), 10);
+        consistent(&*store);
+    }
+}
+
+// ---------------------------------------------------------------- reads
+
+/// Space usage is read per day for `from` (inclusive) to `to` (exclusive).
+pub fn space_usage_by_day_range<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, node(), 2)).unwrap();
+    let days = ["2025-01-30", "2025-01-31", "2025-02-01", "2025-02-02"];
+    let mut first: Vec<_> = days.iter().map(|d| usage(space_a(), d, 10)).collect();
+    first.push(usage(space_b(), "2025-01-31", 1000));
+    store.conclude(&conclusion(1, first, &[1])).unwrap();
+    store
+        .conclude(&conclusion(
+            2,
+            vec![usage(space_a(), "2025-01-31", 5)],
+            &[2],
+        ))
+        .unwrap();
+
+    let read = |from, to| store.space_usage(&space_a(), from, to).unwrap();
+    assert_eq!(
+        read("2025-01-31", "2025-02-02"),
+        [
+            ("2025-01-31".to_string(), 15),
+            ("2025-02-01".to_string(), 10)
+        ]
+    );
+    assert_eq!(read("2025-01-01", "2026-01-01").len(), 4);
+    assert_eq!(read("2025-02-01", "2025-02-01"), []);
+    assert_eq!(read("2025-02-02", "2025-01-01"), []);
+    assert!(matches!(
+        store.space_usage(&space_a(), "2025-01", "2025-02-01"),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store
+            .space_usage(&space_b(), "2025-01-01", "2026-01-01")
+            .unwrap(),
+        [("2025-01-31".to_string(), 1000)]
+    );
+}
+
+// ---------------------------------------------------------------- properties
+
+/// One step of a replica, or of a node, in the property test.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put {
+        n: u64,
+        mallory: bool,
+    },
+    Lease {
+        owner: u8,
+        secs: u64,
+        limit: usize,
+    },
+    /// `owner: None` is the current lease holder (so that rescheduling is
+    /// not almost always refused).
+    Reschedule {
+        n: u64,
+        owner: Option<u8>,
+        delay: u64,
+    },
+    Conclude {
+        n: u64,
+        receipts: Vec<u64>,
+        space_b: bool,
+        day: u8,
+    },
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..6u64, proptest::bool::weighted(0.2)).prop_map(|(n, mallory)| Op::Put { n, mallory }),
+        (0..3u8, 1..40u64, 0..4usize).prop_map(|(owner, secs, limit)| Op::Lease {
+            owner,
+            secs,
+            limit
+        }),
+        (0..6u64, proptest::option::weighted(0.3, 0..3u8), 0..40u64)
+            .prop_map(|(n, owner, delay)| Op::Reschedule { n, owner, delay }),
+        (
+            0..6u64,
+            proptest::collection::btree_set(0..16u64, 0..5),
+            any::<bool>(),
+            1..4u8
+        )
+            .prop_map(|(n, receipts, space_b, day)| Op::Conclude {
+                n,
+                receipts: receipts.into_iter().collect(),
+                space_b,
+                day
+            }),
+    ]
+}
+
+/// Applies `steps` (time advance, operation) to a fresh store, checking each
+/// outcome against a model and the store's invariants after every step.
+pub fn run_steps<S: TestStore>(
+    store: &dyn Fn() -> S,
+    steps: Vec<(u64, Op)>,
+) -> Result<(), TestCaseError> {
+    let store = store();
+    let mut now = 0;
+    let mut counted = std::collections::BTreeSet::new();
+    let mut total: u128 = 0;
+    for (dt, op) in steps {
+        now += dt;
+        match op {
+            Op::Put { n, mallory: m } => {
+                let who = if m { mallory() } else { node() };
+                let before = store.record(&batch(n)).unwrap();
+                let out = store.put(new_record(n, who.clone(), now));
+                match before {
+                    None => prop_assert!(matches!(out, Ok(PutOutcome::Inserted(_))), "{out:?}"),
+                    Some(r) if r.node == who => prop_assert_eq!(out, Ok(PutOutcome::Existing(r))),
+                    Some(_) => prop_assert!(
+                        matches!(out, Err(StoreError::NodeConflict { .. })),
+                        "{out:?}"
+                    ),
+                }
+            }
+            Op::Lease { owner, secs, limit } => {
+                let mut due: Vec<_> = (0..6)
+                    .filter_map(|n| store.record(&batch(n)).unwrap())
+                    .filter(|r| r.due_at().is_some_and(|d| d <= now))
+                    .map(|r| (r.due_at(), r.received_at, r.batch.to_bytes(), r.batch))
+                    .collect();
+                due.sort();
+                let expected: Vec<Cid> = due.iter().take(limit).map(|d| d.3).collect();
+                let owner = format!("r{owner}");
+                let leased = store.lease_pending(now, &owner, secs, limit).unwrap();
+                prop_assert_eq!(leased_batches(&leased), expected);
+                for r in &leased {
+                    prop_assert_eq!(
+                        r.lease.as_ref().map(|l| (&l.owner, l.until)),
+                        Some((&owner, now + secs))
+                    );
+                }
+            }
+            Op::Reschedule { n, owner, delay } => {
+                let before = store.record(&batch(n)).unwrap();
+                let holder = before
+                    .as_ref()
+                    .and_then(|r| r.lease.as_ref())
+                    .map(|l| l.owner.clone());
+                let owner = match owner {
+                    Some(o) => format!("r{o}"),
+                    None => holder.clone().unwrap_or_else(|| "r0".into()),
+                };
+                let out = store.reschedule(&batch(n), &owner, now, now + delay, "transient");
+                match before {
+                    None => prop_assert!(matches!(out, Err(StoreError::NotFound)), "{out:?}"),
+                    Some(r) if !r.is_pending() => {
+                        prop_assert!(matches!(out, Err(StoreError::NotPending)), "{out:?}")
+                    }
+                    Some(r) if holder.as_ref() == Some(&owner) => {
+                        let after = out.unwrap();
+                        prop_assert_eq!(after.attempts, r.attempts + 1);
+                        prop_assert_eq!(after.next_attempt_at, now + delay);
+                        prop_assert_eq!(after.lease, None);
+                    }
+                    Some(_) => prop_assert_eq!(out, Err(StoreError::NotLeaseOwner { holder })),
+                }
+            }
+            Op::Conclude {
+                n,
+                receipts,
+                space_b: b,
+                day,
+            } => {
+                let before = store.record(&batch(n)).unwrap();
+                let space = if b { space_b() } else { space_a() };
+                let bytes = receipts.len() as u64 * 100 + 1;
+                let mut c = conclusion(
+                    n,
+                    vec![usage(space, &format!("2025-05-0{day}"), bytes)],
+                    &receipts,
+                );
+                if let Some(r) = &before {
+                    c.node = r.node.clone();
+                }
+                let out = store.conclude(&c);
+                let overlap: Vec<Cid> = receipts
+                    .iter()
+                    .filter(|r| counted.contains(*r))
+                    .map(|r| retrieve(*r))
+                    .collect();
+                match before {
+                    None => prop_assert!(matches!(out, Err(StoreError::NotFound)), "{out:?}"),
+                    Some(r) if !r.is_pending() => prop_assert!(
+                        matches!(out, Ok(ConcludeOutcome::AlreadyConcluded { .. })),
+                        "{out:?}"
+                    ),
+                    Some(_) if !overlap.is_empty() => {
+                        prop_assert_eq!(out, Err(StoreError::Conflict { receipts: overlap }))
+                    }
+                    Some(_) => {
+                        prop_assert_eq!(out, Ok(ConcludeOutcome::Concluded));
+                        counted.extend(receipts);
+                        total += u128::from(bytes);
+                    }
+                }
+            }
+        }
+        let audit = store.audit().unwrap();
+        prop_assert!(audit.is_consistent(), "{:?}", audit.problems);
+        prop_assert_eq!(audit.space_bytes, total);
+        prop_assert_eq!(audit.node_bytes, total);
+        prop_assert_eq!(audit.concluded_bytes, total);
+        prop_assert_eq!(audit.counted_receipts, counted.len() as u64);
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The DynamoDB backend against a local emulator (moto's server, started by
+//! `scripts/test.sh`): the behavioural scenarios of `tests/store.rs`, each
+//! on a table of its own, plus races between two replicas (two clients of one
+//! table) and conclusions too large for one transaction.
+//!
+//! `ETRACKER_TEST_DYNAMODB` must be the emulator's URL: unset, every test
+//! here fails (it is not skipped).
+
+#![cfg(feature = "dynamodb")]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use etracker_server::store::dynamodb::DynamoStore;
+use etracker_server::store::{ConcludeOutcome, RecordStatus, Store, StoreError};
+use proptest::prelude::*;
+
+const ENDPOINT: &str = "ETRACKER_TEST_DYNAMODB";
+
+fn endpoint() -> String {
+    std::env::var(ENDPOINT).unwrap_or_else(|_| {
+        panic!("{ENDPOINT} is unset: run a DynamoDB emulator (scripts/test.sh starts moto) and set it to its URL")
+    })
+}
+
+/// A prefix no other test uses: every store starts on an empty table.
+fn fresh_prefix() -> String {
+    format!("t{}-{:x}-", std::process::id(), random())
+}
+
+fn store() -> DynamoStore {
+    DynamoStore::connect(&endpoint(), &fresh_prefix()).unwrap()
+}
+
+#[test]
+fn put_is_idempotent_for_the_same_node() {
+    common::put_is_idempotent_for_the_same_node(&store);
+}
+
+#[test]
+fn put_by_another_node_conflicts() {
+    common::put_by_another_node_conflicts(&store);
+}
+
+#[test]
+fn lease_excludes_other_owners_until_expiry() {
+    common::lease_excludes_other_owners_until_expiry(&store);
+}
+
+#[test]
+fn expired_lease_is_taken_over() {
+    common::expired_lease_is_taken_over(&store);
+}
+
+#[test]
+fn reschedule_only_by_owner_and_backs_off() {
+    common::reschedule_only_by_owner_and_backs_off(&store);
+}
+
+#[test]
+fn concurrent_leases_are_disjoint() {
+    common::concurrent_leases_are_disjoint(&store);
+}
+
+#[test]
+fn conclude_commits_everything_once() {
+    common::conclude_commits_everything_once(&store);
+}
+
+#[test]
+fn conclude_refuses_what_does_not_match() {
+    common::conclude_refuses_what_does_not_match(&store);
+}
+
+#[test]
+fn overlapping_receipts_conflict_and_change_nothing() {
+    common::overlapping_receipts_conflict_and_change_nothing(&store);
+}
+
+#[test]
+fn racing_conclusions_count_a_receipt_once() {
+    common::racing_conclusions_count_a_receipt_once(&store);
+}
+
+#[test]
+fn space_usage_by_day_range() {
+    common::space_usage_by_day_range(&store);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// The model-checked sequence of `tests/store.rs`, fewer cases (each
+    /// step scans the table).
+    #[test]
+    fn totals_agree_and_nothing_counts_twice(
+        steps in proptest::collection::vec((0..30u64, op()), 1..40)
+    ) {
+        run_steps(&store, steps)?;
+    }
+}
+
+/// A table created by one replica is reused by another, and the format item
+/// is checked rather than rewritten.
+#[test]
+fn second_replica_shares_the_table() {
+    let prefix = fresh_prefix();
+    let a = DynamoStore::connect(&endpoint(), &prefix).unwrap();
+    a.put(new_record(1, node(), 1)).unwrap();
+    let b = DynamoStore::connect(&endpoint(), &prefix).unwrap();
+    assert_eq!(b.table(), format!("{prefix}etracker"));
+    assert_eq!(b.record(&batch(1)).unwrap(), a.record(&batch(1)).unwrap());
+}
+
+/// Two replicas (two clients of one table, on two threads) lease and
+/// conclude overlapping batches as fast as they can: every record is leased
+/// by one of them at a time, each shared receipt is counted by exactly one
+/// batch, and the totals are exactly the winners' bytes.
+#[test]
+fn two_replicas_race_to_lease_and_conclude() {
+    let prefix = fresh_prefix();
+    let replicas = [
+        Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap()),
+        Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap()),
+    ];
+    // Batches 2k and 2k+1 share receipts 100k and 100k+1.
+    let receipts = |n: u64| [100 * (n / 2), 100 * (n / 2) + 1, 1000 + n];
+    for n in 0..12 {
+        replicas[0].put(new_record(n, node(), n)).unwrap();
+    }
+    let threads: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let store = Arc::clone(store);
+            std::thread::spawn(move || {
+                let me = format!("replica-{i}");
+                let mut outcomes = Vec::new();
+                // Both conclude every batch they see, leased or not (a
+                // conclusion does not need the lease), so they collide.
+                // Replica 1 takes each pair the other way round, so that
+                // the two batches sharing receipts are concluded at once.
+                for k in 0..12u64 {
+                    let n = if i == 0 { k } else { k ^ 1 };
+                    let _ = store.lease_pending(100, &me, 60, 1).unwrap();
+                    let c = conclusion(n, vec![usage(space_a(), "2025-01-01", 10)], &receipts(n));
+                    outcomes.push((n, store.conclude(&c)));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let store = &replicas[1];
+    let mut done = 0;
+    for pair in 0..6 {
+        let [a, b] = [2 * pair, 2 * pair + 1].map(|n| store.record(&batch(n)).unwrap().unwrap());
+        let winners = [&a, &b].iter().filter(|r| !r.is_pending()).count();
+        assert_eq!(winners, 1, "pair {pair}: {a:?} / {b:?}");
+        let winner = if a.is_pending() {
+            2 * pair + 1
+        } else {
+            2 * pair
+        };
+        assert_eq!(
+            store
+                .counted(&[retrieve(100 * pair), retrieve(100 * pair + 1)])
+                .unwrap(),
+            [Some(batch(winner)), Some(batch(winner))]
+        );
+        done += 1;
+    }
+    for (n, out) in &outcomes {
+        let record = store.record(&batch(*n)).unwrap().unwrap();
+        match out {
+            Ok(ConcludeOutcome::Concluded) | Ok(ConcludeOutcome::AlreadyConcluded { .. }) => {
+                assert!(!record.is_pending(), "{n}: {out:?}")
+            }
+            Err(StoreError::Conflict { .. }) => assert!(record.is_pending(), "{n}"),
+            Err(e) => panic!("{n}: {e}"),
+        }
+    }
+    // Each batch was reported concluded exactly once.
+    let concluded = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Ok(ConcludeOutcome::Concluded)))
+        .count();
+    assert_eq!(concluded, done);
+    assert_eq!(store.node_total(&node()).unwrap(), 10 * done as u64);
+    let audit = consistent(store.as_ref());
+    assert_eq!(audit.counted_receipts, 3 * done as u64);
+    assert_eq!(audit.space_bytes, 10 * done as u128);
+}
+
+/// A conclusion counting more receipts than one transaction holds commits
+/// through the fenced multi-step protocol: all receipts counted, totals
+/// added once, concluding again changes nothing, and another batch sharing
+/// one receipt is refused whole.
+#[test]
+fn large_conclusion_commits_once() {
+    let store = store();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, node(), 2)).unwrap();
+    let receipts: Vec<u64> = (0..450).collect();
+    let c = conclusion(
+        1,
+        vec![
+            usage(space_a(), "2025-01-01", 4000),
+            usage(space_b(), "2025-01-02", 500),
+        ],
+        &receipts,
+    );
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    assert_eq!(
+        store.conclude(&c).unwrap(),
+        ConcludeOutcome::AlreadyConcluded { receipt: c.receipt }
+    );
+    let record = store.record(&batch(1)).unwrap().unwrap();
+    assert!(matches!(
+        record.status,
+        RecordStatus::Done {
+            total_bytes: 4500,
+            counted_receipts: 450,
+            ..
+        }
+    ));
+    let all: Vec<_> = receipts.iter().copied().map(retrieve).collect();
+    assert!(store
+        .counted(&all)
+        .unwrap()
+        .iter()
+        .all(|b| *b == Some(batch(1))));
+    assert_eq!(store.node_total(&node()).unwrap(), 4500);
+    let before = consistent(&store);
+    assert_eq!(before.counted_receipts, 450);
+
+    let mut overlapping: Vec<u64> = (1000..1200).collect();
+    overlapping.push(449);
+    let c2 = conclusion(2, vec![usage(space_a(), "2025-01-03", 7)], &overlapping);
+    assert_eq!(
+        store.conclude(&c2).unwrap_err(),
+        StoreError::Conflict {
+            receipts: vec![retrieve(449)]
+        }
+    );
+    assert_eq!(store.audit().unwrap(), before);
+    overlapping.pop();
+    let c2 = conclusion(2, vec![usage(space_a(), "2025-01-03", 7)], &overlapping);
+    assert_eq!(store.conclude(&c2).unwrap(), ConcludeOutcome::Concluded);
+    assert_eq!(consistent(&store).counted_receipts, 650);
+}
+
+/// Two replicas concluding the same large batch at once: one `Concluded`,
+/// the other `AlreadyConcluded`, counted once.
+#[test]
+fn racing_large_conclusions_of_one_batch() {
+    let prefix = fresh_prefix();
+    let a = Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap());
+    let b = Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap());
+    a.put(new_record(1, node(), 1)).unwrap();
+    let receipts: Vec<u64> = (0..300).collect();
+    let c = conclusion(1, vec![usage(space_a(), "2025-01-01", 300)], &receipts);
+    let outcomes: Vec<_> = [a.clone(), b]
+        .map(|store| {
+            let c = c.clone();
+            std::thread::spawn(move || store.conclude(&c))
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&ConcludeOutcome::Concluded),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&ConcludeOutcome::AlreadyConcluded { receipt: c.receipt }),
+        "{outcomes:?}"
+    );
+    assert_eq!(a.node_total(&node()).unwrap(), 300);
+    assert_eq!(consistent(a.as_ref()).counted_receipts, 300);
+}
