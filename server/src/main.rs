@@ -92,6 +92,8 @@ struct StartArgs {
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
+    batches: BatchArgs,
+    #[command(flatten)]
     store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8080")]
@@ -105,18 +107,6 @@ struct StartArgs {
     /// Batches consolidated at once.
     #[arg(long, env = "ETRACKER_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
-    /// Smallest acceptable batch, bytes.
-    #[arg(long, env = "ETRACKER_MIN_BATCH_SIZE", default_value_t = 10 * 1024 * 1024)]
-    min_batch_size: u64,
-    /// Largest acceptable batch, bytes.
-    #[arg(long, env = "ETRACKER_MAX_BATCH_SIZE", default_value_t = 1024 * 1024 * 1024)]
-    max_batch_size: u64,
-    /// Seconds allowed to download one batch.
-    #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
-    fetch_timeout: u64,
-    /// Seconds after tracking when an unreachable batch is given up.
-    #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
-    give_up_after: u64,
     /// Seconds a replica holds a record while consolidating it.
     #[arg(long, env = "ETRACKER_LEASE_SECS", default_value_t = 900)]
     lease_secs: u64,
@@ -129,12 +119,6 @@ struct StartArgs {
     /// Bearer token for /metrics and /consolidate (open when unset).
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
-    #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
-    authorities: Vec<String>,
-    /// Also fetch batches from loopback/private/link-local addresses (local setups only).
-    #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
-    allow_private_endpoints: bool,
     /// URL of a separately deployed consolidator (in-process when unset).
     #[arg(long, env = "ETRACKER_CONSOLIDATOR_URL", requires = "consolidator_did")]
     consolidator_url: Option<String>,
@@ -143,11 +127,63 @@ struct StartArgs {
     consolidator_did: Option<String>,
 }
 
+/// How batches are fetched and judged (the tracker's in-process consolidator
+/// and a separately deployed one take the same flags).
+#[derive(Args)]
+struct BatchArgs {
+    /// Smallest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MIN_BATCH_SIZE", default_value_t = 10 * 1024 * 1024)]
+    min_batch_size: u64,
+    /// Largest acceptable batch, bytes.
+    #[arg(long, env = "ETRACKER_MAX_BATCH_SIZE", default_value_t = 1024 * 1024 * 1024)]
+    max_batch_size: u64,
+    /// Seconds allowed to download one batch.
+    #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
+    fetch_timeout: u64,
+    /// Seconds after tracking when an unreachable batch is given up.
+    #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
+    give_up_after: u64,
+    /// Also fetch batches from loopback/private/link-local addresses (local setups only).
+    #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
+    allow_private_endpoints: bool,
+    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
+    #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
+    authorities: Vec<String>,
+}
+
+impl BatchArgs {
+    /// The limits, spooling batches under `data_dir/tmp`.
+    fn limits(&self, data_dir: &Path) -> BatchLimits {
+        BatchLimits {
+            min_size: self.min_batch_size,
+            max_size: self.max_batch_size,
+            fetch_timeout: Duration::from_secs(self.fetch_timeout),
+            give_up_after: self.give_up_after,
+            scratch_dir: data_dir.join("tmp"),
+            allow_private_endpoints: self.allow_private_endpoints,
+        }
+    }
+
+    /// The attesting authorities, from `DID=did:key` entries.
+    fn authorities(&self) -> Result<Vec<Arc<dyn Verifier>>, Failure> {
+        let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
+        for entry in &self.authorities {
+            let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
+            authorities.push(Arc::new(
+                Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
+            ));
+        }
+        Ok(authorities)
+    }
+}
+
 #[derive(Args)]
 struct ConsolidatorArgs {
     /// This consolidator's key and scratch directory.
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    batches: BatchArgs,
     /// Address to listen on.
     #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -164,21 +200,6 @@ struct ConsolidatorArgs {
     /// (from `etracker delegate <DID> --ability space/egress/conclude`).
     #[arg(long, env = "ETRACKER_CONCLUDE_PROOF")]
     proof: Option<String>,
-    /// Smallest acceptable batch, bytes.
-    #[arg(long, env = "ETRACKER_MIN_BATCH_SIZE", default_value_t = 10 * 1024 * 1024)]
-    min_batch_size: u64,
-    /// Largest acceptable batch, bytes.
-    #[arg(long, env = "ETRACKER_MAX_BATCH_SIZE", default_value_t = 1024 * 1024 * 1024)]
-    max_batch_size: u64,
-    /// Seconds allowed to download one batch.
-    #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
-    fetch_timeout: u64,
-    /// Also fetch batches from loopback/private/link-local addresses (local setups only).
-    #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
-    allow_private_endpoints: bool,
-    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
-    #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
-    authorities: Vec<String>,
 }
 
 #[derive(Args)]
@@ -291,13 +312,7 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         }
         _ => Arc::new(RedbStore::open(&args.key.data_dir)?),
     };
-    let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
-    for entry in &args.authorities {
-        let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
-        authorities.push(Arc::new(
-            Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
-        ));
-    }
+    let authorities = args.batches.authorities()?;
     let settings = Settings {
         interval: Duration::from_secs(args.consolidation_interval),
         batch_limit: args.batch_limit,
@@ -305,14 +320,7 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         retry_base_secs: args.retry_base,
         lease_secs: args.lease_secs,
         replica: args.replica,
-        limits: BatchLimits {
-            min_size: args.min_batch_size,
-            max_size: args.max_batch_size,
-            fetch_timeout: Duration::from_secs(args.fetch_timeout),
-            give_up_after: args.give_up_after,
-            scratch_dir: args.key.data_dir.join("tmp"),
-            allow_private_endpoints: args.allow_private_endpoints,
-        },
+        limits: args.batches.limits(&args.key.data_dir),
         authorities,
         admin_token: args.admin_token,
         remote_consolidator: match (&args.consolidator_url, &args.consolidator_did) {
@@ -341,17 +349,6 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn parse_authorities(entries: &[String]) -> Result<Vec<Arc<dyn Verifier>>, Failure> {
-    let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
-    for entry in entries {
-        let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
-        authorities.push(Arc::new(
-            Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
-        ));
-    }
-    Ok(authorities)
-}
-
 async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
     let signer = load_signer(&args.key)?;
     let tracker_did: Did = args.tracker_did.parse()?;
@@ -363,14 +360,7 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
         Some(text) => vec![Delegation::extract(&multibase::decode(text.trim())?.1)?],
         None => Vec::new(),
     };
-    let limits = BatchLimits {
-        min_size: args.min_batch_size,
-        max_size: args.max_batch_size,
-        fetch_timeout: Duration::from_secs(args.fetch_timeout),
-        scratch_dir: args.key.data_dir.join("tmp"),
-        allow_private_endpoints: args.allow_private_endpoints,
-        ..BatchLimits::default()
-    };
+    let limits = args.batches.limits(&args.key.data_dir);
     std::fs::create_dir_all(&limits.scratch_dir)?;
     let connection = ucanto::client::Connection::http(tracker.clone(), args.tracker_url.clone());
     let service = Arc::new(etracker_server::consolidator::Consolidator::new(
@@ -379,7 +369,7 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
         connection,
         None,
         limits,
-        parse_authorities(&args.authorities)?,
+        args.batches.authorities()?,
         proofs,
     ));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
