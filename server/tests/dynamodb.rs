@@ -34,60 +34,7 @@ fn store() -> DynamoStore {
     DynamoStore::connect(&endpoint(), &fresh_prefix()).unwrap()
 }
 
-#[test]
-fn put_is_idempotent_for_the_same_node() {
-    common::put_is_idempotent_for_the_same_node(&store);
-}
-
-#[test]
-fn put_by_another_node_conflicts() {
-    common::put_by_another_node_conflicts(&store);
-}
-
-#[test]
-fn lease_excludes_other_owners_until_expiry() {
-    common::lease_excludes_other_owners_until_expiry(&store);
-}
-
-#[test]
-fn expired_lease_is_taken_over() {
-    common::expired_lease_is_taken_over(&store);
-}
-
-#[test]
-fn reschedule_only_by_owner_and_backs_off() {
-    common::reschedule_only_by_owner_and_backs_off(&store);
-}
-
-#[test]
-fn concurrent_leases_are_disjoint() {
-    common::concurrent_leases_are_disjoint(&store);
-}
-
-#[test]
-fn conclude_commits_everything_once() {
-    common::conclude_commits_everything_once(&store);
-}
-
-#[test]
-fn conclude_refuses_what_does_not_match() {
-    common::conclude_refuses_what_does_not_match(&store);
-}
-
-#[test]
-fn overlapping_receipts_conflict_and_change_nothing() {
-    common::overlapping_receipts_conflict_and_change_nothing(&store);
-}
-
-#[test]
-fn racing_conclusions_count_a_receipt_once() {
-    common::racing_conclusions_count_a_receipt_once(&store);
-}
-
-#[test]
-fn space_usage_by_day_range() {
-    common::space_usage_by_day_range(&store);
-}
+common::scenarios!(store);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]

@@ -17,6 +17,67 @@ use proptest::prelude::*;
 use ucanto::dag::{cid_of, CAR, DAG_CBOR};
 use ucanto::principal::{Did, Ed25519Signer, Signer};
 
+/// One `#[test]` per shared scenario, each on a fresh store from `$make`.
+macro_rules! scenarios {
+    ($make:path) => {
+        #[test]
+        fn put_is_idempotent_for_the_same_node() {
+            common::put_is_idempotent_for_the_same_node(&$make);
+        }
+
+        #[test]
+        fn put_by_another_node_conflicts() {
+            common::put_by_another_node_conflicts(&$make);
+        }
+
+        #[test]
+        fn lease_excludes_other_owners_until_expiry() {
+            common::lease_excludes_other_owners_until_expiry(&$make);
+        }
+
+        #[test]
+        fn expired_lease_is_taken_over() {
+            common::expired_lease_is_taken_over(&$make);
+        }
+
+        #[test]
+        fn reschedule_only_by_owner_and_backs_off() {
+            common::reschedule_only_by_owner_and_backs_off(&$make);
+        }
+
+        #[test]
+        fn concurrent_leases_are_disjoint() {
+            common::concurrent_leases_are_disjoint(&$make);
+        }
+
+        #[test]
+        fn conclude_commits_everything_once() {
+            common::conclude_commits_everything_once(&$make);
+        }
+
+        #[test]
+        fn conclude_refuses_what_does_not_match() {
+            common::conclude_refuses_what_does_not_match(&$make);
+        }
+
+        #[test]
+        fn overlapping_receipts_conflict_and_change_nothing() {
+            common::overlapping_receipts_conflict_and_change_nothing(&$make);
+        }
+
+        #[test]
+        fn racing_conclusions_count_a_receipt_once() {
+            common::racing_conclusions_count_a_receipt_once(&$make);
+        }
+
+        #[test]
+        fn space_usage_by_day_range() {
+            common::space_usage_by_day_range(&$make);
+        }
+    };
+}
+pub(crate) use scenarios;
+
 /// A backend under test: a [`Store`] with a consistency audit.
 pub trait TestStore: Store + Sized {
     /// Reads the whole store and checks that it agrees with itself.
