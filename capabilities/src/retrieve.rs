@@ -20,6 +20,7 @@ use cid::Cid;
 use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
+use ucanto::ucan::Capability;
 
 use crate::schema::{self, nb_or_empty, Fields};
 use crate::{Ability, Empty, Outcome, Parsed, SchemaError};
@@ -272,6 +273,25 @@ pub enum EgressError {
     Malformed(#[source] SchemaError),
 }
 
+/// The `space/content/retrieve` capability a receipt ran: its invocation must
+/// be among the receipt's blocks and invoke exactly that one capability.
+pub fn retrieve_capability(receipt: &Receipt) -> Result<Capability, EgressError> {
+    let invocation = receipt
+        .ran()
+        .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
+    match invocation.capabilities() {
+        [capability] if capability.can == Retrieve::CAN => Ok(capability.clone()),
+        caps => {
+            let can = caps
+                .iter()
+                .map(|c| c.can.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            Err(EgressError::NotRetrieve { can })
+        }
+    }
+}
+
 /// Bytes served by an ok receipt of a `space/content/retrieve` invocation:
 /// `end − start + 1` of its range. The invocation must be among the
 /// receipt's blocks (as in receipt archives).
@@ -291,26 +311,13 @@ pub fn egress_bytes(receipt: &Receipt) -> Result<u64, EgressError> {
             name,
         });
     }
-    let invocation = receipt
-        .ran()
-        .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
-    let capability = match invocation.capabilities() {
-        [capability] if capability.can == Retrieve::CAN => capability,
-        caps => {
-            let can = caps
-                .iter()
-                .map(|c| c.can.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            return Err(EgressError::NotRetrieve { can });
-        }
-    };
+    let capability = retrieve_capability(receipt)?;
     let (start, end) = read_range(&Fields::new("nb", nb_or_empty(capability.nb.as_ref())))
         .map_err(EgressError::Malformed)?;
     if end < start {
         return Err(EgressError::EndBeforeStart { start, end });
     }
-    let parsed = Retrieve::parse(capability).map_err(EgressError::Malformed)?;
+    let parsed = Retrieve::parse(&capability).map_err(EgressError::Malformed)?;
     parsed.nb.range.size().ok_or(EgressError::Overflow)
 }
 

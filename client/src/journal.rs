@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
-use etracker_capabilities::retrieve::{egress_bytes, EgressError, Retrieve};
+use etracker_capabilities::retrieve::{egress_bytes, retrieve_capability, EgressError, Retrieve};
 use etracker_capabilities::Ability;
 use sha2::{Digest, Sha256};
 use ucanto::dag::{CodecError, CAR};
@@ -190,20 +190,7 @@ impl ReceiptRecord {
     /// receipts of a single `space/content/retrieve` invocation, carried
     /// among the receipt's blocks, are accepted.
     pub fn of(receipt: &Receipt, archive: Cid) -> Result<Self, EgressError> {
-        let invocation = receipt
-            .ran()
-            .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
-        let capability = match invocation.capabilities() {
-            [capability] if capability.can == Retrieve::CAN => capability,
-            caps => {
-                let can = caps
-                    .iter()
-                    .map(|c| c.can.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                return Err(EgressError::NotRetrieve { can });
-            }
-        };
+        let capability = retrieve_capability(receipt)?;
         let space = Retrieve::parse_with(&capability.with).map_err(EgressError::Malformed)?;
         let (bytes, ok) = match egress_bytes(receipt) {
             Ok(bytes) => (bytes, true),
