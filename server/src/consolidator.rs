@@ -116,6 +116,9 @@ enum BatchFailure {
 /// One receipt archive that passed every check.
 struct Counted {
     receipt: Cid,
+    /// The retrieve invocation: what is counted once, whatever receipts a
+    /// node signs for it.
+    retrieval: Cid,
     space: Did,
     day: String,
     bytes: u64,
@@ -138,7 +141,7 @@ struct HandlerState {
     http: reqwest::Client,
     /// Tallies of finished tasks waiting to be concluded, by task CID.
     tallies: Mutex<HashMap<Cid, (Cid, Tally)>>,
-    /// Receipts the tracker said were counted by another batch (learned from
+    /// Retrievals the tracker said were counted by another batch (learned from
     /// refused conclusions): what a consolidator without the store knows.
     known_counted: Mutex<HashSet<Cid>>,
 }
@@ -245,7 +248,7 @@ impl Consolidator {
                 Ok(())
             }
             Err(error) => {
-                // A conflict lists the receipts counted elsewhere meanwhile.
+                // A conflict lists the retrievals counted elsewhere meanwhile.
                 if let Ipld::Map(map) = error {
                     if let Some(Ipld::List(receipts)) = map.get("receipts") {
                         if let Ok(mut known) = self.state.known_counted.lock() {
@@ -530,12 +533,17 @@ impl HandlerState {
             })
             .await
             .map_err(|e| BatchFailure::Transient(format!("checking receipts: {e}")))?;
-            // In batch order: the first copy of a receipt is judged, later copies are duplicates.
+            // In batch order: the first copy of a retrieval is judged, later
+            // copies (the same receipt, or another receipt for the same
+            // retrieval) are duplicates.
             for outcome in checked {
-                if !seen.insert(outcome.receipt()) {
+                if !seen.insert(outcome.key()) {
                     ok.errors.push(ReceiptError {
                         name: "DuplicateReceipt".into(),
-                        message: "receipt appears more than once in the batch".into(),
+                        message: format!(
+                            "retrieval {} appears more than once in the batch",
+                            outcome.key()
+                        ),
                         receipt: outcome.receipt(),
                     });
                     continue;
@@ -553,7 +561,7 @@ impl HandlerState {
         Ok((ok, counted))
     }
 
-    /// Drops receipts an earlier batch already counted, then totals the rest.
+    /// Drops retrievals an earlier batch already counted, then totals the rest.
     async fn finish(
         &self,
         mut ok: ConsolidateOk,
@@ -561,7 +569,7 @@ impl HandlerState {
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
         let earlier: Vec<Option<Cid>> = match self.store.clone() {
             Some(store) => {
-                let cids: Vec<Cid> = candidates.iter().map(|c| c.receipt).collect();
+                let cids: Vec<Cid> = candidates.iter().map(|c| c.retrieval).collect();
                 tokio::task::spawn_blocking(move || store.counted(&cids))
                     .await
                     .map_err(|e| BatchFailure::Transient(e.to_string()))?
@@ -577,10 +585,14 @@ impl HandlerState {
         let mut tally = Tally::default();
         for (entry, counted_by) in candidates.into_iter().zip(earlier) {
             let duplicate = match counted_by {
-                Some(batch) => Some(format!("receipt already counted in batch {batch}")),
-                None if known.contains(&entry.receipt) => {
-                    Some("receipt already counted in another batch".to_string())
-                }
+                Some(batch) => Some(format!(
+                    "retrieval {} already counted in batch {batch}",
+                    entry.retrieval
+                )),
+                None if known.contains(&entry.retrieval) => Some(format!(
+                    "retrieval {} already counted in another batch",
+                    entry.retrieval
+                )),
                 None => None,
             };
             match duplicate {
@@ -589,7 +601,7 @@ impl HandlerState {
                     message,
                     receipt: entry.receipt,
                 }),
-                None => tally.add(entry.space, entry.day, entry.bytes, entry.receipt),
+                None => tally.add(entry.space, entry.day, entry.bytes, entry.retrieval),
             }
         }
         ok.total_egress = tally.total();
@@ -698,6 +710,15 @@ enum Checked {
 }
 
 impl Checked {
+    /// What must appear once per batch: the retrieval for a counted receipt,
+    /// the receipt (or archive) otherwise.
+    fn key(&self) -> Cid {
+        match self {
+            Checked::Counted(c) => c.retrieval,
+            _ => self.receipt(),
+        }
+    }
+
     /// The receipt (the archive, when no receipt could be read).
     fn receipt(&self) -> Cid {
         match self {
@@ -829,6 +850,7 @@ fn check_archive(
         .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
     Ok(Checked::Counted(Counted {
         receipt: cid,
+        retrieval: invocation.cid(),
         space,
         day: format_date((at / 86_400) as i64),
         bytes: size,

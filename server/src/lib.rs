@@ -18,7 +18,7 @@
 //!    dispatcher signs the receipt;
 //! 4. the consolidator invokes `space/egress/conclude` with the receipt and
 //!    the [`tally`]; [`handlers::conclude`] verifies both and commits receipt,
-//!    totals and counted receipts in one [`store::Store::conclude`];
+//!    totals and counted retrievals in one [`store::Store::conclude`];
 //! 5. the node reads the receipt at `GET /receipts/{task}`; accounts read
 //!    totals with [`handlers::egress_get`]; [`metrics`] counts it all.
 //!

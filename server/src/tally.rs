@@ -8,9 +8,9 @@
 //! # Format
 //! ```text
 //! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
-//!          counted: [Link<retrieve receipt>] }
+//!          counted: [Link<retrieve invocation>] }
 //! ```
-//! Usage entries and counted receipts may be spread over any number of chunks;
+//! Usage entries and counted retrievals may be spread over any number of chunks;
 //! every chunk names the same batch.
 
 use std::collections::BTreeMap;
@@ -27,15 +27,17 @@ pub const CHUNK_RECEIPTS: usize = 4096;
 pub struct Tally {
     /// Bytes per (space, day).
     pub usage: BTreeMap<(Did, String), u64>,
-    /// Retrieve receipts counted, in batch order.
+    /// Retrievals counted (their `space/content/retrieve` invocations, so a
+    /// retrieval counts once however many receipts a node signs for it), in
+    /// batch order.
     pub counted: Vec<Cid>,
 }
 
 impl Tally {
-    /// Adds `bytes` retrieved from `space` on `day` by `receipt`.
-    pub fn add(&mut self, space: Did, day: String, bytes: u64, receipt: Cid) {
+    /// Adds `bytes` retrieved from `space` on `day` by the retrieval `invocation`.
+    pub fn add(&mut self, space: Did, day: String, bytes: u64, invocation: Cid) {
         *self.usage.entry((space, day)).or_default() += bytes;
-        self.counted.push(receipt);
+        self.counted.push(invocation);
     }
 
     /// Sum of all usage.

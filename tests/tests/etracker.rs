@@ -206,6 +206,19 @@ async fn bad_receipts_are_reported_not_counted() {
     )
     .unwrap();
 
+    // The same retrieval as good[1], receipted again with other metadata: a
+    // new receipt CID, but the retrieval was already counted.
+    let mut meta = IpldMap::new();
+    meta.insert("again".into(), Ipld::Bool(true));
+    let mut parts = ReceiptParts::new(good[1].ran().unwrap(), Ok(Ipld::Map(IpldMap::new())));
+    parts.meta = meta;
+    let resigned = Receipt::issue(&node, parts).unwrap();
+    assert_ne!(resigned.cid(), good[1].cid());
+    // And an earlier batch's retrieval, receipted again.
+    let mut parts = ReceiptParts::new(earlier[0].ran().unwrap(), Ok(Ipld::Map(IpldMap::new())));
+    parts.meta = IpldMap::from([("again".to_string(), Ipld::Bool(true))]);
+    let resigned_earlier = Receipt::issue(&node, parts).unwrap();
+
     let mut all = good.clone();
     let bad = [
         &forged,
@@ -218,6 +231,8 @@ async fn bad_receipts_are_reported_not_counted() {
     ];
     all.extend(bad.iter().map(|r| (*r).clone()));
     all.push(good[0].clone()); // repeated within the batch
+    all.push(resigned.clone());
+    all.push(resigned_earlier.clone());
     all.push(not_found);
     let (_, task) = track(&tracker, &server, &endpoint, &all).await;
     consolidate_now(&tracker.url).await;
@@ -249,7 +264,12 @@ async fn bad_receipts_are_reported_not_counted() {
         1,
         "the repeat, not the first"
     );
-    assert_eq!(ok.errors.len(), bad.len() + 1);
+    assert_eq!(named(resigned.cid()), Some("DuplicateReceipt".into()));
+    assert_eq!(
+        named(resigned_earlier.cid()),
+        Some("DuplicateReceipt".into())
+    );
+    assert_eq!(ok.errors.len(), bad.len() + 3);
     assert_eq!(
         metric(&tracker.url, "etracker_consolidated_bytes_total").await,
         earlier_bytes + good_total,

@@ -5,7 +5,7 @@
 //! record's task) and be signed by the trusted consolidator; its
 //! `totalEgress` must equal the tally. Then one store transaction stores the
 //! receipt (as the agent message `GET /receipts/{task}` serves), adds the
-//! node and space totals, records the counted receipts and marks the batch
+//! node and space totals, records the counted retrievals and marks the batch
 //! done. Concluding the same receipt again changes nothing.
 
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, Han
 
 enum Refusal {
     Error(String),
-    /// Receipts another batch counted meanwhile; listed so a consolidator
+    /// Retrievals another batch counted meanwhile; listed so a consolidator
     /// without store access can drop them on its next run.
     Conflict(Vec<Cid>),
     Unexpected(StoreError),
@@ -173,7 +173,7 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
 fn describe_conflict(receipts: &[Cid]) -> String {
     let first = receipts.first().map(Cid::to_string).unwrap_or_default();
     format!(
-        "{} receipt(s) were counted by another batch meanwhile (e.g. {first}); consolidate again",
+        "{} retrieval(s) were counted by another batch meanwhile (e.g. {first}); consolidate again",
         receipts.len()
     )
 }
