@@ -57,6 +57,9 @@ use ucanto::validator::{access, SignatureCache, ValidatorConfig};
 use crate::store::Store;
 use crate::tally::Tally;
 
+/// Default largest retrieval: 4 GiB, the largest blob (shard) a space stores.
+pub const DEFAULT_MAX_RETRIEVAL_BYTES: u64 = 4 << 30;
+
 /// Error name of a consolidation postponed by a transient failure.
 pub const RETRY: &str = "EgressConsolidateRetry";
 
@@ -73,6 +76,9 @@ pub struct BatchLimits {
     pub give_up_after: u64,
     /// Where batches are spooled while being checked.
     pub scratch_dir: PathBuf,
+    /// Largest range one retrieval may claim (bytes); a bigger one is an
+    /// `InvalidRange`, whatever the client signed.
+    pub max_retrieval_bytes: u64,
     /// Fetch batches from loopback, private and link-local addresses too.
     /// Off by default: a node must not make the tracker reach into its own
     /// network (cloud metadata, admin ports).
@@ -87,6 +93,7 @@ impl Default for BatchLimits {
             fetch_timeout: Duration::from_secs(300),
             give_up_after: 48 * 3600,
             scratch_dir: std::env::temp_dir(),
+            max_retrieval_bytes: DEFAULT_MAX_RETRIEVAL_BYTES,
             allow_private_endpoints: false,
         }
     }
@@ -506,6 +513,7 @@ impl HandlerState {
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
         // A batch's retrievals mostly share their proofs: verify each once.
         let signatures = Arc::new(SignatureCache::default());
+        let max_retrieval = self.limits.max_retrieval_bytes;
         loop {
             let next = reader.next_block().await.map_err(undecodable)?;
             let end = next.is_none();
@@ -524,6 +532,7 @@ impl HandlerState {
             let archives = std::mem::take(&mut chunk);
             let checked = tokio::task::spawn_blocking(move || {
                 check_chunk(
+                    max_retrieval,
                     &authorities,
                     &signatures,
                     &node,
@@ -731,6 +740,7 @@ impl Checked {
 
 /// Checks `archives` on all available cores; results in batch order.
 fn check_chunk(
+    max_retrieval: u64,
     authorities: &[Arc<dyn Verifier>],
     signatures: &Arc<SignatureCache>,
     node: &Did,
@@ -738,8 +748,16 @@ fn check_chunk(
     archives: &[(Cid, axum::body::Bytes)],
 ) -> Vec<Checked> {
     let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
-        check_archive(authorities, signatures, node, node_verifier, archive, bytes)
-            .unwrap_or_else(Checked::Rejected)
+        check_archive(
+            max_retrieval,
+            authorities,
+            signatures,
+            node,
+            node_verifier,
+            archive,
+            bytes,
+        )
+        .unwrap_or_else(Checked::Rejected)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -763,6 +781,7 @@ fn check_chunk(
 /// Checks one receipt archive, all but duplicates (judged in batch order by
 /// the caller); an `Err` goes to `errors[]`.
 fn check_archive(
+    max_retrieval: u64,
     authorities: &[Arc<dyn Verifier>],
     signatures: &Arc<SignatureCache>,
     node: &Did,
@@ -837,6 +856,15 @@ fn check_archive(
         }
         Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
     };
+    if size > max_retrieval {
+        return Err(reject(
+            "InvalidRange",
+            format!(
+                "nb.range claims {size} bytes, more than the {max_retrieval} one retrieval may"
+            ),
+            cid,
+        ));
+    }
     let at = retrieval_time(&invocation);
     let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier))
         .at(at)

@@ -140,6 +140,9 @@ struct BatchArgs {
     /// Seconds allowed to download one batch.
     #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
     fetch_timeout: u64,
+    /// Largest range one retrieval may claim, bytes.
+    #[arg(long, env = "ETRACKER_MAX_RETRIEVAL_BYTES", default_value_t = etracker_server::consolidator::DEFAULT_MAX_RETRIEVAL_BYTES)]
+    max_retrieval_bytes: u64,
     /// Seconds after tracking when an unreachable batch is given up.
     #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
     give_up_after: u64,
@@ -160,6 +163,7 @@ impl BatchArgs {
             fetch_timeout: Duration::from_secs(self.fetch_timeout),
             give_up_after: self.give_up_after,
             scratch_dir: data_dir.join("tmp"),
+            max_retrieval_bytes: self.max_retrieval_bytes,
             allow_private_endpoints: self.allow_private_endpoints,
         }
     }

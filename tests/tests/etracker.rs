@@ -187,6 +187,17 @@ async fn bad_receipts_are_reported_not_counted() {
         "reversed",
     );
     let reversed = ok_receipt(&node, &inv);
+    // A range bigger than any blob: 5 GiB claimed by one retrieval.
+    let inv = retrieve_invocation(
+        &agent,
+        node.did(),
+        space.did(),
+        0,
+        5 << 30,
+        std::slice::from_ref(&proof),
+        "huge",
+    );
+    let huge = ok_receipt(&node, &inv);
     // A failed retrieval: valid, counts nothing, not an error.
     let inv = retrieve_invocation(
         &agent,
@@ -227,6 +238,7 @@ async fn bad_receipts_are_reported_not_counted() {
         &unauthorized,
         &wrong_proof,
         &reversed,
+        &huge,
         &earlier[0],
     ];
     all.extend(bad.iter().map(|r| (*r).clone()));
@@ -255,6 +267,7 @@ async fn bad_receipts_are_reported_not_counted() {
     assert_eq!(named(unauthorized.cid()), Some("Unauthorized".into()));
     assert_eq!(named(wrong_proof.cid()), Some("Unauthorized".into()));
     assert_eq!(named(reversed.cid()), Some("InvalidRange".into()));
+    assert_eq!(named(huge.cid()), Some("InvalidRange".into()));
     assert_eq!(named(earlier[0].cid()), Some("DuplicateReceipt".into()));
     assert_eq!(
         ok.errors
