@@ -50,6 +50,21 @@ pub fn service() -> Ed25519Signer {
     principal(4)
 }
 
+/// The scenarios of `fixtures/js/client.js` (`--scenario NAME`).
+pub const CLIENT_SCENARIOS: &[&str] = &[
+    "ok",
+    "delegated",
+    "wrong-audience",
+    "expired",
+    "not-yet-valid",
+    "forged",
+    "broken-chain",
+    "missing-proof",
+    "expired-proof",
+    "handler-not-found",
+    "handler-error",
+];
+
 /// A JS process started from `fixtures/js`, killed on drop.
 pub struct JsPeer {
     /// The child process.

@@ -10,20 +10,6 @@ use ucanto::server::error_name;
 use ucanto::transport::{router, DEFAULT_BODY_LIMIT};
 use ucanto::ucan::{Capability, Delegation};
 
-const SCENARIOS: &[&str] = &[
-    "ok",
-    "delegated",
-    "wrong-audience",
-    "expired",
-    "not-yet-valid",
-    "forged",
-    "broken-chain",
-    "missing-proof",
-    "expired-proof",
-    "handler-not-found",
-    "handler-error",
-];
-
 async fn js_client(url: &str, did: &str, scenario: &str) -> serde_json::Value {
     let (code, stdout) = run_js(
         "client.js",
@@ -55,7 +41,7 @@ async fn js_client_sees_same_outcomes_from_rust_and_js_servers() {
     let did = service().did().to_string();
     assert_eq!(js.hello["did"], did.as_str());
 
-    for scenario in SCENARIOS {
+    for scenario in etracker_e2e::CLIENT_SCENARIOS {
         let ours = js_client(&rust_url, &did, scenario).await;
         let theirs = js_client(&js_url, &did, scenario).await;
         assert_eq!(ours["signatureValid"], true, "{scenario}: {ours}");

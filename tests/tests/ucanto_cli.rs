@@ -524,20 +524,6 @@ async fn delegations_cross_between_implementations() {
     }
 }
 
-const SCENARIOS: &[&str] = &[
-    "ok",
-    "delegated",
-    "wrong-audience",
-    "expired",
-    "not-yet-valid",
-    "forged",
-    "broken-chain",
-    "missing-proof",
-    "expired-proof",
-    "handler-not-found",
-    "handler-error",
-];
-
 /// The fixture JS client (`client.js`, @ucanto/client with nb `{text}`) runs
 /// every scenario against our CLI server and against the JS harness-style
 /// server: same outcome and same error message (service DID and invocation CID aside), and our
@@ -547,7 +533,7 @@ const SCENARIOS: &[&str] = &[
 async fn js_client_scenarios_match_on_cli_and_js_servers() {
     let ours = Peer::Rust.start_service().await;
     let theirs = Peer::Js.start_service().await;
-    for scenario in SCENARIOS {
+    for scenario in etracker_e2e::CLIENT_SCENARIOS {
         let mut results = Vec::new();
         for service in [&ours, &theirs] {
             let (code, stdout) = run_js(
