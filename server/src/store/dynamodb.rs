@@ -965,12 +965,12 @@ impl DynamoStore {
                     counted_receipts,
                     ..
                 } => {
-                    audit.concluded += 1;
-                    audit.concluded_bytes += u128::from(*total_bytes);
-                    audit.concluded_receipts += u128::from(*counted_receipts);
-                    *expected_node_totals
-                        .entry(record.node.as_str().to_string())
-                        .or_default() += u128::from(*total_bytes);
+                    audit.add_done(
+                        &record.node,
+                        *total_bytes,
+                        *counted_receipts,
+                        &mut expected_node_totals,
+                    );
                     if !receipts.contains(&record.consolidate_invocation) {
                         problems.push(format!("done {} has no receipt", record.batch));
                     }

@@ -183,12 +183,12 @@ impl RedbStore {
                     counted_receipts,
                     ..
                 } => {
-                    audit.concluded += 1;
-                    audit.concluded_bytes += u128::from(*total_bytes);
-                    audit.concluded_receipts += u128::from(*counted_receipts);
-                    *expected_node_totals
-                        .entry(record.node.as_str().to_string())
-                        .or_default() += u128::from(*total_bytes);
+                    audit.add_done(
+                        &record.node,
+                        *total_bytes,
+                        *counted_receipts,
+                        &mut expected_node_totals,
+                    );
                     done_batches.insert(key.value().to_vec());
                     let cid = record.consolidate_invocation.to_bytes();
                     if receipts.get(cid.as_slice()).or_backend()?.is_none() {
@@ -273,6 +273,22 @@ pub struct Audit {
 }
 
 impl Audit {
+    /// Counts a done record: its totals, and what its node's total should hold.
+    pub(crate) fn add_done(
+        &mut self,
+        node: &Did,
+        total_bytes: u64,
+        counted_receipts: u64,
+        expected_node_totals: &mut BTreeMap<String, u128>,
+    ) {
+        self.concluded += 1;
+        self.concluded_bytes += u128::from(total_bytes);
+        self.concluded_receipts += u128::from(counted_receipts);
+        *expected_node_totals
+            .entry(node.as_str().to_string())
+            .or_default() += u128::from(total_bytes);
+    }
+
     /// Whether no problem was found.
     pub fn is_consistent(&self) -> bool {
         self.problems.is_empty()
