@@ -380,6 +380,11 @@ impl Receipt {
         let (link, store) = crate::dag::read_archive(archive, RECEIPT_TAG)?;
         Receipt::from_blocks(&link, store)
     }
+
+    /// The CID of the receipt an archive holds, without decoding the receipt.
+    pub fn archived_cid(archive: &[u8]) -> Result<Cid, CodecError> {
+        crate::dag::read_archive(archive, RECEIPT_TAG).map(|(link, _)| link)
+    }
 }
 
 #[cfg(test)]

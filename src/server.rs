@@ -149,6 +149,8 @@ where
 struct Route {
     parser: Arc<dyn CapabilityParser>,
     handler: Arc<dyn Handler>,
+    /// The only resource (`with`) the capability may be invoked on, if limited.
+    resource: Option<String>,
 }
 
 /// Hook told about every `HandlerExecutionError`.
@@ -161,7 +163,11 @@ pub struct Server {
     validator: ValidatorConfig,
     catch: Option<CatchHook>,
     audiences: Vec<Did>,
+    max_invocations: usize,
 }
+
+/// Default most distinct invocations run per message.
+pub const DEFAULT_MAX_INVOCATIONS: usize = 64;
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
@@ -181,9 +187,29 @@ impl ServerBuilder {
             Route {
                 parser,
                 handler: Arc::new(handler),
+                resource: None,
             },
         );
         self
+    }
+
+    /// Registers `handler` for the capability `parser` describes, invoked on
+    /// `resource` only. Anyone may invoke a capability on their own DID
+    /// without proof, so a capability that acts on the service itself must
+    /// be pinned to it: an invocation on another resource is `Unauthorized`
+    /// before the validator or the handler runs.
+    pub fn provide_on(
+        self,
+        resource: &Did,
+        parser: Arc<dyn CapabilityParser>,
+        handler: impl Handler + 'static,
+    ) -> Self {
+        let can = parser.can().to_string();
+        let mut builder = self.provide(parser, handler);
+        if let Some(route) = builder.server.routes.get_mut(&can) {
+            route.resource = Some(resource.to_string());
+        }
+        builder
     }
 
     /// Replaces the validator configuration (authority must stay the service).
@@ -196,6 +222,13 @@ impl ServerBuilder {
     /// tasks the tracker addressed to itself). The service DID is always accepted.
     pub fn audience(mut self, did: Did) -> Self {
         self.server.audiences.push(did);
+        self
+    }
+
+    /// Runs at most `limit` distinct invocations per message (default
+    /// [`DEFAULT_MAX_INVOCATIONS`]); a message listing more is refused whole.
+    pub fn max_invocations(mut self, limit: usize) -> Self {
+        self.server.max_invocations = limit;
         self
     }
 
@@ -222,6 +255,7 @@ impl Server {
                 validator: ValidatorConfig::new(authority),
                 catch: None,
                 audiences: Vec::new(),
+                max_invocations: DEFAULT_MAX_INVOCATIONS,
             },
         }
     }
@@ -237,11 +271,30 @@ impl Server {
     }
 
     /// Runs every invocation of `request` (concurrently) and answers with their
-    /// receipts, in invocation order. Fails only if an invocation cannot be decoded.
+    /// receipts, in invocation order. An invocation listed several times runs
+    /// once (the response reports receipts by invocation, so it has one
+    /// anyway). Fails if an invocation cannot be decoded or the message lists
+    /// more distinct invocations than [`ServerBuilder::max_invocations`].
     pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
-        let invocations = request
-            .invocations()
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<_> = request
+            .execute()
+            .iter()
+            .filter(|cid| seen.insert(**cid))
+            .collect();
+        if distinct.len() > self.max_invocations {
+            return Err(CodecError::schema(
+                "message",
+                format!(
+                    "{} distinct invocations, more than the {} this service runs per message",
+                    distinct.len(),
+                    self.max_invocations
+                ),
+            ));
+        }
+        let invocations = distinct
             .into_iter()
+            .map(|cid| Invocation::from_blocks(cid, request.blocks().clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let receipts =
             futures_util::future::join_all(invocations.into_iter().map(|inv| self.run(inv))).await;
@@ -312,6 +365,15 @@ impl Server {
                     "Expected literal {:?} instead got {:?}",
                     self.did().as_str(),
                     invocation.audience().as_str()
+                ),
+            );
+        }
+        if let Some(resource) = route.resource.as_deref().filter(|r| *r != capability.with) {
+            return Response::failure(
+                "Unauthorized",
+                format!(
+                    "{} may only be invoked on {resource}, not on {}",
+                    capability.can, capability.with
                 ),
             );
         }

@@ -30,12 +30,56 @@ pub const CAR_CONTENT_TYPE: &str = "application/vnd.ipld.car";
 /// Default request body limit (bytes).
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
-/// A router serving `server` at `POST /` with a body limit of `body_limit` bytes.
+/// A router serving `server` at `POST /` with a body limit of `body_limit`
+/// bytes and the default [`HttpLimits`] otherwise.
 pub fn router(server: Arc<Server>, body_limit: usize) -> Router {
-    Router::new()
-        .route("/", post(handle))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(server)
+    router_with(
+        server,
+        HttpLimits {
+            body_limit,
+            ..HttpLimits::default()
+        },
+    )
+}
+
+/// What one client can make a ucanto endpoint spend.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Largest request body (bytes); past it, 413.
+    pub body_limit: usize,
+    /// Requests handled at once; more wait their turn (within the timeout).
+    pub max_concurrent: usize,
+    /// Longest a request may take, waiting included; past it, 408.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            body_limit: DEFAULT_BODY_LIMIT,
+            max_concurrent: 64,
+            timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Applies `limits` to the routes of `router` (and only to them: routes merged
+/// later, such as a health check, stay reachable when these are busy).
+pub fn limit<S: Clone + Send + Sync + 'static>(router: Router<S>, limits: HttpLimits) -> Router<S> {
+    router
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent.max(1),
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            limits.timeout,
+        ))
+}
+
+/// A router serving `server` at `POST /` within `limits`.
+pub fn router_with(server: Arc<Server>, limits: HttpLimits) -> Router {
+    limit(Router::new().route("/", post(handle)), limits).with_state(server)
 }
 
 /// Media type of the legacy request codec: a CAR whose roots are the invocations.

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use cid::Cid;
 
-use crate::dag::{Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
+use crate::dag::{encode_cbor, Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
 use crate::principal::{Did, Signature, Signer, Verifier};
 
 /// The UCAN version ucanto speaks.
@@ -146,6 +146,7 @@ impl UcanData {
         )
     }
 
+    /// The block JS @ucanto writes for these fields.
     fn to_ipld(&self) -> Ipld {
         let mut map = IpldMap::new();
         map.insert("v".into(), Ipld::String(self.version.clone()));
@@ -179,6 +180,21 @@ impl UcanData {
             );
         }
         map.insert("s".into(), Ipld::Bytes(self.signature.encode()));
+        Ipld::Map(map)
+    }
+
+    /// The block go-ucanto writes for these fields: as JS, but an empty `prf`
+    /// and an empty `nnc` are left out.
+    fn to_go_ipld(&self) -> Ipld {
+        let Ipld::Map(mut map) = self.to_ipld() else {
+            unreachable!("a UCAN is a map")
+        };
+        if self.proofs.is_empty() {
+            map.remove("prf");
+        }
+        if self.nonce.as_deref() == Some("") {
+            map.remove("nnc");
+        }
         Ipld::Map(map)
     }
 
@@ -469,6 +485,28 @@ impl Delegation {
             .collect()
     }
 
+    /// Whether the block is exactly what JS @ucanto or go-ucanto writes for
+    /// its fields. The signature covers the fields, not the block, so a
+    /// UCAN can be re-encoded (`nbf: 0`, `fct: []` written out) under a new
+    /// CID that still verifies; a service that counts UCANs refuses those.
+    pub fn is_canonical(&self) -> bool {
+        let bytes = &self.root.bytes;
+        [self.data.to_ipld(), self.data.to_go_ipld()]
+            .iter()
+            .any(|shape| encode_cbor(shape).is_ok_and(|encoded| encoded == *bytes))
+    }
+
+    /// Names what the issuer signed: a CIDv1 (codec raw, sha2-256) of the
+    /// signing payload. Every encoding of one signed UCAN has the same
+    /// payload id, whatever its block CID, so this, not [`Delegation::cid`],
+    /// is the key of "counted once".
+    pub fn payload_id(&self) -> Result<Cid, CodecError> {
+        Ok(crate::dag::cid_of(
+            crate::dag::RAW,
+            &self.data.signing_payload()?,
+        ))
+    }
+
     /// Whether `verifier` is the issuer and the signature is theirs.
     pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
         verifier.did() == &self.data.issuer
@@ -681,6 +719,105 @@ mod tests {
     }
     fn bob() -> Ed25519Signer {
         Ed25519Signer::from_seed([2; 32])
+    }
+
+    /// The block of `d` with its map changed by `f`, decoded again.
+    fn reencoded(d: &Delegation, f: impl FnOnce(&mut IpldMap)) -> Result<Delegation, CodecError> {
+        let Ipld::Map(mut map) = d.block().decode().unwrap() else {
+            unreachable!()
+        };
+        f(&mut map);
+        Delegation::from_block(Block::encode(&Ipld::Map(map)).unwrap())
+    }
+
+    /// JS's and Go's encodings of one signed UCAN are canonical; written-out
+    /// defaults are not; all share one payload id, and still verify.
+    #[test]
+    fn canonical_shapes_and_payload_id() {
+        let d = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .expiration(4102444800)
+            .build()
+            .unwrap();
+        assert!(d.is_canonical());
+        let id = d.payload_id().unwrap();
+        assert_eq!(id.codec(), crate::dag::RAW);
+
+        // go-ucanto leaves an empty `prf` out; JS writes an empty nonce.
+        let go = reencoded(&d, |m| {
+            m.remove("prf");
+        })
+        .unwrap();
+        let empty_nonce = reencoded(&d, |m| {
+            m.insert("nnc".into(), Ipld::String(String::new()));
+        })
+        .unwrap();
+        // Defaults written out: decodable and verifiable, not canonical.
+        let nbf = reencoded(&d, |m| {
+            m.insert("nbf".into(), Ipld::Integer(0));
+        })
+        .unwrap();
+        let facts = reencoded(&d, |m| {
+            m.insert("fct".into(), Ipld::List(Vec::new()));
+        })
+        .unwrap();
+        for (name, variant, canonical) in [
+            ("go", &go, true),
+            ("empty nonce", &empty_nonce, true),
+            ("nbf 0", &nbf, false),
+            ("fct []", &facts, false),
+        ] {
+            assert_ne!(variant.cid(), d.cid(), "{name}");
+            assert_eq!(variant.is_canonical(), canonical, "{name}");
+            assert_eq!(variant.payload_id().unwrap(), id, "{name}");
+            assert!(
+                variant.verify_signature(alice().verifier().as_ref()),
+                "{name}"
+            );
+        }
+        // Another signed payload, another id.
+        let other = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .expiration(4102444801)
+            .build()
+            .unwrap();
+        assert_ne!(other.payload_id().unwrap(), id);
+    }
+
+    /// Principals and signatures have one byte form each: the generic form of
+    /// a did:key and padded varints are refused.
+    #[test]
+    fn other_byte_forms_are_refused() {
+        let d = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .expiration(4102444800)
+            .build()
+            .unwrap();
+        let generic = reencoded(&d, |m| {
+            let mut bytes = vec![0x9d, 0x1a];
+            bytes.extend_from_slice(&alice().did().as_str().as_bytes()[4..]);
+            m.insert("iss".into(), Ipld::Bytes(bytes));
+        });
+        assert!(generic.is_err());
+        let padded_key = reencoded(&d, |m| {
+            let Some(Ipld::Bytes(aud)) = m.get("aud") else {
+                unreachable!()
+            };
+            let bytes = [&[0xed, 0x81, 0x00][..], &aud[2..]].concat();
+            m.insert("aud".into(), Ipld::Bytes(bytes));
+        });
+        assert!(padded_key.is_err());
+        let padded_sig = reencoded(&d, |m| {
+            let Some(Ipld::Bytes(s)) = m.get("s") else {
+                unreachable!()
+            };
+            let bytes = [&[0xed, 0xa1, 0x83, 0x00][..], &s[3..]].concat();
+            m.insert("s".into(), Ipld::Bytes(bytes));
+        });
+        assert!(padded_sig.is_err());
+        // did:web keeps its (only) generic form.
+        let web: Did = "did:web:tracker.example".parse().unwrap();
+        assert_eq!(Did::from_ucan_bytes(&web.to_ucan_bytes()).unwrap(), web);
     }
 
     #[test]

@@ -130,19 +130,55 @@ pub struct ValidatorConfig {
     /// Signatures already verified, shared across calls (e.g. the same proof in
     /// every receipt of a batch); `None` verifies each call afresh.
     pub verified: Option<Arc<SignatureCache>>,
+    /// Most proof checks one `access` call runs ([`MAX_VALIDATIONS`] by default).
+    pub max_validations: usize,
 }
 
 /// Verified signatures, by UCAN CID, the verifier (its DID and its key) and
 /// the exact bytes. Only successes are kept: a failure is re-checked (and
 /// reported) every time.
+///
+/// It can also hold a budget of signature verifications (see
+/// [`SignatureCache::with_budget`]): what a batch of invocations from one
+/// party may cost, whatever their proofs look like.
 #[derive(Debug, Default)]
 pub struct SignatureCache {
     entries: std::sync::Mutex<std::collections::HashMap<(Cid, Did, Did), bytes::Bytes>>,
+    /// Verifications left; `None` is unlimited.
+    budget: Option<std::sync::atomic::AtomicU64>,
 }
 
 impl SignatureCache {
     /// Most entries kept; the cache starts over past it.
     pub const CAPACITY: usize = 100_000;
+
+    /// A cache allowing `initial` signature verifications that are not cached
+    /// already; [`SignatureCache::credit`] adds more.
+    pub fn with_budget(initial: u64) -> Self {
+        SignatureCache {
+            entries: Default::default(),
+            budget: Some(std::sync::atomic::AtomicU64::new(initial)),
+        }
+    }
+
+    /// Allows `n` more verifications.
+    pub fn credit(&self, n: u64) {
+        if let Some(budget) = &self.budget {
+            budget.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one verification from the budget; false when none is left.
+    pub fn spend(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.budget.as_ref().is_none_or(|budget| {
+            budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        })
+    }
 
     /// Whether `bytes`, named `cid`, was verified by `verifier`.
     pub fn contains(&self, cid: &Cid, verifier: &dyn Verifier, bytes: &bytes::Bytes) -> bool {
@@ -171,7 +207,15 @@ impl ValidatorConfig {
             local_proofs: Vec::new(),
             now: None,
             verified: None,
+            max_validations: MAX_VALIDATIONS,
         }
+    }
+
+    /// Runs at most `limit` proof checks per `access` call: a service that
+    /// validates many invocations from one party bounds each one's cost.
+    pub fn max_validations(mut self, limit: usize) -> Self {
+        self.max_validations = limit;
+        self
     }
 
     /// Shares verified signatures with other calls through `cache`.

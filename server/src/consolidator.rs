@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
 use ucanto::client::{Channel, ClientError, Connection};
-use ucanto::dag::{CodecError, Ipld, CAR, SHA2_256};
+use ucanto::dag::{Block, CodecError, Ipld, CAR, SHA2_256};
 use ucanto::message::AgentMessage;
 use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
@@ -54,14 +54,19 @@ use ucanto::server::{error_name, BoxFuture, HandlerError, Request, Response, Ser
 use ucanto::ucan::{now, Delegation, Invocation, Proof};
 use ucanto::validator::{access, SignatureCache, ValidatorConfig};
 
+use crate::handlers::conclude::TALLY_INCOMPLETE;
 use crate::store::Store;
 use crate::tally::Tally;
 
 /// Default largest retrieval: 4 GiB, the largest blob (shard) a space stores.
 pub const DEFAULT_MAX_RETRIEVAL_BYTES: u64 = 4 << 30;
 
-/// Error name of a consolidation postponed by a transient failure.
+/// Error name of a consolidation postponed because the node failed
+/// (unreachable, 5xx, cut off): retried until the give-up age.
 pub const RETRY: &str = "EgressConsolidateRetry";
+/// Error name of a consolidation postponed by a failure on our side (disk,
+/// store, a crashed task, the task already running): retried, never final.
+pub const RETRY_INTERNAL: &str = "EgressConsolidateInternalRetry";
 
 /// Limits and timings of batch processing.
 #[derive(Clone, Debug)]
@@ -114,17 +119,29 @@ pub fn consolidate_task(
 /// What a failed batch download or check means.
 #[derive(Debug)]
 enum BatchFailure {
-    /// Try again later.
+    /// The node's side failed (unreachable, 5xx, cut off): try again later,
+    /// and give up once the node has failed for the give-up age.
     Transient(String),
+    /// Our side failed (disk, store, a crashed task): try again later, never
+    /// final, since the node did nothing wrong.
+    Internal(String),
     /// Final: the batch can never be counted.
     Permanent(String),
+}
+
+impl BatchFailure {
+    fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        BatchFailure::Internal(format!("{context}: {error}"))
+    }
 }
 
 /// One receipt archive that passed every check.
 struct Counted {
     receipt: Cid,
-    /// The retrieve invocation: what is counted once, whatever receipts a
-    /// node signs for it.
+    /// The retrieval's identity: the payload id of its retrieve invocation
+    /// (what the client signed), the same for every encoding of it, so a
+    /// retrieval counts once whatever receipts a node signs for it and
+    /// however it re-encodes the invocation.
     retrieval: Cid,
     space: Did,
     day: String,
@@ -139,6 +156,28 @@ pub struct Consolidator {
     state: Arc<HandlerState>,
     tracker_connection: Connection,
     conclude_proofs: Vec<Delegation>,
+    paging: TallyPaging,
+}
+
+/// How a tally is cut for `space/egress/conclude`.
+#[derive(Clone, Copy, Debug)]
+pub struct TallyPaging {
+    /// Counted retrievals per chunk.
+    pub receipts_per_chunk: usize,
+    /// Chunks per conclude invocation (at least 2: the first chunk travels
+    /// with every page).
+    pub chunks_per_page: usize,
+}
+
+impl Default for TallyPaging {
+    /// 4096 retrievals (~150 KiB) a chunk, 16 chunks (~2.5 MiB) a page: far
+    /// under the default body limits.
+    fn default() -> Self {
+        TallyPaging {
+            receipts_per_chunk: crate::tally::CHUNK_RECEIPTS,
+            chunks_per_page: 16,
+        }
+    }
 }
 
 struct HandlerState {
@@ -151,6 +190,25 @@ struct HandlerState {
     /// Retrievals the tracker said were counted by another batch (learned from
     /// refused conclusions): what a consolidator without the store knows.
     known_counted: Mutex<HashSet<Cid>>,
+    /// Tasks running now: a task asked for again meanwhile (a repeated or
+    /// concurrent request) is not run a second time.
+    running: Mutex<HashSet<Cid>>,
+    /// Who may invoke consolidate: the tracker.
+    tracker: Arc<dyn Verifier>,
+}
+
+/// Removes a task from [`HandlerState::running`] when its run ends, however.
+struct RunningTask<'a> {
+    running: &'a Mutex<HashSet<Cid>>,
+    task: Cid,
+}
+
+impl Drop for RunningTask<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&self.task);
+        }
+    }
 }
 
 impl Consolidator {
@@ -171,6 +229,7 @@ impl Consolidator {
         authorities: Vec<Arc<dyn Verifier>>,
         conclude_proofs: Vec<Delegation>,
     ) -> Self {
+        remove_stale_spool_files(&limits.scratch_dir);
         let state = Arc::new(HandlerState {
             store,
             http: batch_client(&limits),
@@ -178,16 +237,22 @@ impl Consolidator {
             authorities,
             tallies: Mutex::new(HashMap::new()),
             known_counted: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashSet::new()),
+            tracker: tracker.clone(),
         });
         let handler_state = state.clone();
         let tracker_did = tracker.did().clone();
         let server = Server::builder(signer.clone())
             .audience(tracker_did.clone())
             .validator(|config| config.authority = tracker)
-            .provide(Consolidate::parser(), move |request: Request| {
-                let state = handler_state.clone();
-                async move { Ok::<_, HandlerError>(state.consolidate(request).await) }
-            })
+            .provide_on(
+                &tracker_did,
+                Consolidate::parser(),
+                move |request: Request| {
+                    let state = handler_state.clone();
+                    async move { Ok::<_, HandlerError>(state.consolidate(request).await) }
+                },
+            )
             .build();
         Consolidator {
             signer,
@@ -196,7 +261,14 @@ impl Consolidator {
             state,
             tracker_connection,
             conclude_proofs,
+            paging: TallyPaging::default(),
         }
+    }
+
+    /// Cuts tallies as `paging` says.
+    pub fn with_paging(mut self, paging: TallyPaging) -> Self {
+        self.paging = paging;
+        self
     }
 
     /// Runs the invocations of `request` and, for each final consolidate
@@ -225,30 +297,66 @@ impl Consolidator {
         Ok(response)
     }
 
+    /// Invokes `space/egress/conclude` with `receipt` and `tally`, in pages
+    /// of at most `chunks_per_page` tally chunks (each page also carries the
+    /// first chunk, which names the batch), so no request outgrows the
+    /// tracker's body limit.
     async fn conclude(&self, receipt: &Receipt, batch: Cid, tally: &Tally) -> Result<(), String> {
-        let chunks = tally.to_blocks(batch).map_err(|e| e.to_string())?;
+        let chunks = tally
+            .to_blocks_of(
+                batch,
+                self.paging.receipts_per_chunk,
+                crate::tally::CHUNK_USAGE,
+            )
+            .map_err(|e| e.to_string())?;
         let nb = etracker_capabilities::conclude::ConcludeNb {
             receipt: receipt.cid(),
             tally: chunks.iter().map(|b| b.cid).collect(),
         };
-        let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
-            .capability(etracker_capabilities::Conclude::capability(
-                &self.tracker,
-                &nb,
-            ))
-            .attach(receipt.block().clone());
-        for chunk in chunks {
-            builder = builder.attach(chunk);
+        let (first, rest) = chunks.split_first().expect("a tally has a chunk");
+        let per_page = self.paging.chunks_per_page.max(2) - 1;
+        let pages: Vec<&[Block]> = if rest.is_empty() {
+            vec![&[]]
+        } else {
+            rest.chunks(per_page).collect()
+        };
+        let last = pages.len() - 1;
+        for (i, page) in pages.into_iter().enumerate() {
+            let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
+                .capability(etracker_capabilities::Conclude::capability(
+                    &self.tracker,
+                    &nb,
+                ))
+                .attach(receipt.block().clone())
+                .attach(first.clone());
+            for chunk in page {
+                builder = builder.attach(chunk.clone());
+            }
+            for proof in &self.conclude_proofs {
+                builder = builder.proof(Proof::Delegation(proof.clone()));
+            }
+            let invocation = builder.build().map_err(|e| e.to_string())?;
+            let answer = self
+                .tracker_connection
+                .invoke(&invocation)
+                .await
+                .map_err(|e| e.to_string())?;
+            if i < last && error_name(answer.out()) == Some(TALLY_INCOMPLETE) {
+                continue;
+            }
+            return self.concluded(&answer, receipt, batch, tally);
         }
-        for proof in &self.conclude_proofs {
-            builder = builder.proof(Proof::Delegation(proof.clone()));
-        }
-        let invocation = builder.build().map_err(|e| e.to_string())?;
-        let answer = self
-            .tracker_connection
-            .invoke(&invocation)
-            .await
-            .map_err(|e| e.to_string())?;
+        Err("no conclude page was sent".into())
+    }
+
+    /// Reads the tracker's answer to the (last) conclude page.
+    fn concluded(
+        &self,
+        answer: &Receipt,
+        receipt: &Receipt,
+        batch: Cid,
+        tally: &Tally,
+    ) -> Result<(), String> {
         match answer.out() {
             Ok(_) => {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
@@ -302,8 +410,21 @@ impl Channel for ConsolidatorChannel {
 
 /// An HTTP router serving a separately deployed consolidator at `POST /`.
 pub fn router(consolidator: Arc<Consolidator>, body_limit: usize) -> axum::Router {
+    let limits = ucanto::transport::HttpLimits {
+        body_limit,
+        ..Default::default()
+    };
+    router_with(consolidator, limits)
+}
+
+/// An HTTP router serving a separately deployed consolidator at `POST /`
+/// within `limits`.
+pub fn router_with(
+    consolidator: Arc<Consolidator>,
+    limits: ucanto::transport::HttpLimits,
+) -> axum::Router {
     use axum::body::Bytes;
-    use axum::extract::{DefaultBodyLimit, State};
+    use axum::extract::State;
     use axum::http::{header, HeaderMap, StatusCode};
     use axum::response::IntoResponse;
     async fn handle(
@@ -331,16 +452,32 @@ pub fn router(consolidator: Arc<Consolidator>, body_limit: usize) -> axum::Route
                 .into_response(),
         }
     }
-    axum::Router::new()
-        .route("/", axum::routing::post(handle))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(consolidator)
+    ucanto::transport::limit(
+        axum::Router::new().route("/", axum::routing::post(handle)),
+        limits,
+    )
+    .with_state(consolidator)
 }
 
 impl HandlerState {
     async fn consolidate(&self, request: Request) -> Response {
         let task = request.invocation.cid();
         let failure = |message: String| Response::error(ConsolidateError::new(message).to_ipld());
+        // Tasks come from the tracker only: a delegation of consolidate to
+        // anyone else would let them make this service download batches.
+        if request.invocation.issuer() != self.tracker.did() {
+            return Response::failure(
+                "Unauthorized",
+                format!(
+                    "only the tracker {} invokes consolidate, not {}",
+                    self.tracker.did(),
+                    request.invocation.issuer()
+                ),
+            );
+        }
+        let Some(_running) = self.start(task) else {
+            return Response::failure(RETRY_INTERNAL, format!("task {task} is already running"));
+        };
         let cause = match Consolidate::parse(&request.capability) {
             Ok(parsed) => parsed.nb.cause,
             Err(e) => return failure(e.to_string()),
@@ -370,8 +507,10 @@ impl HandlerState {
                 failure(message)
             }
             Err(BatchFailure::Transient(message)) => {
-                let received_at = self.received_at(&batch).await;
-                if received_at
+                // The give-up age counts from the first failed attempt: a
+                // batch that waited in the queue has not failed yet.
+                let failing_since = self.failing_since(&batch).await;
+                if failing_since
                     .is_some_and(|at| now().saturating_sub(at) >= self.limits.give_up_after)
                 {
                     let message =
@@ -382,7 +521,20 @@ impl HandlerState {
                 tracing::info!(%batch, %message, "batch unavailable, will retry");
                 Response::failure(RETRY, message)
             }
+            Err(BatchFailure::Internal(message)) => {
+                tracing::error!(%batch, %message, "consolidation failed on our side, will retry");
+                Response::failure(RETRY_INTERNAL, message)
+            }
         }
+    }
+
+    /// Marks `task` running, unless it already is.
+    fn start(&self, task: Cid) -> Option<RunningTask<'_>> {
+        let mut running = self.running.lock().ok()?;
+        running.insert(task).then_some(RunningTask {
+            running: &self.running,
+            task,
+        })
     }
 
     fn stash(&self, task: Cid, batch: Cid, tally: Tally) {
@@ -391,11 +543,17 @@ impl HandlerState {
         }
     }
 
-    async fn received_at(&self, batch: &Cid) -> Option<u64> {
+    /// When the batch's first failed attempt was (from the store, so that a
+    /// restart or another replica keeps counting).
+    async fn failing_since(&self, batch: &Cid) -> Option<u64> {
         let store = self.store.clone()?;
         let batch = *batch;
         tokio::task::spawn_blocking(move || {
-            store.record(&batch).ok().flatten().map(|r| r.received_at)
+            store
+                .record(&batch)
+                .ok()
+                .flatten()
+                .and_then(|r| r.first_failure_at)
         })
         .await
         .ok()
@@ -414,7 +572,7 @@ impl HandlerState {
             )));
         }
         let path = self.limits.scratch_dir.join(format!(
-            "etracker-batch-{batch}-{}-{}.car",
+            "{SPOOL_PREFIX}{batch}-{}-{}.car",
             std::process::id(),
             next_spool_id()
         ));
@@ -424,8 +582,8 @@ impl HandlerState {
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
-        let (ok, candidates) = result?;
-        self.finish(ok, candidates).await
+        let (rejected, candidates) = result?;
+        self.finish(batch, rejected, candidates).await
     }
 
     /// Streams the batch to `path`, enforcing the size limits and the hash.
@@ -455,9 +613,8 @@ impl HandlerState {
                 )));
             }
         }
-        let mut file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| transient(&e))?;
+        let spool = |e: std::io::Error| BatchFailure::internal("spooling the batch", e);
+        let mut file = tokio::fs::File::create(path).await.map_err(spool)?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = response.chunk().await.map_err(|e| transient(&e))? {
@@ -469,9 +626,9 @@ impl HandlerState {
                 )));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| transient(&e))?;
+            file.write_all(&chunk).await.map_err(spool)?;
         }
-        file.flush().await.map_err(|e| transient(&e))?;
+        file.flush().await.map_err(spool)?;
         if size < limits.min_size {
             return Err(BatchFailure::Permanent(format!(
                 "batch is {size} bytes, less than the {} required",
@@ -491,10 +648,10 @@ impl HandlerState {
         &self,
         node: &Did,
         path: &PathBuf,
-    ) -> Result<(ConsolidateOk, Vec<Counted>), BatchFailure> {
+    ) -> Result<(Rejections, Vec<Counted>), BatchFailure> {
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| BatchFailure::Transient(e.to_string()))?;
+            .map_err(|e| BatchFailure::internal("reading the spooled batch", e))?;
         let limits = Limits {
             max_header_len: 64 * 1024,
             max_block_len: 16 * 1024 * 1024,
@@ -507,47 +664,61 @@ impl HandlerState {
             .map_err(undecodable)?;
         let node_verifier =
             verifier_for(node).map_err(|e| BatchFailure::Permanent(format!("node {node}: {e}")))?;
-        let mut ok = ConsolidateOk::default();
+        // A batch's retrievals mostly share their proofs: verify each once,
+        // within a budget that grows with the receipts read, so that proofs
+        // crafted to be expensive cannot make one batch cost more than a few
+        // honest ones.
+        let signatures = Arc::new(SignatureCache::with_budget(BATCH_SIGNATURE_ALLOWANCE));
+        let checks = Arc::new(Checks {
+            max_retrieval: self.limits.max_retrieval_bytes,
+            tracker: self.tracker.clone(),
+            authorities: self.authorities.clone(),
+            signatures: signatures.clone(),
+            node: node.clone(),
+            node_verifier,
+        });
+        let mut rejected = Rejections::default();
         let mut counted = Vec::new();
+        // Retrievals judged in this batch, and archives already seen: a
+        // repeated archive is a duplicate without checking it again.
         let mut seen = HashSet::new();
+        let mut seen_archives = HashSet::new();
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
-        // A batch's retrievals mostly share their proofs: verify each once.
-        let signatures = Arc::new(SignatureCache::default());
-        let max_retrieval = self.limits.max_retrieval_bytes;
         loop {
             let next = reader.next_block().await.map_err(undecodable)?;
             let end = next.is_none();
-            chunk.extend(next);
+            if let Some((archive, bytes)) = next {
+                if seen_archives.insert(archive.hash().digest().to_vec()) {
+                    signatures.credit(SIGNATURES_PER_RECEIPT);
+                    chunk.push((archive, bytes));
+                } else if rejected.lists_next() {
+                    let receipt = Receipt::archived_cid(&bytes).unwrap_or(archive);
+                    rejected.push(ReceiptError {
+                        name: "DuplicateReceipt".into(),
+                        message: format!("receipt {receipt} appears more than once in the batch"),
+                        receipt,
+                    });
+                } else {
+                    // Past the bound only the count matters: no need to read it.
+                    rejected.count("DuplicateReceipt");
+                }
+            }
             if chunk.len() < CHECK_CHUNK && !end {
                 continue;
             }
             // Checking is CPU work (signatures, validation): it runs off the async
             // runtime, on every core, a bounded chunk of archives at a time.
-            let (authorities, node, verifier, signatures) = (
-                self.authorities.clone(),
-                node.clone(),
-                node_verifier.clone(),
-                signatures.clone(),
-            );
             let archives = std::mem::take(&mut chunk);
-            let checked = tokio::task::spawn_blocking(move || {
-                check_chunk(
-                    max_retrieval,
-                    &authorities,
-                    &signatures,
-                    &node,
-                    verifier.as_ref(),
-                    &archives,
-                )
-            })
-            .await
-            .map_err(|e| BatchFailure::Transient(format!("checking receipts: {e}")))?;
+            let checks = checks.clone();
+            let checked = tokio::task::spawn_blocking(move || checks.check_chunk(&archives))
+                .await
+                .map_err(|e| BatchFailure::internal("checking receipts", e))?;
             // In batch order: the first copy of a retrieval is judged, later
-            // copies (the same receipt, or another receipt for the same
-            // retrieval) are duplicates.
+            // copies (the same receipt, another receipt for the same
+            // retrieval, or the retrieval re-encoded) are duplicates.
             for outcome in checked {
                 if !seen.insert(outcome.key()) {
-                    ok.errors.push(ReceiptError {
+                    rejected.push(ReceiptError {
                         name: "DuplicateReceipt".into(),
                         message: format!(
                             "retrieval {} appears more than once in the batch",
@@ -560,20 +731,21 @@ impl HandlerState {
                 match outcome {
                     Checked::Counted(entry) => counted.push(entry),
                     Checked::NoEgress(_) => {}
-                    Checked::Rejected(error) => ok.errors.push(*error),
+                    Checked::Rejected(error) => rejected.push(*error),
                 }
             }
             if end {
                 break;
             }
         }
-        Ok((ok, counted))
+        Ok((rejected, counted))
     }
 
     /// Drops retrievals an earlier batch already counted, then totals the rest.
     async fn finish(
         &self,
-        mut ok: ConsolidateOk,
+        batch: &Cid,
+        mut rejected: Rejections,
         candidates: Vec<Counted>,
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
         let earlier: Vec<Option<Cid>> = match self.store.clone() {
@@ -581,8 +753,8 @@ impl HandlerState {
                 let cids: Vec<Cid> = candidates.iter().map(|c| c.retrieval).collect();
                 tokio::task::spawn_blocking(move || store.counted(&cids))
                     .await
-                    .map_err(|e| BatchFailure::Transient(e.to_string()))?
-                    .map_err(|e| BatchFailure::Transient(e.to_string()))?
+                    .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?
+                    .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?
             }
             None => vec![None; candidates.len()],
         };
@@ -605,7 +777,7 @@ impl HandlerState {
                 None => None,
             };
             match duplicate {
-                Some(message) => ok.errors.push(ReceiptError {
+                Some(message) => rejected.push(ReceiptError {
                     name: "DuplicateReceipt".into(),
                     message,
                     receipt: entry.receipt,
@@ -613,14 +785,12 @@ impl HandlerState {
                 None => tally.add(entry.space, entry.day, entry.bytes, entry.retrieval),
             }
         }
-        ok.total_egress = tally.total();
+        let ok = ConsolidateOk {
+            total_egress: tally.total(),
+            errors: rejected.into_errors(batch),
+        };
         Ok((ok, tally))
     }
-}
-
-fn node_verifier_arc(verifier: &dyn Verifier) -> Arc<dyn Verifier> {
-    // The node is a did:key (checked before), so this cannot fail.
-    verifier_for(verifier.did()).expect("node verifier")
 }
 
 /// The HTTP client batches are fetched with: the download timeout and, unless
@@ -628,7 +798,11 @@ fn node_verifier_arc(verifier: &dyn Verifier) -> Arc<dyn Verifier> {
 /// reach public addresses. Filtering at resolution means a DNS answer that
 /// changes between a check and the connection cannot slip through.
 fn batch_client(limits: &BatchLimits) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder().timeout(limits.fetch_timeout);
+    // No proxy from the environment: a proxy would fetch on our behalf from
+    // wherever it sits, past the address filter below.
+    let mut builder = reqwest::Client::builder()
+        .timeout(limits.fetch_timeout)
+        .no_proxy();
     if !limits.allow_private_endpoints {
         builder =
             builder
@@ -690,16 +864,26 @@ fn is_public(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_multicast()
                 || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 198 && (18..20).contains(&b)) // benchmarking (198.18.0.0/15)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
                 || a == 0
                 || a >= 240)
         }
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => is_public(IpAddr::V4(v4)),
             None => {
-                let first = v6.segments()[0];
+                let segments = v6.segments();
+                let first = segments[0];
+                // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48) and
+                // 6to4 (2002::/16) addresses stand for an IPv4 address that a
+                // gateway would reach for us, possibly a private one: refused.
+                let translated = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    || segments[..3] == [0x64, 0xff9b, 1]
+                    || first == 0x2002;
                 !(v6.is_loopback()
                     || v6.is_unspecified()
                     || v6.is_multicast()
+                    || translated
                     || (first & 0xfe00) == 0xfc00 // unique local
                     || (first & 0xffc0) == 0xfe80) // link-local
             }
@@ -738,151 +922,290 @@ impl Checked {
     }
 }
 
-/// Checks `archives` on all available cores; results in batch order.
-fn check_chunk(
-    max_retrieval: u64,
-    authorities: &[Arc<dyn Verifier>],
-    signatures: &Arc<SignatureCache>,
-    node: &Did,
-    node_verifier: &dyn Verifier,
-    archives: &[(Cid, axum::body::Bytes)],
-) -> Vec<Checked> {
-    let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
-        check_archive(
-            max_retrieval,
-            authorities,
-            signatures,
-            node,
-            node_verifier,
-            archive,
-            bytes,
-        )
-        .unwrap_or_else(Checked::Rejected)
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    if threads == 1 || archives.len() < 2 * threads {
-        return archives.iter().map(check).collect();
-    }
-    let per_thread = archives.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = archives
-            .chunks(per_thread)
-            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+/// Receipt errors of one batch, bounded so that the consolidate receipt
+/// stays small whatever the batch holds.
+#[derive(Default)]
+struct Rejections {
+    listed: Vec<ReceiptError>,
+    /// Errors past the bound, by name.
+    unlisted: std::collections::BTreeMap<String, u64>,
+    /// The first receipt not listed.
+    first_unlisted: Option<Cid>,
 }
 
-/// Checks one receipt archive, all but duplicates (judged in batch order by
-/// the caller); an `Err` goes to `errors[]`.
-fn check_archive(
-    max_retrieval: u64,
-    authorities: &[Arc<dyn Verifier>],
-    signatures: &Arc<SignatureCache>,
-    node: &Did,
-    node_verifier: &dyn Verifier,
-    archive: &Cid,
-    bytes: &[u8],
-) -> Result<Checked, Box<ReceiptError>> {
-    let reject = |name: &str, message: String, receipt: Cid| {
-        Box::new(ReceiptError {
-            name: name.into(),
-            message,
-            receipt,
-        })
-    };
-    if archive.codec() != CAR {
-        return Err(reject(
-            "InvalidArchive",
-            format!("block {archive} is not a receipt archive (codec car)"),
-            *archive,
-        ));
+impl Rejections {
+    /// Whether the next error is listed, or named as the first unlisted one.
+    fn lists_next(&self) -> bool {
+        self.listed.len() < MAX_LISTED_ERRORS || self.first_unlisted.is_none()
     }
-    let receipt =
-        Receipt::extract(bytes).map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
-    let cid = receipt.cid();
-    if receipt.issuer().is_some_and(|iss| iss != node) {
-        return Err(reject(
-            "WrongIssuer",
-            format!(
-                "receipt issued by {}, not by the node {node}",
-                receipt.issuer().map(Did::to_string).unwrap_or_default()
-            ),
-            cid,
-        ));
+
+    /// Counts an unlisted error (when [`Rejections::lists_next`] is false).
+    fn count(&mut self, name: &str) {
+        *self.unlisted.entry(name.to_string()).or_default() += 1;
     }
-    if !receipt.verify_signature(node_verifier) {
-        return Err(reject(
-            "InvalidSignature",
-            format!("receipt is not signed by the node {node}"),
-            cid,
-        ));
-    }
-    let Some(invocation) = receipt.ran() else {
-        return Err(reject(
-            "MissingInvocation",
-            format!("the invocation {} is not in the archive", receipt.ran_cid()),
-            cid,
-        ));
-    };
-    if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
-        return Err(reject(
-            "NotRetrieve",
-            "receipt is not for a space/content/retrieve invocation".into(),
-            cid,
-        ));
-    }
-    if invocation.audience() != node {
-        return Err(reject(
-            "WrongAudience",
-            format!(
-                "retrieval was addressed to {}, not to the node {node}",
-                invocation.audience()
-            ),
-            cid,
-        ));
-    }
-    let size = match egress_bytes(&receipt) {
-        Ok(size) => size,
-        // A failed retrieval served nothing: a valid receipt with no egress.
-        Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
-        Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
-            return Err(reject("InvalidRange", e.to_string(), cid))
+
+    fn push(&mut self, error: ReceiptError) {
+        if self.listed.len() < MAX_LISTED_ERRORS {
+            self.listed.push(error);
+        } else {
+            self.first_unlisted.get_or_insert(error.receipt);
+            *self.unlisted.entry(error.name).or_default() += 1;
         }
-        Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
+    }
+
+    /// `errors[]`: the first [`MAX_LISTED_ERRORS`] errors, then, if there were
+    /// more, one `TooManyErrors` entry that counts the rest by name and names
+    /// the first of them (or the batch).
+    fn into_errors(self, batch: &Cid) -> Vec<ReceiptError> {
+        let mut errors = self.listed;
+        if !self.unlisted.is_empty() {
+            let total: u64 = self.unlisted.values().sum();
+            let by_name: Vec<String> = self
+                .unlisted
+                .iter()
+                .map(|(name, n)| format!("{name} ×{n}"))
+                .collect();
+            errors.push(ReceiptError {
+                name: TOO_MANY_ERRORS.into(),
+                message: format!(
+                    "{total} more receipt(s) not counted and not listed: {}",
+                    by_name.join(", ")
+                ),
+                receipt: self.first_unlisted.unwrap_or(*batch),
+            });
+        }
+        errors
+    }
+}
+
+/// Most receipt errors listed one by one in a consolidate receipt (~200
+/// bytes each): the receipt stays well under the block size any ucanto
+/// client reads.
+pub const MAX_LISTED_ERRORS: usize = 1000;
+/// Name of the last `errors[]` entry when more receipts were rejected than listed.
+pub const TOO_MANY_ERRORS: &str = "TooManyErrors";
+/// Signature verifications a batch may spend before its first receipt.
+const BATCH_SIGNATURE_ALLOWANCE: u64 = 10_000;
+/// Signature verifications each receipt read adds to its batch's budget:
+/// an honest receipt needs two fresh ones (its own, its invocation's), the
+/// proofs it shares with the rest of the batch are verified once.
+const SIGNATURES_PER_RECEIPT: u64 = 4;
+/// Proof checks one retrieval's authorization may take: real chains need a
+/// handful (space → account → agent, with an attestation).
+const PROOF_CHECKS_PER_RECEIPT: usize = 64;
+
+/// What checking a receipt needs: the node, the tracker and its authorities,
+/// and the batch's shared signature cache and budget.
+struct Checks {
+    max_retrieval: u64,
+    tracker: Arc<dyn Verifier>,
+    authorities: Vec<Arc<dyn Verifier>>,
+    signatures: Arc<SignatureCache>,
+    node: Did,
+    node_verifier: Arc<dyn Verifier>,
+}
+
+impl Checks {
+    /// Checks `archives` on all available cores; results in batch order.
+    fn check_chunk(&self, archives: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
+        let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
+            self.check_archive(archive, bytes)
+                .unwrap_or_else(Checked::Rejected)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if threads == 1 || archives.len() < 2 * threads {
+            return archives.iter().map(check).collect();
+        }
+        let per_thread = archives.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = archives
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Checks one receipt archive, all but duplicates (judged in batch order by
+    /// the caller); an `Err` goes to `errors[]`.
+    fn check_archive(&self, archive: &Cid, bytes: &[u8]) -> Result<Checked, Box<ReceiptError>> {
+        let node = &self.node;
+        let reject = |name: &str, message: String, receipt: Cid| {
+            Box::new(ReceiptError {
+                name: name.into(),
+                message,
+                receipt,
+            })
+        };
+        if archive.codec() != CAR {
+            return Err(reject(
+                "InvalidArchive",
+                format!("block {archive} is not a receipt archive (codec car)"),
+                *archive,
+            ));
+        }
+        let receipt = Receipt::extract(bytes)
+            .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
+        let cid = receipt.cid();
+        if receipt.issuer().is_some_and(|iss| iss != node) {
+            return Err(reject(
+                "WrongIssuer",
+                format!(
+                    "receipt issued by {}, not by the node {node}",
+                    receipt.issuer().map(Did::to_string).unwrap_or_default()
+                ),
+                cid,
+            ));
+        }
+        if !receipt.verify_signature(self.node_verifier.as_ref()) {
+            return Err(reject(
+                "InvalidSignature",
+                format!("receipt is not signed by the node {node}"),
+                cid,
+            ));
+        }
+        let ran = receipt.ran_cid();
+        let invocation = match Invocation::from_blocks(&ran, receipt.blocks().clone()) {
+            Ok(invocation) => invocation,
+            Err(CodecError::MissingBlock(_)) => {
+                return Err(reject(
+                    "MissingInvocation",
+                    format!("the invocation {ran} is not in the archive"),
+                    cid,
+                ))
+            }
+            // Bytes that are not the one dag-cbor encoding of what they say.
+            Err(CodecError::NonCanonical) => {
+                return Err(reject(
+                    NON_CANONICAL,
+                    format!("the invocation {ran} is not canonical dag-cbor"),
+                    cid,
+                ))
+            }
+            Err(e) => {
+                return Err(reject(
+                    "InvalidInvocation",
+                    format!("the invocation {ran} does not decode: {e}"),
+                    cid,
+                ))
+            }
+        };
+        if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
+            return Err(reject(
+                "NotRetrieve",
+                "receipt is not for a space/content/retrieve invocation".into(),
+                cid,
+            ));
+        }
+        if invocation.audience() != node {
+            return Err(reject(
+                "WrongAudience",
+                format!(
+                    "retrieval was addressed to {}, not to the node {node}",
+                    invocation.audience()
+                ),
+                cid,
+            ));
+        }
+        // The client signed the invocation's fields, not its bytes: only the
+        // encodings JS and Go write are accepted, and the retrieval is known
+        // by what was signed, so no re-encoding counts again.
+        if !invocation.is_canonical() {
+            return Err(reject(
+                NON_CANONICAL,
+                format!(
+                    "retrieve invocation {} is not in canonical form (re-encoded)",
+                    invocation.cid()
+                ),
+                cid,
+            ));
+        }
+        let retrieval = invocation
+            .payload_id()
+            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+        let size = match egress_bytes(&receipt) {
+            Ok(size) => size,
+            // A failed retrieval served nothing: a valid receipt with no egress.
+            Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
+            Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
+                return Err(reject("InvalidRange", e.to_string(), cid))
+            }
+            Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
+        };
+        if size > self.max_retrieval {
+            return Err(reject(
+                "InvalidRange",
+                format!(
+                    "nb.range claims {size} bytes, more than the {} one retrieval may",
+                    self.max_retrieval
+                ),
+                cid,
+            ));
+        }
+        let at = retrieval_time(&invocation);
+        // The tracker is the authority, and only its configured authorities
+        // attest: never the node, which would then vouch for its own receipts.
+        let mut config = ValidatorConfig::new(self.tracker.clone())
+            .at(at)
+            .with_cache(self.signatures.clone())
+            .max_validations(PROOF_CHECKS_PER_RECEIPT);
+        for authority in &self.authorities {
+            config = config.attester(authority.clone());
+        }
+        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
+            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
+        let space = Did::parse(&authorization.capability.with)
+            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+        Ok(Checked::Counted(Counted {
+            receipt: cid,
+            retrieval,
+            space,
+            day: format_date((at / 86_400) as i64),
+            bytes: size,
+        }))
+    }
+}
+
+/// Error name of a receipt whose retrieve invocation was re-encoded.
+pub const NON_CANONICAL: &str = "NonCanonical";
+
+/// Spool file names: `etracker-batch-<batch>-<pid>-<n>.car`.
+const SPOOL_PREFIX: &str = "etracker-batch-";
+
+/// Removes the spool files in `dir` that a process no longer running left
+/// behind (a crash mid-download); returns how many. Files of live processes,
+/// another consolidator's sharing the directory included, are left alone.
+pub fn remove_stale_spool_files(dir: &std::path::Path) -> usize {
+    // Without /proc we cannot tell who is alive: remove nothing.
+    if !std::path::Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
     };
-    if size > max_retrieval {
-        return Err(reject(
-            "InvalidRange",
-            format!(
-                "nb.range claims {size} bytes, more than the {max_retrieval} one retrieval may"
-            ),
-            cid,
-        ));
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPOOL_PREFIX)?.strip_suffix(".car"))
+            .and_then(|rest| rest.rsplit('-').nth(1))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a stale spool file");
+            removed += 1;
+        }
     }
-    let at = retrieval_time(&invocation);
-    let mut config = ValidatorConfig::new(node_verifier_arc(node_verifier))
-        .at(at)
-        .with_cache(signatures.clone());
-    for authority in authorities {
-        config = config.attester(authority.clone());
-    }
-    let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
-        .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
-    let space = Did::parse(&authorization.capability.with)
-        .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-    Ok(Checked::Counted(Counted {
-        receipt: cid,
-        retrieval: invocation.cid(),
-        space,
-        day: format_date((at / 86_400) as i64),
-        bytes: size,
-    }))
+    removed
 }
 
 /// A process-unique number, so concurrent runs of one task never share a spool file.
@@ -903,6 +1226,11 @@ fn retrieval_time(invocation: &Invocation) -> u64 {
 
 /// Whether a consolidate receipt says "try again later".
 pub fn is_retry(receipt: &Receipt) -> bool {
+    matches!(error_name(receipt.out()), Some(RETRY | RETRY_INTERNAL))
+}
+
+/// Whether a consolidate receipt says "try again later" because the node failed.
+pub fn is_node_failure(receipt: &Receipt) -> bool {
     error_name(receipt.out()) == Some(RETRY)
 }
 
@@ -926,6 +1254,14 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.8",
+            "64:ff9b::7f00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2002:808:808::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -934,6 +1270,9 @@ mod tests {
             "93.184.216.34",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "198.20.0.1",
+            "192.0.1.1",
+            "2001:4860:4860::8888",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

@@ -116,7 +116,14 @@ struct StartArgs {
     /// First retry delay after a transient failure, seconds (doubles per attempt).
     #[arg(long, env = "ETRACKER_RETRY_BASE", default_value_t = 60)]
     retry_base: u64,
-    /// Bearer token for /metrics and /consolidate (open when unset).
+    /// ucanto requests (`POST /`) handled at once; more wait, within the timeout.
+    #[arg(long, env = "ETRACKER_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    max_concurrent_requests: usize,
+    /// Seconds a ucanto request may take, waiting included (then 408).
+    #[arg(long, env = "ETRACKER_REQUEST_TIMEOUT", default_value_t = 60)]
+    request_timeout: u64,
+    /// Bearer token for /metrics and /consolidate (unset: /metrics is open,
+    /// /consolidate answers loopback callers only).
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// URL of a separately deployed consolidator (in-process when unset).
@@ -143,13 +150,16 @@ struct BatchArgs {
     /// Largest range one retrieval may claim, bytes.
     #[arg(long, env = "ETRACKER_MAX_RETRIEVAL_BYTES", default_value_t = etracker_server::consolidator::DEFAULT_MAX_RETRIEVAL_BYTES)]
     max_retrieval_bytes: u64,
-    /// Seconds after tracking when an unreachable batch is given up.
+    /// Seconds a node may keep failing to serve a batch, from its first failed
+    /// attempt, before the batch is given up.
     #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
     give_up_after: u64,
     /// Also fetch batches from loopback/private/link-local addresses (local setups only).
     #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
     allow_private_endpoints: bool,
-    /// Authorities whose ucan/attest count for retrievals, as DID=did:key (comma-separated).
+    /// Authorities whose ucan/attest count for retrievals, as DID=did:key
+    /// (comma-separated; e.g. the upload service that verifies accounts).
+    /// None by default: nodes never attest their own receipts.
     #[arg(long, env = "ETRACKER_AUTHORITIES", value_delimiter = ',')]
     authorities: Vec<String>,
 }
@@ -327,6 +337,8 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         limits: args.batches.limits(&args.key.data_dir),
         authorities,
         admin_token: args.admin_token,
+        max_concurrent_requests: args.max_concurrent_requests,
+        request_timeout: Duration::from_secs(args.request_timeout),
         remote_consolidator: match (&args.consolidator_url, &args.consolidator_did) {
             (Some(url), Some(did)) => Some(RemoteConsolidator {
                 url: url.clone(),
@@ -347,7 +359,10 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         "{{\"url\":\"http://{address}/\",\"did\":\"{}\"}}",
         signer.did()
     );
-    axum::serve(listener, tracker.app())
+    let app = tracker
+        .app()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())

@@ -10,11 +10,12 @@
 //! POST /consolidate       run consolidation now (bearer token when configured)
 //! ```
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,7 +30,7 @@ use ucanto::server::Server;
 use ucanto::ucan::{now, Delegation};
 
 use crate::consolidator::{
-    consolidate_task, is_retry, BatchLimits, Consolidator, ConsolidatorChannel,
+    consolidate_task, is_node_failure, is_retry, BatchLimits, Consolidator, ConsolidatorChannel,
 };
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
@@ -58,6 +59,10 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Largest ucanto request body.
     pub body_limit: usize,
+    /// ucanto requests handled at once; more wait, within the timeout.
+    pub max_concurrent_requests: usize,
+    /// Longest a ucanto request may take, waiting included (then 408).
+    pub request_timeout: Duration,
     /// Name of this replica in leases.
     pub replica: String,
     /// A separately deployed consolidator; in-process (same identity) when `None`.
@@ -87,8 +92,21 @@ impl Default for Settings {
             authorities: Vec::new(),
             admin_token: None,
             body_limit: 64 * 1024 * 1024,
+            max_concurrent_requests: 64,
+            request_timeout: Duration::from_secs(60),
             replica: format!("etracker-{}", std::process::id()),
             remote_consolidator: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The limits of `POST /`.
+    pub fn http_limits(&self) -> ucanto::transport::HttpLimits {
+        ucanto::transport::HttpLimits {
+            body_limit: self.body_limit,
+            max_concurrent: self.max_concurrent_requests,
+            timeout: self.request_timeout,
         }
     }
 }
@@ -170,7 +188,8 @@ impl Tracker {
 
     /// The HTTP routes.
     pub fn app(self: &Arc<Self>) -> Router {
-        let ucanto = ucanto::transport::router(self.server.clone(), self.settings.body_limit);
+        let ucanto =
+            ucanto::transport::router_with(self.server.clone(), self.settings.http_limits());
         Router::new()
             .route("/receipts/{cid}", get(receipt))
             .route("/health", get(health))
@@ -242,6 +261,9 @@ impl Tracker {
     /// Invokes the record's consolidate task; true when the batch is concluded.
     async fn consolidate_one(&self, record: EgressRecord) -> bool {
         let batch = record.batch;
+        // Whether the node is to blame for a failure (only then does the
+        // give-up age run); anything else failing is ours.
+        let mut by_node = false;
         let outcome = async {
             let track =
                 Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
@@ -253,6 +275,7 @@ impl Tracker {
                 .await
                 .map_err(|e| e.to_string())?;
             if is_retry(&receipt) {
+                by_node = is_node_failure(&receipt);
                 return Err(
                     ucanto::dag_json::to_string(receipt.out().as_ref().unwrap_err())
                         .unwrap_or_default(),
@@ -282,7 +305,16 @@ impl Tracker {
         let message = reason.clone();
         if let Err(e) = self
             .ctx
-            .store(move |s| s.reschedule(&batch, &owner, current, current + backoff, &message))
+            .store(move |s| {
+                s.reschedule(
+                    &batch,
+                    &owner,
+                    current,
+                    current + backoff,
+                    &message,
+                    by_node,
+                )
+            })
             .await
         {
             tracing::warn!(%batch, error = %e, "cannot reschedule");
@@ -292,6 +324,7 @@ impl Tracker {
         false
     }
 
+    /// Whether the request carries the admin token (true when none is set).
     fn authorized(&self, headers: &HeaderMap) -> bool {
         match &self.settings.admin_token {
             None => true,
@@ -299,7 +332,17 @@ impl Tracker {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|given| given == token),
+                .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())),
+        }
+    }
+
+    /// Whether the request may run a consolidation: the admin token when one
+    /// is set, else a caller on this machine. Each run downloads batches, so
+    /// strangers must not be able to start runs at will.
+    fn may_consolidate(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
+        match &self.settings.admin_token {
+            Some(_) => self.authorized(headers),
+            None => peer.is_some_and(|p| p.ip().is_loopback()),
         }
     }
 }
@@ -307,11 +350,14 @@ impl Tracker {
 /// The tracker's ucanto dispatcher: track, conclude and account/egress/get.
 pub fn tracker_server(ctx: Arc<Context>) -> Server {
     let (track, conclude, get) = (ctx.clone(), ctx.clone(), ctx.clone());
+    // Track and conclude act on the tracker itself: only invocations on its
+    // DID, never one a node or a stranger issues on their own.
+    let tracker = ctx.signer.did().clone();
     Server::builder(ctx.signer.clone())
-        .provide(Track::parser(), move |r| {
+        .provide_on(&tracker, Track::parser(), move |r| {
             handlers::track::handle(track.clone(), r)
         })
-        .provide(Conclude::parser(), move |r| {
+        .provide_on(&tracker, Conclude::parser(), move |r| {
             handlers::conclude::handle(conclude.clone(), r)
         })
         .provide(EgressGet::parser(), move |r| {
@@ -365,8 +411,16 @@ async fn metrics(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Res
         .into_response()
 }
 
-async fn consolidate_now(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
-    if !tracker.authorized(&headers) {
+async fn consolidate_now(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    if !tracker.may_consolidate(&headers, peer) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let s = tracker.consolidate().await;
@@ -375,4 +429,12 @@ async fn consolidate_now(State(tracker): State<Arc<Tracker>>, headers: HeaderMap
         s.leased, s.concluded, s.retried
     );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }

@@ -3,15 +3,20 @@
 //! The consolidator hands it to the tracker as blocks attached to the
 //! `space/egress/conclude` invocation (linked from `nb.tally`), because a batch
 //! can hold hundreds of thousands of receipts — far too many CIDs for the
-//! receipt a node downloads.
+//! receipt a node downloads. A tally too big for one request travels in
+//! pages: every page links all chunks and attaches the first and some others;
+//! the tracker stages what it gets until it has them all (see
+//! [`crate::handlers::conclude`]).
 //!
 //! # Format
 //! ```text
 //! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
-//!          counted: [Link<retrieve invocation>] }
+//!          counted: [Link<retrieval payload id>] }
 //! ```
 //! Usage entries and counted retrievals may be spread over any number of chunks;
-//! every chunk names the same batch.
+//! every chunk names the same batch. A counted retrieval is the payload id
+//! of its `space/content/retrieve` invocation (raw CID of what the client
+//! signed), the same for every encoding of it.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +24,10 @@ use cid::Cid;
 use ucanto::dag::{Block, BlockStore, CodecError, Ipld, IpldMap};
 use ucanto::principal::Did;
 
-/// Counted receipts per chunk: ~150 KiB blocks.
+/// Counted retrievals per chunk: ~150 KiB.
 pub const CHUNK_RECEIPTS: usize = 4096;
+/// Usage entries per chunk: ~100 KiB.
+pub const CHUNK_USAGE: usize = 1024;
 
 /// Egress of one batch, per space and day, and the receipts it counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,8 +52,21 @@ impl Tally {
         self.usage.values().sum()
     }
 
-    /// Encodes the tally of `batch` as chunk blocks (at least one).
+    /// Encodes the tally of `batch` as chunk blocks (at least one) of at most
+    /// [`CHUNK_RECEIPTS`] counted retrievals and [`CHUNK_USAGE`] usage entries.
     pub fn to_blocks(&self, batch: Cid) -> Result<Vec<Block>, CodecError> {
+        self.to_blocks_of(batch, CHUNK_RECEIPTS, CHUNK_USAGE)
+    }
+
+    /// Encodes the tally of `batch` as chunk blocks (at least one) of at most
+    /// `receipts` counted retrievals and `usage` usage entries each.
+    pub fn to_blocks_of(
+        &self,
+        batch: Cid,
+        receipts: usize,
+        usage: usize,
+    ) -> Result<Vec<Block>, CodecError> {
+        let (receipts, usage_per_chunk) = (receipts.max(1), usage.max(1));
         let usage: Vec<Ipld> = self
             .usage
             .iter()
@@ -58,16 +78,20 @@ impl Tally {
                 ]))
             })
             .collect();
-        let mut chunks: Vec<&[Cid]> = self.counted.chunks(CHUNK_RECEIPTS).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, counted)| {
-                let usage = if i == 0 { usage.clone() } else { Vec::new() };
-                let counted = counted.iter().map(|c| Ipld::Link(*c)).collect();
+        let count = self
+            .counted
+            .len()
+            .div_ceil(receipts)
+            .max(usage.len().div_ceil(usage_per_chunk))
+            .max(1);
+        (0..count)
+            .map(|i| {
+                let part = |len: usize, per: usize| (i * per).min(len)..((i + 1) * per).min(len);
+                let usage = usage[part(usage.len(), usage_per_chunk)].to_vec();
+                let counted = self.counted[part(self.counted.len(), receipts)]
+                    .iter()
+                    .map(|c| Ipld::Link(*c))
+                    .collect();
                 Block::encode(&Ipld::Map(IpldMap::from([
                     ("batch".to_string(), Ipld::Link(batch)),
                     ("usage".to_string(), Ipld::List(usage)),

@@ -118,7 +118,22 @@ impl Did {
     }
 
     /// Reads the byte form found in a dag-cbor UCAN.
+    ///
+    /// Only the canonical form is accepted (`to_ucan_bytes` of the result):
+    /// a DID written in another valid form (a did:key in the generic form)
+    /// would let anyone re-encode a signed UCAN under a new CID.
     pub fn from_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
+        let did = Self::from_any_ucan_bytes(bytes)?;
+        if did.to_ucan_bytes() != bytes {
+            return Err(PrincipalError::InvalidDid(
+                format!("0x{}", hex_prefix(bytes)),
+                format!("not the canonical byte form of {did}"),
+            ));
+        }
+        Ok(did)
+    }
+
+    fn from_any_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
         let bad =
             |why: &str| PrincipalError::InvalidDid(format!("0x{}", hex_prefix(bytes)), why.into());
         let (code, len) = read_varint(bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
@@ -201,6 +216,11 @@ pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     for (i, byte) in bytes.iter().enumerate().take(9) {
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
+            // Only the minimal form: a padded varint (`ed 81 00` for `ed 01`)
+            // would give one key or signature several byte forms.
+            if i > 0 && *byte == 0 {
+                return None;
+            }
             return Some((value, i + 1));
         }
     }
@@ -238,6 +258,8 @@ impl Signature {
         if code == SIG_EDDSA && raw.len() != 64 {
             return Err(bad("ed25519 signatures are 64 bytes"));
         }
+        // `read_varint` takes minimal varints only, so these bytes are the
+        // one encoding of this signature.
         Ok(Signature {
             code,
             raw: raw.to_vec(),

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cid::Cid;
 
 use super::error::{Failure, InvalidClaim, Unauthorized};
-use super::{default_derives, js, schema, CapabilityParser, ValidatorConfig, MAX_VALIDATIONS};
+use super::{default_derives, js, schema, CapabilityParser, ValidatorConfig};
 use crate::dag::Ipld;
 use crate::principal::{verifier_for, Did, Verifier};
 use crate::ucan::{Capability, Delegation, Proof};
@@ -56,7 +56,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             config,
             now: config.time(),
-            budget: Cell::new(MAX_VALIDATIONS),
+            budget: Cell::new(config.max_validations),
             signatures: RefCell::new(HashMap::new()),
         }
     }
@@ -198,7 +198,7 @@ impl<'a> Ctx<'a> {
         let left = self.budget.get();
         if left == 0 {
             return Err(Failure::LimitExceeded {
-                limit: MAX_VALIDATIONS,
+                limit: self.config.max_validations,
             });
         }
         self.budget.set(left - 1);
@@ -259,6 +259,9 @@ impl<'a> Ctx<'a> {
             .get(&key)
             .filter(|(b, _)| b == bytes)
             .map(|(_, ok)| *ok);
+        if cached.is_none() && shared.is_some_and(|cache| !cache.spend()) {
+            return Err(Failure::BudgetExceeded);
+        }
         let valid = cached.unwrap_or_else(|| {
             let ok = delegation.verify_signature(verifier);
             if let (true, Some(cache)) = (ok, shared) {

@@ -104,6 +104,9 @@ pub enum Failure {
         /// The limit.
         limit: usize,
     },
+    /// `SignatureBudgetExceeded` (no JS equivalent): the shared budget of
+    /// signature verifications (e.g. of one batch) is spent.
+    BudgetExceeded,
 }
 
 impl Failure {
@@ -122,6 +125,7 @@ impl Failure {
             Failure::Delegation { .. } | Failure::InvalidClaim(_) => "InvalidClaim",
             Failure::Proof { .. } => "ProofError",
             Failure::LimitExceeded { .. } => "ValidationLimitExceeded",
+            Failure::BudgetExceeded => "SignatureBudgetExceeded",
         }
     }
 
@@ -201,6 +205,7 @@ impl Failure {
             Failure::LimitExceeded { limit } => {
                 format!("Proof validation limit of {limit} checks exceeded")
             }
+            Failure::BudgetExceeded => "Signature verification budget exhausted".into(),
         }
     }
 

@@ -669,3 +669,57 @@ fn shared_signature_cache_changes_no_outcome() {
         }
     }
 }
+
+/// A shared budget bounds the fresh signature checks of many calls (a batch):
+/// spent, validation fails with `SignatureBudgetExceeded`; credited, it
+/// goes on; signatures already verified cost nothing.
+#[test]
+fn a_shared_budget_bounds_signature_checks() {
+    let proof = delegation(
+        &alice(),
+        bob().did(),
+        Capability::new("test/echo", alice().did().as_str()),
+        EXP,
+    );
+    let invocation = echo(&bob(), alice().did().as_str(), "hi", vec![proof]);
+    let cache = Arc::new(SignatureCache::with_budget(1));
+    let config = ValidatorConfig::new(service().verifier())
+        .at(NOW)
+        .with_cache(cache.clone());
+    let error = access(&invocation, &Echo, &config).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("Signature verification budget exhausted"),
+        "{}",
+        error.message
+    );
+    cache.credit(2);
+    assert!(access(&invocation, &Echo, &config).is_ok());
+    // One fresh check was needed (the first call verified the other): one
+    // credit is left.
+    assert!(cache.spend());
+    assert!(!cache.spend());
+    // With none left, signatures already verified still pass.
+    assert!(access(&invocation, &Echo, &config).is_ok());
+}
+
+/// Proof checks per call are bounded by the configuration.
+#[test]
+fn max_validations_bounds_one_call() {
+    let proof = delegation(
+        &alice(),
+        bob().did(),
+        Capability::new("test/echo", alice().did().as_str()),
+        EXP,
+    );
+    let invocation = echo(&bob(), alice().did().as_str(), "hi", vec![proof]);
+    let config = ValidatorConfig::new(service().verifier()).at(NOW);
+    assert!(access(&invocation, &Echo, &config).is_ok());
+    let error = access(&invocation, &Echo, &config.max_validations(1)).unwrap_err();
+    assert!(
+        error.message.contains("limit of 1 checks"),
+        "{}",
+        error.message
+    );
+}

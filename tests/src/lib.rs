@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests: fixture paths, fixed principals,
 //! JS peers spawned with node, and a small `test/echo` capability.
 
+pub mod attack;
 pub mod node;
 
 use std::path::PathBuf;
@@ -160,7 +161,8 @@ pub async fn serve(router: axum::Router) -> String {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("serve");
+        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).await.expect("serve");
     });
     format!("http://{addr}/")
 }

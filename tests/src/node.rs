@@ -252,6 +252,23 @@ pub fn track_invocation(
     builder.build().expect("track invocation")
 }
 
+/// `node` tracks the batch `(batch, bytes)`, served by `server` at
+/// `endpoint`, on `tracker`; returns the consolidate task's CID.
+pub async fn track_batch(
+    tracker: &RunningTracker,
+    server: &BatchServer,
+    endpoint: &str,
+    node: &Ed25519Signer,
+    (batch, bytes): (Cid, Vec<u8>),
+) -> Cid {
+    server.put(&batch, bytes);
+    let proof = track_proof(&crate::service(), node.did());
+    let invocation = track_invocation(node, crate::service().did(), batch, endpoint, &[proof]);
+    let receipt = invoke(&tracker.url, &invocation).await;
+    assert!(receipt.out().is_ok(), "track: {:?}", receipt.out());
+    receipt.forks()[0].cid()
+}
+
 /// Sends `invocation` to the tracker at `url` over HTTP; the receipt is verified.
 pub async fn invoke(url: &str, invocation: &Invocation) -> Receipt {
     Connection::http(crate::service().verifier(), url)
@@ -274,6 +291,17 @@ pub async fn consolidate_now(url: &str) -> serde_json::Value {
 /// `GET /receipts/{task}`: `None` on 404; otherwise the receipt, checked to be
 /// signed by the service and to be for `task`.
 pub async fn consolidate_receipt(url: &str, task: &Cid) -> Option<Receipt> {
+    let receipt = fetch_receipt(url, task).await?;
+    assert!(
+        receipt.verify_signature(crate::service().verifier().as_ref()),
+        "signed by the service"
+    );
+    Some(receipt)
+}
+
+/// `GET /receipts/{task}`: `None` on 404; otherwise the receipt, checked to
+/// be for `task` (whoever signed it).
+pub async fn fetch_receipt(url: &str, task: &Cid) -> Option<Receipt> {
     let response = reqwest::get(format!("{url}receipts/{task}"))
         .await
         .expect("GET receipt");
@@ -287,10 +315,6 @@ pub async fn consolidate_receipt(url: &str, task: &Cid) -> Option<Receipt> {
         .receipt_for(task)
         .expect("report has the task")
         .expect("receipt decodes");
-    assert!(
-        receipt.verify_signature(crate::service().verifier().as_ref()),
-        "signed by the service"
-    );
     assert_eq!(&receipt.ran_cid(), task);
     Some(receipt)
 }

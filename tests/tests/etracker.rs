@@ -757,8 +757,9 @@ async fn account_reads_egress_per_space_and_day() {
     assert_eq!(error_name(receipt.out()), Some("Unauthorized"));
 }
 
-/// Past the give-up age a batch that cannot be fetched gets a final
-/// EgressConsolidateError receipt (before it: none, see the offline test).
+/// Past the give-up age, counted from the first failed attempt, a batch that
+/// cannot be fetched gets a final EgressConsolidateError receipt (before it:
+/// none, see the offline test).
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_batch_is_given_up_after_the_give_up_age() {
     let mut settings = test_settings();
@@ -769,6 +770,9 @@ async fn unreachable_batch_is_given_up_after_the_give_up_age() {
     let endpoint = server.serve().await;
     let (receipts, _) = good_receipts(2, "give-up");
     let (_, task) = track(&tracker, &server, &endpoint, &receipts).await;
+    // The first failure starts the clock; the next attempt is past the age.
+    assert_eq!(consolidate_now(&tracker.url).await["retried"], 1);
+    assert!(consolidate_receipt(&tracker.url, &task).await.is_none());
     assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
     let receipt = consolidate_receipt(&tracker.url, &task)
         .await

@@ -209,6 +209,8 @@ fn delegations_and_invocations_match_js() {
             decoded.verify_signature(m.verifier(decoded.issuer()).as_ref()),
             "{name}: signature verifies"
         );
+        // What a counting service accepts: JS's own bytes are canonical.
+        assert!(decoded.is_canonical(), "{name}: canonical");
         let rendered = dag_json::from_json(&v["rootBlock"]).unwrap();
         assert_eq!(
             decoded.block().decode().unwrap(),

@@ -14,7 +14,7 @@ use cid::Cid;
 use etracker_capabilities::conclude::{attached_receipt, ConcludeError};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Ability, Conclude, Outcome};
-use ucanto::dag::{BlockStore, Ipld, IpldMap};
+use ucanto::dag::{cid_of, Block, BlockStore, Ipld, IpldMap};
 use ucanto::message::AgentMessage;
 use ucanto::receipt::Receipt;
 use ucanto::server::{HandlerError, Request, Response};
@@ -46,12 +46,78 @@ pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, Han
             error.insert("receipts".into(), Ipld::List(links));
             Ok(Response::error(Ipld::Map(error)))
         }
+        Err(Refusal::Incomplete { received, total }) => Ok(Response::failure(
+            TALLY_INCOMPLETE,
+            format!("{received} of {total} tally chunks received; send the rest"),
+        )),
         Err(Refusal::Unexpected(e)) => Err(unexpected(e)),
     }
 }
 
+/// Error name of a conclude page whose tally chunks are staged while the
+/// rest are still to come.
+pub const TALLY_INCOMPLETE: &str = "TallyIncomplete";
+
+/// The tally chunks `links` of `batch`: attached to this invocation or staged
+/// by earlier pages. When some are still missing, stages the attached ones
+/// and answers [`Refusal::Incomplete`].
+async fn gather_chunks(
+    ctx: &Arc<Context>,
+    batch: &Cid,
+    links: &[Cid],
+    blocks: &BlockStore,
+) -> Result<BlockStore, Refusal> {
+    let mut chunks = BlockStore::new();
+    let mut missing = Vec::new();
+    for link in links {
+        match blocks.block(link) {
+            Ok(block) => chunks.insert(block),
+            Err(_) => missing.push(*link),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(chunks);
+    }
+    let batch = *batch;
+    let wanted = missing.clone();
+    let staged = ctx
+        .store(move |store| store.staged_chunks(&batch, &wanted))
+        .await
+        .map_err(Refusal::Unexpected)?;
+    let mut still_missing = 0;
+    for (link, bytes) in missing.iter().zip(staged) {
+        match bytes.map(|b| Block {
+            cid: cid_of(link.codec(), &b),
+            bytes: b.into(),
+        }) {
+            Some(block) if block.cid == *link => chunks.insert(block),
+            _ => still_missing += 1,
+        }
+    }
+    if still_missing == 0 {
+        return Ok(chunks);
+    }
+    let attached: Vec<(Cid, Vec<u8>)> = links
+        .iter()
+        .filter_map(|link| blocks.block(link).ok())
+        .map(|block| (block.cid, block.bytes.to_vec()))
+        .collect();
+    ctx.store(move |store| store.stage_chunks(&batch, &attached))
+        .await
+        .map_err(Refusal::Unexpected)?;
+    Err(Refusal::Incomplete {
+        received: links.len() - still_missing,
+        total: links.len(),
+    })
+}
+
 enum Refusal {
     Error(String),
+    /// A page of a large tally: staged, waiting for the rest.
+    Incomplete {
+        received: usize,
+        total: usize,
+    },
     /// Retrievals another batch counted meanwhile; listed so a consolidator
     /// without store access can drop them on its next run.
     Conflict(Vec<Cid>),
@@ -81,6 +147,7 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         )
         .into());
     }
+    // Every page attaches the first chunk, which names the batch.
     let Some(first) = nb.tally.first() else {
         return Err("nb.tally is empty: the batch is unknown".to_string().into());
     };
@@ -92,7 +159,6 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         },
         _ => return Err(format!("tally chunk {first} is missing or malformed").into()),
     };
-    let tally = Tally::from_blocks(&batch, &nb.tally, blocks).map_err(|e| e.to_string())?;
 
     let record = ctx
         .store(move |store| store.record(&batch))
@@ -107,6 +173,8 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         )
         .into());
     }
+    let chunks = gather_chunks(ctx, &batch, &nb.tally, blocks).await?;
+    let tally = Tally::from_blocks(&batch, &nb.tally, &chunks).map_err(|e| e.to_string())?;
     let total = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
         Ok(Ok(ok)) if ok.total_egress == tally.total() => ok.total_egress,
         Ok(Ok(ok)) => {

@@ -24,10 +24,11 @@
 //!
 //! | item              | `pk`                  | `sk`                                   | attributes                                       |
 //! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
-//! | format            | `meta`                | `format`                               | `format` = 1                                     |
+//! | format            | `meta`                | `format`                               | `format` = 2                                     |
 //! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`? |
 //! | due index entry   | `due`                 | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
+//! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
 //! | counted receipt   | `counted#<receipt>`   | `counted`                              | `batch`, `attempt`                               |
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
@@ -128,7 +129,8 @@ use super::{
     PutOutcome, RecordStatus, Store, StoreError, StoreStats,
 };
 
-const FORMAT: u64 = 1;
+/// Format 2: counted retrievals are keyed by payload id (see the redb store).
+const FORMAT: u64 = 2;
 /// Items per `TransactWriteItems`.
 const TX_MAX: usize = 100;
 /// Keys per `BatchGetItem`.
@@ -283,9 +285,7 @@ impl DynamoStore {
             let item = self.get(("meta", "format"))?.unwrap_or_default();
             let format = get_u64(&item, "format")?;
             if format != FORMAT {
-                return Err(StoreError::Corrupt(format!(
-                    "store format {format} is not supported (expected {FORMAT})"
-                )));
+                return Err(super::unsupported_format(format, FORMAT));
             }
         }
         Ok(())
@@ -1130,6 +1130,7 @@ impl Store for DynamoStore {
         now: u64,
         next_attempt_at: u64,
         last_error: &str,
+        by_node: bool,
     ) -> Result<EgressRecord, StoreError> {
         self.retry(|| {
             let old = self.load(batch)?.ok_or(StoreError::NotFound)?;
@@ -1144,7 +1145,13 @@ impl Store for DynamoStore {
             }
             let mut record = old.record.clone();
             record.attempts = record.attempts.saturating_add(1);
-            record.first_failure_at.get_or_insert(now);
+            // The give-up age counts the node's consecutive failures: a
+            // failure on our side ends the streak.
+            if by_node {
+                record.first_failure_at.get_or_insert(now);
+            } else {
+                record.first_failure_at = None;
+            }
             record.last_error = Some(last_error.to_string());
             record.next_attempt_at = next_attempt_at;
             record.lease = None;
@@ -1158,7 +1165,57 @@ impl Store for DynamoStore {
 
     fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
         let summed = check_conclusion(c)?;
-        self.retry(|| self.conclude_once(c, &summed))
+        let outcome = self.retry(|| self.conclude_once(c, &summed))?;
+        // Staged chunks served their purpose; one left behind by a failure
+        // here is harmless (content-addressed, never read again).
+        let pk = staged_pk(&c.batch);
+        if let Ok(staged) = self.query(&pk, "0", "~", None) {
+            for item in staged {
+                if let Ok(sk) = get_s(&item, "sk") {
+                    let _ = self.block_on(
+                        self.client
+                            .delete_item()
+                            .table_name(&self.table)
+                            .key("pk", s(&pk))
+                            .key("sk", s(&sk))
+                            .send(),
+                    );
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
+        for (cid, bytes) in chunks {
+            self.block_on(
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .item("pk", s(&staged_pk(batch)))
+                    .item("sk", s(&cid.to_string()))
+                    .item("body", AttributeValue::B(bytes.clone().into()))
+                    .send(),
+            )
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let pk = staged_pk(batch);
+        let keys: Vec<(String, String)> =
+            cids.iter().map(|c| (pk.clone(), c.to_string())).collect();
+        let mut found = self.get_many(&keys)?;
+        keys.iter()
+            .map(
+                |key| match found.remove(key).and_then(|mut i| i.remove("body")) {
+                    None => Ok(None),
+                    Some(AttributeValue::B(b)) => Ok(Some(b.into_inner())),
+                    Some(_) => Err(StoreError::Corrupt("staged chunk is not bytes".into())),
+                },
+            )
+            .collect()
     }
 
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1281,6 +1338,10 @@ fn counted_pk(receipt: &Cid) -> String {
 
 fn receipt_pk(consolidate: &Cid) -> String {
     format!("receipt#{consolidate}")
+}
+
+fn staged_pk(batch: &Cid) -> String {
+    format!("staged#{batch}")
 }
 
 /// The due index key: redb's `(due_at, received_at, batch bytes)` order.

@@ -322,8 +322,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<EgressRecord>, StoreError>;
 
     /// Records a transient failure of the attempt `owner` leased: increments
-    /// `attempts`, sets `first_failure_at = now` if unset, `last_error`, and
-    /// `next_attempt_at`, and releases the lease. Returns the updated record.
+    /// `attempts`, sets `last_error` and `next_attempt_at`, and releases the
+    /// lease. `first_failure_at` starts the node's streak of failures: set to
+    /// `now` if unset when the node failed (`by_node`), cleared when we did.
+    /// Returns the updated record.
     ///
     /// Condition: the record exists ([`StoreError::NotFound`]), is pending
     /// ([`StoreError::NotPending`]) and `lease.owner == owner`
@@ -337,6 +339,7 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         next_attempt_at: u64,
         last_error: &str,
+        by_node: bool,
     ) -> Result<EgressRecord, StoreError>;
 
     /// Commits a consolidation, all or nothing. The commit point of the tracker.
@@ -369,6 +372,15 @@ pub trait Store: Send + Sync + 'static {
     /// then sums over the contributions of done batches (or `ADD`ed in the
     /// same transaction as the final update when they fit in it).
     fn conclude(&self, conclusion: &Conclusion) -> Result<ConcludeOutcome, StoreError>;
+
+    /// Keeps tally chunks of `batch` (CID, bytes) that arrive before their
+    /// conclusion: a large tally travels over several conclude invocations.
+    /// Chunks are content-addressed, so staging one twice changes nothing.
+    /// [`Store::conclude`] of the batch drops them.
+    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError>;
+
+    /// The staged chunks of `batch` among `cids`, in order (`None` where missing).
+    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
     /// The consolidate receipt (CAR bytes) stored for a consolidate invocation.
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError>;
@@ -405,6 +417,21 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Checks that `day` is a `YYYY-MM-DD` date, so that byte order is date order.
+/// The refusal to open a store written in another format.
+pub(crate) fn unsupported_format(found: u64, expected: u64) -> StoreError {
+    let why = match found {
+        1 => {
+            " (format 1 knows counted retrievals by invocation CID, which a node can \
+               change by re-encoding; it cannot be converted: let the old version \
+               conclude its pending batches, then start this one on a new store)"
+        }
+        _ => "",
+    };
+    StoreError::Corrupt(format!(
+        "store format {found} is not supported: this etracker reads format {expected}{why}"
+    ))
+}
+
 pub(crate) fn check_day(day: &str) -> Result<(), StoreError> {
     let b = day.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);

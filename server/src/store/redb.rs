@@ -18,7 +18,7 @@
 //! | `records`     | batch CID                                  | record, dag-cbor (below)      |
 //! | `due`         | `(due_at u64, received_at u64, batch CID)` | `()`                          |
 //! | `receipts`    | consolidate invocation CID                 | receipt CAR bytes             |
-//! | `counted`     | retrieve receipt CID                       | CID of the batch counting it  |
+//! | `counted`     | retrieval payload id (raw CID)             | CID of the batch counting it  |
 //! | `node_totals` | node DID                                   | `u64` bytes                   |
 //! | `node_daily`  | `(node DID, day)`                          | `u64` bytes                   |
 //! | `space_daily` | `(space DID, day)`                         | `u64` bytes                   |
@@ -63,7 +63,11 @@ use super::{
 pub const FILE_NAME: &str = "etracker.redb";
 
 const FORMAT_KEY: &str = "format";
-const FORMAT: u64 = 1;
+/// Format 2: `counted` is keyed by a retrieval's payload id (what its client
+/// signed); format 1 keyed it by the retrieve invocation's CID, which a
+/// re-encoding changes. The two cannot be converted (the invocations are
+/// not kept), so a format 1 store is refused, never read as format 2.
+const FORMAT: u64 = 2;
 const RECORD_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -74,6 +78,7 @@ const COUNTED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counted");
 const NODE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("node_totals");
 const NODE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("node_daily");
 const SPACE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("space_daily");
+const STAGED: TableDefinition<(&[u8], &[u8]), &[u8]> = TableDefinition::new("staged_chunks");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -130,11 +135,7 @@ impl RedbStore {
                     meta.insert(FORMAT_KEY, FORMAT).or_backend()?;
                 }
                 Some(FORMAT) => {}
-                Some(other) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "store format {other} is not supported (expected {FORMAT})"
-                    )))
-                }
+                Some(other) => return Err(super::unsupported_format(other, FORMAT)),
             }
             tx.open_table(RECORDS).or_backend()?;
             tx.open_table(DUE).or_backend()?;
@@ -143,6 +144,7 @@ impl RedbStore {
             tx.open_table(NODE_TOTALS).or_backend()?;
             tx.open_table(NODE_DAILY).or_backend()?;
             tx.open_table(SPACE_DAILY).or_backend()?;
+            tx.open_table(STAGED).or_backend()?;
         }
         tx.commit().or_backend()?;
         Ok(RedbStore { db, path })
@@ -386,6 +388,7 @@ impl Store for RedbStore {
         now: u64,
         next_attempt_at: u64,
         last_error: &str,
+        by_node: bool,
     ) -> Result<EgressRecord, StoreError> {
         let tx = self.db.begin_write().or_backend()?;
         let record = {
@@ -403,7 +406,13 @@ impl Store for RedbStore {
             }
             let mut record = old.clone();
             record.attempts = record.attempts.saturating_add(1);
-            record.first_failure_at.get_or_insert(now);
+            // The give-up age counts the node's consecutive failures: a
+            // failure on our side ends the streak.
+            if by_node {
+                record.first_failure_at.get_or_insert(now);
+            } else {
+                record.first_failure_at = None;
+            }
             record.last_error = Some(last_error.to_string());
             record.next_attempt_at = next_attempt_at;
             record.lease = None;
@@ -459,6 +468,22 @@ impl Store for RedbStore {
             }
 
             let batch_key = c.batch.to_bytes();
+            let mut staged = tx.open_table(STAGED).or_backend()?;
+            let mut staged_keys = Vec::new();
+            let from: (&[u8], &[u8]) = (batch_key.as_slice(), &[]);
+            for entry in staged.range(from..).or_backend()? {
+                let (key, _) = entry.or_backend()?;
+                let (staged_batch, chunk) = key.value();
+                if staged_batch != batch_key.as_slice() {
+                    break;
+                }
+                staged_keys.push(chunk.to_vec());
+            }
+            for chunk in &staged_keys {
+                staged
+                    .remove((batch_key.as_slice(), chunk.as_slice()))
+                    .or_backend()?;
+            }
             for key in &keys {
                 counted
                     .insert(key.as_slice(), batch_key.as_slice())
@@ -498,6 +523,38 @@ impl Store for RedbStore {
         }
         tx.commit().or_backend()?;
         Ok(ConcludeOutcome::Concluded)
+    }
+
+    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        {
+            let mut staged = tx.open_table(STAGED).or_backend()?;
+            let batch_key = batch.to_bytes();
+            for (cid, bytes) in chunks {
+                staged
+                    .insert(
+                        (batch_key.as_slice(), cid.to_bytes().as_slice()),
+                        bytes.as_slice(),
+                    )
+                    .or_backend()?;
+            }
+        }
+        tx.commit().or_backend()?;
+        Ok(())
+    }
+
+    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let staged = tx.open_table(STAGED).or_backend()?;
+        let batch_key = batch.to_bytes();
+        cids.iter()
+            .map(|cid| {
+                Ok(staged
+                    .get((batch_key.as_slice(), cid.to_bytes().as_slice()))
+                    .or_backend()?
+                    .map(|v| v.value().to_vec()))
+            })
+            .collect()
     }
 
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
@@ -921,19 +978,33 @@ mod tests {
         assert!(decode_record(&key, &missing).is_err());
     }
 
-    /// A file written with another store format is refused at open.
+    /// A file written with another store format is refused at open, never
+    /// read as the current one; format 1 (retrievals counted by invocation
+    /// CID) with an explanation.
     #[test]
     fn other_format_is_refused() {
         let dir = std::env::temp_dir().join(format!("etracker-format-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        drop(RedbStore::open(&dir).unwrap());
-        {
-            let db = Database::create(dir.join(FILE_NAME)).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META).unwrap().insert(FORMAT_KEY, 2).unwrap();
-            tx.commit().unwrap();
+        for (format, explained) in [(1, true), (99, false)] {
+            let _ = std::fs::remove_dir_all(&dir);
+            drop(RedbStore::open(&dir).unwrap());
+            {
+                let db = Database::create(dir.join(FILE_NAME)).unwrap();
+                let tx = db.begin_write().unwrap();
+                tx.open_table(META)
+                    .unwrap()
+                    .insert(FORMAT_KEY, format)
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            let error = RedbStore::open(&dir).unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt(_)));
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("store format {format} is not supported")),
+                "{message}"
+            );
+            assert_eq!(message.contains("invocation CID"), explained, "{message}");
         }
-        assert!(matches!(RedbStore::open(&dir), Err(StoreError::Corrupt(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

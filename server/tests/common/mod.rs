@@ -283,7 +283,7 @@ pub fn expired_lease_is_taken_over<S: TestStore>(store: &dyn Fn() -> S) {
     assert_eq!(b[0].lease.as_ref().unwrap().until, 160);
 
     let err = store
-        .reschedule(&batch(1), "a", 131, 200, "late")
+        .reschedule(&batch(1), "a", 131, 200, "late", true)
         .unwrap_err();
     assert_eq!(
         err,
@@ -299,21 +299,27 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
     let store = store();
     store.put(new_record(1, node(), 100)).unwrap();
 
-    let unleased = store.reschedule(&batch(1), "a", 100, 200, "x").unwrap_err();
+    let unleased = store
+        .reschedule(&batch(1), "a", 100, 200, "x", true)
+        .unwrap_err();
     assert!(matches!(
         unleased,
         StoreError::NotLeaseOwner { holder: None, .. }
     ));
-    let missing = store.reschedule(&batch(9), "a", 100, 200, "x").unwrap_err();
+    let missing = store
+        .reschedule(&batch(9), "a", 100, 200, "x", true)
+        .unwrap_err();
     assert_eq!(missing, StoreError::NotFound);
 
     store.lease_pending(100, "a", 60, 10).unwrap();
-    let other = store.reschedule(&batch(1), "b", 110, 200, "x").unwrap_err();
+    let other = store
+        .reschedule(&batch(1), "b", 110, 200, "x", true)
+        .unwrap_err();
     assert!(matches!(other, StoreError::NotLeaseOwner { .. }));
     assert_eq!(store.record(&batch(1)).unwrap().unwrap().attempts, 0);
 
     let r = store
-        .reschedule(&batch(1), "a", 110, 400, "fetch: connection refused")
+        .reschedule(&batch(1), "a", 110, 400, "fetch: connection refused", true)
         .unwrap();
     assert_eq!(r.attempts, 1);
     assert_eq!(r.first_failure_at, Some(110));
@@ -326,8 +332,22 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
     assert!(store.lease_pending(399, "b", 60, 10).unwrap().is_empty());
     let b = store.lease_pending(400, "b", 60, 10).unwrap();
     assert_eq!(leased_batches(&b), [batch(1)]);
-    let r = store.reschedule(&batch(1), "b", 401, 900, "again").unwrap();
+    let r = store
+        .reschedule(&batch(1), "b", 401, 900, "again", true)
+        .unwrap();
     assert_eq!((r.attempts, r.first_failure_at), (2, Some(110)));
+    // A failure on the tracker's side ends the node's streak; the next
+    // failure of the node starts a new one.
+    store.lease_pending(900, "b", 60, 10).unwrap();
+    let r = store
+        .reschedule(&batch(1), "b", 901, 900, "disk full", false)
+        .unwrap();
+    assert_eq!((r.attempts, r.first_failure_at), (3, None));
+    store.lease_pending(902, "b", 60, 10).unwrap();
+    let r = store
+        .reschedule(&batch(1), "b", 903, 900, "refused", true)
+        .unwrap();
+    assert_eq!((r.attempts, r.first_failure_at), (4, Some(903)));
     consistent(&store);
 
     store.lease_pending(900, "a", 60, 10).unwrap();
@@ -338,7 +358,9 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
             &[1],
         ))
         .unwrap();
-    let done = store.reschedule(&batch(1), "a", 901, 999, "x").unwrap_err();
+    let done = store
+        .reschedule(&batch(1), "a", 901, 999, "x", true)
+        .unwrap_err();
     assert_eq!(done, StoreError::NotPending);
 }
 
@@ -738,7 +760,7 @@ pub fn run_steps<S: TestStore>(
                     Some(o) => format!("r{o}"),
                     None => holder.clone().unwrap_or_else(|| "r0".into()),
                 };
-                let out = store.reschedule(&batch(n), &owner, now, now + delay, "transient");
+                let out = store.reschedule(&batch(n), &owner, now, now + delay, "transient", true);
                 match before {
                     None => prop_assert!(matches!(out, Err(StoreError::NotFound)), "{out:?}"),
                     Some(r) if !r.is_pending() => {
