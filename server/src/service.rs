@@ -438,3 +438,56 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+    use ucanto::principal::Ed25519Signer;
+
+    fn tracker(token: Option<&str>) -> Arc<Tracker> {
+        let settings = Settings {
+            admin_token: token.map(str::to_string),
+            ..Settings::default()
+        };
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        Tracker::new(Arc::new(Ed25519Signer::generate()), store, settings)
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    /// Without a token, only callers on this machine start runs; with one,
+    /// only its holders, wherever they are.
+    #[test]
+    fn who_may_start_a_consolidation_run() {
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let loopback6: SocketAddr = "[::1]:5000".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.7:5000".parse().unwrap();
+        let open = tracker(None);
+        assert!(open.may_consolidate(&HeaderMap::new(), Some(loopback)));
+        assert!(open.may_consolidate(&HeaderMap::new(), Some(loopback6)));
+        assert!(!open.may_consolidate(&HeaderMap::new(), Some(remote)));
+        assert!(!open.may_consolidate(&HeaderMap::new(), None));
+
+        let guarded = tracker(Some("s3cret"));
+        assert!(guarded.may_consolidate(&bearer("s3cret"), Some(remote)));
+        assert!(!guarded.may_consolidate(&bearer("s3cres"), Some(loopback)));
+        assert!(!guarded.may_consolidate(&bearer("s3cret "), Some(loopback)));
+        assert!(!guarded.may_consolidate(&HeaderMap::new(), Some(loopback)));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

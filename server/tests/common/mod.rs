@@ -74,6 +74,11 @@ macro_rules! scenarios {
         fn space_usage_by_day_range() {
             common::space_usage_by_day_range(&$make);
         }
+
+        #[test]
+        fn staged_chunks_wait_for_their_conclusion() {
+            common::staged_chunks_wait_for_their_conclusion(&$make);
+        }
     };
 }
 pub(crate) use scenarios;
@@ -823,4 +828,41 @@ pub fn run_steps<S: TestStore>(
         prop_assert_eq!(audit.counted_receipts, counted.len() as u64);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- staging
+
+/// Tally chunks staged for a batch are read back by CID (missing ones as
+/// `None`), staging one twice is harmless, other batches see none of them,
+/// and the batch's conclusion drops them.
+pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    store.put(new_record(1, node(), 100)).unwrap();
+    let chunk = |n: u8| (cid_of(DAG_CBOR, &[n]), vec![n; 3]);
+    store
+        .stage_chunks(&batch(1), &[chunk(1), chunk(2)])
+        .unwrap();
+    store.stage_chunks(&batch(1), &[chunk(2)]).unwrap();
+    let wanted = [chunk(1).0, chunk(3).0, chunk(2).0];
+    assert_eq!(
+        store.staged_chunks(&batch(1), &wanted).unwrap(),
+        [Some(vec![1; 3]), None, Some(vec![2; 3])]
+    );
+    assert_eq!(
+        store.staged_chunks(&batch(2), &wanted).unwrap(),
+        [None, None, None]
+    );
+    store.lease_pending(100, "a", 60, 10).unwrap();
+    store
+        .conclude(&conclusion(
+            1,
+            vec![usage(space_a(), "2025-01-01", 5)],
+            &[1],
+        ))
+        .unwrap();
+    assert_eq!(
+        store.staged_chunks(&batch(1), &wanted).unwrap(),
+        [None, None, None]
+    );
+    consistent(&store);
 }
