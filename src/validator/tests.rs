@@ -670,18 +670,23 @@ fn shared_signature_cache_changes_no_outcome() {
     }
 }
 
-/// A shared budget bounds the fresh signature checks of many calls (a batch):
-/// spent, validation fails with `SignatureBudgetExceeded`; credited, it
-/// goes on; signatures already verified cost nothing.
-#[test]
-fn a_shared_budget_bounds_signature_checks() {
+/// Bob echoes on alice's DID with her delegation: two signatures to check.
+fn delegated_echo() -> Delegation {
     let proof = delegation(
         &alice(),
         bob().did(),
         Capability::new("test/echo", alice().did().as_str()),
         EXP,
     );
-    let invocation = echo(&bob(), alice().did().as_str(), "hi", vec![proof]);
+    echo(&bob(), alice().did().as_str(), "hi", vec![proof])
+}
+
+/// A shared budget bounds the fresh signature checks of many calls (a batch):
+/// spent, validation fails with `SignatureBudgetExceeded`; credited, it
+/// goes on; signatures already verified cost nothing.
+#[test]
+fn a_shared_budget_bounds_signature_checks() {
+    let invocation = delegated_echo();
     let cache = Arc::new(SignatureCache::with_budget(1));
     let config = ValidatorConfig::new(service().verifier())
         .at(NOW)
@@ -707,13 +712,7 @@ fn a_shared_budget_bounds_signature_checks() {
 /// Proof checks per call are bounded by the configuration.
 #[test]
 fn max_validations_bounds_one_call() {
-    let proof = delegation(
-        &alice(),
-        bob().did(),
-        Capability::new("test/echo", alice().did().as_str()),
-        EXP,
-    );
-    let invocation = echo(&bob(), alice().did().as_str(), "hi", vec![proof]);
+    let invocation = delegated_echo();
     let config = ValidatorConfig::new(service().verifier()).at(NOW);
     assert!(access(&invocation, &Echo, &config).is_ok());
     let error = access(&invocation, &Echo, &config.max_validations(1)).unwrap_err();
