@@ -12,7 +12,7 @@
 //! | [`Verdict::UnknownReceipts`] | `errors` names receipts that are not in the batch |
 //! | [`Verdict::Mismatch`] | `totalEgress` ≠ expected − bytes of the rejected receipts |
 //! | [`Verdict::Rejected`] | the totals agree, but only because counted receipts were rejected |
-//! | [`Verdict::Match`] | `totalEgress` = expected (rejections of 0-byte error receipts are harmless) |
+//! | [`Verdict::Match`] | `totalEgress` = expected (rejections of 0-byte error receipts, and `NonBillable` retrievals, are expected) |
 //!
 //! Only [`Verdict::Match`] lets [`BatchJournal::settle`](crate::BatchJournal::settle)
 //! delete the batch; every other verdict keeps it as evidence.
@@ -125,6 +125,11 @@ impl Reconciliation {
     }
 }
 
+/// Error name of a retrieval the tracker recorded apart and billed to no one
+/// (made by a non-billable actor: replication, indexing). Expected: it never
+/// makes a batch disputed.
+pub const NON_BILLABLE: &str = "NonBillable";
+
 /// Compares `consolidation` with `record`, the journal's record of the batch.
 pub fn reconcile(record: &BatchRecord, consolidation: &Consolidation) -> Reconciliation {
     let expected_total = record.expected_egress();
@@ -155,6 +160,7 @@ pub fn reconcile(record: &BatchRecord, consolidation: &Consolidation) -> Reconci
 
     let mut seen = BTreeSet::new();
     let (mut rejected_receipts, mut rejected_bytes) = (0usize, 0u64);
+    let mut non_billable_bytes = 0u64;
     let mut unknown = Vec::new();
     for error in &ok.errors {
         let bytes = record.receipt(&error.receipt).map(|r| r.bytes);
@@ -170,13 +176,20 @@ pub fn reconcile(record: &BatchRecord, consolidation: &Consolidation) -> Reconci
         match bytes {
             None => unknown.push(error.receipt),
             Some(0) => {}
+            // Served to a non-billable actor (replication, indexing): not
+            // paid, as expected; the total just leaves it out.
+            Some(bytes) if error.name == NON_BILLABLE => {
+                non_billable_bytes = non_billable_bytes.saturating_add(bytes);
+            }
             Some(bytes) => {
                 rejected_receipts += 1;
                 rejected_bytes = rejected_bytes.saturating_add(bytes);
             }
         }
     }
-    let expected = expected_total.saturating_sub(rejected_bytes);
+    let expected = expected_total
+        .saturating_sub(rejected_bytes)
+        .saturating_sub(non_billable_bytes);
     out.verdict = if !unknown.is_empty() {
         Verdict::UnknownReceipts(unknown)
     } else if ok.total_egress != expected {

@@ -55,6 +55,7 @@ use ucanto::ucan::{now, Delegation, Invocation, Proof};
 use ucanto::validator::{access, SignatureCache, ValidatorConfig};
 
 use crate::handlers::conclude::TALLY_INCOMPLETE;
+use crate::registry::{judge_all, Billing, SpacePolicy};
 use crate::store::Store;
 use crate::tally::Tally;
 
@@ -146,6 +147,8 @@ struct Counted {
     space: Did,
     day: String,
     bytes: u64,
+    /// False when a non-billable actor made the retrieval.
+    billable: bool,
 }
 
 /// The consolidator sub-service.
@@ -195,6 +198,12 @@ struct HandlerState {
     running: Mutex<HashSet<Cid>>,
     /// Who may invoke consolidate: the tracker.
     tracker: Arc<dyn Verifier>,
+    /// Which spaces count, and the invokers whose retrievals are billed to
+    /// no one (set once, by [`Consolidator::with_billing`]).
+    billing: std::sync::RwLock<(SpacePolicy, Arc<HashSet<Did>>)>,
+    /// Spaces the tracker refused as unknown (learned from refused
+    /// conclusions): what a consolidator with another registry learns.
+    known_unbillable: Mutex<HashSet<Did>>,
 }
 
 /// Removes a task from [`HandlerState::running`] when its run ends, however.
@@ -239,6 +248,8 @@ impl Consolidator {
             known_counted: Mutex::new(HashSet::new()),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
+            billing: std::sync::RwLock::new((SpacePolicy::Any, Arc::new(HashSet::new()))),
+            known_unbillable: Mutex::new(HashSet::new()),
         });
         let handler_state = state.clone();
         let tracker_did = tracker.did().clone();
@@ -263,6 +274,16 @@ impl Consolidator {
             conclude_proofs,
             paging: TallyPaging::default(),
         }
+    }
+
+    /// Counts only the spaces `spaces` says are billable (every one by
+    /// default, the tracker's conclude checking them again), and records the
+    /// retrievals of `non_billable` invokers apart.
+    pub fn with_billing(self, spaces: SpacePolicy, non_billable: HashSet<Did>) -> Self {
+        if let Ok(mut billing) = self.state.billing.write() {
+            *billing = (spaces, Arc::new(non_billable));
+        }
+        self
     }
 
     /// Cuts tallies as `paging` says.
@@ -363,8 +384,17 @@ impl Consolidator {
                 Ok(())
             }
             Err(error) => {
-                // A conflict lists the retrievals counted elsewhere meanwhile.
+                // A conflict lists the retrievals counted elsewhere meanwhile;
+                // a refusal of spaces, the spaces the tracker does not bill.
                 if let Ipld::Map(map) = error {
+                    if let Some(Ipld::List(spaces)) = map.get("spaces") {
+                        if let Ok(mut known) = self.state.known_unbillable.lock() {
+                            known.extend(spaces.iter().filter_map(|s| match s {
+                                Ipld::String(did) => Did::parse(did).ok(),
+                                _ => None,
+                            }));
+                        }
+                    }
                     if let Some(Ipld::List(receipts)) = map.get("receipts") {
                         if let Ok(mut known) = self.state.known_counted.lock() {
                             known.extend(receipts.iter().filter_map(|r| match r {
@@ -528,6 +558,15 @@ impl HandlerState {
         }
     }
 
+    /// The invokers whose retrievals are billed to no one.
+    fn non_billable(&self) -> Arc<HashSet<Did>> {
+        self.billing
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+            .clone()
+    }
+
     /// Marks `task` running, unless it already is.
     fn start(&self, task: Cid) -> Option<RunningTask<'_>> {
         let mut running = self.running.lock().ok()?;
@@ -671,6 +710,7 @@ impl HandlerState {
         let signatures = Arc::new(SignatureCache::with_budget(BATCH_SIGNATURE_ALLOWANCE));
         let checks = Arc::new(Checks {
             max_retrieval: self.limits.max_retrieval_bytes,
+            non_billable: self.non_billable(),
             tracker: self.tracker.clone(),
             authorities: self.authorities.clone(),
             signatures: signatures.clone(),
@@ -741,7 +781,9 @@ impl HandlerState {
         Ok((rejected, counted))
     }
 
-    /// Drops retrievals an earlier batch already counted, then totals the rest.
+    /// Drops retrievals an earlier batch already counted, sets apart those
+    /// of non-billable actors and of spaces no known provider provisions,
+    /// then totals the rest.
     async fn finish(
         &self,
         batch: &Cid,
@@ -763,7 +805,7 @@ impl HandlerState {
             .lock()
             .map(|k| k.clone())
             .unwrap_or_default();
-        let mut tally = Tally::default();
+        let mut fresh = Vec::with_capacity(candidates.len());
         for (entry, counted_by) in candidates.into_iter().zip(earlier) {
             let duplicate = match counted_by {
                 Some(batch) => Some(format!(
@@ -782,6 +824,55 @@ impl HandlerState {
                     message,
                     receipt: entry.receipt,
                 }),
+                None => fresh.push(entry),
+            }
+        }
+        let spaces = fresh
+            .iter()
+            .filter(|e| e.billable)
+            .map(|e| e.space.clone())
+            .collect();
+        let policy = self
+            .billing
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .clone();
+        let verdicts = judge_all(&policy, spaces)
+            .await
+            .map_err(|e| BatchFailure::internal("looking up spaces", e))?;
+        let refused = self
+            .known_unbillable
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        let mut tally = Tally::default();
+        for entry in fresh {
+            if !entry.billable {
+                rejected.push(ReceiptError {
+                    name: NON_BILLABLE.into(),
+                    message: format!(
+                        "retrieval {} by a non-billable actor: {} bytes recorded apart, billed to no one",
+                        entry.retrieval, entry.bytes
+                    ),
+                    receipt: entry.receipt,
+                });
+                tally.add_non_billable(entry.space, entry.day, entry.bytes, entry.retrieval);
+                continue;
+            }
+            let unknown = match verdicts.get(&entry.space) {
+                Some(Billing::Unknown(why)) => Some(why.clone()),
+                _ if refused.contains(&entry.space) => {
+                    Some(format!("the tracker does not bill space {}", entry.space))
+                }
+                _ => None,
+            };
+            match unknown {
+                Some(message) => rejected.push(ReceiptError {
+                    name: UNKNOWN_SPACE.into(),
+                    message,
+                    receipt: entry.receipt,
+                }),
                 None => tally.add(entry.space, entry.day, entry.bytes, entry.retrieval),
             }
         }
@@ -792,6 +883,12 @@ impl HandlerState {
         Ok((ok, tally))
     }
 }
+
+/// Error name of a retrieval made by a non-billable actor: counted once,
+/// recorded apart, billed to no one.
+pub const NON_BILLABLE: &str = "NonBillable";
+/// Error name of a retrieval from a space no known provider provisions.
+pub const UNKNOWN_SPACE: &str = "UnknownSpace";
 
 /// The HTTP client batches are fetched with: the download timeout and, unless
 /// private endpoints are allowed, a resolver and redirect policy that only
@@ -998,6 +1095,7 @@ const PROOF_CHECKS_PER_RECEIPT: usize = 64;
 /// and the batch's shared signature cache and budget.
 struct Checks {
     max_retrieval: u64,
+    non_billable: Arc<HashSet<Did>>,
     tracker: Arc<dyn Verifier>,
     authorities: Vec<Arc<dyn Verifier>>,
     signatures: Arc<SignatureCache>,
@@ -1167,6 +1265,7 @@ impl Checks {
             space,
             day: format_date((at / 86_400) as i64),
             bytes: size,
+            billable: !self.non_billable.contains(invocation.issuer()),
         }))
     }
 }

@@ -44,6 +44,7 @@
 pub mod consolidator;
 pub mod handlers;
 pub mod metrics;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod tally;

@@ -11,8 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use etracker_capabilities::{Ability, Conclude, Track};
 use etracker_server::consolidator::BatchLimits;
-use etracker_server::service::{RemoteConsolidator, Settings, Tracker};
+use etracker_server::registry::{SpacePolicy, SpaceRegistry};
+use etracker_server::service::{space_json, RemoteConsolidator, Settings, SpaceRule, Tracker};
 use etracker_server::store::redb::RedbStore;
+use etracker_server::store::{SpaceEntry, Store};
 use ucanto::principal::{Did, Ed25519Signer, Ed25519Verifier, Signer, Verifier};
 use ucanto::ucan::Delegation;
 
@@ -42,6 +44,142 @@ enum Command {
     Consolidate(ConsolidateArgs),
     /// Run a separately deployed consolidator (the tracker invokes it over HTTP).
     Consolidator(ConsolidatorArgs),
+    /// The registry of billable spaces (ETRACKER_SPACE_POLICY=known).
+    Space {
+        #[command(subcommand)]
+        command: SpaceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpaceCommand {
+    /// Register spaces (prints each entry as a JSON line).
+    Add {
+        /// Space DIDs.
+        #[arg(required = true)]
+        spaces: Vec<String>,
+        /// The provider that provisions them (default: this tracker).
+        #[arg(long)]
+        provider: Option<String>,
+        /// The account they belong to (lets it read their egress).
+        #[arg(long)]
+        customer: Option<String>,
+        #[command(flatten)]
+        access: RegistryAccess,
+    },
+    /// Unregister spaces.
+    Remove {
+        /// Space DIDs.
+        #[arg(required = true)]
+        spaces: Vec<String>,
+        #[command(flatten)]
+        access: RegistryAccess,
+    },
+    /// List the registered spaces, one JSON object a line.
+    List {
+        #[command(flatten)]
+        access: RegistryAccess,
+    },
+}
+
+/// How `etracker space` reaches the registry: the store in the data
+/// directory, or, while a tracker holds it, that tracker's admin API.
+#[derive(Args)]
+struct RegistryAccess {
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The running service, used when it holds the data directory.
+    #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token, when the service has one.
+    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Which spaces count, and whose retrievals are billed to no one.
+#[derive(Args)]
+struct BillingArgs {
+    /// known: spaces a known provider provisions, per the tracker's registry
+    /// (`etracker space add`); dynamodb: per the upload service's consumer
+    /// table; any: every authorized space (local setups only).
+    #[arg(long, env = "ETRACKER_SPACE_POLICY", default_value = "known", value_parser = ["known", "dynamodb", "any"])]
+    space_policy: String,
+    /// Providers whose spaces count, besides this tracker (comma-separated DIDs).
+    #[arg(long, env = "ETRACKER_KNOWN_PROVIDERS", value_delimiter = ',')]
+    known_providers: Vec<String>,
+    /// Invokers whose retrievals are recorded apart and billed to no one
+    /// (indexing service, replicating nodes; comma-separated DIDs).
+    #[arg(long, env = "ETRACKER_NON_BILLABLE_ACTORS", value_delimiter = ',')]
+    non_billable_actors: Vec<String>,
+    /// DynamoDB endpoint of the consumer table (space policy dynamodb).
+    #[arg(long, env = "ETRACKER_CONSUMER_ENDPOINT")]
+    consumer_endpoint: Option<String>,
+    /// The upload service's consumer table.
+    #[arg(long, env = "CONSUMER_TABLE_NAME", default_value = "consumer")]
+    consumer_table: String,
+    /// Its index on `consumer`.
+    #[arg(long, env = "CONSUMER_CONSUMER_INDEX_NAME", default_value = "consumer")]
+    consumer_index: String,
+    /// Its index on `customer`.
+    #[arg(long, env = "CONSUMER_CUSTOMER_INDEX_NAME", default_value = "customer")]
+    customer_index: String,
+}
+
+impl BillingArgs {
+    /// Sets the space rule, providers, registry and non-billable actors.
+    fn apply(&self, settings: &mut Settings) -> Result<(), Failure> {
+        let dids = |list: &[String]| -> Result<Vec<Did>, Failure> {
+            list.iter()
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| Ok(d.trim().parse()?))
+                .collect()
+        };
+        settings.known_providers = dids(&self.known_providers)?;
+        settings.non_billable_actors = dids(&self.non_billable_actors)?;
+        settings.space_rule = match self.space_policy.as_str() {
+            "any" => {
+                tracing::warn!(
+                    "ETRACKER_SPACE_POLICY=any: every space that authorized a retrieval is counted, \
+                     sybil spaces included; use it for local setups only"
+                );
+                SpaceRule::Any
+            }
+            _ => SpaceRule::Known,
+        };
+        if self.space_policy == "dynamodb" {
+            settings.space_registry = Some(self.consumer_table()?);
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "dynamodb")]
+    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, Failure> {
+        use etracker_server::registry::consumer::{ConsumerTable, ConsumerTableConfig};
+        let endpoint = self
+            .consumer_endpoint
+            .clone()
+            .ok_or("space policy dynamodb needs ETRACKER_CONSUMER_ENDPOINT")?;
+        let config = ConsumerTableConfig {
+            endpoint,
+            table: self.consumer_table.clone(),
+            consumer_index: self.consumer_index.clone(),
+            customer_index: self.customer_index.clone(),
+        };
+        let table = std::thread::spawn(move || ConsumerTable::connect(config))
+            .join()
+            .map_err(|_| "connecting to the consumer table panicked")??;
+        Ok(Arc::new(etracker_server::registry::Cached::new(
+            table,
+            Duration::from_secs(300),
+        )))
+    }
+
+    #[cfg(not(feature = "dynamodb"))]
+    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, Failure> {
+        Err("space policy dynamodb needs a build with --features etracker-server/dynamodb".into())
+    }
 }
 
 /// Where the tracker keeps its state.
@@ -93,6 +231,8 @@ struct StartArgs {
     key: KeyArgs,
     #[command(flatten)]
     batches: BatchArgs,
+    #[command(flatten)]
+    billing: BillingArgs,
     #[command(flatten)]
     store: StoreArgs,
     /// Address to listen on.
@@ -198,6 +338,11 @@ struct ConsolidatorArgs {
     key: KeyArgs,
     #[command(flatten)]
     batches: BatchArgs,
+    /// Its space policy: `dynamodb` looks spaces up itself; otherwise it
+    /// counts every authorized space and the tracker, which judges them
+    /// again at conclude, tells it which it does not bill.
+    #[command(flatten)]
+    billing: BillingArgs,
     /// Address to listen on.
     #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -283,6 +428,7 @@ async fn main() -> Result<(), Failure> {
             Ok(())
         }
         Command::Consolidator(args) => consolidator(args).await,
+        Command::Space { command } => space(command).await,
         Command::Consolidate(args) => {
             if !args.now {
                 return Err(
@@ -306,9 +452,9 @@ async fn main() -> Result<(), Failure> {
     }
 }
 
-async fn start(args: StartArgs) -> Result<(), Failure> {
-    let signer = load_signer(&args.key)?;
-    let store: Arc<dyn etracker_server::store::Store> = match &args.store {
+/// The store the flags name: redb in `data_dir`, or DynamoDB.
+async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>, Failure> {
+    Ok(match args {
         #[cfg(feature = "dynamodb")]
         StoreArgs {
             kind,
@@ -324,10 +470,121 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
                 .await??,
             )
         }
-        _ => Arc::new(RedbStore::open(&args.key.data_dir)?),
+        _ => Arc::new(RedbStore::open(data_dir)?),
+    })
+}
+
+/// `etracker space …`: on the store when it can be opened, else (a tracker
+/// holds the data directory) through that tracker's admin API.
+async fn space(command: SpaceCommand) -> Result<(), Failure> {
+    let access = match &command {
+        SpaceCommand::Add { access, .. }
+        | SpaceCommand::Remove { access, .. }
+        | SpaceCommand::List { access } => access,
     };
+    let store = match open_store(&access.store, &access.key.data_dir).await {
+        Ok(store) => Some(store),
+        Err(e) if e.to_string().contains("already open") => None,
+        Err(e) => return Err(e),
+    };
+    let admin = |method: reqwest::Method, path: String, body: Option<String>| {
+        let mut request = reqwest::Client::new().request(
+            method,
+            format!("{}/admin/spaces{path}", access.url.trim_end_matches('/')),
+        );
+        if let Some(token) = &access.admin_token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            let text = response.text().await?;
+            if !status.is_success() {
+                return Err::<String, Failure>(format!("HTTP {status}: {text}").into());
+            }
+            Ok(text)
+        }
+    };
+    match &command {
+        SpaceCommand::Add {
+            spaces,
+            provider,
+            customer,
+            ..
+        } => {
+            for space in spaces {
+                let space: Did = space.parse()?;
+                let provider: Option<Did> = provider.as_deref().map(str::parse).transpose()?;
+                let customer: Option<Did> = customer.as_deref().map(str::parse).transpose()?;
+                match &store {
+                    Some(store) => {
+                        let entry = SpaceEntry {
+                            space,
+                            provider: match provider {
+                                Some(provider) => provider,
+                                None => load_signer(&access.key)?.did().clone(),
+                            },
+                            customer,
+                        };
+                        store.put_space(&entry)?;
+                        println!("{}", space_json(&entry));
+                    }
+                    None => {
+                        let mut body = serde_json::Map::new();
+                        if let Some(provider) = provider {
+                            body.insert("provider".into(), provider.as_str().into());
+                        }
+                        if let Some(customer) = customer {
+                            body.insert("customer".into(), customer.as_str().into());
+                        }
+                        let body = serde_json::Value::Object(body).to_string();
+                        let path = format!("/{space}");
+                        print!("{}", admin(reqwest::Method::PUT, path, Some(body)).await?);
+                    }
+                }
+            }
+        }
+        SpaceCommand::Remove { spaces, .. } => {
+            for space in spaces {
+                let space: Did = space.parse()?;
+                match &store {
+                    Some(store) => {
+                        let removed = store.remove_space(&space)?;
+                        println!(
+                            "{}",
+                            serde_json::json!({"space": space.as_str(), "removed": removed})
+                        );
+                    }
+                    None => {
+                        let path = format!("/{space}");
+                        print!("{}", admin(reqwest::Method::DELETE, path, None).await?);
+                    }
+                }
+            }
+        }
+        SpaceCommand::List { .. } => match &store {
+            Some(store) => {
+                for entry in store.spaces()? {
+                    println!("{}", space_json(&entry));
+                }
+            }
+            None => print!(
+                "{}",
+                admin(reqwest::Method::GET, String::new(), None).await?
+            ),
+        },
+    }
+    Ok(())
+}
+
+async fn start(args: StartArgs) -> Result<(), Failure> {
+    let signer = load_signer(&args.key)?;
+    let store = open_store(&args.store, &args.key.data_dir).await?;
     let authorities = args.batches.authorities()?;
-    let settings = Settings {
+    let mut settings = Settings {
         interval: Duration::from_secs(args.consolidation_interval),
         batch_limit: args.batch_limit,
         concurrency: args.concurrency,
@@ -348,6 +605,7 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
         },
         ..Settings::default()
     };
+    args.billing.apply(&mut settings)?;
     std::fs::create_dir_all(&settings.limits.scratch_dir)?;
     let tracker = Tracker::new(signer.clone(), store, settings);
     tokio::spawn(tracker.clone().run_scheduler());
@@ -382,15 +640,40 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
     let limits = args.batches.limits(&args.key.data_dir);
     std::fs::create_dir_all(&limits.scratch_dir)?;
     let connection = ucanto::client::Connection::http(tracker.clone(), args.tracker_url.clone());
-    let service = Arc::new(etracker_server::consolidator::Consolidator::new(
-        signer.clone(),
-        tracker,
-        connection,
-        None,
-        limits,
-        args.batches.authorities()?,
-        proofs,
-    ));
+    let tracker_did = tracker.did().clone();
+    let service = Arc::new(
+        etracker_server::consolidator::Consolidator::new(
+            signer.clone(),
+            tracker,
+            connection,
+            None,
+            limits,
+            args.batches.authorities()?,
+            proofs,
+        )
+        .with_billing(
+            {
+                let mut settings = Settings::default();
+                args.billing.apply(&mut settings)?;
+                match settings.space_registry {
+                    Some(registry) => SpacePolicy::Known {
+                        providers: settings
+                            .known_providers
+                            .into_iter()
+                            .chain([tracker_did])
+                            .collect(),
+                        registry,
+                    },
+                    None => SpacePolicy::Any,
+                }
+            },
+            args.billing
+                .non_billable_actors
+                .iter()
+                .map(|d| d.parse())
+                .collect::<Result<_, _>>()?,
+        ),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
     tracing::info!(did = %signer.did(), %address, tracker = %args.tracker_url, "consolidator listening");

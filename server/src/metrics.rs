@@ -25,6 +25,8 @@ pub struct Metrics {
     pub consolidation_retries: AtomicU64,
     /// Receipts reported in `errors[]` (not counted).
     pub rejected_receipts: AtomicU64,
+    /// Bytes retrieved by non-billable actors, recorded apart.
+    pub non_billable_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +98,12 @@ impl Metrics {
             "counter",
             "Receipts reported in errors[].",
             get(&self.rejected_receipts),
+        );
+        metric(
+            "etracker_non_billable_bytes_total",
+            "counter",
+            "Bytes retrieved by non-billable actors (replication, indexing), billed to no one.",
+            get(&self.non_billable_bytes),
         );
         out
     }

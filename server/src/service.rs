@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use cid::Cid;
 use etracker_capabilities::{Ability, Conclude, EgressGet, Track};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use ucanto::client::{Connection, ServerChannel};
-use ucanto::principal::{Signer, Verifier};
+use ucanto::principal::{Did, Signer, Verifier};
 use ucanto::server::Server;
 use ucanto::ucan::{now, Delegation};
 
@@ -34,7 +34,8 @@ use crate::consolidator::{
 };
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
-use crate::store::{EgressRecord, RecordStatus, Store};
+use crate::registry::{SpacePolicy, SpaceRegistry, StoreRegistry};
+use crate::store::{EgressRecord, RecordStatus, SpaceEntry, Store};
 
 /// Tracker settings (the binary fills them from flags and `ETRACKER_*`).
 #[derive(Clone)]
@@ -67,6 +68,26 @@ pub struct Settings {
     pub replica: String,
     /// A separately deployed consolidator; in-process (same identity) when `None`.
     pub remote_consolidator: Option<RemoteConsolidator>,
+    /// Which spaces count: only those a known provider provisions
+    /// ([`SpaceRule::Known`], the default), or every authorized one.
+    pub space_rule: SpaceRule,
+    /// Providers whose spaces count, besides the tracker itself (the
+    /// provider of the spaces its operator registers).
+    pub known_providers: Vec<Did>,
+    /// Where provisions are looked up; the tracker's store when `None`.
+    pub space_registry: Option<Arc<dyn SpaceRegistry>>,
+    /// Invokers whose retrievals are recorded apart and billed to no one
+    /// (indexing service, replicating nodes, upload service).
+    pub non_billable_actors: Vec<Did>,
+}
+
+/// Which spaces count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceRule {
+    /// Spaces a known provider provisions.
+    Known,
+    /// Every space that authorized a retrieval.
+    Any,
 }
 
 /// Where a separately deployed consolidator listens and who it is.
@@ -96,11 +117,34 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(60),
             replica: format!("etracker-{}", std::process::id()),
             remote_consolidator: None,
+            space_rule: SpaceRule::Known,
+            known_providers: Vec::new(),
+            space_registry: None,
+            non_billable_actors: Vec::new(),
         }
     }
 }
 
 impl Settings {
+    /// The space policy of a tracker signing as `tracker` over `store`.
+    pub fn space_policy(&self, tracker: &Did, store: &Arc<dyn Store>) -> SpacePolicy {
+        match self.space_rule {
+            SpaceRule::Any => SpacePolicy::Any,
+            SpaceRule::Known => SpacePolicy::Known {
+                providers: self
+                    .known_providers
+                    .iter()
+                    .chain(std::iter::once(tracker))
+                    .cloned()
+                    .collect(),
+                registry: self
+                    .space_registry
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(StoreRegistry(store.clone()))),
+            },
+        }
+    }
+
     /// The limits of `POST /`.
     pub fn http_limits(&self) -> ucanto::transport::HttpLimits {
         ucanto::transport::HttpLimits {
@@ -142,11 +186,13 @@ impl Tracker {
             Some(remote) => remote.verifier.clone(),
             None => signer.verifier(),
         };
+        let spaces = settings.space_policy(signer.did(), &store);
         let ctx = Arc::new(Context {
             signer: signer.clone(),
             store: store.clone(),
             metrics,
             consolidator: consolidator_key.clone(),
+            spaces: spaces.clone(),
         });
         let server = Arc::new(tracker_server(ctx.clone()));
         let consolidator = match &settings.remote_consolidator {
@@ -154,15 +200,21 @@ impl Tracker {
             None => {
                 let tracker_connection =
                     Connection::new(signer.verifier(), Arc::new(ServerChannel(server.clone())));
-                let local = Arc::new(Consolidator::new(
-                    signer.clone(),
-                    signer.verifier(),
-                    tracker_connection,
-                    Some(store),
-                    settings.limits.clone(),
-                    settings.authorities.clone(),
-                    Vec::new(),
-                ));
+                let local = Arc::new(
+                    Consolidator::new(
+                        signer.clone(),
+                        signer.verifier(),
+                        tracker_connection,
+                        Some(store),
+                        settings.limits.clone(),
+                        settings.authorities.clone(),
+                        Vec::new(),
+                    )
+                    .with_billing(
+                        spaces,
+                        settings.non_billable_actors.iter().cloned().collect(),
+                    ),
+                );
                 Connection::new(consolidator_key, Arc::new(ConsolidatorChannel(local)))
             }
         };
@@ -195,6 +247,8 @@ impl Tracker {
             .route("/health", get(health))
             .route("/metrics", get(metrics))
             .route("/consolidate", post(consolidate_now))
+            .route("/admin/spaces", get(list_spaces))
+            .route("/admin/spaces/{did}", put(put_space).delete(remove_space))
             .route("/", get(banner))
             .with_state(self.clone())
             .merge(ucanto)
@@ -336,10 +390,11 @@ impl Tracker {
         }
     }
 
-    /// Whether the request may run a consolidation: the admin token when one
-    /// is set, else a caller on this machine. Each run downloads batches, so
-    /// strangers must not be able to start runs at will.
-    fn may_consolidate(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
+    /// Whether the request may use the admin routes (run a consolidation,
+    /// manage the space registry): the admin token when one is set, else a
+    /// caller on this machine. A run downloads batches and the registry
+    /// decides what is billed, so strangers must not reach either.
+    fn is_admin(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
         match &self.settings.admin_token {
             Some(_) => self.authorized(headers),
             None => peer.is_some_and(|p| p.ip().is_loopback()),
@@ -411,16 +466,128 @@ async fn metrics(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Res
         .into_response()
 }
 
+/// The peer of a request served with connect info.
+fn peer(request: &axum::extract::Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+}
+
+/// A registry entry as one line of JSON.
+pub fn space_json(entry: &SpaceEntry) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("space".into(), entry.space.as_str().into());
+    map.insert("provider".into(), entry.provider.as_str().into());
+    if let Some(customer) = &entry.customer {
+        map.insert("customer".into(), customer.as_str().into());
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// `GET /admin/spaces`: the registry, one JSON object a line.
+async fn list_spaces(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Response {
+    if !tracker.is_admin(&headers, peer(&request)) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match tracker.ctx.store(|s| s.spaces()).await {
+        Ok(spaces) => {
+            let body: String = spaces.iter().map(|e| space_json(e) + "\n").collect();
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// `PUT /admin/spaces/{did}` with `{"provider"?, "customer"?}` (the provider
+/// defaults to the tracker itself): registers the space.
+async fn put_space(
+    State(tracker): State<Arc<Tracker>>,
+    Path(did): Path<String>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Response {
+    if !tracker.is_admin(&headers, peer(&request)) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+        Ok(body) => body,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let entry = match space_entry(&did, &body, tracker.ctx.signer.did()) {
+        Ok(entry) => entry,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    let line = space_json(&entry) + "\n";
+    match tracker.ctx.store(move |s| s.put_space(&entry)).await {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], line).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// The entry `PUT /admin/spaces/{did}` asks for.
+fn space_entry(did: &str, body: &[u8], tracker: &Did) -> Result<SpaceEntry, String> {
+    let space: Did = did.parse().map_err(|e| format!("space {did:?}: {e}"))?;
+    let fields: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?
+    };
+    let did_field = |key: &str| -> Result<Option<Did>, String> {
+        match fields.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => text
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{key} {text:?}: {e}")),
+            Some(_) => Err(format!("{key} must be a DID string")),
+        }
+    };
+    Ok(SpaceEntry {
+        space,
+        provider: did_field("provider")?.unwrap_or_else(|| tracker.clone()),
+        customer: did_field("customer")?,
+    })
+}
+
+/// `DELETE /admin/spaces/{did}`: unregisters the space.
+async fn remove_space(
+    State(tracker): State<Arc<Tracker>>,
+    Path(did): Path<String>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Response {
+    if !tracker.is_admin(&headers, peer(&request)) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let space: Did = match did.parse() {
+        Ok(space) => space,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("space {did:?}: {e}")).into_response(),
+    };
+    let key = space.clone();
+    match tracker.ctx.store(move |s| s.remove_space(&key)).await {
+        Ok(removed) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!(
+                "{}\n",
+                serde_json::json!({"space": space.as_str(), "removed": removed})
+            ),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 async fn consolidate_now(
     State(tracker): State<Arc<Tracker>>,
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
-    if !tracker.may_consolidate(&headers, peer) {
+    if !tracker.is_admin(&headers, peer(&request)) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let s = tracker.consolidate().await;
@@ -471,16 +638,16 @@ mod tests {
         let loopback6: SocketAddr = "[::1]:5000".parse().unwrap();
         let remote: SocketAddr = "203.0.113.7:5000".parse().unwrap();
         let open = tracker(None);
-        assert!(open.may_consolidate(&HeaderMap::new(), Some(loopback)));
-        assert!(open.may_consolidate(&HeaderMap::new(), Some(loopback6)));
-        assert!(!open.may_consolidate(&HeaderMap::new(), Some(remote)));
-        assert!(!open.may_consolidate(&HeaderMap::new(), None));
+        assert!(open.is_admin(&HeaderMap::new(), Some(loopback)));
+        assert!(open.is_admin(&HeaderMap::new(), Some(loopback6)));
+        assert!(!open.is_admin(&HeaderMap::new(), Some(remote)));
+        assert!(!open.is_admin(&HeaderMap::new(), None));
 
         let guarded = tracker(Some("s3cret"));
-        assert!(guarded.may_consolidate(&bearer("s3cret"), Some(remote)));
-        assert!(!guarded.may_consolidate(&bearer("s3cres"), Some(loopback)));
-        assert!(!guarded.may_consolidate(&bearer("s3cret "), Some(loopback)));
-        assert!(!guarded.may_consolidate(&HeaderMap::new(), Some(loopback)));
+        assert!(guarded.is_admin(&bearer("s3cret"), Some(remote)));
+        assert!(!guarded.is_admin(&bearer("s3cres"), Some(loopback)));
+        assert!(!guarded.is_admin(&bearer("s3cret "), Some(loopback)));
+        assert!(!guarded.is_admin(&HeaderMap::new(), Some(loopback)));
     }
 
     #[test]

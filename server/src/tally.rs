@@ -11,7 +11,7 @@
 //! # Format
 //! ```text
 //! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
-//!          counted: [Link<retrieval payload id>] }
+//!          counted: [Link<retrieval payload id>], nonBillable?: [as usage] }
 //! ```
 //! Usage entries and counted retrievals may be spread over any number of chunks;
 //! every chunk names the same batch. A counted retrieval is the payload id
@@ -34,6 +34,9 @@ pub const CHUNK_USAGE: usize = 1024;
 pub struct Tally {
     /// Bytes per (space, day).
     pub usage: BTreeMap<(Did, String), u64>,
+    /// Bytes per (space, day) retrieved by non-billable actors: counted once
+    /// like the rest, billed to no one.
+    pub non_billable: BTreeMap<(Did, String), u64>,
     /// Retrievals counted (their `space/content/retrieve` invocations, so a
     /// retrieval counts once however many receipts a node signs for it), in
     /// batch order.
@@ -44,6 +47,13 @@ impl Tally {
     /// Adds `bytes` retrieved from `space` on `day` by the retrieval `invocation`.
     pub fn add(&mut self, space: Did, day: String, bytes: u64, invocation: Cid) {
         *self.usage.entry((space, day)).or_default() += bytes;
+        self.counted.push(invocation);
+    }
+
+    /// Adds `bytes` retrieved from `space` on `day` by a non-billable actor
+    /// in the retrieval `invocation`.
+    pub fn add_non_billable(&mut self, space: Did, day: String, bytes: u64, invocation: Cid) {
+        *self.non_billable.entry((space, day)).or_default() += bytes;
         self.counted.push(invocation);
     }
 
@@ -67,22 +77,24 @@ impl Tally {
         usage: usize,
     ) -> Result<Vec<Block>, CodecError> {
         let (receipts, usage_per_chunk) = (receipts.max(1), usage.max(1));
-        let usage: Vec<Ipld> = self
-            .usage
-            .iter()
-            .map(|((space, day), bytes)| {
-                Ipld::Map(IpldMap::from([
-                    ("space".to_string(), Ipld::String(space.to_string())),
-                    ("day".to_string(), Ipld::String(day.clone())),
-                    ("bytes".to_string(), Ipld::Integer((*bytes).into())),
-                ]))
-            })
-            .collect();
+        let entries = |map: &BTreeMap<(Did, String), u64>| -> Vec<Ipld> {
+            map.iter()
+                .map(|((space, day), bytes)| {
+                    Ipld::Map(IpldMap::from([
+                        ("space".to_string(), Ipld::String(space.to_string())),
+                        ("day".to_string(), Ipld::String(day.clone())),
+                        ("bytes".to_string(), Ipld::Integer((*bytes).into())),
+                    ]))
+                })
+                .collect()
+        };
+        let (usage, non_billable) = (entries(&self.usage), entries(&self.non_billable));
         let count = self
             .counted
             .len()
             .div_ceil(receipts)
             .max(usage.len().div_ceil(usage_per_chunk))
+            .max(non_billable.len().div_ceil(usage_per_chunk))
             .max(1);
         (0..count)
             .map(|i| {
@@ -92,11 +104,16 @@ impl Tally {
                     .iter()
                     .map(|c| Ipld::Link(*c))
                     .collect();
-                Block::encode(&Ipld::Map(IpldMap::from([
+                let mut chunk = IpldMap::from([
                     ("batch".to_string(), Ipld::Link(batch)),
                     ("usage".to_string(), Ipld::List(usage)),
                     ("counted".to_string(), Ipld::List(counted)),
-                ])))
+                ]);
+                let exempt = &non_billable[part(non_billable.len(), usage_per_chunk)];
+                if !exempt.is_empty() {
+                    chunk.insert("nonBillable".into(), Ipld::List(exempt.to_vec()));
+                }
+                Block::encode(&Ipld::Map(chunk))
             })
             .collect()
     }
@@ -120,7 +137,12 @@ impl Tally {
                 Some(Ipld::List(items)) => Ok(items.clone()),
                 _ => Err(bad(format!("chunk {link} has no {key} list"))),
             };
-            for entry in list("usage")? {
+            let exempt = match chunk.get("nonBillable") {
+                None => Vec::new(),
+                Some(_) => list("nonBillable")?,
+            };
+            let usage = list("usage")?.into_iter().map(|e| (e, false));
+            for (entry, non_billable) in usage.chain(exempt.into_iter().map(|e| (e, true))) {
                 let Ipld::Map(entry) = entry else {
                     return Err(bad("usage entry is not a map".into()));
                 };
@@ -135,7 +157,12 @@ impl Tally {
                 let space = Did::parse(space).map_err(|e| bad(e.to_string()))?;
                 let bytes = u64::try_from(*bytes)
                     .map_err(|_| bad(format!("bytes {bytes} out of range")))?;
-                let slot = tally.usage.entry((space, day.clone())).or_default();
+                let map = if non_billable {
+                    &mut tally.non_billable
+                } else {
+                    &mut tally.usage
+                };
+                let slot = map.entry((space, day.clone())).or_default();
                 *slot = slot
                     .checked_add(bytes)
                     .ok_or_else(|| bad("usage overflows".into()))?;
@@ -178,5 +205,27 @@ mod tests {
         assert_eq!(Tally::from_blocks(&batch, &links, &store).unwrap(), tally);
         let other = ucanto::dag::cid_of(ucanto::dag::CAR, b"other");
         assert!(Tally::from_blocks(&other, &links, &store).is_err());
+    }
+
+    /// Many spaces, non-billable bytes and small chunks: every part is spread
+    /// over the chunks and read back whole.
+    #[test]
+    fn small_chunks_round_trip() {
+        let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
+        let mut tally = Tally::default();
+        for i in 0..50u64 {
+            let space: Did = format!("did:web:space{i}.example").parse().unwrap();
+            let retrieval = ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes());
+            if i % 5 == 0 {
+                tally.add_non_billable(space, "2026-11-01".into(), i, retrieval);
+            } else {
+                tally.add(space, "2026-11-01".into(), i, retrieval);
+            }
+        }
+        let blocks = tally.to_blocks_of(batch, 4, 3).unwrap();
+        assert_eq!(blocks.len(), 14, "40 usage entries, 3 a chunk");
+        let links: Vec<Cid> = blocks.iter().map(|b| b.cid).collect();
+        let store: BlockStore = blocks.into_iter().collect();
+        assert_eq!(Tally::from_blocks(&batch, &links, &store).unwrap(), tally);
     }
 }

@@ -13,7 +13,7 @@ use cid::Cid;
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::track::TrackNb;
 use etracker_capabilities::{read_out, Ability, Track};
-use etracker_server::service::{Settings, Tracker};
+use etracker_server::service::{Settings, SpaceRule, Tracker};
 use etracker_server::store::redb::RedbStore;
 use ucanto::client::Connection;
 use ucanto::dag::{cid_of, Ipld, IpldMap, CAR};
@@ -201,6 +201,9 @@ pub fn test_settings() -> Settings {
     settings.limits.scratch_dir = temp_dir("scratch");
     settings.retry_base_secs = 0;
     settings.interval = Duration::from_secs(3600);
+    // Every authorized space counts here; the billable-space tests set their
+    // own policy.
+    settings.space_rule = SpaceRule::Any;
     settings
 }
 

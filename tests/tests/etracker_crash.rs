@@ -19,6 +19,27 @@ fn etracker_binary() -> PathBuf {
     etracker_e2e::workspace_bin("etracker-server", "etracker")
 }
 
+/// Registers alice's space (the one the test retrieves from) in the
+/// registry of `data_dir`, with `etracker space add`.
+async fn register_space(data_dir: &std::path::Path) {
+    let output = Command::new(etracker_binary())
+        .args(["space", "add", alice().did().as_str()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("ETRACKER_PRIVATE_KEY", service().format())
+        .output()
+        .await
+        .expect("etracker space add");
+    assert!(output.status.success(), "{output:?}");
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["space"], alice().did().as_str());
+    assert_eq!(
+        line["provider"],
+        service().did().as_str(),
+        "the tracker itself"
+    );
+}
+
 /// Starts `etracker start` on `data_dir`; returns the child and its base URL.
 async fn start(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(etracker_binary())
@@ -72,6 +93,7 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
 
     // The node stalls half way through the batch; the tracker dies mid-download.
     *server.stall.lock().unwrap() = Some(Duration::from_secs(60));
+    register_space(&data_dir).await;
     let (child, url) = start(&data_dir).await;
     let track = track_invocation(
         &node,

@@ -16,6 +16,7 @@ use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Ability, Conclude, Outcome};
 use ucanto::dag::{cid_of, Block, BlockStore, Ipld, IpldMap};
 use ucanto::message::AgentMessage;
+use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
 use ucanto::server::{HandlerError, Request, Response};
 use ucanto::ucan::{now, Delegation};
@@ -23,6 +24,7 @@ use ucanto::ucan::{now, Delegation};
 use super::{unexpected, Context};
 use crate::consolidator::consolidate_task;
 use crate::metrics::Metrics;
+use crate::registry::{judge_all, Billing};
 use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
 use crate::tally::Tally;
 
@@ -44,6 +46,20 @@ pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, Han
             };
             let links = receipts.into_iter().map(Ipld::Link).collect();
             error.insert("receipts".into(), Ipld::List(links));
+            Ok(Response::error(Ipld::Map(error)))
+        }
+        Err(Refusal::UnknownSpaces(spaces)) => {
+            let message = format!(
+                "{} space(s) counted are provisioned by no known provider (e.g. {}); consolidate again",
+                spaces.len(),
+                spaces[0]
+            );
+            tracing::warn!(%message, "conclude refused");
+            let Ipld::Map(mut error) = ConcludeError::new(message).to_ipld() else {
+                unreachable!("failures are maps")
+            };
+            let listed = spaces.iter().map(|s| Ipld::String(s.to_string())).collect();
+            error.insert("spaces".into(), Ipld::List(listed));
             Ok(Response::error(Ipld::Map(error)))
         }
         Err(Refusal::Incomplete { received, total }) => Ok(Response::failure(
@@ -113,6 +129,9 @@ async fn gather_chunks(
 
 enum Refusal {
     Error(String),
+    /// Spaces this tracker does not bill; listed so a consolidator with
+    /// another registry drops them on its next run.
+    UnknownSpaces(Vec<Did>),
     /// A page of a large tally: staged, waiting for the rest.
     Incomplete {
         received: usize,
@@ -190,6 +209,22 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
     };
 
+    // The consolidator judged the spaces; judge them again, so that one with
+    // another registry (or none) never bills a space this tracker does not.
+    let spaces = tally.usage.keys().map(|(space, _)| space.clone()).collect();
+    let verdicts = judge_all(&ctx.spaces, spaces)
+        .await
+        .map_err(Refusal::Unexpected)?;
+    let mut unknown: Vec<Did> = verdicts
+        .into_iter()
+        .filter(|(_, billing)| matches!(billing, Billing::Unknown(_)))
+        .map(|(space, _)| space)
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        return Err(Refusal::UnknownSpaces(unknown));
+    }
+
     // What `GET /receipts/{task}` serves: the receipt with the task it ran.
     let track = Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
     let task = consolidate_task(ctx.signer.as_ref(), &track).map_err(|e| e.to_string())?;
@@ -207,23 +242,23 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         receipt_bytes: message.to_car(),
         node: record.node.clone(),
         total_bytes: total,
-        usage: tally
-            .usage
-            .iter()
-            .map(|((space, day), bytes)| DailyUsage {
-                space: space.clone(),
-                day: day.clone(),
-                bytes: *bytes,
-            })
-            .collect(),
+        usage: daily_usage(&tally.usage),
         counted_receipts: tally.counted.clone(),
+        non_billable: daily_usage(&tally.non_billable),
         concluded_at: now(),
     };
+    let non_billable: u64 = tally.non_billable.values().sum();
+    let rejected = read_out::<ConsolidateOk, ConsolidateError>(receipt.out())
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |ok| ok.errors.len() as u64);
     let receipt_cid = receipt.cid();
     match ctx.store(move |store| store.conclude(&conclusion)).await {
         Ok(ConcludeOutcome::Concluded) => {
             Metrics::add(&ctx.metrics.concluded_batches, 1);
             Metrics::add(&ctx.metrics.consolidated_bytes, total);
+            Metrics::add(&ctx.metrics.non_billable_bytes, non_billable);
+            Metrics::add(&ctx.metrics.rejected_receipts, rejected);
             tracing::info!(%batch, receipt = %receipt_cid, total, "batch concluded");
             Ok(Response::ok(Ipld::Map(IpldMap::new())))
         }
@@ -236,6 +271,17 @@ async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Ref
         Err(StoreError::Conflict { receipts }) => Err(Refusal::Conflict(receipts)),
         Err(e) => Err(Refusal::Unexpected(e)),
     }
+}
+
+fn daily_usage(usage: &std::collections::BTreeMap<(Did, String), u64>) -> Vec<DailyUsage> {
+    usage
+        .iter()
+        .map(|((space, day), bytes)| DailyUsage {
+            space: space.clone(),
+            day: day.clone(),
+            bytes: *bytes,
+        })
+        .collect()
 }
 
 fn describe_conflict(receipts: &[Cid]) -> String {

@@ -10,6 +10,7 @@ use ucanto::principal::{Signer, Verifier};
 use ucanto::server::HandlerError;
 
 use crate::metrics::Metrics;
+use crate::registry::SpacePolicy;
 use crate::store::{Store, StoreError};
 
 /// What every handler shares.
@@ -22,6 +23,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The consolidator whose receipts `space/egress/conclude` accepts.
     pub consolidator: Arc<dyn Verifier>,
+    /// Which spaces count, and who their customers are.
+    pub spaces: SpacePolicy,
 }
 
 impl Context {

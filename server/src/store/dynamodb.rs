@@ -29,6 +29,9 @@
 //! | due index entry   | `due`                 | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
 //! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
+//! | non-billable bytes | `nonbillable#<space>` | `day#<day>`                          | `bytes`                                          |
+//! | registered space  | `space-entry#<space>` | `space`                                | `space`, `provider`, `customer`?                 |
+//! | list of spaces    | `spaces`              | `<space DID>`                          |                                                  |
 //! | counted receipt   | `counted#<receipt>`   | `counted`                              | `batch`, `attempt`                               |
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
@@ -126,7 +129,7 @@ use ucanto::principal::Did;
 use super::redb::Audit;
 use super::{
     check_conclusion, check_day, ConcludeOutcome, Conclusion, EgressRecord, Lease, NewRecord,
-    PutOutcome, RecordStatus, Store, StoreError, StoreStats,
+    PutOutcome, RecordStatus, SpaceEntry, Store, StoreError, StoreStats,
 };
 
 /// Format 2: counted retrievals are keyed by payload id (see the redb store).
@@ -153,6 +156,36 @@ impl std::fmt::Debug for DynamoStore {
             .field("table", &self.table)
             .finish()
     }
+}
+
+/// A DynamoDB client for `endpoint` and the one-thread runtime its calls
+/// block on; region and credentials as [`DynamoStore::connect`] says.
+pub(crate) fn connect_client(
+    endpoint: &str,
+) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let credentials = Credentials::new(
+        env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
+        env("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
+        env("AWS_SESSION_TOKEN"),
+        None,
+        "etracker",
+    );
+    let region = env("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("etracker-dynamodb")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot start runtime: {e}")))?;
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(region))
+        .credentials_provider(credentials)
+        .http_client(http_client())
+        .build();
+    Ok((Client::from_conf(config), runtime))
 }
 
 impl Drop for DynamoStore {
@@ -190,30 +223,9 @@ impl DynamoStore {
     /// (defaults `test`/`test`, which local emulators accept). Must not be
     /// called from async code (see the module docs).
     pub fn connect(endpoint: &str, table_prefix: &str) -> Result<Self, StoreError> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let credentials = Credentials::new(
-            env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
-            env("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
-            env("AWS_SESSION_TOKEN"),
-            None,
-            "etracker",
-        );
-        let region = env("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("etracker-dynamodb")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot start runtime: {e}")))?;
-        let config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(Region::new(region))
-            .credentials_provider(credentials)
-            .http_client(http_client())
-            .build();
+        let (client, runtime) = connect_client(endpoint)?;
         let store = DynamoStore {
-            client: Client::from_conf(config),
+            client,
             table: format!("{table_prefix}etracker"),
             runtime: Some(runtime),
         };
@@ -695,7 +707,7 @@ impl DynamoStore {
             });
         }
         let attempt = fresh_id();
-        let fixed = 5 + summed.by_day.len() + summed.by_space_day.len();
+        let fixed = 5 + summed.by_day.len() + summed.by_space_day.len() + summed.non_billable.len();
         if fixed + c.counted_receipts.len() <= TX_MAX {
             let mut items = self.final_writes(c, summed, &old, &attempt)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
@@ -853,9 +865,17 @@ impl DynamoStore {
                 ("counted", c.counted_receipts.len() as u64),
                 ("nodes", nodes),
                 ("total_bytes", c.total_bytes),
+                ("non_billable_bytes", summed.non_billable.values().sum()),
             ],
             None,
         )?);
+        for ((space, day), bytes) in &summed.non_billable {
+            items.push(self.add(
+                (&format!("nonbillable#{space}"), &format!("day#{day}")),
+                &[("bytes", *bytes)],
+                None,
+            )?);
+        }
         for (day, bytes) in &summed.by_day {
             items.push(self.add(
                 (&node_pk, &format!("day#{day}")),
@@ -923,6 +943,7 @@ impl DynamoStore {
         let mut claims = Vec::new();
         let mut node_totals: BTreeMap<String, u128> = BTreeMap::new();
         let mut node_daily: BTreeMap<String, u128> = BTreeMap::new();
+        let mut non_billable_bytes: u128 = 0;
         for item in &items {
             let pk = get_s(item, "pk")?;
             let sk = get_s(item, "sk")?;
@@ -946,6 +967,8 @@ impl DynamoStore {
                 }
             } else if pk.starts_with("space#") {
                 audit.space_bytes += u128::from(get_u64(item, "bytes")?);
+            } else if pk.starts_with("nonbillable#") {
+                non_billable_bytes += u128::from(get_u64(item, "bytes")?);
             }
         }
         let mut expected_node_totals: BTreeMap<String, u128> = BTreeMap::new();
@@ -1014,6 +1037,7 @@ impl DynamoStore {
             counted_receipts: audit.counted_receipts,
             nodes: expected_node_totals.len() as u64,
             total_bytes: u64::try_from(audit.node_bytes).unwrap_or(u64::MAX),
+            non_billable_bytes: u64::try_from(non_billable_bytes).unwrap_or(u64::MAX),
         };
         if stats != expected {
             problems.push(format!(
@@ -1186,6 +1210,83 @@ impl Store for DynamoStore {
         Ok(outcome)
     }
 
+    fn non_billable_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&format!("nonbillable#{}", space.as_str()), from_day, to_day)
+    }
+
+    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&space_pk(&entry.space)))
+            .item("sk", s("space"))
+            .item("space", s(entry.space.as_str()))
+            .item("provider", s(entry.provider.as_str()));
+        if let Some(customer) = &entry.customer {
+            request = request.item("customer", s(customer.as_str()));
+        }
+        self.block_on(request.send()).map_err(backend)?;
+        // The list of spaces: one partition, sorted by DID.
+        self.block_on(
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s("spaces"))
+                .item("sk", s(entry.space.as_str()))
+                .send(),
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
+        let out = self
+            .block_on(
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", s(&space_pk(space)))
+                    .key("sk", s("space"))
+                    .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                    .send(),
+            )
+            .map_err(backend)?;
+        self.block_on(
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s("spaces"))
+                .key("sk", s(space.as_str()))
+                .send(),
+        )
+        .map_err(backend)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
+        self.get((&space_pk(space), "space"))?
+            .map(|item| decode_space(&item))
+            .transpose()
+    }
+
+    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {
+        let listed = self.query("spaces", "did:", "did;", None)?;
+        let mut entries = Vec::new();
+        for item in listed {
+            let space = parse_did(&get_s(&item, "sk")?)?;
+            if let Some(entry) = self.space(&space)? {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
     fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
         for (cid, bytes) in chunks {
             self.block_on(
@@ -1281,6 +1382,7 @@ impl Store for DynamoStore {
             counted_receipts: field("counted")?,
             nodes: field("nodes")?,
             total_bytes: field("total_bytes")?,
+            non_billable_bytes: field("non_billable_bytes")?,
         })
     }
 }
@@ -1344,6 +1446,25 @@ fn staged_pk(batch: &Cid) -> String {
     format!("staged#{batch}")
 }
 
+fn space_pk(space: &Did) -> String {
+    format!("space-entry#{}", space.as_str())
+}
+
+fn parse_did(text: &str) -> Result<Did, StoreError> {
+    Did::parse(text).map_err(|e| StoreError::Corrupt(format!("{text}: {e}")))
+}
+
+/// A registry entry from its item.
+fn decode_space(item: &Item) -> Result<SpaceEntry, StoreError> {
+    Ok(SpaceEntry {
+        space: parse_did(&get_s(item, "space")?)?,
+        provider: parse_did(&get_s(item, "provider")?)?,
+        customer: opt_s(item, "customer")?
+            .map(|c| parse_did(&c))
+            .transpose()?,
+    })
+}
+
 /// The due index key: redb's `(due_at, received_at, batch bytes)` order.
 fn due_sk(due_at: u64, r: &EgressRecord) -> String {
     let hex: String = r
@@ -1379,7 +1500,7 @@ fn key_schema(name: &str, key_type: KeyType) -> Result<KeySchemaElement, StoreEr
         .map_err(build_error)
 }
 
-fn backend<E, R>(e: SdkError<E, R>) -> StoreError
+pub(crate) fn backend<E, R>(e: SdkError<E, R>) -> StoreError
 where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -191,10 +191,25 @@ pub struct Conclusion {
     pub total_bytes: u64,
     /// Bytes per (space, day). Repeated (space, day) pairs are added up.
     pub usage: Vec<DailyUsage>,
-    /// Every retrieve receipt counted in `usage`; no duplicates.
+    /// Every retrieval counted in `usage` or `non_billable`; no duplicates.
     pub counted_receipts: Vec<Cid>,
+    /// Bytes per (space, day) retrieved by non-billable actors (replication,
+    /// indexing): recorded apart, in neither the node's nor the space's totals.
+    pub non_billable: Vec<DailyUsage>,
     /// When the conclusion is committed (unix seconds).
     pub concluded_at: u64,
+}
+
+/// A space in the tracker's own registry: who provisions it (its provider)
+/// and who pays for it (its customer), when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceEntry {
+    /// The space.
+    pub space: Did,
+    /// The provider that provisions it.
+    pub provider: Did,
+    /// The account it belongs to, if known.
+    pub customer: Option<Did>,
 }
 
 /// What [`Store::conclude`] did.
@@ -225,6 +240,8 @@ pub struct StoreStats {
     pub nodes: u64,
     /// Bytes counted, over all nodes.
     pub total_bytes: u64,
+    /// Bytes retrieved by non-billable actors, over all spaces.
+    pub non_billable_bytes: u64,
 }
 
 /// Why a store operation failed.
@@ -379,6 +396,27 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::conclude`] of the batch drops them.
     fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError>;
 
+    /// Adds or replaces `entry` in the registry of billable spaces.
+    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError>;
+
+    /// Removes `space` from the registry; false when it was not there.
+    fn remove_space(&self, space: &Did) -> Result<bool, StoreError>;
+
+    /// The registry's entry for `space`.
+    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError>;
+
+    /// Every registered space, in DID order.
+    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError>;
+
+    /// Non-billable bytes retrieved from `space` per day, `from_day` to
+    /// `to_day` (exclusive), as [`Store::space_usage`].
+    fn non_billable_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// The staged chunks of `batch` among `cids`, in order (`None` where missing).
     fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
@@ -475,6 +513,14 @@ pub(crate) fn check_conclusion(c: &Conclusion) -> Result<SummedUsage, StoreError
             c.total_bytes
         )));
     }
+    for u in &c.non_billable {
+        check_day(&u.day)?;
+        let space_day = summed
+            .non_billable
+            .entry((u.space.as_str().to_string(), u.day.clone()))
+            .or_default();
+        *space_day = space_day.checked_add(u.bytes).ok_or_else(overflow)?;
+    }
     let mut seen = std::collections::HashSet::with_capacity(c.counted_receipts.len());
     if let Some(dup) = c.counted_receipts.iter().find(|r| !seen.insert(**r)) {
         return Err(StoreError::Invalid(format!("receipt {dup} listed twice")));
@@ -489,6 +535,8 @@ pub(crate) struct SummedUsage {
     pub(crate) by_space_day: std::collections::BTreeMap<(String, String), u64>,
     /// day → bytes (the node's daily totals).
     pub(crate) by_day: std::collections::BTreeMap<String, u64>,
+    /// (space DID, day) → bytes of non-billable retrievals.
+    pub(crate) non_billable: std::collections::BTreeMap<(String, String), u64>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@
 //! | `node_totals` | node DID                                   | `u64` bytes                   |
 //! | `node_daily`  | `(node DID, day)`                          | `u64` bytes                   |
 //! | `space_daily` | `(space DID, day)`                         | `u64` bytes                   |
+//! | `non_billable_daily` | `(space DID, day)`                  | `u64` bytes, not billed       |
+//! | `spaces`      | space DID                                  | `{provider, customer?}`       |
+//! | `staged_chunks` | `(batch CID, chunk CID)`                 | tally chunk bytes             |
 //!
 //! `due` is the sparse index of pending records, keyed by the time each
 //! becomes leasable (`max(next_attempt_at, lease.until)`), so leasing is a
@@ -56,7 +59,7 @@ use ucanto::principal::Did;
 
 use super::{
     check_conclusion, check_day, ConcludeOutcome, Conclusion, EgressRecord, Lease, NewRecord,
-    PutOutcome, RecordStatus, Store, StoreError, StoreStats,
+    PutOutcome, RecordStatus, SpaceEntry, Store, StoreError, StoreStats,
 };
 
 /// Name of the database file inside the data directory.
@@ -79,6 +82,10 @@ const NODE_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("node_total
 const NODE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("node_daily");
 const SPACE_DAILY: TableDefinition<(&str, &str), u64> = TableDefinition::new("space_daily");
 const STAGED: TableDefinition<(&[u8], &[u8]), &[u8]> = TableDefinition::new("staged_chunks");
+const NON_BILLABLE_DAILY: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("non_billable_daily");
+/// Space DID → dag-cbor `{provider: DID, customer?: DID}`.
+const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("spaces");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -145,6 +152,8 @@ impl RedbStore {
             tx.open_table(NODE_DAILY).or_backend()?;
             tx.open_table(SPACE_DAILY).or_backend()?;
             tx.open_table(STAGED).or_backend()?;
+            tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
+            tx.open_table(SPACES).or_backend()?;
         }
         tx.commit().or_backend()?;
         Ok(RedbStore { db, path })
@@ -510,6 +519,12 @@ impl Store for RedbStore {
                 let old = node_daily.get(key).or_backend()?.map_or(0, |v| v.value());
                 node_daily.insert(key, add(old, *bytes)?).or_backend()?;
             }
+            let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
+            for ((space, day), bytes) in &summed.non_billable {
+                let key = (space.as_str(), day.as_str());
+                let old = non_billable.get(key).or_backend()?.map_or(0, |v| v.value());
+                non_billable.insert(key, add(old, *bytes)?).or_backend()?;
+            }
 
             let mut record = old.clone();
             record.status = RecordStatus::Done {
@@ -589,6 +604,64 @@ impl Store for RedbStore {
         self.daily(SPACE_DAILY, space, from_day, to_day)
     }
 
+    fn non_billable_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(NON_BILLABLE_DAILY, space, from_day, to_day)
+    }
+
+    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
+        let mut map = BTreeMap::from([(
+            "provider".to_string(),
+            Ipld::String(entry.provider.to_string()),
+        )]);
+        if let Some(customer) = &entry.customer {
+            map.insert("customer".into(), Ipld::String(customer.to_string()));
+        }
+        let bytes = encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let tx = self.db.begin_write().or_backend()?;
+        tx.open_table(SPACES)
+            .or_backend()?
+            .insert(entry.space.as_str(), bytes.as_slice())
+            .or_backend()?;
+        tx.commit().or_backend()
+    }
+
+    fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        let removed = tx
+            .open_table(SPACES)
+            .or_backend()?
+            .remove(space.as_str())
+            .or_backend()?
+            .is_some();
+        tx.commit().or_backend()?;
+        Ok(removed)
+    }
+
+    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let spaces = tx.open_table(SPACES).or_backend()?;
+        let entry = spaces.get(space.as_str()).or_backend()?;
+        entry
+            .map(|bytes| decode_space(space.as_str(), bytes.value()))
+            .transpose()
+    }
+
+    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let spaces = tx.open_table(SPACES).or_backend()?;
+        let mut entries = Vec::new();
+        for entry in spaces.iter().or_backend()? {
+            let (space, bytes) = entry.or_backend()?;
+            entries.push(decode_space(space.value(), bytes.value())?);
+        }
+        Ok(entries)
+    }
+
     fn node_usage(
         &self,
         node: &Did,
@@ -627,6 +700,7 @@ impl Store for RedbStore {
             counted_receipts: tx.open_table(COUNTED).or_backend()?.len().or_backend()?,
             nodes: node_totals.len().or_backend()?,
             total_bytes,
+            non_billable_bytes: sum_values(&tx.open_table(NON_BILLABLE_DAILY).or_backend()?)?,
         })
     }
 }
@@ -697,6 +771,36 @@ fn save(
 }
 
 /// Maps any redb error to [`StoreError::Backend`].
+/// A registry entry from its stored form.
+fn decode_space(space: &str, bytes: &[u8]) -> Result<SpaceEntry, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("space {space}: {why}"));
+    let Ipld::Map(map) = decode_cbor(bytes).map_err(|e| corrupt(&e.to_string()))? else {
+        return Err(corrupt("not a map"));
+    };
+    let did = |key: &str| match map.get(key) {
+        None => Ok(None),
+        Some(Ipld::String(text)) => Did::parse(text)
+            .map(Some)
+            .map_err(|e| corrupt(&e.to_string())),
+        Some(_) => Err(corrupt(&format!("{key} is not a string"))),
+    };
+    Ok(SpaceEntry {
+        space: Did::parse(space).map_err(|e| corrupt(&e.to_string()))?,
+        provider: did("provider")?.ok_or_else(|| corrupt("no provider"))?,
+        customer: did("customer")?,
+    })
+}
+
+/// Σ of a `(DID, day) → bytes` table, saturating.
+fn sum_values(table: &redb::ReadOnlyTable<(&str, &str), u64>) -> Result<u64, StoreError> {
+    let mut total: u64 = 0;
+    for entry in table.iter().or_backend()? {
+        let (_, bytes) = entry.or_backend()?;
+        total = total.saturating_add(bytes.value());
+    }
+    Ok(total)
+}
+
 trait OrBackend<T> {
     fn or_backend(self) -> Result<T, StoreError>;
 }

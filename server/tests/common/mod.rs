@@ -79,6 +79,16 @@ macro_rules! scenarios {
         fn staged_chunks_wait_for_their_conclusion() {
             common::staged_chunks_wait_for_their_conclusion(&$make);
         }
+
+        #[test]
+        fn registered_spaces_are_kept_and_listed() {
+            common::registered_spaces_are_kept_and_listed(&$make);
+        }
+
+        #[test]
+        fn non_billable_bytes_are_kept_apart() {
+            common::non_billable_bytes_are_kept_apart(&$make);
+        }
     };
 }
 pub(crate) use scenarios;
@@ -168,6 +178,7 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         total_bytes: usage.iter().map(|u| u.bytes).sum(),
         usage,
         counted_receipts: receipts.iter().copied().map(retrieve).collect(),
+        non_billable: Vec::new(),
         concluded_at: 10_000 + n,
     }
 }
@@ -864,5 +875,82 @@ pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> 
         store.staged_chunks(&batch(1), &wanted).unwrap(),
         [None, None, None]
     );
+    consistent(&store);
+}
+
+// ---------------------------------------------------------------- spaces
+
+/// The registry of billable spaces: added, replaced, listed in DID order,
+/// removed.
+pub fn registered_spaces_are_kept_and_listed<S: TestStore>(make: &dyn Fn() -> S) {
+    use etracker_server::store::SpaceEntry;
+    let store = make();
+    let provider: Did = "did:web:up.example".parse().unwrap();
+    let account: Did = "did:mailto:example.com:alice".parse().unwrap();
+    assert_eq!(store.space(&space_a()).unwrap(), None);
+    assert!(store.spaces().unwrap().is_empty());
+    let a = SpaceEntry {
+        space: space_a(),
+        provider: provider.clone(),
+        customer: Some(account.clone()),
+    };
+    let b = SpaceEntry {
+        space: space_b(),
+        provider: provider.clone(),
+        customer: None,
+    };
+    store.put_space(&a).unwrap();
+    store.put_space(&b).unwrap();
+    store.put_space(&a).unwrap();
+    assert_eq!(store.space(&space_a()).unwrap(), Some(a.clone()));
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort_by(|x, y| x.space.as_str().cmp(y.space.as_str()));
+    assert_eq!(store.spaces().unwrap(), expected);
+    // Replaced whole: the customer goes.
+    let a2 = SpaceEntry {
+        customer: None,
+        ..a.clone()
+    };
+    store.put_space(&a2).unwrap();
+    assert_eq!(store.space(&space_a()).unwrap(), Some(a2));
+    assert!(store.remove_space(&space_a()).unwrap());
+    assert!(!store.remove_space(&space_a()).unwrap());
+    assert_eq!(store.spaces().unwrap(), vec![b]);
+}
+
+/// Non-billable bytes go to their own table: not in node or space totals,
+/// but their retrievals are counted (never again) and shown in the stats.
+pub fn non_billable_bytes_are_kept_apart<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    store.put(new_record(1, node(), 100)).unwrap();
+    store.lease_pending(100, "a", 60, 10).unwrap();
+    let mut c = conclusion(1, vec![usage(space_a(), "2025-01-01", 5)], &[1, 2]);
+    c.non_billable = vec![
+        usage(space_a(), "2025-01-01", 70),
+        usage(space_b(), "2025-01-02", 30),
+    ];
+    store.conclude(&c).unwrap();
+    assert_eq!(store.node_total(&node()).unwrap(), 5);
+    assert_eq!(
+        store
+            .space_usage(&space_a(), "2025-01-01", "2025-02-01")
+            .unwrap(),
+        [("2025-01-01".to_string(), 5)]
+    );
+    assert_eq!(
+        store
+            .non_billable_usage(&space_a(), "2025-01-01", "2025-02-01")
+            .unwrap(),
+        [("2025-01-01".to_string(), 70)]
+    );
+    assert_eq!(
+        store
+            .non_billable_usage(&space_b(), "2025-01-01", "2025-02-01")
+            .unwrap(),
+        [("2025-01-02".to_string(), 30)]
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.total_bytes, stats.non_billable_bytes), (5, 100));
+    assert_eq!(store.counted(&[retrieve(2)]).unwrap(), [Some(batch(1))]);
     consistent(&store);
 }
