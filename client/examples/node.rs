@@ -185,6 +185,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     assert_eq!(batch.expected_egress(), served);
 
+    // A tracker counts only spaces a known provider provisions: register the
+    // client's space with it (its admin API answers callers on its machine,
+    // or holders of ETRACKER_ADMIN_TOKEN). A tracker you do not run has its
+    // own registry: ask its operator.
+    register_space(&args.tracker_url, client_key.did()).await;
+
     // Track it.
     let tracked = client.track(batch.cid).await?;
     journal.mark_tracked(&batch.cid, &tracked)?;
@@ -234,6 +240,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
             println!("kept: {other:?}");
             std::process::exit(1)
         }
+    }
+}
+
+/// `PUT <tracker>/admin/spaces/<space>`: registers `space`, provided by the
+/// tracker itself. Failing only warns: the tracker may know it already.
+async fn register_space(tracker_url: &str, space: &ucanto::principal::Did) {
+    let url = format!("{}/admin/spaces/{space}", tracker_url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().put(url);
+    if let Ok(token) = std::env::var("ETRACKER_ADMIN_TOKEN") {
+        request = request.bearer_auth(token);
+    }
+    match request.send().await {
+        Ok(response) if response.status().is_success() => println!("space   {space} registered"),
+        Ok(response) => println!(
+            "space   {space} not registered (HTTP {}): it counts only if the tracker knows it",
+            response.status()
+        ),
+        Err(e) => println!("space   {space} not registered ({e})"),
     }
 }
 

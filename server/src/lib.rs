@@ -14,8 +14,9 @@
 //!    (idempotently) and answers `ok {}` with the consolidate task forked;
 //! 3. the scheduler in [`service`] leases due records and *invokes* each task
 //!    on the [`consolidator`] through a ucanto connection; its handler fetches
-//!    the batch, checks it against the CID and checks every receipt, and its
-//!    dispatcher signs the receipt;
+//!    the batch, checks it against the CID and checks every receipt (and,
+//!    per the [`registry`], that a known provider provisions its space), and
+//!    its dispatcher signs the receipt;
 //! 4. the consolidator invokes `space/egress/conclude` with the receipt and
 //!    the [`tally`]; [`handlers::conclude`] verifies both and commits receipt,
 //!    totals and counted retrievals in one [`store::Store::conclude`];

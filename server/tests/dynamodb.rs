@@ -231,3 +231,141 @@ fn racing_large_conclusions_of_one_batch() {
     assert_eq!(a.node_total(&node()).unwrap(), 300);
     assert_eq!(consistent(a.as_ref()).counted_receipts, 300);
 }
+
+/// The upload service's consumer table, in its upstream schema (key
+/// `subscription` + `provider`; indexes on `consumer` and `customer`), made
+/// here and read through the space registry and the policy.
+#[test]
+fn consumer_table_registry() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+        KeyType, Projection, ProjectionType, ScalarAttributeType,
+    };
+    use etracker_server::registry::consumer::{ConsumerTable, ConsumerTableConfig};
+    use etracker_server::registry::{Billing, SpacePolicy, SpaceRegistry};
+    use ucanto::principal::Did;
+
+    let (client, runtime) = etracker_server::store::dynamodb::connect_client(&endpoint()).unwrap();
+    let table = format!("{}consumer", fresh_prefix());
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    let index = |name: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(name, KeyType::Hash))
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .non_key_attributes("provider")
+                    .non_key_attributes("subscription")
+                    .non_key_attributes("customer")
+                    .non_key_attributes("consumer")
+                    .build(),
+            )
+            .build()
+            .unwrap()
+    };
+    runtime
+        .block_on(
+            client
+                .create_table()
+                .table_name(&table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attribute("subscription"))
+                .attribute_definitions(attribute("provider"))
+                .attribute_definitions(attribute("consumer"))
+                .attribute_definitions(attribute("customer"))
+                .key_schema(key("subscription", KeyType::Hash))
+                .key_schema(key("provider", KeyType::Range))
+                .global_secondary_indexes(index("consumer"))
+                .global_secondary_indexes(index("customer"))
+                .send(),
+        )
+        .unwrap();
+    let up = "did:web:up.example";
+    let account = "did:mailto:example.com:alice";
+    for (subscription, provider, consumer, customer) in [
+        (
+            "sub-1",
+            up,
+            "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+            account,
+        ),
+        (
+            "sub-2",
+            "did:web:elsewhere.example",
+            "did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH",
+            account,
+        ),
+        (
+            "sub-3",
+            up,
+            "did:key:z6MknGc3ocHs3zdPiJbnaaqDi58NGb4pk1Sp9WxWufuXSdxf",
+            "did:mailto:example.com:bob",
+        ),
+    ] {
+        runtime
+            .block_on(
+                client
+                    .put_item()
+                    .table_name(&table)
+                    .item("subscription", AttributeValue::S(subscription.into()))
+                    .item("provider", AttributeValue::S(provider.into()))
+                    .item("consumer", AttributeValue::S(consumer.into()))
+                    .item("customer", AttributeValue::S(customer.into()))
+                    .item("cause", AttributeValue::S("bafy".into()))
+                    .send(),
+            )
+            .unwrap();
+    }
+    runtime.shutdown_background();
+
+    let registry = ConsumerTable::connect(ConsumerTableConfig {
+        endpoint: endpoint(),
+        table,
+        consumer_index: "consumer".into(),
+        customer_index: "customer".into(),
+    })
+    .unwrap();
+    let did = |text: &str| -> Did { text.parse().unwrap() };
+    let alice_space = did("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK");
+    let foreign_space = did("did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH");
+    let provisions = registry.provisions(&alice_space).unwrap();
+    assert_eq!(provisions.len(), 1);
+    assert_eq!(provisions[0].provider, did(up));
+    assert_eq!(provisions[0].customer, Some(did(account)));
+    let mut spaces = registry.customer_spaces(&did(account)).unwrap();
+    spaces.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut expected = vec![alice_space.clone(), foreign_space.clone()];
+    expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(spaces, expected);
+
+    let policy = SpacePolicy::Known {
+        providers: [did(up)].into_iter().collect(),
+        registry: Arc::new(registry),
+    };
+    assert_eq!(
+        policy.judge(&alice_space).unwrap(),
+        Billing::Billable {
+            customer: Some(did(account))
+        }
+    );
+    assert!(matches!(
+        policy.judge(&foreign_space).unwrap(),
+        Billing::Unknown(_)
+    ));
+    let sybil = did("did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp");
+    assert!(matches!(policy.judge(&sybil).unwrap(), Billing::Unknown(_)));
+}

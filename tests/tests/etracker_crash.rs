@@ -162,3 +162,58 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
     );
     assert_eq!(store.pending_count().unwrap(), 0);
 }
+
+/// `etracker space …` works on the data directory when no tracker runs, and
+/// through the running tracker's admin API when one holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn space_commands_reach_the_registry_either_way() {
+    let data_dir = temp_dir("space-cli");
+    let space = |args: &[&str], url: Option<&str>| {
+        let mut command = Command::new(etracker_binary());
+        command
+            .arg("space")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("ETRACKER_PRIVATE_KEY", service().format());
+        if let Some(url) = url {
+            command.args(["--url", url]);
+        }
+        let what = format!("{args:?}");
+        async move {
+            let output = command.output().await.expect("etracker space");
+            assert!(output.status.success(), "{what}: {output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let (bob, carol) = (etracker_e2e::bob(), etracker_e2e::mallory());
+    register_space(&data_dir).await;
+    let (child, url) = start(&data_dir).await;
+    let added = space(
+        &[
+            "add",
+            bob.did().as_str(),
+            "--customer",
+            "did:mailto:example.com:bob",
+        ],
+        Some(&url),
+    )
+    .await;
+    assert!(added.contains("did:mailto:example.com:bob"), "{added}");
+    space(&["add", carol.did().as_str()], Some(&url)).await;
+    let removed = space(&["remove", carol.did().as_str()], Some(&url)).await;
+    assert!(removed.contains("\"removed\":true"), "{removed}");
+    let listed = space(&["list"], Some(&url)).await;
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    kill9(child).await;
+    let listed = space(&["list"], None).await;
+    let spaces: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dids: Vec<&str> = spaces
+        .iter()
+        .map(|s| s["space"].as_str().unwrap())
+        .collect();
+    assert!(dids.contains(&alice().did().as_str()) && dids.contains(&bob.did().as_str()));
+}

@@ -99,7 +99,14 @@ fn proxy(tracker: String, tamper: Tamper) -> axum::Router {
 }
 
 async fn run(tamper: Tamper) -> (Vec<Event>, BatchJournal, u64) {
-    let tracker = start_tracker(test_settings()).await;
+    run_with(tamper, test_settings()).await
+}
+
+async fn run_with(
+    tamper: Tamper,
+    settings: etracker_server::service::Settings,
+) -> (Vec<Event>, BatchJournal, u64) {
+    let tracker = start_tracker(settings).await;
     let node = node();
     let journal = BatchJournal::open(
         temp_dir("journal"),
@@ -192,4 +199,24 @@ async fn wrong_signer_is_refused_and_keeps_the_batch() {
         .iter()
         .any(|e| matches!(e, Event::Settled(_) | Event::Disputed(_))));
     assert_eq!(journal.batches().len(), 1, "kept");
+}
+
+/// Retrievals by a non-billable actor (here the batch's agent) are listed as
+/// `NonBillable` and left out of the total: expected, so the batch settles.
+#[tokio::test(flavor = "multi_thread")]
+async fn non_billable_retrievals_are_expected() {
+    let mut settings = test_settings();
+    settings.non_billable_actors = vec![etracker_e2e::bob().did().clone()];
+    let (events, journal, total) = run_with(Tamper::None, settings).await;
+    let settled = events.iter().find_map(|e| match e {
+        Event::Settled(r) => Some(r),
+        _ => None,
+    });
+    let settled = settled.unwrap_or_else(|| panic!("settled: {events:?}"));
+    assert_eq!(settled.verdict, Verdict::Match);
+    assert_eq!(settled.reported_total, Some(0));
+    assert_eq!(settled.expected_total, total);
+    assert_eq!(settled.rejected.len(), 4);
+    assert!(settled.rejected.iter().all(|r| r.name == "NonBillable"));
+    assert!(journal.batches().is_empty());
 }

@@ -160,9 +160,7 @@ impl std::fmt::Debug for DynamoStore {
 
 /// A DynamoDB client for `endpoint` and the one-thread runtime its calls
 /// block on; region and credentials as [`DynamoStore::connect`] says.
-pub(crate) fn connect_client(
-    endpoint: &str,
-) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
+pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let credentials = Credentials::new(
         env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
