@@ -242,14 +242,21 @@ impl Tracker {
     pub fn app(self: &Arc<Self>) -> Router {
         let ucanto =
             ucanto::transport::router_with(self.server.clone(), self.settings.http_limits());
+        // Admin routes: the token when one is set, else this machine only.
+        let admin = Router::new()
+            .route("/consolidate", post(consolidate_now))
+            .route("/admin/spaces", get(list_spaces))
+            .route("/admin/spaces/{did}", put(put_space).delete(remove_space))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                admin_only,
+            ));
         Router::new()
             .route("/receipts/{cid}", get(receipt))
             .route("/health", get(health))
             .route("/metrics", get(metrics))
-            .route("/consolidate", post(consolidate_now))
-            .route("/admin/spaces", get(list_spaces))
-            .route("/admin/spaces/{did}", put(put_space).delete(remove_space))
             .route("/", get(banner))
+            .merge(admin)
             .with_state(self.clone())
             .merge(ucanto)
             .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -466,12 +473,21 @@ async fn metrics(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Res
         .into_response()
 }
 
-/// The peer of a request served with connect info.
-fn peer(request: &axum::extract::Request) -> Option<SocketAddr> {
-    request
+/// Lets through the requests [`Tracker::is_admin`] admits; 401 otherwise.
+async fn admin_only(
+    State(tracker): State<Arc<Tracker>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // The peer is known when served with connect info (`etracker start`).
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
+        .map(|info| info.0);
+    if !tracker.is_admin(request.headers(), peer) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    next.run(request).await
 }
 
 /// A registry entry as one line of JSON.
@@ -486,14 +502,7 @@ pub fn space_json(entry: &SpaceEntry) -> String {
 }
 
 /// `GET /admin/spaces`: the registry, one JSON object a line.
-async fn list_spaces(
-    State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
-) -> Response {
-    if !tracker.is_admin(&headers, peer(&request)) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn list_spaces(State(tracker): State<Arc<Tracker>>) -> Response {
     match tracker.ctx.store(|s| s.spaces()).await {
         Ok(spaces) => {
             let body: String = spaces.iter().map(|e| space_json(e) + "\n").collect();
@@ -508,16 +517,8 @@ async fn list_spaces(
 async fn put_space(
     State(tracker): State<Arc<Tracker>>,
     Path(did): Path<String>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
+    body: axum::body::Bytes,
 ) -> Response {
-    if !tracker.is_admin(&headers, peer(&request)) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
-        Ok(body) => body,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
     let entry = match space_entry(&did, &body, tracker.ctx.signer.did()) {
         Ok(entry) => entry,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
@@ -555,15 +556,7 @@ fn space_entry(did: &str, body: &[u8], tracker: &Did) -> Result<SpaceEntry, Stri
 }
 
 /// `DELETE /admin/spaces/{did}`: unregisters the space.
-async fn remove_space(
-    State(tracker): State<Arc<Tracker>>,
-    Path(did): Path<String>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
-) -> Response {
-    if !tracker.is_admin(&headers, peer(&request)) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn remove_space(State(tracker): State<Arc<Tracker>>, Path(did): Path<String>) -> Response {
     let space: Did = match did.parse() {
         Ok(space) => space,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("space {did:?}: {e}")).into_response(),
@@ -582,14 +575,7 @@ async fn remove_space(
     }
 }
 
-async fn consolidate_now(
-    State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
-) -> Response {
-    if !tracker.is_admin(&headers, peer(&request)) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn consolidate_now(State(tracker): State<Arc<Tracker>>) -> Response {
     let s = tracker.consolidate().await;
     let body = format!(
         "{{\"leased\":{},\"concluded\":{},\"retried\":{}}}\n",
