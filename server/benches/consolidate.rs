@@ -12,6 +12,7 @@ use etracker_capabilities::track::TrackNb;
 use etracker_capabilities::{Ability, Track};
 use etracker_server::service::{Settings, Tracker};
 use etracker_server::store::redb::RedbStore;
+use etracker_server::store::{SpaceEntry, Store};
 use ucanto::client::Connection;
 use ucanto::dag::{cid_of, Ipld, IpldMap, CAR};
 use ucanto::principal::{Ed25519Signer, Signer};
@@ -94,11 +95,19 @@ async fn run() {
     let dir = std::env::temp_dir().join(format!("etracker-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(RedbStore::open(&dir).unwrap());
+    // The default space policy counts registered spaces only.
+    store
+        .put_space(&SpaceEntry {
+            space: space.did().clone(),
+            provider: service.did().clone(),
+            customer: None,
+        })
+        .unwrap();
     let mut settings = Settings::default();
     settings.limits.min_size = 0;
     settings.limits.allow_private_endpoints = true;
     settings.limits.scratch_dir = dir.clone();
-    let tracker = Tracker::new(Arc::new(service.clone()), store, settings);
+    let tracker = Tracker::new(Arc::new(service.clone()), store.clone(), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let app = tracker.app();
@@ -127,6 +136,11 @@ async fn run() {
     let summary = tracker.consolidate().await;
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(summary.concluded, 1, "{summary:?}");
+    assert_eq!(
+        store.stats().unwrap().total_bytes,
+        RECEIPTS << 20,
+        "every receipt counted"
+    );
     let rate = RECEIPTS as f64 / secs;
     let mib = batch.len() as f64 / (1024.0 * 1024.0);
     println!("batch: {RECEIPTS} receipts, {mib:.1} MiB (built in {build_secs:.1} s)");
