@@ -322,10 +322,16 @@ impl BatchArgs {
     fn authorities(&self) -> Result<Vec<Arc<dyn Verifier>>, Failure> {
         let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
         for entry in &self.authorities {
-            let (did, key) = entry.split_once('=').ok_or("authorities are DID=did:key")?;
-            authorities.push(Arc::new(
-                Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
-            ));
+            let parsed = (|| -> Result<Arc<dyn Verifier>, Failure> {
+                let (did, key) = entry.split_once('=').ok_or("no '='")?;
+                Ok(Arc::new(
+                    Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
+                ))
+            })();
+            authorities.push(parsed.map_err(explain(
+                format!("ETRACKER_AUTHORITIES entry {entry:?} is not DID=did:key"),
+                "Write each authority as its DID, '=', and its did:key, e.g. did:web:up.example=did:key:z6Mk….",
+            ))?);
         }
         Ok(authorities)
     }
@@ -387,15 +393,46 @@ struct ConsolidateArgs {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// `what` went wrong because of `error`; `hint` says what to do about it.
+fn explain(what: impl std::fmt::Display, hint: &str) -> impl FnOnce(Failure) -> Failure + '_ {
+    let what = what.to_string();
+    move |error| format!("{what}: {}. {hint}", chain(error.as_ref())).into()
+}
+
+/// An error and its causes, as one sentence.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Failure> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match run(Cli::parse().command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A sentence, not a Debug dump.
+        Err(error) => {
+            eprintln!("etracker: {}", chain(error.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
         Command::Start(args) => start(args).await,
         Command::Key {
             command: KeyCommand::Gen,
@@ -406,7 +443,15 @@ async fn main() -> Result<(), Failure> {
         }
         Command::Delegate(args) => {
             let signer = load_signer(&args.key)?;
-            let node: Did = args.node.parse()?;
+            let node: Did = args
+                .node
+                .parse()
+                .map_err(|e: ucanto::principal::PrincipalError| {
+                    explain(
+                        format!("{:?} is not a DID", args.node),
+                        "A node's DID looks like did:key:z6Mk…; its operator gets it from its key.",
+                    )(e.into())
+                })?;
             let capability = match args.ability.as_str() {
                 "space/egress/track" => Track::unrestricted(signer.did()),
                 "space/egress/conclude" => Conclude::unrestricted(signer.did()),
@@ -440,7 +485,12 @@ async fn main() -> Result<(), Failure> {
             if let Some(token) = args.admin_token {
                 request = request.bearer_auth(token);
             }
-            let response = request.send().await?;
+            let response = request.send().await.map_err(|e| {
+                explain(
+                    format!("cannot reach the tracker at {}", args.url),
+                    "Is `etracker start` running there? Set --url or ETRACKER_URL.",
+                )(e.into())
+            })?;
             let status = response.status();
             let body = response.text().await?;
             if !status.is_success() {
@@ -498,8 +548,14 @@ async fn space(command: SpaceCommand) -> Result<(), Failure> {
         if let Some(body) = body {
             request = request.body(body);
         }
+        let url = access.url.clone();
         async move {
-            let response = request.send().await?;
+            let response = request.send().await.map_err(|e| {
+                explain(
+                    format!("cannot reach the tracker at {url}"),
+                    "The data directory is in use, so a tracker should be running: set --url or ETRACKER_URL to it.",
+                )(e.into())
+            })?;
             let status = response.status();
             let text = response.text().await?;
             if !status.is_success() {
@@ -582,7 +638,12 @@ async fn space(command: SpaceCommand) -> Result<(), Failure> {
 
 async fn start(args: StartArgs) -> Result<(), Failure> {
     let signer = load_signer(&args.key)?;
-    let store = open_store(&args.store, &args.key.data_dir).await?;
+    let store = open_store(&args.store, &args.key.data_dir)
+        .await
+        .map_err(explain(
+        format!("cannot open the store in {}", args.key.data_dir.display()),
+        "Is another etracker running on this data directory? Stop it, or pass another --data-dir.",
+    ))?;
     let authorities = args.batches.authorities()?;
     let mut settings = Settings {
         interval: Duration::from_secs(args.consolidation_interval),
@@ -695,17 +756,32 @@ async fn shutdown() {
 /// The key from the flag/env, else the key file (generated and persisted on first use).
 fn load_signer(args: &KeyArgs) -> Result<Arc<dyn Signer>, Failure> {
     let key = match &args.private_key {
-        Some(text) => Ed25519Signer::parse(text)?,
+        Some(text) => Ed25519Signer::parse(text).map_err(|e| {
+            explain(
+                "ETRACKER_PRIVATE_KEY is not an ed25519 private key in the \"M…\" format",
+                "`etracker key gen` makes one; or unset it to use the key file.",
+            )(e.into())
+        })?,
         None => {
             let path = args
                 .key_file
                 .clone()
                 .unwrap_or_else(|| args.data_dir.join("etracker.key"));
-            load_or_create_key(&path)?
+            load_or_create_key(&path).map_err(explain(
+                format!("cannot load the key file {}", path.display()),
+                "It holds an \"M…\" key (`etracker key gen`); remove it to generate a new one.",
+            ))?
         }
     };
     Ok(match &args.did {
-        Some(did) => Arc::new(key.with_did(did.parse()?)),
+        Some(did) => Arc::new(key.with_did(did.parse().map_err(
+            |e: ucanto::principal::PrincipalError| {
+                explain(
+                    format!("ETRACKER_DID {did:?} is not a DID"),
+                    "Present the service as e.g. did:web:tracker.example.",
+                )(e.into())
+            },
+        )?)),
         None => Arc::new(key),
     })
 }

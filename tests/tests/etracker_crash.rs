@@ -217,3 +217,54 @@ async fn space_commands_reach_the_registry_either_way() {
         .collect();
     assert!(dids.contains(&alice().did().as_str()) && dids.contains(&bob.did().as_str()));
 }
+
+/// Mistakes a new user makes get one sentence with a hint, never a Debug dump.
+#[tokio::test(flavor = "multi_thread")]
+async fn mistakes_get_a_sentence_and_a_hint() {
+    let data_dir = temp_dir("mistakes");
+    let etracker = |args: &[&str], key: &str| {
+        let mut command = Command::new(etracker_binary());
+        command
+            .args(args)
+            .env("ETRACKER_DATA_DIR", &data_dir)
+            .env("ETRACKER_PRIVATE_KEY", key)
+            .env("RUST_LOG", "off");
+        async move {
+            let output = command.output().await.expect("etracker");
+            assert!(!output.status.success());
+            String::from_utf8(output.stderr).unwrap()
+        }
+    };
+    let key = service().format();
+    let cases = [
+        (
+            etracker(
+                &["consolidate", "--now", "--url", "http://127.0.0.1:9"],
+                &key,
+            )
+            .await,
+            "Is `etracker start` running there?",
+        ),
+        (
+            etracker(&["delegate", "did:key:bogus"], &key).await,
+            "is not a DID",
+        ),
+        (
+            etracker(&["delegate", node().did().as_str()], "garbage").await,
+            "`etracker key gen` makes one",
+        ),
+    ];
+    for (stderr, hint) in &cases {
+        assert!(stderr.starts_with("etracker: "), "{stderr}");
+        assert!(stderr.contains(hint), "{stderr}");
+        assert!(
+            !stderr.contains("Error {") && !stderr.contains("Err("),
+            "{stderr}"
+        );
+    }
+    // A second tracker on the same data directory.
+    let (child, _) = start(&data_dir).await;
+    let stderr = etracker(&["start", "--listen", "127.0.0.1:0"], &key).await;
+    assert!(stderr.contains("Is another etracker running"), "{stderr}");
+    kill9(child).await;
+}
