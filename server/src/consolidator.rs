@@ -439,13 +439,21 @@ impl Channel for ConsolidatorChannel {
 }
 
 /// An HTTP router serving a separately deployed consolidator at `POST /`.
+///
+/// A task runs while its request is open (the batch download alone may take
+/// the fetch timeout), so requests may last an hour; only the tracker can
+/// start one, and a task runs once at a time.
 pub fn router(consolidator: Arc<Consolidator>, body_limit: usize) -> axum::Router {
     let limits = ucanto::transport::HttpLimits {
         body_limit,
+        timeout: TASK_TIMEOUT,
         ..Default::default()
     };
     router_with(consolidator, limits)
 }
+
+/// Longest a consolidate request to a consolidator deployed apart may take.
+pub const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// An HTTP router serving a separately deployed consolidator at `POST /`
 /// within `limits`.
