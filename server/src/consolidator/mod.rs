@@ -22,6 +22,11 @@
 //! retries with backoff — until the give-up age, after which the failure is
 //! final (`EgressConsolidateError`).
 //!
+//! # Layout
+//! This module is the service (task, conclusion, routes); `fetch` holds the
+//! batch download's HTTP client, address filter and spool files; `check`
+//! the rules a receipt must pass and the bounded `errors[]`.
+//!
 //! # Day of a retrieval
 //! A retrieve invocation carries no timestamp, only its validity window, and
 //! a node can only serve it while it is valid. The retrieval is dated at
@@ -30,18 +35,15 @@
 //! day, and its authorization is judged at that time.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cid::Cid;
-use etracker_capabilities::account_egress_get::format_date;
 use etracker_capabilities::consolidate::{
     consolidate_builder, ConsolidateError, ConsolidateOk, ReceiptError,
 };
-use etracker_capabilities::retrieve::{egress_bytes, EgressError};
-use etracker_capabilities::{Ability, Consolidate, Outcome, Retrieve, Track};
+use etracker_capabilities::{Ability, Consolidate, Outcome, Track};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
@@ -52,7 +54,18 @@ use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
 use ucanto::server::{error_name, BoxFuture, HandlerError, Request, Response, Server};
 use ucanto::ucan::{now, Delegation, Invocation, Proof};
-use ucanto::validator::{access, SignatureCache, ValidatorConfig};
+use ucanto::validator::SignatureCache;
+
+mod check;
+mod fetch;
+
+use check::{
+    Checked, Checks, Counted, Rejections, BATCH_SIGNATURE_ALLOWANCE, CHECK_CHUNK,
+    SIGNATURES_PER_RECEIPT,
+};
+pub use check::{MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS};
+pub use fetch::remove_stale_spool_files;
+use fetch::{batch_client, is_public, literal_ip, next_spool_id, SPOOL_PREFIX};
 
 use crate::handlers::conclude::TALLY_INCOMPLETE;
 use crate::registry::{judge_all, Billing, SpacePolicy};
@@ -134,21 +147,6 @@ impl BatchFailure {
     fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         BatchFailure::Internal(format!("{context}: {error}"))
     }
-}
-
-/// One receipt archive that passed every check.
-struct Counted {
-    receipt: Cid,
-    /// The retrieval's identity: the payload id of its retrieve invocation
-    /// (what the client signed), the same for every encoding of it, so a
-    /// retrieval counts once whatever receipts a node signs for it and
-    /// however it re-encodes the invocation.
-    retrieval: Cid,
-    space: Did,
-    day: String,
-    bytes: u64,
-    /// False when a non-billable actor made the retrieval.
-    billable: bool,
 }
 
 /// The consolidator sub-service.
@@ -898,439 +896,6 @@ pub const NON_BILLABLE: &str = "NonBillable";
 /// Error name of a retrieval from a space no known provider provisions.
 pub const UNKNOWN_SPACE: &str = "UnknownSpace";
 
-/// The HTTP client batches are fetched with: the download timeout and, unless
-/// private endpoints are allowed, a resolver and redirect policy that only
-/// reach public addresses. Filtering at resolution means a DNS answer that
-/// changes between a check and the connection cannot slip through.
-fn batch_client(limits: &BatchLimits) -> reqwest::Client {
-    // No proxy from the environment: a proxy would fetch on our behalf from
-    // wherever it sits, past the address filter below.
-    let mut builder = reqwest::Client::builder()
-        .timeout(limits.fetch_timeout)
-        .no_proxy();
-    if !limits.allow_private_endpoints {
-        builder =
-            builder
-                .dns_resolver(Arc::new(PublicOnly))
-                .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                    let private = attempt
-                        .url()
-                        .host_str()
-                        .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
-                        .is_some_and(|ip| !is_public(ip));
-                    if private {
-                        attempt.error("redirect to a non-public address")
-                    } else if attempt.previous().len() >= 5 {
-                        attempt.error("too many redirects")
-                    } else {
-                        attempt.follow()
-                    }
-                }));
-    }
-    builder.build().unwrap_or_default()
-}
-
-/// Resolves names to their public addresses only.
-struct PublicOnly;
-
-impl reqwest::dns::Resolve for PublicOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| is_public(a.ip()))
-                .collect();
-            if addresses.is_empty() {
-                return Err(format!("{host} has no public address").into());
-            }
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The IP address of a URL whose host is an IP literal.
-fn literal_ip(url: &str) -> Option<IpAddr> {
-    let url = reqwest::Url::parse(url).ok()?;
-    url.host_str()?.trim_matches(['[', ']']).parse().ok()
-}
-
-/// Whether `ip` is a public unicast address (not loopback, private, link-local,
-/// shared, documentation, multicast or reserved).
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 198 && (18..20).contains(&b)) // benchmarking (198.18.0.0/15)
-                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
-                || a == 0
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                let segments = v6.segments();
-                let first = segments[0];
-                // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48) and
-                // 6to4 (2002::/16) addresses stand for an IPv4 address that a
-                // gateway would reach for us, possibly a private one: refused.
-                let translated = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-                    || segments[..3] == [0x64, 0xff9b, 1]
-                    || first == 0x2002;
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || translated
-                    || (first & 0xfe00) == 0xfc00 // unique local
-                    || (first & 0xffc0) == 0xfe80) // link-local
-            }
-        },
-    }
-}
-
-/// Archives checked per blocking task.
-const CHECK_CHUNK: usize = 512;
-
-/// What checking one archive concluded.
-enum Checked {
-    Counted(Counted),
-    /// A valid receipt of a failed retrieval.
-    NoEgress(Cid),
-    Rejected(Box<ReceiptError>),
-}
-
-impl Checked {
-    /// What must appear once per batch: the retrieval for a counted receipt,
-    /// the receipt (or archive) otherwise.
-    fn key(&self) -> Cid {
-        match self {
-            Checked::Counted(c) => c.retrieval,
-            _ => self.receipt(),
-        }
-    }
-
-    /// The receipt (the archive, when no receipt could be read).
-    fn receipt(&self) -> Cid {
-        match self {
-            Checked::Counted(c) => c.receipt,
-            Checked::NoEgress(cid) => *cid,
-            Checked::Rejected(e) => e.receipt,
-        }
-    }
-}
-
-/// Receipt errors of one batch, bounded so that the consolidate receipt
-/// stays small whatever the batch holds.
-#[derive(Default)]
-struct Rejections {
-    listed: Vec<ReceiptError>,
-    /// Errors past the bound, by name.
-    unlisted: std::collections::BTreeMap<String, u64>,
-    /// The first receipt not listed.
-    first_unlisted: Option<Cid>,
-}
-
-impl Rejections {
-    /// Whether the next error is listed, or named as the first unlisted one.
-    fn lists_next(&self) -> bool {
-        self.listed.len() < MAX_LISTED_ERRORS || self.first_unlisted.is_none()
-    }
-
-    /// Counts an unlisted error (when [`Rejections::lists_next`] is false).
-    fn count(&mut self, name: &str) {
-        *self.unlisted.entry(name.to_string()).or_default() += 1;
-    }
-
-    fn push(&mut self, error: ReceiptError) {
-        if self.listed.len() < MAX_LISTED_ERRORS {
-            self.listed.push(error);
-        } else {
-            self.first_unlisted.get_or_insert(error.receipt);
-            *self.unlisted.entry(error.name).or_default() += 1;
-        }
-    }
-
-    /// `errors[]`: the first [`MAX_LISTED_ERRORS`] errors, then, if there were
-    /// more, one `TooManyErrors` entry that counts the rest by name and names
-    /// the first of them (or the batch).
-    fn into_errors(self, batch: &Cid) -> Vec<ReceiptError> {
-        let mut errors = self.listed;
-        if !self.unlisted.is_empty() {
-            let total: u64 = self.unlisted.values().sum();
-            let by_name: Vec<String> = self
-                .unlisted
-                .iter()
-                .map(|(name, n)| format!("{name} ×{n}"))
-                .collect();
-            errors.push(ReceiptError {
-                name: TOO_MANY_ERRORS.into(),
-                message: format!(
-                    "{total} more receipt(s) not counted and not listed: {}",
-                    by_name.join(", ")
-                ),
-                receipt: self.first_unlisted.unwrap_or(*batch),
-            });
-        }
-        errors
-    }
-}
-
-/// Most receipt errors listed one by one in a consolidate receipt (~200
-/// bytes each): the receipt stays well under the block size any ucanto
-/// client reads.
-pub const MAX_LISTED_ERRORS: usize = 1000;
-/// Name of the last `errors[]` entry when more receipts were rejected than listed.
-pub const TOO_MANY_ERRORS: &str = "TooManyErrors";
-/// Signature verifications a batch may spend before its first receipt.
-const BATCH_SIGNATURE_ALLOWANCE: u64 = 10_000;
-/// Signature verifications each receipt read adds to its batch's budget:
-/// an honest receipt needs two fresh ones (its own, its invocation's), the
-/// proofs it shares with the rest of the batch are verified once.
-const SIGNATURES_PER_RECEIPT: u64 = 4;
-/// Proof checks one retrieval's authorization may take: real chains need a
-/// handful (space → account → agent, with an attestation).
-const PROOF_CHECKS_PER_RECEIPT: usize = 64;
-
-/// What checking a receipt needs: the node, the tracker and its authorities,
-/// and the batch's shared signature cache and budget.
-struct Checks {
-    max_retrieval: u64,
-    non_billable: Arc<HashSet<Did>>,
-    tracker: Arc<dyn Verifier>,
-    authorities: Vec<Arc<dyn Verifier>>,
-    signatures: Arc<SignatureCache>,
-    node: Did,
-    node_verifier: Arc<dyn Verifier>,
-}
-
-impl Checks {
-    /// Checks `archives` on all available cores; results in batch order.
-    fn check_chunk(&self, archives: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
-        let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
-            self.check_archive(archive, bytes)
-                .unwrap_or_else(Checked::Rejected)
-        };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        if threads == 1 || archives.len() < 2 * threads {
-            return archives.iter().map(check).collect();
-        }
-        let per_thread = archives.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = archives
-                .chunks(per_thread)
-                .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        })
-    }
-
-    /// Checks one receipt archive, all but duplicates (judged in batch order by
-    /// the caller); an `Err` goes to `errors[]`.
-    fn check_archive(&self, archive: &Cid, bytes: &[u8]) -> Result<Checked, Box<ReceiptError>> {
-        let node = &self.node;
-        let reject = |name: &str, message: String, receipt: Cid| {
-            Box::new(ReceiptError {
-                name: name.into(),
-                message,
-                receipt,
-            })
-        };
-        if archive.codec() != CAR {
-            return Err(reject(
-                "InvalidArchive",
-                format!("block {archive} is not a receipt archive (codec car)"),
-                *archive,
-            ));
-        }
-        let receipt = Receipt::extract(bytes)
-            .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
-        let cid = receipt.cid();
-        if receipt.issuer().is_some_and(|iss| iss != node) {
-            return Err(reject(
-                "WrongIssuer",
-                format!(
-                    "receipt issued by {}, not by the node {node}",
-                    receipt.issuer().map(Did::to_string).unwrap_or_default()
-                ),
-                cid,
-            ));
-        }
-        if !receipt.verify_signature(self.node_verifier.as_ref()) {
-            return Err(reject(
-                "InvalidSignature",
-                format!("receipt is not signed by the node {node}"),
-                cid,
-            ));
-        }
-        let ran = receipt.ran_cid();
-        let invocation = match Invocation::from_blocks(&ran, receipt.blocks().clone()) {
-            Ok(invocation) => invocation,
-            Err(CodecError::MissingBlock(_)) => {
-                return Err(reject(
-                    "MissingInvocation",
-                    format!("the invocation {ran} is not in the archive"),
-                    cid,
-                ))
-            }
-            // Bytes that are not the one dag-cbor encoding of what they say.
-            Err(CodecError::NonCanonical) => {
-                return Err(reject(
-                    NON_CANONICAL,
-                    format!("the invocation {ran} is not canonical dag-cbor"),
-                    cid,
-                ))
-            }
-            Err(e) => {
-                return Err(reject(
-                    "InvalidInvocation",
-                    format!("the invocation {ran} does not decode: {e}"),
-                    cid,
-                ))
-            }
-        };
-        if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
-            return Err(reject(
-                "NotRetrieve",
-                "receipt is not for a space/content/retrieve invocation".into(),
-                cid,
-            ));
-        }
-        if invocation.audience() != node {
-            return Err(reject(
-                "WrongAudience",
-                format!(
-                    "retrieval was addressed to {}, not to the node {node}",
-                    invocation.audience()
-                ),
-                cid,
-            ));
-        }
-        // The client signed the invocation's fields, not its bytes: only the
-        // encodings JS and Go write are accepted, and the retrieval is known
-        // by what was signed, so no re-encoding counts again.
-        if !invocation.is_canonical() {
-            return Err(reject(
-                NON_CANONICAL,
-                format!(
-                    "retrieve invocation {} is not in canonical form (re-encoded)",
-                    invocation.cid()
-                ),
-                cid,
-            ));
-        }
-        let retrieval = invocation
-            .payload_id()
-            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-        let size = match egress_bytes(&receipt) {
-            Ok(size) => size,
-            // A failed retrieval served nothing: a valid receipt with no egress.
-            Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
-            Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
-                return Err(reject("InvalidRange", e.to_string(), cid))
-            }
-            Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
-        };
-        if size > self.max_retrieval {
-            return Err(reject(
-                "InvalidRange",
-                format!(
-                    "nb.range claims {size} bytes, more than the {} one retrieval may",
-                    self.max_retrieval
-                ),
-                cid,
-            ));
-        }
-        let at = retrieval_time(&invocation);
-        // The tracker is the authority, and only its configured authorities
-        // attest: never the node, which would then vouch for its own receipts.
-        let mut config = ValidatorConfig::new(self.tracker.clone())
-            .at(at)
-            .with_cache(self.signatures.clone())
-            .max_validations(PROOF_CHECKS_PER_RECEIPT);
-        for authority in &self.authorities {
-            config = config.attester(authority.clone());
-        }
-        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
-            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
-        let space = Did::parse(&authorization.capability.with)
-            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-        Ok(Checked::Counted(Counted {
-            receipt: cid,
-            retrieval,
-            space,
-            day: format_date((at / 86_400) as i64),
-            bytes: size,
-            billable: !self.non_billable.contains(invocation.issuer()),
-        }))
-    }
-}
-
-/// Error name of a receipt whose retrieve invocation was re-encoded.
-pub const NON_CANONICAL: &str = "NonCanonical";
-
-/// Spool file names: `etracker-batch-<batch>-<pid>-<n>.car`.
-const SPOOL_PREFIX: &str = "etracker-batch-";
-
-/// Removes the spool files in `dir` that a process no longer running left
-/// behind (a crash mid-download); returns how many. Files of live processes,
-/// another consolidator's sharing the directory included, are left alone.
-pub fn remove_stale_spool_files(dir: &std::path::Path) -> usize {
-    // Without /proc we cannot tell who is alive: remove nothing.
-    if !std::path::Path::new("/proc/self").exists() {
-        return 0;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SPOOL_PREFIX)?.strip_suffix(".car"))
-            .and_then(|rest| rest.rsplit('-').nth(1))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = std::path::Path::new("/proc").join(pid.to_string()).exists();
-        if !alive && std::fs::remove_file(entry.path()).is_ok() {
-            tracing::info!(file = %entry.path().display(), "removed a stale spool file");
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// A process-unique number, so concurrent runs of one task never share a spool file.
-fn next_spool_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// When a retrieval happened, per the module's rule.
-fn retrieval_time(invocation: &Invocation) -> u64 {
-    let current = now();
-    match (invocation.expiration(), invocation.not_before()) {
-        (Some(exp), _) => exp.saturating_sub(1).min(current),
-        (None, Some(nbf)) => nbf.min(current),
-        (None, None) => current,
-    }
-}
-
 /// Whether a consolidate receipt says "try again later".
 pub fn is_retry(receipt: &Receipt) -> bool {
     matches!(error_name(receipt.out()), Some(RETRY | RETRY_INTERNAL))
@@ -1339,54 +904,4 @@ pub fn is_retry(receipt: &Receipt) -> bool {
 /// Whether a consolidate receipt says "try again later" because the node failed.
 pub fn is_node_failure(receipt: &Receipt) -> bool {
     error_name(receipt.out()) == Some(RETRY)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_public_addresses_are_public() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:10.0.0.1",
-            "198.18.0.1",
-            "198.19.255.255",
-            "192.0.0.8",
-            "64:ff9b::7f00:1",
-            "64:ff9b::808:808",
-            "64:ff9b:1::a00:1",
-            "2002:7f00:1::1",
-            "2002:808:808::1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in [
-            "1.1.1.1",
-            "93.184.216.34",
-            "2606:4700:4700::1111",
-            "::ffff:8.8.8.8",
-            "198.20.0.1",
-            "192.0.1.1",
-            "2001:4860:4860::8888",
-        ] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-        assert_eq!(
-            literal_ip("http://[::1]:8080/receipts/x"),
-            Some("::1".parse().unwrap())
-        );
-        assert_eq!(literal_ip("https://node.example/receipts/x"), None);
-    }
 }

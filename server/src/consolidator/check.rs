@@ -1,0 +1,327 @@
+//! Checking the receipt archives of a batch: every rule a receipt must pass
+//! to count, run on every core a bounded chunk at a time, and the bounded
+//! list of the receipts that did not.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use cid::Cid;
+use etracker_capabilities::account_egress_get::format_date;
+use etracker_capabilities::consolidate::ReceiptError;
+use etracker_capabilities::retrieve::{egress_bytes, EgressError};
+use etracker_capabilities::{Ability, Retrieve};
+use ucanto::dag::{CodecError, CAR};
+use ucanto::principal::{Did, Verifier};
+use ucanto::receipt::Receipt;
+use ucanto::ucan::{now, Invocation};
+use ucanto::validator::{access, SignatureCache, ValidatorConfig};
+
+/// One receipt archive that passed every check.
+pub(super) struct Counted {
+    pub(super) receipt: Cid,
+    /// The retrieval's identity: the payload id of its retrieve invocation
+    /// (what the client signed), the same for every encoding of it, so a
+    /// retrieval counts once whatever receipts a node signs for it and
+    /// however it re-encodes the invocation.
+    pub(super) retrieval: Cid,
+    pub(super) space: Did,
+    pub(super) day: String,
+    pub(super) bytes: u64,
+    /// False when a non-billable actor made the retrieval.
+    pub(super) billable: bool,
+}
+
+/// Archives checked per blocking task.
+pub(super) const CHECK_CHUNK: usize = 512;
+
+/// What checking one archive concluded.
+pub(super) enum Checked {
+    Counted(Counted),
+    /// A valid receipt of a failed retrieval.
+    NoEgress(Cid),
+    Rejected(Box<ReceiptError>),
+}
+
+impl Checked {
+    /// What must appear once per batch: the retrieval for a counted receipt,
+    /// the receipt (or archive) otherwise.
+    pub(super) fn key(&self) -> Cid {
+        match self {
+            Checked::Counted(c) => c.retrieval,
+            _ => self.receipt(),
+        }
+    }
+
+    /// The receipt (the archive, when no receipt could be read).
+    pub(super) fn receipt(&self) -> Cid {
+        match self {
+            Checked::Counted(c) => c.receipt,
+            Checked::NoEgress(cid) => *cid,
+            Checked::Rejected(e) => e.receipt,
+        }
+    }
+}
+
+/// Receipt errors of one batch, bounded so that the consolidate receipt
+/// stays small whatever the batch holds.
+#[derive(Default)]
+pub(super) struct Rejections {
+    listed: Vec<ReceiptError>,
+    /// Errors past the bound, by name.
+    unlisted: BTreeMap<String, u64>,
+    /// The first receipt not listed.
+    first_unlisted: Option<Cid>,
+}
+
+impl Rejections {
+    /// Whether the next error is listed, or named as the first unlisted one.
+    pub(super) fn lists_next(&self) -> bool {
+        self.listed.len() < MAX_LISTED_ERRORS || self.first_unlisted.is_none()
+    }
+
+    /// Counts an unlisted error (when [`Rejections::lists_next`] is false).
+    pub(super) fn count(&mut self, name: &str) {
+        *self.unlisted.entry(name.to_string()).or_default() += 1;
+    }
+
+    pub(super) fn push(&mut self, error: ReceiptError) {
+        if self.listed.len() < MAX_LISTED_ERRORS {
+            self.listed.push(error);
+        } else {
+            self.first_unlisted.get_or_insert(error.receipt);
+            *self.unlisted.entry(error.name).or_default() += 1;
+        }
+    }
+
+    /// `errors[]`: the first [`MAX_LISTED_ERRORS`] errors, then, if there were
+    /// more, one `TooManyErrors` entry that counts the rest by name and names
+    /// the first of them (or the batch).
+    pub(super) fn into_errors(self, batch: &Cid) -> Vec<ReceiptError> {
+        let mut errors = self.listed;
+        if !self.unlisted.is_empty() {
+            let total: u64 = self.unlisted.values().sum();
+            let by_name: Vec<String> = self
+                .unlisted
+                .iter()
+                .map(|(name, n)| format!("{name} ×{n}"))
+                .collect();
+            errors.push(ReceiptError {
+                name: TOO_MANY_ERRORS.into(),
+                message: format!(
+                    "{total} more receipt(s) not counted and not listed: {}",
+                    by_name.join(", ")
+                ),
+                receipt: self.first_unlisted.unwrap_or(*batch),
+            });
+        }
+        errors
+    }
+}
+
+/// Most receipt errors listed one by one in a consolidate receipt (~200
+/// bytes each): the receipt stays well under the block size any ucanto
+/// client reads.
+pub const MAX_LISTED_ERRORS: usize = 1000;
+/// Name of the last `errors[]` entry when more receipts were rejected than listed.
+pub const TOO_MANY_ERRORS: &str = "TooManyErrors";
+/// Signature verifications a batch may spend before its first receipt.
+pub(super) const BATCH_SIGNATURE_ALLOWANCE: u64 = 10_000;
+/// Signature verifications each receipt read adds to its batch's budget:
+/// an honest receipt needs two fresh ones (its own, its invocation's), the
+/// proofs it shares with the rest of the batch are verified once.
+pub(super) const SIGNATURES_PER_RECEIPT: u64 = 4;
+/// Proof checks one retrieval's authorization may take: real chains need a
+/// handful (space → account → agent, with an attestation).
+const PROOF_CHECKS_PER_RECEIPT: usize = 64;
+
+/// What checking a receipt needs: the node, the tracker and its authorities,
+/// and the batch's shared signature cache and budget.
+pub(super) struct Checks {
+    pub(super) max_retrieval: u64,
+    pub(super) non_billable: Arc<HashSet<Did>>,
+    pub(super) tracker: Arc<dyn Verifier>,
+    pub(super) authorities: Vec<Arc<dyn Verifier>>,
+    pub(super) signatures: Arc<SignatureCache>,
+    pub(super) node: Did,
+    pub(super) node_verifier: Arc<dyn Verifier>,
+}
+
+impl Checks {
+    /// Checks `archives` on all available cores; results in batch order.
+    pub(super) fn check_chunk(&self, archives: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
+        let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
+            self.check_archive(archive, bytes)
+                .unwrap_or_else(Checked::Rejected)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if threads == 1 || archives.len() < 2 * threads {
+            return archives.iter().map(check).collect();
+        }
+        let per_thread = archives.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = archives
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Checks one receipt archive, all but duplicates (judged in batch order by
+    /// the caller); an `Err` goes to `errors[]`.
+    fn check_archive(&self, archive: &Cid, bytes: &[u8]) -> Result<Checked, Box<ReceiptError>> {
+        let node = &self.node;
+        let reject = |name: &str, message: String, receipt: Cid| {
+            Box::new(ReceiptError {
+                name: name.into(),
+                message,
+                receipt,
+            })
+        };
+        if archive.codec() != CAR {
+            return Err(reject(
+                "InvalidArchive",
+                format!("block {archive} is not a receipt archive (codec car)"),
+                *archive,
+            ));
+        }
+        let receipt = Receipt::extract(bytes)
+            .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
+        let cid = receipt.cid();
+        if receipt.issuer().is_some_and(|iss| iss != node) {
+            return Err(reject(
+                "WrongIssuer",
+                format!(
+                    "receipt issued by {}, not by the node {node}",
+                    receipt.issuer().map(Did::to_string).unwrap_or_default()
+                ),
+                cid,
+            ));
+        }
+        if !receipt.verify_signature(self.node_verifier.as_ref()) {
+            return Err(reject(
+                "InvalidSignature",
+                format!("receipt is not signed by the node {node}"),
+                cid,
+            ));
+        }
+        let ran = receipt.ran_cid();
+        let invocation = match Invocation::from_blocks(&ran, receipt.blocks().clone()) {
+            Ok(invocation) => invocation,
+            Err(CodecError::MissingBlock(_)) => {
+                return Err(reject(
+                    "MissingInvocation",
+                    format!("the invocation {ran} is not in the archive"),
+                    cid,
+                ))
+            }
+            // Bytes that are not the one dag-cbor encoding of what they say.
+            Err(CodecError::NonCanonical) => {
+                return Err(reject(
+                    NON_CANONICAL,
+                    format!("the invocation {ran} is not canonical dag-cbor"),
+                    cid,
+                ))
+            }
+            Err(e) => {
+                return Err(reject(
+                    "InvalidInvocation",
+                    format!("the invocation {ran} does not decode: {e}"),
+                    cid,
+                ))
+            }
+        };
+        if !matches!(invocation.capabilities(), [c] if c.can == Retrieve::CAN) {
+            return Err(reject(
+                "NotRetrieve",
+                "receipt is not for a space/content/retrieve invocation".into(),
+                cid,
+            ));
+        }
+        if invocation.audience() != node {
+            return Err(reject(
+                "WrongAudience",
+                format!(
+                    "retrieval was addressed to {}, not to the node {node}",
+                    invocation.audience()
+                ),
+                cid,
+            ));
+        }
+        // The client signed the invocation's fields, not its bytes: only the
+        // encodings JS and Go write are accepted, and the retrieval is known
+        // by what was signed, so no re-encoding counts again.
+        if !invocation.is_canonical() {
+            return Err(reject(
+                NON_CANONICAL,
+                format!(
+                    "retrieve invocation {} is not in canonical form (re-encoded)",
+                    invocation.cid()
+                ),
+                cid,
+            ));
+        }
+        let retrieval = invocation
+            .payload_id()
+            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+        let size = match egress_bytes(&receipt) {
+            Ok(size) => size,
+            // A failed retrieval served nothing: a valid receipt with no egress.
+            Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
+            Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
+                return Err(reject("InvalidRange", e.to_string(), cid))
+            }
+            Err(e) => return Err(reject("InvalidRetrieve", e.to_string(), cid)),
+        };
+        if size > self.max_retrieval {
+            return Err(reject(
+                "InvalidRange",
+                format!(
+                    "nb.range claims {size} bytes, more than the {} one retrieval may",
+                    self.max_retrieval
+                ),
+                cid,
+            ));
+        }
+        let at = retrieval_time(&invocation);
+        // The tracker is the authority, and only its configured authorities
+        // attest: never the node, which would then vouch for its own receipts.
+        let mut config = ValidatorConfig::new(self.tracker.clone())
+            .at(at)
+            .with_cache(self.signatures.clone())
+            .max_validations(PROOF_CHECKS_PER_RECEIPT);
+        for authority in &self.authorities {
+            config = config.attester(authority.clone());
+        }
+        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
+            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
+        let space = Did::parse(&authorization.capability.with)
+            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
+        Ok(Checked::Counted(Counted {
+            receipt: cid,
+            retrieval,
+            space,
+            day: format_date((at / 86_400) as i64),
+            bytes: size,
+            billable: !self.non_billable.contains(invocation.issuer()),
+        }))
+    }
+}
+
+/// Error name of a receipt whose retrieve invocation was re-encoded.
+pub const NON_CANONICAL: &str = "NonCanonical";
+
+/// When a retrieval happened, per the module's rule.
+pub(super) fn retrieval_time(invocation: &Invocation) -> u64 {
+    let current = now();
+    match (invocation.expiration(), invocation.not_before()) {
+        (Some(exp), _) => exp.saturating_sub(1).min(current),
+        (None, Some(nbf)) => nbf.min(current),
+        (None, None) => current,
+    }
+}
