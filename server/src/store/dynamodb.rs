@@ -799,23 +799,10 @@ impl DynamoStore {
     /// when pending, `Ok(Err(receipt))` when done.
     fn check_record(&self, c: &Conclusion) -> Result<Result<Stored, Cid>, StoreError> {
         let old = self.load(&c.batch)?.ok_or(StoreError::NotFound)?;
-        let r = &old.record;
-        if r.consolidate_invocation != c.consolidate_invocation {
-            return Err(StoreError::Mismatch(format!(
-                "consolidate invocation is {}, not {}",
-                r.consolidate_invocation, c.consolidate_invocation
-            )));
-        }
-        if r.node != c.node {
-            return Err(StoreError::Mismatch(format!(
-                "tracked by {}, not {}",
-                r.node, c.node
-            )));
-        }
-        if let RecordStatus::Done { receipt, .. } = r.status {
-            return Ok(Err(receipt));
-        }
-        Ok(Ok(old))
+        Ok(match super::check_record(&old.record, c)? {
+            Some(receipt) => Err(receipt),
+            None => Ok(old),
+        })
     }
 
     /// The commit of a conclusion, without the claims: the done record, its

@@ -470,6 +470,30 @@ pub(crate) fn unsupported_format(found: u64, expected: u64) -> StoreError {
     ))
 }
 
+/// Steps 2 and 3 of [`Store::conclude`]: the conclusion must be for the
+/// record's task and node; `Some(receipt)` when the record is done already.
+pub(crate) fn check_record(
+    record: &EgressRecord,
+    c: &Conclusion,
+) -> Result<Option<Cid>, StoreError> {
+    if record.consolidate_invocation != c.consolidate_invocation {
+        return Err(StoreError::Mismatch(format!(
+            "consolidate invocation is {}, not {}",
+            record.consolidate_invocation, c.consolidate_invocation
+        )));
+    }
+    if record.node != c.node {
+        return Err(StoreError::Mismatch(format!(
+            "tracked by {}, not {}",
+            record.node, c.node
+        )));
+    }
+    Ok(match record.status {
+        RecordStatus::Done { receipt, .. } => Some(receipt),
+        RecordStatus::Pending => None,
+    })
+}
+
 pub(crate) fn check_day(day: &str) -> Result<(), StoreError> {
     let b = day.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);

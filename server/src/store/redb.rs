@@ -445,19 +445,7 @@ impl Store for RedbStore {
             let mut space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
 
             let old = load(&records, &c.batch)?.ok_or(StoreError::NotFound)?;
-            if old.consolidate_invocation != c.consolidate_invocation {
-                return Err(StoreError::Mismatch(format!(
-                    "consolidate invocation is {}, not {}",
-                    old.consolidate_invocation, c.consolidate_invocation
-                )));
-            }
-            if old.node != c.node {
-                return Err(StoreError::Mismatch(format!(
-                    "tracked by {}, not {}",
-                    old.node, c.node
-                )));
-            }
-            if let RecordStatus::Done { receipt, .. } = old.status {
+            if let Some(receipt) = super::check_record(&old, c)? {
                 return Ok(ConcludeOutcome::AlreadyConcluded { receipt });
             }
 
