@@ -42,7 +42,34 @@ pub struct Response {
     fork: Vec<Invocation>,
     join: Option<Invocation>,
     meta: IpldMap,
+    effect: Option<Effect>,
 }
+
+/// What a handler hands to the server's [after-receipt hook](ServerBuilder::after)
+/// besides its result (it is not part of the receipt): e.g. data the hook
+/// delivers along with the signed receipt.
+#[derive(Clone)]
+pub struct Effect(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Effect(..)")
+    }
+}
+
+impl Effect {
+    /// The value, if it is a `T`.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+/// Runs after a receipt is signed and before the response is sent: a step
+/// that needs the signed receipt (delivering it to another service) without
+/// a side channel between handler and caller. It gets the invocation, its
+/// receipt and the handler's [`Effect`], if any.
+pub type AfterHook =
+    Arc<dyn Fn(Invocation, Receipt, Option<Effect>) -> BoxFuture<()> + Send + Sync>;
 
 impl Response {
     /// A success.
@@ -52,6 +79,7 @@ impl Response {
             fork: Vec::new(),
             join: None,
             meta: IpldMap::new(),
+            effect: None,
         }
     }
 
@@ -62,7 +90,14 @@ impl Response {
             fork: Vec::new(),
             join: None,
             meta: IpldMap::new(),
+            effect: None,
         }
+    }
+
+    /// Hands `effect` to the server's after-receipt hook.
+    pub fn with_effect(mut self, effect: impl std::any::Any + Send + Sync) -> Self {
+        self.effect = Some(Effect(Arc::new(effect)));
+        self
     }
 
     /// A domain failure `{name, message}`.
@@ -162,6 +197,7 @@ pub struct Server {
     routes: HashMap<String, Route>,
     validator: ValidatorConfig,
     catch: Option<CatchHook>,
+    after: Option<AfterHook>,
     audiences: Vec<Did>,
     max_invocations: usize,
 }
@@ -232,6 +268,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets the hook run after each receipt is signed (see [`AfterHook`]).
+    pub fn after(mut self, hook: AfterHook) -> Self {
+        self.server.after = Some(hook);
+        self
+    }
+
     /// Sets the hook told about handler failures.
     pub fn catch(mut self, hook: CatchHook) -> Self {
         self.server.catch = Some(hook);
@@ -254,6 +296,7 @@ impl Server {
                 routes: HashMap::new(),
                 validator: ValidatorConfig::new(authority),
                 catch: None,
+                after: None,
                 audiences: Vec::new(),
                 max_invocations: DEFAULT_MAX_INVOCATIONS,
             },
@@ -305,6 +348,7 @@ impl Server {
     /// Runs one invocation and signs its receipt.
     pub async fn run(&self, invocation: Invocation) -> Result<Receipt, CodecError> {
         let response = self.dispatch(&invocation).await;
+        let effect = response.effect;
         let parts = ReceiptParts {
             ran: invocation.clone().into(),
             out: response.out,
@@ -314,7 +358,12 @@ impl Server {
             proofs: Vec::new(),
         };
         match Receipt::issue(self.signer.as_ref(), parts) {
-            Ok(receipt) => Ok(receipt),
+            Ok(receipt) => {
+                if let Some(hook) = &self.after {
+                    hook(invocation, receipt.clone(), effect).await;
+                }
+                Ok(receipt)
+            }
             // A handler result that cannot be encoded is the handler's failure.
             Err(e) => {
                 let failure = HandlerError {

@@ -29,9 +29,7 @@ use ucanto::principal::{Did, Signer, Verifier};
 use ucanto::server::Server;
 use ucanto::ucan::{now, Delegation};
 
-use crate::consolidator::{
-    consolidate_task, is_node_failure, is_retry, BatchLimits, Consolidator, ConsolidatorChannel,
-};
+use crate::consolidator::{consolidate_task, is_node_failure, is_retry, BatchLimits, Consolidator};
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
 use crate::registry::{SpacePolicy, SpaceRegistry, StoreRegistry};
@@ -215,7 +213,10 @@ impl Tracker {
                         settings.non_billable_actors.iter().cloned().collect(),
                     ),
                 );
-                Connection::new(consolidator_key, Arc::new(ConsolidatorChannel(local)))
+                Connection::new(
+                    consolidator_key,
+                    Arc::new(ServerChannel(local.server().clone())),
+                )
             }
         };
         Arc::new(Tracker {

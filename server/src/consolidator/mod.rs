@@ -15,8 +15,11 @@
 //!    of the retrieval), a sane range, and that it was not counted before;
 //! 4. answers `{totalEgress, errors}`; bad receipts are listed, not counted.
 //!
-//! The dispatcher signs the receipt; the consolidator then invokes
-//! `space/egress/conclude` on the tracker with it and the tally. Transient
+//! The dispatcher signs the receipt; the server's after-receipt hook
+//! (`ServerBuilder::after`), handed the tally as the handler's effect, then
+//! invokes `space/egress/conclude` on the tracker with both before the answer
+//! goes out. It is served like any ucanto service (`Consolidator::server`,
+//! the core transport or an in-process channel). Transient
 //! failures (network, 5xx, timeouts) give an `EgressConsolidateRetry` answer
 //! that is never concluded, so the record stays pending and the scheduler
 //! retries with backoff — until the give-up age, after which the failure is
@@ -34,7 +37,7 @@
 //! never later than the moment of consolidation; its bytes count for that UTC
 //! day, and its authorization is judged at that time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,12 +50,11 @@ use etracker_capabilities::{Ability, Consolidate, Outcome, Track};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
-use ucanto::client::{Channel, ClientError, Connection};
+use ucanto::client::Connection;
 use ucanto::dag::{Block, CodecError, Ipld, CAR, SHA2_256};
-use ucanto::message::AgentMessage;
 use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
-use ucanto::server::{error_name, BoxFuture, HandlerError, Request, Response, Server};
+use ucanto::server::{error_name, HandlerError, Request, Response, Server};
 use ucanto::ucan::{now, Delegation, Invocation, Proof};
 use ucanto::validator::SignatureCache;
 
@@ -149,15 +151,32 @@ impl BatchFailure {
     }
 }
 
-/// The consolidator sub-service.
+/// The consolidator sub-service: a ucanto [`Server`] whose consolidate
+/// handler counts a batch, and whose after-receipt hook delivers each final
+/// receipt to the tracker.
 pub struct Consolidator {
+    server: Arc<Server>,
+    state: Arc<HandlerState>,
+    delivery: Arc<Delivery>,
+}
+
+/// Delivers final consolidate receipts to the tracker by invoking
+/// `space/egress/conclude` (the server's after-receipt hook).
+struct Delivery {
     signer: Arc<dyn Signer>,
     tracker: Did,
-    server: Server,
-    state: Arc<HandlerState>,
     tracker_connection: Connection,
     conclude_proofs: Vec<Delegation>,
-    paging: TallyPaging,
+    paging: std::sync::RwLock<TallyPaging>,
+    /// Where refusals teach what the tracker knows.
+    state: Arc<HandlerState>,
+}
+
+/// What the consolidate handler hands to the delivery: the batch and its
+/// tally, for a receipt that is final.
+struct Concludable {
+    batch: Cid,
+    tally: Tally,
 }
 
 /// How a tally is cut for `space/egress/conclude`.
@@ -186,8 +205,6 @@ struct HandlerState {
     limits: BatchLimits,
     authorities: Vec<Arc<dyn Verifier>>,
     http: reqwest::Client,
-    /// Tallies of finished tasks waiting to be concluded, by task CID.
-    tallies: Mutex<HashMap<Cid, (Cid, Tally)>>,
     /// Retrievals the tracker said were counted by another batch (learned from
     /// refused conclusions): what a consolidator without the store knows.
     known_counted: Mutex<HashSet<Cid>>,
@@ -242,16 +259,24 @@ impl Consolidator {
             http: batch_client(&limits),
             limits,
             authorities,
-            tallies: Mutex::new(HashMap::new()),
             known_counted: Mutex::new(HashSet::new()),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
             billing: std::sync::RwLock::new((SpacePolicy::Any, Arc::new(HashSet::new()))),
             known_unbillable: Mutex::new(HashSet::new()),
         });
-        let handler_state = state.clone();
         let tracker_did = tracker.did().clone();
-        let server = Server::builder(signer.clone())
+        let delivery = Arc::new(Delivery {
+            signer: signer.clone(),
+            tracker: tracker_did.clone(),
+            tracker_connection,
+            conclude_proofs,
+            paging: std::sync::RwLock::new(TallyPaging::default()),
+            state: state.clone(),
+        });
+        let handler_state = state.clone();
+        let hook_delivery = delivery.clone();
+        let server = Server::builder(signer)
             .audience(tracker_did.clone())
             .validator(|config| config.authority = tracker)
             .provide_on(
@@ -262,16 +287,30 @@ impl Consolidator {
                     async move { Ok::<_, HandlerError>(state.consolidate(request).await) }
                 },
             )
+            .after(Arc::new(move |task, receipt, effect| {
+                let delivery = hook_delivery.clone();
+                Box::pin(async move {
+                    let Some(done) = effect.as_ref().and_then(|e| e.get::<Concludable>()) else {
+                        return;
+                    };
+                    if let Err(e) = delivery.conclude(&receipt, done.batch, &done.tally).await {
+                        // The record stays pending; the scheduler runs the task again.
+                        tracing::warn!(task = %task.cid(), batch = %done.batch, error = %e, "conclude failed");
+                    }
+                })
+            }))
             .build();
         Consolidator {
-            signer,
-            tracker: tracker_did,
-            server,
+            server: Arc::new(server),
             state,
-            tracker_connection,
-            conclude_proofs,
-            paging: TallyPaging::default(),
+            delivery,
         }
+    }
+
+    /// The ucanto server: serve it with [`ucanto::transport::router_with`]
+    /// or reach it in process with [`ucanto::client::ServerChannel`].
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
     }
 
     /// Counts only the spaces `spaces` says are billable (every one by
@@ -285,55 +324,33 @@ impl Consolidator {
     }
 
     /// Cuts tallies as `paging` says.
-    pub fn with_paging(mut self, paging: TallyPaging) -> Self {
-        self.paging = paging;
+    pub fn with_paging(self, paging: TallyPaging) -> Self {
+        if let Ok(mut current) = self.delivery.paging.write() {
+            *current = paging;
+        }
         self
     }
+}
 
-    /// Runs the invocations of `request` and, for each final consolidate
-    /// receipt, invokes `space/egress/conclude` on the tracker before answering.
-    pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
-        let response = self.server.execute(request).await?;
-        for invocation in request.execute() {
-            let Some(Ok(receipt)) = response.receipt_for(invocation) else {
-                continue;
-            };
-            let pending = self
-                .state
-                .tallies
-                .lock()
-                .map(|mut t| t.remove(invocation))
-                .ok()
-                .flatten();
-            let Some((batch, tally)) = pending else {
-                continue;
-            };
-            if let Err(e) = self.conclude(&receipt, batch, &tally).await {
-                // The record stays pending; the scheduler will run the task again.
-                tracing::warn!(task = %invocation, %batch, error = %e, "conclude failed");
-            }
-        }
-        Ok(response)
-    }
-
+impl Delivery {
     /// Invokes `space/egress/conclude` with `receipt` and `tally`, in pages
     /// of at most `chunks_per_page` tally chunks (each page also carries the
     /// first chunk, which names the batch), so no request outgrows the
     /// tracker's body limit.
     async fn conclude(&self, receipt: &Receipt, batch: Cid, tally: &Tally) -> Result<(), String> {
+        let paging = *self
+            .paging
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let chunks = tally
-            .to_blocks_of(
-                batch,
-                self.paging.receipts_per_chunk,
-                crate::tally::CHUNK_USAGE,
-            )
+            .to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)
             .map_err(|e| e.to_string())?;
         let nb = etracker_capabilities::conclude::ConcludeNb {
             receipt: receipt.cid(),
             tally: chunks.iter().map(|b| b.cid).collect(),
         };
         let (first, rest) = chunks.split_first().expect("a tally has a chunk");
-        let per_page = self.paging.chunks_per_page.max(2) - 1;
+        let per_page = paging.chunks_per_page.max(2) - 1;
         let pages: Vec<&[Block]> = if rest.is_empty() {
             vec![&[]]
         } else {
@@ -411,31 +428,6 @@ impl Consolidator {
     }
 }
 
-/// A channel into an in-process [`Consolidator`], through the CAR codec.
-#[derive(Clone)]
-pub struct ConsolidatorChannel(pub Arc<Consolidator>);
-
-impl Channel for ConsolidatorChannel {
-    fn request(&self, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, ClientError>> {
-        let consolidator = self.0.clone();
-        Box::pin(async move {
-            let request = AgentMessage::from_car(&body).map_err(|e| ClientError::Status {
-                status: 400,
-                body: e.to_string(),
-            })?;
-            let response =
-                consolidator
-                    .execute(&request)
-                    .await
-                    .map_err(|e| ClientError::Status {
-                        status: 400,
-                        body: e.to_string(),
-                    })?;
-            Ok(response.to_car())
-        })
-    }
-}
-
 /// An HTTP router serving a separately deployed consolidator at `POST /`.
 ///
 /// A task runs while its request is open (the batch download alone may take
@@ -454,45 +446,12 @@ pub fn router(consolidator: Arc<Consolidator>, body_limit: usize) -> axum::Route
 pub const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// An HTTP router serving a separately deployed consolidator at `POST /`
-/// within `limits`.
+/// within `limits`: the ucanto transport, as for any service.
 pub fn router_with(
     consolidator: Arc<Consolidator>,
     limits: ucanto::transport::HttpLimits,
 ) -> axum::Router {
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{header, HeaderMap, StatusCode};
-    use axum::response::IntoResponse;
-    async fn handle(
-        State(c): State<Arc<Consolidator>>,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> axum::response::Response {
-        if let Err(response) = ucanto::transport::negotiate(&headers) {
-            return response;
-        }
-        let result = match AgentMessage::from_car(&body) {
-            Ok(request) => c.execute(&request).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(message) => (
-                [(header::CONTENT_TYPE, ucanto::transport::CAR_CONTENT_TYPE)],
-                message.to_car(),
-            )
-                .into_response(),
-            Err(e) => (
-                StatusCode::BAD_REQUEST,
-                format!("Bad request: Malformed payload - {e}"),
-            )
-                .into_response(),
-        }
-    }
-    ucanto::transport::limit(
-        axum::Router::new().route("/", axum::routing::post(handle)),
-        limits,
-    )
-    .with_state(consolidator)
+    ucanto::transport::router_with(consolidator.server().clone(), limits)
 }
 
 impl HandlerState {
@@ -533,14 +492,13 @@ impl HandlerState {
         let batch = track_nb.receipts;
         let node = track.issuer().clone();
         match self.process(&node, &batch, &track_nb.url()).await {
-            Ok((ok, tally)) => {
-                self.stash(task, batch, tally);
-                Response::ok(ok.to_ipld())
-            }
+            Ok((ok, tally)) => Response::ok(ok.to_ipld()).with_effect(Concludable { batch, tally }),
             Err(BatchFailure::Permanent(message)) => {
                 tracing::warn!(%batch, %message, "batch cannot be consolidated");
-                self.stash(task, batch, Tally::default());
-                failure(message)
+                failure(message).with_effect(Concludable {
+                    batch,
+                    tally: Tally::default(),
+                })
             }
             Err(BatchFailure::Transient(message)) => {
                 // The give-up age counts from the first failed attempt: a
@@ -551,8 +509,10 @@ impl HandlerState {
                 {
                     let message =
                         format!("gave up after {} s: {message}", self.limits.give_up_after);
-                    self.stash(task, batch, Tally::default());
-                    return failure(message);
+                    return failure(message).with_effect(Concludable {
+                        batch,
+                        tally: Tally::default(),
+                    });
                 }
                 tracing::info!(%batch, %message, "batch unavailable, will retry");
                 Response::failure(RETRY, message)
@@ -580,12 +540,6 @@ impl HandlerState {
             running: &self.running,
             task,
         })
-    }
-
-    fn stash(&self, task: Cid, batch: Cid, tally: Tally) {
-        if let Ok(mut tallies) = self.tallies.lock() {
-            tallies.insert(task, (batch, tally));
-        }
     }
 
     /// When the batch's first failed attempt was (from the store, so that a
