@@ -490,3 +490,72 @@ pub fn error_name(out: &Out) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::principal::Ed25519Signer;
+    use crate::validator::CapabilityParser;
+
+    /// `test/echo` on any DID.
+    struct Echo;
+
+    impl CapabilityParser for Echo {
+        fn can(&self) -> &str {
+            "test/echo"
+        }
+        fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+            Ok(capability.clone())
+        }
+    }
+
+    /// What the hook saw: the invocation, whether the receipt is for it, the effect.
+    type Seen = Vec<(cid::Cid, bool, Option<u32>)>;
+
+    /// The after-receipt hook sees each signed receipt with the handler's
+    /// effect before the answer goes out, once per distinct invocation; a
+    /// refused invocation (no handler ran) has no effect.
+    #[tokio::test]
+    async fn the_after_hook_gets_receipt_and_effect() {
+        let service = Arc::new(Ed25519Signer::from_seed([4; 32]));
+        let seen: Arc<Mutex<Seen>> = Default::default();
+        let log = seen.clone();
+        let server = Server::builder(service.clone())
+            .provide(Arc::new(Echo), |request: Request| async move {
+                let n = request.capability.with.len() as u32;
+                Ok::<_, HandlerError>(Response::ok(Ipld::Map(IpldMap::new())).with_effect(n))
+            })
+            .after(Arc::new(move |invocation, receipt, effect| {
+                let log = log.clone();
+                Box::pin(async move {
+                    let value = effect.as_ref().and_then(|e| e.get::<u32>()).copied();
+                    let signed = receipt.ran_cid() == invocation.cid();
+                    log.lock().unwrap().push((invocation.cid(), signed, value));
+                })
+            }))
+            .build();
+        let alice = Ed25519Signer::from_seed([1; 32]);
+        let echo = crate::ucan::Delegation::builder(&alice, service.did().clone())
+            .capability(Capability::new("test/echo", alice.did().as_str()))
+            .build()
+            .unwrap();
+        let unknown = crate::ucan::Delegation::builder(&alice, service.did().clone())
+            .capability(Capability::new("test/other", alice.did().as_str()))
+            .build()
+            .unwrap();
+        let message =
+            AgentMessage::build(&[echo.clone(), echo.clone(), unknown.clone()], &[]).unwrap();
+        let answer = server.execute(&message).await.unwrap();
+        assert_eq!(answer.report().len(), 2);
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_by_key(|(cid, _, _)| cid.to_string());
+        let mut expected = vec![
+            (echo.cid(), true, Some(alice.did().as_str().len() as u32)),
+            (unknown.cid(), true, None),
+        ];
+        expected.sort_by_key(|(cid, _, _)| cid.to_string());
+        assert_eq!(seen, expected);
+    }
+}
