@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use cid::Cid;
-use etracker_capabilities::{Ability, Conclude, EgressGet, Track};
+use etracker_capabilities::{typed, Ability, Conclude, EgressGet, Track};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use ucanto::client::{Connection, ServerChannel};
@@ -417,15 +417,20 @@ pub fn tracker_server(ctx: Arc<Context>) -> Server {
     // DID, never one a node or a stranger issues on their own.
     let tracker = ctx.signer.did().clone();
     Server::builder(ctx.signer.clone())
-        .provide_on(&tracker, Track::parser(), move |r| {
-            handlers::track::handle(track.clone(), r)
-        })
-        .provide_on(&tracker, Conclude::parser(), move |r| {
-            handlers::conclude::handle(conclude.clone(), r)
-        })
-        .provide(EgressGet::parser(), move |r| {
-            handlers::egress_get::handle(get.clone(), r)
-        })
+        .provide_on(
+            &tracker,
+            Track::parser(),
+            typed(move |invoked| handlers::track::handle(track.clone(), invoked)),
+        )
+        .provide_on(
+            &tracker,
+            Conclude::parser(),
+            typed(move |invoked| handlers::conclude::handle(conclude.clone(), invoked)),
+        )
+        .provide(
+            EgressGet::parser(),
+            typed(move |invoked| handlers::egress_get::handle(get.clone(), invoked)),
+        )
         .catch(Arc::new(|invocation, error| {
             tracing::error!(invocation = %invocation.cid(), %error, "handler failed");
         }))

@@ -46,7 +46,7 @@ use cid::Cid;
 use etracker_capabilities::consolidate::{
     consolidate_builder, ConsolidateError, ConsolidateOk, ReceiptError,
 };
-use etracker_capabilities::{Ability, Consolidate, Outcome, Track};
+use etracker_capabilities::{typed, Ability, Consolidate, Invoked, Outcome, Track};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
@@ -54,7 +54,7 @@ use ucanto::client::Connection;
 use ucanto::dag::{Block, CodecError, Ipld, CAR, SHA2_256};
 use ucanto::principal::{verifier_for, Did, Signer, Verifier};
 use ucanto::receipt::Receipt;
-use ucanto::server::{error_name, HandlerError, Request, Response, Server};
+use ucanto::server::{error_name, HandlerError, Response, Server};
 use ucanto::ucan::{now, Delegation, Invocation, Proof};
 use ucanto::validator::SignatureCache;
 
@@ -282,10 +282,10 @@ impl Consolidator {
             .provide_on(
                 &tracker_did,
                 Consolidate::parser(),
-                move |request: Request| {
+                typed(move |invoked: Invoked<Consolidate>| {
                     let state = handler_state.clone();
-                    async move { Ok::<_, HandlerError>(state.consolidate(request).await) }
-                },
+                    async move { Ok::<_, HandlerError>(state.consolidate(invoked).await) }
+                }),
             )
             .after(Arc::new(move |task, receipt, effect| {
                 let delivery = hook_delivery.clone();
@@ -455,7 +455,8 @@ pub fn router_with(
 }
 
 impl HandlerState {
-    async fn consolidate(&self, request: Request) -> Response {
+    async fn consolidate(&self, invoked: Invoked<Consolidate>) -> Response {
+        let (cause, request) = (invoked.capability.nb.cause, invoked.request);
         let task = request.invocation.cid();
         let failure = |message: String| Response::error(ConsolidateError::new(message).to_ipld());
         // Tasks come from the tracker only: a delegation of consolidate to
@@ -472,10 +473,6 @@ impl HandlerState {
         }
         let Some(_running) = self.start(task) else {
             return Response::failure(RETRY_INTERNAL, format!("task {task} is already running"));
-        };
-        let cause = match Consolidate::parse(&request.capability) {
-            Ok(parsed) => parsed.nb.cause,
-            Err(e) => return failure(e.to_string()),
         };
         let Ok(track) = Delegation::from_blocks(&cause, request.invocation.blocks().clone()) else {
             return failure(format!(

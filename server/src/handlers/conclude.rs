@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use cid::Cid;
-use etracker_capabilities::conclude::{attached_receipt, ConcludeError};
+use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
-use etracker_capabilities::{read_out, Ability, Conclude, Outcome};
+use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
 use ucanto::dag::{cid_of, Block, BlockStore, Ipld, IpldMap};
 use ucanto::message::AgentMessage;
 use ucanto::principal::Did;
@@ -29,10 +29,14 @@ use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
 use crate::tally::Tally;
 
 /// Handles one conclude invocation.
-pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, HandlerError> {
+pub async fn handle(
+    ctx: Arc<Context>,
+    invoked: Invoked<Conclude>,
+) -> Result<Response, HandlerError> {
+    let (nb, request) = (invoked.capability.nb, invoked.request);
     Metrics::add(&ctx.metrics.conclude_invocations, 1);
     tracing::info!(invocation = %request.invocation.cid(), issuer = %request.invocation.issuer(), "space/egress/conclude");
-    match conclude(&ctx, &request).await {
+    match conclude(&ctx, nb, &request).await {
         Ok(outcome) => Ok(outcome),
         Err(Refusal::Error(message)) => {
             tracing::warn!(%message, "conclude refused");
@@ -149,10 +153,11 @@ impl From<String> for Refusal {
     }
 }
 
-async fn conclude(ctx: &Arc<Context>, request: &Request) -> Result<Response, Refusal> {
-    let nb = Conclude::parse(&request.capability)
-        .map_err(|e| e.to_string())?
-        .nb;
+async fn conclude(
+    ctx: &Arc<Context>,
+    nb: ConcludeNb,
+    request: &Request,
+) -> Result<Response, Refusal> {
     let consolidator = ctx.consolidator.did();
     if request.invocation.issuer() != consolidator {
         return Err(format!("only the consolidator {consolidator} concludes tasks").into());

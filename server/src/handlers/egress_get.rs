@@ -18,24 +18,19 @@ use std::sync::Arc;
 use etracker_capabilities::account_egress_get::{
     format_date, DailyStats, EgressGetError, EgressGetOk, Period, SpaceEgress,
 };
-use etracker_capabilities::{Ability, EgressGet, Outcome};
+use etracker_capabilities::{EgressGet, Invoked, Outcome};
 use ucanto::principal::{verifier_for, Did};
-use ucanto::server::{HandlerError, Request, Response};
+use ucanto::server::{HandlerError, Response};
 use ucanto::ucan::{now, Delegation, Invocation};
 
 use super::{unexpected, Context};
 
 /// Handles one `account/egress/get` invocation.
-pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, HandlerError> {
-    let parsed = match EgressGet::parse(&request.capability) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let error = EgressGetError::PeriodNotAcceptable {
-                message: e.to_string(),
-            };
-            return Ok(Response::error(error.to_ipld()));
-        }
-    };
+pub async fn handle(
+    ctx: Arc<Context>,
+    invoked: Invoked<EgressGet>,
+) -> Result<Response, HandlerError> {
+    let (parsed, request) = (invoked.capability, invoked.request);
     let account = parsed.with;
     let today = (now() / 86_400) as i64;
     let period = parsed

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use etracker_capabilities::track::TrackError;
-use etracker_capabilities::{Ability, Outcome, Track};
+use etracker_capabilities::{Invoked, Outcome, Track};
 use ucanto::dag::{Ipld, IpldMap};
-use ucanto::server::{HandlerError, Request, Response};
+use ucanto::server::{HandlerError, Response};
 use ucanto::ucan::{now, Delegation};
 
 use super::{unexpected, Context};
@@ -18,12 +18,9 @@ use crate::metrics::Metrics;
 use crate::store::{NewRecord, PutOutcome, StoreError};
 
 /// Handles one track invocation.
-pub async fn handle(ctx: Arc<Context>, request: Request) -> Result<Response, HandlerError> {
-    let nb = match Track::parse(&request.capability) {
-        Ok(parsed) => parsed.nb,
-        Err(e) => return Ok(Response::error(TrackError::new(e.to_string()).to_ipld())),
-    };
-    let track = request.invocation;
+pub async fn handle(ctx: Arc<Context>, invoked: Invoked<Track>) -> Result<Response, HandlerError> {
+    let nb = invoked.capability.nb;
+    let track = invoked.request.invocation;
     let node = track.issuer().clone();
     let task = consolidate_task(ctx.signer.as_ref(), &track).map_err(HandlerError::new)?;
     let record = NewRecord {
