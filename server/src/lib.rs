@@ -10,16 +10,20 @@
 //! 1. [`service`] serves `POST /` with the core crate's transport: CAR →
 //!    agent message → invocation; the dispatcher checks the audience and the
 //!    validator the proofs (tracker → node delegation);
-//! 2. [`handlers::track`] persists the egress record in the [`store`]
-//!    (idempotently) and answers `ok {}` with the consolidate task forked;
+//! 2. [`handlers::track`], handed the capability parsed (see
+//!    [`etracker_capabilities::typed`]), persists the egress record in the
+//!    [`store`] (idempotently) and answers `ok {}` with the consolidate task
+//!    forked;
 //! 3. the scheduler in [`service`] leases due records and *invokes* each task
-//!    on the [`consolidator`] through a ucanto connection; its handler fetches
-//!    the batch, checks it against the CID and checks every receipt (and,
-//!    per the [`registry`], that a known provider provisions its space), and
-//!    its dispatcher signs the receipt;
-//! 4. the consolidator invokes `space/egress/conclude` with the receipt and
-//!    the [`tally`]; [`handlers::conclude`] verifies both and commits receipt,
-//!    totals and counted retrievals in one [`store::Store::conclude`];
+//!    on the [`consolidator`], a ucanto server of its own, through a
+//!    connection (in process, or over HTTP when deployed apart); its handler
+//!    fetches the batch, checks it against the CID and checks every receipt
+//!    (and, per the [`registry`], that a known provider provisions its
+//!    space), and its dispatcher signs the receipt;
+//! 4. the consolidator's after-receipt hook invokes `space/egress/conclude`
+//!    with the receipt and the [`tally`] (in pages when large);
+//!    [`handlers::conclude`] verifies both and commits receipt, totals and
+//!    counted retrievals in one [`store::Store::conclude`];
 //! 5. the node reads the receipt at `GET /receipts/{task}`; accounts read
 //!    totals with [`handlers::egress_get`]; [`metrics`] counts it all.
 //!
