@@ -7,7 +7,7 @@
 //! - the tracker's own registry in its store (`etracker space add`, or the
 //!   admin API), where the tracker itself is the provider of what its
 //!   operator registers;
-//! - the upload service's consumer table on DynamoDB ([`consumer`], feature
+//! - the upload service's consumer table on DynamoDB (`consumer`, feature
 //!   `dynamodb`), read only, with the upstream schema.
 //!
 //! [`SpacePolicy::Any`] counts every authorized space (local setups).
