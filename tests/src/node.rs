@@ -387,3 +387,36 @@ pub fn egress_get_invocation(
     }
     builder.build().expect("egress get invocation")
 }
+
+/// A consolidator deployed apart, for tests: `principal(6)`, holding the
+/// tracker's conclude delegation, concluding on the tracker at `tracker_url`.
+pub fn remote_consolidator(tracker_url: &str) -> etracker_server::consolidator::Consolidator {
+    let key = principal(6);
+    let proof = Delegation::builder(&crate::service(), key.did().clone())
+        .capability(etracker_capabilities::Conclude::unrestricted(
+            crate::service().did(),
+        ))
+        .no_expiration()
+        .build()
+        .expect("conclude delegation");
+    etracker_server::consolidator::Consolidator::new(
+        Arc::new(key),
+        crate::service().verifier(),
+        Connection::http(crate::service().verifier(), tracker_url),
+        None,
+        test_settings().limits,
+        Vec::new(),
+        vec![proof],
+    )
+}
+
+/// Serves `consolidator` on `listener` (bound before the tracker started, so
+/// the tracker knows its URL).
+pub fn serve_consolidator(
+    listener: tokio::net::TcpListener,
+    consolidator: etracker_server::consolidator::Consolidator,
+) {
+    let app = etracker_server::consolidator::router(Arc::new(consolidator), 1 << 20)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+}

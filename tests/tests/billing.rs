@@ -4,22 +4,18 @@
 //! registry (or a space's own delegation) says are theirs.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use etracker_capabilities::Ability;
 use etracker_e2e::attack::{archive_for, batch_of, carried_blocks};
 use etracker_e2e::node::{
     consolidate_now, consolidate_out, consolidate_receipt, fetch_receipt, metric, node,
-    retrieve_delegation, retrieve_invocation, start_tracker, test_settings, track_batch,
-    BatchServer, RunningTracker,
+    remote_consolidator, retrieve_delegation, retrieve_invocation, serve_consolidator,
+    start_tracker, test_settings, track_batch, BatchServer, RunningTracker,
 };
 use etracker_e2e::{alice, bob, principal, run_js, service};
-use etracker_server::consolidator::{router, Consolidator};
 use etracker_server::service::{RemoteConsolidator, Settings, SpaceRule};
 use etracker_server::store::{SpaceEntry, Store};
-use ucanto::client::Connection;
 use ucanto::principal::{Did, Ed25519Signer, Signer};
-use ucanto::ucan::{Delegation, Invocation};
+use ucanto::ucan::Invocation;
 
 const FAR: (&str, &str) = ("2000-01-01", "2100-01-01");
 
@@ -267,26 +263,9 @@ async fn a_remote_consolidator_learns_which_spaces_are_not_billed() {
             customer: None,
         })
         .unwrap();
-    let proof = Delegation::builder(&service(), consolidator_key.did().clone())
-        .capability(etracker_capabilities::Conclude::unrestricted(
-            service().did(),
-        ))
-        .no_expiration()
-        .build()
-        .unwrap();
-    let consolidator = Consolidator::new(
-        Arc::new(consolidator_key.clone()),
-        service().verifier(),
-        Connection::http(service().verifier(), tracker.url.clone()),
-        None,
-        test_settings().limits,
-        Vec::new(),
-        vec![proof],
-    )
-    .with_billing(etracker_server::registry::SpacePolicy::Any, HashSet::new());
-    let app = router(Arc::new(consolidator), 1 << 20)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let consolidator = remote_consolidator(&tracker.url)
+        .with_billing(etracker_server::registry::SpacePolicy::Any, HashSet::new());
+    serve_consolidator(listener, consolidator);
 
     let archives = [
         archive(&direct(&registered, 10, "r")),

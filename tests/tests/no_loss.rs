@@ -2,21 +2,17 @@
 //! fails, our own failures are retried forever, a crash's spool files are
 //! removed, and a tally too big for one request travels in pages.
 
-use std::sync::Arc;
-
-use etracker_capabilities::{Ability, Conclude};
 use etracker_e2e::node::{
     batch, consolidate_now, consolidate_out, consolidate_receipt, fetch_receipt, good_receipts,
-    node, start_tracker, temp_dir, test_settings, track_batch, track_invocation, track_proof,
-    BatchServer,
+    node, remote_consolidator, serve_consolidator, start_tracker, temp_dir, test_settings,
+    track_batch, track_invocation, track_proof, BatchServer,
 };
 use etracker_e2e::{principal, service};
-use etracker_server::consolidator::{router, Consolidator, TallyPaging};
+use etracker_server::consolidator::TallyPaging;
 use etracker_server::service::RemoteConsolidator;
 use etracker_server::store::{NewRecord, Store};
-use ucanto::client::Connection;
 use ucanto::principal::Signer;
-use ucanto::ucan::{now, Delegation};
+use ucanto::ucan::now;
 
 /// A batch tracked days ago that fails for the first time now is not given
 /// up: the give-up age counts from the node's first failed attempt.
@@ -140,11 +136,6 @@ async fn a_big_tally_travels_in_pages() {
     let server = BatchServer::default();
     let endpoint = server.serve().await;
     let consolidator_key = principal(6);
-    let conclude_proof = Delegation::builder(&service(), consolidator_key.did().clone())
-        .capability(Conclude::unrestricted(service().did()))
-        .no_expiration()
-        .build()
-        .unwrap();
     let (receipts, total) = good_receipts(60, "pages");
 
     for (chunks_per_page, concludes) in [(1000, false), (3, true)] {
@@ -157,22 +148,11 @@ async fn a_big_tally_travels_in_pages() {
             verifier: consolidator_key.verifier(),
         });
         let tracker = start_tracker(settings).await;
-        let consolidator = Consolidator::new(
-            Arc::new(consolidator_key.clone()),
-            service().verifier(),
-            Connection::http(service().verifier(), tracker.url.clone()),
-            None,
-            test_settings().limits,
-            Vec::new(),
-            vec![conclude_proof.clone()],
-        )
-        .with_paging(TallyPaging {
+        let consolidator = remote_consolidator(&tracker.url).with_paging(TallyPaging {
             receipts_per_chunk: 4,
             chunks_per_page,
         });
-        let app = router(Arc::new(consolidator), 1 << 20)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        serve_consolidator(listener, consolidator);
 
         let task = track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;
         let summary = consolidate_now(&tracker.url).await;
