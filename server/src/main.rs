@@ -702,38 +702,28 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&limits.scratch_dir)?;
     let connection = ucanto::client::Connection::http(tracker.clone(), args.tracker_url.clone());
     let tracker_did = tracker.did().clone();
+    // Its own registry when it has one (dynamodb); otherwise every space,
+    // the tracker judging them again at conclude.
+    let mut billing = Settings::default();
+    args.billing.apply(&mut billing)?;
+    let spaces = match billing.space_registry {
+        Some(registry) => SpacePolicy::Known {
+            providers: billing
+                .known_providers
+                .into_iter()
+                .chain([tracker_did])
+                .collect(),
+            registry,
+        },
+        None => SpacePolicy::Any,
+    };
     let service = Arc::new(
-        etracker_server::consolidator::Consolidator::new(
-            signer.clone(),
-            tracker,
-            connection,
-            None,
-            limits,
-            args.batches.authorities()?,
-            proofs,
-        )
-        .with_billing(
-            {
-                let mut settings = Settings::default();
-                args.billing.apply(&mut settings)?;
-                match settings.space_registry {
-                    Some(registry) => SpacePolicy::Known {
-                        providers: settings
-                            .known_providers
-                            .into_iter()
-                            .chain([tracker_did])
-                            .collect(),
-                        registry,
-                    },
-                    None => SpacePolicy::Any,
-                }
-            },
-            args.billing
-                .non_billable_actors
-                .iter()
-                .map(|d| d.parse())
-                .collect::<Result<_, _>>()?,
-        ),
+        etracker_server::consolidator::Consolidator::builder(signer.clone(), tracker, connection)
+            .limits(limits)
+            .authorities(args.batches.authorities()?)
+            .conclude_proofs(proofs)
+            .billing(spaces, billing.non_billable_actors.into_iter().collect())
+            .build(),
     );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;

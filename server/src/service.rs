@@ -198,21 +198,16 @@ impl Tracker {
             None => {
                 let tracker_connection =
                     Connection::new(signer.verifier(), Arc::new(ServerChannel(server.clone())));
-                let local = Arc::new(
-                    Consolidator::new(
-                        signer.clone(),
-                        signer.verifier(),
-                        tracker_connection,
-                        Some(store),
-                        settings.limits.clone(),
-                        settings.authorities.clone(),
-                        Vec::new(),
-                    )
-                    .with_billing(
-                        spaces,
-                        settings.non_billable_actors.iter().cloned().collect(),
-                    ),
-                );
+                let local =
+                    Consolidator::builder(signer.clone(), signer.verifier(), tracker_connection)
+                        .store(store)
+                        .limits(settings.limits.clone())
+                        .authorities(settings.authorities.clone())
+                        .billing(
+                            spaces,
+                            settings.non_billable_actors.iter().cloned().collect(),
+                        )
+                        .build();
                 Connection::new(
                     consolidator_key,
                     Arc::new(ServerChannel(local.server().clone())),

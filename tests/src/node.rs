@@ -389,8 +389,11 @@ pub fn egress_get_invocation(
 }
 
 /// A consolidator deployed apart, for tests: `principal(6)`, holding the
-/// tracker's conclude delegation, concluding on the tracker at `tracker_url`.
-pub fn remote_consolidator(tracker_url: &str) -> etracker_server::consolidator::Consolidator {
+/// tracker's conclude delegation, concluding on the tracker at `tracker_url`
+/// (to be built).
+pub fn remote_consolidator(
+    tracker_url: &str,
+) -> etracker_server::consolidator::ConsolidatorBuilder {
     let key = principal(6);
     let proof = Delegation::builder(&crate::service(), key.did().clone())
         .capability(etracker_capabilities::Conclude::unrestricted(
@@ -399,15 +402,13 @@ pub fn remote_consolidator(tracker_url: &str) -> etracker_server::consolidator::
         .no_expiration()
         .build()
         .expect("conclude delegation");
-    etracker_server::consolidator::Consolidator::new(
+    etracker_server::consolidator::Consolidator::builder(
         Arc::new(key),
         crate::service().verifier(),
         Connection::http(crate::service().verifier(), tracker_url),
-        None,
-        test_settings().limits,
-        Vec::new(),
-        vec![proof],
     )
+    .limits(test_settings().limits)
+    .conclude_proofs(vec![proof])
 }
 
 /// Serves `consolidator` on `listener` (bound before the tracker started, so

@@ -264,7 +264,8 @@ async fn a_remote_consolidator_learns_which_spaces_are_not_billed() {
         })
         .unwrap();
     let consolidator = remote_consolidator(&tracker.url)
-        .with_billing(etracker_server::registry::SpacePolicy::Any, HashSet::new());
+        .billing(etracker_server::registry::SpacePolicy::Any, HashSet::new())
+        .build();
     serve_consolidator(listener, consolidator);
 
     let archives = [

@@ -309,15 +309,13 @@ async fn a_remote_consolidator_runs_its_trackers_tasks_only() {
     use ucanto::client::Connection;
 
     let consolidator_key = principal(6);
-    let consolidator = Consolidator::new(
+    let consolidator = Consolidator::builder(
         Arc::new(consolidator_key.clone()),
         service().verifier(),
         Connection::http(service().verifier(), "http://127.0.0.1:9/"),
-        None,
-        test_settings().limits,
-        Vec::new(),
-        Vec::new(),
-    );
+    )
+    .limits(test_settings().limits)
+    .build();
     let url = etracker_e2e::serve(router(Arc::new(consolidator), 1 << 20)).await;
     let node = node();
     let cause = ucanto::dag::cid_of(ucanto::dag::DAG_CBOR, b"track");

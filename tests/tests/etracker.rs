@@ -585,15 +585,14 @@ async fn remote_consolidator_concludes_with_a_delegation() {
         } else {
             Vec::new()
         };
-        let consolidator = Consolidator::new(
+        let consolidator = Consolidator::builder(
             Arc::new(consolidator_key.clone()),
             service().verifier(),
             Connection::http(service().verifier(), tracker.url.clone()),
-            None,
-            test_settings().limits,
-            Vec::new(),
-            proofs,
-        );
+        )
+        .limits(test_settings().limits)
+        .conclude_proofs(proofs)
+        .build();
         let consolidator_url = format!("http://{}/", listener.local_addr().unwrap());
         let app = router(Arc::new(consolidator), 1 << 20);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -148,10 +148,12 @@ async fn a_big_tally_travels_in_pages() {
             verifier: consolidator_key.verifier(),
         });
         let tracker = start_tracker(settings).await;
-        let consolidator = remote_consolidator(&tracker.url).with_paging(TallyPaging {
-            receipts_per_chunk: 4,
-            chunks_per_page,
-        });
+        let consolidator = remote_consolidator(&tracker.url)
+            .paging(TallyPaging {
+                receipts_per_chunk: 4,
+                chunks_per_page,
+            })
+            .build();
         serve_consolidator(listener, consolidator);
 
         let task = track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;

@@ -156,8 +156,6 @@ impl BatchFailure {
 /// receipt to the tracker.
 pub struct Consolidator {
     server: Arc<Server>,
-    state: Arc<HandlerState>,
-    delivery: Arc<Delivery>,
 }
 
 /// Delivers final consolidate receipts to the tracker by invoking
@@ -167,7 +165,7 @@ struct Delivery {
     tracker: Did,
     tracker_connection: Connection,
     conclude_proofs: Vec<Delegation>,
-    paging: std::sync::RwLock<TallyPaging>,
+    paging: TallyPaging,
     /// Where refusals teach what the tracker knows.
     state: Arc<HandlerState>,
 }
@@ -213,9 +211,10 @@ struct HandlerState {
     running: Mutex<HashSet<Cid>>,
     /// Who may invoke consolidate: the tracker.
     tracker: Arc<dyn Verifier>,
-    /// Which spaces count, and the invokers whose retrievals are billed to
-    /// no one (set once, by [`Consolidator::with_billing`]).
-    billing: std::sync::RwLock<(SpacePolicy, Arc<HashSet<Did>>)>,
+    /// Which spaces count.
+    spaces: SpacePolicy,
+    /// The invokers whose retrievals are billed to no one.
+    non_billable: Arc<HashSet<Did>>,
     /// Spaces the tracker refused as unknown (learned from refused
     /// conclusions): what a consolidator with another registry learns.
     known_unbillable: Mutex<HashSet<Did>>,
@@ -235,48 +234,91 @@ impl Drop for RunningTask<'_> {
     }
 }
 
-impl Consolidator {
-    /// A consolidator signing as `signer`, running tasks of the tracker verified by
-    /// `tracker` and concluding them over `tracker_connection`.
-    ///
-    /// `store` (read only here) tells the age of a record, for the give-up
-    /// rule, and which receipts were counted before; `authorities` are the
-    /// principals whose `ucan/attest` count when validating retrievals;
-    /// `conclude_proofs` authorize `signer` to conclude on the tracker when it
+/// Builds a [`Consolidator`]: who it is, whose tasks it runs and where it
+/// concludes them, then what it may read and how it counts.
+pub struct ConsolidatorBuilder {
+    signer: Arc<dyn Signer>,
+    tracker: Arc<dyn Verifier>,
+    tracker_connection: Connection,
+    store: Option<Arc<dyn Store>>,
+    limits: BatchLimits,
+    authorities: Vec<Arc<dyn Verifier>>,
+    conclude_proofs: Vec<Delegation>,
+    spaces: SpacePolicy,
+    non_billable: HashSet<Did>,
+    paging: TallyPaging,
+}
+
+impl ConsolidatorBuilder {
+    /// The tracker's store (read only here): the age of a record for the
+    /// give-up rule, and which retrievals were counted before. Without it
+    /// (deployed apart) the tracker's refusals teach the latter.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Batch limits and timings (default [`BatchLimits::default`]).
+    pub fn limits(mut self, limits: BatchLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The principals whose `ucan/attest` count when validating retrievals.
+    pub fn authorities(mut self, authorities: Vec<Arc<dyn Verifier>>) -> Self {
+        self.authorities = authorities;
+        self
+    }
+
+    /// Delegations authorizing the signer to conclude on the tracker, when it
     /// is not the tracker itself.
-    pub fn new(
-        signer: Arc<dyn Signer>,
-        tracker: Arc<dyn Verifier>,
-        tracker_connection: Connection,
-        store: Option<Arc<dyn Store>>,
-        limits: BatchLimits,
-        authorities: Vec<Arc<dyn Verifier>>,
-        conclude_proofs: Vec<Delegation>,
-    ) -> Self {
-        remove_stale_spool_files(&limits.scratch_dir);
+    pub fn conclude_proofs(mut self, proofs: Vec<Delegation>) -> Self {
+        self.conclude_proofs = proofs;
+        self
+    }
+
+    /// Counts only the spaces `spaces` says are billable (every one by
+    /// default, the tracker's conclude judging them again), and records the
+    /// retrievals of `non_billable` invokers apart.
+    pub fn billing(mut self, spaces: SpacePolicy, non_billable: HashSet<Did>) -> Self {
+        self.spaces = spaces;
+        self.non_billable = non_billable;
+        self
+    }
+
+    /// Cuts tallies as `paging` says.
+    pub fn paging(mut self, paging: TallyPaging) -> Self {
+        self.paging = paging;
+        self
+    }
+
+    /// The consolidator.
+    pub fn build(self) -> Consolidator {
+        remove_stale_spool_files(&self.limits.scratch_dir);
+        let tracker = self.tracker;
         let state = Arc::new(HandlerState {
-            store,
-            http: batch_client(&limits),
-            limits,
-            authorities,
+            store: self.store,
+            http: batch_client(&self.limits),
+            limits: self.limits,
+            authorities: self.authorities,
             known_counted: Mutex::new(HashSet::new()),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
-            billing: std::sync::RwLock::new((SpacePolicy::Any, Arc::new(HashSet::new()))),
+            spaces: self.spaces,
+            non_billable: Arc::new(self.non_billable),
             known_unbillable: Mutex::new(HashSet::new()),
         });
         let tracker_did = tracker.did().clone();
         let delivery = Arc::new(Delivery {
-            signer: signer.clone(),
+            signer: self.signer.clone(),
             tracker: tracker_did.clone(),
-            tracker_connection,
-            conclude_proofs,
-            paging: std::sync::RwLock::new(TallyPaging::default()),
+            tracker_connection: self.tracker_connection,
+            conclude_proofs: self.conclude_proofs,
+            paging: self.paging,
             state: state.clone(),
         });
         let handler_state = state.clone();
-        let hook_delivery = delivery.clone();
-        let server = Server::builder(signer)
+        let server = Server::builder(self.signer)
             .audience(tracker_did.clone())
             .validator(|config| config.authority = tracker)
             .provide_on(
@@ -288,7 +330,7 @@ impl Consolidator {
                 }),
             )
             .after(Arc::new(move |task, receipt, effect| {
-                let delivery = hook_delivery.clone();
+                let delivery = delivery.clone();
                 Box::pin(async move {
                     let Some(done) = effect.as_ref().and_then(|e| e.get::<Concludable>()) else {
                         return;
@@ -302,8 +344,30 @@ impl Consolidator {
             .build();
         Consolidator {
             server: Arc::new(server),
-            state,
-            delivery,
+        }
+    }
+}
+
+impl Consolidator {
+    /// Starts a consolidator signing as `signer`, running tasks of the
+    /// tracker verified by `tracker` and concluding them over
+    /// `tracker_connection`.
+    pub fn builder(
+        signer: Arc<dyn Signer>,
+        tracker: Arc<dyn Verifier>,
+        tracker_connection: Connection,
+    ) -> ConsolidatorBuilder {
+        ConsolidatorBuilder {
+            signer,
+            tracker,
+            tracker_connection,
+            store: None,
+            limits: BatchLimits::default(),
+            authorities: Vec::new(),
+            conclude_proofs: Vec::new(),
+            spaces: SpacePolicy::Any,
+            non_billable: HashSet::new(),
+            paging: TallyPaging::default(),
         }
     }
 
@@ -311,24 +375,6 @@ impl Consolidator {
     /// or reach it in process with [`ucanto::client::ServerChannel`].
     pub fn server(&self) -> &Arc<Server> {
         &self.server
-    }
-
-    /// Counts only the spaces `spaces` says are billable (every one by
-    /// default, the tracker's conclude checking them again), and records the
-    /// retrievals of `non_billable` invokers apart.
-    pub fn with_billing(self, spaces: SpacePolicy, non_billable: HashSet<Did>) -> Self {
-        if let Ok(mut billing) = self.state.billing.write() {
-            *billing = (spaces, Arc::new(non_billable));
-        }
-        self
-    }
-
-    /// Cuts tallies as `paging` says.
-    pub fn with_paging(self, paging: TallyPaging) -> Self {
-        if let Ok(mut current) = self.delivery.paging.write() {
-            *current = paging;
-        }
-        self
     }
 }
 
@@ -338,10 +384,7 @@ impl Delivery {
     /// first chunk, which names the batch), so no request outgrows the
     /// tracker's body limit.
     async fn conclude(&self, receipt: &Receipt, batch: Cid, tally: &Tally) -> Result<(), String> {
-        let paging = *self
-            .paging
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let paging = self.paging;
         let chunks = tally
             .to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)
             .map_err(|e| e.to_string())?;
@@ -521,15 +564,6 @@ impl HandlerState {
         }
     }
 
-    /// The invokers whose retrievals are billed to no one.
-    fn non_billable(&self) -> Arc<HashSet<Did>> {
-        self.billing
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .1
-            .clone()
-    }
-
     /// Marks `task` running, unless it already is.
     fn start(&self, task: Cid) -> Option<RunningTask<'_>> {
         let mut running = self.running.lock().ok()?;
@@ -667,7 +701,7 @@ impl HandlerState {
         let signatures = Arc::new(SignatureCache::with_budget(BATCH_SIGNATURE_ALLOWANCE));
         let checks = Arc::new(Checks {
             max_retrieval: self.limits.max_retrieval_bytes,
-            non_billable: self.non_billable(),
+            non_billable: self.non_billable.clone(),
             tracker: self.tracker.clone(),
             authorities: self.authorities.clone(),
             signatures: signatures.clone(),
@@ -789,13 +823,7 @@ impl HandlerState {
             .filter(|e| e.billable)
             .map(|e| e.space.clone())
             .collect();
-        let policy = self
-            .billing
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0
-            .clone();
-        let verdicts = judge_all(&policy, spaces)
+        let verdicts = judge_all(&self.spaces, spaces)
             .await
             .map_err(|e| BatchFailure::internal("looking up spaces", e))?;
         let refused = self
