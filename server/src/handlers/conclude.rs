@@ -199,8 +199,9 @@ async fn conclude(
     }
     let chunks = gather_chunks(ctx, &batch, &nb.tally, blocks).await?;
     let tally = Tally::from_blocks(&batch, &nb.tally, &chunks).map_err(|e| e.to_string())?;
-    let total = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
-        Ok(Ok(ok)) if ok.total_egress == tally.total() => ok.total_egress,
+    // The total, and how many receipts `errors[]` lists (for the metrics).
+    let (total, rejected) = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
+        Ok(Ok(ok)) if ok.total_egress == tally.total() => (ok.total_egress, ok.errors.len() as u64),
         Ok(Ok(ok)) => {
             return Err(format!(
                 "totalEgress {} differs from the tally's {}",
@@ -209,7 +210,7 @@ async fn conclude(
             )
             .into())
         }
-        Ok(Err(_)) if tally.counted.is_empty() => 0,
+        Ok(Err(_)) if tally.counted.is_empty() => (0, 0),
         Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
         Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
     };
@@ -253,10 +254,6 @@ async fn conclude(
         concluded_at: now(),
     };
     let non_billable: u64 = tally.non_billable.values().sum();
-    let rejected = read_out::<ConsolidateOk, ConsolidateError>(receipt.out())
-        .ok()
-        .and_then(Result::ok)
-        .map_or(0, |ok| ok.errors.len() as u64);
     let receipt_cid = receipt.cid();
     match ctx.store(move |store| store.conclude(&conclusion)).await {
         Ok(ConcludeOutcome::Concluded) => {
