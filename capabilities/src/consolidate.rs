@@ -83,6 +83,11 @@ pub struct ConsolidateOk {
     pub errors: Vec<ReceiptError>,
 }
 
+/// `errors[]` name of a retrieval made by a non-billable actor (replication,
+/// indexing): counted once and recorded apart, billed to no one. The tracker
+/// writes it and the node client expects it: it never makes a batch disputed.
+pub const NON_BILLABLE: &str = "NonBillable";
+
 /// A receipt of a batch that could not be counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptError {

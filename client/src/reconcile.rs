@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use cid::Cid;
+use etracker_capabilities::consolidate::NON_BILLABLE;
 
 use crate::client::{Consolidation, Failure};
 use crate::journal::BatchRecord;
@@ -124,11 +125,6 @@ impl Reconciliation {
         self.verdict == Verdict::Match
     }
 }
-
-/// Error name of a retrieval the tracker recorded apart and billed to no one
-/// (made by a non-billable actor: replication, indexing). Expected: it never
-/// makes a batch disputed.
-pub const NON_BILLABLE: &str = "NonBillable";
 
 /// Compares `consolidation` with `record`, the journal's record of the batch.
 pub fn reconcile(record: &BatchRecord, consolidation: &Consolidation) -> Reconciliation {

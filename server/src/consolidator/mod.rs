@@ -869,9 +869,7 @@ impl HandlerState {
     }
 }
 
-/// Error name of a retrieval made by a non-billable actor: counted once,
-/// recorded apart, billed to no one.
-pub const NON_BILLABLE: &str = "NonBillable";
+pub use etracker_capabilities::consolidate::NON_BILLABLE;
 /// Error name of a retrieval from a space no known provider provisions.
 pub const UNKNOWN_SPACE: &str = "UnknownSpace";
 
