@@ -313,6 +313,10 @@ impl Checks {
     }
 }
 
+/// Error name of a retrieval already counted: earlier in the batch (the same
+/// archive, another receipt, or a re-encoding) or by another batch.
+pub const DUPLICATE_RECEIPT: &str = "DuplicateReceipt";
+
 /// Error name of a receipt whose retrieve invocation was re-encoded.
 pub const NON_CANONICAL: &str = "NonCanonical";
 

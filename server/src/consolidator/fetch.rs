@@ -105,7 +105,7 @@ pub(super) fn is_public(ip: IpAddr) -> bool {
 }
 
 /// Spool file names: `etracker-batch-<batch>-<pid>-<n>.car`.
-pub(super) const SPOOL_PREFIX: &str = "etracker-batch-";
+const SPOOL_PREFIX: &str = "etracker-batch-";
 
 /// Removes the spool files in `dir` that a process no longer running left
 /// behind (a crash mid-download); returns how many. Files of live processes,
@@ -138,10 +138,16 @@ pub fn remove_stale_spool_files(dir: &std::path::Path) -> usize {
     removed
 }
 
-/// A process-unique number, so concurrent runs of one task never share a spool file.
-pub(super) fn next_spool_id() -> u64 {
+/// A fresh spool file in `dir` for `batch`, named so that
+/// [`remove_stale_spool_files`] knows its process; a process-unique number
+/// keeps concurrent runs of one task apart.
+pub(super) fn spool_path(dir: &std::path::Path, batch: &cid::Cid) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(
+        "{SPOOL_PREFIX}{batch}-{}-{n}.car",
+        std::process::id()
+    ))
 }
 
 #[cfg(test)]

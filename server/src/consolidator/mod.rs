@@ -65,9 +65,9 @@ use check::{
     Checked, Checks, Counted, Rejections, BATCH_SIGNATURE_ALLOWANCE, CHECK_CHUNK,
     SIGNATURES_PER_RECEIPT,
 };
-pub use check::{MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS};
+pub use check::{DUPLICATE_RECEIPT, MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS};
 pub use fetch::remove_stale_spool_files;
-use fetch::{batch_client, is_public, literal_ip, next_spool_id, SPOOL_PREFIX};
+use fetch::{batch_client, is_public, literal_ip, spool_path};
 
 use crate::handlers::conclude::TALLY_INCOMPLETE;
 use crate::registry::{judge_all, Billing, SpacePolicy};
@@ -601,11 +601,7 @@ impl HandlerState {
                 "batch CID {batch} is not a sha2-256 CID with codec car (0x0202)"
             )));
         }
-        let path = self.limits.scratch_dir.join(format!(
-            "{SPOOL_PREFIX}{batch}-{}-{}.car",
-            std::process::id(),
-            next_spool_id()
-        ));
+        let path = spool_path(&self.limits.scratch_dir, batch);
         let result = async {
             self.download(url, batch, &path).await?;
             self.count(node, &path).await
@@ -725,13 +721,13 @@ impl HandlerState {
                 } else if rejected.lists_next() {
                     let receipt = Receipt::archived_cid(&bytes).unwrap_or(archive);
                     rejected.push(ReceiptError {
-                        name: "DuplicateReceipt".into(),
+                        name: DUPLICATE_RECEIPT.into(),
                         message: format!("receipt {receipt} appears more than once in the batch"),
                         receipt,
                     });
                 } else {
                     // Past the bound only the count matters: no need to read it.
-                    rejected.count("DuplicateReceipt");
+                    rejected.count(DUPLICATE_RECEIPT);
                 }
             }
             if chunk.len() < CHECK_CHUNK && !end {
@@ -750,7 +746,7 @@ impl HandlerState {
             for outcome in checked {
                 if !seen.insert(outcome.key()) {
                     rejected.push(ReceiptError {
-                        name: "DuplicateReceipt".into(),
+                        name: DUPLICATE_RECEIPT.into(),
                         message: format!(
                             "retrieval {} appears more than once in the batch",
                             outcome.key()
@@ -811,7 +807,7 @@ impl HandlerState {
             };
             match duplicate {
                 Some(message) => rejected.push(ReceiptError {
-                    name: "DuplicateReceipt".into(),
+                    name: DUPLICATE_RECEIPT.into(),
                     message,
                     receipt: entry.receipt,
                 }),
