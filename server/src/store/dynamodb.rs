@@ -854,26 +854,25 @@ impl DynamoStore {
             ],
             None,
         )?);
-        for ((space, day), bytes) in &summed.non_billable {
-            items.push(self.add(
-                (&format!("nonbillable#{space}"), &format!("day#{day}")),
-                &[("bytes", *bytes)],
-                None,
-            )?);
-        }
-        for (day, bytes) in &summed.by_day {
-            items.push(self.add(
-                (&node_pk, &format!("day#{day}")),
-                &[("bytes", *bytes)],
-                None,
-            )?);
-        }
-        for ((space, day), bytes) in &summed.by_space_day {
-            items.push(self.add(
-                (&format!("space#{space}"), &format!("day#{day}")),
-                &[("bytes", *bytes)],
-                None,
-            )?);
+        // Daily totals: `(partition, day, bytes)`.
+        let daily = summed
+            .non_billable
+            .iter()
+            .map(|((space, day), bytes)| (format!("nonbillable#{space}"), day, bytes))
+            .chain(
+                summed
+                    .by_day
+                    .iter()
+                    .map(|(day, bytes)| (node_pk.clone(), day, bytes)),
+            )
+            .chain(
+                summed
+                    .by_space_day
+                    .iter()
+                    .map(|((space, day), bytes)| (format!("space#{space}"), day, bytes)),
+            );
+        for (pk, day, bytes) in daily {
+            items.push(self.add((&pk, &format!("day#{day}")), &[("bytes", *bytes)], None)?);
         }
         Ok(items)
     }

@@ -497,22 +497,16 @@ impl Store for RedbStore {
             node_totals
                 .insert(node, add(total, c.total_bytes)?)
                 .or_backend()?;
-            for ((space, day), bytes) in &summed.by_space_day {
-                let key = (space.as_str(), day.as_str());
-                let old = space_daily.get(key).or_backend()?.map_or(0, |v| v.value());
-                space_daily.insert(key, add(old, *bytes)?).or_backend()?;
-            }
-            for (day, bytes) in &summed.by_day {
-                let key = (node, day.as_str());
-                let old = node_daily.get(key).or_backend()?.map_or(0, |v| v.value());
-                node_daily.insert(key, add(old, *bytes)?).or_backend()?;
-            }
+            add_daily(&mut space_daily, space_days(&summed.by_space_day))?;
+            add_daily(
+                &mut node_daily,
+                summed
+                    .by_day
+                    .iter()
+                    .map(|(day, bytes)| (node, day.as_str(), *bytes)),
+            )?;
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
-            for ((space, day), bytes) in &summed.non_billable {
-                let key = (space.as_str(), day.as_str());
-                let old = non_billable.get(key).or_backend()?.map_or(0, |v| v.value());
-                non_billable.insert(key, add(old, *bytes)?).or_backend()?;
-            }
+            add_daily(&mut non_billable, space_days(&summed.non_billable))?;
 
             let mut record = old.clone();
             record.status = RecordStatus::Done {
@@ -759,6 +753,26 @@ fn save(
 }
 
 /// Maps any redb error to [`StoreError::Backend`].
+/// Adds each `(DID, day, bytes)` to a `(DID, day) → bytes` table.
+fn add_daily<'a>(
+    table: &mut Table<(&'static str, &'static str), u64>,
+    entries: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+) -> Result<(), StoreError> {
+    for (did, day, bytes) in entries {
+        let old = table.get((did, day)).or_backend()?.map_or(0, |v| v.value());
+        table.insert((did, day), add(old, bytes)?).or_backend()?;
+    }
+    Ok(())
+}
+
+/// The `(space, day, bytes)` entries of summed usage.
+fn space_days(
+    sums: &BTreeMap<(String, String), u64>,
+) -> impl Iterator<Item = (&str, &str, u64)> + '_ {
+    sums.iter()
+        .map(|((space, day), bytes)| (space.as_str(), day.as_str(), *bytes))
+}
+
 /// A registry entry from its stored form.
 fn decode_space(space: &str, bytes: &[u8]) -> Result<SpaceEntry, StoreError> {
     let corrupt = |why: &str| StoreError::Corrupt(format!("space {space}: {why}"));
