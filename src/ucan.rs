@@ -721,6 +721,15 @@ mod tests {
         Ed25519Signer::from_seed([2; 32])
     }
 
+    /// Alice lets Bob `test/echo` on her DID until `exp`.
+    fn echo(exp: u64) -> Delegation {
+        Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()))
+            .expiration(exp)
+            .build()
+            .unwrap()
+    }
+
     /// The block of `d` with its map changed by `f`, decoded again.
     fn reencoded(d: &Delegation, f: impl FnOnce(&mut IpldMap)) -> Result<Delegation, CodecError> {
         let Ipld::Map(mut map) = d.block().decode().unwrap() else {
@@ -734,11 +743,7 @@ mod tests {
     /// defaults are not; all share one payload id, and still verify.
     #[test]
     fn canonical_shapes_and_payload_id() {
-        let d = Delegation::builder(&alice(), bob().did().clone())
-            .capability(Capability::new("test/echo", alice().did().as_str()))
-            .expiration(4102444800)
-            .build()
-            .unwrap();
+        let d = echo(4102444800);
         assert!(d.is_canonical());
         let id = d.payload_id().unwrap();
         assert_eq!(id.codec(), crate::dag::RAW);
@@ -776,11 +781,7 @@ mod tests {
             );
         }
         // Another signed payload, another id.
-        let other = Delegation::builder(&alice(), bob().did().clone())
-            .capability(Capability::new("test/echo", alice().did().as_str()))
-            .expiration(4102444801)
-            .build()
-            .unwrap();
+        let other = echo(4102444801);
         assert_ne!(other.payload_id().unwrap(), id);
     }
 
@@ -788,11 +789,7 @@ mod tests {
     /// a did:key and padded varints are refused.
     #[test]
     fn other_byte_forms_are_refused() {
-        let d = Delegation::builder(&alice(), bob().did().clone())
-            .capability(Capability::new("test/echo", alice().did().as_str()))
-            .expiration(4102444800)
-            .build()
-            .unwrap();
+        let d = echo(4102444800);
         let generic = reencoded(&d, |m| {
             let mut bytes = vec![0x9d, 0x1a];
             bytes.extend_from_slice(&alice().did().as_str().as_bytes()[4..]);
@@ -822,11 +819,7 @@ mod tests {
 
     #[test]
     fn build_decode_verify() {
-        let d = Delegation::builder(&alice(), bob().did().clone())
-            .capability(Capability::new("test/echo", alice().did().as_str()))
-            .expiration(4102444800)
-            .build()
-            .unwrap();
+        let d = echo(4102444800);
         let again = Delegation::from_block(d.block().clone()).unwrap();
         assert_eq!(again.data(), d.data());
         assert!(again.verify_signature(alice().verifier().as_ref()));
