@@ -25,11 +25,11 @@
 //! Writers trust their input: they do not re-hash blocks.
 //!
 //! ```
-//! use ucanto::car::{self, sha256_cid};
+//! use ucanto::car;
+//! use ucanto::dag::{cid_of, RAW};
 //!
-//! const RAW: u64 = 0x55;
 //! let block = b"hello".to_vec();
-//! let cid = sha256_cid(RAW, &block);
+//! let cid = cid_of(RAW, &block);
 //!
 //! let bytes = car::encode(&[cid], [(cid, &block)]);
 //! let (header, blocks) = car::decode(&bytes)?;
@@ -43,16 +43,11 @@ use std::io::{self, Cursor, Write};
 
 use bytes::Bytes;
 use cid::Cid;
-use multihash::Multihash;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Multihash code of sha2-256.
-const SHA2_256: u64 = 0x12;
-/// Multihash code of the identity "hash" (digest is the data itself).
-const IDENTITY: u64 = 0x00;
-/// The multiformats unsigned-varint spec caps varints at 9 bytes (63 bits).
-const MAX_VARINT_LEN: usize = 9;
+use crate::dag::{IDENTITY, SHA2_256};
+use crate::varint::{self, VarintError};
 /// Upper bound on an encoded CID whose digest fits in `Multihash<64>`:
 /// 1 (version) + 10 (codec) + 10 (hash code) + 1 (digest size) + 64.
 /// Used to bound a section before its CID has been parsed.
@@ -174,14 +169,6 @@ impl CarHeader {
     }
 }
 
-/// Returns the CIDv1 of `bytes` with the given codec and a sha2-256
-/// multihash.
-pub fn sha256_cid(codec: u64, bytes: &[u8]) -> Cid {
-    let digest = Sha256::digest(bytes);
-    let mh = Multihash::wrap(SHA2_256, &digest).expect("a 32-byte digest fits in Multihash<64>");
-    Cid::new_v1(codec, mh)
-}
-
 /// Checks that `bytes` is the content addressed by `cid`.
 ///
 /// sha2-256 multihashes must be the full 32-byte digest of `bytes`; identity
@@ -269,8 +256,8 @@ impl<W: Write> CarWriter<W> {
     /// Writes the header for `roots` and returns a writer ready for blocks.
     pub fn new(mut writer: W, roots: &[Cid]) -> io::Result<Self> {
         let header = encode_header(roots);
-        let mut prefix = Vec::with_capacity(MAX_VARINT_LEN);
-        write_varint(header.len() as u64, &mut prefix);
+        let mut prefix = Vec::with_capacity(varint::MAX_LEN);
+        varint::encode(header.len() as u64, &mut prefix);
         writer.write_all(&prefix)?;
         writer.write_all(&header)?;
         Ok(Self { writer })
@@ -279,8 +266,8 @@ impl<W: Write> CarWriter<W> {
     /// Writes one block section. The block is not checked against `cid`.
     pub fn write_block(&mut self, cid: &Cid, block: &[u8]) -> io::Result<()> {
         let cid_bytes = cid.to_bytes();
-        let mut prefix = Vec::with_capacity(MAX_VARINT_LEN + cid_bytes.len());
-        write_varint((cid_bytes.len() + block.len()) as u64, &mut prefix);
+        let mut prefix = Vec::with_capacity(varint::MAX_LEN + cid_bytes.len());
+        varint::encode((cid_bytes.len() + block.len()) as u64, &mut prefix);
         prefix.extend_from_slice(&cid_bytes);
         self.writer.write_all(&prefix)?;
         self.writer.write_all(block)
@@ -422,29 +409,13 @@ async fn read_bounded<R: AsyncRead + Unpin>(
 // ---------------------------------------------------------------------------
 // Varints
 
-/// Incremental unsigned-varint decoder shared by the slice and async readers.
-#[derive(Default)]
-struct VarintDecoder {
-    value: u64,
-    len: usize,
-}
-
-impl VarintDecoder {
-    /// Feeds one byte; returns the value once the final byte is seen.
-    fn push(&mut self, byte: u8) -> Result<Option<u64>, CarError> {
-        // len < 9 here, so the shift is at most 56 and cannot overflow.
-        self.value |= u64::from(byte & 0x7f) << (7 * self.len);
-        self.len += 1;
-        if byte & 0x80 == 0 {
-            if byte == 0 && self.len > 1 {
-                return Err(CarError::VarintNotMinimal);
-            }
-            return Ok(Some(self.value));
+impl From<VarintError> for CarError {
+    fn from(e: VarintError) -> Self {
+        match e {
+            VarintError::Truncated => CarError::Truncated,
+            VarintError::Overflow => CarError::VarintOverflow,
+            VarintError::NotMinimal => CarError::VarintNotMinimal,
         }
-        if self.len == MAX_VARINT_LEN {
-            return Err(CarError::VarintOverflow);
-        }
-        Ok(None)
     }
 }
 
@@ -454,22 +425,16 @@ fn varint_from_slice(bytes: &[u8]) -> Result<Option<(u64, usize)>, CarError> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let mut decoder = VarintDecoder::default();
-    for (i, &byte) in bytes.iter().enumerate() {
-        if let Some(value) = decoder.push(byte)? {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    Err(CarError::Truncated)
+    Ok(Some(varint::decode(bytes)?))
 }
 
 /// Reads a varint; `None` on EOF before its first byte.
 async fn read_varint<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<u64>, CarError> {
-    let mut decoder = VarintDecoder::default();
+    let mut decoder = varint::Decoder::default();
     loop {
         let mut byte = [0u8; 1];
         if reader.read(&mut byte).await? == 0 {
-            return if decoder.len == 0 {
+            return if decoder.is_empty() {
                 Ok(None)
             } else {
                 Err(CarError::Truncated)
@@ -479,14 +444,6 @@ async fn read_varint<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<u64>
             return Ok(Some(value));
         }
     }
-}
-
-fn write_varint(mut value: u64, out: &mut Vec<u8>) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 // ---------------------------------------------------------------------------
@@ -680,7 +637,9 @@ fn decode_header(bytes: &[u8]) -> Result<CarHeader, CarError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dag::cid_of;
     use ipld_core::ipld::Ipld;
+    use multihash::Multihash;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::pin::Pin;
@@ -711,7 +670,7 @@ mod tests {
     }
 
     fn block(codec: u64, bytes: Vec<u8>) -> (Cid, Vec<u8>) {
-        (sha256_cid(codec, &bytes), bytes)
+        (cid_of(codec, &bytes), bytes)
     }
 
     fn identity_block(codec: u64, bytes: &[u8]) -> (Cid, Vec<u8>) {
@@ -780,7 +739,7 @@ mod tests {
 
     fn varint(v: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        write_varint(v, &mut out);
+        varint::encode(v, &mut out);
         out
     }
 
@@ -936,9 +895,7 @@ mod tests {
     #[test]
     fn header_with_many_roots_round_trips() {
         // 300 roots needs a 2-byte CBOR array length.
-        let roots: Vec<Cid> = (0..300u32)
-            .map(|i| sha256_cid(RAW, &i.to_be_bytes()))
-            .collect();
+        let roots: Vec<Cid> = (0..300u32).map(|i| cid_of(RAW, &i.to_be_bytes())).collect();
         let header = CarHeader::new(roots);
         assert_eq!(CarHeader::decode(&header.encode()).unwrap(), header);
         let car = encode::<&[u8]>(&header.roots, []);

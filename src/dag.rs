@@ -13,6 +13,9 @@ pub use ipld_core::ipld::Ipld;
 use multihash::Multihash;
 use sha2::{Digest, Sha256};
 
+mod fields;
+pub use fields::{uint, FieldError, Fields};
+
 /// Multicodec code of dag-cbor.
 pub const DAG_CBOR: u64 = 0x71;
 /// Multicodec code of raw bytes.
@@ -65,7 +68,12 @@ impl CodecError {
 
 /// CIDv1 of `bytes` under `codec`, hashed with sha2-256.
 pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
-    let digest = Sha256::digest(bytes);
+    cid_of_digest(codec, Sha256::digest(bytes).into())
+}
+
+/// CIDv1 under `codec` of content whose sha2-256 digest is `digest`, for
+/// callers that hash as the bytes stream by.
+pub fn cid_of_digest(codec: u64, digest: [u8; 32]) -> Cid {
     let mh = Multihash::<64>::wrap(SHA2_256, &digest).expect("32-byte digest fits in 64");
     Cid::new_v1(codec, mh)
 }
@@ -238,114 +246,13 @@ pub fn read_archive(
         .map(|(cid, bytes)| Block { cid, bytes })
         .collect();
     let variant = store.block(root)?.decode()?;
-    let link = Fields::new(&context, &variant, &[tag])?.link(tag)?;
+    let link = Fields::of(&context, &variant)?.only(&[tag])?.link(tag)?;
     Ok((link, std::sync::Arc::new(store)))
 }
 
-/// Typed accessors over an IPLD map that produce schema errors naming the field.
-pub(crate) struct Fields<'a> {
-    context: &'a str,
-    map: &'a IpldMap,
-}
-
-impl<'a> Fields<'a> {
-    /// Views `value` as a map whose keys must all be in `allowed`.
-    pub(crate) fn new(
-        context: &'a str,
-        value: &'a Ipld,
-        allowed: &[&str],
-    ) -> Result<Self, CodecError> {
-        let Ipld::Map(map) = value else {
-            return Err(CodecError::schema(context, "expected a map"));
-        };
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(CodecError::schema(
-                context,
-                format!("unknown field {unknown:?}"),
-            ));
-        }
-        Ok(Fields { context, map })
-    }
-
-    fn err(&self, field: &str, reason: &str) -> CodecError {
-        CodecError::schema(format!("{}.{}", self.context, field), reason)
-    }
-
-    pub(crate) fn get(&self, field: &str) -> Option<&'a Ipld> {
-        self.map.get(field)
-    }
-
-    pub(crate) fn required(&self, field: &str) -> Result<&'a Ipld, CodecError> {
-        self.get(field).ok_or_else(|| self.err(field, "missing"))
-    }
-
-    pub(crate) fn string(&self, field: &str) -> Result<&'a str, CodecError> {
-        match self.required(field)? {
-            Ipld::String(s) => Ok(s),
-            _ => Err(self.err(field, "expected a string")),
-        }
-    }
-
-    pub(crate) fn opt_string(&self, field: &str) -> Result<Option<&'a str>, CodecError> {
-        match self.get(field) {
-            None => Ok(None),
-            Some(Ipld::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.err(field, "expected a string")),
-        }
-    }
-
-    pub(crate) fn bytes(&self, field: &str) -> Result<&'a [u8], CodecError> {
-        match self.required(field)? {
-            Ipld::Bytes(b) => Ok(b),
-            _ => Err(self.err(field, "expected bytes")),
-        }
-    }
-
-    pub(crate) fn link(&self, field: &str) -> Result<Cid, CodecError> {
-        match self.required(field)? {
-            Ipld::Link(cid) => Ok(*cid),
-            _ => Err(self.err(field, "expected a link")),
-        }
-    }
-
-    pub(crate) fn opt_link(&self, field: &str) -> Result<Option<Cid>, CodecError> {
-        match self.get(field) {
-            None => Ok(None),
-            Some(Ipld::Link(cid)) => Ok(Some(*cid)),
-            Some(_) => Err(self.err(field, "expected a link")),
-        }
-    }
-
-    pub(crate) fn links(&self, field: &str) -> Result<Vec<Cid>, CodecError> {
-        match self.required(field)? {
-            Ipld::List(items) => items
-                .iter()
-                .map(|item| match item {
-                    Ipld::Link(cid) => Ok(*cid),
-                    _ => Err(self.err(field, "expected a list of links")),
-                })
-                .collect(),
-            _ => Err(self.err(field, "expected a list")),
-        }
-    }
-
-    pub(crate) fn map(&self, field: &str) -> Result<&'a IpldMap, CodecError> {
-        match self.required(field)? {
-            Ipld::Map(m) => Ok(m),
-            _ => Err(self.err(field, "expected a map")),
-        }
-    }
-
-    /// An unsigned integer that fits in u64; `null` when `nullable` maps to None.
-    pub(crate) fn opt_uint(&self, field: &str, nullable: bool) -> Result<Option<u64>, CodecError> {
-        match self.get(field) {
-            None => Ok(None),
-            Some(Ipld::Null) if nullable => Ok(None),
-            Some(Ipld::Integer(i)) => u64::try_from(*i)
-                .map(Some)
-                .map_err(|_| self.err(field, "expected a non-negative integer")),
-            Some(_) => Err(self.err(field, "expected an integer")),
-        }
+impl From<FieldError> for CodecError {
+    fn from(e: FieldError) -> Self {
+        CodecError::schema(e.field(), e.reason())
     }
 }
 

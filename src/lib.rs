@@ -70,6 +70,7 @@ pub mod server;
 pub mod transport;
 pub mod ucan;
 pub mod validator;
+pub mod varint;
 
 /// The README's code blocks, compiled as doctests so they cannot drift.
 #[doc = include_str!("../README.md")]

@@ -92,12 +92,9 @@ impl AgentMessage {
     pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
         let block = blocks.block(root)?;
         let value = block.decode()?;
-        let top = Fields::new("message", &value, &[MESSAGE_TAG])?;
-        let body = Fields::new(
-            "message body",
-            top.required(MESSAGE_TAG)?,
-            &["execute", "report"],
-        )?;
+        let top = Fields::of("message", &value)?.only(&[MESSAGE_TAG])?;
+        let body =
+            Fields::of("message body", top.required(MESSAGE_TAG)?)?.only(&["execute", "report"])?;
         let execute = if body.get("execute").is_some() {
             body.links("execute")?
         } else {
@@ -105,7 +102,7 @@ impl AgentMessage {
         };
         let mut report = BTreeMap::new();
         if body.get("report").is_some() {
-            for (key, value) in body.map("report")? {
+            for (key, value) in body.submap("report")? {
                 let Ipld::Link(cid) = value else {
                     return Err(CodecError::schema("message.report", "values must be links"));
                 };

@@ -89,13 +89,10 @@ impl ReceiptData {
     }
 
     fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
-        let top = Fields::new("receipt", value, &["ocm", "sig"])?;
-        let ocm = Fields::new(
-            "receipt.ocm",
-            top.required("ocm")?,
-            &["ran", "out", "fx", "meta", "iss", "prf"],
-        )?;
-        let out = Fields::new("receipt.ocm.out", ocm.required("out")?, &["ok", "error"])?;
+        let top = Fields::of("receipt", value)?.only(&["ocm", "sig"])?;
+        let ocm = Fields::of("receipt.ocm", top.required("ocm")?)?
+            .only(&["ran", "out", "fx", "meta", "iss", "prf"])?;
+        let out = Fields::of("receipt.ocm.out", ocm.required("out")?)?.only(&["ok", "error"])?;
         let out = match (out.get("ok"), out.get("error")) {
             (Some(ok), None) => Ok(ok.clone()),
             (None, Some(err)) => Err(err.clone()),
@@ -106,7 +103,7 @@ impl ReceiptData {
                 ))
             }
         };
-        let fx = Fields::new("receipt.ocm.fx", ocm.required("fx")?, &["fork", "join"])?;
+        let fx = Fields::of("receipt.ocm.fx", ocm.required("fx")?)?.only(&["fork", "join"])?;
         let issuer = ocm
             .opt_string("iss")?
             .map(Did::parse)
@@ -114,7 +111,7 @@ impl ReceiptData {
             .map_err(|e| CodecError::schema("receipt.ocm.iss", e.to_string()))?;
         let meta = match ocm.get("meta") {
             None => IpldMap::new(),
-            Some(_) => ocm.map("meta")?.clone(),
+            Some(_) => ocm.submap("meta")?.clone(),
         };
         Ok(ReceiptData {
             ran: ocm.link("ran")?,

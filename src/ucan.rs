@@ -76,7 +76,7 @@ impl Capability {
 
     /// Reads a capability from its IPLD map.
     pub fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
-        let fields = Fields::new("capability", value, &["can", "with", "nb"])?;
+        let fields = Fields::of("capability", value)?.only(&["can", "with", "nb"])?;
         let can = fields.string("can")?;
         if can != "*" && !can.trim_matches('/').contains('/') {
             return Err(CodecError::schema(
@@ -199,13 +199,9 @@ impl UcanData {
     }
 
     fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
-        let f = Fields::new(
-            "ucan",
-            value,
-            &[
-                "v", "iss", "aud", "att", "exp", "nbf", "nnc", "fct", "prf", "s",
-            ],
-        )?;
+        let f = Fields::of("ucan", value)?.only(&[
+            "v", "iss", "aud", "att", "exp", "nbf", "nnc", "fct", "prf", "s",
+        ])?;
         let principal = |name: &str| {
             Did::from_ucan_bytes(f.bytes(name)?)
                 .map_err(|e| CodecError::schema(format!("ucan.{name}"), e.to_string()))

@@ -21,6 +21,7 @@ use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
 use ucanto::ucan::Capability;
+use ucanto::varint;
 
 use crate::schema::{self, nb_or_empty, Fields};
 use crate::{Ability, Empty, Outcome, Parsed, SchemaError};
@@ -101,19 +102,9 @@ fn read_range(fields: &Fields<'_>) -> Result<(u64, u64), SchemaError> {
 
 /// Checks that `digest` is a multihash: `varint code ‖ varint length ‖ digest`.
 fn check_multihash(digest: &[u8]) -> Result<(), SchemaError> {
-    fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
-        let mut value = 0u64;
-        for (i, byte) in bytes.iter().enumerate().take(9) {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Some((value, i + 1));
-            }
-        }
-        None
-    }
     let bad = || SchemaError::invalid("nb.blob.digest", "not a multihash");
-    let (_, a) = varint(digest).ok_or_else(bad)?;
-    let (len, b) = varint(&digest[a..]).ok_or_else(bad)?;
+    let (_, a) = varint::decode(digest).map_err(|_| bad())?;
+    let (len, b) = varint::decode(&digest[a..]).map_err(|_| bad())?;
     if (digest.len() - a - b) as u64 != len {
         return Err(bad());
     }

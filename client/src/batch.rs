@@ -22,8 +22,9 @@ use std::io::{self, Read};
 use cid::Cid;
 use sha2::{Digest, Sha256};
 use ucanto::car::CarHeader;
-use ucanto::dag::{cid_of, CAR, SHA2_256};
+use ucanto::dag::{cid_of, cid_of_digest, CAR};
 use ucanto::receipt::Receipt;
+use ucanto::varint::{self, VarintError};
 
 use crate::journal::ReceiptRecord;
 
@@ -31,7 +32,7 @@ use crate::journal::ReceiptRecord;
 pub fn header() -> Vec<u8> {
     let header = CarHeader::new(Vec::new()).encode();
     let mut out = Vec::with_capacity(header.len() + 1);
-    write_varint(header.len() as u64, &mut out);
+    varint::encode(header.len() as u64, &mut out);
     out.extend_from_slice(&header);
     out
 }
@@ -48,28 +49,17 @@ pub fn archive_cid(archive: &[u8]) -> Cid {
 
 /// The CID of a batch whose bytes went through `hasher`.
 pub(crate) fn cid_from_hasher(hasher: Sha256) -> Cid {
-    let digest = hasher.finalize();
-    let mh = cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest)
-        .expect("a 32-byte digest fits in 64");
-    Cid::new_v1(CAR, mh)
+    cid_of_digest(CAR, hasher.finalize().into())
 }
 
 /// One batch section: `varint(len) ‖ archive CID ‖ archive`.
 pub fn section(archive_cid: &Cid, archive: &[u8]) -> Vec<u8> {
     let cid = archive_cid.to_bytes();
     let mut out = Vec::with_capacity(10 + cid.len() + archive.len());
-    write_varint((cid.len() + archive.len()) as u64, &mut out);
+    varint::encode((cid.len() + archive.len()) as u64, &mut out);
     out.extend_from_slice(&cid);
     out.extend_from_slice(archive);
     out
-}
-
-fn write_varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 /// Why a scan stopped before the end of the file.
@@ -134,16 +124,12 @@ pub(crate) fn scan(reader: impl Read, len: u64) -> io::Result<Scan> {
         if pos == len {
             return result(pos, records, hasher, None);
         }
-        let Some((section_len, varint_len)) = read_varint(&mut reader, len - pos)? else {
-            return result(pos, records, hasher, Some(Stop::Truncated));
-        };
-        let Ok(section_len) = u64::try_from(section_len) else {
-            return result(
-                pos,
-                records,
-                hasher,
-                Some(Stop::Corrupt("bad varint".into())),
-            );
+        let (section_len, varint_len) = match read_varint(&mut reader, len - pos)? {
+            None => return result(pos, records, hasher, Some(Stop::Truncated)),
+            Some(Err(why)) => {
+                return result(pos, records, hasher, Some(Stop::Corrupt(why.to_string())))
+            }
+            Some(Ok(read)) => read,
         };
         if section_len > len - pos - varint_len as u64 {
             // Either a cut-off section or a corrupt length; both end the valid prefix.
@@ -154,15 +140,7 @@ pub(crate) fn scan(reader: impl Read, len: u64) -> io::Result<Scan> {
         match check_section(&body) {
             Ok(record) => {
                 let mut prefix = Vec::with_capacity(varint_len);
-                write_varint(section_len, &mut prefix);
-                if prefix.len() != varint_len {
-                    return result(
-                        pos,
-                        records,
-                        hasher,
-                        Some(Stop::Corrupt("non-minimal section length".into())),
-                    );
-                }
+                varint::encode(section_len, &mut prefix);
                 hasher.update(&prefix);
                 hasher.update(&body);
                 pos += (varint_len as u64) + section_len;
@@ -173,24 +151,23 @@ pub(crate) fn scan(reader: impl Read, len: u64) -> io::Result<Scan> {
     }
 }
 
-/// Reads a LEB128 varint of at most 9 bytes from the `available` bytes left,
-/// or `None` if they end within it. A longer varint reads as `u128::MAX`,
-/// which no section length can be.
-fn read_varint(reader: &mut impl Read, available: u64) -> io::Result<Option<(u128, usize)>> {
-    let mut value: u128 = 0;
-    for i in 0..9usize {
-        if i as u64 >= available {
-            return Ok(None);
-        }
+/// Reads a section-length varint from the `available` bytes left: `None`
+/// if they end within it.
+fn read_varint(
+    reader: &mut impl Read,
+    available: u64,
+) -> io::Result<Option<Result<(u64, usize), VarintError>>> {
+    let mut decoder = varint::Decoder::default();
+    while (decoder.len() as u64) < available {
         let mut byte = [0u8];
         reader.read_exact(&mut byte)?;
-        value |= u128::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
+        match decoder.push(byte[0]) {
+            Ok(Some(value)) => return Ok(Some(Ok((value, decoder.len())))),
+            Ok(None) => {}
+            Err(why) => return Ok(Some(Err(why))),
         }
     }
-    // Ten or more bytes: no valid section is that long.
-    Ok(Some((u128::MAX, 9)))
+    Ok(None)
 }
 
 /// Checks one section body (`CID ‖ archive`) and reads its receipt.
@@ -244,17 +221,20 @@ mod tests {
     }
 
     #[test]
-    fn varints_round_trip() {
+    fn section_lengths_read_whole_cut_or_padded() {
         for n in [0u64, 1, 127, 128, 300, 16_383, 16_384, 1 << 40] {
             let mut out = Vec::new();
-            write_varint(n, &mut out);
+            varint::encode(n, &mut out);
             let got = read_varint(&mut &out[..], out.len() as u64).unwrap();
-            assert_eq!(got, Some((u128::from(n), out.len())));
+            assert_eq!(got, Some(Ok((n, out.len()))));
             if out.len() > 1 {
                 let cut = read_varint(&mut &out[..out.len() - 1], out.len() as u64 - 1).unwrap();
                 assert_eq!(cut, None);
             }
         }
+        let padded = [0x81, 0x00];
+        let got = read_varint(&mut &padded[..], 2).unwrap();
+        assert_eq!(got, Some(Err(VarintError::NotMinimal)));
     }
 
     #[test]

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use ucanto::dag::{CodecError, IDENTITY};
 use ucanto::principal::{Did, Ed25519Verifier, PrincipalError, Verifier};
 use ucanto::ucan::Delegation;
+use ucanto::varint;
 
 pub mod batch;
 pub mod client;
@@ -122,23 +123,16 @@ pub fn parse_proof(text: &str) -> Result<Delegation, ProofError> {
 /// The digest of a binary CIDv1 with an identity multihash, of any length.
 /// (A CAR never starts like one: its first varint is the header length.)
 fn identity_cid_digest(bytes: &[u8]) -> Option<&[u8]> {
-    fn varint(rest: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for i in 0..9 {
-            let (&byte, tail) = rest.split_first()?;
-            *rest = tail;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
     let mut rest = bytes;
-    let version = varint(&mut rest)?;
-    let _codec = varint(&mut rest)?;
-    let hash = varint(&mut rest)?;
-    let len = varint(&mut rest)?;
+    let mut next = || {
+        let (value, len) = varint::decode(rest).ok()?;
+        rest = &rest[len..];
+        Some(value)
+    };
+    let version = next()?;
+    let _codec = next()?;
+    let hash = next()?;
+    let len = next()?;
     (version == 1 && hash == IDENTITY && len == rest.len() as u64).then_some(rest)
 }
 

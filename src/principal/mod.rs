@@ -19,6 +19,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::varint;
+
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
 pub mod rsa;
@@ -111,7 +113,7 @@ impl Did {
             did_key_bytes(&self.0).map(|(_, b)| b).unwrap_or_default()
         } else {
             let mut out = Vec::new();
-            write_varint(&mut out, DID_CORE);
+            varint::encode(DID_CORE, &mut out);
             out.extend_from_slice(&self.0.as_bytes()[4..]);
             out
         }
@@ -136,7 +138,9 @@ impl Did {
     fn from_any_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
         let bad =
             |why: &str| PrincipalError::InvalidDid(format!("0x{}", hex_prefix(bytes)), why.into());
-        let (code, len) = read_varint(bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
+        let (code, len) = varint::decode(bytes)
+            .ok()
+            .ok_or_else(|| bad("bad multicodec prefix"))?;
         match code {
             DID_CORE => {
                 let rest = std::str::from_utf8(&bytes[len..]).map_err(|_| bad("not UTF-8"))?;
@@ -171,7 +175,9 @@ fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
         return Err(bad("did:key must be base58btc (z…)"));
     }
     let (_, bytes) = multibase::decode(text).map_err(|e| bad(&e.to_string()))?;
-    let (code, len) = read_varint(&bytes).ok_or_else(|| bad("bad multicodec prefix"))?;
+    let (code, len) = varint::decode(&bytes)
+        .ok()
+        .ok_or_else(|| bad("bad multicodec prefix"))?;
     if code == ED25519_PUB && bytes.len() != len + 32 {
         return Err(bad("ed25519 key must be 32 bytes"));
     }
@@ -197,36 +203,6 @@ impl std::str::FromStr for Did {
     }
 }
 
-/// Writes an unsigned LEB128 varint.
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// Reads an unsigned LEB128 varint of at most 9 bytes: (value, bytes used).
-pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value: u64 = 0;
-    for (i, byte) in bytes.iter().enumerate().take(9) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            // Only the minimal form: a padded varint (`ed 81 00` for `ed 01`)
-            // would give one key or signature several byte forms.
-            if i > 0 && *byte == 0 {
-                return None;
-            }
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
 /// A signature in varsig form: the algorithm code and the raw signature bytes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Signature {
@@ -240,8 +216,8 @@ impl Signature {
     /// The varsig bytes: `varint(code) ‖ varint(len) ‖ raw`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 6);
-        write_varint(&mut out, self.code);
-        write_varint(&mut out, self.raw.len() as u64);
+        varint::encode(self.code, &mut out);
+        varint::encode(self.raw.len() as u64, &mut out);
         out.extend_from_slice(&self.raw);
         out
     }
@@ -249,8 +225,12 @@ impl Signature {
     /// Parses varsig bytes, checking the length against the algorithm.
     pub fn decode(bytes: &[u8]) -> Result<Signature, PrincipalError> {
         let bad = |why: &str| PrincipalError::InvalidSignature(why.to_string());
-        let (code, a) = read_varint(bytes).ok_or_else(|| bad("bad algorithm varint"))?;
-        let (len, b) = read_varint(&bytes[a..]).ok_or_else(|| bad("bad length varint"))?;
+        let (code, a) = varint::decode(bytes)
+            .ok()
+            .ok_or_else(|| bad("bad algorithm varint"))?;
+        let (len, b) = varint::decode(&bytes[a..])
+            .ok()
+            .ok_or_else(|| bad("bad length varint"))?;
         let raw = &bytes[a + b..];
         if raw.len() as u64 != len {
             return Err(bad(&format!("declared {len} bytes, found {}", raw.len())));
@@ -258,7 +238,7 @@ impl Signature {
         if code == SIG_EDDSA && raw.len() != 64 {
             return Err(bad("ed25519 signatures are 64 bytes"));
         }
-        // `read_varint` takes minimal varints only, so these bytes are the
+        // `varint::decode` takes minimal varints only, so these bytes are the
         // one encoding of this signature.
         Ok(Signature {
             code,
@@ -500,13 +480,13 @@ pub fn verifier_for(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {
 /// A signer from private key bytes of either supported type, told apart by
 /// their multicodec tag: `0x1300` ed25519 (68 bytes), `0x1305` RSA (PKCS#1).
 pub fn decode_signer(bytes: &[u8]) -> Result<Arc<dyn Signer>, PrincipalError> {
-    match read_varint(bytes) {
-        Some((ED25519_PRIV, _)) => Ok(Arc::new(Ed25519Signer::decode(bytes)?)),
-        Some((RSA_PRIV, _)) => Ok(Arc::new(RsaSigner::decode(bytes)?)),
-        Some((other, _)) => Err(PrincipalError::InvalidKey(format!(
+    match varint::decode(bytes) {
+        Ok((ED25519_PRIV, _)) => Ok(Arc::new(Ed25519Signer::decode(bytes)?)),
+        Ok((RSA_PRIV, _)) => Ok(Arc::new(RsaSigner::decode(bytes)?)),
+        Ok((other, _)) => Err(PrincipalError::InvalidKey(format!(
             "unsupported private key type 0x{other:x}"
         ))),
-        None => Err(PrincipalError::InvalidKey("bad multicodec prefix".into())),
+        Err(_) => Err(PrincipalError::InvalidKey("bad multicodec prefix".into())),
     }
 }
 

@@ -27,10 +27,9 @@ use ::rsa::traits::PublicKeyParts;
 use ::rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
-use super::{
-    did_key_bytes, read_varint, write_varint, Did, PrincipalError, Signature, Signer, Verifier,
-    RSA_PUB, SIG_RS256,
-};
+use crate::varint;
+
+use super::{did_key_bytes, Did, PrincipalError, Signature, Signer, Verifier, RSA_PUB, SIG_RS256};
 
 /// Multicodec of an RSA private key (as used in the "M…" key format).
 pub const RSA_PRIV: u64 = 0x1305;
@@ -43,15 +42,15 @@ pub const RSA_MAX_BITS: usize = 4096;
 
 /// Strips `varint(code)` from `bytes`.
 fn untag(code: u64, bytes: &[u8]) -> Option<&[u8]> {
-    match read_varint(bytes) {
-        Some((found, len)) if found == code => Some(&bytes[len..]),
+    match varint::decode(bytes) {
+        Ok((found, len)) if found == code => Some(&bytes[len..]),
         _ => None,
     }
 }
 
 fn tag(code: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 3);
-    write_varint(&mut out, code);
+    varint::encode(code, &mut out);
     out.extend_from_slice(body);
     out
 }
