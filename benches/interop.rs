@@ -28,7 +28,7 @@ impl CapabilityParser for Echo {
     fn can(&self) -> &str {
         "test/echo"
     }
-    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+    fn parse(&self, cap: &Capability) -> Result<Capability, ucanto::validator::Violation> {
         ucanto::validator::schema::did(&cap.with)?;
         ucanto::validator::schema::string_field(cap.nb.as_ref(), "text")?;
         Ok(cap.clone())

@@ -11,7 +11,7 @@ use ucanto::principal::{Ed25519Signer, Signer};
 use ucanto::server::{HandlerError, Request, Response, Server};
 use ucanto::transport::{router, DEFAULT_BODY_LIMIT};
 use ucanto::ucan::Capability;
-use ucanto::validator::CapabilityParser;
+use ucanto::validator::{CapabilityParser, Violation};
 
 /// `test/echo` on any DID with a string `nb.text`.
 struct Echo;
@@ -20,7 +20,7 @@ impl CapabilityParser for Echo {
     fn can(&self) -> &str {
         "test/echo"
     }
-    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+    fn parse(&self, cap: &Capability) -> Result<Capability, Violation> {
         match cap.nb.as_ref().and_then(|nb| nb.get("text")) {
             Some(Ipld::String(_)) if cap.with.starts_with("did:") => Ok(cap.clone()),
             _ => Err("expected with: a DID and nb.text: a string".into()),

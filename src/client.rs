@@ -123,7 +123,10 @@ impl Channel for ServerChannel {
         Box::pin(async move {
             crate::transport::respond(&server, &body)
                 .await
-                .map_err(|body| ClientError::Status { status: 400, body })
+                .map_err(|e| ClientError::Status {
+                    status: 400,
+                    body: e.to_string(),
+                })
         })
     }
 }

@@ -25,13 +25,13 @@
 //! use ucanto::principal::{Ed25519Signer, Signer};
 //! use ucanto::server::{Request, Response, Server, HandlerError};
 //! use ucanto::ucan::{Capability, Delegation};
-//! use ucanto::validator::CapabilityParser;
+//! use ucanto::validator::{CapabilityParser, Violation};
 //!
 //! /// `test/echo` on any DID, with `nb.text` a string.
 //! struct Echo;
 //! impl CapabilityParser for Echo {
 //!     fn can(&self) -> &str { "test/echo" }
-//!     fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+//!     fn parse(&self, cap: &Capability) -> Result<Capability, Violation> {
 //!         match cap.nb.as_ref().and_then(|nb| nb.get("text")) {
 //!             Some(Ipld::String(_)) if cap.with.starts_with("did:") => Ok(cap.clone()),
 //!             _ => Err("expected with: did, nb.text: string".into()),

@@ -493,6 +493,7 @@ pub fn error_name(out: &Out) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use crate::validator::Violation;
     use std::sync::Mutex;
 
     use super::*;
@@ -506,7 +507,7 @@ mod tests {
         fn can(&self) -> &str {
             "test/echo"
         }
-        fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+        fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
             Ok(capability.clone())
         }
     }

@@ -19,8 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
-use crate::dag::{encode_cbor, Block, BlockStore, Ipld};
-use crate::message::AgentMessage;
+use cid::Cid;
+
+use crate::car::CarError;
+use crate::dag::{encode_cbor, Block, BlockStore, CodecError, Ipld};
+use crate::message::{AgentMessage, MessageError};
 use crate::server::Server;
 use crate::ucan::Delegation;
 
@@ -188,8 +191,26 @@ async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
     }
 }
 
+/// Why a request body could not be answered: it is malformed (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The body is not an agent message.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The body is not a CAR (legacy codec).
+    #[error(transparent)]
+    Car(#[from] CarError),
+    /// A block does not decode, or the response cannot be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The server gave no receipt for an invocation (legacy codec).
+    #[error("no receipt for {0}")]
+    MissingReceipt(Cid),
+}
+
 /// Decodes a CAR agent message, runs it and encodes the CAR response.
-pub async fn respond(server: &Server, body: &[u8]) -> Result<Vec<u8>, String> {
+pub async fn respond(server: &Server, body: &[u8]) -> Result<Vec<u8>, TransportError> {
     let codecs = Negotiated {
         request: RequestCodec::Car,
         response: ResponseCodec::Car,
@@ -205,12 +226,12 @@ pub async fn respond_with(
     server: &Server,
     body: &[u8],
     codecs: Negotiated,
-) -> Result<(&'static str, Vec<u8>), String> {
+) -> Result<(&'static str, Vec<u8>), TransportError> {
     let request = match codecs.request {
-        RequestCodec::Car => AgentMessage::from_car(body).map_err(|e| e.to_string())?,
+        RequestCodec::Car => AgentMessage::from_car(body)?,
         RequestCodec::LegacyCar => legacy_request(body)?,
     };
-    let response = server.execute(&request).await.map_err(|e| e.to_string())?;
+    let response = server.execute(&request).await?;
     match codecs.response {
         ResponseCodec::Car => Ok((CAR_CONTENT_TYPE, response.to_car())),
         ResponseCodec::LegacyCbor => Ok((
@@ -221,8 +242,8 @@ pub async fn respond_with(
 }
 
 /// The legacy request: every root of the CAR is an invocation.
-fn legacy_request(body: &[u8]) -> Result<AgentMessage, String> {
-    let (header, blocks) = crate::car::decode(body).map_err(|e| e.to_string())?;
+fn legacy_request(body: &[u8]) -> Result<AgentMessage, TransportError> {
+    let (header, blocks) = crate::car::decode(body)?;
     let store: Arc<BlockStore> = Arc::new(
         blocks
             .into_iter()
@@ -233,19 +254,20 @@ fn legacy_request(body: &[u8]) -> Result<AgentMessage, String> {
         .roots
         .iter()
         .map(|root| Delegation::from_blocks(root, store.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    AgentMessage::build(&invocations, &[]).map_err(|e| e.to_string())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AgentMessage::build(&invocations, &[])?)
 }
 
 /// The legacy response: results in invocation order; failures carry `error: true`.
-fn legacy_response(request: &AgentMessage, response: &AgentMessage) -> Result<Vec<u8>, String> {
+fn legacy_response(
+    request: &AgentMessage,
+    response: &AgentMessage,
+) -> Result<Vec<u8>, TransportError> {
     let mut results = Vec::new();
     for invocation in request.execute() {
         let receipt = response
             .receipt_for(invocation)
-            .ok_or_else(|| format!("no receipt for {invocation}"))?
-            .map_err(|e| e.to_string())?;
+            .ok_or(TransportError::MissingReceipt(*invocation))??;
         results.push(match receipt.out() {
             Ok(value) => value.clone(),
             Err(Ipld::Map(error)) => {
@@ -256,5 +278,5 @@ fn legacy_response(request: &AgentMessage, response: &AgentMessage) -> Result<Ve
             Err(other) => other.clone(),
         });
     }
-    encode_cbor(&Ipld::List(results)).map_err(|e| e.to_string())
+    Ok(encode_cbor(&Ipld::List(results))?)
 }

@@ -51,7 +51,7 @@ pub mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use error::{Failure, InvalidClaim, Unauthorized};
+pub use error::{Failure, InvalidClaim, Unauthorized, Violation};
 
 /// Most proof validations one [`access`] call runs. Proof DAGs can fan out
 /// exponentially (a UCAN citing two proofs that each cite the same two…) and
@@ -74,41 +74,41 @@ pub trait CapabilityParser: Send + Sync {
     fn can(&self) -> &str;
 
     /// Checks `with` and `nb`; the error explains which field is wrong.
-    fn parse(&self, capability: &Capability) -> Result<Capability, String>;
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation>;
 
     /// Whether `delegated` covers `claimed`; the error explains why not.
-    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), String> {
+    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
         default_derives(claimed, delegated)
     }
 }
 
 /// The default rule: same resource (or a `prefix*` resource), and every `nb`
 /// field the delegation pins is equal in the claim. Messages as in JS.
-pub fn default_derives(claimed: &Capability, delegated: &Capability) -> Result<(), String> {
+pub fn default_derives(claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
     if let Some(prefix) = delegated.with.strip_suffix('*') {
         if !claimed.with.starts_with(prefix) {
             // The trailing space is in the JS message too.
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "Resource {} does not match delegated {} ",
                 claimed.with, delegated.with
-            ));
+            )));
         }
     } else if delegated.with != claimed.with {
-        return Err(format!(
+        return Err(Violation::new(format!(
             "Resource {} is not contained by {}",
             claimed.with, delegated.with
-        ));
+        )));
     }
     let empty = IpldMap::new();
     let claimed_nb = claimed.nb.as_ref().unwrap_or(&empty);
     for (name, value) in delegated.nb.as_ref().unwrap_or(&empty) {
         if !js::loosely_equal(claimed_nb.get(name), Some(value)) {
             // JS interpolates the values with String(), not JSON.
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "{name}: {} violates {}",
                 js::string(claimed_nb.get(name)),
                 js::string(Some(value))
-            ));
+            )));
         }
     }
     Ok(())

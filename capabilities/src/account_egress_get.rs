@@ -26,6 +26,7 @@ use ucanto::principal::Did;
 
 use crate::schema::{self, nb_or_empty, Fields};
 use crate::{Ability, Outcome, Parsed, SchemaError};
+use ucanto::validator::Violation;
 
 /// Most days one `account/egress/get` period may span.
 pub const MAX_PERIOD_DAYS: i64 = 60;
@@ -206,29 +207,29 @@ impl Ability for EgressGet {
     fn derives(
         claimed: &Parsed<EgressGetNb>,
         delegated: &Parsed<EgressGetNb>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         if claimed.with != delegated.with {
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "Can not derive {} with {} from {}",
                 Self::CAN,
                 claimed.with,
                 delegated.with
-            ));
+            )));
         }
         let join = |dids: &[Did]| dids.iter().map(Did::as_str).collect::<Vec<_>>().join(",");
         if let Some(allowed) = &delegated.nb.spaces {
             let Some(asked) = &claimed.nb.spaces else {
-                return Err(format!(
+                return Err(Violation::new(format!(
                     "Constraint violation: violates imposed spaces constraint {} because it asks for all spaces",
                     join(allowed)
-                ));
+                )));
             };
             if !asked.iter().all(|space| allowed.contains(space)) {
-                return Err(format!(
+                return Err(Violation::new(format!(
                     "Constraint violation: {} violates imposed spaces constraint {} because it contains items not in the constraint",
                     join(asked),
                     join(allowed)
-                ));
+                )));
             }
         }
         let from = |nb: &EgressGetNb| nb.period.as_ref().map(|p| p.from.clone());
@@ -239,14 +240,14 @@ impl Ability for EgressGet {
 }
 
 /// JS `equal(child, parent, constraint)`: a missing or `"*"` parent pins nothing.
-fn equal(child: Option<String>, parent: Option<String>, constraint: &str) -> Result<(), String> {
+fn equal(child: Option<String>, parent: Option<String>, constraint: &str) -> Result<(), Violation> {
     match parent {
         None => Ok(()),
         Some(parent) if parent == "*" || child.as_deref() == Some(parent.as_str()) => Ok(()),
-        Some(parent) => Err(format!(
+        Some(parent) => Err(Violation::new(format!(
             "Constraint violation: {} violates imposed {constraint} constraint {parent}",
             child.as_deref().unwrap_or("undefined")
-        )),
+        ))),
     }
 }
 
@@ -479,9 +480,11 @@ mod tests {
         assert!(d(&parsed(Some(&[ALICE]), None), &parsed(Some(&both), None)).is_ok());
         assert!(d(&parsed(Some(&both), None), &parsed(Some(&[ALICE]), None))
             .unwrap_err()
+            .message()
             .contains("spaces constraint"));
         assert!(d(&parsed(None, None), &parsed(Some(&[ALICE]), None))
             .unwrap_err()
+            .message()
             .contains("asks for all spaces"));
         assert!(d(&parsed(None, None), &parsed(None, None)).is_ok());
         let jan = Some(("2025-01-01", "2025-02-01"));
@@ -491,9 +494,11 @@ mod tests {
             &parsed(None, jan)
         )
         .unwrap_err()
+        .message()
         .contains("period.to"));
         assert!(d(&parsed(None, None), &parsed(None, jan))
             .unwrap_err()
+            .message()
             .contains("undefined violates imposed period.from"));
         assert!(d(
             &parsed(None, Some(("2024-01-01", "2024-01-02"))),
@@ -504,6 +509,7 @@ mod tests {
         other.with = Did::parse("did:mailto:example.com:bob").unwrap();
         assert!(d(&parsed(None, None), &other)
             .unwrap_err()
+            .message()
             .starts_with("Can not derive"));
     }
 

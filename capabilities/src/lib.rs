@@ -62,7 +62,7 @@ use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::Did;
 use ucanto::receipt::Out;
 use ucanto::ucan::Capability;
-use ucanto::validator::CapabilityParser;
+use ucanto::validator::{CapabilityParser, Violation};
 
 pub mod account_egress_get;
 pub mod conclude;
@@ -115,7 +115,7 @@ pub trait Ability: Sized + Send + Sync + 'static {
     /// complete) covers `claimed`. By default
     /// [`ucanto::validator::default_derives`]: same resource (or a `prefix*`
     /// one) and every `nb` field equal.
-    fn derives(claimed: &Parsed<Self::Nb>, delegated: &Parsed<Self::Nb>) -> Result<(), String> {
+    fn derives(claimed: &Parsed<Self::Nb>, delegated: &Parsed<Self::Nb>) -> Result<(), Violation> {
         ucanto::validator::default_derives(
             &Self::capability(&claimed.with, &claimed.nb),
             &Self::capability(&delegated.with, &delegated.nb),
@@ -184,14 +184,14 @@ impl<A: Ability> CapabilityParser for Parser<A> {
         A::CAN
     }
 
-    fn parse(&self, capability: &Capability) -> Result<Capability, String> {
-        let parsed = A::parse(capability).map_err(|e| e.to_string())?;
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
+        let parsed = A::parse(capability).map_err(|e| Violation::new(e.to_string()))?;
         Ok(A::capability(&parsed.with, &parsed.nb))
     }
 
-    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), String> {
-        let claimed = A::parse(claimed).map_err(|e| e.to_string())?;
-        let delegated = A::parse(delegated).map_err(|e| e.to_string())?;
+    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
+        let claimed = A::parse(claimed).map_err(|e| Violation::new(e.to_string()))?;
+        let delegated = A::parse(delegated).map_err(|e| Violation::new(e.to_string()))?;
         A::derives(&claimed, &delegated)
     }
 }

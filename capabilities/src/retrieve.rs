@@ -25,6 +25,7 @@ use ucanto::varint;
 
 use crate::schema::{self, nb_or_empty, Fields};
 use crate::{Ability, Empty, Outcome, Parsed, SchemaError};
+use ucanto::validator::Violation;
 
 /// The `space/content/retrieve` capability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,27 +150,30 @@ impl Ability for Retrieve {
     }
 
     /// JS `equalWith`, then `equalDigest`, then `equalByteRange`.
-    fn derives(claimed: &Parsed<RetrieveNb>, delegated: &Parsed<RetrieveNb>) -> Result<(), String> {
+    fn derives(
+        claimed: &Parsed<RetrieveNb>,
+        delegated: &Parsed<RetrieveNb>,
+    ) -> Result<(), Violation> {
         if claimed.with != delegated.with {
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "Can not derive {} with {} from {}",
                 Self::CAN,
                 claimed.with,
                 delegated.with
-            ));
+            )));
         }
         if claimed.nb.blob.digest != delegated.nb.blob.digest {
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "digest {} violates imposed {} constraint.",
                 base58(&claimed.nb.blob.digest),
                 base58(&delegated.nb.blob.digest)
-            ));
+            )));
         }
         if !delegated.nb.range.contains(&claimed.nb.range) {
-            return Err(format!(
+            return Err(Violation::new(format!(
                 "byte range [{}] violates imposed [{}] constraint.",
                 claimed.nb.range, delegated.nb.range
-            ));
+            )));
         }
         Ok(())
     }

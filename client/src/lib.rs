@@ -57,6 +57,7 @@ use ucanto::ucan::Delegation;
 use ucanto::varint;
 
 pub mod batch;
+pub mod cli;
 pub mod client;
 pub mod http;
 pub mod journal;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use etracker_capabilities::{Ability, Conclude, Track};
+use etracker_client::cli::{explain, sentence, BoxError, TrackerArgs};
+use etracker_client::parse_proof;
 use etracker_server::consolidator::BatchLimits;
 use etracker_server::registry::{SpacePolicy, SpaceRegistry};
 use etracker_server::service::{space_json, RemoteConsolidator, Settings, SpaceRule, Tracker};
@@ -129,8 +131,8 @@ struct BillingArgs {
 
 impl BillingArgs {
     /// Sets the space rule, providers, registry and non-billable actors.
-    fn apply(&self, settings: &mut Settings) -> Result<(), Failure> {
-        let dids = |list: &[String]| -> Result<Vec<Did>, Failure> {
+    fn apply(&self, settings: &mut Settings) -> Result<(), BoxError> {
+        let dids = |list: &[String]| -> Result<Vec<Did>, BoxError> {
             list.iter()
                 .filter(|d| !d.trim().is_empty())
                 .map(|d| Ok(d.trim().parse()?))
@@ -155,7 +157,7 @@ impl BillingArgs {
     }
 
     #[cfg(feature = "dynamodb")]
-    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, Failure> {
+    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, BoxError> {
         use etracker_server::registry::consumer::{ConsumerTable, ConsumerTableConfig};
         let endpoint = self
             .consumer_endpoint
@@ -177,7 +179,7 @@ impl BillingArgs {
     }
 
     #[cfg(not(feature = "dynamodb"))]
-    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, Failure> {
+    fn consumer_table(&self) -> Result<Arc<dyn SpaceRegistry>, BoxError> {
         Err("space policy dynamodb needs a build with --features etracker-server/dynamodb".into())
     }
 }
@@ -319,10 +321,10 @@ impl BatchArgs {
     }
 
     /// The attesting authorities, from `DID=did:key` entries.
-    fn authorities(&self) -> Result<Vec<Arc<dyn Verifier>>, Failure> {
+    fn authorities(&self) -> Result<Vec<Arc<dyn Verifier>>, BoxError> {
         let mut authorities: Vec<Arc<dyn Verifier>> = Vec::new();
         for entry in &self.authorities {
-            let parsed = (|| -> Result<Arc<dyn Verifier>, Failure> {
+            let parsed = (|| -> Result<Arc<dyn Verifier>, BoxError> {
                 let (did, key) = entry.split_once('=').ok_or("no '='")?;
                 Ok(Arc::new(
                     Ed25519Verifier::parse(&key.parse()?)?.with_did(did.parse()?),
@@ -352,15 +354,9 @@ struct ConsolidatorArgs {
     /// Address to listen on.
     #[arg(long, env = "ETRACKER_LISTEN", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
-    /// The tracker's ucanto endpoint, for space/egress/conclude.
-    #[arg(long, env = "ETRACKER_TRACKER_URL")]
-    tracker_url: String,
-    /// The tracker's DID.
-    #[arg(long, env = "ETRACKER_TRACKER_DID")]
-    tracker_did: String,
-    /// The tracker's did:key, when its DID is a did:web.
-    #[arg(long, env = "ETRACKER_TRACKER_KEY")]
-    tracker_key: Option<String>,
+    /// The tracker, which the consolidator invokes with space/egress/conclude.
+    #[command(flatten)]
+    tracker: TrackerArgs,
     /// Delegation tracker → this consolidator of space/egress/conclude
     /// (from `etracker delegate <DID> --ability space/egress/conclude`).
     #[arg(long, env = "ETRACKER_CONCLUDE_PROOF")]
@@ -391,28 +387,6 @@ struct ConsolidateArgs {
     admin_token: Option<String>,
 }
 
-type Failure = Box<dyn std::error::Error + Send + Sync>;
-
-/// `what` went wrong because of `error`; `hint` says what to do about it.
-fn explain(what: impl std::fmt::Display, hint: &str) -> impl FnOnce(Failure) -> Failure + '_ {
-    let what = what.to_string();
-    move |error| format!("{what}: {}. {hint}", chain(error.as_ref())).into()
-}
-
-/// An error and its causes, as one sentence.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -425,13 +399,13 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A sentence, not a Debug dump.
         Err(error) => {
-            eprintln!("etracker: {}", chain(error.as_ref()));
+            eprintln!("etracker: {}", sentence(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
+async fn run(command: Command) -> Result<(), BoxError> {
     match command {
         Command::Start(args) => start(args).await,
         Command::Key {
@@ -450,7 +424,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                     explain(
                         format!("{:?} is not a DID", args.node),
                         "A node's DID looks like did:key:z6Mk…; its operator gets it from its key.",
-                    )(e.into())
+                    )(e)
                 })?;
             let capability = match args.ability.as_str() {
                 "space/egress/track" => Track::unrestricted(signer.did()),
@@ -489,7 +463,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 explain(
                     format!("cannot reach the tracker at {}", args.url),
                     "Is `etracker start` running there? Set --url or ETRACKER_URL.",
-                )(e.into())
+                )(e)
             })?;
             let status = response.status();
             let body = response.text().await?;
@@ -503,7 +477,7 @@ async fn run(command: Command) -> Result<(), Failure> {
 }
 
 /// The store the flags name: redb in `data_dir`, or DynamoDB.
-async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>, Failure> {
+async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>, BoxError> {
     Ok(match args {
         #[cfg(feature = "dynamodb")]
         StoreArgs {
@@ -526,7 +500,7 @@ async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>,
 
 /// `etracker space …`: on the store when it can be opened, else (a tracker
 /// holds the data directory) through that tracker's admin API.
-async fn space(command: SpaceCommand) -> Result<(), Failure> {
+async fn space(command: SpaceCommand) -> Result<(), BoxError> {
     let access = match &command {
         SpaceCommand::Add { access, .. }
         | SpaceCommand::Remove { access, .. }
@@ -554,12 +528,12 @@ async fn space(command: SpaceCommand) -> Result<(), Failure> {
                 explain(
                     format!("cannot reach the tracker at {url}"),
                     "The data directory is in use, so a tracker should be running: set --url or ETRACKER_URL to it.",
-                )(e.into())
+                )(e)
             })?;
             let status = response.status();
             let text = response.text().await?;
             if !status.is_success() {
-                return Err::<String, Failure>(format!("HTTP {status}: {text}").into());
+                return Err::<String, BoxError>(format!("HTTP {status}: {text}").into());
             }
             Ok(text)
         }
@@ -636,7 +610,7 @@ async fn space(command: SpaceCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn start(args: StartArgs) -> Result<(), Failure> {
+async fn start(args: StartArgs) -> Result<(), BoxError> {
     let signer = load_signer(&args.key)?;
     let store = open_store(&args.store, &args.key.data_dir)
         .await
@@ -687,20 +661,20 @@ async fn start(args: StartArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
+async fn consolidator(args: ConsolidatorArgs) -> Result<(), BoxError> {
     let signer = load_signer(&args.key)?;
-    let tracker_did: Did = args.tracker_did.parse()?;
-    let tracker: Arc<dyn Verifier> = match &args.tracker_key {
-        Some(key) => Arc::new(Ed25519Verifier::parse(&key.parse()?)?.with_did(tracker_did)),
-        None => ucanto::principal::verifier_for(&tracker_did)?,
-    };
+    let tracker = args.tracker.verifier()?;
     let proofs = match &args.proof {
-        Some(text) => vec![Delegation::extract(&multibase::decode(text.trim())?.1)?],
+        Some(text) => vec![parse_proof(text).map_err(explain(
+            "ETRACKER_CONCLUDE_PROOF is not a delegation",
+            "Pass what `etracker delegate <DID> --ability space/egress/conclude` printed.",
+        ))?],
         None => Vec::new(),
     };
     let limits = args.batches.limits(&args.key.data_dir);
     std::fs::create_dir_all(&limits.scratch_dir)?;
-    let connection = ucanto::client::Connection::http(tracker.clone(), args.tracker_url.clone());
+    let connection =
+        ucanto::client::Connection::http(tracker.clone(), args.tracker.tracker_url.clone());
     let tracker_did = tracker.did().clone();
     // Its own registry when it has one (dynamodb); otherwise every space,
     // the tracker judging them again at conclude.
@@ -727,7 +701,7 @@ async fn consolidator(args: ConsolidatorArgs) -> Result<(), Failure> {
     );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
-    tracing::info!(did = %signer.did(), %address, tracker = %args.tracker_url, "consolidator listening");
+    tracing::info!(did = %signer.did(), %address, tracker = %args.tracker.tracker_url, "consolidator listening");
     println!(
         "{{\"url\":\"http://{address}/\",\"did\":\"{}\"}}",
         signer.did()
@@ -744,13 +718,13 @@ async fn shutdown() {
 }
 
 /// The key from the flag/env, else the key file (generated and persisted on first use).
-fn load_signer(args: &KeyArgs) -> Result<Arc<dyn Signer>, Failure> {
+fn load_signer(args: &KeyArgs) -> Result<Arc<dyn Signer>, BoxError> {
     let key = match &args.private_key {
         Some(text) => Ed25519Signer::parse(text).map_err(|e| {
             explain(
                 "ETRACKER_PRIVATE_KEY is not an ed25519 private key in the \"M…\" format",
                 "`etracker key gen` makes one; or unset it to use the key file.",
-            )(e.into())
+            )(e)
         })?,
         None => {
             let path = args
@@ -769,14 +743,14 @@ fn load_signer(args: &KeyArgs) -> Result<Arc<dyn Signer>, Failure> {
                 explain(
                     format!("ETRACKER_DID {did:?} is not a DID"),
                     "Present the service as e.g. did:web:tracker.example.",
-                )(e.into())
+                )(e)
             },
         )?)),
         None => Arc::new(key),
     })
 }
 
-fn load_or_create_key(path: &Path) -> Result<Ed25519Signer, Failure> {
+fn load_or_create_key(path: &Path) -> Result<Ed25519Signer, BoxError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Ed25519Signer::parse(&text)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

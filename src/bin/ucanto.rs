@@ -45,7 +45,7 @@ use ucanto::principal::{decode_signer, Did, Ed25519Signer, RsaSigner, Signer};
 use ucanto::server::{HandlerError, Request, Response, Server};
 use ucanto::transport::{router, CAR_CONTENT_TYPE, DEFAULT_BODY_LIMIT};
 use ucanto::ucan::{Capability, Delegation};
-use ucanto::validator::{schema, CapabilityParser};
+use ucanto::validator::{schema, CapabilityParser, Violation};
 
 type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -417,19 +417,20 @@ impl CapabilityParser for TestEcho {
         "test/echo"
     }
 
-    fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
         schema::did_method(&capability.with, Some("key"))?;
         let echo = schema::string_field(capability.nb.as_ref(), "echo")?;
         let nb = IpldMap::from([("echo".to_string(), Ipld::String(echo))]);
         Ok(Capability::new(capability.can.as_str(), capability.with.as_str()).with_nb(nb))
     }
 
-    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), String> {
+    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
         if claimed.with != delegated.with {
             return Err(format!(
                 "Can not derive {} with {} from {}",
                 claimed.can, claimed.with, delegated.with
-            ));
+            )
+            .into());
         }
         let echo = |c: &Capability| c.nb.as_ref().and_then(|nb| nb.get("echo")).cloned();
         match (echo(claimed), echo(delegated)) {
@@ -437,7 +438,8 @@ impl CapabilityParser for TestEcho {
                 "Constrain violation: '{}' violates imposed 'echo' constraint '{}'",
                 text(claimed.as_ref()),
                 text(Some(&imposed))
-            )),
+            )
+            .into()),
             _ => Ok(()),
         }
     }
@@ -568,6 +570,7 @@ mod tests {
         assert!(TestEcho
             .parse(&echo(&alice, None))
             .unwrap_err()
+            .message()
             .contains("Object contains invalid field \"echo\""));
         assert_eq!(
             TestEcho.derives(&echo(&alice, Some("a")), &echo(&alice, Some("b"))),
@@ -575,9 +578,7 @@ mod tests {
         );
         assert_eq!(
             TestEcho.derives(&echo(&alice, Some("a")), &echo("did:key:zOther", None)),
-            Err(format!(
-                "Can not derive test/echo with {alice} from did:key:zOther"
-            ))
+            Err(format!("Can not derive test/echo with {alice} from did:key:zOther").into())
         );
         assert_eq!(
             TestEcho.derives(&echo(&alice, Some("a")), &echo(&alice, None)),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use cid::Cid;
 
-use super::error::{Failure, InvalidClaim, Unauthorized};
+use super::error::{Failure, InvalidClaim, Unauthorized, Violation};
 use super::{default_derives, js, schema, CapabilityParser, ValidatorConfig};
 use crate::dag::Ipld;
 use crate::principal::{verifier_for, Did, Verifier};
@@ -361,7 +361,7 @@ fn select(parser: &dyn CapabilityParser, sources: Vec<Source>) -> Selection {
                 context: "[object Object]".into(),
                 causes: vec![Failure::MalformedCapability {
                     capability: source.capability,
-                    cause,
+                    cause: cause.to_string(),
                 }],
             }),
         }
@@ -403,7 +403,7 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
                 context: context(),
                 causes: vec![Failure::MalformedCapability {
                     capability: source.capability,
-                    cause,
+                    cause: cause.to_string(),
                 }],
             }),
             Ok(mut resolved) => {
@@ -418,7 +418,7 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
                         causes: vec![Failure::EscalatedCapability {
                             claimed: claimed.value.clone(),
                             delegated: resolved,
-                            cause,
+                            cause: cause.to_string(),
                         }],
                     }),
                 }
@@ -460,7 +460,7 @@ impl CapabilityParser for AttestParser {
         ATTEST
     }
 
-    fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
         if !self.allowed.iter().any(|d| d.as_str() == capability.with) {
             let actual = Ipld::String(capability.with.clone());
             let errors: Vec<String> = self
@@ -468,14 +468,14 @@ impl CapabilityParser for AttestParser {
                 .iter()
                 .map(|d| schema::literal_error(d.as_str(), Some(&actual)))
                 .collect();
-            return Err(match errors.as_slice() {
+            return Err(Violation::new(match errors.as_slice() {
                 [one] => one.clone(),
                 many => schema::union_error(many),
-            });
+            }));
         }
         let proof = capability.nb.as_ref().and_then(|nb| nb.get("proof"));
-        let proof =
-            schema::link_to(proof, &self.proof).map_err(|e| schema::field_error("proof", &e))?;
+        let proof = schema::link_to(proof, &self.proof)
+            .map_err(|e| Violation::new(schema::field_error("proof", e.message())))?;
         let nb = [("proof".to_string(), Ipld::Link(proof))]
             .into_iter()
             .collect();
@@ -486,7 +486,7 @@ impl CapabilityParser for AttestParser {
         })
     }
 
-    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), String> {
+    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
         default_derives(claimed, delegated)
     }
 }

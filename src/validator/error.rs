@@ -10,6 +10,44 @@ use crate::dag::{Ipld, IpldMap};
 use crate::principal::Did;
 use crate::ucan::Capability;
 
+/// Why a capability does not parse, or does not cover the one claimed: what
+/// [`CapabilityParser`](super::CapabilityParser)s return. The text reads as
+/// @ucanto's, since it ends up in `MalformedCapability` and
+/// `EscalatedCapability` messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(String);
+
+impl Violation {
+    /// A violation explained by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Violation(message.into())
+    }
+
+    /// The explanation.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Violation {
+    fn from(message: String) -> Self {
+        Violation(message)
+    }
+}
+
+impl From<&str> for Violation {
+    fn from(message: &str) -> Self {
+        Violation(message.to_string())
+    }
+}
+
+impl PartialEq<&str> for Violation {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// One reason a proof or capability was rejected.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -16,7 +16,7 @@ use cid::Cid;
 
 use crate::dag::{Ipld, IpldMap};
 
-use super::js;
+use super::{js, Violation};
 
 /// `li` of @ucanto: `"  - "` before the first line, two more spaces before the others.
 pub fn li(message: &str) -> String {
@@ -58,31 +58,36 @@ pub fn union_error(causes: &[String]) -> String {
 }
 
 /// `Schema.did()` on a resource: it must start with `did:`.
-pub fn did(with: &str) -> Result<(), String> {
+pub fn did(with: &str) -> Result<(), Violation> {
     did_method(with, None)
 }
 
 /// `Schema.did({ method })`: it must start with `did:{method}:` (or `did:` without a method).
-pub fn did_method(with: &str, method: Option<&str>) -> Result<(), String> {
+pub fn did_method(with: &str, method: Option<&str>) -> Result<(), Violation> {
     let prefix = method.map_or_else(|| "did:".to_string(), |m| format!("did:{m}:"));
     if with.starts_with(&prefix) {
         Ok(())
     } else {
         // JS interpolates the raw text between quotes, without escaping.
-        Err(format!("Expected a {prefix} but got \"{with}\" instead"))
+        Err(Violation::new(format!(
+            "Expected a {prefix} but got \"{with}\" instead"
+        )))
     }
 }
 
 /// `Schema.string()` field of a struct (`nb`): the string, or the field error.
-pub fn string_field(nb: Option<&IpldMap>, at: &str) -> Result<String, String> {
+pub fn string_field(nb: Option<&IpldMap>, at: &str) -> Result<String, Violation> {
     match nb.and_then(|nb| nb.get(at)) {
         Some(Ipld::String(s)) => Ok(s.clone()),
-        other => Err(field_error(at, &type_error("string", other))),
+        other => Err(Violation::new(field_error(
+            at,
+            &type_error("string", other),
+        ))),
     }
 }
 
 /// `Schema.link(expected)`: a link with the expected CID's codec, hash, version and digest.
-pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, String> {
+pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, Violation> {
     let cid = match value {
         None => return Err("Expected link but got undefined instead".into()),
         Some(Ipld::Null) => return Err("Expected link but got null instead".into()),
@@ -91,20 +96,23 @@ pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, String> {
             return Err(format!(
                 "Expected link to be a CID instead of {}",
                 js::string(Some(other))
-            ))
+            )
+            .into())
         }
     };
     if cid.codec() != expected.codec() {
         return Err(format!(
             "Expected link to be CID with 0x{:x} codec",
             expected.codec()
-        ));
+        )
+        .into());
     }
     if cid.hash().code() != expected.hash().code() {
         return Err(format!(
             "Expected link to be CID with 0x{:x} hashing algorithm",
             expected.hash().code()
-        ));
+        )
+        .into());
     }
     let version = |c: &Cid| c.version() as u64;
     if version(&cid) != version(expected) {
@@ -112,7 +120,8 @@ pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, String> {
             "Expected link to be CID version {} instead of {}",
             version(expected),
             version(&cid)
-        ));
+        )
+        .into());
     }
     if cid.hash().digest() != expected.hash().digest() {
         let b32 = |d: &[u8]| multibase::encode(multibase::Base::Base32Lower, d)[1..].to_string();
@@ -120,7 +129,8 @@ pub fn link_to(value: Option<&Ipld>, expected: &Cid) -> Result<Cid, String> {
             "Expected link with \"{}\" hash digest instead of \"{}\"",
             b32(expected.hash().digest()),
             b32(cid.hash().digest())
-        ));
+        )
+        .into());
     }
     Ok(cid)
 }

@@ -131,7 +131,7 @@ impl CapabilityParser for Echo {
     fn can(&self) -> &str {
         "test/echo"
     }
-    fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
         parse_text(self.can(), capability)
     }
 }
@@ -143,15 +143,12 @@ impl CapabilityParser for Pin {
     fn can(&self) -> &str {
         "test/pin"
     }
-    fn parse(&self, capability: &Capability) -> Result<Capability, String> {
+    fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
         parse_text(self.can(), capability)
     }
-    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), String> {
+    fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
         if claimed.with != delegated.with {
-            return Err(format!(
-                "Resource {} is not {}",
-                claimed.with, delegated.with
-            ));
+            return Err(format!("Resource {} is not {}", claimed.with, delegated.with).into());
         }
         let text = |c: &Capability| match c.nb.as_ref().and_then(|nb| nb.get("text")) {
             Some(Ipld::String(s)) => s.clone(),
@@ -161,14 +158,12 @@ impl CapabilityParser for Pin {
         if claimed.starts_with(&delegated) {
             Ok(())
         } else {
-            Err(format!(
-                "text '{claimed}' does not start with '{delegated}'"
-            ))
+            Err(format!("text '{claimed}' does not start with '{delegated}'").into())
         }
     }
 }
 
-fn parse_text(can: &str, capability: &Capability) -> Result<Capability, String> {
+fn parse_text(can: &str, capability: &Capability) -> Result<Capability, Violation> {
     schema::did(&capability.with)?;
     let text = schema::string_field(capability.nb.as_ref(), "text")?;
     let nb = IpldMap::from([("text".to_string(), Ipld::String(text))]);

@@ -120,7 +120,7 @@ impl CapabilityParser for Echo {
     fn can(&self) -> &str {
         "test/echo"
     }
-    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+    fn parse(&self, cap: &Capability) -> Result<Capability, ucanto::validator::Violation> {
         // JS Schema wording, so error receipts match JS byte for byte.
         ucanto::validator::schema::did(&cap.with)?;
         ucanto::validator::schema::string_field(cap.nb.as_ref(), "text")?;
@@ -135,7 +135,7 @@ impl CapabilityParser for Fail {
     fn can(&self) -> &str {
         "test/fail"
     }
-    fn parse(&self, cap: &Capability) -> Result<Capability, String> {
+    fn parse(&self, cap: &Capability) -> Result<Capability, ucanto::validator::Violation> {
         Ok(cap.clone())
     }
 }

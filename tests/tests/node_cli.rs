@@ -148,3 +148,76 @@ async fn journal_serve_serves_closed_batches() {
     .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// An operator's mistakes get one sentence with a hint, never a Debug dump.
+#[tokio::test(flavor = "multi_thread")]
+async fn mistakes_get_a_sentence_and_a_hint() {
+    let (receipts, _) = good_receipts(1, "node-cli-mistakes");
+    let (_, bytes) = batch(&receipts);
+    let file = temp_dir("node-cli-mistakes").join("batch.car");
+    std::fs::write(&file, &bytes).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let proof = track_proof(&service(), node().did());
+    let proof = multibase::encode(multibase::Base::Base64, proof.archive().unwrap());
+    let run = |args: Vec<String>, overrides: Vec<(&'static str, String)>| {
+        let mut command = Command::new(binary());
+        command
+            .args(args)
+            .env("ETRACKER_TRACKER_URL", "http://127.0.0.1:9/")
+            .env("ETRACKER_TRACKER_DID", service().did().as_str())
+            .env("ETRACKER_NODE_KEY", node().format())
+            .env("ETRACKER_NODE_PROOF", &proof)
+            .env(
+                "ETRACKER_NODE_ENDPOINT",
+                "http://127.0.0.1:9/receipts/{cid}",
+            )
+            .env("RUST_LOG", "off");
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        async move {
+            let output = command.output().await.expect("etracker-node");
+            assert!(!output.status.success());
+            String::from_utf8(output.stderr).unwrap()
+        }
+    };
+    let track = vec!["track".to_string(), file.clone()];
+    let cases = [
+        (
+            run(track.clone(), vec![]).await,
+            "did not accept the request: ",
+        ),
+        (
+            run(
+                track.clone(),
+                vec![("ETRACKER_TRACKER_DID", "did:key:bogus".into())],
+            )
+            .await,
+            "for a did:web its did:key",
+        ),
+        (
+            run(track.clone(), vec![("ETRACKER_NODE_KEY", "garbage".into())]).await,
+            "as `etracker key gen` prints it",
+        ),
+        (
+            run(track.clone(), vec![("ETRACKER_NODE_PROOF", "mAAAA".into())]).await,
+            "`etracker delegate <node DID>`",
+        ),
+        (
+            run(
+                vec!["track".into(), "/nonexistent/batch.car".into()],
+                vec![],
+            )
+            .await,
+            "cannot read the batch file /nonexistent/batch.car",
+        ),
+    ];
+    for (stderr, hint) in &cases {
+        assert!(stderr.starts_with("etracker-node: "), "{stderr}");
+        assert!(stderr.contains(hint), "{hint:?} not in {stderr}");
+        assert!(
+            !stderr.contains(" { ") && !stderr.contains("Err(") && !stderr.contains("(\""),
+            "{stderr}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use ucanto::dag::{Ipld, IpldMap};
 
 use crate::schema::{nb_or_empty, Fields};
 use crate::{Ability, Parsed, SchemaError};
+use ucanto::validator::Violation;
 
 /// The `ucan/attest` capability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl Ability for UcanAttest {
     fn derives(
         claimed: &Parsed<UcanAttestNb>,
         delegated: &Parsed<UcanAttestNb>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         super::equal_with(Self::CAN, &claimed.with, &delegated.with)?;
         super::check_link(&claimed.nb.proof, &delegated.nb.proof, "nb.proof")
     }

@@ -13,6 +13,7 @@ use ucanto::dag::{Ipld, IpldMap};
 
 use crate::schema::{nb_or_empty, Fields};
 use crate::{Ability, Outcome, Parsed, SchemaError};
+use ucanto::validator::Violation;
 
 /// The `ucan/conclude` capability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl Ability for UcanConclude {
     fn derives(
         claimed: &Parsed<UcanConcludeNb>,
         delegated: &Parsed<UcanConcludeNb>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         super::equal_with(Self::CAN, &claimed.with, &delegated.with)?;
         super::check_link(&claimed.nb.receipt, &delegated.nb.receipt, "nb.receipt")
     }
@@ -94,6 +95,7 @@ mod tests {
         assert!(UcanConclude::derives(&parsed, &parsed).is_ok());
         assert!(UcanConclude::derives(&parsed, &pinned)
             .unwrap_err()
+            .message()
             .contains("nb.receipt constraint"));
         assert_eq!(
             UcanConclude::parse_nb(None).unwrap_err().to_string(),

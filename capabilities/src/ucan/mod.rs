@@ -10,15 +10,16 @@ pub use attest::UcanAttest;
 pub use conclude::UcanConclude;
 
 use cid::Cid;
+use ucanto::validator::Violation;
 
 /// JS `checkLink(claimed, imposed, at)`: the links must be equal.
-fn check_link(claimed: &Cid, imposed: &Cid, at: &str) -> Result<(), String> {
+fn check_link(claimed: &Cid, imposed: &Cid, at: &str) -> Result<(), Violation> {
     if claimed == imposed {
         Ok(())
     } else {
-        Err(format!(
+        Err(Violation::new(format!(
             "Constraint violation: {claimed} violates imposed {at} constraint {imposed}"
-        ))
+        )))
     }
 }
 
@@ -27,12 +28,12 @@ fn equal_with(
     can: &str,
     claimed: &ucanto::principal::Did,
     delegated: &ucanto::principal::Did,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     if claimed == delegated {
         Ok(())
     } else {
-        Err(format!(
+        Err(Violation::new(format!(
             "Can not derive {can} with {claimed} from {delegated}"
-        ))
+        )))
     }
 }

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use cid::Cid;
 use clap::{Args, Parser, Subcommand};
 use etracker_client::batch::batch_cid;
+use etracker_client::cli::{explain, sentence, BoxError, TrackerArgs};
 use etracker_client::{
-    parse_proof, reconcile, verifier, BatchJournal, BatchRecord, BatchState, EgressClient,
-    JournalConfig, ReceiptRecord, Reporter,
+    parse_proof, reconcile, BatchJournal, BatchRecord, BatchState, EgressClient, JournalConfig,
+    ReceiptRecord, Reporter,
 };
 use ucanto::principal::Ed25519Signer;
 use ucanto::receipt::Receipt;
@@ -81,19 +82,6 @@ enum JournalCommand {
 }
 
 #[derive(Args, Clone)]
-struct TrackerArgs {
-    /// The tracker's URL.
-    #[arg(long, env = "ETRACKER_TRACKER_URL")]
-    tracker_url: String,
-    /// The tracker's DID.
-    #[arg(long, env = "ETRACKER_TRACKER_DID")]
-    tracker_did: String,
-    /// The tracker's did:key, when its DID is a did:web.
-    #[arg(long, env = "ETRACKER_TRACKER_KEY")]
-    tracker_key: Option<String>,
-}
-
-#[derive(Args, Clone)]
 struct NodeArgs {
     #[command(flatten)]
     tracker: TrackerArgs,
@@ -145,28 +133,49 @@ impl OptionalNodeArgs {
     }
 }
 
-type Failure = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse().command).await {
-        eprintln!("etracker-node: {e}");
-        std::process::exit(1);
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        // A sentence with a hint, not a Debug dump.
+        Err(error) => {
+            eprintln!("etracker-node: {}", sentence(error.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
+/// Reads a batch file the node wrote.
+fn read_batch(path: &std::path::Path) -> Result<Vec<u8>, BoxError> {
+    std::fs::read(path).map_err(explain(
+        format!("cannot read the batch file {}", path.display()),
+        "Give the path of a batch (CAR) file the node's journal wrote.",
+    ))
+}
+
+/// The hint for a request the tracker did not answer as asked.
+fn unreachable<E: Into<BoxError>>(url: &str) -> impl FnOnce(E) -> BoxError + '_ {
+    explain(
+        format!("the tracker at {url} did not accept the request"),
+        "Check --tracker-url and that the tracker is running; `Unauthorized` means the proof was not delegated to this node's key.",
+    )
+}
+
+async fn run(command: Command) -> Result<std::process::ExitCode, BoxError> {
     match command {
         Command::Track { batch, node } => {
-            let bytes = std::fs::read(&batch)?;
+            let bytes = read_batch(&batch)?;
             let cid = batch_cid(&bytes);
-            let tracked = client(&node)?.track(cid).await?;
+            let tracked = client(&node)?
+                .track(cid)
+                .await
+                .map_err(unreachable(&node.tracker.tracker_url))?;
             print(
                 serde_json::json!({"batch": cid.to_string(), "consolidate": tracked.consolidate.to_string()}),
             );
@@ -179,12 +188,16 @@ async fn run(command: Command) -> Result<(), Failure> {
             // builder insists on an endpoint, so it gets one that is never used.
             let client = EgressClient::builder(
                 Arc::new(Ed25519Signer::generate()),
-                tracker_verifier(&tracker)?,
-                tracker.tracker_url,
+                tracker.verifier()?,
+                tracker.tracker_url.clone(),
             )
             .endpoint("http://unused.invalid/receipts/{cid}")
             .build()?;
-            match client.consolidation(consolidate).await? {
+            let consolidation = client
+                .consolidation(consolidate)
+                .await
+                .map_err(unreachable(&tracker.tracker_url))?;
+            match consolidation {
                 None => print(serde_json::json!({"status": "pending"})),
                 Some(consolidation) => print(match consolidation.outcome() {
                     Ok(ok) => serde_json::json!({
@@ -208,16 +221,27 @@ async fn run(command: Command) -> Result<(), Failure> {
             consolidate,
             node,
         } => {
-            let bytes = std::fs::read(&batch)?;
+            let bytes = read_batch(&batch)?;
             let client = client(&node)?;
             let cid = batch_cid(&bytes);
+            let url = &node.tracker.tracker_url;
             let consolidate = match consolidate {
                 Some(cid) => cid,
-                None => client.track(cid).await?.consolidate,
+                None => {
+                    client
+                        .track(cid)
+                        .await
+                        .map_err(unreachable(url))?
+                        .consolidate
+                }
             };
-            let Some(consolidation) = client.consolidation(consolidate).await? else {
+            let consolidation = client
+                .consolidation(consolidate)
+                .await
+                .map_err(unreachable(url))?;
+            let Some(consolidation) = consolidation else {
                 print(serde_json::json!({"batch": cid.to_string(), "status": "pending"}));
-                return Ok(());
+                return Ok(std::process::ExitCode::SUCCESS);
             };
             let track = client.track_invocation(cid)?.cid();
             let record = record_of(&bytes, track, consolidate)?;
@@ -231,7 +255,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 "verdict": reconciliation.verdict.to_string(),
             }));
             if !matched {
-                std::process::exit(3);
+                return Ok(std::process::ExitCode::from(3));
             }
         }
         Command::Journal {
@@ -243,45 +267,56 @@ async fn run(command: Command) -> Result<(), Failure> {
                     node,
                 },
         } => {
-            let journal = BatchJournal::open(&dir, JournalConfig::default())?;
+            let journal = BatchJournal::open(&dir, JournalConfig::default()).map_err(explain(
+                format!("cannot open the journal in {}", dir.display()),
+                "Is another etracker-node using it? Otherwise check --dir and its permissions.",
+            ))?;
             if report {
-                let node = node
-                    .complete()
-                    .ok_or("--report needs the tracker and node flags")?;
+                let node = node.complete().ok_or(
+                    "--report needs the tracker and node flags: set --tracker-url, --tracker-did, --key, --proof and --endpoint (or their ETRACKER_* variables)",
+                )?;
                 Reporter::new(journal.clone(), client(&node)?).spawn();
             }
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(explain(
+                    format!("cannot listen on {listen}"),
+                    "Choose a free address with --listen (ETRACKER_NODE_LISTEN).",
+                ))?;
             print(
                 serde_json::json!({"url": format!("http://{}/", listener.local_addr()?), "batches": journal.batches().len()}),
             );
             axum::serve(listener, etracker_client::router(journal)).await?;
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn print(value: serde_json::Value) {
     println!("{value}");
 }
 
-fn tracker_verifier(args: &TrackerArgs) -> Result<Arc<dyn ucanto::principal::Verifier>, Failure> {
-    Ok(verifier(&args.tracker_did, args.tracker_key.as_deref())?)
-}
-
-fn client(args: &NodeArgs) -> Result<EgressClient, Failure> {
-    let node = Arc::new(Ed25519Signer::parse(&args.key)?);
-    Ok(EgressClient::builder(
-        node,
-        tracker_verifier(&args.tracker)?,
-        args.tracker.tracker_url.clone(),
-    )
-    .proof(parse_proof(&args.proof)?)
-    .endpoint(args.endpoint.clone())
-    .build()?)
+fn client(args: &NodeArgs) -> Result<EgressClient, BoxError> {
+    let node = Arc::new(Ed25519Signer::parse(&args.key).map_err(explain(
+        "the node key (--key, ETRACKER_NODE_KEY) is not an ed25519 private key",
+        "Give the node's key in the \"M…\" format, as `etracker key gen` prints it.",
+    ))?);
+    let proof = parse_proof(&args.proof).map_err(explain(
+        "the node proof (--proof, ETRACKER_NODE_PROOF) is not a delegation",
+        "Pass what the tracker's operator printed with `etracker delegate <node DID>`.",
+    ))?;
+    EgressClient::builder(node, args.tracker.verifier()?, args.tracker.tracker_url.clone())
+        .proof(proof)
+        .endpoint(args.endpoint.clone())
+        .build()
+        .map_err(explain(
+            format!("the endpoint {:?} cannot be used", args.endpoint),
+            "Give the URL the tracker fetches batches from, with a {cid} placeholder, e.g. https://node.example/receipts/{cid}.",
+        ))
 }
 
 /// What a batch file says of itself, as the journal would have recorded it.
-fn record_of(bytes: &[u8], track: Cid, consolidate: Cid) -> Result<BatchRecord, Failure> {
+fn record_of(bytes: &[u8], track: Cid, consolidate: Cid) -> Result<BatchRecord, BoxError> {
     let (_, blocks) = ucanto::car::decode(bytes)?;
     let mut receipts = Vec::new();
     for (archive, block) in blocks {

@@ -378,16 +378,35 @@ impl Consolidator {
     }
 }
 
+/// Why the consolidate receipt did not reach the tracker; the record stays
+/// pending and the task runs again.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    /// The tally or the conclude invocation could not be encoded.
+    #[error("cannot encode conclude: {0}")]
+    Encode(#[from] ucanto::dag::CodecError),
+    /// The tracker could not be reached, or its answer not read.
+    #[error("cannot reach the tracker: {0}")]
+    Unreachable(#[from] ucanto::client::ClientError),
+    /// The tracker answered with an error (dag-json).
+    #[error("tracker refused conclude: {0}")]
+    Refused(String),
+}
+
 impl Delivery {
     /// Invokes `space/egress/conclude` with `receipt` and `tally`, in pages
     /// of at most `chunks_per_page` tally chunks (each page also carries the
     /// first chunk, which names the batch), so no request outgrows the
     /// tracker's body limit.
-    async fn conclude(&self, receipt: &Receipt, batch: Cid, tally: &Tally) -> Result<(), String> {
+    async fn conclude(
+        &self,
+        receipt: &Receipt,
+        batch: Cid,
+        tally: &Tally,
+    ) -> Result<(), DeliveryError> {
         let paging = self.paging;
-        let chunks = tally
-            .to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)
-            .map_err(|e| e.to_string())?;
+        let chunks =
+            tally.to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)?;
         let nb = etracker_capabilities::conclude::ConcludeNb {
             receipt: receipt.cid(),
             tally: chunks.iter().map(|b| b.cid).collect(),
@@ -414,18 +433,14 @@ impl Delivery {
             for proof in &self.conclude_proofs {
                 builder = builder.proof(Proof::Delegation(proof.clone()));
             }
-            let invocation = builder.build().map_err(|e| e.to_string())?;
-            let answer = self
-                .tracker_connection
-                .invoke(&invocation)
-                .await
-                .map_err(|e| e.to_string())?;
+            let invocation = builder.build()?;
+            let answer = self.tracker_connection.invoke(&invocation).await?;
             if i < last && error_name(answer.out()) == Some(TALLY_INCOMPLETE) {
                 continue;
             }
             return self.concluded(&answer, receipt, batch, tally);
         }
-        Err("no conclude page was sent".into())
+        unreachable!("a tally has at least one page")
     }
 
     /// Reads the tracker's answer to the (last) conclude page.
@@ -435,7 +450,7 @@ impl Delivery {
         receipt: &Receipt,
         batch: Cid,
         tally: &Tally,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
         match answer.out() {
             Ok(_) => {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
@@ -462,9 +477,8 @@ impl Delivery {
                         }
                     }
                 }
-                Err(format!(
-                    "tracker refused conclude: {}",
-                    ucanto::dag_json::to_string(error).unwrap_or_default()
+                Err(DeliveryError::Refused(
+                    ucanto::dag_json::to_string(error).unwrap_or_default(),
                 ))
             }
         }
