@@ -13,7 +13,11 @@
 //! 6. [`receipt`] signs the outcome, with any forked invocations;
 //! 7. [`message`] and [`car`] carry the receipts back; [`client`] verifies them.
 //!
-//! [`dag`] and [`dag_json`] hold the block, CID and encoding helpers the rest share.
+//! [`dag`] (blocks, CIDs, dag-cbor, typed field reads with [`dag::Fields`]),
+//! [`dag_json`] and [`varint`] hold the helpers the rest share; failures are
+//! typed at every step ([`car::CarError`], [`dag::CodecError`],
+//! [`message::MessageError`], [`transport::TransportError`],
+//! [`validator::Violation`] and [`validator::Unauthorized`]).
 //! The `ucanto` binary (`src/bin/ucanto.rs`) puts all of it behind the CLI
 //! contract of the ucanto-compat harness.
 //!

@@ -20,7 +20,15 @@
 //! [`ucanto::validator::access`] take. Results have types implementing
 //! [`Outcome`] (`to_ipld` / `from_ipld`).
 //!
-//! Malformed input fails with a [`SchemaError`] whose message names the field
+//! One invocation, walked through: the server matches its capability with
+//! [`Ability::parser`]; the validator checks it derives from the proofs with
+//! [`Ability::derives`] (a [`ucanto::validator::Violation`] explains why
+//! not); [`provide::typed`] hands the handler an [`Invoked`] with the
+//! capability already parsed ([`Parsed`]), as go-ucanto's `Provide` does;
+//! the handler answers with an [`Outcome`].
+//!
+//! Malformed input fails with a [`SchemaError`] (core's
+//! [`ucanto::dag::FieldError`]) whose message names the field
 //! (`nb.endpoint: …`, `nb.range[1]: …`, `with: …`).
 //!
 //! # Example
