@@ -1,0 +1,121 @@
+//! Delivery: the signed consolidate receipt and its tally reach the tracker
+//! by invoking `space/egress/conclude`, in pages under its body limit.
+
+use cid::Cid;
+use etracker_capabilities::Ability;
+use ucanto::dag::{Block, Ipld};
+use ucanto::principal::Did;
+use ucanto::receipt::Receipt;
+use ucanto::server::error_name;
+use ucanto::ucan::{Delegation, Proof};
+
+use super::Delivery;
+use crate::handlers::conclude::TALLY_INCOMPLETE;
+use crate::tally::Tally;
+
+/// Why the consolidate receipt did not reach the tracker; the record stays
+/// pending and the task runs again.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DeliveryError {
+    /// The tally or the conclude invocation could not be encoded.
+    #[error("cannot encode conclude: {0}")]
+    Encode(#[from] ucanto::dag::CodecError),
+    /// The tracker could not be reached, or its answer not read.
+    #[error("cannot reach the tracker: {0}")]
+    Unreachable(#[from] ucanto::client::ClientError),
+    /// The tracker answered with an error (dag-json).
+    #[error("tracker refused conclude: {0}")]
+    Refused(String),
+}
+
+impl Delivery {
+    /// Invokes `space/egress/conclude` with `receipt` and `tally`, in pages
+    /// of at most `chunks_per_page` tally chunks (each page also carries the
+    /// first chunk, which names the batch), so no request outgrows the
+    /// tracker's body limit.
+    pub(super) async fn conclude(
+        &self,
+        receipt: &Receipt,
+        batch: Cid,
+        tally: &Tally,
+    ) -> Result<(), DeliveryError> {
+        let paging = self.paging;
+        let chunks =
+            tally.to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)?;
+        let nb = etracker_capabilities::conclude::ConcludeNb {
+            receipt: receipt.cid(),
+            tally: chunks.iter().map(|b| b.cid).collect(),
+        };
+        let (first, rest) = chunks.split_first().expect("a tally has a chunk");
+        let per_page = paging.chunks_per_page.max(2) - 1;
+        let pages: Vec<&[Block]> = if rest.is_empty() {
+            vec![&[]]
+        } else {
+            rest.chunks(per_page).collect()
+        };
+        let last = pages.len() - 1;
+        for (i, page) in pages.into_iter().enumerate() {
+            let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
+                .capability(etracker_capabilities::Conclude::capability(
+                    &self.tracker,
+                    &nb,
+                ))
+                .attach(receipt.block().clone())
+                .attach(first.clone());
+            for chunk in page {
+                builder = builder.attach(chunk.clone());
+            }
+            for proof in &self.conclude_proofs {
+                builder = builder.proof(Proof::Delegation(proof.clone()));
+            }
+            let invocation = builder.build()?;
+            let answer = self.tracker_connection.invoke(&invocation).await?;
+            if i < last && error_name(answer.out()) == Some(TALLY_INCOMPLETE) {
+                continue;
+            }
+            return self.concluded(&answer, receipt, batch, tally);
+        }
+        unreachable!("a tally has at least one page")
+    }
+
+    /// Reads the tracker's answer to the (last) conclude page.
+    fn concluded(
+        &self,
+        answer: &Receipt,
+        receipt: &Receipt,
+        batch: Cid,
+        tally: &Tally,
+    ) -> Result<(), DeliveryError> {
+        match answer.out() {
+            Ok(_) => {
+                tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
+                Ok(())
+            }
+            Err(error) => {
+                // A conflict lists the retrievals counted elsewhere meanwhile;
+                // a refusal of spaces, the spaces the tracker does not bill.
+                if let Ipld::Map(map) = error {
+                    if let Some(Ipld::List(spaces)) = map.get("spaces") {
+                        if let Ok(mut known) = self.state.known_unbillable.lock() {
+                            known.extend(spaces.iter().filter_map(|s| match s {
+                                Ipld::String(did) => Did::parse(did).ok(),
+                                _ => None,
+                            }));
+                        }
+                    }
+                    if let Some(Ipld::List(receipts)) = map.get("receipts") {
+                        if let Ok(mut known) = self.state.known_counted.lock() {
+                            known.extend(receipts.iter().filter_map(|r| match r {
+                                Ipld::Link(cid) => Some(*cid),
+                                _ => None,
+                            }));
+                        }
+                    }
+                }
+                Err(DeliveryError::Refused(
+                    ucanto::dag_json::to_string(error).unwrap_or_default(),
+                ))
+            }
+        }
+    }
+}
