@@ -54,7 +54,7 @@ use redb::backends::InMemoryBackend;
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
 };
-use ucanto::dag::{decode_cbor, encode_cbor, Ipld};
+use ucanto::dag::{decode_cbor, encode_cbor, FieldError, Fields, Ipld};
 use ucanto::principal::Did;
 
 use super::{
@@ -880,143 +880,90 @@ fn encode_record(r: &EgressRecord) -> Result<Vec<u8>, StoreError> {
     encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Corrupt(format!("encode record: {e}")))
 }
 
-/// Decodes a record stored under `key`, refusing anything but format 1.
+/// Fields a stored record may have: any other is from a newer format.
+const RECORD_FIELDS: [&str; 14] = [
+    "v",
+    "batch",
+    "node",
+    "endpoint",
+    "track",
+    "trackBytes",
+    "consolidate",
+    "receivedAt",
+    "attempts",
+    "nextAttemptAt",
+    "firstFailureAt",
+    "lastError",
+    "lease",
+    "done",
+];
+
+/// Decodes a record stored under `key`, refusing anything but this format.
 fn decode_record(key: &[u8], bytes: &[u8]) -> Result<EgressRecord, StoreError> {
     let value = decode_cbor(bytes).map_err(|e| StoreError::Corrupt(format!("record: {e}")))?;
-    let mut f = Fields::new("record", value)?;
-    let version = f.u64("v")?;
+    let f = Fields::of("record", &value)?.only(&RECORD_FIELDS)?;
+    let version = f.uint("v")?;
     if version != RECORD_VERSION {
         return Err(StoreError::Corrupt(format!(
             "record version {version} is not supported"
         )));
     }
-    let batch = f.cid("batch")?;
+    let batch = decode_cid(f.bytes("batch")?)?;
     if batch.to_bytes() != key {
         return Err(StoreError::Corrupt(format!(
             "record of {batch} stored under another key"
         )));
     }
-    let node = f.string("node")?;
-    let node = Did::parse(&node).map_err(|e| StoreError::Corrupt(format!("record node: {e}")))?;
-    let lease = match f.opt("lease") {
+    let node = Did::parse(f.string("node")?)
+        .map_err(|e| StoreError::Corrupt(format!("record node: {e}")))?;
+    let lease = match f.get("lease") {
         None => None,
-        Some(value) => {
-            let mut l = Fields::new("lease", value)?;
-            let lease = Lease {
-                owner: l.string("owner")?,
-                until: l.u64("until")?,
-            };
-            l.finish()?;
-            Some(lease)
+        Some(_) => {
+            let l = f.fields("lease")?.only(&["owner", "until"])?;
+            Some(Lease {
+                owner: l.string("owner")?.to_string(),
+                until: l.uint("until")?,
+            })
         }
     };
-    let status = match f.opt("done") {
+    let status = match f.get("done") {
         None => RecordStatus::Pending,
-        Some(value) => {
-            let mut d = Fields::new("done", value)?;
-            let status = RecordStatus::Done {
-                receipt: d.cid("receipt")?,
-                concluded_at: d.u64("concludedAt")?,
-                total_bytes: d.u64("totalBytes")?,
-                counted_receipts: d.u64("countedReceipts")?,
-            };
-            d.finish()?;
-            status
+        Some(_) => {
+            let d = f.fields("done")?.only(&[
+                "receipt",
+                "concludedAt",
+                "totalBytes",
+                "countedReceipts",
+            ])?;
+            RecordStatus::Done {
+                receipt: decode_cid(d.bytes("receipt")?)?,
+                concluded_at: d.uint("concludedAt")?,
+                total_bytes: d.uint("totalBytes")?,
+                counted_receipts: d.uint("countedReceipts")?,
+            }
         }
     };
-    let record = EgressRecord {
+    Ok(EgressRecord {
         batch,
         node,
-        endpoint: f.string("endpoint")?,
-        track_invocation: f.cid("track")?,
-        track_invocation_bytes: f.bytes("trackBytes")?,
-        consolidate_invocation: f.cid("consolidate")?,
-        received_at: f.u64("receivedAt")?,
+        endpoint: f.string("endpoint")?.to_string(),
+        track_invocation: decode_cid(f.bytes("track")?)?,
+        track_invocation_bytes: f.bytes("trackBytes")?.to_vec(),
+        consolidate_invocation: decode_cid(f.bytes("consolidate")?)?,
+        received_at: f.uint("receivedAt")?,
         status,
-        attempts: u32::try_from(f.u64("attempts")?)
+        attempts: u32::try_from(f.uint("attempts")?)
             .map_err(|_| StoreError::Corrupt("record attempts overflow u32".into()))?,
-        next_attempt_at: f.u64("nextAttemptAt")?,
-        first_failure_at: f
-            .opt("firstFailureAt")
-            .map(|v| as_u64("firstFailureAt", v))
-            .transpose()?,
-        last_error: f
-            .opt("lastError")
-            .map(|v| as_string("lastError", v))
-            .transpose()?,
+        next_attempt_at: f.uint("nextAttemptAt")?,
+        first_failure_at: f.opt_uint("firstFailureAt", false)?,
+        last_error: f.opt_string("lastError")?.map(str::to_string),
         lease,
-    };
-    f.finish()?;
-    Ok(record)
+    })
 }
 
-/// A map being decoded: fields are taken out one by one, and any left at the
-/// end are unknown, hence an error.
-struct Fields {
-    context: &'static str,
-    map: BTreeMap<String, Ipld>,
-}
-
-impl Fields {
-    fn new(context: &'static str, value: Ipld) -> Result<Self, StoreError> {
-        match value {
-            Ipld::Map(map) => Ok(Fields { context, map }),
-            _ => Err(StoreError::Corrupt(format!("{context} is not a map"))),
-        }
-    }
-
-    fn opt(&mut self, key: &str) -> Option<Ipld> {
-        self.map.remove(key)
-    }
-
-    fn take(&mut self, key: &str) -> Result<Ipld, StoreError> {
-        self.opt(key)
-            .ok_or_else(|| StoreError::Corrupt(format!("{} lacks {key}", self.context)))
-    }
-
-    fn u64(&mut self, key: &str) -> Result<u64, StoreError> {
-        as_u64(key, self.take(key)?)
-    }
-
-    fn string(&mut self, key: &str) -> Result<String, StoreError> {
-        as_string(key, self.take(key)?)
-    }
-
-    fn bytes(&mut self, key: &str) -> Result<Vec<u8>, StoreError> {
-        match self.take(key)? {
-            Ipld::Bytes(b) => Ok(b),
-            _ => Err(StoreError::Corrupt(format!("{key} is not bytes"))),
-        }
-    }
-
-    fn cid(&mut self, key: &str) -> Result<Cid, StoreError> {
-        decode_cid(&self.bytes(key)?)
-    }
-
-    fn finish(self) -> Result<(), StoreError> {
-        match self.map.keys().next() {
-            None => Ok(()),
-            Some(k) => Err(StoreError::Corrupt(format!(
-                "{} has unknown field {k}",
-                self.context
-            ))),
-        }
-    }
-}
-
-fn as_u64(key: &str, value: Ipld) -> Result<u64, StoreError> {
-    match value {
-        Ipld::Integer(i) => {
-            u64::try_from(i).map_err(|_| StoreError::Corrupt(format!("{key} is out of range")))
-        }
-        _ => Err(StoreError::Corrupt(format!("{key} is not an integer"))),
-    }
-}
-
-fn as_string(key: &str, value: Ipld) -> Result<String, StoreError> {
-    match value {
-        Ipld::String(s) => Ok(s),
-        _ => Err(StoreError::Corrupt(format!("{key} is not a string"))),
+impl From<FieldError> for StoreError {
+    fn from(e: FieldError) -> Self {
+        StoreError::Corrupt(e.to_string())
     }
 }
 
