@@ -27,6 +27,7 @@
 use cid::Cid;
 use ucanto::principal::Did;
 
+mod audit;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod redb;
@@ -142,6 +143,64 @@ impl EgressRecord {
             self.next_attempt_at.max(lease_until)
         })
     }
+
+    /// This record leased to `owner` until `until`.
+    pub(crate) fn leased(&self, owner: &str, until: u64) -> EgressRecord {
+        let mut record = self.clone();
+        record.lease = Some(Lease {
+            owner: owner.to_string(),
+            until,
+        });
+        record
+    }
+
+    /// What [`Store::reschedule`] makes of this (stored) record, after its
+    /// checks: pending ([`StoreError::NotPending`]) and leased to `owner`
+    /// ([`StoreError::NotLeaseOwner`]).
+    pub(crate) fn rescheduled(
+        &self,
+        owner: &str,
+        now: u64,
+        next_attempt_at: u64,
+        last_error: &str,
+        by_node: bool,
+    ) -> Result<EgressRecord, StoreError> {
+        if !self.is_pending() {
+            return Err(StoreError::NotPending);
+        }
+        let holder = self.lease.as_ref().map(|l| l.owner.as_str());
+        if holder != Some(owner) {
+            return Err(StoreError::NotLeaseOwner {
+                holder: holder.map(str::to_string),
+            });
+        }
+        let mut record = self.clone();
+        record.attempts = record.attempts.saturating_add(1);
+        // The give-up age counts the node's consecutive failures: a
+        // failure on our side ends the streak.
+        if by_node {
+            record.first_failure_at.get_or_insert(now);
+        } else {
+            record.first_failure_at = None;
+        }
+        record.last_error = Some(last_error.to_string());
+        record.next_attempt_at = next_attempt_at;
+        record.lease = None;
+        Ok(record)
+    }
+
+    /// This record concluded by `c`: done, its lease released.
+    pub(crate) fn concluded(&self, c: &Conclusion) -> EgressRecord {
+        let mut record = self.clone();
+        record.status = RecordStatus::Done {
+            receipt: c.receipt,
+            concluded_at: c.concluded_at,
+            total_bytes: c.total_bytes,
+            counted_receipts: c.counted_receipts.len() as u64,
+        };
+        record.lease = None;
+        record
+    }
 }
 
 /// What [`Store::put`] did.
@@ -155,6 +214,19 @@ pub enum PutOutcome {
 }
 
 impl PutOutcome {
+    /// What [`Store::put`] answers when `existing` is already stored for the
+    /// batch that `node` tracks: the record if it is the same node's, else
+    /// [`StoreError::NodeConflict`].
+    pub(crate) fn existing(existing: EgressRecord, node: &Did) -> Result<Self, StoreError> {
+        if existing.node == *node {
+            Ok(PutOutcome::Existing(existing))
+        } else {
+            Err(StoreError::NodeConflict {
+                node: existing.node,
+            })
+        }
+    }
+
     /// The stored record, new or existing.
     pub fn record(&self) -> &EgressRecord {
         match self {
@@ -454,7 +526,6 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> Result<StoreStats, StoreError>;
 }
 
-/// Checks that `day` is a `YYYY-MM-DD` date, so that byte order is date order.
 /// The refusal to open a store written in another format.
 pub(crate) fn unsupported_format(found: u64, expected: u64) -> StoreError {
     let why = match found {
@@ -494,6 +565,23 @@ pub(crate) fn check_record(
     })
 }
 
+/// The end of a lease of `lease_secs` taken at `now` ([`Store::lease_pending`]).
+pub(crate) fn lease_end(now: u64, lease_secs: u64) -> Result<u64, StoreError> {
+    if lease_secs == 0 {
+        return Err(StoreError::Invalid("a lease must last at least 1 s".into()));
+    }
+    now.checked_add(lease_secs)
+        .ok_or_else(|| StoreError::Invalid("lease end overflows u64".into()))
+}
+
+/// Checks the days of a `from..to` range; false when the range is empty.
+pub(crate) fn check_day_range(from: &str, to: &str) -> Result<bool, StoreError> {
+    check_day(from)?;
+    check_day(to)?;
+    Ok(from < to)
+}
+
+/// Checks that `day` is a `YYYY-MM-DD` date, so that byte order is date order.
 pub(crate) fn check_day(day: &str) -> Result<(), StoreError> {
     let b = day.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::items::{decode_record, due_sk, get_s, get_u64, parse_cid, Item};
 use super::table::backend;
 use super::DynamoStore;
-use crate::store::redb::Audit;
-use crate::store::{RecordStatus, StoreError, StoreStats};
+use crate::store::audit::{Audit, Auditor};
+use crate::store::{StoreError, StoreStats};
 
 impl DynamoStore {
     /// Scans the whole table and checks that its items agree with each other,
@@ -32,8 +32,8 @@ impl DynamoStore {
                 _ => break,
             }
         }
-        let mut audit = Audit::default();
-        let mut problems = Vec::new();
+        let mut auditor = Auditor::default();
+        let audit = &mut auditor.audit;
         let mut records = HashMap::new();
         let mut due = HashSet::new();
         let mut receipts = HashSet::new();
@@ -68,80 +68,43 @@ impl DynamoStore {
                 non_billable_bytes += u128::from(get_u64(item, "bytes")?);
             }
         }
-        let mut expected_node_totals: BTreeMap<String, u128> = BTreeMap::new();
         for stored in records.values() {
             let record = &stored.record;
-            audit.records += 1;
-            match &record.status {
-                RecordStatus::Pending => {
-                    audit.pending += 1;
-                    let sk = due_sk(record.due_at().unwrap_or_default(), record);
-                    if !due.contains(&sk) {
-                        problems.push(format!("pending {} has no due entry", record.batch));
-                    }
-                }
-                RecordStatus::Done {
-                    total_bytes,
-                    counted_receipts,
-                    ..
-                } => {
-                    audit.add_done(
-                        &record.node,
-                        *total_bytes,
-                        *counted_receipts,
-                        &mut expected_node_totals,
-                    );
-                    if !receipts.contains(&record.consolidate_invocation) {
-                        problems.push(format!("done {} has no receipt", record.batch));
-                    }
-                }
-            }
+            let has_due_entry = || {
+                let sk = due_sk(record.due_at().unwrap_or_default(), record);
+                Ok(due.contains(&sk))
+            };
+            let has_receipt = || Ok(receipts.contains(&record.consolidate_invocation));
+            auditor.record(record, has_due_entry, has_receipt)?;
         }
-        if due.len() as u64 != audit.pending {
-            problems.push("due index and pending records differ in number".into());
-        }
-        if receipts.len() as u64 != audit.concluded {
-            problems.push("receipts and done records differ in number".into());
-        }
+        auditor.check_index_sizes(due.len() as u64, receipts.len() as u64);
         // Claims of pending batches or of attempts that lost never count.
         for (batch, attempt) in &claims {
             let counts = records
                 .get(batch)
                 .is_some_and(|r| !r.record.is_pending() && r.attempt.as_ref() == Some(attempt));
             if counts {
-                audit.counted_receipts += 1;
+                auditor.audit.counted_receipts += 1;
             }
         }
-        if u128::from(audit.counted_receipts) != audit.concluded_receipts {
-            problems.push("counted receipts and done records' counts differ".into());
-        }
-        if node_totals != expected_node_totals {
-            problems.push("node totals differ from the done records' totals".into());
-        }
-        node_daily.retain(|_, b| *b != 0);
-        node_totals.retain(|_, b| *b != 0);
-        if node_daily != node_totals {
-            problems.push("node daily totals differ from node totals".into());
-        }
-        if audit.space_bytes != audit.node_bytes {
-            problems.push("space totals differ from node totals".into());
-        }
+        auditor.check_counted();
+        auditor.check_totals(node_totals, node_daily);
         let stats = self.counters()?;
+        let audit = &auditor.audit;
         let expected = StoreStats {
             records: audit.records,
             pending: audit.pending,
             concluded: audit.concluded,
             counted_receipts: audit.counted_receipts,
-            nodes: expected_node_totals.len() as u64,
+            nodes: auditor.nodes(),
             total_bytes: u64::try_from(audit.node_bytes).unwrap_or(u64::MAX),
             non_billable_bytes: u64::try_from(non_billable_bytes).unwrap_or(u64::MAX),
         };
         if stats != expected {
-            problems.push(format!(
+            auditor.problem(format!(
                 "counters {stats:?} differ from the items {expected:?}"
             ));
         }
-        audit.problems = problems;
-        Ok(audit)
+        Ok(auditor.audit)
     }
 }

@@ -41,9 +41,7 @@ use super::items::{
 use super::requests::{Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
 use super::DynamoStore;
-use crate::store::{
-    check_conclusion, ConcludeOutcome, Conclusion, RecordStatus, StoreError, SummedUsage,
-};
+use crate::store::{check_conclusion, ConcludeOutcome, Conclusion, StoreError, SummedUsage};
 
 /// Who claims a receipt, and whether the claim counts.
 #[derive(Clone, Debug)]
@@ -322,14 +320,7 @@ impl DynamoStore {
         old: &Stored,
         attempt: &str,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let mut record = old.record.clone();
-        record.status = RecordStatus::Done {
-            receipt: c.receipt,
-            concluded_at: c.concluded_at,
-            total_bytes: c.total_bytes,
-            counted_receipts: c.counted_receipts.len() as u64,
-        };
-        record.lease = None;
+        let record = old.record.concluded(c);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
         let put = Put::builder()
             .table_name(&self.table)

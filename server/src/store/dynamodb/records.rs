@@ -27,7 +27,7 @@ use super::items::{
 use super::requests::Tx;
 use super::table::build_error;
 use super::DynamoStore;
-use crate::store::{EgressRecord, Lease, NewRecord, PutOutcome, StoreError};
+use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, StoreError};
 
 impl DynamoStore {
     /// The record of `batch` as stored (strongly consistent read).
@@ -93,13 +93,7 @@ impl DynamoStore {
         let record = EgressRecord::from_new(new);
         self.retry(|| {
             if let Some(existing) = self.load(&record.batch)? {
-                return if existing.record.node == record.node {
-                    Ok(Some(PutOutcome::Existing(existing.record)))
-                } else {
-                    Err(StoreError::NodeConflict {
-                        node: existing.record.node,
-                    })
-                };
+                return PutOutcome::existing(existing.record, &record.node).map(Some);
             }
             let mut items = self.record_writes(None, &record, None, None)?;
             items.push(self.add(("stats", "stats"), &[("records", 1)], None)?);
@@ -118,12 +112,7 @@ impl DynamoStore {
         lease_secs: u64,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
-        if lease_secs == 0 {
-            return Err(StoreError::Invalid("a lease must last at least 1 s".into()));
-        }
-        let until = now
-            .checked_add(lease_secs)
-            .ok_or_else(|| StoreError::Invalid("lease end overflows u64".into()))?;
+        let until = lease_end(now, lease_secs)?;
         let mut leased = Vec::new();
         // Due entries `<= now`: every key starts with 20 digits.
         let hi = format!("{now:020}#~");
@@ -144,11 +133,7 @@ impl DynamoStore {
                         // Taken (or concluded) by another replica meanwhile.
                         return Ok(Some(None));
                     }
-                    let mut record = old.record.clone();
-                    record.lease = Some(Lease {
-                        owner: owner.to_string(),
-                        until,
-                    });
+                    let record = old.record.leased(owner, until);
                     let items =
                         self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
                     match self.transact(items)? {
@@ -177,27 +162,9 @@ impl DynamoStore {
     ) -> Result<EgressRecord, StoreError> {
         self.retry(|| {
             let old = self.load(batch)?.ok_or(StoreError::NotFound)?;
-            if !old.record.is_pending() {
-                return Err(StoreError::NotPending);
-            }
-            let holder = old.record.lease.as_ref().map(|l| l.owner.as_str());
-            if holder != Some(owner) {
-                return Err(StoreError::NotLeaseOwner {
-                    holder: holder.map(str::to_string),
-                });
-            }
-            let mut record = old.record.clone();
-            record.attempts = record.attempts.saturating_add(1);
-            // The give-up age counts the node's consecutive failures: a
-            // failure on our side ends the streak.
-            if by_node {
-                record.first_failure_at.get_or_insert(now);
-            } else {
-                record.first_failure_at = None;
-            }
-            record.last_error = Some(last_error.to_string());
-            record.next_attempt_at = next_attempt_at;
-            record.lease = None;
+            let record =
+                old.record
+                    .rescheduled(owner, now, next_attempt_at, last_error, by_node)?;
             let items = self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
             match self.transact(items)? {
                 Tx::Done => Ok(Some(record)),

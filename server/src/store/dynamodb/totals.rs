@@ -5,7 +5,7 @@ use ucanto::principal::Did;
 
 use super::items::{get_s, get_u64, node_pk};
 use super::DynamoStore;
-use crate::store::{check_day, StoreError, StoreStats};
+use crate::store::{check_day_range, StoreError, StoreStats};
 
 impl DynamoStore {
     /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`.
@@ -15,9 +15,7 @@ impl DynamoStore {
         from: &str,
         to: &str,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        check_day(from)?;
-        check_day(to)?;
-        if from >= to {
+        if !check_day_range(from, to)? {
             return Ok(Vec::new());
         }
         let items = self.query(pk, &format!("day#{from}"), &format!("day#{to}"), None)?;
