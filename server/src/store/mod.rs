@@ -15,10 +15,11 @@
 //!   only ([`StoreError::Conflict`]), and concluding twice changes nothing, so
 //!   no byte is ever counted twice, whatever the replicas race on.
 //!
-//! [`redb::RedbStore`] is the embedded default backend. The trait documents, per
-//! method, the conditional writes a backend must perform, so that a DynamoDB
-//! backend can honour the same rules with `ConditionExpression`s and
-//! `TransactWriteItems`.
+//! [`redb::RedbStore`] is the embedded default backend. `dynamodb::DynamoStore`
+//! (cargo feature `dynamodb`) keeps the same rules on one DynamoDB table that
+//! several replicas share. The trait documents, per method, the conditions
+//! that must hold when a write lands, and how the DynamoDB backend makes sure
+//! they do.
 //!
 //! Times are unix seconds (`u64`), passed in by the caller so that every
 //! replica and every test decides "now" explicitly. Days are UTC dates written
@@ -370,9 +371,12 @@ pub enum StoreError {
 /// `Arc<dyn Store>`.
 ///
 /// Each method's documentation says which conditions must hold *at the moment
-/// of the write*; a backend without multi-key transactions implements them as
-/// conditional writes (DynamoDB: `ConditionExpression` on one item,
-/// `TransactWriteItems` where several items change together).
+/// of the write*. redb serialises write transactions, so checking then
+/// writing in one transaction is enough. The DynamoDB backend reads the
+/// record (strongly consistent), decides exactly as redb does, and commits
+/// with one `TransactWriteItems` conditioned on the record's version `ver`,
+/// so the decision still holds when it lands; a cancelled transaction is
+/// re-read and re-decided (a bounded number of times).
 pub trait Store: Send + Sync + 'static {
     /// Stores a new pending record for a batch, idempotently.
     ///
@@ -382,8 +386,11 @@ pub trait Store: Send + Sync + 'static {
     ///   track invocation wins and its consolidate CID stays the answer);
     /// - present with another node → [`StoreError::NodeConflict`].
     ///
-    /// DynamoDB: `PutItem` with `attribute_not_exists(batch)`; on
-    /// `ConditionalCheckFailed`, read the item to tell Existing from Conflict.
+    /// DynamoDB: read the record; when absent, one transaction puts it with
+    /// `attribute_not_exists(pk)` together with its due entry and the
+    /// `records` counter. If another replica put it meanwhile, the
+    /// transaction is cancelled and the re-read tells Existing from
+    /// NodeConflict.
     fn put(&self, record: NewRecord) -> Result<PutOutcome, StoreError>;
 
     /// The record of `batch`, if any.
@@ -397,11 +404,12 @@ pub trait Store: Send + Sync + 'static {
     /// no lease or its lease has expired (`lease.until <= now`). Leasing sets
     /// `lease = {owner, until: now + lease_secs}`.
     ///
-    /// DynamoDB: query the sparse "pending" index by due time `<= now`, then
-    /// per record `UpdateItem` with `status = pending AND next_attempt_at <= :now
-    /// AND (attribute_not_exists(lease_until) OR lease_until <= :now)`; a
-    /// failed condition means another replica won that record: skip it. The
-    /// set need not be taken atomically, each record must.
+    /// DynamoDB: query the due index (items of one partition sorted by due
+    /// time, read strongly consistent) for entries `<= now`; per record,
+    /// re-read it and, if still due, write the leased record conditioned on
+    /// its version, moving its due entry. A record another replica changed
+    /// meanwhile is re-read and skipped unless still due. The set need not be
+    /// taken atomically, each record must.
     fn lease_pending(
         &self,
         now: u64,
@@ -419,8 +427,9 @@ pub trait Store: Send + Sync + 'static {
     /// Condition: the record exists ([`StoreError::NotFound`]), is pending
     /// ([`StoreError::NotPending`]) and `lease.owner == owner`
     /// ([`StoreError::NotLeaseOwner`]); an expired lease still belongs to its
-    /// owner until another replica takes it. DynamoDB: `UpdateItem` with
-    /// `status = pending AND lease_owner = :owner`.
+    /// owner until another replica takes it. DynamoDB: these checks on a
+    /// consistent read, then the versioned write (re-read and re-checked if
+    /// cancelled).
     fn reschedule(
         &self,
         batch: &Cid,
@@ -451,15 +460,20 @@ pub trait Store: Send + Sync + 'static {
     /// conditions above make a racing second conclusion harmless.
     ///
     /// DynamoDB: a batch can count tens of thousands of receipts, more than
-    /// one `TransactWriteItems` (100 items) holds, so the commit must be made
-    /// of idempotent steps ending in one conditional flip: claim each receipt
-    /// with a `Put` conditioned on `attribute_not_exists(receipt) OR batch =
-    /// :batch` (on a failure, delete this batch's claims and report
-    /// `Conflict`); `Put` the receipt and this batch's per-(space, day)
-    /// contributions keyed by batch (idempotent, unlike `ADD`); finally update
-    /// the record with `status = pending AND consolidate = :cid`. Totals are
-    /// then sums over the contributions of done batches (or `ADD`ed in the
-    /// same transaction as the final update when they fit in it).
+    /// one `TransactWriteItems` (100 items) holds. Each counted receipt gets
+    /// a claim item naming the batch and the conclusion attempt; a claim
+    /// counts only once its batch is done with that attempt, so the claims
+    /// of an interrupted attempt never count. When everything fits, one
+    /// transaction writes the claims, the receipt, the totals (`ADD`) and the
+    /// done record. Otherwise the attempt takes a fence on the record
+    /// (`token`), claims in transactions of 99 claims each checked against
+    /// the fence, and a final transaction, conditioned on the record's
+    /// version and fence, stores the receipt, `ADD`s the totals and marks the
+    /// record done: totals move only with that flip. A claim that meets a
+    /// receipt counted meanwhile withdraws the attempt's claims and reports
+    /// `Conflict`, as does a receipt claimed by a pending attempt of another
+    /// batch. The totals of one conclusion (5 items plus one per (space, day)
+    /// and per day) must fit one transaction, else [`StoreError::Invalid`].
     fn conclude(&self, conclusion: &Conclusion) -> Result<ConcludeOutcome, StoreError>;
 
     /// Keeps tally chunks of `batch` (CID, bytes) that arrive before their
