@@ -25,7 +25,7 @@ use ucanto::car::CarHeader;
 use ucanto::dag::{cid_of, CAR, SHA2_256};
 use ucanto::receipt::Receipt;
 
-use crate::journal::ReceiptRecord;
+use crate::record::ReceiptRecord;
 
 /// Bytes a batch starts with: the varint-prefixed header `{roots: [], version: 1}`.
 pub fn header() -> Vec<u8> {
