@@ -129,7 +129,8 @@ impl Auditor {
         }
     }
 
-    /// Nodes with a done record.
+    /// Nodes with a done record (DynamoDB keeps their number in a counter).
+    #[cfg(feature = "dynamodb")]
     pub(crate) fn nodes(&self) -> u64 {
         self.expected_node_totals.len() as u64
     }
