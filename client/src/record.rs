@@ -1,8 +1,10 @@
 //! What the journal records of a closed batch and of each of its receipts.
 //!
-//! A leaf module: the batch format reads receipts into [`ReceiptRecord`]s,
-//! the journal keeps [`BatchRecord`]s, and reconciliation compares a
-//! consolidation with one; none of them needs the others for these types.
+//! A leaf module, so that the modules using these types need not import
+//! each other: [`batch`](crate::batch) reads receipts into
+//! [`ReceiptRecord`]s, [`journal`](crate::journal) keeps [`BatchRecord`]s,
+//! and [`reconcile`](mod@crate::reconcile) compares a consolidation with one.
+//! Re-exported by `journal` and at the crate root.
 
 use std::collections::BTreeMap;
 

@@ -10,14 +10,17 @@ use cid::Cid;
 use super::error::io_err;
 use super::JournalError;
 
+/// The file of closed batch `cid`.
 pub(super) fn batch_file(dir: &Path, cid: &Cid) -> PathBuf {
     dir.join("batches").join(format!("{cid}.car"))
 }
 
+/// The metadata of closed batch `cid`.
 pub(super) fn meta_file(dir: &Path, cid: &Cid) -> PathBuf {
     dir.join("batches").join(format!("{cid}.json"))
 }
 
+/// Removes `path`; already gone is fine.
 pub(super) fn remove_if_exists(path: &Path) -> Result<(), JournalError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
@@ -25,6 +28,7 @@ pub(super) fn remove_if_exists(path: &Path) -> Result<(), JournalError> {
     }
 }
 
+/// The entries of `dir`, sorted.
 pub(super) fn list(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -34,6 +38,7 @@ pub(super) fn list(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(out)
 }
 
+/// Fsyncs directory `dir`, so that a rename or creation in it is durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -50,12 +55,14 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError
     sync_dir(path.parent().expect("journal files live in a directory"))
 }
 
+/// `t` in Unix milliseconds (0 before the epoch).
 pub(super) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
+/// Now, in Unix seconds.
 pub(super) fn unix_now() -> u64 {
     unix_ms(SystemTime::now()) / 1000
 }

@@ -1,9 +1,9 @@
 //! The `.json` metadata of a closed batch (see the format in the
 //! [module docs](super)): its encoding, and its atomic write next to the batch.
 
-use serde::{Deserialize, Serialize};
-
 use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 
 use super::files::{meta_file, write_atomic};
 use super::{BatchRecord, BatchState, JournalError, ReceiptRecord};

@@ -38,6 +38,9 @@ impl Recovery {
     }
 }
 
+/// Loads `batches/`: re-hashes every batch, quarantines those whose bytes
+/// do not match their name, rebuilds missing metadata, removes orphan
+/// metadata and leftover temporary files.
 pub(super) fn load_closed(
     dir: &Path,
     state: &mut State,
@@ -132,6 +135,8 @@ pub(super) fn load_closed(
     Ok(())
 }
 
+/// Loads `open/`: cuts each batch back to its last verified section, keeps
+/// the newest open and closes the others (an interrupted rotation).
 pub(super) fn load_open(
     dir: &Path,
     state: &mut State,
@@ -200,6 +205,7 @@ pub(super) fn load_open(
     Ok(())
 }
 
+/// Moves `path` to `quarantine/`, never to be served or deleted.
 fn quarantine(
     dir: &Path,
     path: &Path,
