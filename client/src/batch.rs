@@ -26,7 +26,7 @@ use ucanto::dag::{cid_of, cid_of_digest, CAR};
 use ucanto::receipt::Receipt;
 use ucanto::varint::{self, VarintError};
 
-use crate::journal::ReceiptRecord;
+use crate::record::ReceiptRecord;
 
 /// Bytes a batch starts with: the varint-prefixed header `{roots: [], version: 1}`.
 pub fn header() -> Vec<u8> {

@@ -62,6 +62,7 @@ pub mod client;
 pub mod http;
 pub mod journal;
 pub mod reconcile;
+mod record;
 pub mod reporter;
 
 pub use client::{

@@ -24,7 +24,7 @@ use cid::Cid;
 use etracker_capabilities::consolidate::NON_BILLABLE;
 
 use crate::client::{Consolidation, Failure};
-use crate::journal::BatchRecord;
+use crate::record::BatchRecord;
 
 /// A receipt the tracker did not count.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,10 +15,11 @@
 //!   only ([`StoreError::Conflict`]), and concluding twice changes nothing, so
 //!   no byte is ever counted twice, whatever the replicas race on.
 //!
-//! [`redb::RedbStore`] is the embedded default backend. The trait documents, per
-//! method, the conditional writes a backend must perform, so that a DynamoDB
-//! backend can honour the same rules with `ConditionExpression`s and
-//! `TransactWriteItems`.
+//! [`redb::RedbStore`] is the embedded default backend. `dynamodb::DynamoStore`
+//! (cargo feature `dynamodb`) keeps the same rules on one DynamoDB table that
+//! several replicas share. The trait documents, per method, the conditions
+//! that must hold when a write lands, and how the DynamoDB backend makes sure
+//! they do.
 //!
 //! Times are unix seconds (`u64`), passed in by the caller so that every
 //! replica and every test decides "now" explicitly. Days are UTC dates written
@@ -27,6 +28,7 @@
 use cid::Cid;
 use ucanto::principal::Did;
 
+mod audit;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod redb;
@@ -142,6 +144,64 @@ impl EgressRecord {
             self.next_attempt_at.max(lease_until)
         })
     }
+
+    /// This record leased to `owner` until `until`.
+    pub(crate) fn leased(&self, owner: &str, until: u64) -> EgressRecord {
+        let mut record = self.clone();
+        record.lease = Some(Lease {
+            owner: owner.to_string(),
+            until,
+        });
+        record
+    }
+
+    /// What [`Store::reschedule`] makes of this (stored) record, after its
+    /// checks: pending ([`StoreError::NotPending`]) and leased to `owner`
+    /// ([`StoreError::NotLeaseOwner`]).
+    pub(crate) fn rescheduled(
+        &self,
+        owner: &str,
+        now: u64,
+        next_attempt_at: u64,
+        last_error: &str,
+        by_node: bool,
+    ) -> Result<EgressRecord, StoreError> {
+        if !self.is_pending() {
+            return Err(StoreError::NotPending);
+        }
+        let holder = self.lease.as_ref().map(|l| l.owner.as_str());
+        if holder != Some(owner) {
+            return Err(StoreError::NotLeaseOwner {
+                holder: holder.map(str::to_string),
+            });
+        }
+        let mut record = self.clone();
+        record.attempts = record.attempts.saturating_add(1);
+        // The give-up age counts the node's consecutive failures: a
+        // failure on our side ends the streak.
+        if by_node {
+            record.first_failure_at.get_or_insert(now);
+        } else {
+            record.first_failure_at = None;
+        }
+        record.last_error = Some(last_error.to_string());
+        record.next_attempt_at = next_attempt_at;
+        record.lease = None;
+        Ok(record)
+    }
+
+    /// This record concluded by `c`: done, its lease released.
+    pub(crate) fn concluded(&self, c: &Conclusion) -> EgressRecord {
+        let mut record = self.clone();
+        record.status = RecordStatus::Done {
+            receipt: c.receipt,
+            concluded_at: c.concluded_at,
+            total_bytes: c.total_bytes,
+            counted_receipts: c.counted_receipts.len() as u64,
+        };
+        record.lease = None;
+        record
+    }
 }
 
 /// What [`Store::put`] did.
@@ -155,6 +215,19 @@ pub enum PutOutcome {
 }
 
 impl PutOutcome {
+    /// What [`Store::put`] answers when `existing` is already stored for the
+    /// batch that `node` tracks: the record if it is the same node's, else
+    /// [`StoreError::NodeConflict`].
+    pub(crate) fn existing(existing: EgressRecord, node: &Did) -> Result<Self, StoreError> {
+        if existing.node == *node {
+            Ok(PutOutcome::Existing(existing))
+        } else {
+            Err(StoreError::NodeConflict {
+                node: existing.node,
+            })
+        }
+    }
+
     /// The stored record, new or existing.
     pub fn record(&self) -> &EgressRecord {
         match self {
@@ -298,9 +371,12 @@ pub enum StoreError {
 /// `Arc<dyn Store>`.
 ///
 /// Each method's documentation says which conditions must hold *at the moment
-/// of the write*; a backend without multi-key transactions implements them as
-/// conditional writes (DynamoDB: `ConditionExpression` on one item,
-/// `TransactWriteItems` where several items change together).
+/// of the write*. redb serialises write transactions, so checking then
+/// writing in one transaction is enough. The DynamoDB backend reads the
+/// record (strongly consistent), decides exactly as redb does, and commits
+/// with one `TransactWriteItems` conditioned on the record's version `ver`,
+/// so the decision still holds when it lands; a cancelled transaction is
+/// re-read and re-decided (a bounded number of times).
 pub trait Store: Send + Sync + 'static {
     /// Stores a new pending record for a batch, idempotently.
     ///
@@ -310,8 +386,11 @@ pub trait Store: Send + Sync + 'static {
     ///   track invocation wins and its consolidate CID stays the answer);
     /// - present with another node → [`StoreError::NodeConflict`].
     ///
-    /// DynamoDB: `PutItem` with `attribute_not_exists(batch)`; on
-    /// `ConditionalCheckFailed`, read the item to tell Existing from Conflict.
+    /// DynamoDB: read the record; when absent, one transaction puts it with
+    /// `attribute_not_exists(pk)` together with its due entry and the
+    /// `records` counter. If another replica put it meanwhile, the
+    /// transaction is cancelled and the re-read tells Existing from
+    /// NodeConflict.
     fn put(&self, record: NewRecord) -> Result<PutOutcome, StoreError>;
 
     /// The record of `batch`, if any.
@@ -325,11 +404,12 @@ pub trait Store: Send + Sync + 'static {
     /// no lease or its lease has expired (`lease.until <= now`). Leasing sets
     /// `lease = {owner, until: now + lease_secs}`.
     ///
-    /// DynamoDB: query the sparse "pending" index by due time `<= now`, then
-    /// per record `UpdateItem` with `status = pending AND next_attempt_at <= :now
-    /// AND (attribute_not_exists(lease_until) OR lease_until <= :now)`; a
-    /// failed condition means another replica won that record: skip it. The
-    /// set need not be taken atomically, each record must.
+    /// DynamoDB: query the due index (items of one partition sorted by due
+    /// time, read strongly consistent) for entries `<= now`; per record,
+    /// re-read it and, if still due, write the leased record conditioned on
+    /// its version, moving its due entry. A record another replica changed
+    /// meanwhile is re-read and skipped unless still due. The set need not be
+    /// taken atomically, each record must.
     fn lease_pending(
         &self,
         now: u64,
@@ -347,8 +427,9 @@ pub trait Store: Send + Sync + 'static {
     /// Condition: the record exists ([`StoreError::NotFound`]), is pending
     /// ([`StoreError::NotPending`]) and `lease.owner == owner`
     /// ([`StoreError::NotLeaseOwner`]); an expired lease still belongs to its
-    /// owner until another replica takes it. DynamoDB: `UpdateItem` with
-    /// `status = pending AND lease_owner = :owner`.
+    /// owner until another replica takes it. DynamoDB: these checks on a
+    /// consistent read, then the versioned write (re-read and re-checked if
+    /// cancelled).
     fn reschedule(
         &self,
         batch: &Cid,
@@ -379,15 +460,20 @@ pub trait Store: Send + Sync + 'static {
     /// conditions above make a racing second conclusion harmless.
     ///
     /// DynamoDB: a batch can count tens of thousands of receipts, more than
-    /// one `TransactWriteItems` (100 items) holds, so the commit must be made
-    /// of idempotent steps ending in one conditional flip: claim each receipt
-    /// with a `Put` conditioned on `attribute_not_exists(receipt) OR batch =
-    /// :batch` (on a failure, delete this batch's claims and report
-    /// `Conflict`); `Put` the receipt and this batch's per-(space, day)
-    /// contributions keyed by batch (idempotent, unlike `ADD`); finally update
-    /// the record with `status = pending AND consolidate = :cid`. Totals are
-    /// then sums over the contributions of done batches (or `ADD`ed in the
-    /// same transaction as the final update when they fit in it).
+    /// one `TransactWriteItems` (100 items) holds. Each counted receipt gets
+    /// a claim item naming the batch and the conclusion attempt; a claim
+    /// counts only once its batch is done with that attempt, so the claims
+    /// of an interrupted attempt never count. When everything fits, one
+    /// transaction writes the claims, the receipt, the totals (`ADD`) and the
+    /// done record. Otherwise the attempt takes a fence on the record
+    /// (`token`), claims in transactions of 99 claims each checked against
+    /// the fence, and a final transaction, conditioned on the record's
+    /// version and fence, stores the receipt, `ADD`s the totals and marks the
+    /// record done: totals move only with that flip. A claim that meets a
+    /// receipt counted meanwhile withdraws the attempt's claims and reports
+    /// `Conflict`, as does a receipt claimed by a pending attempt of another
+    /// batch. The totals of one conclusion (5 items plus one per (space, day)
+    /// and per day) must fit one transaction, else [`StoreError::Invalid`].
     fn conclude(&self, conclusion: &Conclusion) -> Result<ConcludeOutcome, StoreError>;
 
     /// Keeps tally chunks of `batch` (CID, bytes) that arrive before their
@@ -454,7 +540,6 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> Result<StoreStats, StoreError>;
 }
 
-/// Checks that `day` is a `YYYY-MM-DD` date, so that byte order is date order.
 /// The refusal to open a store written in another format.
 pub(crate) fn unsupported_format(found: u64, expected: u64) -> StoreError {
     let why = match found {
@@ -494,6 +579,23 @@ pub(crate) fn check_record(
     })
 }
 
+/// The end of a lease of `lease_secs` taken at `now` ([`Store::lease_pending`]).
+pub(crate) fn lease_end(now: u64, lease_secs: u64) -> Result<u64, StoreError> {
+    if lease_secs == 0 {
+        return Err(StoreError::Invalid("a lease must last at least 1 s".into()));
+    }
+    now.checked_add(lease_secs)
+        .ok_or_else(|| StoreError::Invalid("lease end overflows u64".into()))
+}
+
+/// Checks the days of a `from..to` range; false when the range is empty.
+pub(crate) fn check_day_range(from: &str, to: &str) -> Result<bool, StoreError> {
+    check_day(from)?;
+    check_day(to)?;
+    Ok(from < to)
+}
+
+/// Checks that `day` is a `YYYY-MM-DD` date, so that byte order is date order.
 pub(crate) fn check_day(day: &str) -> Result<(), StoreError> {
     let b = day.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);

@@ -57,9 +57,11 @@ use redb::{
 use ucanto::dag::{decode_cbor, encode_cbor, FieldError, Fields, Ipld};
 use ucanto::principal::Did;
 
+pub use super::audit::Audit;
+use super::audit::Auditor;
 use super::{
-    check_conclusion, check_day, ConcludeOutcome, Conclusion, EgressRecord, Lease, NewRecord,
-    PutOutcome, RecordStatus, SpaceEntry, Store, StoreError, StoreStats,
+    check_conclusion, check_day_range, lease_end, ConcludeOutcome, Conclusion, EgressRecord, Lease,
+    NewRecord, PutOutcome, RecordStatus, SpaceEntry, Store, StoreError, StoreStats,
 };
 
 /// Name of the database file inside the data directory.
@@ -172,67 +174,41 @@ impl RedbStore {
         let node_daily = tx.open_table(NODE_DAILY).or_backend()?;
         let space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
 
-        let mut audit = Audit::default();
-        let mut problems = Vec::new();
+        let mut auditor = Auditor::default();
         let mut done_batches = HashSet::new();
-        let mut expected_node_totals: BTreeMap<String, u128> = BTreeMap::new();
         for entry in records.iter().or_backend()? {
             let (key, value) = entry.or_backend()?;
             let record = decode_record(key.value(), value.value())?;
-            audit.records += 1;
-            match &record.status {
-                RecordStatus::Pending => {
-                    audit.pending += 1;
-                    let due_at = record.due_at().unwrap_or_default();
-                    let key = (due_at, record.received_at, key.value());
-                    if due.get(key).or_backend()?.is_none() {
-                        problems.push(format!("pending {} has no due entry", record.batch));
-                    }
-                }
-                RecordStatus::Done {
-                    total_bytes,
-                    counted_receipts,
-                    ..
-                } => {
-                    audit.add_done(
-                        &record.node,
-                        *total_bytes,
-                        *counted_receipts,
-                        &mut expected_node_totals,
-                    );
-                    done_batches.insert(key.value().to_vec());
-                    let cid = record.consolidate_invocation.to_bytes();
-                    if receipts.get(cid.as_slice()).or_backend()?.is_none() {
-                        problems.push(format!("done {} has no receipt", record.batch));
-                    }
-                }
+            let has_due_entry = || {
+                let due_at = record.due_at().unwrap_or_default();
+                let key = (due_at, record.received_at, key.value());
+                Ok(due.get(key).or_backend()?.is_some())
+            };
+            let has_receipt = || {
+                let cid = record.consolidate_invocation.to_bytes();
+                Ok(receipts.get(cid.as_slice()).or_backend()?.is_some())
+            };
+            auditor.record(&record, has_due_entry, has_receipt)?;
+            if !record.is_pending() {
+                done_batches.insert(key.value().to_vec());
             }
         }
-        if due.len().or_backend()? != audit.pending {
-            problems.push("due index and pending records differ in number".into());
-        }
-        if receipts.len().or_backend()? != audit.concluded {
-            problems.push("receipts and done records differ in number".into());
-        }
+        auditor.check_index_sizes(due.len().or_backend()?, receipts.len().or_backend()?);
         for entry in counted.iter().or_backend()? {
             let (receipt, batch) = entry.or_backend()?;
-            audit.counted_receipts += 1;
+            auditor.audit.counted_receipts += 1;
             if !done_batches.contains(batch.value()) {
                 let receipt = decode_cid(receipt.value())?;
-                problems.push(format!("receipt {receipt} counted by a batch not done"));
+                auditor.problem(format!("receipt {receipt} counted by a batch not done"));
             }
         }
-        if u128::from(audit.counted_receipts) != audit.concluded_receipts {
-            problems.push("counted receipts and done records' counts differ".into());
-        }
+        auditor.check_counted();
+        let audit = &mut auditor.audit;
         let mut node_totals_seen = BTreeMap::new();
         for entry in node_totals.iter().or_backend()? {
             let (node, bytes) = entry.or_backend()?;
             audit.node_bytes += u128::from(bytes.value());
             node_totals_seen.insert(node.value().to_string(), u128::from(bytes.value()));
-        }
-        if node_totals_seen != expected_node_totals {
-            problems.push("node totals differ from the done records' totals".into());
         }
         let mut node_daily_sums: BTreeMap<String, u128> = BTreeMap::new();
         for entry in node_daily.iter().or_backend()? {
@@ -241,68 +217,12 @@ impl RedbStore {
             audit.node_daily_bytes += u128::from(bytes.value());
             *node_daily_sums.entry(node.to_string()).or_default() += u128::from(bytes.value());
         }
-        node_daily_sums.retain(|_, b| *b != 0);
-        node_totals_seen.retain(|_, b| *b != 0);
-        if node_daily_sums != node_totals_seen {
-            problems.push("node daily totals differ from node totals".into());
-        }
         for entry in space_daily.iter().or_backend()? {
             let (_, bytes) = entry.or_backend()?;
             audit.space_bytes += u128::from(bytes.value());
         }
-        if audit.space_bytes != audit.node_bytes {
-            problems.push("space totals differ from node totals".into());
-        }
-        audit.problems = problems;
-        Ok(audit)
-    }
-}
-
-/// A consistency report of a [`RedbStore`] (see [`RedbStore::audit`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Audit {
-    /// Records stored.
-    pub records: u64,
-    /// Pending records.
-    pub pending: u64,
-    /// Done records.
-    pub concluded: u64,
-    /// Σ `total_bytes` of the done records.
-    pub concluded_bytes: u128,
-    /// Σ `counted_receipts` of the done records.
-    pub concluded_receipts: u128,
-    /// Entries in `counted`.
-    pub counted_receipts: u64,
-    /// Σ node totals.
-    pub node_bytes: u128,
-    /// Σ node daily totals.
-    pub node_daily_bytes: u128,
-    /// Σ space daily totals.
-    pub space_bytes: u128,
-    /// Every disagreement found; empty when the store is consistent.
-    pub problems: Vec<String>,
-}
-
-impl Audit {
-    /// Counts a done record: its totals, and what its node's total should hold.
-    pub(crate) fn add_done(
-        &mut self,
-        node: &Did,
-        total_bytes: u64,
-        counted_receipts: u64,
-        expected_node_totals: &mut BTreeMap<String, u128>,
-    ) {
-        self.concluded += 1;
-        self.concluded_bytes += u128::from(total_bytes);
-        self.concluded_receipts += u128::from(counted_receipts);
-        *expected_node_totals
-            .entry(node.as_str().to_string())
-            .or_default() += u128::from(total_bytes);
-    }
-
-    /// Whether no problem was found.
-    pub fn is_consistent(&self) -> bool {
-        self.problems.is_empty()
+        auditor.check_totals(node_totals_seen, node_daily_sums);
+        Ok(auditor.audit)
     }
 }
 
@@ -314,13 +234,7 @@ impl Store for RedbStore {
             let mut due = tx.open_table(DUE).or_backend()?;
             if let Some(existing) = load(&records, &new.batch)? {
                 // Nothing to write: dropping the transaction aborts it.
-                return if existing.node == new.node {
-                    Ok(PutOutcome::Existing(existing))
-                } else {
-                    Err(StoreError::NodeConflict {
-                        node: existing.node,
-                    })
-                };
+                return PutOutcome::existing(existing, &new.node);
             }
             let record = EgressRecord::from_new(new);
             save(&mut records, &mut due, None, &record)?;
@@ -343,12 +257,7 @@ impl Store for RedbStore {
         lease_secs: u64,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
-        if lease_secs == 0 {
-            return Err(StoreError::Invalid("a lease must last at least 1 s".into()));
-        }
-        let until = now
-            .checked_add(lease_secs)
-            .ok_or_else(|| StoreError::Invalid("lease end overflows u64".into()))?;
+        let until = lease_end(now, lease_secs)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -375,11 +284,7 @@ impl Store for RedbStore {
                         "due index of {batch} is stale"
                     )));
                 }
-                let mut record = old.clone();
-                record.lease = Some(Lease {
-                    owner: owner.to_string(),
-                    until,
-                });
+                let record = old.leased(owner, until);
                 save(&mut records, &mut due, Some(&old), &record)?;
                 leased.push(record);
             }
@@ -404,27 +309,7 @@ impl Store for RedbStore {
             let mut records = tx.open_table(RECORDS).or_backend()?;
             let mut due = tx.open_table(DUE).or_backend()?;
             let old = load(&records, batch)?.ok_or(StoreError::NotFound)?;
-            if !old.is_pending() {
-                return Err(StoreError::NotPending);
-            }
-            let holder = old.lease.as_ref().map(|l| l.owner.as_str());
-            if holder != Some(owner) {
-                return Err(StoreError::NotLeaseOwner {
-                    holder: holder.map(str::to_string),
-                });
-            }
-            let mut record = old.clone();
-            record.attempts = record.attempts.saturating_add(1);
-            // The give-up age counts the node's consecutive failures: a
-            // failure on our side ends the streak.
-            if by_node {
-                record.first_failure_at.get_or_insert(now);
-            } else {
-                record.first_failure_at = None;
-            }
-            record.last_error = Some(last_error.to_string());
-            record.next_attempt_at = next_attempt_at;
-            record.lease = None;
+            let record = old.rescheduled(owner, now, next_attempt_at, last_error, by_node)?;
             save(&mut records, &mut due, Some(&old), &record)?;
             record
         };
@@ -508,15 +393,7 @@ impl Store for RedbStore {
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             add_daily(&mut non_billable, space_days(&summed.non_billable))?;
 
-            let mut record = old.clone();
-            record.status = RecordStatus::Done {
-                receipt: c.receipt,
-                concluded_at: c.concluded_at,
-                total_bytes: c.total_bytes,
-                counted_receipts: keys.len() as u64,
-            };
-            record.lease = None;
-            save(&mut records, &mut due, Some(&old), &record)?;
+            save(&mut records, &mut due, Some(&old), &old.concluded(c))?;
         }
         tx.commit().or_backend()?;
         Ok(ConcludeOutcome::Concluded)
@@ -696,9 +573,7 @@ impl RedbStore {
         from: &str,
         to: &str,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        check_day(from)?;
-        check_day(to)?;
-        if from >= to {
+        if !check_day_range(from, to)? {
             return Ok(Vec::new());
         }
         let tx = self.db.begin_read().or_backend()?;

@@ -1,0 +1,110 @@
+//! The consistency audit of a whole table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::items::{decode_record, due_sk, get_s, get_u64, parse_cid, Item};
+use super::table::backend;
+use super::DynamoStore;
+use crate::store::audit::{Audit, Auditor};
+use crate::store::{StoreError, StoreStats};
+
+impl DynamoStore {
+    /// Scans the whole table and checks that its items agree with each other,
+    /// like [`RedbStore::audit`](crate::store::redb::RedbStore::audit). For tests and
+    /// the admin page; not a snapshot, so run it when the store is quiet.
+    pub fn audit(&self) -> Result<Audit, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .block_on(
+                    self.client
+                        .scan()
+                        .table_name(&self.table)
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start.take())
+                        .send(),
+                )
+                .map_err(backend)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let mut auditor = Auditor::default();
+        let audit = &mut auditor.audit;
+        let mut records = HashMap::new();
+        let mut due = HashSet::new();
+        let mut receipts = HashSet::new();
+        let mut claims = Vec::new();
+        let mut node_totals: BTreeMap<String, u128> = BTreeMap::new();
+        let mut node_daily: BTreeMap<String, u128> = BTreeMap::new();
+        let mut non_billable_bytes: u128 = 0;
+        for item in &items {
+            let pk = get_s(item, "pk")?;
+            let sk = get_s(item, "sk")?;
+            if let Some(batch) = pk.strip_prefix("rec#") {
+                let batch = parse_cid(batch)?;
+                records.insert(batch, decode_record(&batch, item)?);
+            } else if pk == "due" {
+                due.insert(sk);
+            } else if let Some(cid) = pk.strip_prefix("receipt#") {
+                receipts.insert(parse_cid(cid)?);
+            } else if pk.starts_with("counted#") {
+                claims.push((parse_cid(&get_s(item, "batch")?)?, get_s(item, "attempt")?));
+            } else if let Some(node) = pk.strip_prefix("node#") {
+                let bytes = u128::from(get_u64(item, "bytes")?);
+                if sk == "total" {
+                    audit.node_bytes += bytes;
+                    node_totals.insert(node.to_string(), bytes);
+                } else {
+                    audit.node_daily_bytes += bytes;
+                    *node_daily.entry(node.to_string()).or_default() += bytes;
+                }
+            } else if pk.starts_with("space#") {
+                audit.space_bytes += u128::from(get_u64(item, "bytes")?);
+            } else if pk.starts_with("nonbillable#") {
+                non_billable_bytes += u128::from(get_u64(item, "bytes")?);
+            }
+        }
+        for stored in records.values() {
+            let record = &stored.record;
+            let has_due_entry = || {
+                let sk = due_sk(record.due_at().unwrap_or_default(), record);
+                Ok(due.contains(&sk))
+            };
+            let has_receipt = || Ok(receipts.contains(&record.consolidate_invocation));
+            auditor.record(record, has_due_entry, has_receipt)?;
+        }
+        auditor.check_index_sizes(due.len() as u64, receipts.len() as u64);
+        // Claims of pending batches or of attempts that lost never count.
+        for (batch, attempt) in &claims {
+            let counts = records
+                .get(batch)
+                .is_some_and(|r| !r.record.is_pending() && r.attempt.as_ref() == Some(attempt));
+            if counts {
+                auditor.audit.counted_receipts += 1;
+            }
+        }
+        auditor.check_counted();
+        auditor.check_totals(node_totals, node_daily);
+        let stats = self.counters()?;
+        let audit = &auditor.audit;
+        let expected = StoreStats {
+            records: audit.records,
+            pending: audit.pending,
+            concluded: audit.concluded,
+            counted_receipts: audit.counted_receipts,
+            nodes: auditor.nodes(),
+            total_bytes: u64::try_from(audit.node_bytes).unwrap_or(u64::MAX),
+            non_billable_bytes: u64::try_from(non_billable_bytes).unwrap_or(u64::MAX),
+        };
+        if stats != expected {
+            auditor.problem(format!(
+                "counters {stats:?} differ from the items {expected:?}"
+            ));
+        }
+        Ok(auditor.audit)
+    }
+}

@@ -1,0 +1,254 @@
+//! The items of the table: their keys and attributes, and the encoding of
+//! records and registry entries as DynamoDB attribute maps. CIDs are written
+//! as their default string form, days as `YYYY-MM-DD`, numbers as DynamoDB
+//! numbers.
+//!
+//! | item              | `pk`                  | `sk`                                   | attributes                                       |
+//! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
+//! | format            | `meta`                | `format`                               | `format` = 2                                     |
+//! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`? |
+//! | due index entry   | `due`                 | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
+//! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
+//! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
+//! | non-billable bytes | `nonbillable#<space>` | `day#<day>`                          | `bytes`                                          |
+//! | registered space  | `space-entry#<space>` | `space`                                | `space`, `provider`, `customer`?                 |
+//! | list of spaces    | `spaces`              | `<space DID>`                          |                                                  |
+//! | counted receipt   | `counted#<receipt>`   | `counted`                              | `batch`, `attempt`                               |
+//! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
+//! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
+//! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
+//! | counters          | `stats`               | `stats`                                | `records`, `concluded`, `counted`, `nodes`, `total_bytes`, `non_billable_bytes` |
+//!
+//! The due index is the redb `due` table as items of one partition, sorted
+//! like it (`<hex>` is the batch CID's bytes in hex), read with strongly
+//! consistent queries: a record is leasable when its entry's time is `<= now`.
+//! (One partition bounds write throughput to what a single partition takes,
+//! ample for a tracker; a sharded GSI would be eventually consistent.) The
+//! counters item is written by every `put` and `conclude` transaction, so
+//! that `stats` is one read; concurrent writers of it cancel each other's
+//! transactions, which are then retried.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use cid::Cid;
+use ucanto::principal::Did;
+
+use crate::store::{EgressRecord, Lease, RecordStatus, SpaceEntry, StoreError};
+
+pub(super) type Item = HashMap<String, AttributeValue>;
+
+/// A record as stored: the record plus the item's bookkeeping.
+#[derive(Clone, Debug)]
+pub(super) struct Stored {
+    pub(super) record: EgressRecord,
+    /// Bumped by every write of the record: the condition of the next one.
+    pub(super) ver: u64,
+    /// The conclusion fence: the attempt allowed to claim receipts.
+    pub(super) token: Option<String>,
+    /// The attempt the record was concluded with, once done.
+    pub(super) attempt: Option<String>,
+}
+
+pub(super) fn record_pk(batch: &Cid) -> String {
+    format!("rec#{batch}")
+}
+
+pub(super) fn counted_pk(receipt: &Cid) -> String {
+    format!("counted#{receipt}")
+}
+
+pub(super) fn receipt_pk(consolidate: &Cid) -> String {
+    format!("receipt#{consolidate}")
+}
+
+pub(super) fn staged_pk(batch: &Cid) -> String {
+    format!("staged#{batch}")
+}
+
+pub(super) fn space_entry_pk(space: &Did) -> String {
+    format!("space-entry#{}", space.as_str())
+}
+
+/// The partition of a node's total and daily totals.
+pub(super) fn node_pk(node: &str) -> String {
+    format!("node#{node}")
+}
+
+/// The partition of a space's daily totals.
+pub(super) fn space_days_pk(space: &str) -> String {
+    format!("space#{space}")
+}
+
+/// The partition of a space's non-billable daily bytes.
+pub(super) fn non_billable_pk(space: &str) -> String {
+    format!("nonbillable#{space}")
+}
+
+/// The due index key: redb's `(due_at, received_at, batch bytes)` order.
+pub(super) fn due_sk(due_at: u64, r: &EgressRecord) -> String {
+    let hex: String = r
+        .batch
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{due_at:020}#{:020}#{hex}", r.received_at)
+}
+
+pub(super) fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+pub(super) fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(super) fn get_s(item: &Item, key: &str) -> Result<String, StoreError> {
+    opt_s(item, key)?.ok_or_else(|| StoreError::Corrupt(format!("item lacks {key}")))
+}
+
+pub(super) fn opt_s(item: &Item, key: &str) -> Result<Option<String>, StoreError> {
+    match item.get(key) {
+        None => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(StoreError::Corrupt(format!("{key} is not a string"))),
+    }
+}
+
+pub(super) fn get_u64(item: &Item, key: &str) -> Result<u64, StoreError> {
+    opt_u64(item, key)?.ok_or_else(|| StoreError::Corrupt(format!("item lacks {key}")))
+}
+
+pub(super) fn opt_u64(item: &Item, key: &str) -> Result<Option<u64>, StoreError> {
+    match item.get(key) {
+        None => Ok(None),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("{key} is not a u64: {v}"))),
+        Some(_) => Err(StoreError::Corrupt(format!("{key} is not a number"))),
+    }
+}
+
+pub(super) fn parse_cid(v: &str) -> Result<Cid, StoreError> {
+    Cid::try_from(v).map_err(|e| StoreError::Corrupt(format!("bad CID {v:?}: {e}")))
+}
+
+pub(super) fn parse_did(text: &str) -> Result<Did, StoreError> {
+    Did::parse(text).map_err(|e| StoreError::Corrupt(format!("{text}: {e}")))
+}
+
+/// The record's attributes (without `ver`, `token`, `attempt`).
+pub(super) fn encode_record(r: &EgressRecord) -> Item {
+    let mut item = HashMap::from([
+        ("pk".to_string(), s(&record_pk(&r.batch))),
+        ("sk".to_string(), s("rec")),
+        ("batch".to_string(), s(&r.batch.to_string())),
+        ("node".to_string(), s(r.node.as_str())),
+        ("endpoint".to_string(), s(&r.endpoint)),
+        ("track".to_string(), s(&r.track_invocation.to_string())),
+        (
+            "track_bytes".to_string(),
+            AttributeValue::B(r.track_invocation_bytes.clone().into()),
+        ),
+        (
+            "consolidate".to_string(),
+            s(&r.consolidate_invocation.to_string()),
+        ),
+        ("received_at".to_string(), n(r.received_at)),
+        ("attempts".to_string(), n(r.attempts.into())),
+        ("next_attempt_at".to_string(), n(r.next_attempt_at)),
+    ]);
+    if let Some(t) = r.first_failure_at {
+        item.insert("first_failure_at".into(), n(t));
+    }
+    if let Some(e) = &r.last_error {
+        item.insert("last_error".into(), s(e));
+    }
+    if let Some(lease) = &r.lease {
+        item.insert("lease_owner".into(), s(&lease.owner));
+        item.insert("lease_until".into(), n(lease.until));
+    }
+    match &r.status {
+        RecordStatus::Pending => {
+            item.insert("status".into(), s("pending"));
+        }
+        RecordStatus::Done {
+            receipt,
+            concluded_at,
+            total_bytes,
+            counted_receipts,
+        } => {
+            item.insert("status".into(), s("done"));
+            item.insert("done_receipt".into(), s(&receipt.to_string()));
+            item.insert("concluded_at".into(), n(*concluded_at));
+            item.insert("total_bytes".into(), n(*total_bytes));
+            item.insert("counted_receipts".into(), n(*counted_receipts));
+        }
+    }
+    item
+}
+
+pub(super) fn decode_record(batch: &Cid, item: &Item) -> Result<Stored, StoreError> {
+    let stored_batch = parse_cid(&get_s(item, "batch")?)?;
+    if stored_batch != *batch {
+        return Err(StoreError::Corrupt(format!(
+            "record of {stored_batch} stored under {batch}"
+        )));
+    }
+    let node = Did::parse(&get_s(item, "node")?)
+        .map_err(|e| StoreError::Corrupt(format!("record node: {e}")))?;
+    let status = match get_s(item, "status")?.as_str() {
+        "pending" => RecordStatus::Pending,
+        "done" => RecordStatus::Done {
+            receipt: parse_cid(&get_s(item, "done_receipt")?)?,
+            concluded_at: get_u64(item, "concluded_at")?,
+            total_bytes: get_u64(item, "total_bytes")?,
+            counted_receipts: get_u64(item, "counted_receipts")?,
+        },
+        other => return Err(StoreError::Corrupt(format!("record status {other:?}"))),
+    };
+    let lease = match (opt_s(item, "lease_owner")?, opt_u64(item, "lease_until")?) {
+        (Some(owner), Some(until)) => Some(Lease { owner, until }),
+        (None, None) => None,
+        _ => return Err(StoreError::Corrupt("half a lease".into())),
+    };
+    let track_invocation_bytes = match item.get("track_bytes") {
+        Some(AttributeValue::B(b)) => b.clone().into_inner(),
+        _ => return Err(StoreError::Corrupt("track_bytes is not bytes".into())),
+    };
+    let record = EgressRecord {
+        batch: *batch,
+        node,
+        endpoint: get_s(item, "endpoint")?,
+        track_invocation: parse_cid(&get_s(item, "track")?)?,
+        track_invocation_bytes,
+        consolidate_invocation: parse_cid(&get_s(item, "consolidate")?)?,
+        received_at: get_u64(item, "received_at")?,
+        status,
+        attempts: u32::try_from(get_u64(item, "attempts")?)
+            .map_err(|_| StoreError::Corrupt("record attempts overflow u32".into()))?,
+        next_attempt_at: get_u64(item, "next_attempt_at")?,
+        first_failure_at: opt_u64(item, "first_failure_at")?,
+        last_error: opt_s(item, "last_error")?,
+        lease,
+    };
+    Ok(Stored {
+        record,
+        ver: get_u64(item, "ver")?,
+        token: opt_s(item, "token")?,
+        attempt: opt_s(item, "attempt")?,
+    })
+}
+
+/// A registry entry from its item.
+pub(super) fn decode_space(item: &Item) -> Result<SpaceEntry, StoreError> {
+    Ok(SpaceEntry {
+        space: parse_did(&get_s(item, "space")?)?,
+        provider: parse_did(&get_s(item, "provider")?)?,
+        customer: opt_s(item, "customer")?
+            .map(|c| parse_did(&c))
+            .transpose()?,
+    })
+}

@@ -1,0 +1,227 @@
+//! The DynamoDB backend (cargo feature `dynamodb`): several tracker replicas
+//! share one table and stay safe through conditional writes.
+//!
+//! Its semantics are those of [`RedbStore`](super::redb::RedbStore): the same
+//! calls give the same outcomes and errors (differences, all under races or
+//! after a crash, are listed at the end).
+//!
+//! # Runtime
+//!
+//! [`Store`] is synchronous. The store owns a small tokio runtime (one worker
+//! thread, for the HTTP connections) and `block_on`s every SDK future on the
+//! calling thread. Call it from plain threads or from
+//! `tokio::task::spawn_blocking` (what the server does), **never directly from
+//! async code**: tokio panics when a runtime is blocked on inside another
+//! runtime's worker. Dropping the store from async code is fine (its runtime
+//! is shut down in the background).
+//!
+//! # Modules
+//!
+//! - [`table`]: the connection, the table and its format, retries;
+//! - [`requests`]: the reads and transactions everything is made of;
+//! - [`items`]: the item layout (keys and attributes) and its encoding;
+//! - [`records`]: `put`, `lease_pending`, `reschedule` (versioned writes);
+//! - [`conclude`]: the conclude chain (claims, fence, final flip);
+//! - [`staged`], [`spaces`], [`totals`]: staged tally chunks, the space
+//!   registry, and reads of the totals;
+//! - [`audit`]: the consistency check of a whole table.
+//!
+//! # Differences from redb
+//!
+//! - A receipt claimed by an attempt of another batch that is still pending
+//!   (racing right now, or interrupted by a crash) is reported in `Conflict`
+//!   although it does not count yet: the tracker treats `Conflict` as
+//!   "consolidate again", and the claim is released once that batch concludes
+//!   without it.
+//! - Totals are DynamoDB numbers (38 digits), so a u64 overflow of a total is
+//!   not reported as `Invalid` (redb does; 18 EB of egress).
+//! - Transactions cancelled by contention are retried a bounded number of
+//!   times, then reported as `Backend`.
+
+use std::future::Future;
+
+use aws_sdk_dynamodb::Client;
+use cid::Cid;
+use ucanto::principal::Did;
+
+use super::{
+    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, SpaceEntry, Store,
+    StoreError, StoreStats,
+};
+
+mod audit;
+mod conclude;
+mod items;
+mod records;
+mod requests;
+mod spaces;
+mod staged;
+mod table;
+mod totals;
+
+pub(crate) use table::backend;
+pub use table::connect_client;
+
+/// The [`Store`] on a DynamoDB table (see the module docs).
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl Drop for DynamoStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids in async code.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl DynamoStore {
+    /// Connects to DynamoDB at `endpoint` (e.g. `http://127.0.0.1:8000`, or
+    /// `https://dynamodb.<region>.amazonaws.com` with the `tls` feature) and
+    /// creates the table `<table_prefix>etracker` if missing.
+    ///
+    /// Region and credentials come from `AWS_REGION` (default `us-east-1`),
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`
+    /// (defaults `test`/`test`, which local emulators accept). Must not be
+    /// called from async code (see the module docs).
+    pub fn connect(endpoint: &str, table_prefix: &str) -> Result<Self, StoreError> {
+        let (client, runtime) = connect_client(endpoint)?;
+        let store = DynamoStore {
+            client,
+            table: format!("{table_prefix}etracker"),
+            runtime: Some(runtime),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .block_on(future)
+    }
+}
+
+impl Store for DynamoStore {
+    fn put(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
+        self.put_record(new)
+    }
+
+    fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
+        Ok(self.load(batch)?.map(|s| s.record))
+    }
+
+    fn lease_pending(
+        &self,
+        now: u64,
+        owner: &str,
+        lease_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        self.lease_due(now, owner, lease_secs, limit)
+    }
+
+    fn reschedule(
+        &self,
+        batch: &Cid,
+        owner: &str,
+        now: u64,
+        next_attempt_at: u64,
+        last_error: &str,
+        by_node: bool,
+    ) -> Result<EgressRecord, StoreError> {
+        self.reschedule_record(batch, owner, now, next_attempt_at, last_error, by_node)
+    }
+
+    fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
+        self.conclude_batch(c)
+    }
+
+    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
+        self.stage(batch, chunks)
+    }
+
+    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
+        self.put_space_entry(entry)
+    }
+
+    fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
+        self.remove_space_entry(space)
+    }
+
+    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
+        self.space_entry(space)
+    }
+
+    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {
+        self.space_entries()
+    }
+
+    fn non_billable_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&items::non_billable_pk(space.as_str()), from_day, to_day)
+    }
+
+    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.staged(batch, cids)
+    }
+
+    fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
+        self.stored_receipt(consolidate_invocation)
+    }
+
+    fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {
+        self.counted_by(receipts)
+    }
+
+    fn space_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&items::space_days_pk(space.as_str()), from_day, to_day)
+    }
+
+    fn node_usage(
+        &self,
+        node: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&items::node_pk(node.as_str()), from_day, to_day)
+    }
+
+    fn node_total(&self, node: &Did) -> Result<u64, StoreError> {
+        self.node_total_bytes(node)
+    }
+
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        self.count("due")
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.counters()
+    }
+}

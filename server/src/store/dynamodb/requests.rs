@@ -1,0 +1,234 @@
+//! The DynamoDB calls every operation is made of: strongly consistent reads
+//! (one item, many items, a range of one partition) and `TransactWriteItems`
+//! with the write items they are built from.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{Delete, KeysAndAttributes, Select, TransactWriteItem, Update};
+
+use super::items::{get_s, n, s, Item};
+use super::table::{backend, build_error, fresh_id, RETRIES};
+use super::DynamoStore;
+use crate::store::StoreError;
+
+/// Items per `TransactWriteItems`.
+pub(super) const TX_MAX: usize = 100;
+/// Keys per `BatchGetItem`.
+const GET_MAX: usize = 100;
+
+/// Whether a transaction went through.
+pub(super) enum Tx {
+    /// Committed.
+    Done,
+    /// Cancelled; the reason codes, one per item.
+    Cancelled(Vec<String>),
+}
+
+impl DynamoStore {
+    /// One item, read strongly consistent.
+    pub(super) fn get(&self, (pk, sk): (&str, &str)) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .block_on(
+                self.client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .key("sk", s(sk))
+                    .consistent_read(true)
+                    .send(),
+            )
+            .map_err(backend)?;
+        Ok(out.item)
+    }
+
+    /// Strongly consistent reads of many items, keyed by `(pk, sk)`.
+    pub(super) fn get_many(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Item>, StoreError> {
+        let mut found = HashMap::new();
+        let unique: Vec<&(String, String)> = {
+            let mut seen = HashSet::new();
+            keys.iter().filter(|k| seen.insert(*k)).collect()
+        };
+        for chunk in unique.chunks(GET_MAX) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for (pk, sk) in chunk {
+                request = request.keys(HashMap::from([
+                    ("pk".to_string(), s(pk)),
+                    ("sk".to_string(), s(sk)),
+                ]));
+            }
+            let mut pending = Some(request.build().map_err(build_error)?);
+            let mut rounds = 0;
+            while let Some(request) = pending.take() {
+                rounds += 1;
+                if rounds > RETRIES {
+                    return Err(StoreError::Backend("BatchGetItem keeps throttling".into()));
+                }
+                let out = self
+                    .block_on(
+                        self.client
+                            .batch_get_item()
+                            .request_items(&self.table, request)
+                            .send(),
+                    )
+                    .map_err(backend)?;
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    let key = (get_s(&item, "pk")?, get_s(&item, "sk")?);
+                    found.insert(key, item);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if pending.is_some() {
+                    std::thread::sleep(Duration::from_millis(20 * rounds as u64));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// All items of partition `pk` with `lo <= sk <= hi`, in sort order,
+    /// at most `limit` (strongly consistent).
+    pub(super) fn query(
+        &self,
+        pk: &str,
+        lo: &str,
+        hi: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":lo", s(lo))
+                .expression_attribute_values(":hi", s(hi))
+                .set_exclusive_start_key(start.take());
+            if let Some(limit) = limit {
+                let left = limit.saturating_sub(items.len()).clamp(1, 1000);
+                request = request.limit(left as i32);
+            }
+            let out = self.block_on(request.send()).map_err(backend)?;
+            items.extend(out.items.unwrap_or_default());
+            if limit.is_some_and(|l| items.len() >= l) {
+                items.truncate(limit.unwrap_or(usize::MAX));
+                return Ok(items);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Number of items of partition `pk`.
+    pub(super) fn count(&self, pk: &str) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .block_on(
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .consistent_read(true)
+                        .select(Select::Count)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(pk))
+                        .set_exclusive_start_key(start.take())
+                        .send(),
+                )
+                .map_err(backend)?;
+            count += out.count as u64;
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// One `TransactWriteItems`; contention is a [`Tx::Cancelled`], not an error.
+    pub(super) fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
+        debug_assert!(items.len() <= TX_MAX);
+        let out = self.block_on(
+            self.client
+                .transact_write_items()
+                // The SDK retries (after a timeout, say) with the same token,
+                // which DynamoDB answers as the first try: idempotent.
+                .client_request_token(fresh_id())
+                .set_transact_items(Some(items))
+                .send(),
+        );
+        match out {
+            Ok(_) => Ok(Tx::Done),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    Ok(Tx::Cancelled(
+                        c.cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().unwrap_or("None").to_string())
+                            .collect(),
+                    ))
+                }
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => {
+                    Ok(Tx::Cancelled(Vec::new()))
+                }
+                _ => Err(backend(e)),
+            },
+        }
+    }
+
+    /// `Delete` of one item, unconditional.
+    pub(super) fn delete(&self, (pk, sk): (&str, &str)) -> Result<TransactWriteItem, StoreError> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    /// `ADD` of numbers to one item, with an optional condition.
+    pub(super) fn add(
+        &self,
+        (pk, sk): (&str, &str),
+        deltas: &[(&str, u64)],
+        condition: Option<&str>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let expression = deltas
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("#a{i} :a{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression(format!("ADD {expression}"))
+            .set_condition_expression(condition.map(str::to_string));
+        for (i, (name, delta)) in deltas.iter().enumerate() {
+            update = update
+                .expression_attribute_names(format!("#a{i}"), *name)
+                .expression_attribute_values(format!(":a{i}"), n(*delta));
+        }
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(build_error)?)
+            .build())
+    }
+}

@@ -1,0 +1,199 @@
+//! The table and the connection to it: the client and its runtime, creating
+//! the table and checking its format, and the bounded retries with back-off
+//! that every read-decide-commit operation runs under.
+//!
+//! One table, `<prefix>etracker`, created on [`DynamoStore::connect`] if
+//! missing (on-demand billing), with a string partition key `pk` and a
+//! string sort key `sk`; its items are laid out in [`super::items`].
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::items::{get_u64, n, s};
+use super::DynamoStore;
+use crate::store::StoreError;
+
+/// Format 2: counted retrievals are keyed by payload id (see the redb store).
+const FORMAT: u64 = 2;
+/// Re-reads after a cancelled transaction before giving up.
+pub(super) const RETRIES: usize = 64;
+
+/// A DynamoDB client for `endpoint` and the one-thread runtime its calls
+/// block on; region and credentials as [`DynamoStore::connect`] says.
+pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let credentials = Credentials::new(
+        env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
+        env("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
+        env("AWS_SESSION_TOKEN"),
+        None,
+        "etracker",
+    );
+    let region = env("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("etracker-dynamodb")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot start runtime: {e}")))?;
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(region))
+        .credentials_provider(credentials)
+        .http_client(http_client())
+        .build();
+    Ok((Client::from_conf(config), runtime))
+}
+
+impl DynamoStore {
+    /// Creates the table if missing, waits until it is active, and checks
+    /// (or writes) the format item.
+    pub(super) fn init(&self) -> Result<(), StoreError> {
+        let created = self.block_on(
+            self.client
+                .create_table()
+                .table_name(&self.table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attr_def("pk")?)
+                .attribute_definitions(attr_def("sk")?)
+                .key_schema(key_schema("pk", KeyType::Hash)?)
+                .key_schema(key_schema("sk", KeyType::Range)?)
+                .send(),
+        );
+        if let Err(e) = created {
+            let exists = e
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception());
+            if !exists {
+                return Err(backend(e));
+            }
+        }
+        for _ in 0..600 {
+            let table = self
+                .block_on(self.client.describe_table().table_name(&self.table).send())
+                .map_err(backend)?;
+            let status = table.table().and_then(|t| t.table_status());
+            if status == Some(&TableStatus::Active) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let put = self.block_on(
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s("meta"))
+                .item("sk", s("format"))
+                .item("format", n(FORMAT))
+                .condition_expression("attribute_not_exists(pk)")
+                .send(),
+        );
+        if let Err(e) = put {
+            let exists = e
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception());
+            if !exists {
+                return Err(backend(e));
+            }
+            let item = self.get(("meta", "format"))?.unwrap_or_default();
+            let format = get_u64(&item, "format")?;
+            if format != FORMAT {
+                return Err(crate::store::unsupported_format(format, FORMAT));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` until it returns `Some` or the retries run out;
+    /// `attempt` returns `None` when its transaction was cancelled.
+    pub(super) fn retry<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<Option<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        for round in 0..RETRIES {
+            if let Some(out) = attempt()? {
+                return Ok(out);
+            }
+            backoff(round);
+        }
+        Err(StoreError::Backend(
+            "too much contention: transaction cancelled too often".into(),
+        ))
+    }
+}
+
+/// The HTTP client: hyper 1 with rustls (ring) when the `tls` feature is on
+/// (it also speaks plain http to local endpoints), plain http otherwise.
+fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    #[cfg(feature = "tls")]
+    {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https()
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        aws_smithy_http_client::Builder::new().build_http()
+    }
+}
+
+pub(super) fn backoff(round: usize) {
+    let ms = 2u64 << round.min(6);
+    std::thread::sleep(Duration::from_millis(ms / 2 + fresh_u64() % ms));
+}
+
+fn fresh_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A unique id for a conclusion attempt.
+pub(super) fn fresh_id() -> String {
+    format!("{:016x}{:016x}", fresh_u64(), fresh_u64())
+}
+
+fn attr_def(name: &str) -> Result<AttributeDefinition, StoreError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(build_error)
+}
+
+fn key_schema(name: &str, key_type: KeyType) -> Result<KeySchemaElement, StoreError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .map_err(build_error)
+}
+
+pub(crate) fn backend<E, R>(e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError::Backend(format!("dynamodb: {}", DisplayErrorContext(e)))
+}
+
+pub(super) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Backend(format!("dynamodb request: {e}"))
+}
