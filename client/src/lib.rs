@@ -34,7 +34,9 @@
 //! One batch, walked through the modules:
 //! 1. [`journal`]: [`BatchJournal::append`] writes each receipt's archive as a
 //!    section of the open batch file ([`batch`] has the format) and rotates
-//!    the batch by size or age, naming it by its CID;
+//!    the batch by size or age, naming it by its CID; what it knows of each
+//!    batch and receipt is a [`BatchRecord`] of [`ReceiptRecord`]s
+//!    (module `record`), and on open it repairs what a crash left;
 //! 2. [`http`]: [`router`] serves closed batches at `GET /receipts/{cid}`;
 //! 3. [`client`]: [`EgressClient::track`] invokes `space/egress/track` with
 //!    that endpoint and checks the receipt forks one consolidate task;
@@ -44,6 +46,12 @@
 //!    journal's record of the batch; [`BatchJournal::settle`] deletes the
 //!    batch on a match and keeps it, disputed, otherwise;
 //! 5. [`reporter`]: [`Reporter`] runs steps 1–4 on a timer.
+//!
+//! Modules depend on each other one way only: `batch` on `record`,
+//! `reconcile` on `client` and `record`, `journal` on all four, and
+//! `http` and `reporter` on top. The `etracker-node`
+//! binary and the tracker's own `etracker` share [`cli`] (how the tracker is
+//! named, how an error is worded for a person).
 //!
 //! # Running it
 //! `cargo run -p etracker-client --example node` plays a node against a

@@ -364,6 +364,13 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A stored value without the fields its format has.
+impl From<ucanto::dag::FieldError> for StoreError {
+    fn from(e: ucanto::dag::FieldError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
 /// The tracker's storage.
 ///
 /// Methods are synchronous (redb is); async callers wrap them in

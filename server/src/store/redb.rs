@@ -54,7 +54,7 @@ use redb::backends::InMemoryBackend;
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
 };
-use ucanto::dag::{decode_cbor, encode_cbor, FieldError, Fields, Ipld};
+use ucanto::dag::{decode_cbor, encode_cbor, Fields, Ipld};
 use ucanto::principal::Did;
 
 pub use super::audit::Audit;
@@ -834,12 +834,6 @@ fn decode_record(key: &[u8], bytes: &[u8]) -> Result<EgressRecord, StoreError> {
         last_error: f.opt_string("lastError")?.map(str::to_string),
         lease,
     })
-}
-
-impl From<FieldError> for StoreError {
-    fn from(e: FieldError) -> Self {
-        StoreError::Corrupt(e.to_string())
-    }
 }
 
 #[cfg(test)]
