@@ -17,7 +17,7 @@ use super::open_batch::{close_open, OpenBatch};
 use super::{meta, BatchRecord, BatchState, JournalError, State};
 use crate::batch::{self, Stop};
 
-/// What [`BatchJournal::open`] repaired.
+/// What [`BatchJournal::open`](super::BatchJournal::open) repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Recovery {
