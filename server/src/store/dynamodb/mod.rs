@@ -15,16 +15,16 @@
 //! runtime's worker. Dropping the store from async code is fine (its runtime
 //! is shut down in the background).
 //!
-//! # Modules
+//! # Files
 //!
-//! - [`table`]: the connection, the table and its format, retries;
-//! - [`requests`]: the reads and transactions everything is made of;
-//! - [`items`]: the item layout (keys and attributes) and its encoding;
-//! - [`records`]: `put`, `lease_pending`, `reschedule` (versioned writes);
-//! - [`conclude`]: the conclude chain (claims, fence, final flip);
-//! - [`staged`], [`spaces`], [`totals`]: staged tally chunks, the space
+//! - `table.rs`: the connection, the table and its format, retries;
+//! - `requests.rs`: the reads and transactions everything is made of;
+//! - `items.rs`: the item layout (keys and attributes) and its encoding;
+//! - `records.rs`: `put`, `lease_pending`, `reschedule` (versioned writes);
+//! - `conclude.rs`: the conclude chain (claims, fence, final flip);
+//! - `staged.rs`, `spaces.rs`, `totals.rs`: staged tally chunks, the space
 //!   registry, and reads of the totals;
-//! - [`audit`]: the consistency check of a whole table.
+//! - `audit.rs`: the consistency check of a whole table.
 //!
 //! # Differences from redb
 //!
