@@ -33,7 +33,7 @@ use crate::consolidator::{consolidate_task, is_node_failure, is_retry, BatchLimi
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
 use crate::registry::{SpacePolicy, SpaceRegistry, StoreRegistry};
-use crate::store::{EgressRecord, RecordStatus, SpaceEntry, Store};
+use crate::store::{EgressRecord, RecordStatus, Retry, SpaceEntry, Store};
 
 /// Tracker settings (the binary fills them from flags and `ETRACKER_*`).
 #[derive(Clone)]
@@ -363,14 +363,12 @@ impl Tracker {
         if let Err(e) = self
             .ctx
             .store(move |s| {
-                s.reschedule(
-                    &batch,
-                    &owner,
-                    current,
-                    current + backoff,
-                    &message,
+                let retry = Retry {
+                    next_attempt_at: current + backoff,
+                    last_error: message,
                     by_node,
-                )
+                };
+                s.reschedule(&batch, &owner, current, &retry)
             })
             .await
         {

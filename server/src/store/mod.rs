@@ -162,9 +162,7 @@ impl EgressRecord {
         &self,
         owner: &str,
         now: u64,
-        next_attempt_at: u64,
-        last_error: &str,
-        by_node: bool,
+        retry: &Retry,
     ) -> Result<EgressRecord, StoreError> {
         if !self.is_pending() {
             return Err(StoreError::NotPending);
@@ -179,13 +177,13 @@ impl EgressRecord {
         record.attempts = record.attempts.saturating_add(1);
         // The give-up age counts the node's consecutive failures: a
         // failure on our side ends the streak.
-        if by_node {
+        if retry.by_node {
             record.first_failure_at.get_or_insert(now);
         } else {
             record.first_failure_at = None;
         }
-        record.last_error = Some(last_error.to_string());
-        record.next_attempt_at = next_attempt_at;
+        record.last_error = Some(retry.last_error.clone());
+        record.next_attempt_at = retry.next_attempt_at;
         record.lease = None;
         Ok(record)
     }
@@ -317,6 +315,17 @@ pub struct StoreStats {
     pub non_billable_bytes: u64,
 }
 
+/// A failed attempt, as [`Store::reschedule`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// When to try again (Unix seconds).
+    pub next_attempt_at: u64,
+    /// What went wrong, for operators.
+    pub last_error: String,
+    /// Whether the node failed (its streak goes on) or we did (it ends).
+    pub by_node: bool,
+}
+
 /// Why a store operation failed.
 ///
 /// Variants name what the caller did not already know (the conflicting node,
@@ -426,9 +435,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<EgressRecord>, StoreError>;
 
     /// Records a transient failure of the attempt `owner` leased: increments
-    /// `attempts`, sets `last_error` and `next_attempt_at`, and releases the
-    /// lease. `first_failure_at` starts the node's streak of failures: set to
-    /// `now` if unset when the node failed (`by_node`), cleared when we did.
+    /// `attempts`, sets `last_error` and `next_attempt_at` from `retry`, and
+    /// releases the lease. `first_failure_at` starts the node's streak of
+    /// failures: set to `now` if unset when the node failed (`by_node`),
+    /// cleared when we did.
     /// Returns the updated record.
     ///
     /// Condition: the record exists ([`StoreError::NotFound`]), is pending
@@ -442,9 +452,7 @@ pub trait Store: Send + Sync + 'static {
         batch: &Cid,
         owner: &str,
         now: u64,
-        next_attempt_at: u64,
-        last_error: &str,
-        by_node: bool,
+        retry: &Retry,
     ) -> Result<EgressRecord, StoreError>;
 
     /// Commits a consolidation, all or nothing. The commit point of the tracker.

@@ -61,7 +61,7 @@ pub use super::audit::Audit;
 use super::audit::Auditor;
 use super::{
     check_conclusion, check_day_range, lease_end, ConcludeOutcome, Conclusion, EgressRecord, Lease,
-    NewRecord, PutOutcome, RecordStatus, SpaceEntry, Store, StoreError, StoreStats,
+    NewRecord, PutOutcome, RecordStatus, Retry, SpaceEntry, Store, StoreError, StoreStats,
 };
 
 /// Name of the database file inside the data directory.
@@ -300,16 +300,14 @@ impl Store for RedbStore {
         batch: &Cid,
         owner: &str,
         now: u64,
-        next_attempt_at: u64,
-        last_error: &str,
-        by_node: bool,
+        retry: &Retry,
     ) -> Result<EgressRecord, StoreError> {
         let tx = self.db.begin_write().or_backend()?;
         let record = {
             let mut records = tx.open_table(RECORDS).or_backend()?;
             let mut due = tx.open_table(DUE).or_backend()?;
             let old = load(&records, batch)?.ok_or(StoreError::NotFound)?;
-            let record = old.rescheduled(owner, now, next_attempt_at, last_error, by_node)?;
+            let record = old.rescheduled(owner, now, retry)?;
             save(&mut records, &mut due, Some(&old), &record)?;
             record
         };

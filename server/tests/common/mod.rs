@@ -11,7 +11,8 @@ use std::sync::Arc;
 use cid::Cid;
 use etracker_server::store::redb::{Audit, RedbStore};
 use etracker_server::store::{
-    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Store, StoreError,
+    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Retry, Store,
+    StoreError,
 };
 use proptest::prelude::*;
 use ucanto::dag::{cid_of, CAR, DAG_CBOR};
@@ -134,6 +135,15 @@ pub fn space_a() -> Did {
 /// bob's space.
 pub fn space_b() -> Did {
     did(2)
+}
+
+/// A failed attempt to record.
+pub fn retry(next_attempt_at: u64, last_error: &str, by_node: bool) -> Retry {
+    Retry {
+        next_attempt_at,
+        last_error: last_error.to_string(),
+        by_node,
+    }
 }
 
 pub fn batch(n: u64) -> Cid {
@@ -299,7 +309,7 @@ pub fn expired_lease_is_taken_over<S: TestStore>(store: &dyn Fn() -> S) {
     assert_eq!(b[0].lease.as_ref().unwrap().until, 160);
 
     let err = store
-        .reschedule(&batch(1), "a", 131, 200, "late", true)
+        .reschedule(&batch(1), "a", 131, &retry(200, "late", true))
         .unwrap_err();
     assert_eq!(
         err,
@@ -316,26 +326,31 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
     store.put(new_record(1, node(), 100)).unwrap();
 
     let unleased = store
-        .reschedule(&batch(1), "a", 100, 200, "x", true)
+        .reschedule(&batch(1), "a", 100, &retry(200, "x", true))
         .unwrap_err();
     assert!(matches!(
         unleased,
         StoreError::NotLeaseOwner { holder: None, .. }
     ));
     let missing = store
-        .reschedule(&batch(9), "a", 100, 200, "x", true)
+        .reschedule(&batch(9), "a", 100, &retry(200, "x", true))
         .unwrap_err();
     assert_eq!(missing, StoreError::NotFound);
 
     store.lease_pending(100, "a", 60, 10).unwrap();
     let other = store
-        .reschedule(&batch(1), "b", 110, 200, "x", true)
+        .reschedule(&batch(1), "b", 110, &retry(200, "x", true))
         .unwrap_err();
     assert!(matches!(other, StoreError::NotLeaseOwner { .. }));
     assert_eq!(store.record(&batch(1)).unwrap().unwrap().attempts, 0);
 
     let r = store
-        .reschedule(&batch(1), "a", 110, 400, "fetch: connection refused", true)
+        .reschedule(
+            &batch(1),
+            "a",
+            110,
+            &retry(400, "fetch: connection refused", true),
+        )
         .unwrap();
     assert_eq!(r.attempts, 1);
     assert_eq!(r.first_failure_at, Some(110));
@@ -349,19 +364,19 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
     let b = store.lease_pending(400, "b", 60, 10).unwrap();
     assert_eq!(leased_batches(&b), [batch(1)]);
     let r = store
-        .reschedule(&batch(1), "b", 401, 900, "again", true)
+        .reschedule(&batch(1), "b", 401, &retry(900, "again", true))
         .unwrap();
     assert_eq!((r.attempts, r.first_failure_at), (2, Some(110)));
     // A failure on the tracker's side ends the node's streak; the next
     // failure of the node starts a new one.
     store.lease_pending(900, "b", 60, 10).unwrap();
     let r = store
-        .reschedule(&batch(1), "b", 901, 900, "disk full", false)
+        .reschedule(&batch(1), "b", 901, &retry(900, "disk full", false))
         .unwrap();
     assert_eq!((r.attempts, r.first_failure_at), (3, None));
     store.lease_pending(902, "b", 60, 10).unwrap();
     let r = store
-        .reschedule(&batch(1), "b", 903, 900, "refused", true)
+        .reschedule(&batch(1), "b", 903, &retry(900, "refused", true))
         .unwrap();
     assert_eq!((r.attempts, r.first_failure_at), (4, Some(903)));
     consistent(&store);
@@ -375,7 +390,7 @@ pub fn reschedule_only_by_owner_and_backs_off<S: TestStore>(store: &dyn Fn() -> 
         ))
         .unwrap();
     let done = store
-        .reschedule(&batch(1), "a", 901, 999, "x", true)
+        .reschedule(&batch(1), "a", 901, &retry(999, "x", true))
         .unwrap_err();
     assert_eq!(done, StoreError::NotPending);
 }
@@ -776,7 +791,12 @@ pub fn run_steps<S: TestStore>(
                     Some(o) => format!("r{o}"),
                     None => holder.clone().unwrap_or_else(|| "r0".into()),
                 };
-                let out = store.reschedule(&batch(n), &owner, now, now + delay, "transient", true);
+                let out = store.reschedule(
+                    &batch(n),
+                    &owner,
+                    now,
+                    &retry(now + delay, "transient", true),
+                );
                 match before {
                     None => prop_assert!(matches!(out, Err(StoreError::NotFound)), "{out:?}"),
                     Some(r) if !r.is_pending() => {

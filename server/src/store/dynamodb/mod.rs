@@ -45,7 +45,7 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::{
-    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, SpaceEntry, Store,
+    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, Retry, SpaceEntry, Store,
     StoreError, StoreStats,
 };
 
@@ -143,11 +143,9 @@ impl Store for DynamoStore {
         batch: &Cid,
         owner: &str,
         now: u64,
-        next_attempt_at: u64,
-        last_error: &str,
-        by_node: bool,
+        retry: &Retry,
     ) -> Result<EgressRecord, StoreError> {
-        self.reschedule_record(batch, owner, now, next_attempt_at, last_error, by_node)
+        self.reschedule_record(batch, owner, now, retry)
     }
 
     fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {

@@ -27,7 +27,7 @@ use super::items::{
 use super::requests::Tx;
 use super::table::build_error;
 use super::DynamoStore;
-use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, StoreError};
+use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, Retry, StoreError};
 
 impl DynamoStore {
     /// The record of `batch` as stored (strongly consistent read).
@@ -156,15 +156,11 @@ impl DynamoStore {
         batch: &Cid,
         owner: &str,
         now: u64,
-        next_attempt_at: u64,
-        last_error: &str,
-        by_node: bool,
+        retry: &Retry,
     ) -> Result<EgressRecord, StoreError> {
         self.retry(|| {
             let old = self.load(batch)?.ok_or(StoreError::NotFound)?;
-            let record =
-                old.record
-                    .rescheduled(owner, now, next_attempt_at, last_error, by_node)?;
+            let record = old.record.rescheduled(owner, now, retry)?;
             let items = self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
             match self.transact(items)? {
                 Tx::Done => Ok(Some(record)),
