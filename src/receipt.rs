@@ -52,6 +52,11 @@ pub struct ReceiptData {
 }
 
 impl ReceiptData {
+    /// The exact bytes the issuer signs: dag-cbor of the outcome.
+    pub fn signing_payload(&self) -> Result<Vec<u8>, CodecError> {
+        crate::dag::encode_cbor(&self.outcome())
+    }
+
     fn outcome(&self) -> Ipld {
         let mut out = IpldMap::new();
         match &self.out {
@@ -255,7 +260,7 @@ impl Receipt {
                 raw: Vec::new(),
             },
         };
-        let payload = crate::dag::encode_cbor(&data.outcome())?;
+        let payload = data.signing_payload()?;
         data.signature = issuer.sign(&payload);
         let root = Block::encode(&data.to_ipld())?;
         blocks.insert(root.clone());
@@ -338,7 +343,8 @@ impl Receipt {
         {
             return false;
         }
-        crate::dag::encode_cbor(&self.data.outcome())
+        self.data
+            .signing_payload()
             .map(|payload| verifier.verify(&payload, &self.data.signature))
             .unwrap_or(false)
     }

@@ -1,0 +1,170 @@
+//! Consolidation through the real path, in the `etracker` binary: track a
+//! batch served by a node on loopback, then `POST /consolidate` (fetch, hash,
+//! stream, check every receipt, conclude, commit). Measured: wall time, the
+//! tracker's CPU time and its peak resident memory; and, for comparison, how
+//! fast this machine verifies the same receipts' signatures alone.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use etracker_capabilities::track::TrackNb;
+use etracker_capabilities::{Ability, Track};
+use serde_json::json;
+use ucanto::client::Connection;
+use ucanto::principal::Signer;
+use ucanto::ucan::Delegation;
+
+use crate::batch::{self, BatchFile, Principals, RETRIEVAL_BYTES};
+use crate::peers;
+use crate::track::round;
+
+/// One consolidation of one batch.
+pub(crate) struct Run {
+    pub(crate) batch: BatchFile,
+    pub(crate) seconds: f64,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) peak_rss: u64,
+}
+
+impl Run {
+    /// Receipts checked per second of wall time.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.batch.receipts as f64 / self.seconds
+    }
+
+    /// Receipts checked per CPU-second of the tracker: per core.
+    pub(crate) fn per_core(&self) -> f64 {
+        self.batch.receipts as f64 / self.cpu_seconds.max(1e-3)
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        json!({
+            "batch_mib": round(self.batch.bytes as f64 / (1 << 20) as f64),
+            "receipts": self.batch.receipts,
+            "counted": self.batch.distinct,
+            "seconds": round(self.seconds),
+            "cpu_seconds": round(self.cpu_seconds),
+            "receipts_per_s": round(self.per_second()),
+            "receipts_per_core_s": round(self.per_core()),
+            "peak_rss_mib": round(self.peak_rss as f64 / (1 << 20) as f64),
+        })
+    }
+}
+
+/// Writes a batch of `mib` MiB, has a fresh tracker consolidate it, and
+/// checks it counted every distinct retrieval once.
+pub(crate) async fn run(p: &Principals, work: &Path, mib: u64, distinct: bool) -> Run {
+    let batches = work.join("batches");
+    std::fs::create_dir_all(&batches).unwrap();
+    let batch = batch::write(p, &batches, mib << 20, distinct);
+    std::fs::rename(&batch.path, batches.join(format!("{}.car", batch.cid))).unwrap();
+    let endpoint = peers::node_server(batches.clone()).await;
+    let tracker = peers::etracker(p, &work.join("tracker")).await;
+    peers::ready(&tracker.url).await;
+
+    let proof = Delegation::builder(&p.service, p.node.did().clone())
+        .capability(Track::unrestricted(p.service.did()))
+        .no_expiration()
+        .build()
+        .unwrap();
+    let track = Delegation::builder(&p.node, p.service.did().clone())
+        .capability(Track::capability(
+            p.service.did(),
+            &TrackNb::new(batch.cid, endpoint).unwrap(),
+        ))
+        .proof(proof)
+        .build()
+        .unwrap();
+    let receipt = Connection::http(p.service.verifier(), tracker.url.clone())
+        .invoke(&track)
+        .await
+        .unwrap();
+    assert!(receipt.out().is_ok(), "{:?}", receipt.out());
+
+    let cpu_before = tracker.cpu_seconds();
+    let started = Instant::now();
+    let summary = reqwest::Client::new()
+        .post(format!("{}consolidate", tracker.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = tracker.cpu_seconds() - cpu_before;
+    assert_eq!(summary["concluded"], 1, "{summary}");
+    let metrics = reqwest::get(format!("{}metrics", tracker.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metric(&metrics, "etracker_consolidated_bytes_total");
+    assert_eq!(
+        counted,
+        batch.distinct * RETRIEVAL_BYTES,
+        "every retrieval counted once"
+    );
+    let peak_rss = tracker.peak_rss();
+    tracker.stop().await;
+    let _ = std::fs::remove_dir_all(&batches);
+    Run {
+        batch,
+        seconds,
+        cpu_seconds,
+        peak_rss,
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Receipts per second per core that ed25519 batch verification of the
+/// receipts' two signatures (the node's on the receipt, the agent's on the
+/// retrieval) allows on this machine, on every core.
+pub(crate) fn signature_floor(p: &Principals, receipts: u64) -> f64 {
+    let key =
+        |s: &ucanto::principal::Ed25519Signer| SigningKey::from_bytes(&s.seed()).verifying_key();
+    let (node, agent) = (key(&p.node), key(&p.agent));
+    let mut items: Vec<(Vec<u8>, Signature, VerifyingKey)> = Vec::new();
+    for i in 0..receipts {
+        let receipt = p.receipt(i);
+        let invocation = receipt.ran().unwrap();
+        let sig = |raw: &[u8]| Signature::from_slice(raw).unwrap();
+        items.push((
+            receipt.data().signing_payload().unwrap(),
+            sig(&receipt.data().signature.raw),
+            node,
+        ));
+        items.push((
+            invocation.data().signing_payload().unwrap(),
+            sig(&invocation.data().signature.raw),
+            agent,
+        ));
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpu_started = cpu_time();
+    std::thread::scope(|scope| {
+        for part in items.chunks(items.len().div_ceil(threads)) {
+            scope.spawn(move || {
+                for chunk in part.chunks(64) {
+                    let messages: Vec<&[u8]> = chunk.iter().map(|(m, _, _)| m.as_slice()).collect();
+                    let signatures: Vec<Signature> = chunk.iter().map(|(_, s, _)| *s).collect();
+                    let keys: Vec<VerifyingKey> = chunk.iter().map(|(_, _, k)| *k).collect();
+                    ed25519_dalek::verify_batch(&messages, &signatures, &keys).expect("valid");
+                }
+            });
+        }
+    });
+    receipts as f64 / (cpu_time() - cpu_started)
+}
+
+fn cpu_time() -> f64 {
+    peers::cpu_seconds("self")
+}
