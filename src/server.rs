@@ -286,6 +286,10 @@ impl ServerBuilder {
     }
 }
 
+/// Verified signatures a server remembers: enough for the proofs of many
+/// callers, while one-off invocations churn through it.
+pub const PROOF_CACHE_ENTRIES: usize = 4096;
+
 impl Server {
     /// Starts a server that signs receipts with `signer`.
     pub fn builder(signer: Arc<dyn Signer>) -> ServerBuilder {
@@ -294,7 +298,11 @@ impl Server {
             server: Server {
                 signer,
                 routes: HashMap::new(),
-                validator: ValidatorConfig::new(authority),
+                // Callers repeat their proofs (a node's delegation in every
+                // track): each is verified once, then found in the cache.
+                validator: ValidatorConfig::new(authority).with_cache(Arc::new(
+                    crate::validator::SignatureCache::with_capacity(PROOF_CACHE_ENTRIES),
+                )),
                 catch: None,
                 after: None,
                 audiences: Vec::new(),

@@ -146,18 +146,30 @@ pub struct SignatureCache {
     entries: std::sync::Mutex<std::collections::HashMap<(Cid, Did, Did), bytes::Bytes>>,
     /// Verifications left; `None` is unlimited.
     budget: Option<std::sync::atomic::AtomicU64>,
+    /// Most entries kept, when not [`SignatureCache::CAPACITY`].
+    capacity: Option<usize>,
 }
 
 impl SignatureCache {
-    /// Most entries kept; the cache starts over past it.
+    /// Most entries kept by default; the cache starts over past it.
     pub const CAPACITY: usize = 100_000;
+
+    /// A cache keeping at most `capacity` entries: a server's cache of the
+    /// proofs its callers repeat, small since most entries are one-off
+    /// invocations.
+    pub fn with_capacity(capacity: usize) -> Self {
+        SignatureCache {
+            capacity: Some(capacity),
+            ..Default::default()
+        }
+    }
 
     /// A cache allowing `initial` signature verifications that are not cached
     /// already; [`SignatureCache::credit`] adds more.
     pub fn with_budget(initial: u64) -> Self {
         SignatureCache {
-            entries: Default::default(),
             budget: Some(std::sync::atomic::AtomicU64::new(initial)),
+            ..Default::default()
         }
     }
 
@@ -190,7 +202,7 @@ impl SignatureCache {
     /// Records that `bytes`, named `cid`, verified with `verifier`.
     pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= Self::CAPACITY {
+        if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
             entries.clear();
         }
         entries.insert((cid, verifier.did().clone(), verifier.key_did()), bytes);

@@ -103,7 +103,7 @@ pub(crate) fn write(p: &Principals, dir: &Path, target_bytes: u64, distinct: boo
     let sample = p.receipt(0).archive().unwrap();
     let per_receipt = sample.len() as u64 + 40;
     let receipts = target_bytes.div_ceil(per_receipt).max(1);
-    let fresh = |i: u64| distinct || i % 100 == 0;
+    let fresh = |i: u64| distinct || i.is_multiple_of(100);
     // Sign the fresh receipts in parallel, in order.
     let indices: Vec<u64> = (0..receipts).filter(|&i| fresh(i)).collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

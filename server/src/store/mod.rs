@@ -31,6 +31,7 @@ use ucanto::principal::Did;
 mod audit;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+mod group_commit;
 pub mod redb;
 
 /// Everything `space/egress/track` learns about a batch, as first stored.

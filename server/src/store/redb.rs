@@ -59,6 +59,7 @@ use ucanto::principal::Did;
 
 pub use super::audit::Audit;
 use super::audit::Auditor;
+use super::group_commit::GroupCommit;
 use super::{
     check_conclusion, check_day_range, lease_end, ConcludeOutcome, Conclusion, EgressRecord, Lease,
     NewRecord, PutOutcome, RecordStatus, Retry, SpaceEntry, Store, StoreError, StoreStats,
@@ -93,6 +94,8 @@ const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("spaces");
 pub struct RedbStore {
     db: Database,
     path: Option<PathBuf>,
+    /// Concurrent `put`s share one durable commit.
+    puts: GroupCommit<NewRecord, Result<PutOutcome, StoreError>>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -104,6 +107,38 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
+    /// Inserts a group of new records in one transaction: each answered as
+    /// a lone `put` would be (a batch tracked twice in one group is
+    /// `Existing` the second time), all durable at one commit.
+    fn put_group(&self, group: Vec<NewRecord>) -> Vec<Result<PutOutcome, StoreError>> {
+        let count = group.len();
+        let written = (|| {
+            let tx = self.db.begin_write().or_backend()?;
+            let mut results = Vec::with_capacity(count);
+            let mut inserted = false;
+            {
+                let mut records = tx.open_table(RECORDS).or_backend()?;
+                let mut due = tx.open_table(DUE).or_backend()?;
+                for new in group {
+                    if let Some(existing) = load(&records, &new.batch)? {
+                        results.push(PutOutcome::existing(existing, &new.node));
+                        continue;
+                    }
+                    let record = EgressRecord::from_new(new);
+                    save(&mut records, &mut due, None, &record)?;
+                    results.push(Ok(PutOutcome::Inserted(record)));
+                    inserted = true;
+                }
+            }
+            // With nothing inserted, dropping the transaction aborts it.
+            if inserted {
+                tx.commit().or_backend()?;
+            }
+            Ok::<_, StoreError>(results)
+        })();
+        written.unwrap_or_else(|e| vec![Err(e); count])
+    }
+
     /// Opens (creating if needed) the store in `dir`, file [`FILE_NAME`].
     ///
     /// After a crash, redb repairs the file on open; everything committed is
@@ -158,7 +193,11 @@ impl RedbStore {
             tx.open_table(SPACES).or_backend()?;
         }
         tx.commit().or_backend()?;
-        Ok(RedbStore { db, path })
+        Ok(RedbStore {
+            db,
+            path,
+            puts: GroupCommit::default(),
+        })
     }
 
     /// Reads the whole database in one snapshot and checks that its tables
@@ -228,20 +267,9 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn put(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
-        let tx = self.db.begin_write().or_backend()?;
-        let record = {
-            let mut records = tx.open_table(RECORDS).or_backend()?;
-            let mut due = tx.open_table(DUE).or_backend()?;
-            if let Some(existing) = load(&records, &new.batch)? {
-                // Nothing to write: dropping the transaction aborts it.
-                return PutOutcome::existing(existing, &new.node);
-            }
-            let record = EgressRecord::from_new(new);
-            save(&mut records, &mut due, None, &record)?;
-            record
-        };
-        tx.commit().or_backend()?;
-        Ok(PutOutcome::Inserted(record))
+        self.puts
+            .submit(new, |group| self.put_group(group))
+            .unwrap_or_else(|| Err(StoreError::Backend("a group commit failed".into())))
     }
 
     fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
