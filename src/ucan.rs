@@ -372,6 +372,9 @@ pub struct Delegation {
     root: Block,
     data: Arc<UcanData>,
     blocks: Arc<BlockStore>,
+    /// The signing payload, made once: it is needed to verify the signature
+    /// and to name the retrieval ([`Delegation::payload_id`]).
+    payload: Arc<std::sync::OnceLock<Vec<u8>>>,
 }
 
 /// An invocation is a delegation to the service that runs it.
@@ -413,6 +416,7 @@ impl Delegation {
             root: block,
             data: Arc::new(data),
             blocks,
+            payload: Default::default(),
         })
     }
 
@@ -497,19 +501,25 @@ impl Delegation {
     /// payload id, whatever its block CID, so this, not [`Delegation::cid`],
     /// is the key of "counted once".
     pub fn payload_id(&self) -> Result<Cid, CodecError> {
-        Ok(crate::dag::cid_of(
-            crate::dag::RAW,
-            &self.data.signing_payload()?,
-        ))
+        Ok(crate::dag::cid_of(crate::dag::RAW, self.signing_payload()?))
+    }
+
+    /// The exact bytes the issuer signed ([`UcanData::signing_payload`]),
+    /// made on first use and kept.
+    pub fn signing_payload(&self) -> Result<&[u8], CodecError> {
+        if let Some(payload) = self.payload.get() {
+            return Ok(payload);
+        }
+        let payload = self.data.signing_payload()?;
+        Ok(self.payload.get_or_init(|| payload))
     }
 
     /// Whether `verifier` is the issuer and the signature is theirs.
     pub fn verify_signature(&self, verifier: &dyn Verifier) -> bool {
         verifier.did() == &self.data.issuer
             && self
-                .data
                 .signing_payload()
-                .map(|payload| verifier.verify(&payload, &self.data.signature))
+                .map(|payload| verifier.verify(payload, &self.data.signature))
                 .unwrap_or(false)
     }
 
@@ -701,6 +711,7 @@ impl DelegationBuilder<'_> {
             root,
             data: Arc::new(data),
             blocks: Arc::new(blocks),
+            payload: Default::default(),
         })
     }
 }

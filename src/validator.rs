@@ -199,6 +199,12 @@ impl SignatureCache {
         entries.get(&key).is_some_and(|b| b == bytes)
     }
 
+    /// Forgets that `cid` verified with `verifier`.
+    pub fn remove(&self, cid: &Cid, verifier: &dyn Verifier) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(&(*cid, verifier.did().clone(), verifier.key_did()));
+    }
+
     /// Records that `bytes`, named `cid`, verified with `verifier`.
     pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

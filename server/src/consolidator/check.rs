@@ -149,21 +149,17 @@ pub(super) struct Checks {
 impl Checks {
     /// Checks `archives` on all available cores; results in batch order.
     pub(super) fn check_chunk(&self, archives: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
-        let check = |(archive, bytes): &(Cid, axum::body::Bytes)| {
-            self.check_archive(archive, bytes)
-                .unwrap_or_else(Checked::Rejected)
-        };
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8);
         if threads == 1 || archives.len() < 2 * threads {
-            return archives.iter().map(check).collect();
+            return self.check_part(archives);
         }
         let per_thread = archives.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = archives
                 .chunks(per_thread)
-                .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+                .map(|part| scope.spawn(move || self.check_part(part)))
                 .collect();
             handles
                 .into_iter()
@@ -172,17 +168,74 @@ impl Checks {
         })
     }
 
-    /// Checks one receipt archive, all but duplicates (judged in batch order by
-    /// the caller); an `Err` goes to `errors[]`.
-    fn check_archive(&self, archive: &Cid, bytes: &[u8]) -> Result<Checked, Box<ReceiptError>> {
-        let node = &self.node;
-        let reject = |name: &str, message: String, receipt: Cid| {
-            Box::new(ReceiptError {
-                name: name.into(),
-                message,
-                receipt,
+    /// Checks a run of archives: their signatures first, all together,
+    /// then each receipt's rules, in order.
+    fn check_part(&self, part: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
+        let opened: Vec<_> = part
+            .iter()
+            .map(|(archive, bytes)| self.open(archive, bytes))
+            .collect();
+        let presumed = self.verify_together(&opened);
+        let checked = opened
+            .into_iter()
+            .map(|o| {
+                o.and_then(|o| self.judge(o, presumed.is_some()))
+                    .unwrap_or_else(Checked::Rejected)
             })
-        };
+            .collect();
+        // The retrievals' signatures were lent to the cache for this run only.
+        for (cid, verifier) in presumed.unwrap_or_default() {
+            self.signatures.remove(&cid, verifier.as_ref());
+        }
+        checked
+    }
+
+    /// Verifies the ed25519 signatures of the receipts and of their
+    /// retrievals in one batch. When all are valid, the retrievals' go to the
+    /// batch's signature cache (where the validator finds them verified;
+    /// returned, to take them out again) and the receipts need no check of
+    /// their own. When any is not, nothing is assumed: each is verified
+    /// alone, and the bad one reported, as without this step.
+    fn verify_together(
+        &self,
+        opened: &[Result<Opened, Box<ReceiptError>>],
+    ) -> Option<Vec<(Cid, Arc<dyn Verifier>)>> {
+        let mut payloads = Vec::new();
+        let mut lent = Vec::new();
+        for o in opened.iter().flatten() {
+            let payload = o.receipt.data().signing_payload().ok()?;
+            payloads.push((self.node_verifier.clone(), payload, &o.receipt.data().signature));
+            let Ok(invocation) = &o.invocation else { continue };
+            let Ok(verifier) = ucanto::principal::verifier_for(invocation.issuer()) else {
+                continue;
+            };
+            let Ok(payload) = invocation.signing_payload() else { continue };
+            payloads.push((verifier.clone(), payload.to_vec(), &invocation.data().signature));
+            lent.push((invocation, verifier));
+        }
+        let items: Vec<_> = payloads
+            .iter()
+            .map(|(v, p, s)| (v.as_ref(), p.as_slice(), *s))
+            .collect();
+        if !ucanto::principal::verify_all(&items) {
+            return None;
+        }
+        Some(
+            lent.into_iter()
+                .map(|(invocation, verifier)| {
+                    self.signatures.insert(
+                        invocation.cid(),
+                        verifier.as_ref(),
+                        invocation.block().bytes.clone(),
+                    );
+                    (invocation.cid(), verifier)
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads a receipt archive and the retrieval it ran.
+    fn open(&self, archive: &Cid, bytes: &[u8]) -> Result<Opened, Box<ReceiptError>> {
         if archive.codec() != CAR {
             return Err(reject(
                 "InvalidArchive",
@@ -192,6 +245,22 @@ impl Checks {
         }
         let receipt = Receipt::extract(bytes)
             .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
+        let invocation = Invocation::from_blocks(&receipt.ran_cid(), receipt.blocks().clone());
+        Ok(Opened {
+            receipt,
+            invocation,
+        })
+    }
+
+    /// Checks one opened receipt, all but duplicates (judged in batch order
+    /// by the caller); an `Err` goes to `errors[]`. `signed`: its signature
+    /// was verified already.
+    fn judge(&self, opened: Opened, signed: bool) -> Result<Checked, Box<ReceiptError>> {
+        let node = &self.node;
+        let Opened {
+            receipt,
+            invocation,
+        } = opened;
         let cid = receipt.cid();
         if receipt.issuer().is_some_and(|iss| iss != node) {
             return Err(reject(
@@ -203,7 +272,7 @@ impl Checks {
                 cid,
             ));
         }
-        if !receipt.verify_signature(self.node_verifier.as_ref()) {
+        if !signed && !receipt.verify_signature(self.node_verifier.as_ref()) {
             return Err(reject(
                 "InvalidSignature",
                 format!("receipt is not signed by the node {node}"),
@@ -211,7 +280,7 @@ impl Checks {
             ));
         }
         let ran = receipt.ran_cid();
-        let invocation = match Invocation::from_blocks(&ran, receipt.blocks().clone()) {
+        let invocation = match invocation {
             Ok(invocation) => invocation,
             Err(CodecError::MissingBlock(_)) => {
                 return Err(reject(
@@ -311,6 +380,21 @@ impl Checks {
             billable: !self.non_billable.contains(invocation.issuer()),
         }))
     }
+}
+
+/// A receipt not counted, and why.
+fn reject(name: &str, message: String, receipt: Cid) -> Box<ReceiptError> {
+    Box::new(ReceiptError {
+        name: name.into(),
+        message,
+        receipt,
+    })
+}
+
+/// A receipt archive, read, with the retrieval it ran (or why not).
+struct Opened {
+    receipt: Receipt,
+    invocation: Result<Invocation, CodecError>,
 }
 
 /// Error name of a retrieval already counted: earlier in the batch (the same
