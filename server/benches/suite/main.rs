@@ -12,7 +12,7 @@
 //! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
-//! the number of track invocations per peer (default 20000).
+//! the number of track invocations per peer (default 5000).
 
 mod batch;
 mod consolidate;
@@ -47,7 +47,7 @@ async fn run() {
     std::fs::create_dir_all(&work).unwrap();
     let p = batch::Principals::new();
     let max_mib = env_u64("BENCH_MAX_MIB", 1024);
-    let tracks = env_u64("BENCH_TRACKS", 20_000) as usize;
+    let tracks = env_u64("BENCH_TRACKS", 5_000) as usize;
 
     // Track: the same number of distinct invocations against each peer.
     eprintln!("track: signing {tracks} invocations…");
@@ -162,14 +162,15 @@ fn print_table(r: &serde_json::Value) {
     );
     let c = &r["consolidate"];
     for run in c["runs"].as_array().unwrap() {
+        let to_floor = run["receipts_per_core_s"].as_f64().unwrap()
+            / c["signature_floor_per_core_s"].as_f64().unwrap();
         println!(
-            "| consolidate {} MiB ({} receipts): receipts/s, per core | {} , {} | {} (signature floor per core) | {} |",
+            "| consolidate {} MiB ({} receipts): receipts/s, per core | {}, {} | {} (signature floor per core) | {to_floor:.2} |",
             run["batch_mib"],
             run["receipts"],
             run["receipts_per_s"],
             run["receipts_per_core_s"],
             c["signature_floor_per_core_s"],
-            round(run["receipts_per_core_s"].as_f64().unwrap() / c["signature_floor_per_core_s"].as_f64().unwrap() * 100.0) / 100.0
         );
     }
     for m in r["memory"].as_array().unwrap() {
@@ -182,7 +183,19 @@ fn print_table(r: &serde_json::Value) {
     }
     if let Some(interop) = r["interop"].as_object() {
         for (name, value) in interop {
-            println!("| interop {name} | {value} | | |");
+            let rate = |side: &str| {
+                value
+                    .as_object()
+                    .and_then(|v| v.iter().find(|(k, _)| k.starts_with(side)))
+                    .and_then(|(_, v)| v.as_f64())
+                    .map_or(0.0, round)
+            };
+            println!(
+                "| interop {name} (ops/s) | {} | {} (JS @ucanto) | {}× |",
+                rate("rust"),
+                rate("js"),
+                round(value["ratio"].as_f64().unwrap_or(0.0))
+            );
         }
     }
     println!();

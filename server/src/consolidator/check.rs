@@ -204,13 +204,25 @@ impl Checks {
         let mut lent = Vec::new();
         for o in opened.iter().flatten() {
             let payload = o.receipt.data().signing_payload().ok()?;
-            payloads.push((self.node_verifier.clone(), payload, &o.receipt.data().signature));
-            let Ok(invocation) = &o.invocation else { continue };
+            payloads.push((
+                self.node_verifier.clone(),
+                payload,
+                &o.receipt.data().signature,
+            ));
+            let Ok(invocation) = &o.invocation else {
+                continue;
+            };
             let Ok(verifier) = ucanto::principal::verifier_for(invocation.issuer()) else {
                 continue;
             };
-            let Ok(payload) = invocation.signing_payload() else { continue };
-            payloads.push((verifier.clone(), payload.to_vec(), &invocation.data().signature));
+            let Ok(payload) = invocation.signing_payload() else {
+                continue;
+            };
+            payloads.push((
+                verifier.clone(),
+                payload.to_vec(),
+                &invocation.data().signature,
+            ));
             lent.push((invocation, verifier));
         }
         let items: Vec<_> = payloads
