@@ -20,7 +20,7 @@ use cid::Cid;
 use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
-use ucanto::ucan::Capability;
+use ucanto::ucan::{Capability, Invocation};
 use ucanto::varint;
 
 use crate::schema::{self, nb_or_empty, Fields};
@@ -274,6 +274,11 @@ pub fn retrieve_capability(receipt: &Receipt) -> Result<Capability, EgressError>
     let invocation = receipt
         .ran()
         .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
+    retrieve_capability_of(&invocation)
+}
+
+/// The `space/content/retrieve` capability `invocation` invokes.
+fn retrieve_capability_of(invocation: &Invocation) -> Result<Capability, EgressError> {
     match invocation.capabilities() {
         [capability] if capability.can == Retrieve::CAN => Ok(capability.clone()),
         caps => {
@@ -293,20 +298,21 @@ pub fn retrieve_capability(receipt: &Receipt) -> Result<Capability, EgressError>
 ///
 /// This does not check who issued the receipt; the caller decides whom to trust.
 pub fn egress_bytes(receipt: &Receipt) -> Result<u64, EgressError> {
-    if let Err(error) = receipt.out() {
-        let name = match error {
-            Ipld::Map(map) => match map.get("name") {
-                Some(Ipld::String(name)) => Some(name.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        return Err(EgressError::Failed {
-            receipt: receipt.cid(),
-            name,
-        });
+    if let Some(failed) = failure(receipt) {
+        return Err(failed);
     }
-    let capability = retrieve_capability(receipt)?;
+    let invocation = receipt
+        .ran()
+        .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
+    egress_bytes_of(receipt, &invocation)
+}
+
+/// [`egress_bytes`] of a receipt whose invocation the caller decoded already.
+pub fn egress_bytes_of(receipt: &Receipt, invocation: &Invocation) -> Result<u64, EgressError> {
+    if let Some(failed) = failure(receipt) {
+        return Err(failed);
+    }
+    let capability = retrieve_capability_of(invocation)?;
     let (start, end) = read_range(&Fields::new("nb", nb_or_empty(capability.nb.as_ref())))
         .map_err(EgressError::Malformed)?;
     if end < start {
@@ -314,6 +320,22 @@ pub fn egress_bytes(receipt: &Receipt) -> Result<u64, EgressError> {
     }
     let parsed = Retrieve::parse(&capability).map_err(EgressError::Malformed)?;
     parsed.nb.range.size().ok_or(EgressError::Overflow)
+}
+
+/// A failed retrieval served nothing: the error saying so, if it failed.
+fn failure(receipt: &Receipt) -> Option<EgressError> {
+    let error = receipt.out().as_ref().err()?;
+    let name = match error {
+        Ipld::Map(map) => match map.get("name") {
+            Some(Ipld::String(name)) => Some(name.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    Some(EgressError::Failed {
+        receipt: receipt.cid(),
+        name,
+    })
 }
 
 #[cfg(test)]

@@ -126,7 +126,10 @@ impl Did {
     /// would let anyone re-encode a signed UCAN under a new CID.
     pub fn from_ucan_bytes(bytes: &[u8]) -> Result<Did, PrincipalError> {
         let did = Self::from_any_ucan_bytes(bytes)?;
-        if did.to_ucan_bytes() != bytes {
+        // A key's bytes are its one form already (the multicodec varint is
+        // read strictly); only the generic form can be another.
+        let generic = varint::decode(bytes).is_ok_and(|(code, _)| code == DID_CORE);
+        if generic && did.to_ucan_bytes() != bytes {
             return Err(PrincipalError::InvalidDid(
                 format!("0x{}", hex_prefix(bytes)),
                 format!("not the canonical byte form of {did}"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cid::Cid;
 use etracker_capabilities::account_egress_get::format_date;
 use etracker_capabilities::consolidate::ReceiptError;
-use etracker_capabilities::retrieve::{egress_bytes, EgressError};
+use etracker_capabilities::retrieve::{egress_bytes_of, EgressError};
 use etracker_capabilities::{Ability, Retrieve};
 use ucanto::dag::{CodecError, CAR};
 use ucanto::principal::{Did, Verifier};
@@ -350,7 +350,7 @@ impl Checks {
         let retrieval = invocation
             .payload_id()
             .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-        let size = match egress_bytes(&receipt) {
+        let size = match egress_bytes_of(&receipt, &invocation) {
             Ok(size) => size,
             // A failed retrieval served nothing: a valid receipt with no egress.
             Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
