@@ -2,6 +2,7 @@
 //! to count, run on every core a bounded chunk at a time, and the bounded
 //! list of the receipts that did not.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -206,7 +207,7 @@ impl Checks {
             let payload = o.receipt.data().signing_payload().ok()?;
             payloads.push((
                 self.node_verifier.clone(),
-                payload,
+                Cow::Owned(payload),
                 &o.receipt.data().signature,
             ));
             let Ok(invocation) = &o.invocation else {
@@ -220,14 +221,14 @@ impl Checks {
             };
             payloads.push((
                 verifier.clone(),
-                payload.to_vec(),
+                Cow::Borrowed(payload),
                 &invocation.data().signature,
             ));
             lent.push((invocation, verifier));
         }
         let items: Vec<_> = payloads
             .iter()
-            .map(|(v, p, s)| (v.as_ref(), p.as_slice(), *s))
+            .map(|(v, p, s)| (v.as_ref(), p.as_ref(), *s))
             .collect();
         if !ucanto::principal::verify_all(&items) {
             return None;

@@ -53,29 +53,42 @@ impl Delivery {
         } else {
             rest.chunks(per_page).collect()
         };
+        // Every page but the last is answered "incomplete" while the
+        // tracker stages chunks; any other answer ends the delivery.
         let last = pages.len() - 1;
-        for (i, page) in pages.into_iter().enumerate() {
-            let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
-                .capability(etracker_capabilities::Conclude::capability(
-                    &self.tracker,
-                    &nb,
-                ))
-                .attach(receipt.block().clone())
-                .attach(first.clone());
-            for chunk in page {
-                builder = builder.attach(chunk.clone());
+        for page in &pages[..last] {
+            let answer = self.send_page(&nb, receipt, first, page).await?;
+            if error_name(answer.out()) != Some(TALLY_INCOMPLETE) {
+                return self.concluded(&answer, receipt, batch, tally);
             }
-            for proof in &self.conclude_proofs {
-                builder = builder.proof(Proof::Delegation(proof.clone()));
-            }
-            let invocation = builder.build()?;
-            let answer = self.tracker_connection.invoke(&invocation).await?;
-            if i < last && error_name(answer.out()) == Some(TALLY_INCOMPLETE) {
-                continue;
-            }
-            return self.concluded(&answer, receipt, batch, tally);
         }
-        unreachable!("a tally has at least one page")
+        let answer = self.send_page(&nb, receipt, first, pages[last]).await?;
+        self.concluded(&answer, receipt, batch, tally)
+    }
+
+    /// Invokes conclude with the receipt, the first tally chunk and `page`.
+    async fn send_page(
+        &self,
+        nb: &etracker_capabilities::conclude::ConcludeNb,
+        receipt: &Receipt,
+        first: &Block,
+        page: &[Block],
+    ) -> Result<Receipt, DeliveryError> {
+        let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
+            .capability(etracker_capabilities::Conclude::capability(
+                &self.tracker,
+                nb,
+            ))
+            .attach(receipt.block().clone())
+            .attach(first.clone());
+        for chunk in page {
+            builder = builder.attach(chunk.clone());
+        }
+        for proof in &self.conclude_proofs {
+            builder = builder.proof(Proof::Delegation(proof.clone()));
+        }
+        let invocation = builder.build()?;
+        Ok(self.tracker_connection.invoke(&invocation).await?)
     }
 
     /// Reads the tracker's answer to the (last) conclude page.
