@@ -50,6 +50,7 @@ pub mod consolidator;
 pub mod handlers;
 pub mod metrics;
 pub mod registry;
+pub mod scratch;
 pub mod service;
 pub mod store;
 pub mod tally;

@@ -387,8 +387,39 @@ struct ConsolidateArgs {
     admin_token: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(serve_cli()),
+        Err(e) => {
+            eprintln!("etracker: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to 8
+/// per core), and each arena keeps what was freed in it: with the threads
+/// that check receipts and run store calls, the tracker's memory would be
+/// the sum of their high-water marks. Two arenas keep it near what is in
+/// use. glibc reads the limit from the environment when a process starts,
+/// so the tracker sets it and starts again, unless the operator chose one.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let mut again = std::process::Command::new("/proc/self/exe");
+        if let Some(name) = args.next() {
+            again.arg0(name);
+        }
+        // `exec` returns only when it failed: carry on as started.
+        let error = again.args(args).env("MALLOC_ARENA_MAX", "2").exec();
+        eprintln!("etracker: cannot restart with MALLOC_ARENA_MAX=2 ({error}); going on");
+    }
+}
+
+async fn serve_cli() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

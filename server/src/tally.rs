@@ -8,6 +8,10 @@
 //! the tracker stages what it gets until it has them all (see
 //! [`crate::handlers::conclude`]).
 //!
+//! Neither side holds a whole tally in memory: the consolidator writes chunks
+//! as retrievals are counted ([`TallyWriter`], to a scratch file), and the
+//! tracker reads them one at a time ([`Chunk::decode`]).
+//!
 //! # Format
 //! ```text
 //! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
@@ -16,70 +20,42 @@
 //! Usage entries and counted retrievals may be spread over any number of chunks;
 //! every chunk names the same batch. A counted retrieval is the payload id
 //! of its `space/content/retrieve` invocation (raw CID of what the client
-//! signed), the same for every encoding of it.
+//! signed), the same for every encoding of it. [`TallyWriter`] puts the
+//! counted retrievals first and the usage in the last chunks.
 
 use std::collections::BTreeMap;
 
 use cid::Cid;
-use ucanto::dag::{Block, BlockStore, CodecError, Ipld, IpldMap};
+use ucanto::dag::{Block, CodecError, Ipld, IpldMap};
 use ucanto::principal::Did;
+
+use crate::scratch::ScratchFile;
 
 /// Counted retrievals per chunk: ~150 KiB.
 pub const CHUNK_RECEIPTS: usize = 4096;
 /// Usage entries per chunk: ~100 KiB.
 pub const CHUNK_USAGE: usize = 1024;
 
-/// Egress of one batch, per space and day, and the receipts it counted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Bytes per (space, day).
-    pub usage: BTreeMap<(Did, String), u64>,
-    /// Bytes per (space, day) retrieved by non-billable actors: counted once
-    /// like the rest, billed to no one.
-    pub non_billable: BTreeMap<(Did, String), u64>,
-    /// Retrievals counted (their `space/content/retrieve` invocations, so a
-    /// retrieval counts once however many receipts a node signs for it), in
-    /// batch order.
+/// Bytes per (space, day).
+pub type Usage = BTreeMap<(Did, String), u64>;
+
+/// What one tally chunk says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Billable bytes per space and day.
+    pub usage: Vec<(Did, String, u64)>,
+    /// Bytes per space and day retrieved by non-billable actors.
+    pub non_billable: Vec<(Did, String, u64)>,
+    /// Retrievals counted.
     pub counted: Vec<Cid>,
 }
 
-impl Tally {
-    /// Adds `bytes` retrieved from `space` on `day` by the retrieval `invocation`.
-    pub fn add(&mut self, space: Did, day: String, bytes: u64, invocation: Cid) {
-        *self.usage.entry((space, day)).or_default() += bytes;
-        self.counted.push(invocation);
-    }
-
-    /// Adds `bytes` retrieved from `space` on `day` by a non-billable actor
-    /// in the retrieval `invocation`.
-    pub fn add_non_billable(&mut self, space: Did, day: String, bytes: u64, invocation: Cid) {
-        *self.non_billable.entry((space, day)).or_default() += bytes;
-        self.counted.push(invocation);
-    }
-
-    /// Sum of all usage.
-    pub fn total(&self) -> u64 {
-        self.usage.values().sum()
-    }
-
-    /// Encodes the tally of `batch` as chunk blocks (at least one) of at most
-    /// [`CHUNK_RECEIPTS`] counted retrievals and [`CHUNK_USAGE`] usage entries.
-    pub fn to_blocks(&self, batch: Cid) -> Result<Vec<Block>, CodecError> {
-        self.to_blocks_of(batch, CHUNK_RECEIPTS, CHUNK_USAGE)
-    }
-
-    /// Encodes the tally of `batch` as chunk blocks (at least one) of at most
-    /// `receipts` counted retrievals and `usage` usage entries each.
-    pub fn to_blocks_of(
-        &self,
-        batch: Cid,
-        receipts: usize,
-        usage: usize,
-    ) -> Result<Vec<Block>, CodecError> {
-        let (receipts, usage_per_chunk) = (receipts.max(1), usage.max(1));
-        let entries = |map: &BTreeMap<(Did, String), u64>| -> Vec<Ipld> {
-            map.iter()
-                .map(|((space, day), bytes)| {
+impl Chunk {
+    /// Encodes a chunk of `batch`.
+    pub fn encode(&self, batch: Cid) -> Result<Block, CodecError> {
+        let entries = |list: &[(Did, String, u64)]| -> Vec<Ipld> {
+            list.iter()
+                .map(|(space, day, bytes)| {
                     Ipld::Map(IpldMap::from([
                         ("space".to_string(), Ipld::String(space.to_string())),
                         ("day".to_string(), Ipld::String(day.clone())),
@@ -88,93 +64,296 @@ impl Tally {
                 })
                 .collect()
         };
-        let (usage, non_billable) = (entries(&self.usage), entries(&self.non_billable));
-        let count = self
-            .counted
-            .len()
-            .div_ceil(receipts)
-            .max(usage.len().div_ceil(usage_per_chunk))
-            .max(non_billable.len().div_ceil(usage_per_chunk))
-            .max(1);
-        (0..count)
-            .map(|i| {
-                let part = |len: usize, per: usize| (i * per).min(len)..((i + 1) * per).min(len);
-                let usage = usage[part(usage.len(), usage_per_chunk)].to_vec();
-                let counted = self.counted[part(self.counted.len(), receipts)]
-                    .iter()
-                    .map(|c| Ipld::Link(*c))
-                    .collect();
-                let mut chunk = IpldMap::from([
-                    ("batch".to_string(), Ipld::Link(batch)),
-                    ("usage".to_string(), Ipld::List(usage)),
-                    ("counted".to_string(), Ipld::List(counted)),
-                ]);
-                let exempt = &non_billable[part(non_billable.len(), usage_per_chunk)];
-                if !exempt.is_empty() {
-                    chunk.insert("nonBillable".into(), Ipld::List(exempt.to_vec()));
-                }
-                Block::encode(&Ipld::Map(chunk))
-            })
-            .collect()
+        let mut chunk = IpldMap::from([
+            ("batch".to_string(), Ipld::Link(batch)),
+            ("usage".to_string(), Ipld::List(entries(&self.usage))),
+            (
+                "counted".to_string(),
+                Ipld::List(self.counted.iter().map(|c| Ipld::Link(*c)).collect()),
+            ),
+        ]);
+        if !self.non_billable.is_empty() {
+            chunk.insert(
+                "nonBillable".into(),
+                Ipld::List(entries(&self.non_billable)),
+            );
+        }
+        Block::encode(&Ipld::Map(chunk))
     }
 
-    /// Reads the chunks `links` from `blocks`; every chunk must name `batch`.
-    pub fn from_blocks(
-        batch: &Cid,
-        links: &[Cid],
-        blocks: &BlockStore,
-    ) -> Result<Tally, CodecError> {
+    /// Reads the chunk `block`, which must name `batch`.
+    pub fn decode(batch: &Cid, block: &Block) -> Result<Chunk, CodecError> {
+        let link = block.cid;
         let bad = |why: String| CodecError::schema("tally", why);
-        let mut tally = Tally::default();
-        for link in links {
-            let Ipld::Map(chunk) = blocks.block(link)?.decode()? else {
-                return Err(bad(format!("chunk {link} is not a map")));
-            };
-            if chunk.get("batch") != Some(&Ipld::Link(*batch)) {
-                return Err(bad(format!("chunk {link} is not for batch {batch}")));
-            }
-            let list = |key: &str| match chunk.get(key) {
-                Some(Ipld::List(items)) => Ok(items.clone()),
-                _ => Err(bad(format!("chunk {link} has no {key} list"))),
-            };
-            let exempt = match chunk.get("nonBillable") {
-                None => Vec::new(),
-                Some(_) => list("nonBillable")?,
-            };
-            let usage = list("usage")?.into_iter().map(|e| (e, false));
-            for (entry, non_billable) in usage.chain(exempt.into_iter().map(|e| (e, true))) {
-                let Ipld::Map(entry) = entry else {
-                    return Err(bad("usage entry is not a map".into()));
-                };
-                let (
-                    Some(Ipld::String(space)),
-                    Some(Ipld::String(day)),
-                    Some(Ipld::Integer(bytes)),
-                ) = (entry.get("space"), entry.get("day"), entry.get("bytes"))
-                else {
-                    return Err(bad("usage entry needs space, day and bytes".into()));
-                };
-                let space = Did::parse(space).map_err(|e| bad(e.to_string()))?;
-                let bytes = u64::try_from(*bytes)
-                    .map_err(|_| bad(format!("bytes {bytes} out of range")))?;
-                let map = if non_billable {
-                    &mut tally.non_billable
-                } else {
-                    &mut tally.usage
-                };
-                let slot = map.entry((space, day.clone())).or_default();
-                *slot = slot
-                    .checked_add(bytes)
-                    .ok_or_else(|| bad("usage overflows".into()))?;
-            }
-            for item in list("counted")? {
-                let Ipld::Link(cid) = item else {
-                    return Err(bad("counted entries are links".into()));
-                };
-                tally.counted.push(cid);
-            }
+        let Ipld::Map(mut map) = block.decode()? else {
+            return Err(bad(format!("chunk {link} is not a map")));
+        };
+        if map.get("batch") != Some(&Ipld::Link(*batch)) {
+            return Err(bad(format!("chunk {link} is not for batch {batch}")));
         }
-        Ok(tally)
+        let mut list = |key: &str, required: bool| match map.remove(key) {
+            Some(Ipld::List(items)) => Ok(items),
+            None if !required => Ok(Vec::new()),
+            _ => Err(bad(format!("chunk {link} has no {key} list"))),
+        };
+        let usage = entries(list("usage", true)?)?;
+        let non_billable = entries(list("nonBillable", false)?)?;
+        let counted = list("counted", true)?
+            .into_iter()
+            .map(|item| match item {
+                Ipld::Link(cid) => Ok(cid),
+                _ => Err(bad("counted entries are links".into())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Chunk {
+            usage,
+            non_billable,
+            counted,
+        })
+    }
+}
+
+fn entries(list: Vec<Ipld>) -> Result<Vec<(Did, String, u64)>, CodecError> {
+    let bad = |why: String| CodecError::schema("tally", why);
+    list.into_iter()
+        .map(|entry| {
+            let Ipld::Map(entry) = entry else {
+                return Err(bad("usage entry is not a map".into()));
+            };
+            let (Some(Ipld::String(space)), Some(Ipld::String(day)), Some(Ipld::Integer(bytes))) =
+                (entry.get("space"), entry.get("day"), entry.get("bytes"))
+            else {
+                return Err(bad("usage entry needs space, day and bytes".into()));
+            };
+            let space = Did::parse(space).map_err(|e| bad(e.to_string()))?;
+            let bytes =
+                u64::try_from(*bytes).map_err(|_| bad(format!("bytes {bytes} out of range")))?;
+            Ok((space, day.clone(), bytes))
+        })
+        .collect()
+}
+
+/// Adds `bytes` to `usage[(space, day)]`, refusing an overflow.
+pub fn add_usage(usage: &mut Usage, space: Did, day: String, bytes: u64) -> Option<()> {
+    let slot = usage.entry((space, day)).or_default();
+    *slot = slot.checked_add(bytes)?;
+    Some(())
+}
+
+/// A tally of one batch, written as it is counted: every
+/// `receipts_per_chunk` retrievals become a chunk block in a scratch file (or
+/// in memory), and [`TallyWriter::finish`] appends the usage.
+pub struct TallyWriter {
+    batch: Cid,
+    receipts_per_chunk: usize,
+    usage_per_chunk: usize,
+    pending: Vec<Cid>,
+    usage: Usage,
+    non_billable: Usage,
+    counted: u64,
+    chunks: Chunks,
+}
+
+impl TallyWriter {
+    /// A tally of `batch` whose chunks go to `file` (in memory without one).
+    pub fn new(batch: Cid, file: Option<ScratchFile>) -> Self {
+        Self::with_chunking(batch, file, CHUNK_RECEIPTS, CHUNK_USAGE)
+    }
+
+    /// As [`TallyWriter::new`], with at most `receipts` counted retrievals and
+    /// `usage` usage entries a chunk.
+    pub fn with_chunking(
+        batch: Cid,
+        file: Option<ScratchFile>,
+        receipts: usize,
+        usage: usize,
+    ) -> Self {
+        TallyWriter {
+            batch,
+            receipts_per_chunk: receipts.max(1),
+            usage_per_chunk: usage.max(1),
+            pending: Vec::new(),
+            usage: Usage::new(),
+            non_billable: Usage::new(),
+            counted: 0,
+            chunks: Chunks {
+                file,
+                index: Vec::new(),
+                memory: Vec::new(),
+            },
+        }
+    }
+
+    /// Adds `bytes` retrieved from `space` on `day` by the retrieval `retrieval`.
+    pub fn add(
+        &mut self,
+        space: Did,
+        day: String,
+        bytes: u64,
+        retrieval: Cid,
+    ) -> Result<(), TallyError> {
+        add_usage(&mut self.usage, space, day, bytes).ok_or(TallyError::Overflow)?;
+        self.count(retrieval)
+    }
+
+    /// Adds `bytes` retrieved from `space` on `day` by a non-billable actor
+    /// in the retrieval `retrieval`.
+    pub fn add_non_billable(
+        &mut self,
+        space: Did,
+        day: String,
+        bytes: u64,
+        retrieval: Cid,
+    ) -> Result<(), TallyError> {
+        add_usage(&mut self.non_billable, space, day, bytes).ok_or(TallyError::Overflow)?;
+        self.count(retrieval)
+    }
+
+    fn count(&mut self, retrieval: Cid) -> Result<(), TallyError> {
+        self.pending.push(retrieval);
+        self.counted += 1;
+        if self.pending.len() >= self.receipts_per_chunk {
+            let chunk = Chunk {
+                counted: std::mem::take(&mut self.pending),
+                ..Chunk::default()
+            };
+            self.chunks.push(chunk.encode(self.batch)?)?;
+        }
+        Ok(())
+    }
+
+    /// The tally: the last counted retrievals and the usage written out.
+    pub fn finish(mut self) -> Result<Tally, TallyError> {
+        let flat = |usage: &Usage| -> Vec<(Did, String, u64)> {
+            usage
+                .iter()
+                .map(|((space, day), bytes)| (space.clone(), day.clone(), *bytes))
+                .collect()
+        };
+        let (usage, non_billable) = (flat(&self.usage), flat(&self.non_billable));
+        let per = self.usage_per_chunk;
+        let mut usage_parts = usage.chunks(per);
+        let mut exempt_parts = non_billable.chunks(per);
+        // The counted retrievals left, then usage entries, at least one chunk.
+        let mut first = true;
+        loop {
+            let chunk = Chunk {
+                counted: std::mem::take(&mut self.pending),
+                usage: usage_parts.next().map(<[_]>::to_vec).unwrap_or_default(),
+                non_billable: exempt_parts.next().map(<[_]>::to_vec).unwrap_or_default(),
+            };
+            let empty = chunk == Chunk::default();
+            if empty && !(first && self.chunks.len() == 0) {
+                break;
+            }
+            first = false;
+            self.chunks.push(chunk.encode(self.batch)?)?;
+        }
+        let total = self
+            .usage
+            .values()
+            .try_fold(0u64, |sum, bytes| sum.checked_add(*bytes))
+            .ok_or(TallyError::Overflow)?;
+        Ok(Tally {
+            usage: self.usage,
+            non_billable: self.non_billable,
+            counted: self.counted,
+            total,
+            chunks: self.chunks,
+        })
+    }
+}
+
+/// Why a tally could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum TallyError {
+    /// A chunk could not be encoded.
+    #[error("cannot encode a tally chunk: {0}")]
+    Encode(#[from] CodecError),
+    /// The scratch file failed.
+    #[error("tally scratch file: {0}")]
+    Io(#[from] std::io::Error),
+    /// Usage beyond u64.
+    #[error("usage overflows u64")]
+    Overflow,
+}
+
+/// Egress of one batch, per space and day, with the chunks listing the
+/// retrievals it counted.
+pub struct Tally {
+    /// Bytes per (space, day).
+    pub usage: Usage,
+    /// Bytes per (space, day) retrieved by non-billable actors: counted once
+    /// like the rest, billed to no one.
+    pub non_billable: Usage,
+    /// Retrievals counted.
+    pub counted: u64,
+    total: u64,
+    chunks: Chunks,
+}
+
+impl Tally {
+    /// The tally of a batch that counted nothing.
+    pub fn empty(batch: Cid) -> Result<Tally, TallyError> {
+        TallyWriter::new(batch, None).finish()
+    }
+
+    /// Sum of the billable usage.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The chunks' CIDs, in order (at least one).
+    pub fn links(&self) -> Vec<Cid> {
+        match &self.chunks.file {
+            Some(_) => self.chunks.index.iter().map(|(cid, ..)| *cid).collect(),
+            None => self.chunks.memory.iter().map(|b| b.cid).collect(),
+        }
+    }
+
+    /// Chunk `i`.
+    pub fn chunk(&self, i: usize) -> Result<Block, TallyError> {
+        self.chunks.get(i)
+    }
+}
+
+/// Chunk blocks, in a scratch file (or in memory, without one).
+struct Chunks {
+    file: Option<ScratchFile>,
+    /// CID, offset and length of each chunk in the file.
+    index: Vec<(Cid, u64, usize)>,
+    memory: Vec<Block>,
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        self.index.len() + self.memory.len()
+    }
+
+    fn push(&mut self, block: Block) -> Result<(), std::io::Error> {
+        match &mut self.file {
+            Some(file) => {
+                let offset = file.append(&block.bytes)?;
+                self.index.push((block.cid, offset, block.bytes.len()));
+            }
+            None => self.memory.push(block),
+        }
+        Ok(())
+    }
+
+    fn get(&self, i: usize) -> Result<Block, TallyError> {
+        let missing = || std::io::Error::other(format!("no tally chunk {i}"));
+        match &self.file {
+            Some(file) => {
+                let (cid, offset, len) = *self.index.get(i).ok_or_else(missing)?;
+                let bytes = file.read_at(offset, len)?;
+                Ok(Block {
+                    cid,
+                    bytes: bytes.into(),
+                })
+            }
+            None => Ok(self.memory.get(i).ok_or_else(missing)?.clone()),
+        }
     }
 }
 
@@ -182,29 +361,47 @@ impl Tally {
 mod tests {
     use super::*;
 
+    /// Reads every chunk of `tally` back: usage, non-billable usage and counted.
+    fn read_back(batch: &Cid, tally: &Tally) -> (Usage, Usage, Vec<Cid>) {
+        let (mut usage, mut non_billable, mut counted) = (Usage::new(), Usage::new(), Vec::new());
+        for i in 0..tally.links().len() {
+            let chunk = Chunk::decode(batch, &tally.chunk(i).unwrap()).unwrap();
+            for (space, day, bytes) in chunk.usage {
+                add_usage(&mut usage, space, day, bytes).unwrap();
+            }
+            for (space, day, bytes) in chunk.non_billable {
+                add_usage(&mut non_billable, space, day, bytes).unwrap();
+            }
+            counted.extend(chunk.counted);
+        }
+        (usage, non_billable, counted)
+    }
+
     #[test]
-    fn chunks_round_trip() {
+    fn chunks_round_trip_through_a_scratch_file() {
         let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
         let space: Did = "did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX"
             .parse()
             .unwrap();
-        let mut tally = Tally::default();
+        let file = ScratchFile::create(&std::env::temp_dir(), "tally-test").unwrap();
+        let mut writer = TallyWriter::new(batch, Some(file));
+        let mut expected = Vec::new();
         for i in 0..(CHUNK_RECEIPTS * 2 + 3) {
-            let receipt = ucanto::dag::cid_of(ucanto::dag::DAG_CBOR, &i.to_le_bytes());
-            tally.add(
-                space.clone(),
-                format!("2026-11-{:02}", 1 + i % 3),
-                10,
-                receipt,
-            );
+            let retrieval = ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes());
+            let day = format!("2026-11-{:02}", 1 + i % 3);
+            writer.add(space.clone(), day, 10, retrieval).unwrap();
+            expected.push(retrieval);
         }
-        let blocks = tally.to_blocks(batch).unwrap();
-        assert_eq!(blocks.len(), 3);
-        let links: Vec<Cid> = blocks.iter().map(|b| b.cid).collect();
-        let store: BlockStore = blocks.into_iter().collect();
-        assert_eq!(Tally::from_blocks(&batch, &links, &store).unwrap(), tally);
+        let tally = writer.finish().unwrap();
+        assert_eq!(tally.links().len(), 3);
+        assert_eq!(tally.counted, expected.len() as u64);
+        assert_eq!(tally.total(), 10 * expected.len() as u64);
+        let (usage, non_billable, counted) = read_back(&batch, &tally);
+        assert_eq!(usage, tally.usage);
+        assert!(non_billable.is_empty());
+        assert_eq!(counted, expected);
         let other = ucanto::dag::cid_of(ucanto::dag::CAR, b"other");
-        assert!(Tally::from_blocks(&other, &links, &store).is_err());
+        assert!(Chunk::decode(&other, &tally.chunk(0).unwrap()).is_err());
     }
 
     /// Many spaces, non-billable bytes and small chunks: every part is spread
@@ -212,20 +409,54 @@ mod tests {
     #[test]
     fn small_chunks_round_trip() {
         let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
-        let mut tally = Tally::default();
+        let mut writer = TallyWriter::with_chunking(batch, None, 4, 3);
+        let mut expected = Vec::new();
         for i in 0..50u64 {
             let space: Did = format!("did:web:space{i}.example").parse().unwrap();
             let retrieval = ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes());
+            expected.push(retrieval);
             if i % 5 == 0 {
-                tally.add_non_billable(space, "2026-11-01".into(), i, retrieval);
+                writer
+                    .add_non_billable(space, "2026-11-01".into(), i, retrieval)
+                    .unwrap();
             } else {
-                tally.add(space, "2026-11-01".into(), i, retrieval);
+                writer
+                    .add(space, "2026-11-01".into(), i, retrieval)
+                    .unwrap();
             }
         }
-        let blocks = tally.to_blocks_of(batch, 4, 3).unwrap();
-        assert_eq!(blocks.len(), 14, "40 usage entries, 3 a chunk");
-        let links: Vec<Cid> = blocks.iter().map(|b| b.cid).collect();
-        let store: BlockStore = blocks.into_iter().collect();
-        assert_eq!(Tally::from_blocks(&batch, &links, &store).unwrap(), tally);
+        let tally = writer.finish().unwrap();
+        // 12 full chunks of counted retrievals, then 14 for 40 usage entries,
+        // 3 a chunk (the first with the last 2 retrievals).
+        assert_eq!(tally.links().len(), 12 + 14);
+        let (usage, non_billable, counted) = read_back(&batch, &tally);
+        assert_eq!(
+            (usage, non_billable),
+            (tally.usage.clone(), tally.non_billable.clone())
+        );
+        assert_eq!(counted, expected);
+    }
+
+    #[test]
+    fn an_empty_tally_is_one_chunk() {
+        let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
+        let tally = Tally::empty(batch).unwrap();
+        assert_eq!(tally.links().len(), 1);
+        assert_eq!(read_back(&batch, &tally).2, Vec::<Cid>::new());
+    }
+
+    #[test]
+    fn usage_overflow_is_refused() {
+        let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
+        let space: Did = "did:web:space.example".parse().unwrap();
+        let mut writer = TallyWriter::new(batch, None);
+        let r = |i: u8| ucanto::dag::cid_of(ucanto::dag::RAW, &[i]);
+        writer
+            .add(space.clone(), "2026-11-01".into(), u64::MAX, r(1))
+            .unwrap();
+        assert!(matches!(
+            writer.add(space, "2026-11-01".into(), 1, r(2)),
+            Err(TallyError::Overflow)
+        ));
     }
 }

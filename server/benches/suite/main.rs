@@ -12,7 +12,8 @@
 //! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
-//! the number of track invocations per peer (default 5000).
+//! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
+//! runs one all-valid consolidation of that size and nothing else.
 
 mod batch;
 mod consolidate;
@@ -47,6 +48,15 @@ async fn run() {
     std::fs::create_dir_all(&work).unwrap();
     let p = batch::Principals::new();
     let max_mib = env_u64("BENCH_MAX_MIB", 1024);
+    // One consolidation of one all-valid batch, for profiling.
+    if let Some(mib) = std::env::var("BENCH_ONE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let run = consolidate::run(&p, &work, mib, true).await;
+        println!("{}", run.json());
+        return;
+    }
     let tracks = env_u64("BENCH_TRACKS", 5_000) as usize;
 
     // Track: the same number of distinct invocations against each peer.

@@ -73,7 +73,10 @@ pub(crate) async fn etracker(p: &Principals, data_dir: &Path) -> Peer {
         .env("ETRACKER_ALLOW_PRIVATE_ENDPOINTS", "true")
         .env("ETRACKER_CONSOLIDATION_INTERVAL", "86400")
         .env("ETRACKER_MAX_CONCURRENT_REQUESTS", "1024")
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_TRACKER_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

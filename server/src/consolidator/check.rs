@@ -39,58 +39,50 @@ pub(super) const CHECK_CHUNK: usize = 512;
 pub(super) enum Checked {
     Counted(Counted),
     /// A valid receipt of a failed retrieval.
-    NoEgress(Cid),
-    Rejected(Box<ReceiptError>),
-}
-
-impl Checked {
-    /// What must appear once per batch: the retrieval for a counted receipt,
-    /// the receipt (or archive) otherwise.
-    pub(super) fn key(&self) -> Cid {
-        match self {
-            Checked::Counted(c) => c.retrieval,
-            _ => self.receipt(),
-        }
-    }
-
-    /// The receipt (the archive, when no receipt could be read).
-    pub(super) fn receipt(&self) -> Cid {
-        match self {
-            Checked::Counted(c) => c.receipt,
-            Checked::NoEgress(cid) => *cid,
-            Checked::Rejected(e) => e.receipt,
-        }
-    }
+    NoEgress,
+    Rejected(ReceiptError),
 }
 
 /// Receipt errors of one batch, bounded so that the consolidate receipt
-/// stays small whatever the batch holds.
+/// stays small whatever the batch holds: the first [`MAX_LISTED_ERRORS`] in
+/// batch order are listed, whenever they are found.
 #[derive(Default)]
 pub(super) struct Rejections {
-    listed: Vec<ReceiptError>,
+    /// Errors listed, by the position of their receipt in the batch.
+    listed: BTreeMap<u64, ReceiptError>,
     /// Errors past the bound, by name.
     unlisted: BTreeMap<String, u64>,
-    /// The first receipt not listed.
-    first_unlisted: Option<Cid>,
+    /// The first receipt not listed, and its position.
+    first_unlisted: Option<(u64, Cid)>,
 }
 
 impl Rejections {
-    /// Whether the next error is listed, or named as the first unlisted one.
-    pub(super) fn lists_next(&self) -> bool {
-        self.listed.len() < MAX_LISTED_ERRORS || self.first_unlisted.is_none()
+    /// Whether an error of the receipt at `seq` would name its receipt
+    /// (listed, or the first unlisted); when not, [`Rejections::count`] it.
+    pub(super) fn names(&self, seq: u64) -> bool {
+        self.listed.len() < MAX_LISTED_ERRORS
+            || self
+                .listed
+                .last_key_value()
+                .is_some_and(|(last, _)| seq < *last)
+            || self.first_unlisted.is_none_or(|(first, _)| seq < first)
     }
 
-    /// Counts an unlisted error (when [`Rejections::lists_next`] is false).
+    /// Counts an error that [`Rejections::names`] said would not be named.
     pub(super) fn count(&mut self, name: &str) {
         *self.unlisted.entry(name.to_string()).or_default() += 1;
     }
 
-    pub(super) fn push(&mut self, error: ReceiptError) {
-        if self.listed.len() < MAX_LISTED_ERRORS {
-            self.listed.push(error);
-        } else {
-            self.first_unlisted.get_or_insert(error.receipt);
-            *self.unlisted.entry(error.name).or_default() += 1;
+    /// The error of the receipt at `seq`.
+    pub(super) fn push(&mut self, seq: u64, error: ReceiptError) {
+        self.listed.insert(seq, error);
+        if self.listed.len() > MAX_LISTED_ERRORS {
+            if let Some((seq, error)) = self.listed.pop_last() {
+                if self.first_unlisted.is_none_or(|(first, _)| seq < first) {
+                    self.first_unlisted = Some((seq, error.receipt));
+                }
+                self.count(&error.name);
+            }
         }
     }
 
@@ -98,7 +90,7 @@ impl Rejections {
     /// more, one `TooManyErrors` entry that counts the rest by name and names
     /// the first of them (or the batch).
     pub(super) fn into_errors(self, batch: &Cid) -> Vec<ReceiptError> {
-        let mut errors = self.listed;
+        let mut errors: Vec<ReceiptError> = self.listed.into_values().collect();
         if !self.unlisted.is_empty() {
             let total: u64 = self.unlisted.values().sum();
             let by_name: Vec<String> = self
@@ -112,7 +104,7 @@ impl Rejections {
                     "{total} more receipt(s) not counted and not listed: {}",
                     by_name.join(", ")
                 ),
-                receipt: self.first_unlisted.unwrap_or(*batch),
+                receipt: self.first_unlisted.map_or(*batch, |(_, cid)| cid),
             });
         }
         errors
@@ -149,7 +141,7 @@ pub(super) struct Checks {
 
 impl Checks {
     /// Checks `archives` on all available cores; results in batch order.
-    pub(super) fn check_chunk(&self, archives: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
+    pub(super) fn check_chunk(&self, archives: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8);
@@ -171,17 +163,17 @@ impl Checks {
 
     /// Checks a run of archives: their signatures first, all together,
     /// then each receipt's rules, in order.
-    fn check_part(&self, part: &[(Cid, axum::body::Bytes)]) -> Vec<Checked> {
+    fn check_part(&self, part: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
         let opened: Vec<_> = part
             .iter()
-            .map(|(archive, bytes)| self.open(archive, bytes))
+            .map(|(_, archive, bytes)| self.open(archive, bytes))
             .collect();
         let presumed = self.verify_together(&opened);
         let checked = opened
             .into_iter()
             .map(|o| {
                 o.and_then(|o| self.judge(o, presumed.is_some()))
-                    .unwrap_or_else(Checked::Rejected)
+                    .unwrap_or_else(|error| Checked::Rejected(*error))
             })
             .collect();
         // The retrievals' signatures were lent to the cache for this run only.
@@ -354,7 +346,7 @@ impl Checks {
         let size = match egress_bytes_of(&receipt, &invocation) {
             Ok(size) => size,
             // A failed retrieval served nothing: a valid receipt with no egress.
-            Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress(cid)),
+            Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress),
             Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
                 return Err(reject("InvalidRange", e.to_string(), cid))
             }
@@ -424,5 +416,45 @@ pub(super) fn retrieval_time(invocation: &Invocation) -> u64 {
         (Some(exp), _) => exp.saturating_sub(1).min(current),
         (None, Some(nbf)) => nbf.min(current),
         (None, None) => current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucanto::dag::{cid_of, DAG_CBOR};
+
+    /// The errors listed are the first in batch order, even those found
+    /// after later ones (duplicates are found at the end); the rest are
+    /// counted by name, naming the first of them.
+    #[test]
+    fn the_first_errors_in_batch_order_are_listed_whenever_found() {
+        let receipt = |seq: u64| cid_of(DAG_CBOR, &seq.to_be_bytes());
+        let error = |seq: u64| ReceiptError {
+            name: "InvalidSignature".into(),
+            message: format!("receipt {seq}"),
+            receipt: receipt(seq),
+        };
+        let max = MAX_LISTED_ERRORS as u64;
+        let mut rejected = Rejections::default();
+        for seq in 1..=max + 1 {
+            assert!(rejected.names(seq));
+            rejected.push(seq, error(seq));
+        }
+        assert!(rejected.names(0), "earlier than every listed error");
+        rejected.push(0, error(0));
+        assert!(!rejected.names(max + 5));
+        rejected.count("InvalidSignature");
+        let errors = rejected.into_errors(&cid_of(ucanto::dag::CAR, b"batch"));
+        assert_eq!(errors.len(), MAX_LISTED_ERRORS + 1);
+        let listed: Vec<Cid> = errors[..MAX_LISTED_ERRORS]
+            .iter()
+            .map(|e| e.receipt)
+            .collect();
+        assert_eq!(listed, (0..max).map(receipt).collect::<Vec<_>>());
+        let last = &errors[MAX_LISTED_ERRORS];
+        assert_eq!(last.name, TOO_MANY_ERRORS);
+        assert_eq!(last.receipt, receipt(max), "the first receipt not listed");
+        assert!(last.message.starts_with("3 more"), "{}", last.message);
     }
 }

@@ -17,9 +17,12 @@ use crate::tally::Tally;
 /// pending and the task runs again.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum DeliveryError {
-    /// The tally or the conclude invocation could not be encoded.
+    /// The conclude invocation could not be encoded.
     #[error("cannot encode conclude: {0}")]
     Encode(#[from] ucanto::dag::CodecError),
+    /// The tally could not be read back.
+    #[error("cannot read the tally: {0}")]
+    Tally(#[from] crate::tally::TallyError),
     /// The tracker could not be reached, or its answer not read.
     #[error("cannot reach the tracker: {0}")]
     Unreachable(#[from] ucanto::client::ClientError),
@@ -29,26 +32,34 @@ pub(super) enum DeliveryError {
 }
 
 impl Delivery {
-    /// Invokes `space/egress/conclude` with `receipt` and `tally`, in pages
-    /// of at most `chunks_per_page` tally chunks (each page also carries the
-    /// first chunk, which names the batch), so no request outgrows the
-    /// tracker's body limit.
+    /// Invokes `space/egress/conclude` with `receipt` and `tally` (none:
+    /// nothing counted), in pages of at most `chunks_per_page` tally chunks
+    /// (each page also carries the first chunk, which names the batch), so
+    /// no request outgrows the tracker's body limit; chunks are read from
+    /// the tally's scratch file a page at a time.
     pub(super) async fn conclude(
         &self,
         receipt: &Receipt,
         batch: Cid,
-        tally: &Tally,
+        tally: Option<&Tally>,
     ) -> Result<(), DeliveryError> {
-        let paging = self.paging;
-        let chunks =
-            tally.to_blocks_of(batch, paging.receipts_per_chunk, crate::tally::CHUNK_USAGE)?;
+        let empty;
+        let tally = match tally {
+            Some(tally) => tally,
+            None => {
+                empty = Tally::empty(batch)?;
+                &empty
+            }
+        };
+        let links = tally.links();
         let nb = etracker_capabilities::conclude::ConcludeNb {
             receipt: receipt.cid(),
-            tally: chunks.iter().map(|b| b.cid).collect(),
+            tally: links.clone(),
         };
-        let (first, rest) = chunks.split_first().expect("a tally has a chunk");
-        let per_page = paging.chunks_per_page.max(2) - 1;
-        let pages: Vec<&[Block]> = if rest.is_empty() {
+        let first = tally.chunk(0)?;
+        let per_page = self.paging.chunks_per_page.max(2) - 1;
+        let rest: Vec<usize> = (1..links.len()).collect();
+        let pages: Vec<&[usize]> = if rest.is_empty() {
             vec![&[]]
         } else {
             rest.chunks(per_page).collect()
@@ -57,12 +68,14 @@ impl Delivery {
         // tracker stages chunks; any other answer ends the delivery.
         let last = pages.len() - 1;
         for page in &pages[..last] {
-            let answer = self.send_page(&nb, receipt, first, page).await?;
+            let answer = self.send_page(&nb, receipt, &first, tally, page).await?;
             if error_name(answer.out()) != Some(TALLY_INCOMPLETE) {
                 return self.concluded(&answer, receipt, batch, tally);
             }
         }
-        let answer = self.send_page(&nb, receipt, first, pages[last]).await?;
+        let answer = self
+            .send_page(&nb, receipt, &first, tally, pages[last])
+            .await?;
         self.concluded(&answer, receipt, batch, tally)
     }
 
@@ -72,7 +85,8 @@ impl Delivery {
         nb: &etracker_capabilities::conclude::ConcludeNb,
         receipt: &Receipt,
         first: &Block,
-        page: &[Block],
+        tally: &Tally,
+        page: &[usize],
     ) -> Result<Receipt, DeliveryError> {
         let mut builder = Delegation::builder(self.signer.as_ref(), self.tracker.clone())
             .capability(etracker_capabilities::Conclude::capability(
@@ -81,8 +95,8 @@ impl Delivery {
             ))
             .attach(receipt.block().clone())
             .attach(first.clone());
-        for chunk in page {
-            builder = builder.attach(chunk.clone());
+        for i in page {
+            builder = builder.attach(tally.chunk(*i)?);
         }
         for proof in &self.conclude_proofs {
             builder = builder.proof(Proof::Delegation(proof.clone()));

@@ -57,6 +57,7 @@ use ucanto::ucan::{Delegation, Invocation};
 mod check;
 mod deliver;
 mod fetch;
+mod spill;
 mod task;
 
 pub use check::{DUPLICATE_RECEIPT, MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS};
@@ -164,10 +165,10 @@ struct Delivery {
 }
 
 /// What the consolidate handler hands to the delivery: the batch and its
-/// tally, for a receipt that is final.
+/// tally (none when nothing counted), for a receipt that is final.
 struct Concludable {
     batch: Cid,
-    tally: Tally,
+    tally: Option<Tally>,
 }
 
 /// How a tally is cut for `space/egress/conclude`.
@@ -181,12 +182,13 @@ pub struct TallyPaging {
 }
 
 impl Default for TallyPaging {
-    /// 4096 retrievals (~150 KiB) a chunk, 16 chunks (~2.5 MiB) a page: far
-    /// under the default body limits.
+    /// 4096 retrievals (~150 KiB) a chunk, 4 chunks (~600 KiB) a page: far
+    /// under the default body limits, and small enough that handling a page
+    /// takes little memory on either side.
     fn default() -> Self {
         TallyPaging {
             receipts_per_chunk: crate::tally::CHUNK_RECEIPTS,
-            chunks_per_page: 16,
+            chunks_per_page: 4,
         }
     }
 }
@@ -206,6 +208,8 @@ struct HandlerState {
     tracker: Arc<dyn Verifier>,
     /// Which spaces count.
     spaces: SpacePolicy,
+    /// How tallies are cut into chunks.
+    paging: TallyPaging,
     /// The invokers whose retrievals are billed to no one.
     non_billable: Arc<HashSet<Did>>,
     /// Spaces the tracker refused as unknown (learned from refused
@@ -298,6 +302,7 @@ impl ConsolidatorBuilder {
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
             spaces: self.spaces,
+            paging: self.paging,
             non_billable: Arc::new(self.non_billable),
             known_unbillable: Mutex::new(HashSet::new()),
         });
@@ -328,7 +333,7 @@ impl ConsolidatorBuilder {
                     let Some(done) = effect.as_ref().and_then(|e| e.get::<Concludable>()) else {
                         return;
                     };
-                    if let Err(e) = delivery.conclude(&receipt, done.batch, &done.tally).await {
+                    if let Err(e) = delivery.conclude(&receipt, done.batch, done.tally.as_ref()).await {
                         // The record stays pending; the scheduler runs the task again.
                         tracing::warn!(task = %task.cid(), batch = %done.batch, error = %e, "conclude failed");
                     }

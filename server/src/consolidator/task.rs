@@ -1,7 +1,7 @@
 //! One consolidate task: fetch the batch, check and count its receipts,
 //! answer `{totalEgress, errors}` with the tally as the effect to conclude.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,12 +23,15 @@ use super::check::{
     DUPLICATE_RECEIPT, SIGNATURES_PER_RECEIPT,
 };
 use super::fetch::{is_public, literal_ip, spool_path};
+use super::spill::{Entry, Spill};
 use super::{
     BatchFailure, Concludable, HandlerState, RunningTask, NON_BILLABLE, RETRY, RETRY_INTERNAL,
     UNKNOWN_SPACE,
 };
 use crate::registry::{judge_all, Billing};
-use crate::tally::Tally;
+use crate::scratch::ScratchFile;
+use crate::store::Store;
+use crate::tally::{Tally, TallyError, TallyWriter};
 
 impl HandlerState {
     pub(super) async fn consolidate(&self, invoked: Invoked<Consolidate>) -> Response {
@@ -65,13 +68,13 @@ impl HandlerState {
         let batch = track_nb.receipts;
         let node = track.issuer().clone();
         match self.process(&node, &batch, &track_nb.url()).await {
-            Ok((ok, tally)) => Response::ok(ok.to_ipld()).with_effect(Concludable { batch, tally }),
+            Ok((ok, tally)) => Response::ok(ok.to_ipld()).with_effect(Concludable {
+                batch,
+                tally: Some(tally),
+            }),
             Err(BatchFailure::Permanent(message)) => {
                 tracing::warn!(%batch, %message, "batch cannot be consolidated");
-                failure(message).with_effect(Concludable {
-                    batch,
-                    tally: Tally::default(),
-                })
+                failure(message).with_effect(Concludable { batch, tally: None })
             }
             Err(BatchFailure::Transient(message)) => {
                 // The give-up age counts from the first failed attempt: a
@@ -82,10 +85,7 @@ impl HandlerState {
                 {
                     let message =
                         format!("gave up after {} s: {message}", self.limits.give_up_after);
-                    return failure(message).with_effect(Concludable {
-                        batch,
-                        tally: Tally::default(),
-                    });
+                    return failure(message).with_effect(Concludable { batch, tally: None });
                 }
                 tracing::info!(%batch, %message, "batch unavailable, will retry");
                 Response::failure(RETRY, message)
@@ -141,8 +141,7 @@ impl HandlerState {
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
-        let (rejected, candidates) = result?;
-        self.finish(batch, rejected, candidates).await
+        self.finish(batch, result?).await
     }
 
     /// Streams the batch to `path`, enforcing the size limits and the hash.
@@ -202,12 +201,9 @@ impl HandlerState {
         Ok(())
     }
 
-    /// Reads the spooled batch block by block and checks every receipt.
-    async fn count(
-        &self,
-        node: &Did,
-        path: &PathBuf,
-    ) -> Result<(Rejections, Vec<Counted>), BatchFailure> {
+    /// Reads the spooled batch block by block and checks every receipt,
+    /// one chunk while the next is read; what passes goes to the spill.
+    async fn count(&self, node: &Did, path: &PathBuf) -> Result<Counting, BatchFailure> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| BatchFailure::internal("reading the spooled batch", e))?;
@@ -237,163 +233,406 @@ impl HandlerState {
             node: node.clone(),
             node_verifier,
         });
-        let mut rejected = Rejections::default();
-        let mut counted = Vec::new();
-        // Retrievals judged in this batch, and archives already seen: a
-        // repeated archive is a duplicate without checking it again.
-        let mut seen = HashSet::new();
-        let mut seen_archives = HashSet::new();
+        let mut counting = Counting::new(&self.limits.scratch_dir)?;
+        // Archives met lately: a repeat is a duplicate without checking it
+        // again. Repeats farther apart are checked again, and found out when
+        // the counted retrievals are sorted.
+        let mut recent_archives = HashSet::new();
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
+        let mut checking: Option<tokio::task::JoinHandle<_>> = None;
+        let mut seq = 0u64;
         loop {
             let next = reader.next_block().await.map_err(undecodable)?;
             let end = next.is_none();
             if let Some((archive, bytes)) = next {
-                if seen_archives.insert(archive.hash().digest().to_vec()) {
+                let at = seq;
+                seq += 1;
+                if recent_archives.len() >= RECENT_ARCHIVES {
+                    recent_archives.clear();
+                }
+                if recent_archives.insert(archive) {
                     signatures.credit(SIGNATURES_PER_RECEIPT);
-                    chunk.push((archive, bytes));
-                } else if rejected.lists_next() {
+                    chunk.push((at, archive, bytes));
+                } else if counting.rejected.names(at) {
                     let receipt = Receipt::archived_cid(&bytes).unwrap_or(archive);
-                    rejected.push(ReceiptError {
-                        name: DUPLICATE_RECEIPT.into(),
-                        message: format!("receipt {receipt} appears more than once in the batch"),
-                        receipt,
-                    });
+                    counting.rejected.push(
+                        at,
+                        ReceiptError {
+                            name: DUPLICATE_RECEIPT.into(),
+                            message: format!(
+                                "receipt {receipt} appears more than once in the batch"
+                            ),
+                            receipt,
+                        },
+                    );
                 } else {
                     // Past the bound only the count matters: no need to read it.
-                    rejected.count(DUPLICATE_RECEIPT);
+                    counting.rejected.count(DUPLICATE_RECEIPT);
                 }
             }
             if chunk.len() < CHECK_CHUNK && !end {
                 continue;
             }
-            // Checking is CPU work (signatures, validation): it runs off the async
-            // runtime, on every core, a bounded chunk of archives at a time.
+            // Checking is CPU work (signatures, validation): it runs off the
+            // async runtime, on every core, while the next chunk is read.
+            if let Some(previous) = checking.take() {
+                counting.take(previous.await)?;
+            }
             let archives = std::mem::take(&mut chunk);
             let checks = checks.clone();
-            let checked = tokio::task::spawn_blocking(move || checks.check_chunk(&archives))
-                .await
-                .map_err(|e| BatchFailure::internal("checking receipts", e))?;
-            // In batch order: the first copy of a retrieval is judged, later
-            // copies (the same receipt, another receipt for the same
-            // retrieval, or the retrieval re-encoded) are duplicates.
-            for outcome in checked {
-                if !seen.insert(outcome.key()) {
-                    rejected.push(ReceiptError {
-                        name: DUPLICATE_RECEIPT.into(),
-                        message: format!(
-                            "retrieval {} appears more than once in the batch",
-                            outcome.key()
-                        ),
-                        receipt: outcome.receipt(),
-                    });
-                    continue;
-                }
-                match outcome {
-                    Checked::Counted(entry) => counted.push(entry),
-                    Checked::NoEgress(_) => {}
-                    Checked::Rejected(error) => rejected.push(*error),
-                }
-            }
+            checking = Some(tokio::task::spawn_blocking(move || {
+                let checked = checks.check_chunk(&archives);
+                (archives.into_iter().map(|(seq, ..)| seq).collect(), checked)
+            }));
             if end {
                 break;
             }
         }
-        Ok((rejected, counted))
+        if let Some(last) = checking {
+            counting.take(last.await)?;
+        }
+        Ok(counting)
     }
 
-    /// Drops retrievals an earlier batch already counted, sets apart those
-    /// of non-billable actors and of spaces no known provider provisions,
-    /// then totals the rest.
+    /// Finds the duplicates among the counted retrievals (in the batch, in
+    /// earlier batches), sets apart those of non-billable actors and of
+    /// spaces no known provider provisions, and tallies the rest.
     async fn finish(
         &self,
         batch: &Cid,
-        mut rejected: Rejections,
-        candidates: Vec<Counted>,
+        counting: Counting,
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
-        let earlier: Vec<Option<Cid>> = match self.store.clone() {
-            Some(store) => {
-                let cids: Vec<Cid> = candidates.iter().map(|c| c.retrieval).collect();
-                tokio::task::spawn_blocking(move || store.counted(&cids))
-                    .await
-                    .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?
-                    .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?
-            }
-            None => vec![None; candidates.len()],
+        let billable_spaces = counting
+            .usage
+            .iter()
+            .filter(|(_, _, billable)| *billable)
+            .map(|(space, ..)| space.clone())
+            .collect();
+        let verdicts = judge_all(&self.spaces, billable_spaces)
+            .await
+            .map_err(|e| BatchFailure::internal("looking up spaces", e))?;
+        let settle = Settle {
+            store: self.store.clone(),
+            verdicts,
+            known_counted: self
+                .known_counted
+                .lock()
+                .map(|k| k.clone())
+                .unwrap_or_default(),
+            refused: self
+                .known_unbillable
+                .lock()
+                .map(|k| k.clone())
+                .unwrap_or_default(),
         };
-        let known = self
-            .known_counted
-            .lock()
-            .map(|k| k.clone())
-            .unwrap_or_default();
-        let mut fresh = Vec::with_capacity(candidates.len());
-        for (entry, counted_by) in candidates.into_iter().zip(earlier) {
+        let scratch_dir = self.limits.scratch_dir.clone();
+        let tally = match ScratchFile::create(&scratch_dir, "tally") {
+            Ok(file) => TallyWriter::with_chunking(
+                *batch,
+                Some(file),
+                self.paging.receipts_per_chunk,
+                crate::tally::CHUNK_USAGE,
+            ),
+            Err(e) => return Err(spilling(e)),
+        };
+        let batch = *batch;
+        tokio::task::spawn_blocking(move || settle.run(batch, counting, tally))
+            .await
+            .map_err(|e| BatchFailure::internal("tallying", e))?
+    }
+}
+
+/// Distinct archives remembered while reading a batch.
+const RECENT_ARCHIVES: usize = 4096;
+
+/// Retrievals looked up in the store at a time.
+const SETTLE_PAGE: usize = 4096;
+
+/// What counting a batch found: the errors, and the retrievals that passed
+/// their own checks, spilled, with the table of their (space, day, billable).
+pub(super) struct Counting {
+    rejected: Rejections,
+    spill: Spill,
+    usage: Vec<(Did, String, bool)>,
+    usage_index: HashMap<(Did, String, bool), u32>,
+}
+
+type CheckedChunk = (Vec<u64>, Vec<Checked>);
+
+impl Counting {
+    fn new(scratch_dir: &std::path::Path) -> Result<Self, BatchFailure> {
+        Ok(Counting {
+            rejected: Rejections::default(),
+            spill: Spill::create(scratch_dir).map_err(spilling)?,
+            usage: Vec::new(),
+            usage_index: HashMap::new(),
+        })
+    }
+
+    /// Takes in one checked chunk, in batch order.
+    fn take(
+        &mut self,
+        checked: Result<CheckedChunk, tokio::task::JoinError>,
+    ) -> Result<(), BatchFailure> {
+        let (seqs, checked) =
+            checked.map_err(|e| BatchFailure::internal("checking receipts", e))?;
+        for (seq, outcome) in seqs.into_iter().zip(checked) {
+            match outcome {
+                Checked::Counted(counted) => self.add(seq, counted)?,
+                Checked::NoEgress => {}
+                Checked::Rejected(error) => self.rejected.push(seq, error),
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, seq: u64, counted: Counted) -> Result<(), BatchFailure> {
+        let Counted {
+            receipt,
+            retrieval,
+            space,
+            day,
+            bytes,
+            billable,
+        } = counted;
+        // Payload ids are raw sha2-256 CIDs: the digest stands for the CID.
+        let retrieval = <[u8; 32]>::try_from(retrieval.hash().digest()).map_err(|_| {
+            BatchFailure::internal("spilling", format!("retrieval {retrieval} is not sha2-256"))
+        })?;
+        let key = (space, day, billable);
+        let usage = match self.usage_index.get(&key) {
+            Some(index) => *index,
+            None => {
+                let index = u32::try_from(self.usage.len())
+                    .map_err(|e| BatchFailure::internal("spilling", e))?;
+                self.usage.push(key.clone());
+                self.usage_index.insert(key, index);
+                index
+            }
+        };
+        self.spill
+            .push(Entry {
+                retrieval,
+                seq,
+                usage,
+                bytes,
+                receipt,
+            })
+            .map_err(spilling)
+    }
+}
+
+/// A usage beyond u64 is the batch's doing (final); the rest is ours.
+fn tallying(e: TallyError) -> BatchFailure {
+    match e {
+        TallyError::Overflow => BatchFailure::Permanent("the batch's usage overflows u64".into()),
+        e => BatchFailure::internal("tallying", e),
+    }
+}
+
+fn spilling(e: std::io::Error) -> BatchFailure {
+    BatchFailure::internal("spilling counted retrievals", e)
+}
+
+/// What settling the counted retrievals needs to know.
+struct Settle {
+    store: Option<Arc<dyn Store>>,
+    verdicts: HashMap<Did, Billing>,
+    /// Retrievals the tracker said another batch counted.
+    known_counted: HashSet<Cid>,
+    /// Spaces the tracker said it does not bill.
+    refused: HashSet<Did>,
+}
+
+impl Settle {
+    /// Reads the counted retrievals sorted, drops the repeats and those
+    /// counted before, and tallies the rest (into a scratch file).
+    fn run(
+        self,
+        batch: Cid,
+        counting: Counting,
+        mut tally: TallyWriter,
+    ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
+        let Counting {
+            mut rejected,
+            spill,
+            usage,
+            ..
+        } = counting;
+        let mut page = Vec::with_capacity(SETTLE_PAGE);
+        let mut last = None;
+        for entry in spill.into_sorted().map_err(spilling)? {
+            let entry = entry.map_err(spilling)?;
+            // Sorted by retrieval, then position: the first copy is judged,
+            // later ones (another receipt, a re-encoding) are duplicates.
+            if last == Some(entry.retrieval) {
+                rejected.push(
+                    entry.seq,
+                    ReceiptError {
+                        name: DUPLICATE_RECEIPT.into(),
+                        message: format!(
+                            "retrieval {} appears more than once in the batch",
+                            retrieval_cid(&entry)
+                        ),
+                        receipt: entry.receipt,
+                    },
+                );
+                continue;
+            }
+            last = Some(entry.retrieval);
+            page.push(entry);
+            if page.len() == SETTLE_PAGE {
+                self.settle_page(&mut page, &usage, &mut rejected, &mut tally)?;
+            }
+        }
+        self.settle_page(&mut page, &usage, &mut rejected, &mut tally)?;
+        let tally = tally.finish().map_err(tallying)?;
+        let ok = ConsolidateOk {
+            total_egress: tally.total(),
+            errors: rejected.into_errors(&batch),
+        };
+        Ok((ok, tally))
+    }
+
+    /// Settles a page of distinct retrievals (and empties it).
+    fn settle_page(
+        &self,
+        page: &mut Vec<Entry>,
+        usage: &[(Did, String, bool)],
+        rejected: &mut Rejections,
+        tally: &mut TallyWriter,
+    ) -> Result<(), BatchFailure> {
+        let cids: Vec<Cid> = page.iter().map(retrieval_cid).collect();
+        let earlier = match &self.store {
+            Some(store) if !cids.is_empty() => store
+                .counted(&cids)
+                .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?,
+            _ => vec![None; cids.len()],
+        };
+        for ((entry, retrieval), counted_by) in page.drain(..).zip(cids).zip(earlier) {
+            let reject = |name: &str, message: String| ReceiptError {
+                name: name.into(),
+                message,
+                receipt: entry.receipt,
+            };
             let duplicate = match counted_by {
                 Some(batch) => Some(format!(
-                    "retrieval {} already counted in batch {batch}",
-                    entry.retrieval
+                    "retrieval {retrieval} already counted in batch {batch}"
                 )),
-                None if known.contains(&entry.retrieval) => Some(format!(
-                    "retrieval {} already counted in another batch",
-                    entry.retrieval
+                None if self.known_counted.contains(&retrieval) => Some(format!(
+                    "retrieval {retrieval} already counted in another batch"
                 )),
                 None => None,
             };
-            match duplicate {
-                Some(message) => rejected.push(ReceiptError {
-                    name: DUPLICATE_RECEIPT.into(),
-                    message,
-                    receipt: entry.receipt,
-                }),
-                None => fresh.push(entry),
-            }
-        }
-        let spaces = fresh
-            .iter()
-            .filter(|e| e.billable)
-            .map(|e| e.space.clone())
-            .collect();
-        let verdicts = judge_all(&self.spaces, spaces)
-            .await
-            .map_err(|e| BatchFailure::internal("looking up spaces", e))?;
-        let refused = self
-            .known_unbillable
-            .lock()
-            .map(|k| k.clone())
-            .unwrap_or_default();
-        let mut tally = Tally::default();
-        for entry in fresh {
-            if !entry.billable {
-                rejected.push(ReceiptError {
-                    name: NON_BILLABLE.into(),
-                    message: format!(
-                        "retrieval {} by a non-billable actor: {} bytes recorded apart, billed to no one",
-                        entry.retrieval, entry.bytes
-                    ),
-                    receipt: entry.receipt,
-                });
-                tally.add_non_billable(entry.space, entry.day, entry.bytes, entry.retrieval);
+            if let Some(message) = duplicate {
+                rejected.push(entry.seq, reject(DUPLICATE_RECEIPT, message));
                 continue;
             }
-            let unknown = match verdicts.get(&entry.space) {
+            let Some((space, day, billable)) = usage.get(entry.usage as usize) else {
+                return Err(BatchFailure::internal(
+                    "tallying",
+                    "a spilled entry lost its usage",
+                ));
+            };
+            if !billable {
+                rejected.push(
+                    entry.seq,
+                    reject(
+                        NON_BILLABLE,
+                        format!(
+                            "retrieval {retrieval} by a non-billable actor: {} bytes recorded apart, billed to no one",
+                            entry.bytes
+                        ),
+                    ),
+                );
+                tally
+                    .add_non_billable(space.clone(), day.clone(), entry.bytes, retrieval)
+                    .map_err(tallying)?;
+                continue;
+            }
+            let unknown = match self.verdicts.get(space) {
                 Some(Billing::Unknown(why)) => Some(why.clone()),
-                _ if refused.contains(&entry.space) => {
-                    Some(format!("the tracker does not bill space {}", entry.space))
+                _ if self.refused.contains(space) => {
+                    Some(format!("the tracker does not bill space {space}"))
                 }
                 _ => None,
             };
             match unknown {
-                Some(message) => rejected.push(ReceiptError {
-                    name: UNKNOWN_SPACE.into(),
-                    message,
-                    receipt: entry.receipt,
-                }),
-                None => tally.add(entry.space, entry.day, entry.bytes, entry.retrieval),
+                Some(message) => rejected.push(entry.seq, reject(UNKNOWN_SPACE, message)),
+                None => tally
+                    .add(space.clone(), day.clone(), entry.bytes, retrieval)
+                    .map_err(tallying)?,
             }
         }
-        let ok = ConsolidateOk {
-            total_egress: tally.total(),
-            errors: rejected.into_errors(batch),
+        Ok(())
+    }
+}
+
+/// The retrieval's payload id (a raw sha2-256 CID).
+fn retrieval_cid(entry: &Entry) -> Cid {
+    ucanto::dag::cid_of_digest(ucanto::dag::RAW, entry.retrieval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucanto::dag::{cid_of, DAG_CBOR, RAW};
+
+    /// Whatever runs the spill cuts it into, the first copy of a retrieval
+    /// in batch order counts, and every later one, near or far, is listed as
+    /// a duplicate in batch order, as is one another batch counted.
+    #[test]
+    fn repeats_anywhere_in_a_batch_count_once() {
+        let batch = cid_of(ucanto::dag::CAR, b"batch");
+        let space: Did = "did:web:space.example".parse().unwrap();
+        let receipt = |seq: u64| cid_of(DAG_CBOR, &seq.to_be_bytes());
+        let retrieval = |r: u8| cid_of(RAW, &[r]);
+        let mut counting = Counting {
+            rejected: Rejections::default(),
+            spill: Spill::with_run_entries(&std::env::temp_dir(), 3).unwrap(),
+            usage: Vec::new(),
+            usage_index: HashMap::new(),
         };
-        Ok((ok, tally))
+        for (seq, r) in [1u8, 2, 3, 1, 4, 2, 5, 1].into_iter().enumerate() {
+            let seq = seq as u64;
+            let counted = Counted {
+                receipt: receipt(seq),
+                retrieval: retrieval(r),
+                space: space.clone(),
+                day: "2026-11-01".into(),
+                bytes: 10,
+                billable: true,
+            };
+            counting.add(seq, counted).unwrap();
+        }
+        let settle = Settle {
+            store: None,
+            verdicts: HashMap::new(),
+            known_counted: HashSet::from([retrieval(5)]),
+            refused: HashSet::new(),
+        };
+        let tally = TallyWriter::with_chunking(batch, None, 2, 10);
+        let Ok((ok, tally)) = settle.run(batch, counting, tally) else {
+            panic!("settling failed");
+        };
+        assert_eq!((tally.counted, ok.total_egress), (4, 40));
+        let errors: Vec<(&str, Cid)> = ok
+            .errors
+            .iter()
+            .map(|e| (e.name.as_str(), e.receipt))
+            .collect();
+        let duplicate = |seq| (DUPLICATE_RECEIPT, receipt(seq));
+        assert_eq!(
+            errors,
+            [duplicate(3), duplicate(5), duplicate(6), duplicate(7)]
+        );
+        let mut counted = Vec::new();
+        for i in 0..tally.links().len() {
+            let chunk = crate::tally::Chunk::decode(&batch, &tally.chunk(i).unwrap()).unwrap();
+            counted.extend(chunk.counted);
+        }
+        let mut expected: Vec<Cid> = [1, 2, 3, 4].map(retrieval).to_vec();
+        expected.sort_by_key(|c| c.hash().digest().to_vec());
+        assert_eq!(counted, expected, "sorted by retrieval, once each");
     }
 }

@@ -8,6 +8,7 @@
 //! node and space totals, records the counted retrievals and marks the batch
 //! done. Concluding the same receipt again changes nothing.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use cid::Cid;
@@ -26,7 +27,7 @@ use crate::consolidator::consolidate_task;
 use crate::metrics::Metrics;
 use crate::registry::{judge_all, Billing};
 use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
-use crate::tally::Tally;
+use crate::tally::{add_usage, Chunk, Usage};
 
 /// Handles one conclude invocation.
 pub async fn handle(
@@ -78,57 +79,121 @@ pub async fn handle(
 /// rest are still to come.
 pub const TALLY_INCOMPLETE: &str = "TallyIncomplete";
 
-/// The tally chunks `links` of `batch`: attached to this invocation or staged
-/// by earlier pages. When some are still missing, stages the attached ones
-/// and answers [`Refusal::Incomplete`].
-async fn gather_chunks(
+/// What a tally says, read a chunk at a time: the usage summed, and the
+/// counted retrievals of a tally in one piece; those of a tally in pages stay
+/// staged in the store, which reads them as it commits, so no tally of more
+/// than one page is ever held in memory.
+struct TallySummary {
+    usage: Usage,
+    non_billable: Usage,
+    /// Retrievals counted, in all chunks.
+    counted: u64,
+    /// The counted retrievals of a tally in one piece.
+    listed: Vec<Cid>,
+    /// The chunks of a tally in pages, all staged.
+    staged: Vec<Cid>,
+}
+
+/// Reads the tally chunks `links` of `batch`, attached to this invocation or
+/// staged by earlier pages. When some are still missing, stages the attached
+/// ones and answers [`Refusal::Incomplete`].
+async fn read_tally(
     ctx: &Arc<Context>,
     batch: &Cid,
     links: &[Cid],
     blocks: &BlockStore,
-) -> Result<BlockStore, Refusal> {
-    let mut chunks = BlockStore::new();
-    let mut missing = Vec::new();
-    for link in links {
-        match blocks.block(link) {
-            Ok(block) => chunks.insert(block),
-            Err(_) => missing.push(*link),
-        }
-    }
-    if missing.is_empty() {
-        return Ok(chunks);
-    }
+) -> Result<TallySummary, Refusal> {
     let batch = *batch;
-    let wanted = missing.clone();
-    let staged = ctx
-        .store(move |store| store.staged_chunks(&batch, &wanted))
-        .await
-        .map_err(Refusal::Unexpected)?;
-    let mut still_missing = 0;
-    for (link, bytes) in missing.iter().zip(staged) {
-        match bytes.map(|b| Block {
-            cid: cid_of(link.codec(), &b),
-            bytes: b.into(),
-        }) {
-            Some(block) if block.cid == *link => chunks.insert(block),
-            _ => still_missing += 1,
+    let staged: HashSet<Cid> = if links.iter().all(|link| blocks.block(link).is_ok()) {
+        HashSet::new()
+    } else {
+        ctx.store(move |store| store.staged_chunk_ids(&batch))
+            .await
+            .map_err(Refusal::Unexpected)?
+            .into_iter()
+            .collect()
+    };
+    let missing = links
+        .iter()
+        .filter(|link| blocks.block(link).is_err() && !staged.contains(link))
+        .count();
+    if missing > 0 {
+        let attached: Vec<(Cid, Vec<u8>)> = links
+            .iter()
+            .filter_map(|link| blocks.block(link).ok())
+            .map(|block| (block.cid, block.bytes.to_vec()))
+            .collect();
+        ctx.store(move |store| store.stage_chunks(&batch, &attached))
+            .await
+            .map_err(Refusal::Unexpected)?;
+        return Err(Refusal::Incomplete {
+            received: links.len() - missing,
+            total: links.len(),
+        });
+    }
+    // A tally in pages: this page's chunks are staged too, so that the store
+    // reads every chunk one at a time and none is held here.
+    if !staged.is_empty() {
+        let attached: Vec<(Cid, Vec<u8>)> = links
+            .iter()
+            .filter(|link| !staged.contains(link))
+            .filter_map(|link| blocks.block(link).ok())
+            .map(|block| (block.cid, block.bytes.to_vec()))
+            .collect();
+        ctx.store(move |store| store.stage_chunks(&batch, &attached))
+            .await
+            .map_err(Refusal::Unexpected)?;
+    }
+    let mut summary = TallySummary {
+        usage: Usage::new(),
+        non_billable: Usage::new(),
+        counted: 0,
+        listed: Vec::new(),
+        staged: Vec::new(),
+    };
+    let overflow = || "the tally's usage overflows u64".to_string();
+    for link in links {
+        let in_hand = if staged.is_empty() {
+            blocks.block(link).ok()
+        } else {
+            None
+        };
+        let (block, attached) = match in_hand {
+            Some(block) => (block, true),
+            None => {
+                let wanted = *link;
+                let bytes = ctx
+                    .store(move |store| store.staged_chunks(&batch, &[wanted]))
+                    .await
+                    .map_err(Refusal::Unexpected)?
+                    .pop()
+                    .flatten()
+                    .ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
+                let block = Block {
+                    cid: cid_of(link.codec(), &bytes),
+                    bytes: bytes.into(),
+                };
+                if block.cid != *link {
+                    return Err(format!("staged chunk {link} does not hash to its CID").into());
+                }
+                (block, false)
+            }
+        };
+        let chunk = Chunk::decode(&batch, &block).map_err(|e| e.to_string())?;
+        for (space, day, bytes) in chunk.usage {
+            add_usage(&mut summary.usage, space, day, bytes).ok_or_else(overflow)?;
+        }
+        for (space, day, bytes) in chunk.non_billable {
+            add_usage(&mut summary.non_billable, space, day, bytes).ok_or_else(overflow)?;
+        }
+        summary.counted += chunk.counted.len() as u64;
+        if attached {
+            summary.listed.extend(chunk.counted);
+        } else {
+            summary.staged.push(*link);
         }
     }
-    if still_missing == 0 {
-        return Ok(chunks);
-    }
-    let attached: Vec<(Cid, Vec<u8>)> = links
-        .iter()
-        .filter_map(|link| blocks.block(link).ok())
-        .map(|block| (block.cid, block.bytes.to_vec()))
-        .collect();
-    ctx.store(move |store| store.stage_chunks(&batch, &attached))
-        .await
-        .map_err(Refusal::Unexpected)?;
-    Err(Refusal::Incomplete {
-        received: links.len() - still_missing,
-        total: links.len(),
-    })
+    Ok(summary)
 }
 
 enum Refusal {
@@ -197,20 +262,23 @@ async fn conclude(
         )
         .into());
     }
-    let chunks = gather_chunks(ctx, &batch, &nb.tally, blocks).await?;
-    let tally = Tally::from_blocks(&batch, &nb.tally, &chunks).map_err(|e| e.to_string())?;
+    let tally = read_tally(ctx, &batch, &nb.tally, blocks).await?;
+    let tally_total = tally
+        .usage
+        .values()
+        .try_fold(0u64, |sum, bytes| sum.checked_add(*bytes))
+        .ok_or_else(|| "the tally's usage overflows u64".to_string())?;
     // The total, and how many receipts `errors[]` lists (for the metrics).
     let (total, rejected) = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
-        Ok(Ok(ok)) if ok.total_egress == tally.total() => (ok.total_egress, ok.errors.len() as u64),
+        Ok(Ok(ok)) if ok.total_egress == tally_total => (ok.total_egress, ok.errors.len() as u64),
         Ok(Ok(ok)) => {
             return Err(format!(
-                "totalEgress {} differs from the tally's {}",
+                "totalEgress {} differs from the tally's {tally_total}",
                 ok.total_egress,
-                tally.total()
             )
             .into())
         }
-        Ok(Err(_)) if tally.counted.is_empty() => (0, 0),
+        Ok(Err(_)) if tally.counted == 0 => (0, 0),
         Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
         Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
     };
@@ -249,7 +317,8 @@ async fn conclude(
         node: record.node.clone(),
         total_bytes: total,
         usage: daily_usage(&tally.usage),
-        counted_receipts: tally.counted.clone(),
+        counted_receipts: tally.listed,
+        staged_tally: tally.staged,
         non_billable: daily_usage(&tally.non_billable),
         concluded_at: now(),
     };
@@ -275,7 +344,7 @@ async fn conclude(
     }
 }
 
-fn daily_usage(usage: &std::collections::BTreeMap<(Did, String), u64>) -> Vec<DailyUsage> {
+fn daily_usage(usage: &Usage) -> Vec<DailyUsage> {
     usage
         .iter()
         .map(|((space, day), bytes)| DailyUsage {

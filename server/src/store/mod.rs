@@ -190,13 +190,14 @@ impl EgressRecord {
     }
 
     /// This record concluded by `c`: done, its lease released.
-    pub(crate) fn concluded(&self, c: &Conclusion) -> EgressRecord {
+    /// The record once `c`, which counted `counted` retrievals, is committed.
+    pub(crate) fn concluded(&self, c: &Conclusion, counted: u64) -> EgressRecord {
         let mut record = self.clone();
         record.status = RecordStatus::Done {
             receipt: c.receipt,
             concluded_at: c.concluded_at,
             total_bytes: c.total_bytes,
-            counted_receipts: c.counted_receipts.len() as u64,
+            counted_receipts: counted,
         };
         record.lease = None;
         record
@@ -263,8 +264,14 @@ pub struct Conclusion {
     pub total_bytes: u64,
     /// Bytes per (space, day). Repeated (space, day) pairs are added up.
     pub usage: Vec<DailyUsage>,
-    /// Every retrieval counted in `usage` or `non_billable`; no duplicates.
+    /// Retrievals counted in `usage` or `non_billable`, with those of
+    /// `staged_tally`; no duplicates.
     pub counted_receipts: Vec<Cid>,
+    /// Tally chunks of the batch staged by [`Store::stage_chunks`] whose
+    /// `counted` retrievals count too: the store reads them a chunk at a
+    /// time as it commits, so that a conclusion of any size takes bounded
+    /// memory (see [`crate::tally`]).
+    pub staged_tally: Vec<Cid>,
     /// Bytes per (space, day) retrieved by non-billable actors (replication,
     /// indexing): recorded apart, in neither the node's nor the space's totals.
     pub non_billable: Vec<DailyUsage>,
@@ -460,13 +467,16 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// In order:
     /// 1. malformed conclusion (bad day, `total_bytes` ≠ Σ `usage`, a receipt
-    ///    listed twice) → [`StoreError::Invalid`];
+    ///    listed twice in `counted_receipts`) → [`StoreError::Invalid`];
     /// 2. no record → [`StoreError::NotFound`]; another consolidate CID or node
     ///    → [`StoreError::Mismatch`];
     /// 3. record done → `Ok(`[`ConcludeOutcome::AlreadyConcluded`]`)`, no write;
-    /// 4. any of `counted_receipts` already counted → [`StoreError::Conflict`]
+    /// 4. a chunk of `staged_tally` missing or malformed, or a retrieval
+    ///    listed twice across `counted_receipts` and the chunks →
+    ///    [`StoreError::Invalid`], no write;
+    /// 5. any counted retrieval already counted → [`StoreError::Conflict`]
     ///    listing them, no write;
-    /// 5. otherwise, in one transaction: store the receipt bytes under the
+    /// 6. otherwise, in one transaction: store the receipt bytes under the
     ///    consolidate CID, add `total_bytes` to the node total, add each
     ///    (space, day) to the space and node daily totals, map every counted
     ///    receipt to the batch, mark the record done and clear its lease →
@@ -521,6 +531,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The staged chunks of `batch` among `cids`, in order (`None` where missing).
     fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// The CIDs of the chunks staged for `batch`.
+    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError>;
 
     /// The consolidate receipt (CAR bytes) stored for a consolidate invocation.
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError>;
@@ -668,6 +681,29 @@ pub(crate) fn check_conclusion(c: &Conclusion) -> Result<SummedUsage, StoreError
         return Err(StoreError::Invalid(format!("receipt {dup} listed twice")));
     }
     Ok(summed)
+}
+
+/// The counted retrievals of the staged tally chunk `link` of `batch`,
+/// `bytes` (`None`: not staged).
+pub(crate) fn staged_counted(
+    batch: &Cid,
+    link: &Cid,
+    bytes: Option<Vec<u8>>,
+) -> Result<Vec<Cid>, StoreError> {
+    let bytes =
+        bytes.ok_or_else(|| StoreError::Invalid(format!("tally chunk {link} is not staged")))?;
+    let block = ucanto::dag::Block {
+        cid: ucanto::dag::cid_of(link.codec(), &bytes),
+        bytes: bytes.into(),
+    };
+    if block.cid != *link {
+        return Err(StoreError::Corrupt(format!(
+            "staged chunk {link} does not hash to its CID"
+        )));
+    }
+    crate::tally::Chunk::decode(batch, &block)
+        .map(|chunk| chunk.counted)
+        .map_err(|e| StoreError::Invalid(format!("tally chunk {link}: {e}")))
 }
 
 /// A conclusion's usage with repeated keys added up.

@@ -106,6 +106,12 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// redb's page cache: reads beyond it come from the operating system's file
+/// cache, and a transaction's dirty pages beyond half of it are written out
+/// before its commit, so that a conclusion of any size takes bounded memory
+/// (redb's default, 1 GiB, would let one big batch hold that much).
+pub const CACHE_BYTES: usize = 2 << 20;
+
 impl RedbStore {
     /// Inserts a group of new records in one transaction: each answered as
     /// a lone `put` would be (a batch tracked twice in one group is
@@ -139,7 +145,8 @@ impl RedbStore {
         written.unwrap_or_else(|e| vec![Err(e); count])
     }
 
-    /// Opens (creating if needed) the store in `dir`, file [`FILE_NAME`].
+    /// Opens (creating if needed) the store in `dir`, file [`FILE_NAME`],
+    /// with a cache of [`CACHE_BYTES`].
     ///
     /// After a crash, redb repairs the file on open; everything committed is
     /// there, and leases held by the dead process expire as usual. The file is
@@ -149,7 +156,9 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         Self::init(db, Some(path))
     }
@@ -360,14 +369,36 @@ impl Store for RedbStore {
                 return Ok(ConcludeOutcome::AlreadyConcluded { receipt });
             }
 
-            // Check every receipt before writing any: an early return drops
-            // (aborts) the transaction, so a conflict changes nothing.
-            let keys: Vec<Vec<u8>> = c.counted_receipts.iter().map(Cid::to_bytes).collect();
+            // One pass over the counted retrievals, a staged chunk at a time:
+            // each is marked counted by this batch, and one that was marked
+            // already is a conflict (another batch) or a repeat (this one).
+            // Any error drops (aborts) the transaction: nothing changes.
+            let batch_key = c.batch.to_bytes();
+            let mut staged = tx.open_table(STAGED).or_backend()?;
             let mut conflicts = Vec::new();
-            for (cid, key) in c.counted_receipts.iter().zip(&keys) {
-                if counted.get(key.as_slice()).or_backend()?.is_some() {
-                    conflicts.push(*cid);
+            let mut marked: u64 = 0;
+            let mut mark = |cids: &[Cid]| -> Result<(), StoreError> {
+                for cid in cids {
+                    let previous = counted
+                        .insert(cid.to_bytes().as_slice(), batch_key.as_slice())
+                        .or_backend()?;
+                    match previous {
+                        Some(batch) if batch.value() == batch_key.as_slice() => {
+                            return Err(StoreError::Invalid(format!("receipt {cid} listed twice")))
+                        }
+                        Some(_) => conflicts.push(*cid),
+                        None => marked += 1,
+                    }
                 }
+                Ok(())
+            };
+            mark(&c.counted_receipts)?;
+            for link in &c.staged_tally {
+                let bytes = staged
+                    .get((batch_key.as_slice(), link.to_bytes().as_slice()))
+                    .or_backend()?
+                    .map(|v| v.value().to_vec());
+                mark(&super::staged_counted(&c.batch, link, bytes)?)?;
             }
             if !conflicts.is_empty() {
                 return Err(StoreError::Conflict {
@@ -375,8 +406,6 @@ impl Store for RedbStore {
                 });
             }
 
-            let batch_key = c.batch.to_bytes();
-            let mut staged = tx.open_table(STAGED).or_backend()?;
             let mut staged_keys = Vec::new();
             let from: (&[u8], &[u8]) = (batch_key.as_slice(), &[]);
             for entry in staged.range(from..).or_backend()? {
@@ -390,11 +419,6 @@ impl Store for RedbStore {
             for chunk in &staged_keys {
                 staged
                     .remove((batch_key.as_slice(), chunk.as_slice()))
-                    .or_backend()?;
-            }
-            for key in &keys {
-                counted
-                    .insert(key.as_slice(), batch_key.as_slice())
                     .or_backend()?;
             }
             receipts
@@ -419,7 +443,12 @@ impl Store for RedbStore {
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             add_daily(&mut non_billable, space_days(&summed.non_billable))?;
 
-            save(&mut records, &mut due, Some(&old), &old.concluded(c))?;
+            save(
+                &mut records,
+                &mut due,
+                Some(&old),
+                &old.concluded(c, marked),
+            )?;
         }
         tx.commit().or_backend()?;
         Ok(ConcludeOutcome::Concluded)
@@ -455,6 +484,23 @@ impl Store for RedbStore {
                     .map(|v| v.value().to_vec()))
             })
             .collect()
+    }
+
+    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let staged = tx.open_table(STAGED).or_backend()?;
+        let batch_key = batch.to_bytes();
+        let from: (&[u8], &[u8]) = (batch_key.as_slice(), &[]);
+        let mut ids = Vec::new();
+        for entry in staged.range(from..).or_backend()? {
+            let (key, _) = entry.or_backend()?;
+            let (staged_batch, chunk) = key.value();
+            if staged_batch != batch_key.as_slice() {
+                break;
+            }
+            ids.push(decode_cid(chunk)?);
+        }
+        Ok(ids)
     }
 
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {

@@ -82,6 +82,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn a_staged_tally_counts_a_chunk_at_a_time() {
+            common::a_staged_tally_counts_a_chunk_at_a_time(&$make);
+        }
+
+        #[test]
         fn registered_spaces_are_kept_and_listed() {
             common::registered_spaces_are_kept_and_listed(&$make);
         }
@@ -188,6 +193,7 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         total_bytes: usage.iter().map(|u| u.bytes).sum(),
         usage,
         counted_receipts: receipts.iter().copied().map(retrieve).collect(),
+        staged_tally: Vec::new(),
         non_billable: Vec::new(),
         concluded_at: 10_000 + n,
     }
@@ -896,6 +902,95 @@ pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> 
         [None, None, None]
     );
     consistent(&store);
+}
+
+/// A tally chunk of batch `n` counting the retrievals `receipts`.
+fn tally_chunk(n: u64, receipts: &[u64]) -> (Cid, Vec<u8>) {
+    let chunk = etracker_server::tally::Chunk {
+        counted: receipts.iter().copied().map(retrieve).collect(),
+        ..Default::default()
+    };
+    let block = chunk.encode(batch(n)).unwrap();
+    (block.cid, block.bytes.to_vec())
+}
+
+/// A conclusion whose counted retrievals are in staged chunks as well as
+/// listed counts them all, once; a repeat across them, a missing chunk or
+/// a chunk of another batch is refused, a retrieval another batch counted
+/// is a conflict, and none of these writes anything.
+pub fn a_staged_tally_counts_a_chunk_at_a_time<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    for n in 1..=3 {
+        store.put(new_record(n, node(), 100 + n)).unwrap();
+    }
+    store
+        .conclude(&conclusion(
+            3,
+            vec![usage(space_a(), "2025-01-01", 1)],
+            &[99],
+        ))
+        .unwrap();
+    let (first, second) = (tally_chunk(1, &[10, 11, 12]), tally_chunk(1, &[13, 14]));
+    store
+        .stage_chunks(&batch(1), &[first.clone(), second.clone()])
+        .unwrap();
+    let mut staged = store.staged_chunk_ids(&batch(1)).unwrap();
+    staged.sort();
+    let mut expected = vec![first.0, second.0];
+    expected.sort();
+    assert_eq!(staged, expected);
+    let before = consistent(&store);
+    let with = |listed: &[u64], chunks: Vec<Cid>| {
+        let mut c = conclusion(1, vec![usage(space_a(), "2025-01-01", 60)], listed);
+        c.staged_tally = chunks;
+        c
+    };
+    let repeated = with(&[1, 12], vec![first.0, second.0]);
+    assert!(matches!(
+        store.conclude(&repeated),
+        Err(StoreError::Invalid(_))
+    ));
+    let missing = with(&[1], vec![first.0, tally_chunk(1, &[20]).0]);
+    assert!(matches!(
+        store.conclude(&missing),
+        Err(StoreError::Invalid(_))
+    ));
+    let foreign = tally_chunk(2, &[30]);
+    store
+        .stage_chunks(&batch(1), std::slice::from_ref(&foreign))
+        .unwrap();
+    let other_batch = with(&[1], vec![foreign.0]);
+    assert!(store.conclude(&other_batch).is_err());
+    let conflict = tally_chunk(1, &[99]);
+    store
+        .stage_chunks(&batch(1), std::slice::from_ref(&conflict))
+        .unwrap();
+    match store.conclude(&with(&[1], vec![first.0, conflict.0])) {
+        Err(StoreError::Conflict { receipts }) => assert_eq!(receipts, vec![retrieve(99)]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(consistent(&store).counted_receipts, before.counted_receipts);
+    assert!(store.record(&batch(1)).unwrap().unwrap().status == RecordStatus::Pending);
+
+    store
+        .conclude(&with(&[1, 2], vec![first.0, second.0]))
+        .unwrap();
+    let after = consistent(&store);
+    assert_eq!(after.counted_receipts, before.counted_receipts + 7);
+    match store.record(&batch(1)).unwrap().unwrap().status {
+        RecordStatus::Done {
+            counted_receipts, ..
+        } => assert_eq!(counted_receipts, 7),
+        other => panic!("not done: {other:?}"),
+    }
+    let counted = store
+        .counted(&[retrieve(1), retrieve(12), retrieve(14), retrieve(30)])
+        .unwrap();
+    assert_eq!(
+        counted,
+        [Some(batch(1)), Some(batch(1)), Some(batch(1)), None]
+    );
+    assert!(store.staged_chunk_ids(&batch(1)).unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------- spaces

@@ -70,10 +70,32 @@ impl DynamoStore {
     /// while cancelled.
     pub(super) fn conclude_batch(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
         let summed = check_conclusion(c)?;
+        let whole;
+        let c = if c.staged_tally.is_empty() {
+            c
+        } else {
+            whole = self.with_staged_tally(c)?;
+            &whole
+        };
         let outcome = self.retry(|| self.conclude_once(c, &summed))?;
         // Staged chunks served their purpose.
         self.drop_staged(&c.batch);
         Ok(outcome)
+    }
+
+    /// `c` with the counted retrievals of its staged chunks listed. (Held in
+    /// memory: claims are written per attempt, in pages of a transaction.)
+    fn with_staged_tally(&self, c: &Conclusion) -> Result<Conclusion, StoreError> {
+        let mut whole = c.clone();
+        let staged = self.staged(&c.batch, &c.staged_tally)?;
+        for (link, bytes) in c.staged_tally.iter().zip(staged) {
+            whole
+                .counted_receipts
+                .extend(crate::store::staged_counted(&c.batch, link, bytes)?);
+        }
+        whole.staged_tally.clear();
+        check_conclusion(&whole)?;
+        Ok(whole)
     }
 
     /// One attempt of [`Store::conclude`](super::Store::conclude); `None`
@@ -320,7 +342,7 @@ impl DynamoStore {
         old: &Stored,
         attempt: &str,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let record = old.record.concluded(c);
+        let record = old.record.concluded(c, c.counted_receipts.len() as u64);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
         let put = Put::builder()
             .table_name(&self.table)

@@ -185,6 +185,10 @@ impl Store for DynamoStore {
         self.staged(batch, cids)
     }
 
+    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError> {
+        self.staged_ids(batch)
+    }
+
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
         self.stored_receipt(consolidate_invocation)
     }

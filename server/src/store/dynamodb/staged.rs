@@ -4,7 +4,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use cid::Cid;
 
-use super::items::{get_s, s, staged_pk};
+use super::items::{get_s, parse_cid, s, staged_pk};
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::StoreError;
@@ -45,6 +45,14 @@ impl DynamoStore {
                     Some(_) => Err(StoreError::Corrupt("staged chunk is not bytes".into())),
                 },
             )
+            .collect()
+    }
+
+    /// [`Store::staged_chunk_ids`](super::Store::staged_chunk_ids).
+    pub(super) fn staged_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError> {
+        self.query(&staged_pk(batch), "0", "~", None)?
+            .iter()
+            .map(|item| parse_cid(&get_s(item, "sk")?))
             .collect()
     }
 
