@@ -67,6 +67,7 @@ pub mod car;
 pub mod client;
 pub mod dag;
 pub mod dag_json;
+pub mod memo;
 pub mod message;
 pub mod principal;
 pub mod receipt;

@@ -23,6 +23,7 @@ use base64::Engine;
 use cid::Cid;
 
 use crate::dag::{encode_cbor, Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
+use crate::memo::Memo;
 use crate::principal::{Did, Signature, Signer, Verifier};
 
 /// The UCAN version ucanto speaks.
@@ -377,6 +378,9 @@ pub struct Delegation {
     payload: Arc<std::sync::OnceLock<Vec<u8>>>,
 }
 
+/// Most proofs [`Delegation::proofs`] remembers decoded (~1 KiB each).
+pub const DECODED_PROOFS: usize = 256;
+
 /// An invocation is a delegation to the service that runs it.
 pub type Invocation = Delegation;
 
@@ -477,12 +481,41 @@ impl Delegation {
             .proofs
             .iter()
             .map(
-                |cid| match Delegation::from_blocks(cid, self.blocks.clone()) {
+                |cid| match Delegation::proof_from_blocks(cid, self.blocks.clone()) {
                     Ok(d) => Proof::Delegation(d),
                     Err(_) => Proof::Link(*cid),
                 },
             )
             .collect()
+    }
+
+    /// As [`Delegation::from_blocks`], remembering what a block decodes to
+    /// (by its bytes, so that no CID can stand for other bytes): the
+    /// invocations a service sees mostly share their proofs.
+    fn proof_from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
+        type Decoded = (Arc<UcanData>, Arc<std::sync::OnceLock<Vec<u8>>>);
+        static DECODED: Memo<bytes::Bytes, Decoded> = Memo::new(DECODED_PROOFS);
+        if root.codec() != DAG_CBOR {
+            return Self::from_blocks(root, blocks);
+        }
+        let block = blocks.block(root)?;
+        let (data, payload) = match DECODED.get(&block.bytes) {
+            Some(decoded) => decoded,
+            None => {
+                let decoded: Decoded = (
+                    Arc::new(UcanData::from_ipld(&block.decode()?)?),
+                    Default::default(),
+                );
+                DECODED.insert(block.bytes.clone(), decoded.clone());
+                decoded
+            }
+        };
+        Ok(Delegation {
+            root: block,
+            data,
+            blocks,
+            payload,
+        })
     }
 
     /// Whether the block is exactly what JS @ucanto or go-ucanto writes for
@@ -491,9 +524,9 @@ impl Delegation {
     /// CID that still verifies; a service that counts UCANs refuses those.
     pub fn is_canonical(&self) -> bool {
         let bytes = &self.root.bytes;
-        [self.data.to_ipld(), self.data.to_go_ipld()]
-            .iter()
-            .any(|shape| encode_cbor(shape).is_ok_and(|encoded| encoded == *bytes))
+        let same = |shape: Ipld| encode_cbor(&shape).is_ok_and(|encoded| encoded == *bytes);
+        // The Go shape is made only when the JS one, the usual, differs.
+        same(self.data.to_ipld()) || same(self.data.to_go_ipld())
     }
 
     /// Names what the issuer signed: a CIDv1 (codec raw, sha2-256) of the

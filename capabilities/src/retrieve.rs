@@ -88,14 +88,15 @@ impl std::fmt::Display for ByteRange {
 
 /// Reads `nb.range` without checking the order of its ends.
 fn read_range(fields: &Fields<'_>) -> Result<(u64, u64), SchemaError> {
-    let path = fields.path("range");
+    // Paths are made only for an error: this runs for every receipt.
+    let end = |i: usize, value: &Ipld| {
+        schema::uint("", value)
+            .or_else(|_| schema::uint(&format!("{}[{i}]", fields.path("range")), value))
+    };
     match fields.list("range")? {
-        [start, end] => Ok((
-            schema::uint(&format!("{path}[0]"), start)?,
-            schema::uint(&format!("{path}[1]"), end)?,
-        )),
+        [start, stop] => Ok((end(0, start)?, end(1, stop)?)),
         items => Err(SchemaError::invalid(
-            path,
+            fields.path("range"),
             format!("expected [start, end], got {} elements", items.len()),
         )),
     }

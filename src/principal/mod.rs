@@ -19,6 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::memo::Memo;
 use crate::varint;
 
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
@@ -153,8 +154,12 @@ impl Did {
                 if code == ED25519_PUB && bytes.len() != len + 32 {
                     return Err(bad("ed25519 key must be 32 bytes"));
                 }
-                let text = multibase::encode(multibase::Base::Base58Btc, bytes);
-                Ok(Did(format!("did:key:{text}")))
+                // Remembered, like the other way round: base58 is slow.
+                static ENCODED: Memo<Vec<u8>, Did> = Memo::new(RESOLVED_KEYS);
+                Ok(ENCODED.get_or_insert_with(bytes, |bytes| {
+                    let text = multibase::encode(multibase::Base::Base58Btc, bytes);
+                    Did(format!("did:key:{text}"))
+                }))
             }
             other => Err(PrincipalError::UnsupportedKey(
                 other,
@@ -169,7 +174,19 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 /// Decodes the multicodec-prefixed key of a did:key.
+/// The multicodec and bytes of a did:key, remembered: the same keys are
+/// read in UCAN after UCAN, and base58 is slow.
 fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
+    static DECODED: Memo<String, (u64, Vec<u8>)> = Memo::new(RESOLVED_KEYS);
+    if let Some(decoded) = DECODED.get(did) {
+        return Ok(decoded);
+    }
+    let decoded = decode_did_key(did)?;
+    DECODED.insert(did.to_string(), decoded.clone());
+    Ok(decoded)
+}
+
+fn decode_did_key(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
     let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
     let text = did
         .strip_prefix("did:key:")
@@ -516,27 +533,17 @@ impl Verifier for Ed25519Verifier {
 /// sign request after request, and decoding one (base58, then the curve
 /// point) costs as much as a good part of verifying a signature.
 pub fn verifier_for(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {
-    static RESOLVED: std::sync::LazyLock<
-        std::sync::Mutex<std::collections::HashMap<Did, Arc<dyn Verifier>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let cached = RESOLVED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(did)
-        .cloned();
-    if let Some(verifier) = cached {
+    static RESOLVED: Memo<Did, Arc<dyn Verifier>> = Memo::new(RESOLVED_KEYS);
+    if let Some(verifier) = RESOLVED.get(did) {
         return Ok(verifier);
     }
     let verifier = resolve_key(did)?;
-    let mut resolved = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
-    if resolved.len() >= RESOLVED_KEYS {
-        resolved.clear();
-    }
-    resolved.insert(did.clone(), verifier.clone());
+    RESOLVED.insert(did.clone(), verifier.clone());
     Ok(verifier)
 }
 
-/// Most did:keys [`verifier_for`] remembers; past it, it starts over.
+/// Most did:keys [`verifier_for`] (and the decoding of did:keys)
+/// remembers; past it, it starts over.
 pub const RESOLVED_KEYS: usize = 4096;
 
 fn resolve_key(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {

@@ -24,37 +24,35 @@ pub(super) struct Entry {
     pub(super) receipt: Cid,
 }
 
-/// Bytes of an entry on disk: retrieval, seq, usage, bytes, then the
+/// Bytes of an entry, in memory and on disk: retrieval, seq (big-endian, so
+/// that the first 40 bytes sort as (retrieval, seq)), usage, bytes, then the
 /// receipt CID's length and bytes (a CID of a 64-byte digest takes 86 at most).
 const RECORD: usize = 32 + 8 + 4 + 8 + 1 + RECEIPT_SLOT;
 const RECEIPT_SLOT: usize = 95;
+/// The sorting key: retrieval, then position.
+const KEY: usize = 40;
 
-/// Entries sorted in memory before a run is written.
-const RUN_ENTRIES: usize = 4096;
+/// Entries sorted in memory before a run is written (~1.2 MiB).
+const RUN_ENTRIES: usize = 8192;
 /// Entries read from a run at a time while merging.
-const READ_ENTRIES: usize = 32;
+const READ_ENTRIES: usize = 16;
 
-/// What entries are sorted by: retrieval, then position.
-type Key = ([u8; 32], u64);
+type Record = [u8; RECORD];
 
 impl Entry {
-    fn key(&self) -> Key {
-        (self.retrieval, self.seq)
-    }
-
-    fn write(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn record(&self) -> std::io::Result<Record> {
         let receipt = self.receipt.to_bytes();
         if receipt.len() > RECEIPT_SLOT {
             return Err(std::io::Error::other("receipt CID too long to spill"));
         }
-        out.extend_from_slice(&self.retrieval);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.usage.to_be_bytes());
-        out.extend_from_slice(&self.bytes.to_be_bytes());
-        out.push(receipt.len() as u8);
-        out.extend_from_slice(&receipt);
-        out.resize(out.len() + RECEIPT_SLOT - receipt.len(), 0);
-        Ok(())
+        let mut record = [0; RECORD];
+        record[..32].copy_from_slice(&self.retrieval);
+        record[32..40].copy_from_slice(&self.seq.to_be_bytes());
+        record[40..44].copy_from_slice(&self.usage.to_be_bytes());
+        record[44..52].copy_from_slice(&self.bytes.to_be_bytes());
+        record[52] = receipt.len() as u8;
+        record[53..53 + receipt.len()].copy_from_slice(&receipt);
+        Ok(record)
     }
 
     fn read(record: &[u8]) -> std::io::Result<Entry> {
@@ -78,7 +76,7 @@ impl Entry {
 /// Entries written in sorted runs of [`RUN_ENTRIES`].
 pub(super) struct Spill {
     file: ScratchFile,
-    run: Vec<Entry>,
+    run: Vec<Record>,
     /// Offset and length (in entries) of each run written.
     runs: Vec<(u64, usize)>,
     run_entries: usize,
@@ -100,7 +98,7 @@ impl Spill {
     }
 
     pub(super) fn push(&mut self, entry: Entry) -> std::io::Result<()> {
-        self.run.push(entry);
+        self.run.push(entry.record()?);
         if self.run.len() >= self.run_entries {
             self.write_run()?;
         }
@@ -111,12 +109,8 @@ impl Spill {
         if self.run.is_empty() {
             return Ok(());
         }
-        self.run.sort_unstable_by_key(Entry::key);
-        let mut bytes = Vec::with_capacity(self.run.len() * RECORD);
-        for entry in &self.run {
-            entry.write(&mut bytes)?;
-        }
-        let offset = self.file.append(&bytes)?;
+        self.run.sort_unstable_by(|a, b| a[..KEY].cmp(&b[..KEY]));
+        let offset = self.file.append(self.run.as_flattened())?;
         self.runs.push((offset, self.run.len()));
         self.run.clear();
         Ok(())
@@ -161,6 +155,9 @@ pub(super) struct Sorted {
     heap: BinaryHeap<Reverse<(Key, usize)>>,
 }
 
+/// What entries are sorted by: retrieval, then position.
+type Key = ([u8; 32], u64);
+
 impl Sorted {
     /// Puts run `i`'s next entry on the heap.
     fn advance(&mut self, i: usize) -> std::io::Result<()> {
@@ -177,7 +174,7 @@ impl Sorted {
             run.left -= n;
         }
         if let Some(next) = run.read.last() {
-            self.heap.push(Reverse((next.key(), i)));
+            self.heap.push(Reverse(((next.retrieval, next.seq), i)));
         }
         Ok(())
     }
@@ -225,7 +222,7 @@ mod tests {
                 expected.push(e.clone());
                 spill.push(e).unwrap();
             }
-            expected.sort_by_key(Entry::key);
+            expected.sort_by_key(|e| (e.retrieval, e.seq));
             let sorted: Vec<Entry> = spill.into_sorted().unwrap().map(Result::unwrap).collect();
             prop_assert_eq!(sorted, expected);
         }
