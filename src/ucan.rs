@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use cid::Cid;
 
-use crate::dag::{encode_cbor, Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
+use crate::dag::{Block, BlockStore, CodecError, Fields, Ipld, IpldMap, DAG_CBOR};
 use crate::memo::Memo;
 use crate::principal::{Did, Signature, Signer, Verifier};
 
@@ -73,6 +73,20 @@ impl Capability {
             map.insert("nb".into(), Ipld::Map(nb.clone()));
         }
         Ipld::Map(map)
+    }
+
+    /// Whether `value` is what [`Capability::to_ipld`] makes.
+    fn is_written_as(&self, value: &Ipld) -> bool {
+        let Ipld::Map(map) = value else {
+            return false;
+        };
+        map.len() == 2 + usize::from(self.nb.is_some())
+            && matches!(map.get("can"), Some(Ipld::String(s)) if *s == self.can)
+            && matches!(map.get("with"), Some(Ipld::String(s)) if *s == self.with)
+            && self
+                .nb
+                .as_ref()
+                .is_none_or(|nb| matches!(map.get("nb"), Some(Ipld::Map(m)) if m == nb))
     }
 
     /// Reads a capability from its IPLD map.
@@ -184,8 +198,57 @@ impl UcanData {
         Ipld::Map(map)
     }
 
+    /// Whether `value`, a decoded block, is what JS @ucanto or go-ucanto
+    /// writes for these fields ([`UcanData::to_ipld`], `to_go_ipld`).
+    /// Compared in place: the block's bytes were checked to be the one
+    /// dag-cbor encoding of `value`, so equal values mean equal blocks.
+    fn is_written_as(&self, value: &Ipld) -> bool {
+        self.written_as(value, false) || self.written_as(value, true)
+    }
+
+    fn written_as(&self, value: &Ipld, go: bool) -> bool {
+        let Ipld::Map(map) = value else {
+            return false;
+        };
+        let nbf = self.not_before.filter(|n| *n != 0);
+        let with_prf = !(go && self.proofs.is_empty());
+        let nnc = self.nonce.as_deref().filter(|n| !(go && n.is_empty()));
+        let fields = 6
+            + usize::from(with_prf)
+            + usize::from(nbf.is_some())
+            + usize::from(nnc.is_some())
+            + usize::from(!self.facts.is_empty());
+        let is = |key: &str, expected: &dyn Fn(&Ipld) -> bool| map.get(key).is_some_and(expected);
+        let bytes =
+            |expected: Vec<u8>| move |v: &Ipld| matches!(v, Ipld::Bytes(b) if *b == expected);
+        map.len() == fields
+            && is("v", &|v| matches!(v, Ipld::String(s) if *s == self.version))
+            && is("iss", &bytes(self.issuer.to_ucan_bytes()))
+            && is("aud", &bytes(self.audience.to_ucan_bytes()))
+            && is("att", &|v| {
+                matches!(v, Ipld::List(list) if list.len() == self.capabilities.len()
+                    && list.iter().zip(&self.capabilities).all(|(v, c)| c.is_written_as(v)))
+            })
+            && is("exp", &|v| match (v, self.expiration) {
+                (Ipld::Null, None) => true,
+                (Ipld::Integer(i), Some(e)) => *i == i128::from(e),
+                _ => false,
+            })
+            && (!with_prf || is("prf", &|v| links_are(v, &self.proofs)))
+            && nbf.is_none_or(|n| is("nbf", &|v| *v == Ipld::Integer(n.into())))
+            && nnc.is_none_or(|n| is("nnc", &|v| matches!(v, Ipld::String(s) if s == n)))
+            && (self.facts.is_empty()
+                || is("fct", &|v| {
+                    matches!(v, Ipld::List(list) if list.len() == self.facts.len()
+                        && list.iter().zip(&self.facts).all(|(v, f)| matches!(v, Ipld::Map(m) if m == f)))
+                }))
+            && is("s", &bytes(self.signature.encode()))
+    }
+
     /// The block go-ucanto writes for these fields: as JS, but an empty `prf`
-    /// and an empty `nnc` are left out.
+    /// and an empty `nnc` are left out. (What [`UcanData::is_written_as`]
+    /// is tested against.)
+    #[cfg(test)]
     fn to_go_ipld(&self) -> Ipld {
         let Ipld::Map(mut map) = self.to_ipld() else {
             unreachable!("a UCAN is a map")
@@ -376,6 +439,8 @@ pub struct Delegation {
     /// The signing payload, made once: it is needed to verify the signature
     /// and to name the retrieval ([`Delegation::payload_id`]).
     payload: Arc<std::sync::OnceLock<Vec<u8>>>,
+    /// Whether the block is what JS or Go writes for its fields.
+    canonical: bool,
 }
 
 /// Most proofs [`Delegation::proofs`] remembers decoded (~1 KiB each).
@@ -415,9 +480,11 @@ impl Delegation {
             ));
         }
         let block = blocks.block(root)?;
-        let data = UcanData::from_ipld(&block.decode()?)?;
+        let value = block.decode()?;
+        let data = UcanData::from_ipld(&value)?;
         Ok(Delegation {
             root: block,
+            canonical: data.is_written_as(&value),
             data: Arc::new(data),
             blocks,
             payload: Default::default(),
@@ -493,19 +560,17 @@ impl Delegation {
     /// (by its bytes, so that no CID can stand for other bytes): the
     /// invocations a service sees mostly share their proofs.
     fn proof_from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
-        type Decoded = (Arc<UcanData>, Arc<std::sync::OnceLock<Vec<u8>>>);
+        type Decoded = (Arc<UcanData>, Arc<std::sync::OnceLock<Vec<u8>>>, bool);
         static DECODED: Memo<bytes::Bytes, Decoded> = Memo::new(DECODED_PROOFS);
         if root.codec() != DAG_CBOR {
             return Self::from_blocks(root, blocks);
         }
         let block = blocks.block(root)?;
-        let (data, payload) = match DECODED.get(&block.bytes) {
+        let (data, payload, canonical) = match DECODED.get(&block.bytes) {
             Some(decoded) => decoded,
             None => {
-                let decoded: Decoded = (
-                    Arc::new(UcanData::from_ipld(&block.decode()?)?),
-                    Default::default(),
-                );
+                let decoded = Self::from_blocks(root, blocks.clone())?;
+                let decoded: Decoded = (decoded.data, decoded.payload, decoded.canonical);
                 DECODED.insert(block.bytes.clone(), decoded.clone());
                 decoded
             }
@@ -515,6 +580,7 @@ impl Delegation {
             data,
             blocks,
             payload,
+            canonical,
         })
     }
 
@@ -523,10 +589,7 @@ impl Delegation {
     /// UCAN can be re-encoded (`nbf: 0`, `fct: []` written out) under a new
     /// CID that still verifies; a service that counts UCANs refuses those.
     pub fn is_canonical(&self) -> bool {
-        let bytes = &self.root.bytes;
-        let same = |shape: Ipld| encode_cbor(&shape).is_ok_and(|encoded| encoded == *bytes);
-        // The Go shape is made only when the JS one, the usual, differs.
-        same(self.data.to_ipld()) || same(self.data.to_go_ipld())
+        self.canonical
     }
 
     /// Names what the issuer signed: a CIDv1 (codec raw, sha2-256) of the
@@ -745,8 +808,15 @@ impl DelegationBuilder<'_> {
             data: Arc::new(data),
             blocks: Arc::new(blocks),
             payload: Default::default(),
+            canonical: true,
         })
     }
+}
+
+/// Whether `value` is a list of exactly `links`.
+fn links_are(value: &Ipld, links: &[Cid]) -> bool {
+    matches!(value, Ipld::List(list) if list.len() == links.len()
+        && list.iter().zip(links).all(|(v, l)| *v == Ipld::Link(*l)))
 }
 
 #[cfg(test)]
@@ -823,6 +893,52 @@ mod tests {
         // Another signed payload, another id.
         let other = echo(4102444801);
         assert_ne!(other.payload_id().unwrap(), id);
+    }
+
+    /// Comparing a decoded block with the fields in place says what
+    /// re-encoding the JS and Go shapes and comparing bytes says, for every
+    /// mix of optional fields written out, left out or set.
+    #[test]
+    fn canonical_in_place_agrees_with_reencoding() {
+        let edits: [fn(&mut IpldMap); 8] = [
+            |m| drop(m.remove("prf")),
+            |m| drop(m.insert("nnc".into(), Ipld::String(String::new()))),
+            |m| drop(m.insert("nnc".into(), Ipld::String("n".into()))),
+            |m| drop(m.insert("nbf".into(), Ipld::Integer(0))),
+            |m| drop(m.insert("nbf".into(), Ipld::Integer(5))),
+            |m| drop(m.insert("fct".into(), Ipld::List(Vec::new()))),
+            |m| drop(m.insert("fct".into(), Ipld::List(vec![Ipld::Map(IpldMap::new())]))),
+            |m| {
+                if let Some(Ipld::List(att)) = m.get_mut("att") {
+                    if let Some(Ipld::Map(cap)) = att.first_mut() {
+                        cap.insert("nb".into(), Ipld::Map(IpldMap::new()));
+                    }
+                }
+            },
+        ];
+        let base = echo(4102444800);
+        let mut seen = [0; 2];
+        for mask in 0u32..(1 << edits.len()) {
+            let Ok(variant) = reencoded(&base, |m| {
+                for (i, edit) in edits.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        edit(m);
+                    }
+                }
+            }) else {
+                continue;
+            };
+            let bytes = &variant.block().bytes;
+            let data = variant.data();
+            let reencodes = |shape: Ipld| crate::dag::encode_cbor(&shape).unwrap() == *bytes;
+            let expected = reencodes(data.to_ipld()) || reencodes(data.to_go_ipld());
+            assert_eq!(variant.is_canonical(), expected, "edits {mask:08b}");
+            seen[usize::from(expected)] += 1;
+        }
+        assert!(
+            seen[0] > 50 && seen[1] > 2,
+            "{seen:?} (not, canonical) variants"
+        );
     }
 
     /// Principals and signatures have one byte form each: the generic form of

@@ -275,13 +275,13 @@ pub fn retrieve_capability(receipt: &Receipt) -> Result<Capability, EgressError>
     let invocation = receipt
         .ran()
         .ok_or(EgressError::MissingInvocation(receipt.ran_cid()))?;
-    retrieve_capability_of(&invocation)
+    retrieve_capability_of(&invocation).cloned()
 }
 
 /// The `space/content/retrieve` capability `invocation` invokes.
-fn retrieve_capability_of(invocation: &Invocation) -> Result<Capability, EgressError> {
+fn retrieve_capability_of(invocation: &Invocation) -> Result<&Capability, EgressError> {
     match invocation.capabilities() {
-        [capability] if capability.can == Retrieve::CAN => Ok(capability.clone()),
+        [capability] if capability.can == Retrieve::CAN => Ok(capability),
         caps => {
             let can = caps
                 .iter()
@@ -319,7 +319,7 @@ pub fn egress_bytes_of(receipt: &Receipt, invocation: &Invocation) -> Result<u64
     if end < start {
         return Err(EgressError::EndBeforeStart { start, end });
     }
-    let parsed = Retrieve::parse(&capability).map_err(EgressError::Malformed)?;
+    let parsed = Retrieve::parse(capability).map_err(EgressError::Malformed)?;
     parsed.nb.range.size().ok_or(EgressError::Overflow)
 }
 
