@@ -24,11 +24,15 @@ pub fn to_string(value: &Ipld) -> Result<String, CodecError> {
     Ok(out)
 }
 
-fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecError> {
+/// Appends the dag-json of `value` to `out`.
+pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecError> {
     match value {
         Ipld::Null => out.push_str("null"),
         Ipld::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Ipld::Integer(i) => out.push_str(&i.to_string()),
+        Ipld::Integer(i) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{i}");
+        }
         Ipld::Float(f) => write_float(out, *f)?,
         Ipld::String(s) => write_string(out, s),
         Ipld::Bytes(b) => {
@@ -51,28 +55,34 @@ fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecError> {
             }
             out.push(']');
         }
-        Ipld::Map(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            // JS compares strings by UTF-16 code units, which differs from
-            // Rust's byte order for characters above U+FFFF.
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (n, key) in keys.into_iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_value(out, &map[key])?;
-            }
-            out.push('}');
-        }
+        Ipld::Map(map) => write_map(out, map)?,
     }
     Ok(())
 }
 
+/// Appends the dag-json of the map `map` to `out`.
+pub(crate) fn write_map(out: &mut String, map: &IpldMap) -> Result<(), CodecError> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    // JS compares strings by UTF-16 code units, which differs from Rust's
+    // byte order (the map's) only for characters above U+FFFF.
+    if keys.iter().any(|k| k.chars().any(|c| c > '\u{ffff}')) {
+        keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+    }
+    out.push('{');
+    for (n, key) in keys.into_iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, &map[key])?;
+    }
+    out.push('}');
+    Ok(())
+}
+
 /// Escapes like `JSON.stringify`: only `"`, `\` and control characters.
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

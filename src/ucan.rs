@@ -364,48 +364,79 @@ fn signing_payload(
     facts: &[IpldMap],
     proofs: &[Cid],
 ) -> Result<Vec<u8>, CodecError> {
-    let mut header = IpldMap::new();
-    header.insert(
-        "alg".into(),
-        Ipld::String(crate::principal::algorithm_name(signature_code)),
+    use crate::dag_json::{write_map, write_string};
+    use std::fmt::Write;
+    // Written directly, keys in the order dag-json sorts them: nothing is
+    // copied into a map first (this runs for every UCAN verified).
+    let mut header = String::with_capacity(48);
+    header.push_str("{\"alg\":");
+    write_string(
+        &mut header,
+        &crate::principal::algorithm_name(signature_code),
     );
-    header.insert("typ".into(), Ipld::String("JWT".into()));
-    header.insert("ucv".into(), Ipld::String(version.into()));
+    header.push_str(",\"typ\":\"JWT\",\"ucv\":");
+    write_string(&mut header, version);
+    header.push('}');
 
-    let mut payload = IpldMap::new();
-    payload.insert("iss".into(), Ipld::String(issuer.to_string()));
-    payload.insert("aud".into(), Ipld::String(audience.to_string()));
-    payload.insert(
-        "att".into(),
-        Ipld::List(capabilities.iter().map(Capability::to_ipld).collect()),
-    );
-    payload.insert(
-        "exp".into(),
-        expiration.map_or(Ipld::Null, |e| Ipld::Integer(e.into())),
-    );
-    payload.insert(
-        "prf".into(),
-        Ipld::List(proofs.iter().map(|c| Ipld::String(c.to_string())).collect()),
-    );
+    let mut payload = String::with_capacity(512);
+    payload.push_str("{\"att\":[");
+    for (n, capability) in capabilities.iter().enumerate() {
+        if n > 0 {
+            payload.push(',');
+        }
+        payload.push_str("{\"can\":");
+        write_string(&mut payload, &capability.can);
+        if let Some(nb) = &capability.nb {
+            payload.push_str(",\"nb\":");
+            write_map(&mut payload, nb)?;
+        }
+        payload.push_str(",\"with\":");
+        write_string(&mut payload, &capability.with);
+        payload.push('}');
+    }
+    payload.push_str("],\"aud\":");
+    write_string(&mut payload, audience.as_str());
+    payload.push_str(",\"exp\":");
+    match expiration {
+        Some(exp) => {
+            let _ = write!(payload, "{exp}");
+        }
+        None => payload.push_str("null"),
+    }
     // The JSON form drops empty optionals, including an empty nonce.
     if !facts.is_empty() {
-        payload.insert(
-            "fct".into(),
-            Ipld::List(facts.iter().cloned().map(Ipld::Map).collect()),
-        );
+        payload.push_str(",\"fct\":[");
+        for (n, fact) in facts.iter().enumerate() {
+            if n > 0 {
+                payload.push(',');
+            }
+            write_map(&mut payload, fact)?;
+        }
+        payload.push(']');
+    }
+    payload.push_str(",\"iss\":");
+    write_string(&mut payload, issuer.as_str());
+    if let Some(nbf) = not_before.filter(|n| *n != 0) {
+        let _ = write!(payload, ",\"nbf\":{nbf}");
     }
     if let Some(nnc) = nonce.filter(|n| !n.is_empty()) {
-        payload.insert("nnc".into(), Ipld::String(nnc.into()));
+        payload.push_str(",\"nnc\":");
+        write_string(&mut payload, nnc);
     }
-    if let Some(nbf) = not_before.filter(|n| *n != 0) {
-        payload.insert("nbf".into(), Ipld::Integer(nbf.into()));
+    payload.push_str(",\"prf\":[");
+    for (n, proof) in proofs.iter().enumerate() {
+        if n > 0 {
+            payload.push(',');
+        }
+        write_string(&mut payload, &proof.to_string());
     }
+    payload.push_str("]}");
+
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let text = format!(
-        "{}.{}",
-        b64.encode(crate::dag_json::encode(&Ipld::Map(header))?),
-        b64.encode(crate::dag_json::encode(&Ipld::Map(payload))?)
-    );
+    let mut text = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 4);
+    b64.encode_string(header, &mut text);
+    text.push('.');
+    b64.encode_string(payload, &mut text);
     Ok(text.into_bytes())
 }
 
@@ -893,6 +924,79 @@ mod tests {
         // Another signed payload, another id.
         let other = echo(4102444801);
         assert_ne!(other.payload_id().unwrap(), id);
+    }
+
+    /// The signing payload written directly is the dag-json of the UCAN's
+    /// JSON form, for every field set (nb and facts with keys JS sorts
+    /// apart from Rust, escapes, a nonce, nbf, several proofs).
+    #[test]
+    fn signing_payload_is_the_dag_json_of_the_payload() {
+        use base64::Engine;
+        let nb = IpldMap::from([
+            ("z".to_string(), Ipld::Integer(1)),
+            ("\u{ffff}".to_string(), Ipld::String("a\"b\\c\u{1}".into())),
+            (
+                "\u{10000}".to_string(),
+                Ipld::List(vec![Ipld::Null, Ipld::Bool(true)]),
+            ),
+            ("b".to_string(), Ipld::Bytes(vec![1, 2, 3])),
+        ]);
+        let proof = echo(4102444800);
+        let d = Delegation::builder(&alice(), bob().did().clone())
+            .capability(Capability::new("test/echo", alice().did().as_str()).with_nb(nb.clone()))
+            .capability(Capability::new("test/other", bob().did().as_str()))
+            .expiration(4102444801)
+            .not_before(7)
+            .nonce("n\u{e9}")
+            .fact(nb.clone())
+            .proof(proof.clone())
+            .proof(Proof::Link(crate::dag::cid_of(DAG_CBOR, b"linked")))
+            .build()
+            .unwrap();
+        let data = d.data();
+        let cap = |c: &Capability| {
+            let mut m = IpldMap::from([
+                ("can".to_string(), Ipld::String(c.can.clone())),
+                ("with".to_string(), Ipld::String(c.with.clone())),
+            ]);
+            if let Some(nb) = &c.nb {
+                m.insert("nb".into(), Ipld::Map(nb.clone()));
+            }
+            Ipld::Map(m)
+        };
+        let payload = IpldMap::from([
+            ("iss".to_string(), Ipld::String(data.issuer.to_string())),
+            ("aud".to_string(), Ipld::String(data.audience.to_string())),
+            (
+                "att".to_string(),
+                Ipld::List(data.capabilities.iter().map(cap).collect()),
+            ),
+            ("exp".to_string(), Ipld::Integer(4102444801)),
+            ("nbf".to_string(), Ipld::Integer(7)),
+            ("nnc".to_string(), Ipld::String("n\u{e9}".into())),
+            ("fct".to_string(), Ipld::List(vec![Ipld::Map(nb)])),
+            (
+                "prf".to_string(),
+                Ipld::List(
+                    data.proofs
+                        .iter()
+                        .map(|c| Ipld::String(c.to_string()))
+                        .collect(),
+                ),
+            ),
+        ]);
+        let header = IpldMap::from([
+            ("alg".to_string(), Ipld::String("EdDSA".into())),
+            ("typ".to_string(), Ipld::String("JWT".into())),
+            ("ucv".to_string(), Ipld::String(data.version.clone())),
+        ]);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let json = |m: IpldMap| b64.encode(crate::dag_json::encode(&Ipld::Map(m)).unwrap());
+        let expected = format!("{}.{}", json(header), json(payload));
+        assert_eq!(
+            String::from_utf8(d.signing_payload().unwrap().to_vec()).unwrap(),
+            expected
+        );
     }
 
     /// Comparing a decoded block with the fields in place says what

@@ -13,7 +13,8 @@
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
 //! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
-//! runs one all-valid consolidation of that size and nothing else.
+//! runs one consolidation of that size and nothing else (all valid, or
+//! mostly duplicates with `BENCH_ONE_DUPLICATES` set).
 
 mod batch;
 mod consolidate;
@@ -48,12 +49,13 @@ async fn run() {
     std::fs::create_dir_all(&work).unwrap();
     let p = batch::Principals::new();
     let max_mib = env_u64("BENCH_MAX_MIB", 1024);
-    // One consolidation of one all-valid batch, for profiling.
+    // One consolidation of one batch, for profiling.
     if let Some(mib) = std::env::var("BENCH_ONE_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        let run = consolidate::run(&p, &work, mib, true).await;
+        let distinct = std::env::var_os("BENCH_ONE_DUPLICATES").is_none();
+        let run = consolidate::run(&p, &work, mib, distinct).await;
         println!("{}", run.json());
         return;
     }
