@@ -451,15 +451,9 @@ async fn read_varint<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<u64>
 // lets us be exactly as strict as we want (duplicate keys, trailing bytes,
 // minimal encodings) with precise errors.
 
-const MAJOR_UINT: u8 = 0;
-const MAJOR_NEGINT: u8 = 1;
-const MAJOR_BYTES: u8 = 2;
-const MAJOR_TEXT: u8 = 3;
-const MAJOR_ARRAY: u8 = 4;
-const MAJOR_MAP: u8 = 5;
-const MAJOR_TAG: u8 = 6;
-/// CBOR tag for IPLD links.
-const TAG_CID: u64 = 42;
+use crate::dag::canonical::{
+    MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_NEGINT, MAJOR_TAG, MAJOR_TEXT, MAJOR_UINT, TAG_CID,
+};
 
 fn encode_header(roots: &[Cid]) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + roots.len() * 42);

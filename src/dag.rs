@@ -13,7 +13,7 @@ pub use ipld_core::ipld::Ipld;
 use multihash::Multihash;
 use sha2::{Digest, Sha256};
 
-mod canonical;
+pub(crate) mod canonical;
 mod fields;
 pub use fields::{uint, FieldError, Fields};
 

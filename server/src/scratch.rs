@@ -47,21 +47,6 @@ impl ScratchFile {
         self.file.read_exact_at(&mut bytes, offset)?;
         Ok(bytes)
     }
-
-    /// Fills `buffer` from `offset`.
-    pub fn read_into(&self, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
-        self.file.read_exact_at(buffer, offset)
-    }
-
-    /// Bytes written.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 #[cfg(test)]
@@ -76,7 +61,7 @@ mod tests {
         assert_eq!(file.append(b"hello ").unwrap(), 0);
         assert_eq!(file.append(b"world").unwrap(), 6);
         assert_eq!(file.read_at(3, 5).unwrap(), b"lo wo");
-        assert_eq!(file.len(), 11);
+        assert_eq!(file.append(b"!").unwrap(), 11);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         drop(file);
         std::fs::remove_dir(&dir).unwrap();

@@ -20,15 +20,17 @@ struct Reader<'a> {
     at: usize,
 }
 
-const MAJOR_UNSIGNED: u8 = 0;
-const MAJOR_NEGATIVE: u8 = 1;
-const MAJOR_BYTES: u8 = 2;
-const MAJOR_TEXT: u8 = 3;
-const MAJOR_LIST: u8 = 4;
-const MAJOR_MAP: u8 = 5;
-const MAJOR_TAG: u8 = 6;
+/// CBOR major types (the top 3 bits of a head), as dag-cbor uses them.
+pub(crate) const MAJOR_UINT: u8 = 0;
+pub(crate) const MAJOR_NEGINT: u8 = 1;
+pub(crate) const MAJOR_BYTES: u8 = 2;
+pub(crate) const MAJOR_TEXT: u8 = 3;
+pub(crate) const MAJOR_ARRAY: u8 = 4;
+pub(crate) const MAJOR_MAP: u8 = 5;
+pub(crate) const MAJOR_TAG: u8 = 6;
 const MAJOR_SIMPLE: u8 = 7;
-const TAG_CID: u64 = 42;
+/// CBOR tag for IPLD links.
+pub(crate) const TAG_CID: u64 = 42;
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: u64) -> Option<&'a [u8]> {
@@ -80,12 +82,12 @@ impl<'a> Reader<'a> {
             return false;
         };
         match major {
-            MAJOR_UNSIGNED | MAJOR_NEGATIVE => true,
+            MAJOR_UINT | MAJOR_NEGINT => true,
             MAJOR_BYTES => self.take(argument).is_some(),
             MAJOR_TEXT => self
                 .take(argument)
                 .is_some_and(|text| std::str::from_utf8(text).is_ok()),
-            MAJOR_LIST => (0..argument).all(|_| self.item()),
+            MAJOR_ARRAY => (0..argument).all(|_| self.item()),
             MAJOR_MAP => self.map_entries(argument),
             MAJOR_TAG if argument == TAG_CID => self.cid(),
             _ => false,

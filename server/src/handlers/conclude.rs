@@ -118,14 +118,7 @@ async fn read_tally(
         .filter(|link| blocks.block(link).is_err() && !staged.contains(link))
         .count();
     if missing > 0 {
-        let attached: Vec<(Cid, Vec<u8>)> = links
-            .iter()
-            .filter_map(|link| blocks.block(link).ok())
-            .map(|block| (block.cid, block.bytes.to_vec()))
-            .collect();
-        ctx.store(move |store| store.stage_chunks(&batch, &attached))
-            .await
-            .map_err(Refusal::Unexpected)?;
+        stage_attached(ctx, batch, links, blocks, &staged).await?;
         return Err(Refusal::Incomplete {
             received: links.len() - missing,
             total: links.len(),
@@ -134,15 +127,7 @@ async fn read_tally(
     // A tally in pages: this page's chunks are staged too, so that the store
     // reads every chunk one at a time and none is held here.
     if !staged.is_empty() {
-        let attached: Vec<(Cid, Vec<u8>)> = links
-            .iter()
-            .filter(|link| !staged.contains(link))
-            .filter_map(|link| blocks.block(link).ok())
-            .map(|block| (block.cid, block.bytes.to_vec()))
-            .collect();
-        ctx.store(move |store| store.stage_chunks(&batch, &attached))
-            .await
-            .map_err(Refusal::Unexpected)?;
+        stage_attached(ctx, batch, links, blocks, &staged).await?;
     }
     let mut summary = TallySummary {
         usage: Usage::new(),
@@ -194,6 +179,26 @@ async fn read_tally(
         }
     }
     Ok(summary)
+}
+
+/// Stages the chunks among `links` attached to this invocation and not
+/// `staged` already.
+async fn stage_attached(
+    ctx: &Arc<Context>,
+    batch: Cid,
+    links: &[Cid],
+    blocks: &BlockStore,
+    staged: &HashSet<Cid>,
+) -> Result<(), Refusal> {
+    let attached: Vec<(Cid, Vec<u8>)> = links
+        .iter()
+        .filter(|link| !staged.contains(link))
+        .filter_map(|link| blocks.block(link).ok())
+        .map(|block| (block.cid, block.bytes.to_vec()))
+        .collect();
+    ctx.store(move |store| store.stage_chunks(&batch, &attached))
+        .await
+        .map_err(Refusal::Unexpected)
 }
 
 enum Refusal {
