@@ -8,12 +8,16 @@
 //!    file with a size limit and a timeout, hashing as it goes;
 //! 2. refuses the batch unless its bytes hash to the batch CID (codec car,
 //!    sha2-256) and its size is within the limits;
-//! 3. reads it block by block (bounded memory) and checks every receipt
-//!    archive: archive CID, receipt signature by the node, that it ran a
+//! 3. reads it block by block and checks every receipt archive: archive
+//!    CID, receipt signature by the node, that it ran a
 //!    `space/content/retrieve` addressed to the node, that the space
 //!    authorized it (validator over the invocation's proofs, judged at the time
-//!    of the retrieval), a sane range, and that it was not counted before;
-//! 4. answers `{totalEgress, errors}`; bad receipts are listed, not counted.
+//!    of the retrieval), a sane range; what passes is spilled to a scratch
+//!    file in sorted runs, so memory does not grow with the batch;
+//! 4. merges the runs, so that a retrieval repeated anywhere in the batch
+//!    counts once, drops those an earlier batch counted, and writes the
+//!    tally chunk by chunk to another scratch file;
+//! 5. answers `{totalEgress, errors}`; bad receipts are listed, not counted.
 //!
 //! The dispatcher signs the receipt; the server's after-receipt hook
 //! (`ServerBuilder::after`), handed the tally as the handler's effect, then
@@ -27,10 +31,11 @@
 //!
 //! # Layout
 //! This module builds the service and serves it; `task` runs one
-//! consolidate task (fetch, check, count, answer); `fetch` holds the batch
-//! download's HTTP client, address filter and spool files; `check` the rules
-//! a receipt must pass and the bounded `errors[]`; `deliver` invokes
-//! `space/egress/conclude` with the signed receipt and the tally.
+//! consolidate task (fetch, check, count, settle, answer); `fetch` holds the
+//! batch download's HTTP client, address filter and spool files; `check` the
+//! rules a receipt must pass and the bounded `errors[]`; `spill` the sorted
+//! runs of counted retrievals; `deliver` invokes `space/egress/conclude` with
+//! the signed receipt and the tally, a page of chunks at a time.
 //!
 //! # Day of a retrieval
 //! A retrieve invocation carries no timestamp, only its validity window, and
