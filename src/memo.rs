@@ -56,12 +56,29 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(value) = self.get(key) {
-            return value;
+        match self.get_or_try_insert_with(key, |k| Ok::<V, std::convert::Infallible>(make(k))) {
+            Ok(value) => value,
+            Err(never) => match never {},
         }
-        let value = make(key);
+    }
+
+    /// The value remembered for `key`, or `make(key)`, remembered when it is
+    /// `Ok` (an error is not remembered).
+    pub fn get_or_try_insert_with<Q, E>(
+        &self,
+        key: &Q,
+        make: impl FnOnce(&Q) -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(value) = self.get(key) {
+            return Ok(value);
+        }
+        let value = make(key)?;
         self.insert(key.to_owned(), value.clone());
-        value
+        Ok(value)
     }
 }
 
@@ -79,5 +96,10 @@ mod tests {
         assert_eq!((memo.get("a"), memo.get("c")), (None, Some(3)));
         assert_eq!(memo.get_or_insert_with("d", |k| k.len()), 1);
         assert_eq!(memo.get("d"), Some(1));
+        assert_eq!(
+            memo.get_or_try_insert_with("e", |_| Err::<usize, ()>(())),
+            Err(())
+        );
+        assert_eq!(memo.get("e"), None, "an error is not remembered");
     }
 }

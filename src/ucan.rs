@@ -597,15 +597,10 @@ impl Delegation {
             return Self::from_blocks(root, blocks);
         }
         let block = blocks.block(root)?;
-        let (data, payload, canonical) = match DECODED.get(&block.bytes) {
-            Some(decoded) => decoded,
-            None => {
-                let decoded = Self::from_blocks(root, blocks.clone())?;
-                let decoded: Decoded = (decoded.data, decoded.payload, decoded.canonical);
-                DECODED.insert(block.bytes.clone(), decoded.clone());
-                decoded
-            }
-        };
+        let (data, payload, canonical) = DECODED.get_or_try_insert_with(&block.bytes, |_| {
+            let decoded = Self::from_blocks(root, blocks.clone())?;
+            Ok::<Decoded, CodecError>((decoded.data, decoded.payload, decoded.canonical))
+        })?;
         Ok(Delegation {
             root: block,
             data,

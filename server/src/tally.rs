@@ -133,6 +133,16 @@ fn entries(list: Vec<Ipld>) -> Result<Vec<(Did, String, u64)>, CodecError> {
         .collect()
 }
 
+/// The block of a staged chunk `link` read back as `bytes`, if they still
+/// hash to it.
+pub fn staged_block(link: &Cid, bytes: Vec<u8>) -> Option<Block> {
+    let block = Block {
+        cid: ucanto::dag::cid_of(link.codec(), &bytes),
+        bytes: bytes.into(),
+    };
+    (block.cid == *link).then_some(block)
+}
+
 /// Adds `bytes` to `usage[(space, day)]`, refusing an overflow.
 pub fn add_usage(usage: &mut Usage, space: Did, day: String, bytes: u64) -> Option<()> {
     let slot = usage.entry((space, day)).or_default();

@@ -178,12 +178,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
 /// read in UCAN after UCAN, and base58 is slow.
 fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
     static DECODED: Memo<String, (u64, Vec<u8>)> = Memo::new(RESOLVED_KEYS);
-    if let Some(decoded) = DECODED.get(did) {
-        return Ok(decoded);
-    }
-    let decoded = decode_did_key(did)?;
-    DECODED.insert(did.to_string(), decoded.clone());
-    Ok(decoded)
+    DECODED.get_or_try_insert_with(did, decode_did_key)
 }
 
 fn decode_did_key(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
@@ -534,12 +529,7 @@ impl Verifier for Ed25519Verifier {
 /// point) costs as much as a good part of verifying a signature.
 pub fn verifier_for(did: &Did) -> Result<Arc<dyn Verifier>, PrincipalError> {
     static RESOLVED: Memo<Did, Arc<dyn Verifier>> = Memo::new(RESOLVED_KEYS);
-    if let Some(verifier) = RESOLVED.get(did) {
-        return Ok(verifier);
-    }
-    let verifier = resolve_key(did)?;
-    RESOLVED.insert(did.clone(), verifier.clone());
-    Ok(verifier)
+    RESOLVED.get_or_try_insert_with(did, resolve_key)
 }
 
 /// Most did:keys [`verifier_for`] (and the decoding of did:keys)

@@ -325,16 +325,13 @@ impl HandlerState {
                 .map(|k| k.clone())
                 .unwrap_or_default(),
         };
-        let scratch_dir = self.limits.scratch_dir.clone();
-        let tally = match ScratchFile::create(&scratch_dir, "tally") {
-            Ok(file) => TallyWriter::with_chunking(
-                *batch,
-                Some(file),
-                self.paging.receipts_per_chunk,
-                crate::tally::CHUNK_USAGE,
-            ),
-            Err(e) => return Err(spilling(e)),
-        };
+        let file = ScratchFile::create(&self.limits.scratch_dir, "tally").map_err(spilling)?;
+        let tally = TallyWriter::with_chunking(
+            *batch,
+            Some(file),
+            self.paging.receipts_per_chunk,
+            crate::tally::CHUNK_USAGE,
+        );
         let batch = *batch;
         tokio::task::spawn_blocking(move || settle.run(batch, counting, tally))
             .await

@@ -15,7 +15,7 @@ use cid::Cid;
 use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
-use ucanto::dag::{cid_of, Block, BlockStore, Ipld, IpldMap};
+use ucanto::dag::{BlockStore, Ipld, IpldMap};
 use ucanto::message::AgentMessage;
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
@@ -27,7 +27,7 @@ use crate::consolidator::consolidate_task;
 use crate::metrics::Metrics;
 use crate::registry::{judge_all, Billing};
 use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
-use crate::tally::{add_usage, Chunk, Usage};
+use crate::tally::{add_usage, staged_block, Chunk, Usage};
 
 /// Handles one conclude invocation.
 pub async fn handle(
@@ -154,13 +154,8 @@ async fn read_tally(
                     .pop()
                     .flatten()
                     .ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
-                let block = Block {
-                    cid: cid_of(link.codec(), &bytes),
-                    bytes: bytes.into(),
-                };
-                if block.cid != *link {
-                    return Err(format!("staged chunk {link} does not hash to its CID").into());
-                }
+                let block = staged_block(link, bytes)
+                    .ok_or_else(|| format!("staged chunk {link} does not hash to its CID"))?;
                 (block, false)
             }
         };

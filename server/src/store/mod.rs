@@ -692,15 +692,9 @@ pub(crate) fn staged_counted(
 ) -> Result<Vec<Cid>, StoreError> {
     let bytes =
         bytes.ok_or_else(|| StoreError::Invalid(format!("tally chunk {link} is not staged")))?;
-    let block = ucanto::dag::Block {
-        cid: ucanto::dag::cid_of(link.codec(), &bytes),
-        bytes: bytes.into(),
-    };
-    if block.cid != *link {
-        return Err(StoreError::Corrupt(format!(
-            "staged chunk {link} does not hash to its CID"
-        )));
-    }
+    let block = crate::tally::staged_block(link, bytes).ok_or_else(|| {
+        StoreError::Corrupt(format!("staged chunk {link} does not hash to its CID"))
+    })?;
     crate::tally::Chunk::decode(batch, &block)
         .map(|chunk| chunk.counted)
         .map_err(|e| StoreError::Invalid(format!("tally chunk {link}: {e}")))
