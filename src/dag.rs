@@ -88,6 +88,11 @@ pub fn encode_cbor(value: &Ipld) -> Result<Vec<u8>, CodecError> {
 /// Decodes canonical dag-cbor into an IPLD value, refusing any other encoding
 /// (indefinite lengths, unsorted or duplicate keys, non-minimal integers, trailing bytes).
 pub fn decode_cbor(bytes: &[u8]) -> Result<Ipld, CodecError> {
+    // Canonical bytes decode in one pass; anything else is judged below,
+    // where the error says what is wrong.
+    if let Some(value) = canonical::decode(bytes) {
+        return Ok(value);
+    }
     let value: Ipld = serde_ipld_dagcbor::from_slice(bytes)
         .map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
     // dag-cbor has exactly one encoding per value: anything else is refused
@@ -272,6 +277,23 @@ mod tests {
             hex::encode(&bytes),
             "a36161f665726f6f7473806776657273696f6e01"
         );
+    }
+
+    /// A node could nest a block's values as deep as its size allows:
+    /// decoding refuses it rather than exhausting the stack.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for open in [0x81u8, 0xa1] {
+            let mut bytes = Vec::new();
+            for _ in 0..100_000 {
+                bytes.push(open);
+                if open == 0xa1 {
+                    bytes.extend_from_slice(&[0x61, b'a']);
+                }
+            }
+            bytes.push(0xf6);
+            assert!(decode_cbor(&bytes).is_err());
+        }
     }
 
     #[test]

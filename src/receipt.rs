@@ -343,10 +343,19 @@ impl Receipt {
         {
             return false;
         }
-        self.data
-            .signing_payload()
-            .map(|payload| verifier.verify(&payload, &self.data.signature))
-            .unwrap_or(false)
+        self.signing_payload()
+            .is_ok_and(|payload| verifier.verify(&payload, &self.data.signature))
+    }
+
+    /// The bytes the issuer signed: the outcome as written in the receipt's
+    /// block. Blocks are canonical dag-cbor (decoding refuses any other), so
+    /// these are the outcome's dag-cbor, which JS gets by encoding the
+    /// decoded outcome again; reading them in place saves that encoding.
+    pub fn signing_payload(&self) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
+        match crate::dag::canonical::map_value(&self.root.bytes, "ocm") {
+            Some(ocm) => Ok(std::borrow::Cow::Borrowed(ocm)),
+            None => self.data.signing_payload().map(std::borrow::Cow::Owned),
+        }
     }
 
     /// The blocks to send with this receipt, in JS order.
@@ -396,6 +405,39 @@ mod tests {
     use crate::principal::Ed25519Signer;
     use crate::ucan::Capability;
 
+    /// The signature covers the outcome as the issuer wrote it, as in JS:
+    /// an outcome without `meta` and `prf` verifies over those bytes, and
+    /// not over the fuller outcome this crate would have written.
+    #[test]
+    fn the_signature_covers_the_outcome_as_written() {
+        let node = Ed25519Signer::from_seed([7; 32]);
+        let ran = crate::dag::cid_of(crate::dag::DAG_CBOR, b"invocation");
+        let mut out = IpldMap::new();
+        out.insert("ok".into(), Ipld::Map(IpldMap::new()));
+        let mut fx = IpldMap::new();
+        fx.insert("fork".into(), Ipld::List(Vec::new()));
+        let mut ocm = IpldMap::new();
+        ocm.insert("ran".into(), Ipld::Link(ran));
+        ocm.insert("out".into(), Ipld::Map(out));
+        ocm.insert("fx".into(), Ipld::Map(fx));
+        ocm.insert("iss".into(), Ipld::String(node.did().to_string()));
+        let written = crate::dag::encode_cbor(&Ipld::Map(ocm.clone())).unwrap();
+        let receipt_signed_over = |payload: &[u8]| {
+            let mut root = IpldMap::new();
+            root.insert("ocm".into(), Ipld::Map(ocm.clone()));
+            root.insert("sig".into(), Ipld::Bytes(node.sign(payload).encode()));
+            let block = Block::encode(&Ipld::Map(root)).unwrap();
+            let cid = block.cid;
+            Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block]))).unwrap()
+        };
+        let receipt = receipt_signed_over(&written);
+        assert_eq!(*receipt.signing_payload().unwrap(), written[..]);
+        assert!(receipt.verify_signature(node.verifier().as_ref()));
+        let fuller = receipt.data().signing_payload().unwrap();
+        assert_ne!(fuller, written, "this crate writes meta and prf");
+        assert!(!receipt_signed_over(&fuller).verify_signature(node.verifier().as_ref()));
+    }
+
     #[test]
     fn issue_decode_verify() {
         let alice = Ed25519Signer::from_seed([1; 32]);
@@ -419,6 +461,11 @@ mod tests {
         assert_eq!(order, vec![inv.cid(), fork.cid(), receipt.cid()]);
         let back = Receipt::extract(&receipt.archive().unwrap()).unwrap();
         assert_eq!(back.data(), receipt.data());
+        // The payload read in place is the outcome's encoding.
+        assert_eq!(
+            *back.signing_payload().unwrap(),
+            receipt.data().signing_payload().unwrap()
+        );
         assert!(back.verify_signature(service.verifier().as_ref()));
         assert!(!back.verify_signature(alice.verifier().as_ref()));
         assert_eq!(back.ran().unwrap().cid(), inv.cid());

@@ -9,10 +9,49 @@
 
 use cid::Cid;
 
+use super::{Ipld, IpldMap};
+
 /// Whether `bytes` are one canonical dag-cbor item and nothing more.
 pub(crate) fn is_canonical(bytes: &[u8]) -> bool {
     let mut reader = Reader { bytes, at: 0 };
     reader.item() && reader.at == bytes.len()
+}
+
+/// Containers nested deeper than this are left to the general decoder,
+/// whose limit (256) is higher: decoding here never refuses what it takes.
+const MAX_DEPTH: usize = 128;
+
+/// The value of `bytes` when they are one canonical dag-cbor item (nested at
+/// most [`MAX_DEPTH`] deep) and nothing more, decoded in the same pass that
+/// checks them; `None` otherwise, for the general decoder to explain.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Ipld> {
+    let mut reader = Reader { bytes, at: 0 };
+    let value = reader.value(MAX_DEPTH)?;
+    (reader.at == bytes.len()).then_some(value)
+}
+
+/// The bytes of the value under `key` in the map that `bytes` hold, as they
+/// are written: for a block that decoded (so is canonical), exactly the
+/// dag-cbor of that value, with no need to encode it again.
+pub(crate) fn map_value<'a>(bytes: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut reader = Reader { bytes, at: 0 };
+    let (MAJOR_MAP, entries) = reader.head()? else {
+        return None;
+    };
+    for _ in 0..entries {
+        let (MAJOR_TEXT, len) = reader.head()? else {
+            return None;
+        };
+        let name = reader.take(len)?;
+        let start = reader.at;
+        if !reader.item() {
+            return None;
+        }
+        if name == key.as_bytes() {
+            return bytes.get(start..reader.at);
+        }
+    }
+    None
 }
 
 struct Reader<'a> {
@@ -94,6 +133,74 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next item, when it is canonical: [`Reader::item`]'s rules,
+    /// building the value as it goes.
+    fn value(&mut self, depth: usize) -> Option<Ipld> {
+        let &first = self.bytes.get(self.at)?;
+        if first >> 5 == MAJOR_SIMPLE {
+            self.at += 1;
+            return match first {
+                0xf4 => Some(Ipld::Bool(false)),
+                0xf5 => Some(Ipld::Bool(true)),
+                0xf6 => Some(Ipld::Null),
+                0xfb => Some(f64::from_be_bytes(self.take(8)?.try_into().ok()?))
+                    .filter(|f| f.is_finite())
+                    .map(Ipld::Float),
+                _ => None,
+            };
+        }
+        let (major, argument) = self.head()?;
+        match major {
+            MAJOR_UINT => Some(Ipld::Integer(argument.into())),
+            MAJOR_NEGINT => Some(Ipld::Integer(-1 - i128::from(argument))),
+            MAJOR_BYTES => Some(Ipld::Bytes(self.take(argument)?.to_vec())),
+            MAJOR_TEXT => Some(Ipld::String(
+                std::str::from_utf8(self.take(argument)?).ok()?.to_owned(),
+            )),
+            MAJOR_ARRAY => {
+                let depth = depth.checked_sub(1)?;
+                // A length is only a claim until its items are read.
+                let mut items = Vec::with_capacity(argument.min(16) as usize);
+                for _ in 0..argument {
+                    items.push(self.value(depth)?);
+                }
+                Some(Ipld::List(items))
+            }
+            MAJOR_MAP => {
+                let depth = depth.checked_sub(1)?;
+                let mut map = IpldMap::new();
+                let mut previous: Option<&[u8]> = None;
+                for _ in 0..argument {
+                    let key = match self.head()? {
+                        (MAJOR_TEXT, len) => self.take(len)?,
+                        _ => return None,
+                    };
+                    if previous.is_some_and(|p| (p.len(), p) >= (key.len(), key)) {
+                        return None;
+                    }
+                    previous = Some(key);
+                    let name = std::str::from_utf8(key).ok()?.to_owned();
+                    let value = self.value(depth)?;
+                    map.insert(name, value);
+                }
+                Some(Ipld::Map(map))
+            }
+            MAJOR_TAG if argument == TAG_CID => {
+                let Some((MAJOR_BYTES, len)) = self.head() else {
+                    return None;
+                };
+                match self.take(len)? {
+                    [0, bytes @ ..] => Cid::try_from(bytes)
+                        .ok()
+                        .filter(|cid| cid.to_bytes() == bytes)
+                        .map(Ipld::Link),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     fn map_entries(&mut self, count: u64) -> bool {
         let mut previous: Option<&[u8]> = None;
         for _ in 0..count {
@@ -160,7 +267,31 @@ mod tests {
         Some(encode_cbor(&value).is_ok_and(|again| again == bytes))
     }
 
+    /// What the general path says: the value, when the bytes are canonical.
+    fn general(bytes: &[u8]) -> Option<Ipld> {
+        let value: Ipld = serde_ipld_dagcbor::from_slice(bytes).ok()?;
+        is_canonical(bytes).then_some(value)
+    }
+
     proptest! {
+        /// The one-pass decoder gives what the general decoder gives for
+        /// canonical bytes, and nothing for any other (mutated) bytes.
+        #[test]
+        fn decodes_as_the_general_decoder(
+            value in value(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut bytes = encode_cbor(&value).unwrap();
+            if edits.is_empty() {
+                prop_assert_eq!(decode(&bytes), Some(value));
+            }
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            prop_assert_eq!(decode(&bytes), general(&bytes), "{:02x?}", bytes);
+        }
+
         /// Every encoding is canonical.
         #[test]
         fn encodings_are_canonical(value in value()) {

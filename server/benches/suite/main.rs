@@ -14,7 +14,9 @@
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
 //! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
 //! runs one consolidation of that size and nothing else (all valid, or
-//! mostly duplicates with `BENCH_ONE_DUPLICATES` set).
+//! mostly duplicates with `BENCH_ONE_DUPLICATES` set); `BENCH_HEAPTRACK=<file>`
+//! records the tracker's heap there with Debian's heaptrack (raw data, for
+//! `heaptrack_interpret` and `heaptrack_print`).
 
 mod batch;
 mod consolidate;

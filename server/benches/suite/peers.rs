@@ -62,7 +62,16 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
 /// `etracker start` on a fresh data directory, with the service's key.
 pub(crate) async fn etracker(p: &Principals, data_dir: &Path) -> Peer {
     let _ = std::fs::remove_dir_all(data_dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_etracker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_etracker"));
+    // Heap profiling: heaptrack's preload library, writing raw data to the
+    // file named (the arena limit set here, so `etracker` does not re-exec).
+    if let Some(out) = std::env::var_os("BENCH_HEAPTRACK") {
+        command
+            .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+            .env("DUMP_HEAPTRACK_OUTPUT", out)
+            .env("MALLOC_ARENA_MAX", "2");
+    }
+    let mut child = command
         .args(["start", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)

@@ -140,25 +140,22 @@ pub(super) struct Checks {
 }
 
 impl Checks {
-    /// Checks `archives` on all available cores; results in batch order.
+    /// Checks `archives` on all available cores, one part per core on
+    /// rayon's pool; results in batch order. The pool's threads live as
+    /// long as the process: threads made per chunk would each cost a spawn
+    /// and leave the allocator with more memory to hold.
     pub(super) fn check_chunk(&self, archives: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
         if threads == 1 || archives.len() < 2 * threads {
             return self.check_part(archives);
         }
         let per_thread = archives.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = archives
-                .chunks(per_thread)
-                .map(|part| scope.spawn(move || self.check_part(part)))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        })
+        let parts: Vec<Vec<Checked>> = archives
+            .par_chunks(per_thread)
+            .map(|part| self.check_part(part))
+            .collect();
+        parts.into_iter().flatten().collect()
     }
 
     /// Checks a run of archives: their signatures first, all together,
@@ -196,10 +193,10 @@ impl Checks {
         let mut payloads = Vec::new();
         let mut lent = Vec::new();
         for o in opened.iter().flatten() {
-            let payload = o.receipt.data().signing_payload().ok()?;
+            let payload = o.receipt.signing_payload().ok()?;
             payloads.push((
                 self.node_verifier.clone(),
-                Cow::Owned(payload),
+                payload,
                 &o.receipt.data().signature,
             ));
             let Ok(invocation) = &o.invocation else {

@@ -109,8 +109,11 @@ impl std::fmt::Debug for RedbStore {
 /// redb's page cache: reads beyond it come from the operating system's file
 /// cache, and a transaction's dirty pages beyond half of it are written out
 /// before its commit, so that a conclusion of any size takes bounded memory
-/// (redb's default, 1 GiB, would let one big batch hold that much).
-pub const CACHE_BYTES: usize = 2 << 20;
+/// (redb's default, 1 GiB, would let one big batch hold that much). Small,
+/// because a cache fills only as far as the file is read: at 2 MiB a big
+/// batch's conclusion filled what a small one's did not, and the tracker's
+/// memory grew with the batch.
+pub const CACHE_BYTES: usize = 512 << 10;
 
 impl RedbStore {
     /// Inserts a group of new records in one transaction: each answered as
