@@ -240,18 +240,29 @@ pub fn read_archive(
     archive: &[u8],
     tag: &str,
 ) -> Result<(Cid, std::sync::Arc<BlockStore>), CodecError> {
-    let context = format!("{tag} archive");
+    let context = || format!("{tag} archive");
     let (header, blocks) =
         crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
     let [root] = header.roots.as_slice() else {
-        return Err(CodecError::schema(context, "expected exactly one root"));
+        return Err(CodecError::schema(context(), "expected exactly one root"));
     };
     let store: BlockStore = blocks
         .into_iter()
         .map(|(cid, bytes)| Block { cid, bytes })
         .collect();
     let variant = store.block(root)?.decode()?;
-    let link = Fields::of(&context, &variant)?.only(&[tag])?.link(tag)?;
+    // `{tag: link}`, read without naming the path unless it is not.
+    let link = match &variant {
+        Ipld::Map(map) if map.len() == 1 => match map.get(tag) {
+            Some(Ipld::Link(link)) => Some(*link),
+            _ => None,
+        },
+        _ => None,
+    };
+    let link = match link {
+        Some(link) => link,
+        None => Fields::of(context(), &variant)?.only(&[tag])?.link(tag)?,
+    };
     Ok((link, std::sync::Arc::new(store)))
 }
 

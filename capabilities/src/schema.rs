@@ -19,11 +19,14 @@ pub(crate) fn nb_or_empty(nb: Option<&IpldMap>) -> &IpldMap {
 pub(crate) fn did(path: &str, value: &str, method: Option<&str>) -> Result<Did, SchemaError> {
     let did = Did::parse(value).map_err(|e| SchemaError::invalid(path, e.to_string()))?;
     if let Some(method) = method {
-        let prefix = format!("did:{method}:");
-        if !value.starts_with(&prefix) {
+        let of_method = value
+            .strip_prefix("did:")
+            .and_then(|rest| rest.strip_prefix(method))
+            .is_some_and(|rest| rest.starts_with(':'));
+        if !of_method {
             return Err(SchemaError::invalid(
                 path,
-                format!("expected a {prefix} DID, got {value:?}"),
+                format!("expected a did:{method}: DID, got {value:?}"),
             ));
         }
     }

@@ -224,7 +224,16 @@ impl<'a> Fields<'a> {
 
     /// An unsigned integer that fits in a `u64`.
     pub fn uint(&self, key: &str) -> Result<u64, FieldError> {
-        uint(&self.path(key), self.required(key)?)
+        self.uint_at(key, self.required(key)?)
+    }
+
+    /// `value`, the field `key`, as a u64: the path is written only for an
+    /// error, as decoding reads integers from every block.
+    fn uint_at(&self, key: &str, value: &Ipld) -> Result<u64, FieldError> {
+        match value {
+            Ipld::Integer(i) => u64::try_from(*i).or_else(|_| uint(&self.path(key), value)),
+            _ => uint(&self.path(key), value),
+        }
     }
 
     /// An unsigned integer, if present; `null` reads as absent when `nullable`.
@@ -232,7 +241,7 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Ipld::Null) if nullable => Ok(None),
-            Some(value) => uint(&self.path(key), value).map(Some),
+            Some(value) => self.uint_at(key, value).map(Some),
         }
     }
 
