@@ -172,7 +172,8 @@ impl HandlerState {
             }
         }
         let spool = |e: std::io::Error| BatchFailure::internal("spooling the batch", e);
-        let mut file = tokio::fs::File::create(path).await.map_err(spool)?;
+        let file = tokio::fs::File::create(path).await.map_err(spool)?;
+        let mut file = tokio::io::BufWriter::with_capacity(SPOOL_IO_BYTES, file);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = response.chunk().await.map_err(|e| transient(&e))? {
@@ -214,9 +215,8 @@ impl HandlerState {
         let undecodable = |e: ucanto::car::CarError| {
             BatchFailure::Permanent(format!("batch is not a valid CAR: {e}"))
         };
-        let mut reader = CarReader::new(tokio::io::BufReader::new(file), limits)
-            .await
-            .map_err(undecodable)?;
+        let file = tokio::io::BufReader::with_capacity(SPOOL_IO_BYTES, file);
+        let mut reader = CarReader::new(file, limits).await.map_err(undecodable)?;
         let node_verifier =
             verifier_for(node).map_err(|e| BatchFailure::Permanent(format!("node {node}: {e}")))?;
         // A batch's retrievals mostly share their proofs: verify each once,
@@ -338,6 +338,10 @@ impl HandlerState {
             .map_err(|e| BatchFailure::internal("tallying", e))?
     }
 }
+
+/// Bytes written to, and read from, the spooled batch at a time: each is
+/// one hand-off to tokio's blocking pool, so not the default 8 KiB.
+const SPOOL_IO_BYTES: usize = 256 * 1024;
 
 /// Distinct archives remembered while reading a batch.
 const RECENT_ARCHIVES: usize = 4096;
