@@ -39,15 +39,12 @@ pub(crate) fn map_value<'a>(bytes: &'a [u8], key: &str) -> Option<&'a [u8]> {
         return None;
     };
     for _ in 0..entries {
-        let (MAJOR_TEXT, len) = reader.head()? else {
-            return None;
-        };
-        let name = reader.take(len)?;
+        let name = reader.key(None)?;
         let start = reader.at;
         if !reader.item() {
             return None;
         }
-        if name == key.as_bytes() {
+        if name == key {
             return bytes.get(start..reader.at);
         }
     }
@@ -107,15 +104,7 @@ impl<'a> Reader<'a> {
             return false;
         };
         if first >> 5 == MAJOR_SIMPLE {
-            self.at += 1;
-            return match first {
-                0xf4..=0xf6 => true, // false, true, null
-                0xfb => self
-                    .take(8)
-                    .and_then(|b| b.try_into().ok())
-                    .is_some_and(|b| f64::from_be_bytes(b).is_finite()),
-                _ => false,
-            };
+            return self.simple().is_some();
         }
         let Some((major, argument)) = self.head() else {
             return false;
@@ -123,12 +112,19 @@ impl<'a> Reader<'a> {
         match major {
             MAJOR_UINT | MAJOR_NEGINT => true,
             MAJOR_BYTES => self.take(argument).is_some(),
-            MAJOR_TEXT => self
-                .take(argument)
-                .is_some_and(|text| std::str::from_utf8(text).is_ok()),
+            MAJOR_TEXT => self.text(argument).is_some(),
             MAJOR_ARRAY => (0..argument).all(|_| self.item()),
-            MAJOR_MAP => self.map_entries(argument),
-            MAJOR_TAG if argument == TAG_CID => self.cid(),
+            MAJOR_MAP => {
+                let mut previous = None;
+                (0..argument).all(|_| match self.key(previous) {
+                    Some(key) => {
+                        previous = Some(key);
+                        self.item()
+                    }
+                    None => false,
+                })
+            }
+            MAJOR_TAG if argument == TAG_CID => self.link().is_some(),
             _ => false,
         }
     }
@@ -138,25 +134,14 @@ impl<'a> Reader<'a> {
     fn value(&mut self, depth: usize) -> Option<Ipld> {
         let &first = self.bytes.get(self.at)?;
         if first >> 5 == MAJOR_SIMPLE {
-            self.at += 1;
-            return match first {
-                0xf4 => Some(Ipld::Bool(false)),
-                0xf5 => Some(Ipld::Bool(true)),
-                0xf6 => Some(Ipld::Null),
-                0xfb => Some(f64::from_be_bytes(self.take(8)?.try_into().ok()?))
-                    .filter(|f| f.is_finite())
-                    .map(Ipld::Float),
-                _ => None,
-            };
+            return self.simple();
         }
         let (major, argument) = self.head()?;
         match major {
             MAJOR_UINT => Some(Ipld::Integer(argument.into())),
             MAJOR_NEGINT => Some(Ipld::Integer(-1 - i128::from(argument))),
             MAJOR_BYTES => Some(Ipld::Bytes(self.take(argument)?.to_vec())),
-            MAJOR_TEXT => Some(Ipld::String(
-                std::str::from_utf8(self.take(argument)?).ok()?.to_owned(),
-            )),
+            MAJOR_TEXT => Some(Ipld::String(self.text(argument)?.to_owned())),
             MAJOR_ARRAY => {
                 let depth = depth.checked_sub(1)?;
                 // A length is only a claim until its items are read.
@@ -169,66 +154,60 @@ impl<'a> Reader<'a> {
             MAJOR_MAP => {
                 let depth = depth.checked_sub(1)?;
                 let mut map = IpldMap::new();
-                let mut previous: Option<&[u8]> = None;
+                let mut previous = None;
                 for _ in 0..argument {
-                    let key = match self.head()? {
-                        (MAJOR_TEXT, len) => self.take(len)?,
-                        _ => return None,
-                    };
-                    if previous.is_some_and(|p| (p.len(), p) >= (key.len(), key)) {
-                        return None;
-                    }
+                    let key = self.key(previous)?;
                     previous = Some(key);
-                    let name = std::str::from_utf8(key).ok()?.to_owned();
-                    let value = self.value(depth)?;
-                    map.insert(name, value);
+                    map.insert(key.to_owned(), self.value(depth)?);
                 }
                 Some(Ipld::Map(map))
             }
-            MAJOR_TAG if argument == TAG_CID => {
-                let Some((MAJOR_BYTES, len)) = self.head() else {
-                    return None;
-                };
-                match self.take(len)? {
-                    [0, bytes @ ..] => Cid::try_from(bytes)
-                        .ok()
-                        .filter(|cid| cid.to_bytes() == bytes)
-                        .map(Ipld::Link),
-                    _ => None,
-                }
-            }
+            MAJOR_TAG if argument == TAG_CID => self.link().map(Ipld::Link),
             _ => None,
         }
     }
 
-    fn map_entries(&mut self, count: u64) -> bool {
-        let mut previous: Option<&[u8]> = None;
-        for _ in 0..count {
-            let key = match self.head() {
-                Some((MAJOR_TEXT, len)) => match self.take(len) {
-                    Some(key) if std::str::from_utf8(key).is_ok() => key,
-                    _ => return false,
-                },
-                _ => return false,
-            };
-            if previous.is_some_and(|p| (p.len(), p) >= (key.len(), key)) {
-                return false;
-            }
-            previous = Some(key);
-            if !self.item() {
-                return false;
-            }
+    /// A simple value: false, true, null or a finite 64-bit float (none of
+    /// which allocates).
+    fn simple(&mut self) -> Option<Ipld> {
+        let first = *self.take(1)?.first()?;
+        match first {
+            0xf4 => Some(Ipld::Bool(false)),
+            0xf5 => Some(Ipld::Bool(true)),
+            0xf6 => Some(Ipld::Null),
+            0xfb => Some(f64::from_be_bytes(self.take(8)?.try_into().ok()?))
+                .filter(|f| f.is_finite())
+                .map(Ipld::Float),
+            _ => None,
         }
-        true
     }
 
-    fn cid(&mut self) -> bool {
-        let Some((MAJOR_BYTES, len)) = self.head() else {
-            return false;
+    /// `len` bytes of UTF-8.
+    fn text(&mut self, len: u64) -> Option<&'a str> {
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    /// A map key: text, after `previous` in length-then-bytes order.
+    fn key(&mut self, previous: Option<&str>) -> Option<&'a str> {
+        let (MAJOR_TEXT, len) = self.head()? else {
+            return None;
         };
-        match self.take(len) {
-            Some([0, cid @ ..]) => Cid::try_from(cid).is_ok_and(|c| c.to_bytes() == cid),
-            _ => false,
+        let key = self.text(len)?;
+        let after = previous.is_none_or(|p| (p.len(), p.as_bytes()) < (key.len(), key.as_bytes()));
+        after.then_some(key)
+    }
+
+    /// A link, its tag read: a byte string of 0x00 and a CID in its own
+    /// canonical bytes.
+    fn link(&mut self) -> Option<Cid> {
+        let (MAJOR_BYTES, len) = self.head()? else {
+            return None;
+        };
+        match self.take(len)? {
+            [0, bytes @ ..] => Cid::try_from(bytes)
+                .ok()
+                .filter(|cid| cid.to_bytes() == bytes),
+            _ => None,
         }
     }
 }

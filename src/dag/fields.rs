@@ -230,10 +230,7 @@ impl<'a> Fields<'a> {
     /// `value`, the field `key`, as a u64: the path is written only for an
     /// error, as decoding reads integers from every block.
     fn uint_at(&self, key: &str, value: &Ipld) -> Result<u64, FieldError> {
-        match value {
-            Ipld::Integer(i) => u64::try_from(*i).or_else(|_| uint(&self.path(key), value)),
-            _ => uint(&self.path(key), value),
-        }
+        uint("", value).or_else(|_| uint(&self.path(key), value))
     }
 
     /// An unsigned integer, if present; `null` reads as absent when `nullable`.

@@ -173,7 +173,6 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Decodes the multicodec-prefixed key of a did:key.
 /// The multicodec and bytes of a did:key, remembered: the same keys are
 /// read in UCAN after UCAN, and base58 is slow.
 fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
@@ -181,6 +180,7 @@ fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
     DECODED.get_or_try_insert_with(did, decode_did_key)
 }
 
+/// Decodes the multicodec-prefixed key of a did:key.
 fn decode_did_key(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
     let bad = |why: &str| PrincipalError::InvalidDid(did.to_string(), why.to_string());
     let text = did
