@@ -5,7 +5,7 @@
 //! strict: bytes that are not the canonical dag-cbor encoding of the value they
 //! decode to are refused, so a CID always names exactly one value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -150,7 +150,7 @@ impl Block {
 #[derive(Clone, Debug, Default)]
 pub struct BlockStore {
     order: Vec<Cid>,
-    blocks: HashMap<Cid, Bytes>,
+    blocks: crate::memo::FastMap<Cid, Bytes>,
 }
 
 impl BlockStore {

@@ -143,7 +143,7 @@ pub struct ValidatorConfig {
 /// party may cost, whatever their proofs look like.
 #[derive(Debug, Default)]
 pub struct SignatureCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(Cid, Did, Did), bytes::Bytes>>,
+    entries: std::sync::Mutex<crate::memo::FastMap<Cid, Vec<Verified>>>,
     /// Verifications left; `None` is unlimited.
     budget: Option<std::sync::atomic::AtomicU64>,
     /// Most entries kept, when not [`SignatureCache::CAPACITY`].
@@ -195,14 +195,22 @@ impl SignatureCache {
     /// Whether `bytes`, named `cid`, was verified by `verifier`.
     pub fn contains(&self, cid: &Cid, verifier: &dyn Verifier, bytes: &bytes::Bytes) -> bool {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (*cid, verifier.did().clone(), verifier.key_did());
-        entries.get(&key).is_some_and(|b| b == bytes)
+        entries.get(cid).is_some_and(|verified| {
+            verified
+                .iter()
+                .any(|v| v.is_by(verifier) && v.bytes == *bytes)
+        })
     }
 
     /// Forgets that `cid` verified with `verifier`.
     pub fn remove(&self, cid: &Cid, verifier: &dyn Verifier) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&(*cid, verifier.did().clone(), verifier.key_did()));
+        if let Some(verified) = entries.get_mut(cid) {
+            verified.retain(|v| !v.is_by(verifier));
+            if verified.is_empty() {
+                entries.remove(cid);
+            }
+        }
     }
 
     /// Records that `bytes`, named `cid`, verified with `verifier`.
@@ -211,7 +219,28 @@ impl SignatureCache {
         if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
             entries.clear();
         }
-        entries.insert((cid, verifier.did().clone(), verifier.key_did()), bytes);
+        let verified = entries.entry(cid).or_default();
+        verified.retain(|v| !v.is_by(verifier));
+        verified.push(Verified {
+            did: verifier.did().clone(),
+            key_did: verifier.key_did(),
+            bytes,
+        });
+    }
+}
+
+/// One verifier's success with one UCAN's bytes.
+#[derive(Debug)]
+struct Verified {
+    did: Did,
+    key_did: Did,
+    bytes: bytes::Bytes,
+}
+
+impl Verified {
+    /// Whether `verifier` is the one (the same DID with the same key).
+    fn is_by(&self, verifier: &dyn Verifier) -> bool {
+        self.did == *verifier.did() && self.key_did == verifier.key_did()
     }
 }
 
