@@ -6,7 +6,8 @@
 //!   peer doing the same work (`fixtures/js/track-peer.js`);
 //! - **consolidate**: receipts per second and per core for 10 MiB and
 //!   100 MiB batches through the real path, against the signature-only floor
-//!   (ed25519 batch verification of the same receipts);
+//!   (ed25519-dalek batch verification of the same receipts), and against
+//!   the same receipts' signatures through the tracker's own verifier;
 //! - **memory**: the tracker's peak RSS consolidating 10 MiB, 100 MiB and
 //!   1 GiB batches, all valid and mostly duplicates;
 //! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
@@ -14,7 +15,8 @@
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
 //! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
 //! runs one consolidation of that size and nothing else (all valid, or
-//! mostly duplicates with `BENCH_ONE_DUPLICATES` set); `BENCH_HEAPTRACK=<file>`
+//! mostly duplicates with `BENCH_ONE_DUPLICATES` set); `BENCH_FLOORS` measures
+//! the two signature floors and nothing else; `BENCH_HEAPTRACK=<file>`
 //! records the tracker's heap there with Debian's heaptrack (raw data, for
 //! `heaptrack_interpret` and `heaptrack_print`).
 
@@ -28,6 +30,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::track::round;
+
+/// Receipts whose signatures the floors verify: enough CPU time (about a
+/// second) that the clock's 10 ms ticks do not show.
+const FLOOR_RECEIPTS: u64 = 25_000;
 
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +65,16 @@ async fn run() {
         let distinct = std::env::var_os("BENCH_ONE_DUPLICATES").is_none();
         let run = consolidate::run(&p, &work, mib, distinct).await;
         println!("{}", run.json());
+        return;
+    }
+    // The two signature floors alone.
+    if std::env::var_os("BENCH_FLOORS").is_some() {
+        let signed = consolidate::Signed::new(&p, FLOOR_RECEIPTS);
+        let (dalek, tracker) = (signed.dalek_floor(), signed.tracker_floor());
+        println!(
+            "{}",
+            json!({"dalek_per_core_s": round(dalek), "tracker_per_core_s": round(tracker)})
+        );
         return;
     }
     let tracks = env_u64("BENCH_TRACKS", 5_000) as usize;
@@ -99,7 +115,9 @@ async fn run() {
         }
     }
     eprintln!("signature floor…");
-    let floor = consolidate::signature_floor(&p, 10_000);
+    let signed = consolidate::Signed::new(&p, FLOOR_RECEIPTS);
+    let floor = signed.dalek_floor();
+    let tracker_floor = signed.tracker_floor();
     let _ = std::fs::remove_dir_all(&work);
 
     let interop: serde_json::Value = std::fs::read(out.join("interop.json"))
@@ -133,6 +151,8 @@ async fn run() {
             "runs": runs.iter().filter(|(m, d, _)| *d && *m <= 100).map(|(_, _, r)| r.json()).collect::<Vec<_>>(),
             "signature_floor_per_core_s": round(floor),
             "ratio_to_floor": round(best_per_core / floor * 100.0) / 100.0,
+            "tracker_signature_floor_per_core_s": round(tracker_floor),
+            "ratio_to_tracker_floor": round(best_per_core / tracker_floor * 100.0) / 100.0,
         },
         "memory": runs.iter().map(|(mib, distinct, r)| json!({
             "batch_mib": mib,
@@ -187,6 +207,13 @@ fn print_table(r: &serde_json::Value) {
             c["signature_floor_per_core_s"],
         );
     }
+    println!(
+        "| signature floor per core: ed25519-dalek batch / etracker's verifier | | {} / {} | best run {} / {} |",
+        c["signature_floor_per_core_s"],
+        c["tracker_signature_floor_per_core_s"],
+        c["ratio_to_floor"],
+        c["ratio_to_tracker_floor"],
+    );
     for m in r["memory"].as_array().unwrap() {
         println!(
             "| peak RSS, {} MiB {} | {} MiB | | |",
