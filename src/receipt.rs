@@ -93,6 +93,95 @@ impl ReceiptData {
         Ipld::Map(map)
     }
 
+    /// Decodes a block straight into fields, with no IPLD tree in between,
+    /// when it is canonical dag-cbor and a valid receipt; `None` leaves the
+    /// block to [`ReceiptData::from_ipld`], which explains what is wrong
+    /// with it. The two agree on every block, as a property test checks.
+    fn read_canonical(bytes: &[u8]) -> Option<Self> {
+        let mut r = crate::dag::canonical::Reader::new(bytes);
+        let (mut outcome, mut signature) = (None, None);
+        let mut previous = None;
+        for _ in 0..r.map_len()? {
+            let key = r.next_key(previous)?;
+            previous = Some(key);
+            match key {
+                "ocm" => outcome = Some(Self::read_outcome(&mut r)?),
+                "sig" => signature = Some(r.byte_string()?),
+                _ => return None,
+            }
+        }
+        if !r.at_end() {
+            return None;
+        }
+        let (ran, out, fx, meta, issuer, proofs) = outcome?;
+        Some(ReceiptData {
+            ran,
+            out,
+            fx,
+            meta,
+            issuer,
+            proofs,
+            signature: Signature::decode(signature?).ok()?,
+        })
+    }
+
+    /// The outcome's fields, as [`ReceiptData::from_ipld`] reads them.
+    #[allow(clippy::type_complexity)]
+    fn read_outcome(
+        r: &mut crate::dag::canonical::Reader<'_>,
+    ) -> Option<(Cid, Out, Effects, IpldMap, Option<Did>, Vec<Cid>)> {
+        let (mut ran, mut out, mut fx, mut meta, mut issuer, mut proofs) =
+            (None, None, None, None, None, None);
+        let mut previous = None;
+        for _ in 0..r.map_len()? {
+            let key = r.next_key(previous)?;
+            previous = Some(key);
+            match key {
+                "ran" => ran = Some(r.link_value()?),
+                "out" => {
+                    // Exactly one of `ok` and `error`.
+                    if r.map_len()? != 1 {
+                        return None;
+                    }
+                    out = Some(match r.next_key(None)? {
+                        "ok" => Ok(r.any()?),
+                        "error" => Err(r.any()?),
+                        _ => return None,
+                    });
+                }
+                "fx" => {
+                    let (mut fork, mut join) = (None, None);
+                    let mut previous = None;
+                    for _ in 0..r.map_len()? {
+                        let key = r.next_key(previous)?;
+                        previous = Some(key);
+                        match key {
+                            "fork" => fork = Some(r.links()?),
+                            "join" => join = Some(r.link_value()?),
+                            _ => return None,
+                        }
+                    }
+                    fx = Some(Effects { fork: fork?, join });
+                }
+                "meta" => match r.any()? {
+                    Ipld::Map(map) => meta = Some(map),
+                    _ => return None,
+                },
+                "iss" => issuer = Some(Did::parse(r.string()?).ok()?),
+                "prf" => proofs = Some(r.links()?),
+                _ => return None,
+            }
+        }
+        Some((
+            ran?,
+            out?,
+            fx?,
+            meta.unwrap_or_default(),
+            issuer,
+            proofs.unwrap_or_default(),
+        ))
+    }
+
     fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
         let top = Fields::of("receipt", value)?.only(&["ocm", "sig"])?;
         let ocm = Fields::of("receipt.ocm", top.required("ocm")?)?
@@ -274,7 +363,10 @@ impl Receipt {
     /// Views the receipt named `root` among `blocks`.
     pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Receipt, CodecError> {
         let block = blocks.block(root)?;
-        let data = ReceiptData::from_ipld(&block.decode()?)?;
+        let data = match ReceiptData::read_canonical(&block.bytes) {
+            Some(data) => data,
+            None => ReceiptData::from_ipld(&block.decode()?)?,
+        };
         Ok(Receipt {
             root: block,
             data: Arc::new(data),
@@ -521,6 +613,148 @@ mod tests {
             let cid = block.cid;
             let _ = Receipt::from_blocks(&cid, Arc::new(BlockStore::from_iter([block])));
             let _ = Receipt::extract(&bytes);
+        }
+    }
+
+    /// Receipt-like maps: every field present or not, well-formed or not;
+    /// many of them valid receipts.
+    fn receipt_like() -> impl proptest::strategy::Strategy<Value = Ipld> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let signer = Ed25519Signer::from_seed([5; 32]);
+        let link = Ipld::Link(crate::dag::cid_of(crate::dag::DAG_CBOR, b"ran"));
+        let small_map = Ipld::Map(IpldMap::from([("x".to_string(), Ipld::Integer(1))]));
+        let field = |presence: f64, valid: Vec<Ipld>, invalid: Vec<Ipld>| {
+            proptest::option::weighted(
+                presence,
+                prop_oneof![9 => select(valid), 1 => select(invalid)],
+            )
+        };
+        let map_of = |entries: Vec<(&'static str, Option<Ipld>)>| {
+            Ipld::Map(
+                entries
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                    .collect(),
+            )
+        };
+        let out = (
+            field(
+                0.9,
+                vec![Ipld::Map(IpldMap::new()), small_map.clone()],
+                vec![Ipld::Null],
+            ),
+            field(0.1, vec![small_map.clone()], vec![Ipld::Integer(1)]),
+        )
+            .prop_map(move |(ok, error)| map_of(vec![("ok", ok), ("error", error)]));
+        let fx = (
+            field(
+                0.97,
+                vec![Ipld::List(vec![]), Ipld::List(vec![link.clone()])],
+                vec![Ipld::List(vec![Ipld::Integer(1)]), Ipld::Null],
+            ),
+            field(0.2, vec![link.clone()], vec![Ipld::Integer(1)]),
+            proptest::bool::weighted(0.03),
+        )
+            .prop_map(move |(fork, join, extra)| {
+                map_of(vec![
+                    ("fork", fork),
+                    ("join", join),
+                    ("zz", extra.then_some(Ipld::Null)),
+                ])
+            });
+        let ocm = (
+            field(
+                0.97,
+                vec![link.clone()],
+                vec![Ipld::Integer(1), Ipld::Bytes(vec![1])],
+            ),
+            proptest::option::weighted(0.97, out),
+            proptest::option::weighted(0.97, fx),
+            field(
+                0.5,
+                vec![Ipld::Map(IpldMap::new()), small_map],
+                vec![Ipld::List(vec![])],
+            ),
+            field(
+                0.5,
+                vec![Ipld::String(signer.did().to_string())],
+                vec![Ipld::String("not a did".into()), Ipld::Integer(1)],
+            ),
+            field(
+                0.5,
+                vec![Ipld::List(vec![]), Ipld::List(vec![link])],
+                vec![Ipld::List(vec![Ipld::Null])],
+            ),
+            proptest::bool::weighted(0.03),
+        )
+            .prop_map(move |(ran, out, fx, meta, iss, prf, extra)| {
+                map_of(vec![
+                    ("ran", ran),
+                    ("out", out),
+                    ("fx", fx),
+                    ("meta", meta),
+                    ("iss", iss),
+                    ("prf", prf),
+                    ("zz", extra.then_some(Ipld::Null)),
+                ])
+            });
+        let sig = Ipld::Bytes(signer.sign(b"outcome").encode());
+        (
+            proptest::option::weighted(0.97, ocm),
+            field(0.97, vec![sig], vec![Ipld::Bytes(vec![0xed]), Ipld::Null]),
+            proptest::bool::weighted(0.03),
+        )
+            .prop_map(move |(ocm, sig, extra)| {
+                map_of(vec![
+                    ("ocm", ocm),
+                    ("sig", sig),
+                    ("zz", extra.then_some(Ipld::Null)),
+                ])
+            })
+    }
+
+    fn read_generally(bytes: &[u8]) -> Option<ReceiptData> {
+        ReceiptData::from_ipld(&crate::dag::decode_cbor(bytes).ok()?).ok()
+    }
+
+    #[test]
+    fn generated_receipts_are_often_valid() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let total = 1000;
+        let valid = (0..total)
+            .filter(|_| {
+                let value = receipt_like().new_tree(&mut runner).unwrap().current();
+                read_generally(&crate::dag::encode_cbor(&value).unwrap()).is_some()
+            })
+            .count();
+        assert!(valid > total / 5, "{valid} of {total} valid");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// The direct reading of a block agrees with the general one: the
+        /// same fields whenever it reads one, and it reads every canonical
+        /// block the general reading accepts; also with one byte changed.
+        #[test]
+        fn reading_directly_agrees_with_reading_generally(
+            value in receipt_like(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 0u8..=255,
+        ) {
+            let written = crate::dag::encode_cbor(&value).unwrap();
+            let mut changed = written.clone();
+            let i = at.index(changed.len());
+            changed[i] ^= flip;
+            for bytes in [written, changed] {
+                proptest::prop_assert_eq!(
+                    ReceiptData::read_canonical(&bytes),
+                    read_generally(&bytes),
+                    "{:02x?}",
+                    bytes
+                );
+            }
         }
     }
 }

@@ -89,6 +89,33 @@ impl Capability {
                 .is_none_or(|nb| matches!(map.get("nb"), Some(Ipld::Map(m)) if m == nb))
     }
 
+    /// Reads a capability as [`Capability::from_ipld`] does, from canonical
+    /// dag-cbor ([`UcanData::read_canonical`]); `None` for anything else.
+    fn read_canonical(r: &mut crate::dag::canonical::Reader<'_>) -> Option<Self> {
+        let (mut can, mut with, mut nb) = (None, None, None);
+        let mut previous = None;
+        for _ in 0..r.map_len()? {
+            let key = r.next_key(previous)?;
+            previous = Some(key);
+            match key {
+                "can" => can = Some(r.string()?),
+                "with" => with = Some(r.string()?),
+                "nb" => match r.any()? {
+                    Ipld::Map(map) => nb = Some(map),
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+        let can = can.filter(|can| *can == "*" || can.trim_matches('/').contains('/'))?;
+        let with = with.filter(|with| with.contains(':'))?;
+        Some(Capability {
+            can: can.to_string(),
+            with: with.to_string(),
+            nb,
+        })
+    }
+
     /// Reads a capability from its IPLD map.
     pub fn from_ipld(value: &Ipld) -> Result<Self, CodecError> {
         let fields = Fields::of("capability", value)?.only(&["can", "with", "nb"])?;
@@ -322,6 +349,92 @@ impl UcanData {
         })
     }
 
+    /// Decodes a block straight into fields, with no IPLD tree in between,
+    /// when it is canonical dag-cbor and a valid UCAN; also says whether it
+    /// is written as JS or Go writes it ([`UcanData::is_written_as`]).
+    /// `None` leaves the block to [`UcanData::from_ipld`] (which explains
+    /// what is wrong with it): the two agree on every block, as a
+    /// property test checks.
+    fn read_canonical(bytes: &[u8]) -> Option<(Self, bool)> {
+        let mut r = crate::dag::canonical::Reader::new(bytes);
+        let mut version = None;
+        let (mut issuer, mut audience, mut signature) = (None, None, None);
+        let mut capabilities = None;
+        let mut expiration = None;
+        let mut not_before = None;
+        let mut nonce = None;
+        let mut facts = None;
+        let mut proofs = None;
+        let mut previous = None;
+        for _ in 0..r.map_len()? {
+            let key = r.next_key(previous)?;
+            previous = Some(key);
+            match key {
+                "v" => version = Some(r.string()?),
+                "iss" => issuer = Some(r.byte_string()?),
+                "aud" => audience = Some(r.byte_string()?),
+                "att" => {
+                    let count = r.list_len()?;
+                    let mut read = Vec::with_capacity(count.min(16) as usize);
+                    for _ in 0..count {
+                        read.push(Capability::read_canonical(&mut r)?);
+                    }
+                    capabilities = Some(read);
+                }
+                "exp" => expiration = Some(r.null_or_uint()?),
+                "nbf" => not_before = Some(r.uint()?),
+                "nnc" => nonce = Some(r.string()?),
+                "fct" => {
+                    let count = r.list_len()?;
+                    let mut read = Vec::with_capacity(count.min(16) as usize);
+                    for _ in 0..count {
+                        match r.any()? {
+                            Ipld::Map(map) => read.push(map),
+                            _ => return None,
+                        }
+                    }
+                    facts = Some(read);
+                }
+                "prf" => proofs = Some(r.links()?),
+                "s" => signature = Some(r.byte_string()?),
+                _ => return None,
+            }
+        }
+        if !r.at_end() {
+            return None;
+        }
+        let version = version.filter(|v| v.starts_with("0.9."))?;
+        let (issuer_bytes, audience_bytes) = (issuer?, audience?);
+        let signature_bytes = signature?;
+        // What `is_written_as` checks of the optional fields: none is
+        // written that both JS and Go leave out (`nbf: 0`, `fct: []`), and
+        // `prf` and `nnc` are as one of the two writes them. JS writes `prf`
+        // always, so a block with it is JS's shape; Go leaves out an empty
+        // `prf` and an empty `nnc`, so a block without `prf` is Go's shape
+        // unless it has `nnc: ""`.
+        let optional_fields_written = not_before != Some(0)
+            && facts.as_ref().is_none_or(|f| !f.is_empty())
+            && (proofs.is_some() || nonce != Some(""));
+        let data = UcanData {
+            version: version.to_string(),
+            issuer: Did::from_ucan_bytes(issuer_bytes).ok()?,
+            audience: Did::from_ucan_bytes(audience_bytes).ok()?,
+            capabilities: capabilities?,
+            expiration: expiration?,
+            not_before,
+            nonce: nonce.map(str::to_string),
+            facts: facts.unwrap_or_default(),
+            proofs: proofs.unwrap_or_default(),
+            signature: Signature::decode(signature_bytes).ok()?,
+        };
+        // And the byte fields are the ones these values write.
+        let written = optional_fields_written
+            && data.issuer.to_ucan_bytes() == issuer_bytes
+            && data.audience.to_ucan_bytes() == audience_bytes
+            && data.signature.encode() == signature_bytes;
+        Some((data, written))
+    }
+
     /// Links mentioned in capabilities (anywhere in `nb`) and at the top of facts:
     /// blocks an invocation may carry along with it ("attached" in JS @ucanto).
     pub fn attached_links(&self) -> Vec<Cid> {
@@ -511,11 +624,18 @@ impl Delegation {
             ));
         }
         let block = blocks.block(root)?;
-        let value = block.decode()?;
-        let data = UcanData::from_ipld(&value)?;
+        let (data, canonical) = match UcanData::read_canonical(&block.bytes) {
+            Some(read) => read,
+            None => {
+                let value = block.decode()?;
+                let data = UcanData::from_ipld(&value)?;
+                let canonical = data.is_written_as(&value);
+                (data, canonical)
+            }
+        };
         Ok(Delegation {
             root: block,
-            canonical: data.is_written_as(&value),
+            canonical,
             data: Arc::new(data),
             blocks,
             payload: Default::default(),
@@ -1118,6 +1238,211 @@ mod tests {
             Delegation::from_block(block),
             Err(CodecError::Schema { .. })
         ));
+    }
+
+    /// The general reading of a block: decode, fields, shape.
+    fn read_generally(bytes: &[u8]) -> Option<(UcanData, bool)> {
+        let value = crate::dag::decode_cbor(bytes).ok()?;
+        let data = UcanData::from_ipld(&value).ok()?;
+        let written = data.is_written_as(&value);
+        Some((data, written))
+    }
+
+    /// UCAN-like maps: every field present or not, well-formed or not, in
+    /// the shapes JS and Go write and in others; about a quarter valid UCANs.
+    fn ucan_like() -> impl proptest::strategy::Strategy<Value = Ipld> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let signer = Ed25519Signer::from_seed([3; 32]);
+        let did = Ipld::Bytes(signer.did().to_ucan_bytes());
+        let web = Ipld::Bytes(Did::parse("did:web:example.com").unwrap().to_ucan_bytes());
+        let sig = Ipld::Bytes(signer.sign(b"payload").encode());
+        let link = Ipld::Link(crate::dag::cid_of(DAG_CBOR, b"proof"));
+        let small_map = Ipld::Map(IpldMap::from([("x".to_string(), Ipld::Integer(1))]));
+        // A field: present with `presence`, then mostly one of `valid`.
+        let field = |presence: f64, valid: Vec<Ipld>, invalid: Vec<Ipld>| {
+            proptest::option::weighted(
+                presence,
+                prop_oneof![9 => select(valid), 1 => select(invalid)],
+            )
+        };
+        let capability = (
+            field(
+                0.97,
+                vec![Ipld::String("store/add".into()), Ipld::String("*".into())],
+                vec![Ipld::String("nope".into()), Ipld::Integer(1)],
+            ),
+            field(
+                0.97,
+                vec![Ipld::String("did:key:z6Mk".into())],
+                vec![Ipld::String("nouri".into())],
+            ),
+            field(
+                0.5,
+                vec![Ipld::Map(IpldMap::new()), small_map.clone()],
+                vec![Ipld::Integer(2)],
+            ),
+            proptest::bool::weighted(0.03),
+        )
+            .prop_map(|(can, with, nb, extra)| {
+                let mut map = IpldMap::new();
+                for (key, value) in [("can", can), ("with", with), ("nb", nb)] {
+                    if let Some(value) = value {
+                        map.insert(key.into(), value);
+                    }
+                }
+                if extra {
+                    map.insert("zz".into(), Ipld::Null);
+                }
+                Ipld::Map(map)
+            });
+        let att = prop_oneof![
+            9 => proptest::collection::vec(capability, 0..3).prop_map(Ipld::List),
+            1 => Just(Ipld::Integer(0)),
+        ];
+        (
+            (
+                field(
+                    0.97,
+                    vec![Ipld::String("0.9.1".into())],
+                    vec![Ipld::String("0.8.1".into()), Ipld::Integer(9)],
+                ),
+                field(
+                    0.97,
+                    vec![did.clone(), web.clone()],
+                    vec![Ipld::Bytes(vec![1, 2]), Ipld::String("did".into())],
+                ),
+                field(0.97, vec![did, web], vec![Ipld::Bytes(vec![0x0d])]),
+                proptest::option::weighted(0.97, att),
+                field(
+                    0.97,
+                    vec![Ipld::Null, Ipld::Integer(100)],
+                    vec![Ipld::Integer(-1), Ipld::String("1".into())],
+                ),
+            ),
+            (
+                field(
+                    0.5,
+                    vec![Ipld::Integer(0), Ipld::Integer(5)],
+                    vec![Ipld::Null],
+                ),
+                field(
+                    0.5,
+                    vec![Ipld::String(String::new()), Ipld::String("n".into())],
+                    vec![Ipld::Integer(3)],
+                ),
+                field(
+                    0.5,
+                    vec![Ipld::List(vec![]), Ipld::List(vec![small_map])],
+                    vec![Ipld::List(vec![Ipld::Integer(1)])],
+                ),
+                field(
+                    0.5,
+                    vec![Ipld::List(vec![]), Ipld::List(vec![link.clone()])],
+                    vec![Ipld::List(vec![Ipld::Integer(1)]), link],
+                ),
+                field(
+                    0.97,
+                    vec![sig],
+                    vec![Ipld::Bytes(vec![0xed, 0xa1]), Ipld::Null],
+                ),
+                proptest::bool::weighted(0.03),
+            ),
+        )
+            .prop_map(
+                |((v, iss, aud, att, exp), (nbf, nnc, fct, prf, s, extra))| {
+                    let mut map = IpldMap::new();
+                    let fields = [
+                        ("v", v),
+                        ("iss", iss),
+                        ("aud", aud),
+                        ("att", att),
+                        ("exp", exp),
+                        ("nbf", nbf),
+                        ("nnc", nnc),
+                        ("fct", fct),
+                        ("prf", prf),
+                        ("s", s),
+                    ];
+                    for (key, value) in fields {
+                        if let Some(value) = value {
+                            map.insert(key.into(), value);
+                        }
+                    }
+                    if extra {
+                        map.insert("extra".into(), Ipld::Null);
+                    }
+                    Ipld::Map(map)
+                },
+            )
+    }
+
+    /// Many generated maps are UCANs, of both shapes and neither: the
+    /// agreement below is tested on what matters.
+    #[test]
+    fn generated_ucans_are_often_valid() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut valid, mut written, total) = (0, 0, 1000);
+        for _ in 0..total {
+            let value = ucan_like().new_tree(&mut runner).unwrap().current();
+            if let Some((_, shape)) = read_generally(&crate::dag::encode_cbor(&value).unwrap()) {
+                valid += 1;
+                written += usize::from(shape);
+            }
+        }
+        assert!(valid > total / 5, "{valid} of {total} valid");
+        assert!(
+            written > valid / 4 && written < valid,
+            "{written} of {valid} as written"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// The direct reading of a block agrees with the general one: the
+        /// same fields and shape whenever it reads one, and it reads every
+        /// canonical block the general reading accepts; also with one byte
+        /// of the block changed.
+        #[test]
+        fn reading_directly_agrees_with_reading_generally(
+            value in ucan_like(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 0u8..=255,
+        ) {
+            let written = crate::dag::encode_cbor(&value).unwrap();
+            let mut changed = written.clone();
+            let i = at.index(changed.len());
+            changed[i] ^= flip;
+            for bytes in [written, changed] {
+                let direct = UcanData::read_canonical(&bytes);
+                let general = read_generally(&bytes);
+                proptest::prop_assert_eq!(&direct, &general, "{:02x?}", bytes);
+            }
+        }
+    }
+
+    /// Both shapes are read as written (so the direct reading's shape rule
+    /// is exercised on the real thing, not only on generated maps).
+    #[test]
+    fn js_and_go_blocks_read_directly_as_written() {
+        let signer = Ed25519Signer::from_seed([4; 32]);
+        let ucan = Delegation::builder(&signer, signer.did().clone())
+            .capability(Capability::new("store/add", signer.did().as_str()))
+            .nonce(String::new())
+            .build()
+            .unwrap();
+        let js = crate::dag::encode_cbor(&ucan.data().to_ipld()).unwrap();
+        let go = crate::dag::encode_cbor(&ucan.data().to_go_ipld()).unwrap();
+        assert_ne!(js, go, "Go leaves out the empty prf and nnc");
+        let (data, written) = UcanData::read_canonical(&js).expect("read directly");
+        assert!(written);
+        assert_eq!(&data, ucan.data());
+        // Go's block has no nonce at all.
+        let (data, written) = UcanData::read_canonical(&go).expect("read directly");
+        assert!(written);
+        assert_eq!(data.nonce, None);
+        assert_eq!(Some((data, written)), read_generally(&go));
     }
 
     proptest::proptest! {

@@ -51,9 +51,90 @@ pub(crate) fn map_value<'a>(bytes: &'a [u8], key: &str) -> Option<&'a [u8]> {
     None
 }
 
-struct Reader<'a> {
+/// Reads canonical dag-cbor item by item. Each method takes the next item
+/// when it is canonical and of the kind asked for, `None` otherwise; a
+/// schema decoder built on it leaves every `None` to the general decoder to
+/// explain.
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, at: 0 }
+    }
+
+    /// Whether every byte was read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+
+    /// The head of a map: its number of entries.
+    pub(crate) fn map_len(&mut self) -> Option<u64> {
+        self.head_of(MAJOR_MAP)
+    }
+
+    /// The head of a list: its number of items.
+    pub(crate) fn list_len(&mut self) -> Option<u64> {
+        self.head_of(MAJOR_ARRAY)
+    }
+
+    /// The next map key, after `previous` in canonical order.
+    pub(crate) fn next_key(&mut self, previous: Option<&str>) -> Option<&'a str> {
+        self.key(previous)
+    }
+
+    pub(crate) fn string(&mut self) -> Option<&'a str> {
+        let len = self.head_of(MAJOR_TEXT)?;
+        self.text(len)
+    }
+
+    pub(crate) fn byte_string(&mut self) -> Option<&'a [u8]> {
+        let len = self.head_of(MAJOR_BYTES)?;
+        self.take(len)
+    }
+
+    pub(crate) fn uint(&mut self) -> Option<u64> {
+        self.head_of(MAJOR_UINT)
+    }
+
+    /// `null`, or an unsigned integer.
+    pub(crate) fn null_or_uint(&mut self) -> Option<Option<u64>> {
+        if self.bytes.get(self.at) == Some(&0xf6) {
+            self.at += 1;
+            return Some(None);
+        }
+        self.uint().map(Some)
+    }
+
+    pub(crate) fn link_value(&mut self) -> Option<Cid> {
+        (self.head()? == (MAJOR_TAG, TAG_CID)).then_some(())?;
+        self.link()
+    }
+
+    /// A list of links.
+    pub(crate) fn links(&mut self) -> Option<Vec<Cid>> {
+        let count = self.list_len()?;
+        // A length is only a claim until its items are read.
+        let mut links = Vec::with_capacity(count.min(16) as usize);
+        for _ in 0..count {
+            links.push(self.link_value()?);
+        }
+        Some(links)
+    }
+
+    /// Any value, decoded.
+    pub(crate) fn any(&mut self) -> Option<Ipld> {
+        self.value(MAX_DEPTH)
+    }
+
+    fn head_of(&mut self, major: u8) -> Option<u64> {
+        match self.head()? {
+            (m, argument) if m == major => Some(argument),
+            _ => None,
+        }
+    }
 }
 
 /// CBOR major types (the top 3 bits of a head), as dag-cbor uses them.
@@ -204,9 +285,11 @@ impl<'a> Reader<'a> {
             return None;
         };
         match self.take(len)? {
+            // Parsed, a CID re-encodes to the same bytes exactly when it
+            // took all of them: any longer form of a varint adds a byte.
             [0, bytes @ ..] => Cid::try_from(bytes)
                 .ok()
-                .filter(|cid| cid.to_bytes() == bytes),
+                .filter(|cid| cid.encoded_len() == bytes.len()),
             _ => None,
         }
     }
@@ -316,5 +399,30 @@ mod tests {
         assert!(is_canonical(&[
             0xa2, 0x61, 0x62, 0x01, 0x62, 0x61, 0x61, 0x02
         ]));
+    }
+
+    /// A link is canonical only as the CID's own bytes: not with a longer
+    /// varint, not with bytes after the CID.
+    #[test]
+    fn other_encodings_of_a_link_are_not_canonical() {
+        let cid = crate::dag::cid_of(crate::dag::RAW, b"block");
+        let link = |cid_bytes: &[u8]| {
+            let mut out = vec![0xd8, 0x2a, 0x58, cid_bytes.len() as u8 + 1, 0x00];
+            out.extend_from_slice(cid_bytes);
+            out
+        };
+        let canonical = cid.to_bytes();
+        assert!(is_canonical(&link(&canonical)));
+        assert_eq!(decode(&link(&canonical)), Some(Ipld::Link(cid)));
+        // The codec, raw (0x55), written in two bytes: 0xd5 0x00.
+        let mut longer = canonical.clone();
+        assert_eq!(longer[1], 0x55);
+        longer.splice(1..2, [0xd5, 0x00]);
+        let mut trailing = canonical.clone();
+        trailing.push(0);
+        for bytes in [link(&longer), link(&trailing)] {
+            assert!(!is_canonical(&bytes), "{bytes:02x?}");
+            assert_eq!(decode(&bytes), None);
+        }
     }
 }

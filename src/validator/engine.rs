@@ -4,7 +4,6 @@
 //! keeping their order of exploration so failures list in the same order.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -23,7 +22,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: u64,
     budget: Cell<usize>,
     /// Signature checks by (UCAN, verifier DID): a repeated path costs nothing.
-    signatures: RefCell<HashMap<(Cid, Did), (Bytes, bool)>>,
+    signatures: RefCell<crate::memo::FastMap<(Cid, Did), (Bytes, bool)>>,
 }
 
 /// A capability and the UCAN it was found in.
@@ -57,7 +56,7 @@ impl<'a> Ctx<'a> {
             config,
             now: config.time(),
             budget: Cell::new(config.max_validations),
-            signatures: RefCell::new(HashMap::new()),
+            signatures: RefCell::default(),
         }
     }
 
