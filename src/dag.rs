@@ -250,18 +250,20 @@ pub fn read_archive(
         .into_iter()
         .map(|(cid, bytes)| Block { cid, bytes })
         .collect();
-    let variant = store.block(root)?.decode()?;
-    // `{tag: link}`, read without naming the path unless it is not.
-    let link = match &variant {
-        Ipld::Map(map) if map.len() == 1 => match map.get(tag) {
-            Some(Ipld::Link(link)) => Some(*link),
-            _ => None,
-        },
-        _ => None,
+    let root = store.block(root)?;
+    // `{tag: link}`, read directly; anything else is explained by the
+    // general decoder.
+    let direct = || {
+        let mut r = canonical::Reader::new(&root.bytes);
+        (r.map_len()? == 1 && r.next_key(None)? == tag).then_some(())?;
+        let link = r.link_value()?;
+        r.at_end().then_some(link)
     };
-    let link = match link {
+    let link = match direct() {
         Some(link) => link,
-        None => Fields::of(context(), &variant)?.only(&[tag])?.link(tag)?,
+        None => Fields::of(context(), &root.decode()?)?
+            .only(&[tag])?
+            .link(tag)?,
     };
     Ok((link, std::sync::Arc::new(store)))
 }

@@ -37,7 +37,7 @@ pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecErr
         Ipld::String(s) => write_string(out, s),
         Ipld::Bytes(b) => {
             out.push_str("{\"/\":{\"bytes\":\"");
-            out.push_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(b));
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(b, out);
             out.push_str("\"}}");
         }
         Ipld::Link(cid) => {
@@ -62,28 +62,45 @@ pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecErr
 
 /// Appends the dag-json of the map `map` to `out`.
 pub(crate) fn write_map(out: &mut String, map: &IpldMap) -> Result<(), CodecError> {
-    let mut keys: Vec<&String> = map.keys().collect();
     // JS compares strings by UTF-16 code units, which differs from Rust's
-    // byte order (the map's) only for characters above U+FFFF.
-    if keys.iter().any(|k| k.chars().any(|c| c > '\u{ffff}')) {
-        keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-    }
+    // byte order (the map's) only for characters above U+FFFF (4 UTF-8 bytes).
+    let astral = |k: &String| k.bytes().any(|b| b >= 0xf0);
     out.push('{');
-    for (n, key) in keys.into_iter().enumerate() {
+    if map.keys().any(astral) {
+        let mut entries: Vec<(&String, &Ipld)> = map.iter().collect();
+        entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+        write_entries(out, entries)?;
+    } else {
+        write_entries(out, map.iter())?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn write_entries<'a>(
+    out: &mut String,
+    entries: impl IntoIterator<Item = (&'a String, &'a Ipld)>,
+) -> Result<(), CodecError> {
+    for (n, (key, value)) in entries.into_iter().enumerate() {
         if n > 0 {
             out.push(',');
         }
         write_string(out, key);
         out.push(':');
-        write_value(out, &map[key])?;
+        write_value(out, value)?;
     }
-    out.push('}');
     Ok(())
 }
 
 /// Escapes like `JSON.stringify`: only `"`, `\` and control characters.
 pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most strings (DIDs, abilities, URLs) need no escape: one copy.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -195,6 +212,22 @@ mod tests {
         assert_eq!(
             text,
             r#"{"a":[-5,null,1.0],"aa":"quote\" tab\t ü\u0001","b":{"/":{"bytes":"AQID"}}}"#
+        );
+    }
+
+    /// Keys sort as JS sorts strings, by UTF-16 code unit: a character
+    /// above U+FFFF (a surrogate pair, from 0xD800) before U+FF61, which
+    /// sorts after it byte-wise.
+    #[test]
+    fn keys_sort_by_utf16_code_units() {
+        let map = IpldMap::from([
+            ("\u{ff61}".to_string(), Ipld::Integer(1)),
+            ("\u{1f600}".to_string(), Ipld::Integer(2)),
+            ("a".to_string(), Ipld::Integer(3)),
+        ]);
+        assert_eq!(
+            to_string(&Ipld::Map(map)).unwrap(),
+            "{\"a\":3,\"\u{1f600}\":2,\"\u{ff61}\":1}"
         );
     }
 
