@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 pub(crate) mod canonical;
 mod fields;
+#[cfg(test)]
+pub(crate) mod testing;
 pub use fields::{uint, FieldError, Fields};
 
 /// Multicodec code of dag-cbor.
@@ -255,7 +257,7 @@ pub fn read_archive(
     // general decoder.
     let direct = || {
         let mut r = canonical::Reader::new(&root.bytes);
-        (r.map_len()? == 1 && r.next_key(None)? == tag).then_some(())?;
+        (r.map_len()? == 1 && r.only_key()? == tag).then_some(())?;
         let link = r.link_value()?;
         r.at_end().then_some(link)
     };

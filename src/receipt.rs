@@ -100,16 +100,14 @@ impl ReceiptData {
     fn read_canonical(bytes: &[u8]) -> Option<Self> {
         let mut r = crate::dag::canonical::Reader::new(bytes);
         let (mut outcome, mut signature) = (None, None);
-        let mut previous = None;
-        for _ in 0..r.map_len()? {
-            let key = r.next_key(previous)?;
-            previous = Some(key);
+        r.entries(|r, key| {
             match key {
-                "ocm" => outcome = Some(Self::read_outcome(&mut r)?),
+                "ocm" => outcome = Some(Self::read_outcome(r)?),
                 "sig" => signature = Some(r.byte_string()?),
                 _ => return None,
             }
-        }
+            Some(())
+        })?;
         if !r.at_end() {
             return None;
         }
@@ -132,10 +130,7 @@ impl ReceiptData {
     ) -> Option<(Cid, Out, Effects, IpldMap, Option<Did>, Vec<Cid>)> {
         let (mut ran, mut out, mut fx, mut meta, mut issuer, mut proofs) =
             (None, None, None, None, None, None);
-        let mut previous = None;
-        for _ in 0..r.map_len()? {
-            let key = r.next_key(previous)?;
-            previous = Some(key);
+        r.entries(|r, key| {
             match key {
                 "ran" => ran = Some(r.link_value()?),
                 "out" => {
@@ -143,7 +138,7 @@ impl ReceiptData {
                     if r.map_len()? != 1 {
                         return None;
                     }
-                    out = Some(match r.next_key(None)? {
+                    out = Some(match r.only_key()? {
                         "ok" => Ok(r.any()?),
                         "error" => Err(r.any()?),
                         _ => return None,
@@ -151,16 +146,14 @@ impl ReceiptData {
                 }
                 "fx" => {
                     let (mut fork, mut join) = (None, None);
-                    let mut previous = None;
-                    for _ in 0..r.map_len()? {
-                        let key = r.next_key(previous)?;
-                        previous = Some(key);
+                    r.entries(|r, key| {
                         match key {
                             "fork" => fork = Some(r.links()?),
                             "join" => join = Some(r.link_value()?),
                             _ => return None,
                         }
-                    }
+                        Some(())
+                    })?;
                     fx = Some(Effects { fork: fork?, join });
                 }
                 "meta" => match r.any()? {
@@ -171,7 +164,8 @@ impl ReceiptData {
                 "prf" => proofs = Some(r.links()?),
                 _ => return None,
             }
-        }
+            Some(())
+        })?;
         Some((
             ran?,
             out?,
@@ -619,25 +613,12 @@ mod tests {
     /// Receipt-like maps: every field present or not, well-formed or not;
     /// many of them valid receipts.
     fn receipt_like() -> impl proptest::strategy::Strategy<Value = Ipld> {
+        use crate::dag::testing::{field, map_of};
         use proptest::prelude::*;
-        use proptest::sample::select;
         let signer = Ed25519Signer::from_seed([5; 32]);
         let link = Ipld::Link(crate::dag::cid_of(crate::dag::DAG_CBOR, b"ran"));
         let small_map = Ipld::Map(IpldMap::from([("x".to_string(), Ipld::Integer(1))]));
-        let field = |presence: f64, valid: Vec<Ipld>, invalid: Vec<Ipld>| {
-            proptest::option::weighted(
-                presence,
-                prop_oneof![9 => select(valid), 1 => select(invalid)],
-            )
-        };
-        let map_of = |entries: Vec<(&'static str, Option<Ipld>)>| {
-            Ipld::Map(
-                entries
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
-                    .collect(),
-            )
-        };
+        let extra = || proptest::bool::weighted(0.03).prop_map(|e| e.then_some(Ipld::Null));
         let out = (
             field(
                 0.9,
@@ -646,7 +627,7 @@ mod tests {
             ),
             field(0.1, vec![small_map.clone()], vec![Ipld::Integer(1)]),
         )
-            .prop_map(move |(ok, error)| map_of(vec![("ok", ok), ("error", error)]));
+            .prop_map(|(ok, error)| map_of([("ok", ok), ("error", error)]));
         let fx = (
             field(
                 0.97,
@@ -654,15 +635,9 @@ mod tests {
                 vec![Ipld::List(vec![Ipld::Integer(1)]), Ipld::Null],
             ),
             field(0.2, vec![link.clone()], vec![Ipld::Integer(1)]),
-            proptest::bool::weighted(0.03),
+            extra(),
         )
-            .prop_map(move |(fork, join, extra)| {
-                map_of(vec![
-                    ("fork", fork),
-                    ("join", join),
-                    ("zz", extra.then_some(Ipld::Null)),
-                ])
-            });
+            .prop_map(|(fork, join, zz)| map_of([("fork", fork), ("join", join), ("zz", zz)]));
         let ocm = (
             field(
                 0.97,
@@ -686,32 +661,26 @@ mod tests {
                 vec![Ipld::List(vec![]), Ipld::List(vec![link])],
                 vec![Ipld::List(vec![Ipld::Null])],
             ),
-            proptest::bool::weighted(0.03),
+            extra(),
         )
-            .prop_map(move |(ran, out, fx, meta, iss, prf, extra)| {
-                map_of(vec![
+            .prop_map(|(ran, out, fx, meta, iss, prf, zz)| {
+                map_of([
                     ("ran", ran),
                     ("out", out),
                     ("fx", fx),
                     ("meta", meta),
                     ("iss", iss),
                     ("prf", prf),
-                    ("zz", extra.then_some(Ipld::Null)),
+                    ("zz", zz),
                 ])
             });
         let sig = Ipld::Bytes(signer.sign(b"outcome").encode());
         (
             proptest::option::weighted(0.97, ocm),
             field(0.97, vec![sig], vec![Ipld::Bytes(vec![0xed]), Ipld::Null]),
-            proptest::bool::weighted(0.03),
+            extra(),
         )
-            .prop_map(move |(ocm, sig, extra)| {
-                map_of(vec![
-                    ("ocm", ocm),
-                    ("sig", sig),
-                    ("zz", extra.then_some(Ipld::Null)),
-                ])
-            })
+            .prop_map(|(ocm, sig, zz)| map_of([("ocm", ocm), ("sig", sig), ("zz", zz)]))
     }
 
     fn read_generally(bytes: &[u8]) -> Option<ReceiptData> {
@@ -720,15 +689,10 @@ mod tests {
 
     #[test]
     fn generated_receipts_are_often_valid() {
-        use proptest::strategy::{Strategy, ValueTree};
-        let mut runner = proptest::test_runner::TestRunner::deterministic();
         let total = 1000;
-        let valid = (0..total)
-            .filter(|_| {
-                let value = receipt_like().new_tree(&mut runner).unwrap().current();
-                read_generally(&crate::dag::encode_cbor(&value).unwrap()).is_some()
-            })
-            .count();
+        let valid = crate::dag::testing::accepted_of(receipt_like(), total, |b| {
+            read_generally(b).is_some()
+        });
         assert!(valid > total / 5, "{valid} of {total} valid");
     }
 
@@ -743,17 +707,9 @@ mod tests {
             at in proptest::prelude::any::<proptest::sample::Index>(),
             flip in 0u8..=255,
         ) {
-            let written = crate::dag::encode_cbor(&value).unwrap();
-            let mut changed = written.clone();
-            let i = at.index(changed.len());
-            changed[i] ^= flip;
-            for bytes in [written, changed] {
-                proptest::prop_assert_eq!(
-                    ReceiptData::read_canonical(&bytes),
-                    read_generally(&bytes),
-                    "{:02x?}",
-                    bytes
-                );
+            for bytes in crate::dag::testing::written_and_changed(&value, at, flip) {
+                let direct = ReceiptData::read_canonical(&bytes);
+                proptest::prop_assert_eq!(direct, read_generally(&bytes), "{:02x?}", bytes);
             }
         }
     }

@@ -80,9 +80,23 @@ impl<'a> Reader<'a> {
         self.head_of(MAJOR_ARRAY)
     }
 
-    /// The next map key, after `previous` in canonical order.
-    pub(crate) fn next_key(&mut self, previous: Option<&str>) -> Option<&'a str> {
-        self.key(previous)
+    /// The key of a map's only entry (its head read by [`Reader::map_len`]).
+    pub(crate) fn only_key(&mut self) -> Option<&'a str> {
+        self.key(None)
+    }
+
+    /// Reads a map: `entry` reads the value of each key, in order.
+    pub(crate) fn entries(
+        &mut self,
+        mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        let mut previous = None;
+        for _ in 0..self.map_len()? {
+            let key = self.key(previous)?;
+            previous = Some(key);
+            entry(self, key)?;
+        }
+        Some(())
     }
 
     pub(crate) fn string(&mut self) -> Option<&'a str> {
