@@ -204,28 +204,45 @@ impl SignatureCache {
 
     /// Forgets that `cid` verified with `verifier`.
     pub fn remove(&self, cid: &Cid, verifier: &dyn Verifier) {
+        self.remove_all([(cid, verifier)]);
+    }
+
+    /// Forgets each `(cid, verifier)`, taking the lock once.
+    pub fn remove_all<'a>(&self, verified: impl IntoIterator<Item = (&'a Cid, &'a dyn Verifier)>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(verified) = entries.get_mut(cid) {
-            verified.retain(|v| !v.is_by(verifier));
-            if verified.is_empty() {
-                entries.remove(cid);
+        for (cid, verifier) in verified {
+            if let Some(by) = entries.get_mut(cid) {
+                by.retain(|v| !v.is_by(verifier));
+                if by.is_empty() {
+                    entries.remove(cid);
+                }
             }
         }
     }
 
     /// Records that `bytes`, named `cid`, verified with `verifier`.
     pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
+        self.insert_all([(cid, verifier, bytes)]);
+    }
+
+    /// Records each `(cid, verifier, bytes)`, taking the lock once.
+    pub fn insert_all<'a>(
+        &self,
+        verified: impl IntoIterator<Item = (Cid, &'a dyn Verifier, bytes::Bytes)>,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
-            entries.clear();
+        for (cid, verifier, bytes) in verified {
+            if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
+                entries.clear();
+            }
+            let by = entries.entry(cid).or_default();
+            by.retain(|v| !v.is_by(verifier));
+            by.push(Verified {
+                did: verifier.did().clone(),
+                key_did: verifier.key_did(),
+                bytes,
+            });
         }
-        let verified = entries.entry(cid).or_default();
-        verified.retain(|v| !v.is_by(verifier));
-        verified.push(Verified {
-            did: verifier.did().clone(),
-            key_did: verifier.key_did(),
-            bytes,
-        });
     }
 }
 

@@ -174,8 +174,9 @@ impl Checks {
             })
             .collect();
         // The retrievals' signatures were lent to the cache for this run only.
-        for (cid, verifier) in presumed.unwrap_or_default() {
-            self.signatures.remove(&cid, verifier.as_ref());
+        if let Some(lent) = presumed {
+            self.signatures
+                .remove_all(lent.iter().map(|(cid, verifier)| (cid, verifier.as_ref())));
         }
         checked
     }
@@ -222,16 +223,17 @@ impl Checks {
         if !ucanto::principal::verify_all(&items) {
             return None;
         }
+        self.signatures
+            .insert_all(lent.iter().map(|(invocation, verifier)| {
+                (
+                    invocation.cid(),
+                    verifier.as_ref(),
+                    invocation.block().bytes.clone(),
+                )
+            }));
         Some(
             lent.into_iter()
-                .map(|(invocation, verifier)| {
-                    self.signatures.insert(
-                        invocation.cid(),
-                        verifier.as_ref(),
-                        invocation.block().bytes.clone(),
-                    );
-                    (invocation.cid(), verifier)
-                })
+                .map(|(invocation, verifier)| (invocation.cid(), verifier))
                 .collect(),
         )
     }
