@@ -198,7 +198,7 @@ impl SignatureCache {
         entries.get(cid).is_some_and(|verified| {
             verified
                 .iter()
-                .any(|v| v.is_by(verifier) && v.bytes == *bytes)
+                .any(|v| v.is_by(verifier) && same_bytes(&v.bytes, bytes))
         })
     }
 
@@ -244,6 +244,12 @@ impl SignatureCache {
             });
         }
     }
+}
+
+/// Whether `a` and `b` hold the same bytes: at once when they share their
+/// buffer (a block lent to the cache and then looked up), else compared.
+fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 /// One verifier's success with one UCAN's bytes.
