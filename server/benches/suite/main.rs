@@ -208,11 +208,11 @@ fn print_table(r: &serde_json::Value) {
         );
     }
     println!(
-        "| signature floor per core: ed25519-dalek batch / etracker's verifier | | {} / {} | best run {} / {} |",
+        "| signature floor per core: ed25519-dalek batch / etracker's verifier | | {} / {} | best run {:.2} / {:.2} |",
         c["signature_floor_per_core_s"],
         c["tracker_signature_floor_per_core_s"],
-        c["ratio_to_floor"],
-        c["ratio_to_tracker_floor"],
+        c["ratio_to_floor"].as_f64().unwrap_or_default(),
+        c["ratio_to_tracker_floor"].as_f64().unwrap_or_default(),
     );
     for m in r["memory"].as_array().unwrap() {
         println!(
