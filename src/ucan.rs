@@ -368,27 +368,15 @@ impl UcanData {
                 "v" => version = Some(r.string()?),
                 "iss" => issuer = Some(r.byte_string()?),
                 "aud" => audience = Some(r.byte_string()?),
-                "att" => {
-                    let count = r.list_len()?;
-                    let mut read = Vec::with_capacity(count.min(16) as usize);
-                    for _ in 0..count {
-                        read.push(Capability::read_canonical(r)?);
-                    }
-                    capabilities = Some(read);
-                }
+                "att" => capabilities = Some(r.list(Capability::read_canonical)?),
                 "exp" => expiration = Some(r.null_or_uint()?),
                 "nbf" => not_before = Some(r.uint()?),
                 "nnc" => nonce = Some(r.string()?),
                 "fct" => {
-                    let count = r.list_len()?;
-                    let mut read = Vec::with_capacity(count.min(16) as usize);
-                    for _ in 0..count {
-                        match r.any()? {
-                            Ipld::Map(map) => read.push(map),
-                            _ => return None,
-                        }
-                    }
-                    facts = Some(read);
+                    facts = Some(r.list(|r| match r.any()? {
+                        Ipld::Map(map) => Some(map),
+                        _ => None,
+                    })?)
                 }
                 "prf" => proofs = Some(r.links()?),
                 "s" => signature = Some(r.byte_string()?),

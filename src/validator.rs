@@ -202,11 +202,6 @@ impl SignatureCache {
         })
     }
 
-    /// Forgets that `cid` verified with `verifier`.
-    pub fn remove(&self, cid: &Cid, verifier: &dyn Verifier) {
-        self.remove_all([(cid, verifier)]);
-    }
-
     /// Forgets each `(cid, verifier)`, taking the lock once.
     pub fn remove_all<'a>(&self, verified: impl IntoIterator<Item = (&'a Cid, &'a dyn Verifier)>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

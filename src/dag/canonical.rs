@@ -75,11 +75,6 @@ impl<'a> Reader<'a> {
         self.head_of(MAJOR_MAP)
     }
 
-    /// The head of a list: its number of items.
-    pub(crate) fn list_len(&mut self) -> Option<u64> {
-        self.head_of(MAJOR_ARRAY)
-    }
-
     /// The key of a map's only entry (its head read by [`Reader::map_len`]).
     pub(crate) fn only_key(&mut self) -> Option<&'a str> {
         self.key(None)
@@ -88,15 +83,16 @@ impl<'a> Reader<'a> {
     /// Reads a map: `entry` reads the value of each key, in order.
     pub(crate) fn entries(
         &mut self,
-        mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        entry: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        let mut previous = None;
-        for _ in 0..self.map_len()? {
-            let key = self.key(previous)?;
-            previous = Some(key);
-            entry(self, key)?;
-        }
-        Some(())
+        let count = self.map_len()?;
+        self.map_body(count, entry)
+    }
+
+    /// Reads a list: `item` reads each item.
+    pub(crate) fn list<T>(&mut self, item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let count = self.head_of(MAJOR_ARRAY)?;
+        self.list_body(count, item)
     }
 
     pub(crate) fn string(&mut self) -> Option<&'a str> {
@@ -129,13 +125,7 @@ impl<'a> Reader<'a> {
 
     /// A list of links.
     pub(crate) fn links(&mut self) -> Option<Vec<Cid>> {
-        let count = self.list_len()?;
-        // A length is only a claim until its items are read.
-        let mut links = Vec::with_capacity(count.min(16) as usize);
-        for _ in 0..count {
-            links.push(self.link_value()?);
-        }
-        Some(links)
+        self.list(Self::link_value)
     }
 
     /// Any value, decoded.
@@ -148,6 +138,36 @@ impl<'a> Reader<'a> {
             (m, argument) if m == major => Some(argument),
             _ => None,
         }
+    }
+
+    /// The `count` entries of a map whose head was read: each key after the
+    /// one before it, then what `entry` reads for it.
+    fn map_body(
+        &mut self,
+        count: u64,
+        mut entry: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        let mut previous = None;
+        for _ in 0..count {
+            let key = self.key(previous)?;
+            previous = Some(key);
+            entry(self, key)?;
+        }
+        Some(())
+    }
+
+    /// The `count` items of a list whose head was read.
+    fn list_body<T>(
+        &mut self,
+        count: u64,
+        mut item: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        // A length is only a claim until its items are read.
+        let mut items = Vec::with_capacity(count.min(16) as usize);
+        for _ in 0..count {
+            items.push(item(self)?);
+        }
+        Some(items)
     }
 }
 
@@ -209,16 +229,9 @@ impl<'a> Reader<'a> {
             MAJOR_BYTES => self.take(argument).is_some(),
             MAJOR_TEXT => self.text(argument).is_some(),
             MAJOR_ARRAY => (0..argument).all(|_| self.item()),
-            MAJOR_MAP => {
-                let mut previous = None;
-                (0..argument).all(|_| match self.key(previous) {
-                    Some(key) => {
-                        previous = Some(key);
-                        self.item()
-                    }
-                    None => false,
-                })
-            }
+            MAJOR_MAP => self
+                .map_body(argument, |r, _| r.item().then_some(()))
+                .is_some(),
             MAJOR_TAG if argument == TAG_CID => self.link().is_some(),
             _ => false,
         }
@@ -239,22 +252,15 @@ impl<'a> Reader<'a> {
             MAJOR_TEXT => Some(Ipld::String(self.text(argument)?.to_owned())),
             MAJOR_ARRAY => {
                 let depth = depth.checked_sub(1)?;
-                // A length is only a claim until its items are read.
-                let mut items = Vec::with_capacity(argument.min(16) as usize);
-                for _ in 0..argument {
-                    items.push(self.value(depth)?);
-                }
-                Some(Ipld::List(items))
+                self.list_body(argument, |r| r.value(depth)).map(Ipld::List)
             }
             MAJOR_MAP => {
                 let depth = depth.checked_sub(1)?;
                 let mut map = IpldMap::new();
-                let mut previous = None;
-                for _ in 0..argument {
-                    let key = self.key(previous)?;
-                    previous = Some(key);
-                    map.insert(key.to_owned(), self.value(depth)?);
-                }
+                self.map_body(argument, |r, key| {
+                    map.insert(key.to_owned(), r.value(depth)?);
+                    Some(())
+                })?;
                 Some(Ipld::Map(map))
             }
             MAJOR_TAG if argument == TAG_CID => self.link().map(Ipld::Link),

@@ -314,8 +314,8 @@ pub trait Verifier: Send + Sync + fmt::Debug {
 /// Whether every `(verifier, payload, signature)` is valid. Ed25519
 /// signatures are checked together (batch verification with repeated keys
 /// merged, [`batch`]: two to three times as fast per signature); any other,
-/// one by one. `false` says only that
-/// one failed: verify them singly to learn which.
+/// one by one. `false` says only that one failed: verify them singly to
+/// learn which.
 pub fn verify_all(items: &[(&dyn Verifier, &[u8], &Signature)]) -> bool {
     let mut messages = Vec::with_capacity(items.len());
     let mut signatures = Vec::with_capacity(items.len());
