@@ -132,6 +132,9 @@ pub struct ValidatorConfig {
     pub verified: Option<Arc<SignatureCache>>,
     /// Most proof checks one `access` call runs ([`MAX_VALIDATIONS`] by default).
     pub max_validations: usize,
+    /// A UCAN whose signature the caller verified already (in a batch, say),
+    /// with the verifier that did: taken as signed, not checked again.
+    pub presumed: Option<(Delegation, Arc<dyn Verifier>)>,
 }
 
 /// Verified signatures, by UCAN CID, the verifier (its DID and its key) and
@@ -202,42 +205,19 @@ impl SignatureCache {
         })
     }
 
-    /// Forgets each `(cid, verifier)`, taking the lock once.
-    pub fn remove_all<'a>(&self, verified: impl IntoIterator<Item = (&'a Cid, &'a dyn Verifier)>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for (cid, verifier) in verified {
-            if let Some(by) = entries.get_mut(cid) {
-                by.retain(|v| !v.is_by(verifier));
-                if by.is_empty() {
-                    entries.remove(cid);
-                }
-            }
-        }
-    }
-
     /// Records that `bytes`, named `cid`, verified with `verifier`.
     pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
-        self.insert_all([(cid, verifier, bytes)]);
-    }
-
-    /// Records each `(cid, verifier, bytes)`, taking the lock once.
-    pub fn insert_all<'a>(
-        &self,
-        verified: impl IntoIterator<Item = (Cid, &'a dyn Verifier, bytes::Bytes)>,
-    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for (cid, verifier, bytes) in verified {
-            if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
-                entries.clear();
-            }
-            let by = entries.entry(cid).or_default();
-            by.retain(|v| !v.is_by(verifier));
-            by.push(Verified {
-                did: verifier.did().clone(),
-                key_did: verifier.key_did(),
-                bytes,
-            });
+        if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
+            entries.clear();
         }
+        let by = entries.entry(cid).or_default();
+        by.retain(|v| !v.is_by(verifier));
+        by.push(Verified {
+            did: verifier.did().clone(),
+            key_did: verifier.key_did().clone(),
+            bytes,
+        });
     }
 }
 
@@ -258,7 +238,7 @@ struct Verified {
 impl Verified {
     /// Whether `verifier` is the one (the same DID with the same key).
     fn is_by(&self, verifier: &dyn Verifier) -> bool {
-        self.did == *verifier.did() && self.key_did == verifier.key_did()
+        self.did == *verifier.did() && self.key_did == *verifier.key_did()
     }
 }
 
@@ -273,6 +253,7 @@ impl ValidatorConfig {
             now: None,
             verified: None,
             max_validations: MAX_VALIDATIONS,
+            presumed: None,
         }
     }
 
@@ -287,6 +268,24 @@ impl ValidatorConfig {
     pub fn with_cache(mut self, cache: Arc<SignatureCache>) -> Self {
         self.verified = Some(cache);
         self
+    }
+
+    /// Takes `delegation` as signed by `verifier`, which the caller checked
+    /// (in an ed25519 batch, say): only that UCAN, those very bytes, and a
+    /// verifier with the same DID and key.
+    pub fn presume_signed(mut self, delegation: Delegation, verifier: Arc<dyn Verifier>) -> Self {
+        self.presumed = Some((delegation, verifier));
+        self
+    }
+
+    /// Whether the signature of `delegation` by `verifier` is presumed valid.
+    pub(crate) fn is_presumed(&self, delegation: &Delegation, verifier: &dyn Verifier) -> bool {
+        self.presumed.as_ref().is_some_and(|(presumed, by)| {
+            presumed.cid() == delegation.cid()
+                && same_bytes(&presumed.block().bytes, &delegation.block().bytes)
+                && by.did() == verifier.did()
+                && by.key_did() == verifier.key_did()
+        })
     }
 
     /// Judges time bounds (of the invocation, its proofs and attestations) at

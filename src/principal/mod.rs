@@ -301,8 +301,8 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     fn verify(&self, payload: &[u8], signature: &Signature) -> bool;
     /// The did:key of the key behind this verifier (the same as [`Verifier::did`]
     /// unless it verifies for a did:web); error messages name it, as JS does.
-    fn key_did(&self) -> Did {
-        self.did().clone()
+    fn key_did(&self) -> &Did {
+        self.did()
     }
     /// The ed25519 key, for verifiers that have one: [`verify_all`] checks
     /// their signatures in batches.
@@ -505,8 +505,8 @@ impl Verifier for Ed25519Verifier {
     fn did(&self) -> &Did {
         &self.did
     }
-    fn key_did(&self) -> Did {
-        self.key_did.clone()
+    fn key_did(&self) -> &Did {
+        &self.key_did
     }
     fn ed25519(&self) -> Option<&VerifyingKey> {
         Some(&self.key)

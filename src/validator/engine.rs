@@ -246,12 +246,15 @@ impl<'a> Ctx<'a> {
         delegation: &Delegation,
         verifier: &dyn Verifier,
     ) -> Result<(), Failure> {
-        let key = (delegation.cid(), verifier.did().clone());
-        let bytes = &delegation.block().bytes;
-        let shared = self.config.verified.as_ref();
-        if shared.is_some_and(|cache| cache.contains(&key.0, verifier, bytes)) {
+        if self.config.is_presumed(delegation, verifier) {
             return Ok(());
         }
+        let bytes = &delegation.block().bytes;
+        let shared = self.config.verified.as_ref();
+        if shared.is_some_and(|cache| cache.contains(&delegation.cid(), verifier, bytes)) {
+            return Ok(());
+        }
+        let key = (delegation.cid(), verifier.did().clone());
         let cached = self
             .signatures
             .borrow()
@@ -278,7 +281,7 @@ impl<'a> Ctx<'a> {
                 delegation: delegation.cid(),
                 issuer: delegation.issuer().clone(),
                 // JS names the key, even for a did:web issuer.
-                key: verifier.key_did(),
+                key: verifier.key_did().clone(),
             })
         }
     }

@@ -717,3 +717,27 @@ fn max_validations_bounds_one_call() {
         error.message
     );
 }
+
+/// A signature the caller verified itself (in a batch) is taken as valid for
+/// that very UCAN and verifier, and for nothing else.
+#[test]
+fn a_presumed_signature_covers_one_ucan_and_one_verifier() {
+    let case = case("forged-invocation-signature");
+    let forged = load(case["invocation"].as_str().unwrap());
+    let issuer = crate::principal::verifier_for(forged.issuer()).unwrap();
+    let config = || config_of(&case, NOW);
+    assert!(access(&forged, &Echo, &config()).is_err());
+    let vouched = config().presume_signed(forged.clone(), issuer.clone());
+    assert!(access(&forged, &Echo, &vouched).is_ok());
+    // Another UCAN presumed signed leaves this one checked…
+    let other = config().presume_signed(delegated_echo(), issuer);
+    assert!(access(&forged, &Echo, &other).is_err());
+    // …and so does the same UCAN presumed signed by another key.
+    let by_mallory = config().presume_signed(forged.clone(), mallory().verifier());
+    let error = access(&forged, &Echo, &by_mallory).unwrap_err();
+    assert!(
+        error.message.contains("valid signature"),
+        "{}",
+        error.message
+    );
+}

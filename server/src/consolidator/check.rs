@@ -165,77 +165,59 @@ impl Checks {
             .iter()
             .map(|(_, archive, bytes)| self.open(archive, bytes))
             .collect();
-        let presumed = self.verify_together(&opened);
-        let checked = opened
+        let mut presumed = self.verify_together(&opened);
+        opened
             .into_iter()
-            .map(|o| {
-                o.and_then(|o| self.judge(o, presumed.is_some()))
+            .enumerate()
+            .map(|(i, o)| {
+                let signed = presumed.as_mut().map(|p| p[i].take());
+                o.and_then(|o| self.judge(o, signed))
                     .unwrap_or_else(|error| Checked::Rejected(*error))
             })
-            .collect();
-        // The retrievals' signatures were lent to the cache for this run only.
-        if let Some(lent) = presumed {
-            self.signatures
-                .remove_all(lent.iter().map(|(cid, verifier)| (cid, verifier.as_ref())));
-        }
-        checked
+            .collect()
     }
 
     /// Verifies the ed25519 signatures of the receipts and of their
-    /// retrievals in one batch. When all are valid, the retrievals' go to the
-    /// batch's signature cache (where the validator finds them verified;
-    /// returned, to take them out again) and the receipts need no check of
-    /// their own. When any is not, nothing is assumed: each is verified
-    /// alone, and the bad one reported, as without this step.
+    /// retrievals in one batch. When all are valid, the receipts need no
+    /// check of their own and each retrieval is presumed signed by the
+    /// verifier returned at its place (`None` where it could not be read).
+    /// When any is not, nothing is presumed: each is verified alone, and the
+    /// bad one reported, as without this step.
     fn verify_together(
         &self,
         opened: &[Result<Opened, Box<ReceiptError>>],
-    ) -> Option<Vec<(Cid, Arc<dyn Verifier>)>> {
+    ) -> Option<Vec<Option<Arc<dyn Verifier>>>> {
         let mut payloads = Vec::new();
-        let mut lent = Vec::new();
-        for o in opened.iter().flatten() {
+        let mut presumed = Vec::with_capacity(opened.len());
+        for o in opened {
+            let Ok(o) = o else {
+                presumed.push(None);
+                continue;
+            };
             let payload = o.receipt.signing_payload().ok()?;
             payloads.push((
                 self.node_verifier.clone(),
                 payload,
                 &o.receipt.data().signature,
             ));
-            let Ok(invocation) = &o.invocation else {
-                continue;
-            };
-            let Ok(verifier) = ucanto::principal::verifier_for(invocation.issuer()) else {
-                continue;
-            };
-            let Ok(payload) = invocation.signing_payload() else {
-                continue;
-            };
-            payloads.push((
-                verifier.clone(),
-                Cow::Borrowed(payload),
-                &invocation.data().signature,
-            ));
-            lent.push((invocation, verifier));
+            let invocation = o.invocation.as_ref().ok();
+            let signed = invocation.and_then(|invocation| {
+                let verifier = ucanto::principal::verifier_for(invocation.issuer()).ok()?;
+                let payload = invocation.signing_payload().ok()?;
+                payloads.push((
+                    verifier.clone(),
+                    Cow::Borrowed(payload),
+                    &invocation.data().signature,
+                ));
+                Some(verifier)
+            });
+            presumed.push(signed);
         }
         let items: Vec<_> = payloads
             .iter()
             .map(|(v, p, s)| (v.as_ref(), p.as_ref(), *s))
             .collect();
-        if !ucanto::principal::verify_all(&items) {
-            return None;
-        }
-        self.signatures
-            .insert_all(lent.iter().map(|(invocation, verifier)| {
-                (
-                    invocation.cid(),
-                    verifier.as_ref(),
-                    invocation.block().bytes.clone(),
-                )
-            }));
-        Some(
-            lent.into_iter()
-                .map(|(invocation, verifier)| (invocation.cid(), verifier))
-                .collect(),
-        )
+        ucanto::principal::verify_all(&items).then_some(presumed)
     }
 
     /// Reads a receipt archive and the retrieval it ran.
@@ -257,9 +239,14 @@ impl Checks {
     }
 
     /// Checks one opened receipt, all but duplicates (judged in batch order
-    /// by the caller); an `Err` goes to `errors[]`. `signed`: its signature
-    /// was verified already.
-    fn judge(&self, opened: Opened, signed: bool) -> Result<Checked, Box<ReceiptError>> {
+    /// by the caller); an `Err` goes to `errors[]`. `signed`: the receipt's
+    /// signature was verified already, and its retrieval's by the verifier
+    /// given, if any.
+    fn judge(
+        &self,
+        opened: Opened,
+        signed: Option<Option<Arc<dyn Verifier>>>,
+    ) -> Result<Checked, Box<ReceiptError>> {
         let node = &self.node;
         let Opened {
             receipt,
@@ -276,7 +263,7 @@ impl Checks {
                 cid,
             ));
         }
-        if !signed && !receipt.verify_signature(self.node_verifier.as_ref()) {
+        if signed.is_none() && !receipt.verify_signature(self.node_verifier.as_ref()) {
             return Err(reject(
                 "InvalidSignature",
                 format!("receipt is not signed by the node {node}"),
@@ -370,6 +357,9 @@ impl Checks {
             .max_validations(PROOF_CHECKS_PER_RECEIPT);
         for authority in &self.authorities {
             config = config.attester(authority.clone());
+        }
+        if let Some(verifier) = signed.flatten() {
+            config = config.presume_signed(invocation.clone(), verifier);
         }
         let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
             .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
