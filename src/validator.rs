@@ -80,7 +80,28 @@ pub trait CapabilityParser: Send + Sync {
     fn derives(&self, claimed: &Capability, delegated: &Capability) -> Result<(), Violation> {
         default_derives(claimed, delegated)
     }
+
+    /// [`CapabilityParser::parse`], also giving the typed value read, which
+    /// [`CapabilityParser::derives_typed`] then uses instead of reading the
+    /// capability again. None by default.
+    fn parse_typed(&self, capability: &Capability) -> Result<(Capability, Typed), Violation> {
+        self.parse(capability).map(|parsed| (parsed, None))
+    }
+
+    /// [`CapabilityParser::derives`] of two capabilities this parser gave,
+    /// each with the typed value [`CapabilityParser::parse_typed`] gave along.
+    fn derives_typed(
+        &self,
+        claimed: (&Capability, &Typed),
+        delegated: (&Capability, &Typed),
+    ) -> Result<(), Violation> {
+        self.derives(claimed.0, delegated.0)
+    }
 }
+
+/// What a [`CapabilityParser`] read a capability into, kept by the validator
+/// so that the capability is read once.
+pub type Typed = Option<Box<dyn std::any::Any + Send + Sync>>;
 
 /// The default rule: same resource (or a `prefix*` resource), and every `nb`
 /// field the delegation pins is equal in the claim. Messages as in JS.

@@ -70,7 +70,7 @@ use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::Did;
 use ucanto::receipt::Out;
 use ucanto::ucan::Capability;
-use ucanto::validator::{CapabilityParser, Violation};
+use ucanto::validator::{CapabilityParser, Typed, Violation};
 
 pub mod account_egress_get;
 pub mod conclude;
@@ -106,7 +106,7 @@ pub trait Ability: Sized + Send + Sync + 'static {
     const CAN: &'static str;
 
     /// The typed caveats.
-    type Nb: Clone + Debug + PartialEq + Send + Sync;
+    type Nb: Clone + Debug + PartialEq + Send + Sync + 'static;
 
     /// Reads the resource. By default any well-formed DID.
     fn parse_with(with: &str) -> Result<Did, SchemaError> {
@@ -201,6 +201,26 @@ impl<A: Ability> CapabilityParser for Parser<A> {
         let claimed = A::parse(claimed).map_err(|e| Violation::new(e.to_string()))?;
         let delegated = A::parse(delegated).map_err(|e| Violation::new(e.to_string()))?;
         A::derives(&claimed, &delegated)
+    }
+
+    fn parse_typed(&self, capability: &Capability) -> Result<(Capability, Typed), Violation> {
+        let parsed = A::parse(capability).map_err(|e| Violation::new(e.to_string()))?;
+        let written = A::capability(&parsed.with, &parsed.nb);
+        Ok((written, Some(Box::new(parsed))))
+    }
+
+    fn derives_typed(
+        &self,
+        claimed: (&Capability, &Typed),
+        delegated: (&Capability, &Typed),
+    ) -> Result<(), Violation> {
+        fn typed<N: 'static>(value: &Typed) -> Option<&Parsed<N>> {
+            value.as_ref()?.downcast_ref()
+        }
+        match (typed::<A::Nb>(claimed.1), typed::<A::Nb>(delegated.1)) {
+            (Some(claimed), Some(delegated)) => A::derives(claimed, delegated),
+            _ => self.derives(claimed.0, delegated.0),
+        }
     }
 }
 

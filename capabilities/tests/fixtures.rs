@@ -574,13 +574,22 @@ fn resolve(claimed: &Capability, delegated: &Capability) -> Capability {
     }
 }
 
+/// The validator's decision, reading each capability once (typed) as it
+/// does; checked to be the decision on the capabilities as written.
 fn derives<A: Ability>(
     claimed: &Capability,
     delegated: &Capability,
 ) -> Result<(), ucanto::validator::Violation> {
     let parser = A::parser();
-    let delegated = parser.parse(&resolve(claimed, delegated))?;
-    parser.derives(&parser.parse(claimed)?, &delegated)
+    let resolved = resolve(claimed, delegated);
+    let as_written = parser
+        .parse(&resolved)
+        .and_then(|d| parser.derives(&parser.parse(claimed)?, &d));
+    let (claimed, claimed_typed) = parser.parse_typed(claimed)?;
+    let (delegated, delegated_typed) = parser.parse_typed(&resolved)?;
+    let typed = parser.derives_typed((&claimed, &claimed_typed), (&delegated, &delegated_typed));
+    assert_eq!(typed, as_written, "typed and written derivations differ");
+    typed
 }
 
 fn proof_capability(invocation: &Delegation) -> Capability {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cid::Cid;
 
 use super::error::{Failure, InvalidClaim, Unauthorized, Violation};
-use super::{default_derives, js, schema, CapabilityParser, ValidatorConfig};
+use super::{default_derives, js, schema, CapabilityParser, Typed, ValidatorConfig};
 use crate::dag::Ipld;
 use crate::principal::{verifier_for, Did, Verifier};
 use crate::ucan::{Capability, Delegation, Proof};
@@ -25,17 +25,25 @@ pub(crate) struct Ctx<'a> {
     signatures: RefCell<crate::memo::FastMap<(Cid, Did), (Bytes, bool)>>,
 }
 
-/// A capability and the UCAN it was found in.
+/// A capability of a UCAN: the UCAN and the capability's place in it.
 #[derive(Clone)]
 pub(crate) struct Source {
-    capability: Capability,
     delegation: Delegation,
+    index: usize,
 }
 
-/// A source whose capability parsed (`value`) and covers what was asked.
+impl Source {
+    fn capability(&self) -> &Capability {
+        &self.delegation.capabilities()[self.index]
+    }
+}
+
+/// A source whose capability parsed (`value`, read into `typed`) and covers
+/// what was asked.
 pub(crate) struct Match {
     pub(crate) source: Source,
     pub(crate) value: Capability,
+    typed: Typed,
 }
 
 impl Match {
@@ -327,13 +335,10 @@ impl<'a> Ctx<'a> {
 }
 
 fn sources_of(delegation: &Delegation) -> impl Iterator<Item = Source> + '_ {
-    delegation
-        .capabilities()
-        .iter()
-        .map(move |capability| Source {
-            capability: capability.clone(),
-            delegation: delegation.clone(),
-        })
+    (0..delegation.capabilities().len()).map(move |index| Source {
+        delegation: delegation.clone(),
+        index,
+    })
 }
 
 /// JS `isSelfIssued`: the resource is the issuer's own DID.
@@ -349,20 +354,25 @@ fn select(parser: &dyn CapabilityParser, sources: Vec<Source>) -> Selection {
         unknown: Vec::new(),
     };
     for source in sources {
-        if source.capability.can != parser.can() {
-            selection.unknown.push(source.capability);
+        let capability = source.capability();
+        if capability.can != parser.can() {
+            selection.unknown.push(capability.clone());
             continue;
         }
-        match parser.parse(&source.capability) {
-            Ok(mut value) => {
+        match parser.parse_typed(capability) {
+            Ok((mut value, typed)) => {
                 value.can = parser.can().to_string();
-                selection.matches.push(Match { source, value });
+                selection.matches.push(Match {
+                    source,
+                    value,
+                    typed,
+                });
             }
             Err(cause) => selection.errors.push(Failure::Delegation {
                 // JS interpolates the capability object itself here.
                 context: "[object Object]".into(),
                 causes: vec![Failure::MalformedCapability {
-                    capability: source.capability,
+                    capability: capability.clone(),
                     cause: cause.to_string(),
                 }],
             }),
@@ -381,13 +391,14 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
     };
     let context = || js::parsed_capability(parser.can(), &claimed.value);
     for source in sources {
-        let Some(can) = resolve_ability(&source.capability.can, &claimed.value.can) else {
-            selection.unknown.push(source.capability);
+        let capability = source.capability();
+        let Some(can) = resolve_ability(&capability.can, &claimed.value.can) else {
+            selection.unknown.push(capability.clone());
             continue;
         };
-        let with = resolve_resource(&source.capability.with, &claimed.value.with);
+        let with = resolve_resource(&capability.with, &claimed.value.with);
         // Missing nb fields are inherited from the claim.
-        let nb = match (&claimed.value.nb, &source.capability.nb) {
+        let nb = match (&claimed.value.nb, &capability.nb) {
             (None, None) => None,
             (claimed_nb, delegated_nb) => {
                 let mut nb = claimed_nb.clone().unwrap_or_default();
@@ -400,20 +411,23 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
             with: with.to_string(),
             nb,
         };
-        match parser.parse(&candidate) {
+        match parser.parse_typed(&candidate) {
             Err(cause) => selection.errors.push(Failure::Delegation {
                 context: context(),
                 causes: vec![Failure::MalformedCapability {
-                    capability: source.capability,
+                    capability: capability.clone(),
                     cause: cause.to_string(),
                 }],
             }),
-            Ok(mut resolved) => {
+            Ok((mut resolved, typed)) => {
                 resolved.can = can.to_string();
-                match parser.derives(&claimed.value, &resolved) {
+                let derived =
+                    parser.derives_typed((&claimed.value, &claimed.typed), (&resolved, &typed));
+                match derived {
                     Ok(()) => selection.matches.push(Match {
                         source,
                         value: resolved,
+                        typed,
                     }),
                     Err(cause) => selection.errors.push(Failure::Delegation {
                         context: context(),
