@@ -42,7 +42,7 @@ pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecErr
         }
         Ipld::Link(cid) => {
             out.push_str("{\"/\":\"");
-            out.push_str(&cid.to_string());
+            write_cid(out, cid);
             out.push_str("\"}");
         }
         Ipld::List(items) => {
@@ -58,6 +58,34 @@ pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecErr
         Ipld::Map(map) => write_map(out, map)?,
     }
     Ok(())
+}
+
+/// Appends `cid` as text (`b…` base32 for CIDv1, `Qm…` for CIDv0), with
+/// no allocation for v1: every UCAN's signing payload names its proofs so.
+pub(crate) fn write_cid(out: &mut String, cid: &Cid) {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut buffer = [0u8; 160];
+    let length = {
+        let mut cursor = &mut buffer[..];
+        match cid.write_bytes(&mut cursor) {
+            Ok(length) if cid.version() != cid::Version::V0 => length,
+            _ => return out.push_str(&cid.to_string()),
+        }
+    };
+    out.reserve(1 + (length * 8).div_ceil(5));
+    out.push('b');
+    let (mut bits, mut pending) = (0u32, 0u32);
+    for byte in &buffer[..length] {
+        pending = (pending << 8) | u32::from(*byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((pending >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((pending << (5 - bits)) & 31) as usize] as char);
+    }
 }
 
 /// Appends the dag-json of the map `map` to `out`.
@@ -198,6 +226,33 @@ pub fn from_json(value: &serde_json::Value) -> Result<Ipld, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Links read as the cid crate writes them, whatever their codec,
+        /// hash and length, v0 included.
+        #[test]
+        fn links_write_as_the_cid_crate_does(
+            codec in proptest::prop_oneof![
+                proptest::strategy::Just(0x55u64),
+                proptest::strategy::Just(0x71),
+                proptest::strategy::Just(0x0202),
+                proptest::num::u64::ANY,
+            ],
+            digest in proptest::collection::vec(proptest::num::u8::ANY, 0..=64),
+            v0 in proptest::bool::ANY,
+        ) {
+            let cid = if v0 {
+                let hash = cid::multihash::Multihash::<64>::wrap(0x12, &[7; 32]).unwrap();
+                Cid::new_v0(hash).unwrap()
+            } else {
+                let hash = cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap();
+                Cid::new_v1(codec, hash)
+            };
+            let mut written = String::new();
+            write_cid(&mut written, &cid);
+            proptest::prop_assert_eq!(written, cid.to_string());
+        }
+    }
 
     #[test]
     fn encodes_like_js() {

@@ -525,7 +525,9 @@ fn signing_payload(
         if n > 0 {
             payload.push(',');
         }
-        write_string(&mut payload, &proof.to_string());
+        payload.push('"');
+        crate::dag_json::write_cid(&mut payload, proof);
+        payload.push('"');
     }
     payload.push_str("]}");
 
