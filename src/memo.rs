@@ -17,7 +17,10 @@ use std::sync::Mutex;
 /// A hash map keyed with a per-process random seed (foldhash): several
 /// times cheaper than std's SipHash on the short keys hashed for every
 /// receipt, and still not predictable from outside.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A bounded map that starts over when full.
 pub struct Memo<K, V> {

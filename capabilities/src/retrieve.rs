@@ -310,6 +310,15 @@ pub fn egress_bytes(receipt: &Receipt) -> Result<u64, EgressError> {
 
 /// [`egress_bytes`] of a receipt whose invocation the caller decoded already.
 pub fn egress_bytes_of(receipt: &Receipt, invocation: &Invocation) -> Result<u64, EgressError> {
+    egress_of(receipt, invocation).map(|(_, bytes)| bytes)
+}
+
+/// [`egress_bytes_of`], with the retrieve capability it read (its space is
+/// `with`): read once for both.
+pub fn egress_of(
+    receipt: &Receipt,
+    invocation: &Invocation,
+) -> Result<(Parsed<RetrieveNb>, u64), EgressError> {
     if let Some(failed) = failure(receipt) {
         return Err(failed);
     }
@@ -320,7 +329,8 @@ pub fn egress_bytes_of(receipt: &Receipt, invocation: &Invocation) -> Result<u64
         return Err(EgressError::EndBeforeStart { start, end });
     }
     let parsed = Retrieve::parse(capability).map_err(EgressError::Malformed)?;
-    parsed.nb.range.size().ok_or(EgressError::Overflow)
+    let bytes = parsed.nb.range.size().ok_or(EgressError::Overflow)?;
+    Ok((parsed, bytes))
 }
 
 /// A failed retrieval served nothing: the error saying so, if it failed.

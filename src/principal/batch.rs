@@ -16,8 +16,6 @@
 //! of everything verified and fresh system randomness, so no signer can aim
 //! a bad signature at them.
 
-use std::collections::HashMap;
-
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -63,7 +61,7 @@ pub(crate) fn verify_batch(
     let z = coefficients(transcript.finalize().into(), n);
 
     // One coefficient per distinct key, in first-seen order.
-    let mut key_slot: HashMap<&[u8; 32], usize> = HashMap::new();
+    let mut key_slot: crate::memo::FastMap<&[u8; 32], usize> = Default::default();
     let mut key_points: Vec<Option<EdwardsPoint>> = Vec::new();
     let mut key_scalars: Vec<Scalar> = Vec::new();
     let mut b = Scalar::ZERO;

@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cid::Cid;
-use etracker_capabilities::account_egress_get::format_date;
 use etracker_capabilities::consolidate::ReceiptError;
-use etracker_capabilities::retrieve::{egress_bytes_of, EgressError};
+use etracker_capabilities::retrieve::{egress_of, EgressError};
 use etracker_capabilities::{Ability, Retrieve};
 use ucanto::dag::{CodecError, CAR};
 use ucanto::principal::{Did, Verifier};
@@ -26,7 +25,8 @@ pub(super) struct Counted {
     /// however it re-encodes the invocation.
     pub(super) retrieval: Cid,
     pub(super) space: Did,
-    pub(super) day: String,
+    /// Days since the Unix epoch (UTC).
+    pub(super) day: i64,
     pub(super) bytes: u64,
     /// False when a non-billable actor made the retrieval.
     pub(super) billable: bool,
@@ -329,8 +329,8 @@ impl Checks {
         let retrieval = invocation
             .payload_id()
             .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
-        let size = match egress_bytes_of(&receipt, &invocation) {
-            Ok(size) => size,
+        let (retrieve, size) = match egress_of(&receipt, &invocation) {
+            Ok(read) => read,
             // A failed retrieval served nothing: a valid receipt with no egress.
             Err(EgressError::Failed { .. }) => return Ok(Checked::NoEgress),
             Err(e @ (EgressError::EndBeforeStart { .. } | EgressError::Overflow)) => {
@@ -361,15 +361,15 @@ impl Checks {
         if let Some(verifier) = signed.flatten() {
             config = config.presume_signed(invocation.clone(), verifier);
         }
-        let authorization = access(&invocation, Retrieve::parser().as_ref(), &config)
+        // The authorized capability is the invocation's own (a retrieval
+        // is only ever authorized as asked), so its space is the one read.
+        access(&invocation, Retrieve::parser().as_ref(), &config)
             .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
-        let space = Did::parse(&authorization.capability.with)
-            .map_err(|e| reject("InvalidRetrieve", e.to_string(), cid))?;
         Ok(Checked::Counted(Counted {
             receipt: cid,
             retrieval,
-            space,
-            day: format_date((at / 86_400) as i64),
+            space: retrieve.with,
+            day: (at / 86_400) as i64,
             bytes: size,
             billable: !self.non_billable.contains(invocation.issuer()),
         }))

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cid::Cid;
+use etracker_capabilities::account_egress_get::format_date;
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk, ReceiptError};
 use etracker_capabilities::{Ability, Consolidate, Invoked, Outcome, Track};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use ucanto::car::{CarReader, Limits};
 use ucanto::dag::{CAR, SHA2_256};
+use ucanto::memo::{FastMap, FastSet};
 use ucanto::principal::{verifier_for, Did};
 use ucanto::receipt::Receipt;
 use ucanto::server::Response;
@@ -237,7 +239,7 @@ impl HandlerState {
         // Archives met lately: a repeat is a duplicate without checking it
         // again. Repeats farther apart are checked again, and found out when
         // the counted retrievals are sorted.
-        let mut recent_archives = HashSet::new();
+        let mut recent_archives = FastSet::default();
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
         let mut checking: Option<tokio::task::JoinHandle<_>> = None;
         let mut seq = 0u64;
@@ -355,7 +357,9 @@ pub(super) struct Counting {
     rejected: Rejections,
     spill: Spill,
     usage: Vec<(Did, String, bool)>,
-    usage_index: HashMap<(Did, String, bool), u32>,
+    /// Where each (space, day number, billable) is in `usage`: the day is
+    /// written out once per entry, not per receipt.
+    usage_index: FastMap<(Did, i64, bool), u32>,
 }
 
 type CheckedChunk = (Vec<u64>, Vec<Checked>);
@@ -366,7 +370,7 @@ impl Counting {
             rejected: Rejections::default(),
             spill: Spill::create(scratch_dir).map_err(spilling)?,
             usage: Vec::new(),
-            usage_index: HashMap::new(),
+            usage_index: FastMap::default(),
         })
     }
 
@@ -406,7 +410,7 @@ impl Counting {
             None => {
                 let index = u32::try_from(self.usage.len())
                     .map_err(|e| BatchFailure::internal("spilling", e))?;
-                self.usage.push(key.clone());
+                self.usage.push((key.0.clone(), format_date(key.1), key.2));
                 self.usage_index.insert(key, index);
                 index
             }
@@ -592,7 +596,7 @@ mod tests {
             rejected: Rejections::default(),
             spill: Spill::with_run_entries(&std::env::temp_dir(), 3).unwrap(),
             usage: Vec::new(),
-            usage_index: HashMap::new(),
+            usage_index: FastMap::default(),
         };
         for (seq, r) in [1u8, 2, 3, 1, 4, 2, 5, 1].into_iter().enumerate() {
             let seq = seq as u64;
@@ -600,7 +604,7 @@ mod tests {
                 receipt: receipt(seq),
                 retrieval: retrieval(r),
                 space: space.clone(),
-                day: "2026-11-01".into(),
+                day: 20_758, // 2026-11-01
                 bytes: 10,
                 billable: true,
             };
