@@ -219,6 +219,15 @@ pub fn decode_with_limits(
     bytes: &[u8],
     limits: Limits,
 ) -> Result<(CarHeader, Vec<(Cid, Bytes)>), CarError> {
+    decode_shared(&Bytes::copy_from_slice(bytes), limits)
+}
+
+/// [`decode_with_limits`] without the copy: every returned block is a slice
+/// of `bytes`, which holding any block keeps alive.
+pub fn decode_shared(
+    bytes: &Bytes,
+    limits: Limits,
+) -> Result<(CarHeader, Vec<(Cid, Bytes)>), CarError> {
     let (header_len, mut pos) = varint_from_slice(bytes)?.ok_or(CarError::Truncated)?;
     let header_len = check_header_len(header_len, &limits)?;
     let header_bytes = bytes
@@ -228,16 +237,14 @@ pub fn decode_with_limits(
     let header = decode_header(header_bytes)?;
     pos += header_len;
 
-    let body = Bytes::copy_from_slice(&bytes[pos..]);
-    let mut pos = 0;
     let mut blocks = Vec::new();
-    while let Some((section_len, varint_len)) = varint_from_slice(&body[pos..])? {
+    while let Some((section_len, varint_len)) = varint_from_slice(&bytes[pos..])? {
         pos += varint_len;
         let section_len = check_section_len(section_len, &limits)?;
-        if body.len() - pos < section_len {
+        if bytes.len() - pos < section_len {
             return Err(CarError::Truncated);
         }
-        blocks.push(parse_section(body.slice(pos..pos + section_len), &limits)?);
+        blocks.push(parse_section(bytes.slice(pos..pos + section_len), &limits)?);
         pos += section_len;
     }
     Ok((header, blocks))
@@ -834,6 +841,18 @@ mod tests {
         assert_eq!(decoded, as_bytes(blocks));
         // Exercises identity and sha2-256, dag-cbor and raw.
         assert_eq!(decoded[3].0.hash().code(), IDENTITY);
+    }
+
+    /// Decoding shared bytes gives the same blocks, as slices of the input.
+    #[test]
+    fn shared_decoding_slices_the_input() {
+        let input = Bytes::from_static(BASIC);
+        let (header, blocks) = decode_shared(&input, Limits::default()).unwrap();
+        assert_eq!((header, blocks.clone()), decode(BASIC).unwrap());
+        let range = input.as_ptr_range();
+        for (_, block) in &blocks {
+            assert!(range.contains(&block.as_ptr()), "a copy, not a slice");
+        }
     }
 
     #[test]

@@ -242,9 +242,17 @@ pub fn read_archive(
     archive: &[u8],
     tag: &str,
 ) -> Result<(Cid, std::sync::Arc<BlockStore>), CodecError> {
+    read_archive_shared(&Bytes::copy_from_slice(archive), tag)
+}
+
+/// [`read_archive`] without copying: the blocks are slices of `archive`.
+pub fn read_archive_shared(
+    archive: &Bytes,
+    tag: &str,
+) -> Result<(Cid, std::sync::Arc<BlockStore>), CodecError> {
     let context = || format!("{tag} archive");
-    let (header, blocks) =
-        crate::car::decode(archive).map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
+    let (header, blocks) = crate::car::decode_shared(archive, crate::car::Limits::default())
+        .map_err(|e| CodecError::InvalidCbor(e.to_string()))?;
     let [root] = header.roots.as_slice() else {
         return Err(CodecError::schema(context(), "expected exactly one root"));
     };

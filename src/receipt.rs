@@ -479,6 +479,13 @@ impl Receipt {
         Receipt::from_blocks(&link, store)
     }
 
+    /// [`Receipt::extract`] without copying: the receipt's blocks are
+    /// slices of `archive`, kept alive as long as the receipt.
+    pub fn extract_shared(archive: &bytes::Bytes) -> Result<Receipt, CodecError> {
+        let (link, store) = crate::dag::read_archive_shared(archive, RECEIPT_TAG)?;
+        Receipt::from_blocks(&link, store)
+    }
+
     /// The CID of the receipt an archive holds, without decoding the receipt.
     pub fn archived_cid(archive: &[u8]) -> Result<Cid, CodecError> {
         crate::dag::read_archive(archive, RECEIPT_TAG).map(|(link, _)| link)

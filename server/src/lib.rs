@@ -46,6 +46,16 @@
 //! axum::serve(listener, tracker.app()).await?;
 //! # Ok(()) }
 //! ```
+/// The glibc malloc settings `etracker` starts with, unless set already
+/// (why: `tune_malloc` in `main.rs`).
+pub const MALLOC_SETTINGS: [(&str, &str); 2] = [
+    ("MALLOC_ARENA_MAX", "2"),
+    (
+        "GLIBC_TUNABLES",
+        "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072",
+    ),
+];
+
 pub mod consolidator;
 pub mod handlers;
 pub mod metrics;

@@ -86,6 +86,7 @@ impl Principals {
 }
 
 /// A batch file on disk.
+#[derive(Clone)]
 pub(crate) struct BatchFile {
     pub(crate) path: PathBuf,
     pub(crate) cid: Cid,

@@ -4,7 +4,7 @@
 //! tracker's CPU time and its peak resident memory; and, for comparison, how
 //! fast this machine verifies the same receipts' signatures alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use crate::peers;
 use crate::track::round;
 
 /// One consolidation of one batch.
+#[derive(Clone)]
 pub(crate) struct Run {
     pub(crate) batch: BatchFile,
     pub(crate) seconds: f64,
@@ -53,13 +54,39 @@ impl Run {
     }
 }
 
-/// Writes a batch of `mib` MiB, has a fresh tracker consolidate it, and
-/// checks it counted every distinct retrieval once.
-pub(crate) async fn run(p: &Principals, work: &Path, mib: u64, distinct: bool) -> Run {
-    let batches = work.join("batches");
-    std::fs::create_dir_all(&batches).unwrap();
-    let batch = batch::write(p, &batches, mib << 20, distinct);
-    std::fs::rename(&batch.path, batches.join(format!("{}.car", batch.cid))).unwrap();
+/// A batch written once, in a directory of its own (removed on drop), to be
+/// consolidated by as many fresh trackers as wanted.
+pub(crate) struct Prepared {
+    batch: BatchFile,
+    dir: PathBuf,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes a batch of `mib` MiB: every receipt a new retrieval (`distinct`)
+/// or mostly duplicates.
+pub(crate) fn prepare(p: &Principals, work: &Path, mib: u64, distinct: bool) -> Prepared {
+    let dir = work.join(format!(
+        "batch-{mib}-{}",
+        if distinct { "valid" } else { "dup" }
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut batch = batch::write(p, &dir, mib << 20, distinct);
+    let named = dir.join(format!("{}.car", batch.cid));
+    std::fs::rename(&batch.path, &named).unwrap();
+    batch.path = named;
+    Prepared { batch, dir }
+}
+
+/// Has a fresh tracker consolidate `prepared`, and checks it counted every
+/// distinct retrieval once.
+pub(crate) async fn run(p: &Principals, work: &Path, prepared: &Prepared) -> Run {
+    let batch = prepared.batch.clone();
+    let batches = prepared.dir.clone();
     let endpoint = peers::node_server(batches.clone()).await;
     let tracker = peers::etracker(p, &work.join("tracker")).await;
     peers::ready(&tracker.url).await;
@@ -111,7 +138,6 @@ pub(crate) async fn run(p: &Principals, work: &Path, mib: u64, distinct: bool) -
     );
     let peak_rss = tracker.peak_rss();
     tracker.stop().await;
-    let _ = std::fs::remove_dir_all(&batches);
     Run {
         batch,
         seconds,

@@ -221,7 +221,7 @@ impl Checks {
     }
 
     /// Reads a receipt archive and the retrieval it ran.
-    fn open(&self, archive: &Cid, bytes: &[u8]) -> Result<Opened, Box<ReceiptError>> {
+    fn open(&self, archive: &Cid, bytes: &axum::body::Bytes) -> Result<Opened, Box<ReceiptError>> {
         if archive.codec() != CAR {
             return Err(reject(
                 "InvalidArchive",
@@ -229,7 +229,7 @@ impl Checks {
                 *archive,
             ));
         }
-        let receipt = Receipt::extract(bytes)
+        let receipt = Receipt::extract_shared(bytes)
             .map_err(|e| reject("InvalidArchive", e.to_string(), *archive))?;
         let invocation = Invocation::from_blocks(&receipt.ran_cid(), receipt.blocks().clone());
         Ok(Opened {
