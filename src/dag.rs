@@ -217,7 +217,14 @@ impl BlockStore {
 
 impl FromIterator<Block> for BlockStore {
     fn from_iter<I: IntoIterator<Item = Block>>(iter: I) -> Self {
-        let mut store = BlockStore::new();
+        let iter = iter.into_iter();
+        // Sized once: an archive's few blocks would otherwise grow the map
+        // and its order list several times.
+        let (expected, _) = iter.size_hint();
+        let mut store = BlockStore {
+            order: Vec::with_capacity(expected),
+            blocks: crate::memo::FastMap::with_capacity_and_hasher(expected, Default::default()),
+        };
         store.extend(iter);
         store
     }

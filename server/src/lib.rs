@@ -48,13 +48,7 @@
 //! ```
 /// The glibc malloc settings `etracker` starts with, unless set already
 /// (why: `tune_malloc` in `main.rs`).
-pub const MALLOC_SETTINGS: [(&str, &str); 2] = [
-    ("MALLOC_ARENA_MAX", "2"),
-    (
-        "GLIBC_TUNABLES",
-        "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072",
-    ),
-];
+pub const MALLOC_SETTINGS: [(&str, &str); 1] = [("MALLOC_ARENA_MAX", "2")];
 
 pub mod consolidator;
 pub mod handlers;

@@ -112,7 +112,9 @@ impl Did {
     pub fn to_ucan_bytes(&self) -> Vec<u8> {
         if self.is_key() {
             // Checked in `parse`, so this cannot fail.
-            did_key_bytes(&self.0).map(|(_, b)| b).unwrap_or_default()
+            did_key_bytes(&self.0)
+                .map(|(_, b)| b.to_vec())
+                .unwrap_or_default()
         } else {
             let mut out = Vec::new();
             varint::encode(DID_CORE, &mut out);
@@ -176,9 +178,12 @@ fn hex_prefix(bytes: &[u8]) -> String {
 
 /// The multicodec and bytes of a did:key, remembered: the same keys are
 /// read in UCAN after UCAN, and base58 is slow.
-fn did_key_bytes(did: &str) -> Result<(u64, Vec<u8>), PrincipalError> {
-    static DECODED: Memo<String, (u64, Vec<u8>)> = Memo::new(RESOLVED_KEYS);
-    DECODED.get_or_try_insert_with(did, decode_did_key)
+fn did_key_bytes(did: &str) -> Result<(u64, Arc<[u8]>), PrincipalError> {
+    // Shared, so that a lookup (every DID parsed) copies no key.
+    static DECODED: Memo<String, (u64, Arc<[u8]>)> = Memo::new(RESOLVED_KEYS);
+    DECODED.get_or_try_insert_with(did, |did| {
+        decode_did_key(did).map(|(code, bytes)| (code, Arc::from(bytes)))
+    })
 }
 
 /// Decodes the multicodec-prefixed key of a did:key.

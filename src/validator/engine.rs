@@ -3,6 +3,7 @@
 //! `verifySession` (and the `select`/`resolveCapability` of `capability.js`),
 //! keeping their order of exploration so failures list in the same order.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 
 use bytes::Bytes;
@@ -397,19 +398,31 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
             continue;
         };
         let with = resolve_resource(&capability.with, &claimed.value.with);
-        // Missing nb fields are inherited from the claim.
-        let nb = match (&claimed.value.nb, &capability.nb) {
-            (None, None) => None,
-            (claimed_nb, delegated_nb) => {
-                let mut nb = claimed_nb.clone().unwrap_or_default();
-                nb.extend(delegated_nb.clone().unwrap_or_default());
-                Some(nb)
-            }
+        // A proof that pins no nb field and names the claimed resource
+        // resolves to the claim itself (the usual delegation): no copy.
+        let pins_nothing = match (&capability.nb, &claimed.value.nb) {
+            (None, _) => true,
+            (Some(pinned), Some(_)) => pinned.is_empty(),
+            // `{}` over no nb resolves to `{}`, not to the claim's none.
+            (Some(_), None) => false,
         };
-        let candidate = Capability {
-            can: can.to_string(),
-            with: with.to_string(),
-            nb,
+        let candidate = if pins_nothing && with == claimed.value.with {
+            Cow::Borrowed(&claimed.value)
+        } else {
+            // Missing nb fields are inherited from the claim.
+            let nb = match (&claimed.value.nb, &capability.nb) {
+                (None, None) => None,
+                (claimed_nb, delegated_nb) => {
+                    let mut nb = claimed_nb.clone().unwrap_or_default();
+                    nb.extend(delegated_nb.clone().unwrap_or_default());
+                    Some(nb)
+                }
+            };
+            Cow::Owned(Capability {
+                can: can.to_string(),
+                with: with.to_string(),
+                nb,
+            })
         };
         match parser.parse_typed(&candidate) {
             Err(cause) => selection.errors.push(Failure::Delegation {
