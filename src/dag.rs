@@ -69,6 +69,57 @@ impl CodecError {
     }
 }
 
+/// A CID's binary form, kept on the stack: what store keys and spilled
+/// records need once per receipt, without the two allocations of
+/// [`Cid::to_bytes`].
+///
+/// ```
+/// use ucanto::dag::{cid_of, CidBytes, RAW};
+/// let cid = cid_of(RAW, b"hello");
+/// assert_eq!(CidBytes::of(&cid).as_ref(), cid.to_bytes().as_slice());
+/// ```
+#[derive(Clone)]
+pub struct CidBytes(CidBytesInner);
+
+#[derive(Clone)]
+enum CidBytesInner {
+    Inline([u8; CidBytes::MAX], usize),
+    /// Not expected (any `Cid` fits inline), kept so that nothing is lost.
+    Heap(Vec<u8>),
+}
+
+impl CidBytes {
+    /// Room for any `Cid` (digests up to 64 bytes): a version byte, three
+    /// varints of up to 10 bytes and the digest.
+    const MAX: usize = 1 + 3 * 10 + 64;
+
+    /// The binary form of `cid`.
+    pub fn of(cid: &Cid) -> Self {
+        let mut bytes = [0; Self::MAX];
+        let mut rest = &mut bytes[..];
+        match cid.write_bytes(&mut rest) {
+            Ok(len) => CidBytes(CidBytesInner::Inline(bytes, len)),
+            Err(_) => CidBytes(CidBytesInner::Heap(cid.to_bytes())),
+        }
+    }
+}
+
+impl AsRef<[u8]> for CidBytes {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0 {
+            CidBytesInner::Inline(bytes, len) => &bytes[..*len],
+            CidBytesInner::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::ops::Deref for CidBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
 /// CIDv1 of `bytes` under `codec`, hashed with sha2-256.
 pub fn cid_of(codec: u64, bytes: &[u8]) -> Cid {
     cid_of_digest(codec, Sha256::digest(bytes).into())
@@ -294,6 +345,20 @@ impl From<FieldError> for CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stack form is the CID's bytes whatever its version, codec and
+    /// digest length, up to the largest `Cid` holds.
+    #[test]
+    fn cid_bytes_are_the_binary_form() {
+        let v0 = Cid::new_v0(cid::multihash::Multihash::wrap(SHA2_256, &[7; 32]).unwrap()).unwrap();
+        let largest = Cid::new_v1(
+            u64::MAX,
+            cid::multihash::Multihash::wrap(u64::MAX, &[9; 64]).unwrap(),
+        );
+        for cid in [v0, cid_of(RAW, b"x"), largest] {
+            assert_eq!(CidBytes::of(&cid).as_ref(), cid.to_bytes().as_slice());
+        }
+    }
 
     #[test]
     fn maps_are_encoded_length_first() {

@@ -41,7 +41,7 @@ type Record = [u8; RECORD];
 
 impl Entry {
     fn record(&self) -> std::io::Result<Record> {
-        let receipt = self.receipt.to_bytes();
+        let receipt = ucanto::dag::CidBytes::of(&self.receipt);
         if receipt.len() > RECEIPT_SLOT {
             return Err(std::io::Error::other("receipt CID too long to spill"));
         }

@@ -54,7 +54,7 @@ use redb::backends::InMemoryBackend;
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
 };
-use ucanto::dag::{decode_cbor, encode_cbor, Fields, Ipld};
+use ucanto::dag::{decode_cbor, encode_cbor, CidBytes, Fields, Ipld};
 use ucanto::principal::Did;
 
 pub use super::audit::Audit;
@@ -383,7 +383,7 @@ impl Store for RedbStore {
             let mut mark = |cids: &[Cid]| -> Result<(), StoreError> {
                 for cid in cids {
                     let previous = counted
-                        .insert(cid.to_bytes().as_slice(), batch_key.as_slice())
+                        .insert(&*CidBytes::of(cid), batch_key.as_slice())
                         .or_backend()?;
                     match previous {
                         Some(batch) if batch.value() == batch_key.as_slice() => {
@@ -519,12 +519,9 @@ impl Store for RedbStore {
         let counted = tx.open_table(COUNTED).or_backend()?;
         receipts
             .iter()
-            .map(|cid| {
-                let key = cid.to_bytes();
-                match counted.get(key.as_slice()).or_backend()? {
-                    Some(batch) => decode_cid(batch.value()).map(Some),
-                    None => Ok(None),
-                }
+            .map(|cid| match counted.get(&*CidBytes::of(cid)).or_backend()? {
+                Some(batch) => decode_cid(batch.value()).map(Some),
+                None => Ok(None),
             })
             .collect()
     }
