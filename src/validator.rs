@@ -243,7 +243,7 @@ impl SignatureCache {
 }
 
 /// Whether `a` and `b` hold the same bytes: at once when they share their
-/// buffer (a block lent to the cache and then looked up), else compared.
+/// buffer (a block presumed signed and then met again), else compared.
 fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
     (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use cid::Cid;
-use ucanto::dag::{Block, CodecError, Ipld, IpldMap};
+use ucanto::dag::{Block, CodecError, Ipld};
 use ucanto::principal::Did;
 
 use crate::scratch::ScratchFile;
@@ -51,34 +51,42 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Encodes a chunk of `batch`.
+    /// Encodes a chunk of `batch`: dag-cbor written directly, since a chunk
+    /// holds thousands of links that the general encoder would copy several
+    /// times each. Keys in dag-cbor's order (shorter first, then bytewise).
     pub fn encode(&self, batch: Cid) -> Result<Block, CodecError> {
-        let entries = |list: &[(Did, String, u64)]| -> Vec<Ipld> {
-            list.iter()
-                .map(|(space, day, bytes)| {
-                    Ipld::Map(IpldMap::from([
-                        ("space".to_string(), Ipld::String(space.to_string())),
-                        ("day".to_string(), Ipld::String(day.clone())),
-                        ("bytes".to_string(), Ipld::Integer((*bytes).into())),
-                    ]))
-                })
-                .collect()
+        let entries = |out: &mut Vec<u8>, list: &[(Did, String, u64)]| {
+            cbor::head(out, cbor::LIST, list.len() as u64);
+            for (space, day, bytes) in list {
+                cbor::head(out, cbor::MAP, 3);
+                cbor::text(out, "day");
+                cbor::text(out, day);
+                cbor::text(out, "bytes");
+                cbor::head(out, cbor::UINT, *bytes);
+                cbor::text(out, "space");
+                cbor::text(out, space.as_str());
+            }
         };
-        let mut chunk = IpldMap::from([
-            ("batch".to_string(), Ipld::Link(batch)),
-            ("usage".to_string(), Ipld::List(entries(&self.usage))),
-            (
-                "counted".to_string(),
-                Ipld::List(self.counted.iter().map(|c| Ipld::Link(*c)).collect()),
-            ),
-        ]);
-        if !self.non_billable.is_empty() {
-            chunk.insert(
-                "nonBillable".into(),
-                Ipld::List(entries(&self.non_billable)),
-            );
+        let mut out = Vec::with_capacity(64 + 40 * self.counted.len() + 80 * self.usage.len());
+        let fields = if self.non_billable.is_empty() { 3 } else { 4 };
+        cbor::head(&mut out, cbor::MAP, fields);
+        cbor::text(&mut out, "batch");
+        cbor::link(&mut out, &batch);
+        cbor::text(&mut out, "usage");
+        entries(&mut out, &self.usage);
+        cbor::text(&mut out, "counted");
+        cbor::head(&mut out, cbor::LIST, self.counted.len() as u64);
+        for cid in &self.counted {
+            cbor::link(&mut out, cid);
         }
-        Block::encode(&Ipld::Map(chunk))
+        if !self.non_billable.is_empty() {
+            cbor::text(&mut out, "nonBillable");
+            entries(&mut out, &self.non_billable);
+        }
+        Ok(Block {
+            cid: ucanto::dag::cid_of(ucanto::dag::DAG_CBOR, &out),
+            bytes: out.into(),
+        })
     }
 
     /// Reads the chunk `block`, which must name `batch`.
@@ -110,6 +118,52 @@ impl Chunk {
             non_billable,
             counted,
         })
+    }
+}
+
+/// The few dag-cbor items a chunk is made of.
+mod cbor {
+    use cid::Cid;
+
+    pub(super) const UINT: u8 = 0;
+    const BYTES: u8 = 2;
+    const TEXT: u8 = 3;
+    pub(super) const LIST: u8 = 4;
+    pub(super) const MAP: u8 = 5;
+
+    /// A head in its shortest form, as dag-cbor requires.
+    pub(super) fn head(out: &mut Vec<u8>, major: u8, argument: u64) {
+        let major = major << 5;
+        match argument {
+            0..=23 => out.push(major | argument as u8),
+            24..=0xff => out.extend_from_slice(&[major | 24, argument as u8]),
+            0x100..=0xffff => {
+                out.push(major | 25);
+                out.extend_from_slice(&(argument as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(major | 26);
+                out.extend_from_slice(&(argument as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(major | 27);
+                out.extend_from_slice(&argument.to_be_bytes());
+            }
+        }
+    }
+
+    pub(super) fn text(out: &mut Vec<u8>, text: &str) {
+        head(out, TEXT, text.len() as u64);
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// Tag 42 over the CID's bytes after a zero byte.
+    pub(super) fn link(out: &mut Vec<u8>, cid: &Cid) {
+        let bytes = ucanto::dag::CidBytes::of(cid);
+        out.extend_from_slice(&[0xd8, 42]);
+        head(out, BYTES, bytes.len() as u64 + 1);
+        out.push(0);
+        out.extend_from_slice(&bytes);
     }
 }
 
@@ -370,6 +424,84 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ucanto::dag::IpldMap;
+
+    /// The chunk as the general dag-cbor encoder writes it.
+    fn encoded_generally(chunk: &Chunk, batch: Cid) -> Block {
+        let entries = |list: &[(Did, String, u64)]| -> Ipld {
+            Ipld::List(
+                list.iter()
+                    .map(|(space, day, bytes)| {
+                        Ipld::Map(IpldMap::from([
+                            ("space".to_string(), Ipld::String(space.to_string())),
+                            ("day".to_string(), Ipld::String(day.clone())),
+                            ("bytes".to_string(), Ipld::Integer((*bytes).into())),
+                        ]))
+                    })
+                    .collect(),
+            )
+        };
+        let mut map = IpldMap::from([
+            ("batch".to_string(), Ipld::Link(batch)),
+            ("usage".to_string(), entries(&chunk.usage)),
+            (
+                "counted".to_string(),
+                Ipld::List(chunk.counted.iter().map(|c| Ipld::Link(*c)).collect()),
+            ),
+        ]);
+        if !chunk.non_billable.is_empty() {
+            map.insert("nonBillable".into(), entries(&chunk.non_billable));
+        }
+        Block::encode(&Ipld::Map(map)).unwrap()
+    }
+
+    /// Heads are written in their shortest form at every width.
+    #[test]
+    fn heads_are_shortest() {
+        let edges = [0, 23, 24, 255, 256, 65_535, 65_536, 1 << 32, u64::MAX];
+        for n in edges.into_iter().chain([u64::from(u32::MAX)]) {
+            let mut out = Vec::new();
+            cbor::head(&mut out, cbor::UINT, n);
+            assert_eq!(
+                out,
+                ucanto::dag::encode_cbor(&Ipld::Integer(n.into())).unwrap(),
+                "{n}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Chunks written directly are byte for byte what the general
+        /// encoder writes, and read back as they were, whatever their sizes
+        /// (list lengths and byte counts across every head width).
+        #[test]
+        fn chunks_are_written_as_the_general_encoder_writes_them(
+            counted in proptest::collection::vec(proptest::num::u32::ANY, 0..300),
+            usage in proptest::collection::vec((0u8..3, 0u16..400, proptest::num::u64::ANY), 0..30),
+            non_billable in proptest::collection::vec((0u8..3, 0u16..400, proptest::num::u64::ANY), 0..3),
+        ) {
+            let entries = |list: Vec<(u8, u16, u64)>| -> Vec<(Did, String, u64)> {
+                list.into_iter()
+                    .map(|(space, day, bytes)| {
+                        let space = format!("did:web:space{space}.example").parse().unwrap();
+                        (space, format!("2026-{:02}-{:02}", 1 + day % 12, 1 + day % 28), bytes)
+                    })
+                    .collect()
+            };
+            let chunk = Chunk {
+                usage: entries(usage),
+                non_billable: entries(non_billable),
+                counted: counted
+                    .iter()
+                    .map(|n| ucanto::dag::cid_of(ucanto::dag::RAW, &n.to_be_bytes()))
+                    .collect(),
+            };
+            let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
+            let block = chunk.encode(batch).unwrap();
+            proptest::prop_assert_eq!(&block, &encoded_generally(&chunk, batch));
+            proptest::prop_assert_eq!(Chunk::decode(&batch, &block).unwrap(), chunk);
+        }
+    }
 
     /// Reads every chunk of `tally` back: usage, non-billable usage and counted.
     fn read_back(batch: &Cid, tally: &Tally) -> (Usage, Usage, Vec<Cid>) {
