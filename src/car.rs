@@ -461,46 +461,20 @@ async fn read_varint<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<u64>
 use crate::dag::canonical::{
     MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_NEGINT, MAJOR_TAG, MAJOR_TEXT, MAJOR_UINT, TAG_CID,
 };
+use crate::dag::cbor;
 
 fn encode_header(roots: &[Cid]) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + roots.len() * 42);
-    cbor_head(MAJOR_MAP, 2, &mut out);
+    cbor::head(&mut out, MAJOR_MAP, 2);
     // Canonical dag-cbor key order: shorter keys first, so "roots" < "version".
-    cbor_head(MAJOR_TEXT, 5, &mut out);
-    out.extend_from_slice(b"roots");
-    cbor_head(MAJOR_ARRAY, roots.len() as u64, &mut out);
+    cbor::text(&mut out, "roots");
+    cbor::head(&mut out, MAJOR_ARRAY, roots.len() as u64);
     for root in roots {
-        let cid = root.to_bytes();
-        cbor_head(MAJOR_TAG, TAG_CID, &mut out);
-        // dag-cbor links carry a 0x00 multibase-identity prefix.
-        cbor_head(MAJOR_BYTES, cid.len() as u64 + 1, &mut out);
-        out.push(0x00);
-        out.extend_from_slice(&cid);
+        cbor::link(&mut out, root);
     }
-    cbor_head(MAJOR_TEXT, 7, &mut out);
-    out.extend_from_slice(b"version");
-    cbor_head(MAJOR_UINT, 1, &mut out);
+    cbor::text(&mut out, "version");
+    cbor::head(&mut out, MAJOR_UINT, 1);
     out
-}
-
-fn cbor_head(major: u8, value: u64, out: &mut Vec<u8>) {
-    let major = major << 5;
-    match value {
-        0..=23 => out.push(major | value as u8),
-        24..=0xff => out.extend_from_slice(&[major | 24, value as u8]),
-        0x100..=0xffff => {
-            out.push(major | 25);
-            out.extend_from_slice(&(value as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(major | 26);
-            out.extend_from_slice(&(value as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(major | 27);
-            out.extend_from_slice(&value.to_be_bytes());
-        }
-    }
 }
 
 fn invalid(msg: impl Into<String>) -> CarError {
@@ -1249,7 +1223,7 @@ mod tests {
         let cid = raw_hello().0.to_bytes();
         let link = |payload: &[u8]| {
             let mut h = hex::decode("a265726f6f747381d82a").unwrap();
-            cbor_head(MAJOR_BYTES, payload.len() as u64, &mut h);
+            cbor::head(&mut h, MAJOR_BYTES, payload.len() as u64);
             h.extend_from_slice(payload);
             h.extend_from_slice(&hex::decode("6776657273696f6e01").unwrap());
             h

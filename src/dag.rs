@@ -14,6 +14,7 @@ use multihash::Multihash;
 use sha2::{Digest, Sha256};
 
 pub(crate) mod canonical;
+pub mod cbor;
 mod fields;
 #[cfg(test)]
 pub(crate) mod testing;

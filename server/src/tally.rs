@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 
 use cid::Cid;
-use ucanto::dag::{Block, CodecError, Ipld};
+use ucanto::dag::{cbor, Block, CodecError, Ipld};
 use ucanto::principal::Did;
 
 use crate::scratch::ScratchFile;
@@ -118,52 +118,6 @@ impl Chunk {
             non_billable,
             counted,
         })
-    }
-}
-
-/// The few dag-cbor items a chunk is made of.
-mod cbor {
-    use cid::Cid;
-
-    pub(super) const UINT: u8 = 0;
-    const BYTES: u8 = 2;
-    const TEXT: u8 = 3;
-    pub(super) const LIST: u8 = 4;
-    pub(super) const MAP: u8 = 5;
-
-    /// A head in its shortest form, as dag-cbor requires.
-    pub(super) fn head(out: &mut Vec<u8>, major: u8, argument: u64) {
-        let major = major << 5;
-        match argument {
-            0..=23 => out.push(major | argument as u8),
-            24..=0xff => out.extend_from_slice(&[major | 24, argument as u8]),
-            0x100..=0xffff => {
-                out.push(major | 25);
-                out.extend_from_slice(&(argument as u16).to_be_bytes());
-            }
-            0x1_0000..=0xffff_ffff => {
-                out.push(major | 26);
-                out.extend_from_slice(&(argument as u32).to_be_bytes());
-            }
-            _ => {
-                out.push(major | 27);
-                out.extend_from_slice(&argument.to_be_bytes());
-            }
-        }
-    }
-
-    pub(super) fn text(out: &mut Vec<u8>, text: &str) {
-        head(out, TEXT, text.len() as u64);
-        out.extend_from_slice(text.as_bytes());
-    }
-
-    /// Tag 42 over the CID's bytes after a zero byte.
-    pub(super) fn link(out: &mut Vec<u8>, cid: &Cid) {
-        let bytes = ucanto::dag::CidBytes::of(cid);
-        out.extend_from_slice(&[0xd8, 42]);
-        head(out, BYTES, bytes.len() as u64 + 1);
-        out.push(0);
-        out.extend_from_slice(&bytes);
     }
 }
 
@@ -453,21 +407,6 @@ mod tests {
             map.insert("nonBillable".into(), entries(&chunk.non_billable));
         }
         Block::encode(&Ipld::Map(map)).unwrap()
-    }
-
-    /// Heads are written in their shortest form at every width.
-    #[test]
-    fn heads_are_shortest() {
-        let edges = [0, 23, 24, 255, 256, 65_535, 65_536, 1 << 32, u64::MAX];
-        for n in edges.into_iter().chain([u64::from(u32::MAX)]) {
-            let mut out = Vec::new();
-            cbor::head(&mut out, cbor::UINT, n);
-            assert_eq!(
-                out,
-                ucanto::dag::encode_cbor(&Ipld::Integer(n.into())).unwrap(),
-                "{n}"
-            );
-        }
     }
 
     proptest::proptest! {

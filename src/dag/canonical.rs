@@ -172,16 +172,11 @@ impl<'a> Reader<'a> {
 }
 
 /// CBOR major types (the top 3 bits of a head), as dag-cbor uses them.
-pub(crate) const MAJOR_UINT: u8 = 0;
-pub(crate) const MAJOR_NEGINT: u8 = 1;
-pub(crate) const MAJOR_BYTES: u8 = 2;
-pub(crate) const MAJOR_TEXT: u8 = 3;
-pub(crate) const MAJOR_ARRAY: u8 = 4;
-pub(crate) const MAJOR_MAP: u8 = 5;
-pub(crate) const MAJOR_TAG: u8 = 6;
+pub(crate) use super::cbor::{
+    BYTES as MAJOR_BYTES, LIST as MAJOR_ARRAY, MAP as MAJOR_MAP, NEGINT as MAJOR_NEGINT,
+    TAG as MAJOR_TAG, TAG_CID, TEXT as MAJOR_TEXT, UINT as MAJOR_UINT,
+};
 const MAJOR_SIMPLE: u8 = 7;
-/// CBOR tag for IPLD links.
-pub(crate) const TAG_CID: u64 = 42;
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: u64) -> Option<&'a [u8]> {
