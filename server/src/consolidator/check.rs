@@ -170,8 +170,13 @@ impl Checks {
             .into_iter()
             .enumerate()
             .map(|(i, o)| {
-                let signed = presumed.as_mut().map(|p| p[i].take());
-                o.and_then(|o| self.judge(o, signed))
+                let signatures = match presumed.as_mut() {
+                    Some(p) => Signatures::Verified {
+                        retrieval: p[i].take(),
+                    },
+                    None => Signatures::Unchecked,
+                };
+                o.and_then(|o| self.judge(o, signatures))
                     .unwrap_or_else(|error| Checked::Rejected(*error))
             })
             .collect()
@@ -239,14 +244,8 @@ impl Checks {
     }
 
     /// Checks one opened receipt, all but duplicates (judged in batch order
-    /// by the caller); an `Err` goes to `errors[]`. `signed`: the receipt's
-    /// signature was verified already, and its retrieval's by the verifier
-    /// given, if any.
-    fn judge(
-        &self,
-        opened: Opened,
-        signed: Option<Option<Arc<dyn Verifier>>>,
-    ) -> Result<Checked, Box<ReceiptError>> {
+    /// by the caller); an `Err` goes to `errors[]`.
+    fn judge(&self, opened: Opened, signatures: Signatures) -> Result<Checked, Box<ReceiptError>> {
         let node = &self.node;
         let Opened {
             receipt,
@@ -263,7 +262,8 @@ impl Checks {
                 cid,
             ));
         }
-        if signed.is_none() && !receipt.verify_signature(self.node_verifier.as_ref()) {
+        let verified = matches!(signatures, Signatures::Verified { .. });
+        if !verified && !receipt.verify_signature(self.node_verifier.as_ref()) {
             return Err(reject(
                 "InvalidSignature",
                 format!("receipt is not signed by the node {node}"),
@@ -358,7 +358,10 @@ impl Checks {
         for authority in &self.authorities {
             config = config.attester(authority.clone());
         }
-        if let Some(verifier) = signed.flatten() {
+        if let Signatures::Verified {
+            retrieval: Some(verifier),
+        } = signatures
+        {
             config = config.presume_signed(invocation.clone(), verifier);
         }
         // The authorized capability is the invocation's own (a retrieval
@@ -383,6 +386,17 @@ fn reject(name: &str, message: String, receipt: Cid) -> Box<ReceiptError> {
         message,
         receipt,
     })
+}
+
+/// What the batch verification of a run of receipts established for one.
+enum Signatures {
+    /// Nothing: a signature in the run was bad, so each is checked alone.
+    Unchecked,
+    /// The receipt's signature is valid, and so is its retrieval's, by
+    /// this verifier, when the retrieval could be read.
+    Verified {
+        retrieval: Option<Arc<dyn Verifier>>,
+    },
 }
 
 /// A receipt archive, read, with the retrieval it ran (or why not).
