@@ -397,33 +397,7 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
             selection.unknown.push(capability.clone());
             continue;
         };
-        let with = resolve_resource(&capability.with, &claimed.value.with);
-        // A proof that pins no nb field and names the claimed resource
-        // resolves to the claim itself (the usual delegation): no copy.
-        let pins_nothing = match (&capability.nb, &claimed.value.nb) {
-            (None, _) => true,
-            (Some(pinned), Some(_)) => pinned.is_empty(),
-            // `{}` over no nb resolves to `{}`, not to the claim's none.
-            (Some(_), None) => false,
-        };
-        let candidate = if pins_nothing && with == claimed.value.with {
-            Cow::Borrowed(&claimed.value)
-        } else {
-            // Missing nb fields are inherited from the claim.
-            let nb = match (&claimed.value.nb, &capability.nb) {
-                (None, None) => None,
-                (claimed_nb, delegated_nb) => {
-                    let mut nb = claimed_nb.clone().unwrap_or_default();
-                    nb.extend(delegated_nb.clone().unwrap_or_default());
-                    Some(nb)
-                }
-            };
-            Cow::Owned(Capability {
-                can: can.to_string(),
-                with: with.to_string(),
-                nb,
-            })
-        };
+        let candidate = resolve_capability(capability, can, &claimed.value);
         match parser.parse_typed(&candidate) {
             Err(cause) => selection.errors.push(Failure::Delegation {
                 context: context(),
@@ -455,6 +429,48 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
         }
     }
     selection
+}
+
+/// JS `resolveCapability`: `delegated` read against the claim, whose `can`
+/// (resolved already) and, for `ucan:*`, resource it takes, and whose nb
+/// fields it inherits where it pins none.
+fn resolve_capability<'a>(
+    delegated: &Capability,
+    can: &str,
+    claimed: &'a Capability,
+) -> Cow<'a, Capability> {
+    let with = resolve_resource(&delegated.with, &claimed.with);
+    // A proof that pins no nb field and names the claimed resource resolves
+    // to the claim itself (the usual delegation): no copy.
+    let pins_nothing = match (&delegated.nb, &claimed.nb) {
+        (None, _) => true,
+        (Some(pinned), Some(_)) => pinned.is_empty(),
+        // `{}` over no nb resolves to `{}`, not to the claim's none.
+        (Some(_), None) => false,
+    };
+    if pins_nothing && with == claimed.with && can == claimed.can {
+        Cow::Borrowed(claimed)
+    } else {
+        Cow::Owned(inherit(delegated, can, with, claimed))
+    }
+}
+
+/// The capability `resolve_capability` stands for, always built anew.
+fn inherit(delegated: &Capability, can: &str, with: &str, claimed: &Capability) -> Capability {
+    // Missing nb fields are inherited from the claim.
+    let nb = match (&claimed.nb, &delegated.nb) {
+        (None, None) => None,
+        (claimed_nb, delegated_nb) => {
+            let mut nb = claimed_nb.clone().unwrap_or_default();
+            nb.extend(delegated_nb.clone().unwrap_or_default());
+            Some(nb)
+        }
+    };
+    Capability {
+        can: can.to_string(),
+        with: with.to_string(),
+        nb,
+    }
 }
 
 /// JS `resolveAbility`: `*`, `ns/*` or the exact ability grant `can`.
@@ -523,6 +539,44 @@ impl CapabilityParser for AttestParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resolving to the claim itself, uncopied, gives what building the
+    /// resolved capability anew gives, for every mix of nb and resource.
+    #[test]
+    fn resolving_to_the_claim_itself_is_resolving() {
+        let nbs = [
+            None,
+            Some(crate::dag::IpldMap::new()),
+            Some([("a".to_string(), Ipld::Integer(1))].into_iter().collect()),
+            Some([("b".to_string(), Ipld::Integer(2))].into_iter().collect()),
+        ];
+        let claimed_with = "did:key:zAlice";
+        for claimed_nb in &nbs[..3] {
+            let claimed = Capability {
+                can: "store/add".into(),
+                with: claimed_with.into(),
+                nb: claimed_nb.clone(),
+            };
+            for delegated_nb in &nbs {
+                for with in [claimed_with, "ucan:*", "did:key:zBob"] {
+                    for pattern in ["store/add", "store/*", "*"] {
+                        let delegated = Capability {
+                            can: pattern.into(),
+                            with: with.into(),
+                            nb: delegated_nb.clone(),
+                        };
+                        let can = resolve_ability(pattern, &claimed.can).unwrap();
+                        let resolved = resolve_resource(&delegated.with, &claimed.with);
+                        assert_eq!(
+                            *resolve_capability(&delegated, can, &claimed),
+                            inherit(&delegated, can, resolved, &claimed),
+                            "{claimed:?} / {delegated:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn abilities_resolve_like_js() {
