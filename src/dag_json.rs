@@ -64,18 +64,14 @@ pub(crate) fn write_value(out: &mut String, value: &Ipld) -> Result<(), CodecErr
 /// no allocation for v1: every UCAN's signing payload names its proofs so.
 pub(crate) fn write_cid(out: &mut String, cid: &Cid) {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut buffer = [0u8; 160];
-    let length = {
-        let mut cursor = &mut buffer[..];
-        match cid.write_bytes(&mut cursor) {
-            Ok(length) if cid.version() != cid::Version::V0 => length,
-            _ => return out.push_str(&cid.to_string()),
-        }
-    };
-    out.reserve(1 + (length * 8).div_ceil(5));
+    if cid.version() == cid::Version::V0 {
+        return out.push_str(&cid.to_string());
+    }
+    let bytes = crate::dag::CidBytes::of(cid);
+    out.reserve(1 + (bytes.len() * 8).div_ceil(5));
     out.push('b');
     let (mut bits, mut pending) = (0u32, 0u32);
-    for byte in &buffer[..length] {
+    for byte in bytes.iter() {
         pending = (pending << 8) | u32::from(*byte);
         bits += 8;
         while bits >= 5 {

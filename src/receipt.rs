@@ -475,8 +475,7 @@ impl Receipt {
 
     /// Reads a receipt archive; blocks may come in any order.
     pub fn extract(archive: &[u8]) -> Result<Receipt, CodecError> {
-        let (link, store) = crate::dag::read_archive(archive, RECEIPT_TAG)?;
-        Receipt::from_blocks(&link, store)
+        Receipt::extract_shared(&bytes::Bytes::copy_from_slice(archive))
     }
 
     /// [`Receipt::extract`] without copying: the receipt's blocks are

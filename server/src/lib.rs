@@ -46,9 +46,10 @@
 //! axum::serve(listener, tracker.app()).await?;
 //! # Ok(()) }
 //! ```
-/// The glibc malloc settings `etracker` starts with, unless set already
-/// (why: `tune_malloc` in `main.rs`).
-pub const MALLOC_SETTINGS: [(&str, &str); 1] = [("MALLOC_ARENA_MAX", "2")];
+
+/// The `MALLOC_ARENA_MAX` that `etracker` restarts itself with, unless the
+/// variable is set already (why: `limit_malloc_arenas` in `main.rs`).
+pub const MALLOC_ARENA_MAX: &str = "2";
 
 pub mod consolidator;
 pub mod handlers;

@@ -388,7 +388,7 @@ struct ConsolidateArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tune_malloc();
+    limit_malloc_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(serve_cli()),
         Err(e) => {
@@ -398,39 +398,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// glibc's allocator, tuned for a flat footprint
-/// ([`etracker_server::MALLOC_SETTINGS`]); it reads its settings from the
-/// environment when a process starts, so the tracker sets them and starts
-/// again, leaving alone those the operator chose. Every thread that
-/// allocates would get an arena of its own (up to 8 per core), each keeping
-/// what was freed in it: with the threads that check receipts and run store
-/// calls, memory would be the sum of their high-water marks. Two arenas keep
-/// it near what is in use (one costs about 40% more CPU in lock contention).
-/// (Fixing the mmap and trim thresholds at 128 KiB took another MiB off
-/// every batch, and cost 1–2% CPU in page faults: not kept.)
-fn tune_malloc() {
+/// glibc gives every thread that allocates an arena of its own (up to 8
+/// per core), and each arena keeps what was freed in it: with the threads
+/// that check receipts and run store calls, the tracker's memory would be
+/// the sum of their high-water marks. Two arenas keep it near what is in
+/// use (one costs about 40% more CPU in lock contention). glibc reads the
+/// limit from the environment when a process starts, so the tracker sets it
+/// and starts again, unless the operator chose one. (Fixing the mmap and
+/// trim thresholds at 128 KiB too took another MiB off every batch, and
+/// cost 1–2% CPU in page faults: not done.)
+fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let missing: Vec<_> = etracker_server::MALLOC_SETTINGS
-            .iter()
-            .filter(|(name, _)| std::env::var_os(name).is_none())
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         use std::os::unix::process::CommandExt;
+        let arenas = etracker_server::MALLOC_ARENA_MAX;
         let mut args = std::env::args_os();
         let mut again = std::process::Command::new("/proc/self/exe");
         if let Some(name) = args.next() {
             again.arg0(name);
         }
-        again.args(args);
-        for (name, value) in missing {
-            again.env(name, value);
-        }
         // `exec` returns only when it failed: carry on as started.
-        let error = again.exec();
-        eprintln!("etracker: cannot restart with malloc settings ({error}); going on");
+        let error = again.args(args).env("MALLOC_ARENA_MAX", arenas).exec();
+        eprintln!("etracker: cannot restart with MALLOC_ARENA_MAX={arenas} ({error}); going on");
     }
 }
 

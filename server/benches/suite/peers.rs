@@ -64,13 +64,13 @@ pub(crate) async fn etracker(p: &Principals, data_dir: &Path) -> Peer {
     let _ = std::fs::remove_dir_all(data_dir);
     let mut command = Command::new(env!("CARGO_BIN_EXE_etracker"));
     // Heap profiling: heaptrack's preload library, writing raw data to the
-    // file named (malloc set up here as `etracker` would, so it does not
-    // start again).
+    // file named (the arena limit set here as `etracker` would, so it does
+    // not start again).
     if let Some(out) = std::env::var_os("BENCH_HEAPTRACK") {
         command
             .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
             .env("DUMP_HEAPTRACK_OUTPUT", out)
-            .envs(etracker_server::MALLOC_SETTINGS);
+            .env("MALLOC_ARENA_MAX", etracker_server::MALLOC_ARENA_MAX);
     }
     let mut child = command
         .args(["start", "--listen", "127.0.0.1:0"])

@@ -165,17 +165,11 @@ impl Checks {
             .iter()
             .map(|(_, archive, bytes)| self.open(archive, bytes))
             .collect();
-        let mut presumed = self.verify_together(&opened);
+        let signatures = self.verify_together(&opened);
         opened
             .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let signatures = match presumed.as_mut() {
-                    Some(p) => Signatures::Verified {
-                        retrieval: p[i].take(),
-                    },
-                    None => Signatures::Unchecked,
-                };
+            .zip(signatures)
+            .map(|(o, signatures)| {
                 o.and_then(|o| self.judge(o, signatures))
                     .unwrap_or_else(|error| Checked::Rejected(*error))
             })
@@ -183,15 +177,13 @@ impl Checks {
     }
 
     /// Verifies the ed25519 signatures of the receipts and of their
-    /// retrievals in one batch. When all are valid, the receipts need no
-    /// check of their own and each retrieval is presumed signed by the
-    /// verifier returned at its place (`None` where it could not be read).
-    /// When any is not, nothing is presumed: each is verified alone, and the
-    /// bad one reported, as without this step.
-    fn verify_together(
-        &self,
-        opened: &[Result<Opened, Box<ReceiptError>>],
-    ) -> Option<Vec<Option<Arc<dyn Verifier>>>> {
+    /// retrievals in one batch: what it established for each, in order.
+    /// When all are valid, the receipts need no check of their own and each
+    /// retrieval is presumed signed by its verifier. When any is not (or a
+    /// receipt's payload cannot be made), nothing is presumed: each is
+    /// verified alone, and the bad one reported, as without this step.
+    fn verify_together(&self, opened: &[Result<Opened, Box<ReceiptError>>]) -> Vec<Signatures> {
+        let unchecked = || opened.iter().map(|_| Signatures::Unchecked).collect();
         let mut payloads = Vec::new();
         let mut presumed = Vec::with_capacity(opened.len());
         for o in opened {
@@ -199,7 +191,9 @@ impl Checks {
                 presumed.push(None);
                 continue;
             };
-            let payload = o.receipt.signing_payload().ok()?;
+            let Ok(payload) = o.receipt.signing_payload() else {
+                return unchecked();
+            };
             payloads.push((
                 self.node_verifier.clone(),
                 payload,
@@ -222,7 +216,13 @@ impl Checks {
             .iter()
             .map(|(v, p, s)| (v.as_ref(), p.as_ref(), *s))
             .collect();
-        ucanto::principal::verify_all(&items).then_some(presumed)
+        if !ucanto::principal::verify_all(&items) {
+            return unchecked();
+        }
+        presumed
+            .into_iter()
+            .map(|retrieval| Signatures::Verified { retrieval })
+            .collect()
     }
 
     /// Reads a receipt archive and the retrieval it ran.
