@@ -101,7 +101,7 @@ pub trait CapabilityParser: Send + Sync {
 
 /// What a [`CapabilityParser`] read a capability into, kept by the validator
 /// so that the capability is read once.
-pub type Typed = Option<Box<dyn std::any::Any + Send + Sync>>;
+pub type Typed = Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
 
 /// The default rule: same resource (or a `prefix*` resource), and every `nb`
 /// field the delegation pins is equal in the claim. Messages as in JS.
@@ -359,7 +359,7 @@ pub fn access(
     let (matched, proofs) = ctx.claim(parser, std::slice::from_ref(invocation))?;
     Ok(Authorization {
         issuer: matched.delegation().issuer().clone(),
-        capability: matched.value,
+        capability: std::sync::Arc::unwrap_or_clone(matched.value),
         invocation: invocation.cid(),
         proofs,
     })

@@ -206,7 +206,7 @@ impl<A: Ability> CapabilityParser for Parser<A> {
     fn parse_typed(&self, capability: &Capability) -> Result<(Capability, Typed), Violation> {
         let parsed = A::parse(capability).map_err(|e| Violation::new(e.to_string()))?;
         let written = A::capability(&parsed.with, &parsed.nb);
-        Ok((written, Some(Box::new(parsed))))
+        Ok((written, Some(Arc::new(parsed))))
     }
 
     fn derives_typed(

@@ -589,6 +589,16 @@ fn derives<A: Ability>(
     let (delegated, delegated_typed) = parser.parse_typed(&resolved)?;
     let typed = parser.derives_typed((&claimed, &claimed_typed), (&delegated, &delegated_typed));
     assert_eq!(typed, as_written, "typed and written derivations differ");
+    // A proof that resolves to the claim itself is taken as the claim read:
+    // reading what a parser wrote must give that again.
+    for (written, typed) in [(&claimed, &claimed_typed), (&delegated, &delegated_typed)] {
+        let read: Option<&etracker_capabilities::Parsed<A::Nb>> =
+            typed.as_ref().and_then(|t| t.downcast_ref());
+        let (again, again_typed) = parser.parse_typed(written).expect("reads what it wrote");
+        assert_eq!(&again, written, "written form changed on a second reading");
+        assert_eq!(again_typed.as_ref().and_then(|t| t.downcast_ref()), read);
+        assert!(read.is_some(), "typed value of {}", A::CAN);
+    }
     typed
 }
 

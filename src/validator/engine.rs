@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -40,10 +41,11 @@ impl Source {
 }
 
 /// A source whose capability parsed (`value`, read into `typed`) and covers
-/// what was asked.
+/// what was asked. Both are shared: a proof that resolves to the claim itself
+/// has the claim's.
 pub(crate) struct Match {
     pub(crate) source: Source,
-    pub(crate) value: Capability,
+    pub(crate) value: Arc<Capability>,
     typed: Typed,
 }
 
@@ -365,7 +367,7 @@ fn select(parser: &dyn CapabilityParser, sources: Vec<Source>) -> Selection {
                 value.can = parser.can().to_string();
                 selection.matches.push(Match {
                     source,
-                    value,
+                    value: Arc::new(value),
                     typed,
                 });
             }
@@ -398,7 +400,16 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
             continue;
         };
         let candidate = resolve_capability(capability, can, &claimed.value);
-        match parser.parse_typed(&candidate) {
+        // Resolved to the claim itself, it reads as the claim did: what
+        // parsing the claim's written form again would give.
+        let parsed = match &candidate {
+            Cow::Borrowed(_) => Ok((claimed.value.clone(), claimed.typed.clone())),
+            Cow::Owned(candidate) => parser.parse_typed(candidate).map(|(mut resolved, typed)| {
+                resolved.can = can.to_string();
+                (Arc::new(resolved), typed)
+            }),
+        };
+        match parsed {
             Err(cause) => selection.errors.push(Failure::Delegation {
                 context: context(),
                 causes: vec![Failure::MalformedCapability {
@@ -406,8 +417,7 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
                     cause: cause.to_string(),
                 }],
             }),
-            Ok((mut resolved, typed)) => {
-                resolved.can = can.to_string();
+            Ok((resolved, typed)) => {
                 let derived =
                     parser.derives_typed((&claimed.value, &claimed.typed), (&resolved, &typed));
                 match derived {
@@ -419,8 +429,8 @@ fn select_from(parser: &dyn CapabilityParser, claimed: &Match, sources: Vec<Sour
                     Err(cause) => selection.errors.push(Failure::Delegation {
                         context: context(),
                         causes: vec![Failure::EscalatedCapability {
-                            claimed: claimed.value.clone(),
-                            delegated: resolved,
+                            claimed: Capability::clone(&claimed.value),
+                            delegated: Arc::unwrap_or_clone(resolved),
                             cause: cause.to_string(),
                         }],
                     }),
