@@ -15,6 +15,11 @@
 //! canonical `s`, decodable `R`, no cofactor. The `zᵢ` are drawn from a hash
 //! of everything verified and fresh system randomness, so no signer can aim
 //! a bad signature at them.
+//!
+//! Each signature is reduced as it is added ([`Ed25519Batch::push`]: `hᵢ`
+//! computed, `s` checked), so a caller can let go of the message, and of
+//! whatever it was read from, long before the batch is checked: batches can
+//! be large, which is what makes the multiplication cheap per signature.
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -24,28 +29,43 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha512};
 
-/// Whether every `signatures[i]` is a valid signature of `messages[i]` by
-/// `keys[i]` (slices of one length). `false` says only that one is not.
-pub(crate) fn verify_batch(
-    messages: &[&[u8]],
-    signatures: &[Signature],
-    keys: &[VerifyingKey],
-) -> bool {
-    let n = signatures.len();
-    if messages.len() != n || keys.len() != n {
-        return false;
+/// Ed25519 signatures gathered for one batch verification, each reduced on
+/// arrival to what the equation needs (`R`, `s`, its key's slot and
+/// `hᵢ`): the messages need not outlive [`Ed25519Batch::push`].
+#[derive(Default)]
+pub(crate) struct Ed25519Batch {
+    signatures: Vec<Prepared>,
+    keys: Vec<VerifyingKey>,
+    key_slot: crate::memo::FastMap<[u8; 32], u32>,
+    /// A signature whose `s` is not canonical was pushed: the batch fails.
+    malformed: bool,
+}
+
+struct Prepared {
+    r: [u8; 32],
+    s: Scalar,
+    h: Scalar,
+    key: u32,
+}
+
+impl Ed25519Batch {
+    pub(crate) fn with_capacity(signatures: usize) -> Self {
+        Ed25519Batch {
+            signatures: Vec::with_capacity(signatures),
+            ..Default::default()
+        }
     }
-    let mut transcript = Sha512::new();
-    transcript.update(b"ucanto ed25519 batch verification");
-    let mut fresh = [0u8; 32];
-    OsRng.fill_bytes(&mut fresh);
-    transcript.update(fresh);
-    let mut s = Vec::with_capacity(n);
-    let mut h = Vec::with_capacity(n);
-    for ((signature, key), message) in signatures.iter().zip(keys).zip(messages) {
-        let Some(s_i) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes()))
+
+    pub(crate) fn len(&self) -> usize {
+        self.signatures.len()
+    }
+
+    /// Adds `signature` of `message` by `key`.
+    pub(crate) fn push(&mut self, message: &[u8], signature: &Signature, key: &VerifyingKey) {
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes()))
         else {
-            return false;
+            self.malformed = true;
+            return;
         };
         let hram: [u8; 64] = Sha512::new()
             .chain_update(signature.r_bytes())
@@ -53,37 +73,81 @@ pub(crate) fn verify_batch(
             .chain_update(message)
             .finalize()
             .into();
-        transcript.update(hram);
-        transcript.update(signature.s_bytes());
-        s.push(s_i);
-        h.push(Scalar::from_bytes_mod_order_wide(&hram));
-    }
-    let z = coefficients(transcript.finalize().into(), n);
-
-    // One coefficient per distinct key, in first-seen order.
-    let mut key_slot: crate::memo::FastMap<&[u8; 32], usize> = Default::default();
-    let mut key_points: Vec<Option<EdwardsPoint>> = Vec::new();
-    let mut key_scalars: Vec<Scalar> = Vec::new();
-    let mut b = Scalar::ZERO;
-    for i in 0..n {
-        b += z[i] * s[i];
-        let slot = *key_slot.entry(keys[i].as_bytes()).or_insert_with(|| {
-            key_points.push(Some(keys[i].to_edwards()));
-            key_scalars.push(Scalar::ZERO);
-            key_points.len() - 1
+        let slot = match self.key_slot.get(key.as_bytes()) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.keys.len() as u32;
+                self.keys.push(*key);
+                self.key_slot.insert(*key.as_bytes(), slot);
+                slot
+            }
+        };
+        self.signatures.push(Prepared {
+            r: *signature.r_bytes(),
+            s,
+            h: Scalar::from_bytes_mod_order_wide(&hram),
+            key: slot,
         });
-        key_scalars[slot] += z[i] * h[i];
     }
-    let r_points = signatures
-        .iter()
-        .map(|signature| CompressedEdwardsY(*signature.r_bytes()).decompress());
-    let sum = EdwardsPoint::optional_multiscalar_mul(
-        std::iter::once(-b).chain(z).chain(key_scalars),
-        std::iter::once(Some(ED25519_BASEPOINT_POINT))
-            .chain(r_points)
-            .chain(key_points),
-    );
-    sum.is_some_and(|point| point.is_identity())
+
+    /// Whether every signature pushed is valid. `false` says only that one
+    /// is not.
+    pub(crate) fn verify(&self) -> bool {
+        if self.malformed {
+            return false;
+        }
+        let n = self.signatures.len();
+        if n == 0 {
+            return true;
+        }
+        let mut transcript = Sha512::new();
+        transcript.update(b"ucanto ed25519 batch verification");
+        let mut fresh = [0u8; 32];
+        OsRng.fill_bytes(&mut fresh);
+        transcript.update(fresh);
+        for p in &self.signatures {
+            transcript.update(p.r);
+            transcript.update(p.s.as_bytes());
+            transcript.update(p.h.as_bytes());
+            transcript.update(self.keys[p.key as usize].as_bytes());
+        }
+        let z = coefficients(transcript.finalize().into(), n);
+
+        // One coefficient per distinct key.
+        let mut key_scalars = vec![Scalar::ZERO; self.keys.len()];
+        let mut b = Scalar::ZERO;
+        for (p, z) in self.signatures.iter().zip(&z) {
+            b += z * p.s;
+            key_scalars[p.key as usize] += z * p.h;
+        }
+        let r_points = self
+            .signatures
+            .iter()
+            .map(|p| CompressedEdwardsY(p.r).decompress());
+        let key_points = self.keys.iter().map(|key| Some(key.to_edwards()));
+        let sum = EdwardsPoint::optional_multiscalar_mul(
+            std::iter::once(-b).chain(z).chain(key_scalars),
+            std::iter::once(Some(ED25519_BASEPOINT_POINT))
+                .chain(r_points)
+                .chain(key_points),
+        );
+        sum.is_some_and(|point| point.is_identity())
+    }
+}
+
+/// Whether every `signatures[i]` is a valid signature of `messages[i]` by
+/// `keys[i]` (slices of one length). `false` says only that one is not.
+#[cfg(test)]
+fn verify_batch(messages: &[&[u8]], signatures: &[Signature], keys: &[VerifyingKey]) -> bool {
+    let n = signatures.len();
+    if messages.len() != n || keys.len() != n {
+        return false;
+    }
+    let mut batch = Ed25519Batch::with_capacity(n);
+    for ((message, signature), key) in messages.iter().zip(signatures).zip(keys) {
+        batch.push(message, signature, key);
+    }
+    batch.verify()
 }
 
 /// `n` 128-bit coefficients from a 64-byte seed: four per SHA-512 output.

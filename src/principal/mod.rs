@@ -322,26 +322,55 @@ pub trait Verifier: Send + Sync + fmt::Debug {
 /// one by one. `false` says only that one failed: verify them singly to
 /// learn which.
 pub fn verify_all(items: &[(&dyn Verifier, &[u8], &Signature)]) -> bool {
-    let mut messages = Vec::with_capacity(items.len());
-    let mut signatures = Vec::with_capacity(items.len());
-    let mut keys = Vec::with_capacity(items.len());
+    let mut batch = SignatureBatch::with_capacity(items.len());
     for (verifier, payload, signature) in items {
-        let key = verifier.ed25519();
-        let raw = <[u8; 64]>::try_from(signature.raw.as_slice()).ok();
-        match (key, raw) {
-            (Some(key), Some(raw)) if signature.code == SIG_EDDSA => {
-                messages.push(*payload);
-                signatures.push(ed25519_dalek::Signature::from_bytes(&raw));
-                keys.push(*key);
-            }
-            _ => {
-                if !verifier.verify(payload, signature) {
-                    return false;
-                }
-            }
+        batch.push(*verifier, payload, signature);
+    }
+    batch.verify()
+}
+
+/// Signatures to be checked together, as [`verify_all`] checks them, added
+/// one at a time: each is reduced to what the check needs when it is added,
+/// so its payload need not be kept. Signatures other than ed25519 are
+/// verified as they are added.
+#[derive(Default)]
+pub struct SignatureBatch {
+    ed25519: batch::Ed25519Batch,
+    /// A signature verified on its own was invalid.
+    failed: bool,
+}
+
+impl SignatureBatch {
+    /// An empty batch, with room for `signatures`.
+    pub fn with_capacity(signatures: usize) -> Self {
+        SignatureBatch {
+            ed25519: batch::Ed25519Batch::with_capacity(signatures),
+            failed: false,
         }
     }
-    messages.is_empty() || batch::verify_batch(&messages, &signatures, &keys)
+
+    /// Adds `verifier`'s `signature` of `payload`.
+    pub fn push(&mut self, verifier: &dyn Verifier, payload: &[u8], signature: &Signature) {
+        let raw = <[u8; 64]>::try_from(signature.raw.as_slice()).ok();
+        match (verifier.ed25519(), raw) {
+            (Some(key), Some(raw)) if signature.code == SIG_EDDSA => {
+                self.ed25519
+                    .push(payload, &ed25519_dalek::Signature::from_bytes(&raw), key);
+            }
+            _ => self.failed |= !verifier.verify(payload, signature),
+        }
+    }
+
+    /// Ed25519 signatures waiting for [`SignatureBatch::verify`].
+    pub fn pending(&self) -> usize {
+        self.ed25519.len()
+    }
+
+    /// Whether every signature added is valid. `false` says only that one
+    /// is not.
+    pub fn verify(&self) -> bool {
+        !self.failed && self.ed25519.verify()
+    }
 }
 
 /// An ed25519 signer.
@@ -624,6 +653,40 @@ impl Verifier for Absentee {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Signatures are added one at a time, their payloads gone before the
+    /// batch is checked; one bad signature, of any kind, fails the batch.
+    #[test]
+    fn a_signature_batch_needs_no_payload_kept_and_fails_on_any_bad_one() {
+        let (a, b) = (
+            Ed25519Signer::from_seed([1; 32]),
+            Ed25519Signer::from_seed([2; 32]),
+        );
+        let signed = |count: usize| {
+            let mut batch = SignatureBatch::with_capacity(count);
+            for i in 0..count {
+                let signer = if i % 3 == 0 { &a } else { &b };
+                let payload = format!("retrieval {i}").into_bytes();
+                batch.push(signer.verifier().as_ref(), &payload, &signer.sign(&payload));
+            }
+            batch
+        };
+        let batch = signed(10);
+        assert_eq!(batch.pending(), 10);
+        assert!(batch.verify());
+        assert!(SignatureBatch::default().verify());
+
+        let mut forged = signed(10);
+        forged.push(a.verifier().as_ref(), b"paid 1 TiB", &a.sign(b"paid 1 KiB"));
+        assert!(!forged.verify());
+
+        // Not ed25519: verified when added, and its failure kept.
+        let mut other = signed(10);
+        let absent = Absentee::new(Did::parse("did:web:absent.example").unwrap());
+        other.push(&absent, b"payload", &absent.sign(b"payload"));
+        assert_eq!(other.pending(), 10);
+        assert!(!other.verify());
+    }
 
     #[test]
     fn did_byte_forms_round_trip() {

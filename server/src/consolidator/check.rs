@@ -2,7 +2,6 @@
 //! to count, run on every core a bounded chunk at a time, and the bounded
 //! list of the receipts that did not.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -11,7 +10,7 @@ use etracker_capabilities::consolidate::ReceiptError;
 use etracker_capabilities::retrieve::{egress_of, EgressError};
 use etracker_capabilities::{Ability, Retrieve};
 use ucanto::dag::{CodecError, CAR};
-use ucanto::principal::{Did, Verifier};
+use ucanto::principal::{Did, SignatureBatch, Verifier};
 use ucanto::receipt::Receipt;
 use ucanto::ucan::{now, Invocation};
 use ucanto::validator::{access, SignatureCache, ValidatorConfig};
@@ -32,8 +31,13 @@ pub(super) struct Counted {
     pub(super) billable: bool,
 }
 
-/// Archives checked per blocking task.
-pub(super) const CHECK_CHUNK: usize = 512;
+/// Archives checked per blocking task, split across the cores: on two,
+/// 512 archives and so 1,024 signatures per batch verification, where the
+/// multiscalar multiplication costs about a fifth less per signature than
+/// at half that. Only the chunk's bytes are held (this one and the next,
+/// read while it is checked); what an archive is read into is dropped as
+/// soon as it is judged.
+pub const CHECK_CHUNK: usize = 1024;
 
 /// What checking one archive concluded.
 pub(super) enum Checked {
@@ -158,71 +162,64 @@ impl Checks {
         parts.into_iter().flatten().collect()
     }
 
-    /// Checks a run of archives: their signatures first, all together,
-    /// then each receipt's rules, in order.
+    /// Checks a run of archives. Each is read and judged as if its
+    /// signatures, and its retrieval's, were valid, and only those
+    /// signatures are kept (reduced: nothing they were read from); then
+    /// they are verified in one batch. When all are valid, so are the
+    /// judgements. When any is not (or a receipt's payload cannot be made),
+    /// nothing is presumed: every archive is judged again, each signature
+    /// verified alone and the bad one reported, as without this step.
     fn check_part(&self, part: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
-        let opened: Vec<_> = part
-            .iter()
-            .map(|(_, archive, bytes)| self.open(archive, bytes))
-            .collect();
-        let signatures = self.verify_together(&opened);
-        opened
-            .into_iter()
-            .zip(signatures)
-            .map(|(o, signatures)| {
-                o.and_then(|o| self.judge(o, signatures))
+        let mut signatures = SignatureBatch::with_capacity(2 * part.len());
+        let mut judged = Vec::with_capacity(part.len());
+        for (_, archive, bytes) in part {
+            let checked = match self.open(archive, bytes) {
+                Err(error) => Checked::Rejected(*error),
+                Ok(opened) => {
+                    let Some(presumed) = self.add_signatures(&opened, &mut signatures) else {
+                        return self.check_each(part);
+                    };
+                    self.judge(opened, presumed)
+                        .unwrap_or_else(|error| Checked::Rejected(*error))
+                }
+            };
+            judged.push(checked);
+        }
+        if signatures.verify() {
+            judged
+        } else {
+            self.check_each(part)
+        }
+    }
+
+    /// Checks each archive alone, every signature verified on its own.
+    fn check_each(&self, part: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
+        part.iter()
+            .map(|(_, archive, bytes)| {
+                self.open(archive, bytes)
+                    .and_then(|o| self.judge(o, Signatures::Unchecked))
                     .unwrap_or_else(|error| Checked::Rejected(*error))
             })
             .collect()
     }
 
-    /// Verifies the ed25519 signatures of the receipts and of their
-    /// retrievals in one batch: what it established for each, in order.
-    /// When all are valid, the receipts need no check of their own and each
-    /// retrieval is presumed signed by its verifier. When any is not (or a
-    /// receipt's payload cannot be made), nothing is presumed: each is
-    /// verified alone, and the bad one reported, as without this step.
-    fn verify_together(&self, opened: &[Result<Opened, Box<ReceiptError>>]) -> Vec<Signatures> {
-        let unchecked = || opened.iter().map(|_| Signatures::Unchecked).collect();
-        let mut payloads = Vec::new();
-        let mut presumed = Vec::with_capacity(opened.len());
-        for o in opened {
-            let Ok(o) = o else {
-                presumed.push(None);
-                continue;
-            };
-            let Ok(payload) = o.receipt.signing_payload() else {
-                return unchecked();
-            };
-            payloads.push((
-                self.node_verifier.clone(),
-                payload,
-                &o.receipt.data().signature,
-            ));
-            let invocation = o.invocation.as_ref().ok();
-            let signed = invocation.and_then(|invocation| {
-                let verifier = ucanto::principal::verifier_for(invocation.issuer()).ok()?;
-                let payload = invocation.signing_payload().ok()?;
-                payloads.push((
-                    verifier.clone(),
-                    Cow::Borrowed(payload),
-                    &invocation.data().signature,
-                ));
-                Some(verifier)
-            });
-            presumed.push(signed);
-        }
-        let items: Vec<_> = payloads
-            .iter()
-            .map(|(v, p, s)| (v.as_ref(), p.as_ref(), *s))
-            .collect();
-        if !ucanto::principal::verify_all(&items) {
-            return unchecked();
-        }
-        presumed
-            .into_iter()
-            .map(|retrieval| Signatures::Verified { retrieval })
-            .collect()
+    /// Adds the receipt's signature, and its retrieval's when the retrieval
+    /// could be read, to `batch`: what `judge` may then presume. `None`
+    /// when the receipt's signing payload cannot be made.
+    fn add_signatures(&self, o: &Opened, batch: &mut SignatureBatch) -> Option<Signatures> {
+        let payload = o.receipt.signing_payload().ok()?;
+        batch.push(
+            self.node_verifier.as_ref(),
+            &payload,
+            &o.receipt.data().signature,
+        );
+        let retrieval = o.invocation.as_ref().ok().and_then(|invocation| {
+            let verifier = ucanto::principal::verifier_for(invocation.issuer()).ok()?;
+            let payload = invocation.signing_payload().ok()?;
+            batch.push(verifier.as_ref(), payload, &invocation.data().signature);
+            Some(verifier)
+        });
+        Some(Signatures::Verified { retrieval })
     }
 
     /// Reads a receipt archive and the retrieval it ran.
@@ -388,12 +385,13 @@ fn reject(name: &str, message: String, receipt: Cid) -> Box<ReceiptError> {
     })
 }
 
-/// What the batch verification of a run of receipts established for one.
+/// What `judge` takes as established about a receipt's signatures.
 enum Signatures {
-    /// Nothing: a signature in the run was bad, so each is checked alone.
+    /// Nothing: each is checked here.
     Unchecked,
     /// The receipt's signature is valid, and so is its retrieval's, by
-    /// this verifier, when the retrieval could be read.
+    /// this verifier, when the retrieval could be read: a judgement made so
+    /// is kept only once the batch holding both signatures verifies.
     Verified {
         retrieval: Option<Arc<dyn Verifier>>,
     },
