@@ -168,7 +168,9 @@ impl Checks {
     /// they are verified in one batch. When all are valid, so are the
     /// judgements. When any is not (or a receipt's payload cannot be made),
     /// nothing is presumed: every archive is judged again, each signature
-    /// verified alone and the bad one reported, as without this step.
+    /// verified alone and the bad one reported, as without this step (so a
+    /// node that sends a bad signature makes its own batch cost up to twice
+    /// as much, never anyone else's).
     fn check_part(&self, part: &[(u64, Cid, axum::body::Bytes)]) -> Vec<Checked> {
         let mut signatures = SignatureBatch::with_capacity(2 * part.len());
         let mut judged = Vec::with_capacity(part.len());
