@@ -369,3 +369,188 @@ fn consumer_table_registry() {
     let sybil = did("did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp");
     assert!(matches!(policy.judge(&sybil).unwrap(), Billing::Unknown(_)));
 }
+
+/// The table seen directly: what a test checks of the item layout.
+struct Raw {
+    client: aws_sdk_dynamodb::Client,
+    runtime: tokio::runtime::Runtime,
+    table: String,
+}
+
+type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+impl Raw {
+    fn of(store: &DynamoStore) -> Raw {
+        let (client, runtime) =
+            etracker_server::store::dynamodb::connect_client(&endpoint()).unwrap();
+        Raw {
+            client,
+            runtime,
+            table: store.table().to_string(),
+        }
+    }
+
+    fn scan(&self) -> Vec<Item> {
+        let out = self
+            .runtime
+            .block_on(self.client.scan().table_name(&self.table).send())
+            .unwrap();
+        assert!(out.last_evaluated_key.is_none(), "one page in these tests");
+        out.items.unwrap_or_default()
+    }
+
+    fn put(&self, item: Item) {
+        self.runtime
+            .block_on(
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    fn delete(&self, pk: &str, sk: &str) {
+        self.runtime
+            .block_on(
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", text(pk))
+                    .key("sk", text(sk))
+                    .send(),
+            )
+            .unwrap();
+    }
+}
+
+fn text(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::S(v.to_string())
+}
+
+fn string(item: &Item, key: &str) -> String {
+    item[key].as_s().unwrap().clone()
+}
+
+/// Items per partition whose key starts with `prefix`.
+fn per_partition(items: &[Item], prefix: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for item in items {
+        let pk = string(item, "pk");
+        if pk.starts_with(prefix) {
+            *counts.entry(pk).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// No partition takes every track: the due entries and the counters of 64
+/// batches spread over the shards, the unsharded partitions stay empty; and
+/// leasing in small calls still hands out every record once, oldest first
+/// across shards, as from one index.
+#[test]
+fn tracks_spread_over_shards_and_leases_miss_none() {
+    let store = store();
+    let raw = Raw::of(&store);
+    // Received in an order unrelated to the shards.
+    let received = |n: u64| 1_000 + (n * 37) % 64;
+    for n in 0..64 {
+        store.put(new_record(n, node(), received(n))).unwrap();
+    }
+    let items = raw.scan();
+    let due = per_partition(&items, "due");
+    let stats = per_partition(&items, "stats");
+    assert!(due.len() >= 10 && stats.len() >= 10, "{due:?} {stats:?}");
+    assert!(due.values().all(|n| *n <= 16), "{due:?}");
+    assert!(!due.contains_key("due") && !stats.contains_key("stats"));
+    assert_eq!(due.values().sum::<usize>(), 64);
+    assert_eq!(store.stats().unwrap().records, 64);
+    assert_eq!(store.pending_count().unwrap(), 64);
+
+    let mut leased = Vec::new();
+    loop {
+        let got = store.lease_pending(5_000, "a", 60, 5).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        assert!(got.len() <= 5);
+        leased.extend(got);
+    }
+    let mut expected: Vec<u64> = (0..64).collect();
+    expected.sort_by_key(|n| received(*n));
+    assert_eq!(
+        leased_batches(&leased),
+        expected.into_iter().map(batch).collect::<Vec<_>>()
+    );
+    consistent(&store);
+}
+
+/// A table of format 2 (one due partition `due`, one counters item
+/// `stats`) is read as it is: its counters count, its due entries are
+/// leased and moved into their shard, and an entry a format-2 replica left
+/// behind is dropped, not leased twice.
+#[test]
+fn format_2_items_are_read_and_moved() {
+    let store = store();
+    let raw = Raw::of(&store);
+    store.put(new_record(1, node(), 100)).unwrap();
+    store.put(new_record(2, node(), 200)).unwrap();
+    // Rewrite batch 1 as the format-2 version wrote it.
+    let items = raw.scan();
+    let record_1 = items
+        .iter()
+        .find(|i| string(i, "pk") == format!("rec#{}", batch(1)))
+        .unwrap();
+    let shard = string(record_1, "due_pk");
+    let entry = items
+        .iter()
+        .find(|i| string(i, "pk") == shard && string(i, "batch") == batch(1).to_string())
+        .unwrap()
+        .clone();
+    let sk = string(&entry, "sk");
+    let mut legacy_record = record_1.clone();
+    legacy_record.remove("due_pk");
+    raw.put(legacy_record);
+    raw.delete(&shard, &sk);
+    let mut legacy_entry = entry.clone();
+    legacy_entry.insert("pk".into(), text("due"));
+    raw.put(legacy_entry);
+    // An older entry of batch 2 that a format-2 replica left behind.
+    let mut stale = entry;
+    stale.insert("pk".into(), text("due"));
+    stale.insert("sk".into(), text(&format!("{:020}#{:020}#00", 50, 2)));
+    stale.insert("batch".into(), text(&batch(2).to_string()));
+    raw.put(stale);
+    // The counters in the one unsharded item.
+    let mut records = 0;
+    for item in items
+        .iter()
+        .filter(|i| string(i, "pk").starts_with("stats#"))
+    {
+        records += item["records"].as_n().unwrap().parse::<u64>().unwrap();
+        raw.delete(&string(item, "pk"), "stats");
+    }
+    raw.put(Item::from([
+        ("pk".to_string(), text("stats")),
+        ("sk".to_string(), text("stats")),
+        (
+            "records".to_string(),
+            aws_sdk_dynamodb::types::AttributeValue::N(records.to_string()),
+        ),
+    ]));
+
+    assert_eq!(store.stats().unwrap().records, 2);
+    assert_eq!(store.pending_count().unwrap(), 3);
+    let leased = store.lease_pending(1_000, "a", 60, 10).unwrap();
+    assert_eq!(leased_batches(&leased), [batch(1), batch(2)]);
+    let items = raw.scan();
+    assert!(per_partition(&items, "due").keys().all(|pk| pk != "due"));
+    let record_1 = items
+        .iter()
+        .find(|i| string(i, "pk") == format!("rec#{}", batch(1)))
+        .unwrap();
+    assert_eq!(string(record_1, "due_pk"), shard);
+    assert_eq!(store.pending_count().unwrap(), 2);
+    consistent(&store);
+}

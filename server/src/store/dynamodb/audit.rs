@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::items::{decode_record, due_sk, get_s, get_u64, parse_cid, Item};
+use super::items::{decode_record, due_sk, get_s, get_u64, is_due_pk, parse_cid, Item};
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::audit::{Audit, Auditor};
@@ -47,8 +47,8 @@ impl DynamoStore {
             if let Some(batch) = pk.strip_prefix("rec#") {
                 let batch = parse_cid(batch)?;
                 records.insert(batch, decode_record(&batch, item)?);
-            } else if pk == "due" {
-                due.insert(sk);
+            } else if is_due_pk(&pk) {
+                due.insert((pk, sk));
             } else if let Some(cid) = pk.strip_prefix("receipt#") {
                 receipts.insert(parse_cid(cid)?);
             } else if pk.starts_with("counted#") {
@@ -72,7 +72,7 @@ impl DynamoStore {
             let record = &stored.record;
             let has_due_entry = || {
                 let sk = due_sk(record.due_at().unwrap_or_default(), record);
-                Ok(due.contains(&sk))
+                Ok(due.contains(&(stored.due_partition.clone(), sk)))
             };
             let has_receipt = || Ok(receipts.contains(&record.consolidate_invocation));
             auditor.record(record, has_due_entry, has_receipt)?;

@@ -36,7 +36,7 @@ use cid::Cid;
 
 use super::items::{
     counted_pk, get_s, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk, record_pk, s,
-    space_days_pk, Stored,
+    shard_of, space_days_pk, stats_pk, Stored,
 };
 use super::requests::{Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -365,7 +365,7 @@ impl DynamoStore {
             Some(condition),
         )?);
         items.push(self.add(
-            ("stats", "stats"),
+            (&stats_pk(shard_of(&c.batch)), "stats"),
             &[
                 ("concluded", 1),
                 ("counted", c.counted_receipts.len() as u64),

@@ -6,8 +6,8 @@
 //! | item              | `pk`                  | `sk`                                   | attributes                                       |
 //! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
 //! | format            | `meta`                | `format`                               | `format` = 2                                     |
-//! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`? |
-//! | due index entry   | `due`                 | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
+//! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`?, `due_pk`? |
+//! | due index entry   | `due#<shard>`         | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
 //! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
 //! | non-billable bytes | `nonbillable#<space>` | `day#<day>`                          | `bytes`                                          |
@@ -17,16 +17,30 @@
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
 //! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
-//! | counters          | `stats`               | `stats`                                | `records`, `concluded`, `counted`, `nodes`, `total_bytes`, `non_billable_bytes` |
+//! | counters          | `stats#<shard>`       | `stats`                                | `records`, `concluded`, `counted`, `nodes`, `total_bytes`, `non_billable_bytes` |
 //!
-//! The due index is the redb `due` table as items of one partition, sorted
-//! like it (`<hex>` is the batch CID's bytes in hex), read with strongly
-//! consistent queries: a record is leasable when its entry's time is `<= now`.
-//! (One partition bounds write throughput to what a single partition takes,
-//! ample for a tracker; a sharded GSI would be eventually consistent.) The
-//! counters item is written by every `put` and `conclude` transaction, so
-//! that `stats` is one read; concurrent writers of it cancel each other's
-//! transactions, which are then retried.
+//! `<shard>` is two digits, `00` to `15`: the last byte of the batch CID's
+//! digest modulo [`SHARDS`], so batches spread evenly and a batch's items
+//! always go to the same shard.
+//!
+//! The due index is the redb `due` table spread over [`SHARDS`] partitions,
+//! each sorted like it (`<hex>` is the batch CID's bytes in hex) and read
+//! with strongly consistent queries: a record is leasable when its entry's
+//! time is `<= now`. A lease reads every shard a page at a time and takes
+//! their entries oldest first, as from one index, so none is left unread
+//! and none waits behind newer ones. The counters are spread the same way, each
+//! `put` and `conclude` adding to its batch's shard, and `stats` sums them
+//! (sixteen items in one `BatchGetItem`). So no item or partition is
+//! written by every track or every conclusion; what each one writes is in
+//! the module docs of [`super`].
+//!
+//! Tables written before the shards (format 2) kept the due index in one
+//! partition `due` and the counters in one item `stats`/`stats`. They are
+//! read as one more shard of each: a lease scans `due` too, and moves what
+//! it leases from it into the batch's shard; `stats` adds `stats`/`stats`.
+//! A record names the partition of its due entry (`due_pk`; absent: `due`),
+//! so every write moves the entry from where it is, and replicas of the
+//! format-2 version can run beside these during an upgrade.
 
 use std::collections::HashMap;
 
@@ -48,6 +62,35 @@ pub(super) struct Stored {
     pub(super) token: Option<String>,
     /// The attempt the record was concluded with, once done.
     pub(super) attempt: Option<String>,
+    /// The partition of the record's due entry, if it has one.
+    pub(super) due_partition: String,
+}
+
+/// Partitions of the due index and items of the counters.
+pub(super) const SHARDS: u8 = 16;
+
+/// The due index partition and counters item of tables of format 2.
+pub(super) const LEGACY_DUE: &str = "due";
+pub(super) const LEGACY_STATS: &str = "stats";
+
+/// The shard of `batch`'s due entry and counters.
+pub(super) fn shard_of(batch: &Cid) -> u8 {
+    batch.hash().digest().last().copied().unwrap_or(0) % SHARDS
+}
+
+/// The due index partition of shard `shard`.
+pub(super) fn due_pk(shard: u8) -> String {
+    format!("due#{shard:02}")
+}
+
+/// The counters item (partition) of shard `shard`.
+pub(super) fn stats_pk(shard: u8) -> String {
+    format!("stats#{shard:02}")
+}
+
+/// Whether `pk` is a due index partition (a shard or the format-2 one).
+pub(super) fn is_due_pk(pk: &str) -> bool {
+    pk == LEGACY_DUE || pk.strip_prefix("due#").is_some_and(|k| k.len() == 2)
 }
 
 pub(super) fn record_pk(batch: &Cid) -> String {
@@ -239,6 +282,7 @@ pub(super) fn decode_record(batch: &Cid, item: &Item) -> Result<Stored, StoreErr
         ver: get_u64(item, "ver")?,
         token: opt_s(item, "token")?,
         attempt: opt_s(item, "attempt")?,
+        due_partition: opt_s(item, "due_pk")?.unwrap_or_else(|| LEGACY_DUE.to_string()),
     })
 }
 

@@ -26,6 +26,24 @@
 //!   registry, and reads of the totals;
 //! - `audit.rs`: the consistency check of a whole table.
 //!
+//! # Access patterns and their cost
+//!
+//! Writes are transactional (two write request units per KB of item, per
+//! item); reads are strongly consistent (one read unit per 4 KB).
+//!
+//! | operation | items written | written by everyone? |
+//! |---|---|---|
+//! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters | no: due entry and counters in one of 16 shards, by batch |
+//! | lease (per record) | the record, its due entry moved | no |
+//! | conclude | the record, its due entry removed, the receipt, `ADD`s to the node's total, its shard of the counters and one daily total per (space, day) and per day; one claim per counted receipt | no: per node, per space, per receipt |
+//! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
+//!
+//! So a track writes three items (about 8 write units with a 1–2 KB track
+//! invocation), and a counted receipt one claim item (2 units) plus its
+//! share of the daily totals. The one item a node's every conclusion
+//! writes is its own total. The due index is read a page at a time from
+//! each shard by every lease.
+//!
 //! # Differences from redb
 //!
 //! - A receipt claimed by an attempt of another batch that is still pending
@@ -220,7 +238,7 @@ impl Store for DynamoStore {
     }
 
     fn pending_count(&self) -> Result<u64, StoreError> {
-        self.count("due")
+        self.pending()
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {

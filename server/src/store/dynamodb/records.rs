@@ -9,25 +9,39 @@
 //! re-read and re-decided (bounded retries). Hence:
 //!
 //! - `put`: record `attribute_not_exists(pk)` + due entry + counters `ADD
-//!   records 1`; when a record exists: same node → `Existing`, another →
-//!   `NodeConflict`.
-//! - `lease_pending`: query due entries `<= now` in order, then per record the
-//!   versioned write above; a record changed by another replica is re-read
-//!   and skipped unless still due. Each record is leased atomically, the set
-//!   is not.
+//!   records 1` (the batch's shard of each); when a record exists: same node
+//!   → `Existing`, another → `NodeConflict`.
+//! - `lease_pending`: query due entries `<= now` of every shard (and the
+//!   format-2 partition), a page at a time, and take them oldest first
+//!   across shards, as from one index; per record the versioned write
+//!   above. A record changed by another replica is re-read and skipped
+//!   unless still due, and an entry its record no longer names is deleted.
+//!   Each record is leased atomically, the set is not.
 //! - `reschedule`: same, after redb's checks (`NotFound`, `NotPending`,
 //!   `NotLeaseOwner`) on the read record.
 
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use std::collections::VecDeque;
+
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 use cid::Cid;
 
 use super::items::{
-    decode_record, due_sk, encode_record, get_s, n, parse_cid, record_pk, s, Stored,
+    decode_record, due_pk, due_sk, encode_record, get_s, n, parse_cid, record_pk, s, shard_of,
+    stats_pk, Stored, LEGACY_DUE, SHARDS,
 };
 use super::requests::Tx;
 use super::table::build_error;
 use super::DynamoStore;
 use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, Retry, StoreError};
+
+/// A lease's place in one due index partition: entries read and not yet
+/// tried, and where to read on.
+struct DueCursor {
+    partition: String,
+    after: String,
+    read: VecDeque<(String, Cid)>,
+    exhausted: bool,
+}
 
 impl DynamoStore {
     /// The record of `batch` as stored (strongly consistent read).
@@ -48,7 +62,9 @@ impl DynamoStore {
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let mut items = Vec::new();
         let mut item = encode_record(new);
+        let shard = due_pk(shard_of(&new.batch));
         item.insert("ver".into(), n(old.map_or(0, |o| o.ver + 1)));
+        item.insert("due_pk".into(), s(&shard));
         if let Some(token) = token {
             item.insert("token".into(), s(token));
         }
@@ -68,16 +84,19 @@ impl DynamoStore {
                 .put(put.build().map_err(build_error)?)
                 .build(),
         );
-        let old_due = old.and_then(|o| o.record.due_at().map(|d| due_sk(d, &o.record)));
-        let new_due = new.due_at().map(|d| due_sk(d, new));
+        let old_due = old.and_then(|o| {
+            let sk = due_sk(o.record.due_at()?, &o.record);
+            Some((o.due_partition.as_str(), sk))
+        });
+        let new_due = new.due_at().map(|d| (shard.as_str(), due_sk(d, new)));
         if old_due != new_due {
-            if let Some(sk) = old_due {
-                items.push(self.delete(("due", &sk))?);
+            if let Some((pk, sk)) = &old_due {
+                items.push(self.delete((pk, sk))?);
             }
-            if let Some(sk) = new_due {
+            if let Some((pk, sk)) = new_due {
                 let put = Put::builder()
                     .table_name(&self.table)
-                    .item("pk", s("due"))
+                    .item("pk", s(pk))
                     .item("sk", s(&sk))
                     .item("batch", s(&new.batch.to_string()))
                     .build()
@@ -96,7 +115,8 @@ impl DynamoStore {
                 return PutOutcome::existing(existing.record, &record.node).map(Some);
             }
             let mut items = self.record_writes(None, &record, None, None)?;
-            items.push(self.add(("stats", "stats"), &[("records", 1)], None)?);
+            let stats = stats_pk(shard_of(&record.batch));
+            items.push(self.add((&stats, "stats"), &[("records", 1)], None)?);
             match self.transact(items)? {
                 Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
                 Tx::Cancelled(_) => Ok(None),
@@ -113,41 +133,108 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
         let until = lease_end(now, lease_secs)?;
-        let mut leased = Vec::new();
         // Due entries `<= now`: every key starts with 20 digits.
         let hi = format!("{now:020}#~");
-        let mut lo = "0".to_string();
+        let mut shards: Vec<DueCursor> = (0..SHARDS)
+            .map(due_pk)
+            .chain([LEGACY_DUE.to_string()])
+            .map(|partition| DueCursor {
+                partition,
+                after: "0".to_string(),
+                read: VecDeque::new(),
+                exhausted: false,
+            })
+            .collect();
+        let mut leased = Vec::new();
         while leased.len() < limit {
-            let entries = self.query("due", &lo, &hi, Some(limit - leased.len()))?;
-            let Some(last) = entries.last() else { break };
-            // Continue after the last entry seen: keys have one length, so
-            // any later key sorts after this one with a byte appended.
-            lo = format!("{}\u{1}", get_s(last, "sk")?);
-            for entry in &entries {
-                let batch = parse_cid(&get_s(entry, "batch")?)?;
-                let got = self.retry(|| {
-                    let Some(old) = self.load(&batch)? else {
-                        return Ok(Some(None));
-                    };
-                    if old.record.due_at().is_none_or(|d| d > now) {
-                        // Taken (or concluded) by another replica meanwhile.
-                        return Ok(Some(None));
-                    }
-                    let record = old.record.leased(owner, until);
-                    let items =
-                        self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
-                    match self.transact(items)? {
-                        Tx::Done => Ok(Some(Some(record))),
-                        Tx::Cancelled(_) => Ok(None),
-                    }
-                })?;
-                leased.extend(got);
-                if leased.len() == limit {
-                    break;
+            // The oldest entry of all shards next, as from one index.
+            let page = limit - leased.len();
+            for shard in shards
+                .iter_mut()
+                .filter(|c| c.read.is_empty() && !c.exhausted)
+            {
+                let entries = self.query(&shard.partition, &shard.after, &hi, Some(page))?;
+                shard.exhausted = entries.len() < page;
+                if let Some(last) = entries.last() {
+                    // Continue after the last entry seen: keys have one
+                    // length, so any later key sorts after this one with a
+                    // byte appended.
+                    shard.after = format!("{}\u{1}", get_s(last, "sk")?);
+                }
+                for entry in entries {
+                    shard
+                        .read
+                        .push_back((get_s(&entry, "sk")?, parse_cid(&get_s(&entry, "batch")?)?));
                 }
             }
+            let Some(shard) = shards
+                .iter_mut()
+                .filter(|c| !c.read.is_empty())
+                .min_by(|a, b| a.read[0].0.cmp(&b.read[0].0))
+            else {
+                break;
+            };
+            let Some((sk, batch)) = shard.read.pop_front() else {
+                break;
+            };
+            let partition = shard.partition.clone();
+            leased.extend(self.lease_entry(&partition, &sk, &batch, now, owner, until)?);
         }
         Ok(leased)
+    }
+
+    /// Leases the record of the due entry `(partition, sk)` of `batch`,
+    /// unless another replica changed it meanwhile so that it is no longer
+    /// due, or the entry is no longer its record's.
+    fn lease_entry(
+        &self,
+        partition: &str,
+        sk: &str,
+        batch: &Cid,
+        now: u64,
+        owner: &str,
+        until: u64,
+    ) -> Result<Option<EgressRecord>, StoreError> {
+        self.retry(|| {
+            let Some(old) = self.load(batch)? else {
+                return Ok(Some(None));
+            };
+            let named = old.record.due_at().map(|d| due_sk(d, &old.record));
+            if old.due_partition != partition || named.as_deref() != Some(sk) {
+                // Left behind by a replica of the format-2 version (it moves
+                // entries only within `due`), or moved by another replica
+                // meanwhile: not the record's entry, as long as the record
+                // stays as read.
+                let unchanged = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(&record_pk(batch)))
+                    .key("sk", s("rec"))
+                    .condition_expression("#v = :ver")
+                    .expression_attribute_names("#v", "ver")
+                    .expression_attribute_values(":ver", n(old.ver))
+                    .build()
+                    .map_err(build_error)?;
+                let items = vec![
+                    self.delete((partition, sk))?,
+                    TransactWriteItem::builder()
+                        .condition_check(unchanged)
+                        .build(),
+                ];
+                return match self.transact(items)? {
+                    Tx::Done => Ok(Some(None)),
+                    Tx::Cancelled(_) => Ok(None),
+                };
+            }
+            if old.record.due_at().is_none_or(|d| d > now) {
+                return Ok(Some(None));
+            }
+            let record = old.record.leased(owner, until);
+            let items = self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
+            match self.transact(items)? {
+                Tx::Done => Ok(Some(Some(record))),
+                Tx::Cancelled(_) => Ok(None),
+            }
+        })
     }
 
     /// [`Store::reschedule`](super::Store::reschedule).

@@ -19,8 +19,13 @@ use super::items::{get_u64, n, s};
 use super::DynamoStore;
 use crate::store::StoreError;
 
-/// Format 2: counted retrievals are keyed by payload id (see the redb store).
-const FORMAT: u64 = 2;
+/// Format 3: the due index and the counters in shards ([`super::items`]).
+/// Format 2 (counted retrievals keyed by payload id, as in the redb store;
+/// one due partition, one counters item) is read as it is: its due
+/// partition and counters item are read as one more shard of each, so
+/// replicas of both versions can share a table during an upgrade.
+const FORMAT: u64 = 3;
+const FORMATS_READ: [u64; 2] = [2, 3];
 /// Re-reads after a cancelled transaction before giving up.
 pub(super) const RETRIES: usize = 64;
 
@@ -104,7 +109,7 @@ impl DynamoStore {
             }
             let item = self.get(("meta", "format"))?.unwrap_or_default();
             let format = get_u64(&item, "format")?;
-            if format != FORMAT {
+            if !FORMATS_READ.contains(&format) {
                 return Err(crate::store::unsupported_format(format, FORMAT));
             }
         }

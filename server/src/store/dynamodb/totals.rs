@@ -3,7 +3,7 @@
 
 use ucanto::principal::Did;
 
-use super::items::{get_s, get_u64, node_pk};
+use super::items::{due_pk, get_s, get_u64, node_pk, stats_pk, LEGACY_DUE, LEGACY_STATS, SHARDS};
 use super::DynamoStore;
 use crate::store::{check_day_range, StoreError, StoreStats};
 
@@ -38,22 +38,45 @@ impl DynamoStore {
         }
     }
 
-    /// [`Store::stats`](super::Store::stats): the counters item, plus the
-    /// due index's size for `pending`.
+    /// [`Store::stats`](super::Store::stats): the counters, summed over their
+    /// shards (and the format-2 item), plus the due index's size for
+    /// `pending`.
     pub(super) fn counters(&self) -> Result<StoreStats, StoreError> {
-        let counters = self.get(("stats", "stats"))?.unwrap_or_default();
-        let field = |k: &str| match counters.get(k) {
-            None => Ok(0),
-            Some(_) => get_u64(&counters, k),
+        let keys: Vec<(String, String)> = (0..SHARDS)
+            .map(stats_pk)
+            .chain([LEGACY_STATS.to_string()])
+            .map(|pk| (pk, "stats".to_string()))
+            .collect();
+        let shards = self.get_many(&keys)?;
+        let field = |k: &str| -> Result<u64, StoreError> {
+            let mut sum = 0u64;
+            for item in shards.values() {
+                if item.contains_key(k) {
+                    sum = sum
+                        .checked_add(get_u64(item, k)?)
+                        .ok_or_else(|| StoreError::Corrupt(format!("counter {k} overflows")))?;
+                }
+            }
+            Ok(sum)
         };
         Ok(StoreStats {
             records: field("records")?,
-            pending: self.count("due")?,
+            pending: self.pending()?,
             concluded: field("concluded")?,
             counted_receipts: field("counted")?,
             nodes: field("nodes")?,
             total_bytes: field("total_bytes")?,
             non_billable_bytes: field("non_billable_bytes")?,
         })
+    }
+
+    /// [`Store::pending_count`](super::Store::pending_count): the due
+    /// entries of every shard (and of the format-2 partition).
+    pub(super) fn pending(&self) -> Result<u64, StoreError> {
+        let mut pending = 0;
+        for pk in (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()]) {
+            pending += self.count(&pk)?;
+        }
+        Ok(pending)
     }
 }
