@@ -62,6 +62,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn totals_never_overflow() {
+            common::totals_never_overflow(&$make);
+        }
+
+        #[test]
         fn overlapping_receipts_conflict_and_change_nothing() {
             common::overlapping_receipts_conflict_and_change_nothing(&$make);
         }
@@ -278,6 +283,36 @@ pub fn put_by_another_node_conflicts<S: TestStore>(store: &dyn Fn() -> S) {
     let err = store.put(new_record(1, mallory(), 100)).unwrap_err();
     assert_eq!(err, StoreError::NodeConflict { node: node() });
     assert_eq!(store.record(&batch(1)).unwrap().unwrap().node, node());
+}
+
+/// A conclusion that would take a total past `u64::MAX` is refused whole
+/// (`Invalid`), in one transaction or in several: nothing moves, the batch
+/// stays pending, and its receipts are free for another batch.
+pub fn totals_never_overflow<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    for n in 1..=3 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    let c1 = conclusion(1, vec![usage(space_a(), "2025-01-01", u64::MAX - 10)], &[1]);
+    assert_eq!(store.conclude(&c1).unwrap(), ConcludeOutcome::Concluded);
+    let before = consistent(&store);
+    // Another space and day, but the node's total would overflow; once
+    // with a claim or two, once with more claims than one transaction takes.
+    for (n, receipts) in [(2, vec![2, 3]), (3, (100..400).collect::<Vec<u64>>())] {
+        let c = conclusion(n, vec![usage(space_b(), "2025-01-02", 11)], &receipts);
+        assert_eq!(
+            store.conclude(&c).unwrap_err(),
+            StoreError::Invalid("total overflows u64".into())
+        );
+        assert!(store.record(&batch(n)).unwrap().unwrap().is_pending());
+        assert_eq!(store.audit().unwrap(), before);
+    }
+    assert_eq!(store.node_total(&node()).unwrap(), u64::MAX - 10);
+    // Within the room left, it concludes.
+    let c2 = conclusion(2, vec![usage(space_b(), "2025-01-02", 10)], &[2, 3]);
+    assert_eq!(store.conclude(&c2).unwrap(), ConcludeOutcome::Concluded);
+    assert_eq!(store.node_total(&node()).unwrap(), u64::MAX);
+    consistent(&store);
 }
 
 // ---------------------------------------------------------------- leases

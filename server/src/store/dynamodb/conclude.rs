@@ -38,7 +38,7 @@ use super::items::{
     counted_pk, get_s, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk, record_pk, s,
     shard_of, space_days_pk, stats_pk, Stored,
 };
-use super::requests::{Tx, TX_MAX};
+use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
 use super::DynamoStore;
 use crate::store::{check_conclusion, ConcludeOutcome, Conclusion, StoreError, SummedUsage};
@@ -129,13 +129,13 @@ impl DynamoStore {
         let attempt = fresh_id();
         let fixed = 5 + summed.by_day.len() + summed.by_space_day.len() + summed.non_billable.len();
         if fixed + c.counted_receipts.len() <= TX_MAX {
-            let mut items = self.final_writes(c, summed, &old, &attempt)?;
+            let (mut items, adds) = self.final_writes(c, summed, &old, &attempt)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
                 items.push(self.claim_write(receipt, &c.batch, &attempt, claim.as_ref())?);
             }
             return match self.transact(items)? {
                 Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
-                Tx::Cancelled(_) => Ok(None),
+                Tx::Cancelled(_) => self.cancelled(&adds),
             };
         }
         if fixed > TX_MAX {
@@ -184,10 +184,13 @@ impl DynamoStore {
         if fenced.token.as_deref() != Some(attempt.as_str()) {
             return Ok(None);
         }
-        let items = self.final_writes(c, summed, &fenced, &attempt)?;
+        let (items, adds) = self.final_writes(c, summed, &fenced, &attempt)?;
         match self.transact(items)? {
             Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
-            Tx::Cancelled(_) => Ok(None),
+            Tx::Cancelled(_) => self.cancelled(&adds).inspect_err(|_| {
+                // Refused: its claims must not hold other batches back.
+                let _ = self.withdraw(&c.batch, &attempt, &claimed);
+            }),
         }
     }
 
@@ -334,14 +337,15 @@ impl DynamoStore {
     }
 
     /// The commit of a conclusion, without the claims: the done record, its
-    /// due entry, the receipt, the totals and the counters.
+    /// due entry, the receipt, the totals and the counters; and the `ADD`s
+    /// among them, to tell an overflow from contention when it is cancelled.
     fn final_writes(
         &self,
         c: &Conclusion,
         summed: &SummedUsage,
         old: &Stored,
         attempt: &str,
-    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+    ) -> Result<(Vec<TransactWriteItem>, Vec<Add>), StoreError> {
         let record = old.record.concluded(c, c.counted_receipts.len() as u64);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
         let put = Put::builder()
@@ -359,22 +363,25 @@ impl DynamoStore {
         } else {
             ("attribute_exists(pk)", 0)
         };
-        items.push(self.add(
-            (&node_pk, "total"),
-            &[("bytes", c.total_bytes)],
-            Some(condition),
-        )?);
-        items.push(self.add(
-            (&stats_pk(shard_of(&c.batch)), "stats"),
-            &[
-                ("concluded", 1),
-                ("counted", c.counted_receipts.len() as u64),
-                ("nodes", nodes),
-                ("total_bytes", c.total_bytes),
-                ("non_billable_bytes", summed.non_billable.values().sum()),
-            ],
-            None,
-        )?);
+        let add = |pk: &str, sk: &str, deltas: Vec<(&'static str, u64)>| Add {
+            pk: pk.to_string(),
+            sk: sk.to_string(),
+            deltas,
+        };
+        let mut adds = vec![
+            add(&node_pk, "total", vec![("bytes", c.total_bytes)]),
+            add(
+                &stats_pk(shard_of(&c.batch)),
+                "stats",
+                vec![
+                    ("concluded", 1),
+                    ("counted", c.counted_receipts.len() as u64),
+                    ("nodes", nodes),
+                    ("total_bytes", c.total_bytes),
+                    ("non_billable_bytes", summed.non_billable.values().sum()),
+                ],
+            ),
+        ];
         // Daily totals: `(partition, day, bytes)`.
         let daily = summed
             .non_billable
@@ -393,9 +400,23 @@ impl DynamoStore {
                     .map(|((space, day), bytes)| (space_days_pk(space), day, bytes)),
             );
         for (pk, day, bytes) in daily {
-            items.push(self.add((&pk, &format!("day#{day}")), &[("bytes", *bytes)], None)?);
+            adds.push(add(&pk, &format!("day#{day}"), vec![("bytes", *bytes)]));
         }
-        Ok(items)
+        for (i, a) in adds.iter().enumerate() {
+            // The node's total says whether this is the node's first.
+            let condition = (i == 0).then_some(condition);
+            items.push(self.add((&a.pk, &a.sk), &a.deltas, condition)?);
+        }
+        Ok((items, adds))
+    }
+
+    /// What a cancelled final transaction means: an overflow (`Invalid`, as
+    /// redb refuses it), or contention (`None`: re-read and re-decide).
+    fn cancelled<T>(&self, adds: &[Add]) -> Result<Option<T>, StoreError> {
+        match self.overflows(adds)? {
+            Some(overflow) => Err(overflow),
+            None => Ok(None),
+        }
     }
 
     /// [`Store::receipt`](super::Store::receipt): the stored consolidate receipt.

@@ -51,8 +51,10 @@
 //!   although it does not count yet: the tracker treats `Conflict` as
 //!   "consolidate again", and the claim is released once that batch concludes
 //!   without it.
-//! - Totals are DynamoDB numbers (38 digits), so a u64 overflow of a total is
-//!   not reported as `Invalid` (redb does; 18 EB of egress).
+//! - Totals are refused past `u64::MAX` as redb refuses them (`Invalid`),
+//!   each `ADD` conditioned on the room left; but the counters of `stats`
+//!   are summed over shards when read, so a sum past `u64::MAX` (18 EB of
+//!   egress) is an error of that read, not a refused conclusion.
 //! - Transactions cancelled by contention are retried a bounded number of
 //!   times, then reported as `Backend`.
 

@@ -203,7 +203,10 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
-    /// `ADD` of numbers to one item, with an optional condition.
+    /// `ADD` of numbers to one item, with an optional condition, and never
+    /// past `u64::MAX`: each number must have room for its delta (DynamoDB
+    /// numbers would go on to 38 digits), else the write's condition fails
+    /// and [`DynamoStore::overflows`] tells why.
     pub(super) fn add(
         &self,
         (pk, sk): (&str, &str),
@@ -216,19 +219,60 @@ impl DynamoStore {
             .map(|(i, _)| format!("#a{i} :a{i}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let room = deltas
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("(attribute_not_exists(#a{i}) OR #a{i} <= :r{i})"));
+        let guard = condition
+            .map(|c| format!("({c})"))
+            .into_iter()
+            .chain(room)
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let mut update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(pk))
             .key("sk", s(sk))
             .update_expression(format!("ADD {expression}"))
-            .set_condition_expression(condition.map(str::to_string));
+            .condition_expression(guard);
         for (i, (name, delta)) in deltas.iter().enumerate() {
             update = update
                 .expression_attribute_names(format!("#a{i}"), *name)
-                .expression_attribute_values(format!(":a{i}"), n(*delta));
+                .expression_attribute_values(format!(":a{i}"), n(*delta))
+                .expression_attribute_values(format!(":r{i}"), n(u64::MAX - delta));
         }
         Ok(TransactWriteItem::builder()
             .update(update.build().map_err(build_error)?)
             .build())
     }
+
+    /// Whether one of `adds` (item, then `(number, delta)`s) would take a
+    /// number past `u64::MAX`: the refusal redb gives, `Invalid`.
+    pub(super) fn overflows(&self, adds: &[Add]) -> Result<Option<StoreError>, StoreError> {
+        let keys: Vec<(String, String)> =
+            adds.iter().map(|a| (a.pk.clone(), a.sk.clone())).collect();
+        let found = self.get_many(&keys)?;
+        for add in adds {
+            let Some(item) = found.get(&(add.pk.clone(), add.sk.clone())) else {
+                continue;
+            };
+            for (name, delta) in &add.deltas {
+                let now = match item.get(*name) {
+                    Some(_) => super::items::get_u64(item, name)?,
+                    None => 0,
+                };
+                if now.checked_add(*delta).is_none() {
+                    return Ok(Some(StoreError::Invalid("total overflows u64".into())));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An `ADD` to one item: its key and the numbers it adds to.
+pub(super) struct Add {
+    pub(super) pk: String,
+    pub(super) sk: String,
+    pub(super) deltas: Vec<(&'static str, u64)>,
 }
