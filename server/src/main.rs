@@ -252,9 +252,11 @@ struct StartArgs {
     /// Seconds a replica holds a record while consolidating it.
     #[arg(long, env = "ETRACKER_LEASE_SECS", default_value_t = 900)]
     lease_secs: u64,
-    /// Name of this replica in leases (stable across restarts of one host).
-    #[arg(long, env = "ETRACKER_REPLICA", default_value = "etracker")]
-    replica: String,
+    /// Name of this replica in leases, stable across its restarts and unique
+    /// among replicas sharing a store: by default `<host name>/<listen
+    /// address>`, which no two running replicas share.
+    #[arg(long, env = "ETRACKER_REPLICA")]
+    replica: Option<String>,
     /// First retry delay after a transient failure, seconds (doubles per attempt).
     #[arg(long, env = "ETRACKER_RETRY_BASE", default_value_t = 60)]
     retry_base: u64,
@@ -407,6 +409,16 @@ fn main() -> std::process::ExitCode {
 /// and starts again, unless the operator chose one. (Fixing the mmap and
 /// trim thresholds at 128 KiB too took another MiB off every batch, and
 /// cost 1–2% CPU in page faults: not done.)
+/// This machine's name, for the default replica name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "etracker".to_string())
+}
+
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -660,7 +672,9 @@ async fn start(args: StartArgs) -> Result<(), BoxError> {
         concurrency: args.concurrency,
         retry_base_secs: args.retry_base,
         lease_secs: args.lease_secs,
-        replica: args.replica,
+        replica: args
+            .replica
+            .unwrap_or_else(|| format!("{}/{}", host_name(), args.listen)),
         limits: args.batches.limits(&args.key.data_dir),
         authorities,
         admin_token: args.admin_token,

@@ -260,7 +260,15 @@ impl Tracker {
 
     /// Runs consolidation every interval, or when triggered, until the task is dropped.
     pub async fn run_scheduler(self: Arc<Self>) {
-        // A first run at start resumes whatever a previous process left pending.
+        // What this replica held when it stopped is due at once, not when
+        // its leases would have run out; a first run at start then resumes
+        // it, with whatever else a previous process left pending.
+        let owner = self.settings.replica.clone();
+        match self.ctx.store(move |s| s.release_leases(&owner)).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "took back this replica's leases"),
+            Err(e) => tracing::warn!(error = %e, "cannot take back this replica's leases"),
+        }
         loop {
             let summary = self.consolidate().await;
             tracing::info!(?summary, "consolidation run");

@@ -42,6 +42,12 @@ async fn register_space(data_dir: &std::path::Path) {
 
 /// Starts `etracker start` on `data_dir`; returns the child and its base URL.
 async fn start(data_dir: &std::path::Path) -> (Child, String) {
+    start_leasing(data_dir, 1).await
+}
+
+/// [`start`] with leases of `lease_secs` seconds.
+async fn start_leasing(data_dir: &std::path::Path, lease_secs: u64) -> (Child, String) {
+    let lease_secs = lease_secs.to_string();
     let mut child = Command::new(etracker_binary())
         .args([
             "start",
@@ -50,7 +56,7 @@ async fn start(data_dir: &std::path::Path) -> (Child, String) {
             "--min-batch-size",
             "0",
             "--lease-secs",
-            "1",
+            &lease_secs,
             "--retry-base",
             "0",
             "--allow-private-endpoints",
@@ -161,6 +167,58 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
         "node total counted exactly once"
     );
     assert_eq!(store.pending_count().unwrap(), 0);
+}
+
+/// A tracker killed in the first second of a consolidation takes that batch
+/// back when it starts again under its (default) name: the batch concludes
+/// at once, not when the 15-minute lease of the dead run would have ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_tracker_takes_back_its_lease_at_once() {
+    let data_dir = temp_dir("retake");
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let node = node();
+    let (receipts, total) = good_receipts(5, "retake");
+    let (batch_cid, bytes) = batch(&receipts);
+    server.put(&batch_cid, bytes);
+    *server.stall.lock().unwrap() = Some(Duration::from_secs(60));
+    register_space(&data_dir).await;
+    let (child, url) = start_leasing(&data_dir, 900).await;
+    let track = track_invocation(
+        &node,
+        service().did(),
+        batch_cid,
+        &endpoint,
+        &[track_proof(&service(), node.did())],
+    );
+    let task = invoke(&url, &track).await.forks()[0].cid();
+    let stuck = tokio::spawn({
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}consolidate"))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kill9(child).await;
+    assert!(stuck.await.unwrap().is_err(), "the run never finished");
+
+    *server.stall.lock().unwrap() = None;
+    let (child, url) = start_leasing(&data_dir, 900).await;
+    let mut receipt = None;
+    for _ in 0..40 {
+        consolidate_now(&url).await;
+        receipt = consolidate_receipt(&url, &task).await;
+        if receipt.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let receipt = receipt.expect("concluded at once after the restart");
+    assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
+    kill9(child).await;
 }
 
 /// `etracker space …` works on the data directory when no tracker runs, and

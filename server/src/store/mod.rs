@@ -146,6 +146,19 @@ impl EgressRecord {
         })
     }
 
+    /// This record with its lease released: due again when it would have
+    /// been without the lease (at once, for a record leased when due).
+    pub(crate) fn released(&self) -> EgressRecord {
+        let mut record = self.clone();
+        record.lease = None;
+        record
+    }
+
+    /// Whether `owner` holds this record's lease (expired or not).
+    pub(crate) fn leased_by(&self, owner: &str) -> bool {
+        self.is_pending() && self.lease.as_ref().is_some_and(|l| l.owner == owner)
+    }
+
     /// This record leased to `owner` until `until`.
     pub(crate) fn leased(&self, owner: &str, until: u64) -> EgressRecord {
         let mut record = self.clone();
@@ -441,6 +454,12 @@ pub trait Store: Send + Sync + 'static {
         lease_secs: u64,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError>;
+
+    /// Releases every lease `owner` holds, as a replica does when it starts
+    /// again under its name: what it was consolidating when it stopped is
+    /// due at once, not when those leases would have run out. Returns how
+    /// many it released.
+    fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
     /// Records a transient failure of the attempt `owner` leased: increments
     /// `attempts`, sets `last_error` and `next_attempt_at` from `retry`, and

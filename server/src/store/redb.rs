@@ -335,6 +335,33 @@ impl Store for RedbStore {
         Ok(leased)
     }
 
+    fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        let mut released = 0;
+        {
+            let mut records = tx.open_table(RECORDS).or_backend()?;
+            let mut due = tx.open_table(DUE).or_backend()?;
+            // Leased records are in the due index, at their lease's end.
+            let mut mine = Vec::new();
+            for entry in due.iter().or_backend()? {
+                let (key, _) = entry.or_backend()?;
+                let batch = decode_cid(key.value().2)?;
+                let record = load(&records, &batch)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("due index names missing record {batch}"))
+                })?;
+                if record.leased_by(owner) {
+                    mine.push(record);
+                }
+            }
+            for old in mine {
+                save(&mut records, &mut due, Some(&old), &old.released())?;
+                released += 1;
+            }
+        }
+        tx.commit().or_backend()?;
+        Ok(released)
+    }
+
     fn reschedule(
         &self,
         batch: &Cid,

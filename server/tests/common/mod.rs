@@ -42,6 +42,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn a_restarted_replica_takes_back_its_leases() {
+            common::a_restarted_replica_takes_back_its_leases(&$make);
+        }
+
+        #[test]
         fn reschedule_only_by_owner_and_backs_off() {
             common::reschedule_only_by_owner_and_backs_off(&$make);
         }
@@ -316,6 +321,38 @@ pub fn totals_never_overflow<S: TestStore>(store: &dyn Fn() -> S) {
 }
 
 // ---------------------------------------------------------------- leases
+
+/// A replica that starts again releases the leases it held under its name:
+/// those records are due at once, for it or any replica, while another
+/// replica's leases stay as they are.
+pub fn a_restarted_replica_takes_back_its_leases<S: TestStore>(store: &dyn Fn() -> S) {
+    let store = store();
+    for n in 1..=3 {
+        store.put(new_record(n, node(), 100 + n)).unwrap();
+    }
+    assert_eq!(store.lease_pending(200, "a", 900, 2).unwrap().len(), 2);
+    assert_eq!(
+        leased_batches(&store.lease_pending(200, "b", 900, 10).unwrap()),
+        [batch(3)]
+    );
+    assert!(store.lease_pending(201, "a", 900, 10).unwrap().is_empty());
+
+    assert_eq!(store.release_leases("a").unwrap(), 2);
+    assert_eq!(store.release_leases("a").unwrap(), 0);
+    let again = store.lease_pending(201, "a", 900, 10).unwrap();
+    assert_eq!(leased_batches(&again), [batch(1), batch(2)]);
+    assert_eq!(
+        store
+            .record(&batch(3))
+            .unwrap()
+            .unwrap()
+            .lease
+            .unwrap()
+            .owner,
+        "b"
+    );
+    consistent(&store);
+}
 
 /// A lease hides records from other replicas until it expires; records are
 /// handed out oldest first, and never before they were received.

@@ -37,6 +37,7 @@
 //! | lease (per record) | the record, its due entry moved | no |
 //! | conclude | the record, its due entry removed, the receipt, `ADD`s to the node's total, its shard of the counters and one daily total per (space, day) and per day; one claim per counted receipt | no: per node, per space, per receipt |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
+//! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
 //! So a track writes three items (about 8 write units with a 1–2 KB track
 //! invocation), and a counted receipt one claim item (2 units) plus its
@@ -156,6 +157,10 @@ impl Store for DynamoStore {
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
         self.lease_due(now, owner, lease_secs, limit)
+    }
+
+    fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.release_owned(owner)
     }
 
     fn reschedule(

@@ -237,6 +237,34 @@ impl DynamoStore {
         })
     }
 
+    /// [`Store::release_leases`](super::Store::release_leases): every due
+    /// entry read (leased records are there, at their lease's end), each of
+    /// `owner`'s records released by the versioned write.
+    pub(super) fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for partition in (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()]) {
+            for entry in self.query(&partition, "0", "~", None)? {
+                let batch = parse_cid(&get_s(&entry, "batch")?)?;
+                released += self.retry(|| {
+                    let Some(old) = self.load(&batch)? else {
+                        return Ok(Some(0));
+                    };
+                    if !old.record.leased_by(owner) {
+                        return Ok(Some(0));
+                    }
+                    let record = old.record.released();
+                    let items =
+                        self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
+                    match self.transact(items)? {
+                        Tx::Done => Ok(Some(1)),
+                        Tx::Cancelled(_) => Ok(None),
+                    }
+                })?;
+            }
+        }
+        Ok(released)
+    }
+
     /// [`Store::reschedule`](super::Store::reschedule).
     pub(super) fn reschedule_record(
         &self,
