@@ -35,8 +35,9 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition; `pending` is the number of unprocessed batches.
-    pub fn render(&self, pending: u64) -> String {
+    /// Prometheus text exposition; `pending` is the number of unprocessed
+    /// batches, `retries` what the store counts of its own retries.
+    pub fn render(&self, pending: u64, retries: &[crate::store::RetryCounter]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -105,6 +106,34 @@ impl Metrics {
             "Bytes retrieved by non-billable actors (replication, indexing), billed to no one.",
             get(&self.non_billable_bytes),
         );
+        for counter in retries {
+            metric(counter.name, "counter", counter.help, counter.value);
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RetryCounter;
+
+    /// The store's own counters follow the tracker's, in Prometheus form.
+    #[test]
+    fn the_store_counters_are_rendered() {
+        let text = Metrics::default().render(
+            3,
+            &[RetryCounter {
+                name: "etracker_store_transactions_cancelled_total",
+                help: "Cancelled.",
+                value: 7,
+            }],
+        );
+        assert!(text.contains("etracker_unprocessed_batches_total 3\n"));
+        assert!(text.ends_with(
+            "# HELP etracker_store_transactions_cancelled_total Cancelled.\n\
+             # TYPE etracker_store_transactions_cancelled_total counter\n\
+             etracker_store_transactions_cancelled_total 7\n"
+        ));
     }
 }

@@ -472,10 +472,14 @@ async fn metrics(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Res
     if !tracker.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let pending = tracker.ctx.store(|s| s.pending_count()).await.unwrap_or(0);
+    let (pending, retries) = tracker
+        .ctx
+        .store(|s| Ok((s.pending_count().unwrap_or(0), s.retry_counters())))
+        .await
+        .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        tracker.ctx.metrics.render(pending),
+        tracker.ctx.metrics.render(pending, &retries),
     )
         .into_response()
 }

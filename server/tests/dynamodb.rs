@@ -554,3 +554,22 @@ fn format_2_items_are_read_and_moved() {
     assert_eq!(store.pending_count().unwrap(), 2);
     consistent(&store);
 }
+
+/// The store's retry counters, for `/metrics`: an uncontended table shows
+/// none, although every request went through the counting.
+#[test]
+fn retries_are_counted_for_metrics() {
+    let store = store();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.lease_pending(10, "a", 60, 10).unwrap();
+    let counters = store.retry_counters();
+    let names: Vec<&str> = counters.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "etracker_store_transactions_cancelled_total",
+            "etracker_store_requests_retried_total"
+        ]
+    );
+    assert!(counters.iter().all(|c| c.value == 0), "{counters:?}");
+}

@@ -401,6 +401,17 @@ impl From<ucanto::dag::FieldError> for StoreError {
     }
 }
 
+/// A count a backend keeps of its own retries, shown in `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryCounter {
+    /// The metric's name.
+    pub name: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+    /// Its value.
+    pub value: u64,
+}
+
 /// The tracker's storage.
 ///
 /// Methods are synchronous (redb is); async callers wrap them in
@@ -586,6 +597,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters for metrics and the admin page.
     fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// What the backend counts of its own retries (none for redb, whose
+    /// writes never contend).
+    fn retry_counters(&self) -> Vec<RetryCounter> {
+        Vec::new()
+    }
 }
 
 /// The refusal to open a store written in another format.

@@ -66,8 +66,8 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::{
-    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, Retry, SpaceEntry, Store,
-    StoreError, StoreStats,
+    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, Retry, RetryCounter,
+    SpaceEntry, Store, StoreError, StoreStats,
 };
 
 mod audit;
@@ -88,6 +88,7 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     runtime: Option<tokio::runtime::Runtime>,
+    retries: std::sync::Arc<table::RetryCounts>,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -117,11 +118,12 @@ impl DynamoStore {
     /// (defaults `test`/`test`, which local emulators accept). Must not be
     /// called from async code (see the module docs).
     pub fn connect(endpoint: &str, table_prefix: &str) -> Result<Self, StoreError> {
-        let (client, runtime) = connect_client(endpoint)?;
+        let (client, runtime, retries) = table::connect_counting(endpoint, Default::default())?;
         let store = DynamoStore {
             client,
             table: format!("{table_prefix}etracker"),
             runtime: Some(runtime),
+            retries,
         };
         store.init()?;
         Ok(store)
@@ -250,5 +252,23 @@ impl Store for DynamoStore {
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.counters()
+    }
+
+    fn retry_counters(&self) -> Vec<RetryCounter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.retries;
+        vec![
+            RetryCounter {
+                name: "etracker_store_transactions_cancelled_total",
+                help: "DynamoDB transactions cancelled by contention, then re-read and re-decided after a jittered back-off.",
+                value: r.cancelled.load(Relaxed),
+            },
+            RetryCounter {
+                name: "etracker_store_requests_retried_total",
+                help: "DynamoDB requests the SDK sent again (throttling, transient errors), after its jittered back-off.",
+                value: r.attempts.load(Relaxed).saturating_sub(r.requests.load(Relaxed))
+                    + r.unprocessed.load(Relaxed),
+            },
+        ]
     }
 }

@@ -3,7 +3,6 @@
 //! with the write items they are built from.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{Delete, KeysAndAttributes, Select, TransactWriteItem, Update};
@@ -89,7 +88,10 @@ impl DynamoStore {
                     .and_then(|mut u| u.remove(&self.table))
                     .filter(|k| !k.keys().is_empty());
                 if pending.is_some() {
-                    std::thread::sleep(Duration::from_millis(20 * rounds as u64));
+                    self.retries
+                        .unprocessed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    super::table::backoff(rounds);
                 }
             }
         }

@@ -6,9 +6,17 @@
 //! missing (on-demand billing), with a string partition key `pk` and a
 //! string sort key `sk`; its items are laid out in [`super::items`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_sdk_dynamodb::config::{
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+};
+use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
@@ -32,6 +40,57 @@ pub(super) const RETRIES: usize = 64;
 /// A DynamoDB client for `endpoint` and the one-thread runtime its calls
 /// block on; region and credentials as [`DynamoStore::connect`] says.
 pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
+    connect_counting(endpoint, Arc::default()).map(|(client, runtime, _)| (client, runtime))
+}
+
+/// What the store counts of its own retries, for `/metrics`.
+#[derive(Debug, Default)]
+pub(super) struct RetryCounts {
+    /// Transactions cancelled (contention), re-read and re-decided.
+    pub(super) cancelled: AtomicU64,
+    /// Requests the SDK sent, and requests it was asked to make: the
+    /// difference is what it retried (throttling, transient errors), with
+    /// its own jittered back-off.
+    pub(super) attempts: AtomicU64,
+    pub(super) requests: AtomicU64,
+    /// `BatchGetItem` rounds for keys left unprocessed (throttling).
+    pub(super) unprocessed: AtomicU64,
+}
+
+/// Counts the SDK's requests and attempts into [`RetryCounts`].
+#[derive(Debug)]
+struct CountAttempts(Arc<RetryCounts>);
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "etracker-count-attempts"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// [`connect_client`], counting the SDK's retries into `counts`.
+pub(super) fn connect_counting(
+    endpoint: &str,
+    counts: Arc<RetryCounts>,
+) -> Result<(Client, tokio::runtime::Runtime, Arc<RetryCounts>), StoreError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let credentials = Credentials::new(
         env("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
@@ -53,8 +112,9 @@ pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime
         .region(Region::new(region))
         .credentials_provider(credentials)
         .http_client(http_client())
+        .interceptor(CountAttempts(counts.clone()))
         .build();
-    Ok((Client::from_conf(config), runtime))
+    Ok((Client::from_conf(config), runtime, counts))
 }
 
 impl DynamoStore {
@@ -126,6 +186,7 @@ impl DynamoStore {
             if let Some(out) = attempt()? {
                 return Ok(out);
             }
+            self.retries.cancelled.fetch_add(1, Ordering::Relaxed);
             backoff(round);
         }
         Err(StoreError::Backend(
