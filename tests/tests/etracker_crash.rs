@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use cid::Cid;
 use etracker_e2e::node::*;
 use etracker_e2e::{alice, service};
 use etracker_server::store::redb::RedbStore;
 use etracker_server::store::Store;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use ucanto::principal::Signer;
+use ucanto::principal::{Ed25519Signer, Signer};
 
 /// The `etracker` binary of this build.
 fn etracker_binary() -> PathBuf {
@@ -81,6 +82,39 @@ async fn start_leasing(data_dir: &std::path::Path, lease_secs: u64) -> (Child, S
     (child, hello["url"].as_str().unwrap().to_string())
 }
 
+/// Has `node` track `batch` at the tracker `child` serves at `url`, starts a
+/// consolidation (the node stalls the download) and kills the tracker
+/// 0.8 s into it; returns the consolidate task's CID.
+async fn track_then_kill_mid_run(
+    child: Child,
+    url: &str,
+    node: &Ed25519Signer,
+    batch: Cid,
+    endpoint: &str,
+) -> Cid {
+    let track = track_invocation(
+        node,
+        service().did(),
+        batch,
+        endpoint,
+        &[track_proof(&service(), node.did())],
+    );
+    let task = invoke(url, &track).await.forks()[0].cid();
+    let stuck = tokio::spawn({
+        let url = url.to_string();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}consolidate"))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kill9(child).await;
+    assert!(stuck.await.unwrap().is_err(), "the run never finished");
+    task
+}
+
 /// SIGKILL, and wait until the process is gone (its store lock released).
 async fn kill9(mut child: Child) {
     child.start_kill().expect("SIGKILL");
@@ -101,26 +135,7 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
     *server.stall.lock().unwrap() = Some(Duration::from_secs(60));
     register_space(&data_dir).await;
     let (child, url) = start(&data_dir).await;
-    let track = track_invocation(
-        &node,
-        service().did(),
-        batch_cid,
-        &endpoint,
-        &[track_proof(&service(), node.did())],
-    );
-    let task = invoke(&url, &track).await.forks()[0].cid();
-    let stuck = tokio::spawn({
-        let url = url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}consolidate"))
-                .send()
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    kill9(child).await;
-    assert!(stuck.await.unwrap().is_err(), "the run never finished");
+    let task = track_then_kill_mid_run(child, &url, &node, batch_cid, &endpoint).await;
 
     // Restart; the node is healthy again; the lease of the dead run expires.
     *server.stall.lock().unwrap() = None;
@@ -184,26 +199,7 @@ async fn a_restarted_tracker_takes_back_its_lease_at_once() {
     *server.stall.lock().unwrap() = Some(Duration::from_secs(60));
     register_space(&data_dir).await;
     let (child, url) = start_leasing(&data_dir, 900).await;
-    let track = track_invocation(
-        &node,
-        service().did(),
-        batch_cid,
-        &endpoint,
-        &[track_proof(&service(), node.did())],
-    );
-    let task = invoke(&url, &track).await.forks()[0].cid();
-    let stuck = tokio::spawn({
-        let url = url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}consolidate"))
-                .send()
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    kill9(child).await;
-    assert!(stuck.await.unwrap().is_err(), "the run never finished");
+    let task = track_then_kill_mid_run(child, &url, &node, batch_cid, &endpoint).await;
 
     *server.stall.lock().unwrap() = None;
     let (child, url) = start_leasing(&data_dir, 900).await;

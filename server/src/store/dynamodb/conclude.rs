@@ -367,9 +367,14 @@ impl DynamoStore {
             pk: pk.to_string(),
             sk: sk.to_string(),
             deltas,
+            condition: None,
         };
         let mut adds = vec![
-            add(&node_pk, "total", vec![("bytes", c.total_bytes)]),
+            // The node's total says whether this is the node's first.
+            Add {
+                condition: Some(condition),
+                ..add(&node_pk, "total", vec![("bytes", c.total_bytes)])
+            },
             add(
                 &stats_pk(shard_of(&c.batch)),
                 "stats",
@@ -402,10 +407,8 @@ impl DynamoStore {
         for (pk, day, bytes) in daily {
             adds.push(add(&pk, &format!("day#{day}"), vec![("bytes", *bytes)]));
         }
-        for (i, a) in adds.iter().enumerate() {
-            // The node's total says whether this is the node's first.
-            let condition = (i == 0).then_some(condition);
-            items.push(self.add((&a.pk, &a.sk), &a.deltas, condition)?);
+        for add in &adds {
+            items.push(self.add(add)?);
         }
         Ok((items, adds))
     }

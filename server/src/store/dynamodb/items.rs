@@ -88,6 +88,11 @@ pub(super) fn stats_pk(shard: u8) -> String {
     format!("stats#{shard:02}")
 }
 
+/// Every due index partition: the shards, then the format-2 one.
+pub(super) fn due_partitions() -> impl Iterator<Item = String> {
+    (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()])
+}
+
 /// Whether `pk` is a due index partition (a shard or the format-2 one).
 pub(super) fn is_due_pk(pk: &str) -> bool {
     pk == LEGACY_DUE || pk.strip_prefix("due#").is_some_and(|k| k.len() == 2)

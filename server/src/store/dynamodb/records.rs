@@ -26,10 +26,10 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 use cid::Cid;
 
 use super::items::{
-    decode_record, due_pk, due_sk, encode_record, get_s, n, parse_cid, record_pk, s, shard_of,
-    stats_pk, Stored, LEGACY_DUE, SHARDS,
+    decode_record, due_partitions, due_pk, due_sk, encode_record, get_s, n, parse_cid, record_pk,
+    s, shard_of, stats_pk, Stored,
 };
-use super::requests::Tx;
+use super::requests::{Add, Tx};
 use super::table::build_error;
 use super::DynamoStore;
 use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, Retry, StoreError};
@@ -115,8 +115,12 @@ impl DynamoStore {
                 return PutOutcome::existing(existing.record, &record.node).map(Some);
             }
             let mut items = self.record_writes(None, &record, None, None)?;
-            let stats = stats_pk(shard_of(&record.batch));
-            items.push(self.add((&stats, "stats"), &[("records", 1)], None)?);
+            items.push(self.add(&Add {
+                pk: stats_pk(shard_of(&record.batch)),
+                sk: "stats".into(),
+                deltas: vec![("records", 1)],
+                condition: None,
+            })?);
             match self.transact(items)? {
                 Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
                 Tx::Cancelled(_) => Ok(None),
@@ -135,9 +139,7 @@ impl DynamoStore {
         let until = lease_end(now, lease_secs)?;
         // Due entries `<= now`: every key starts with 20 digits.
         let hi = format!("{now:020}#~");
-        let mut shards: Vec<DueCursor> = (0..SHARDS)
-            .map(due_pk)
-            .chain([LEGACY_DUE.to_string()])
+        let mut shards: Vec<DueCursor> = due_partitions()
             .map(|partition| DueCursor {
                 partition,
                 after: "0".to_string(),
@@ -229,12 +231,15 @@ impl DynamoStore {
                 return Ok(Some(None));
             }
             let record = old.record.leased(owner, until);
-            let items = self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
-            match self.transact(items)? {
-                Tx::Done => Ok(Some(Some(record))),
-                Tx::Cancelled(_) => Ok(None),
-            }
+            Ok(self.replace(&old, &record)?.then_some(Some(record)))
         })
+    }
+
+    /// Replaces `old` by `new`, its fence kept, by the versioned write
+    /// above: whether it committed (not: re-read and re-decide).
+    fn replace(&self, old: &Stored, new: &EgressRecord) -> Result<bool, StoreError> {
+        let items = self.record_writes(Some(old), new, old.token.as_deref(), None)?;
+        Ok(matches!(self.transact(items)?, Tx::Done))
     }
 
     /// [`Store::release_leases`](super::Store::release_leases): every due
@@ -242,7 +247,7 @@ impl DynamoStore {
     /// `owner`'s records released by the versioned write.
     pub(super) fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
         let mut released = 0;
-        for partition in (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()]) {
+        for partition in due_partitions() {
             for entry in self.query(&partition, "0", "~", None)? {
                 let batch = parse_cid(&get_s(&entry, "batch")?)?;
                 released += self.retry(|| {
@@ -252,13 +257,7 @@ impl DynamoStore {
                     if !old.record.leased_by(owner) {
                         return Ok(Some(0));
                     }
-                    let record = old.record.released();
-                    let items =
-                        self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
-                    match self.transact(items)? {
-                        Tx::Done => Ok(Some(1)),
-                        Tx::Cancelled(_) => Ok(None),
-                    }
+                    Ok(self.replace(&old, &old.record.released())?.then_some(1))
                 })?;
             }
         }
@@ -276,11 +275,7 @@ impl DynamoStore {
         self.retry(|| {
             let old = self.load(batch)?.ok_or(StoreError::NotFound)?;
             let record = old.record.rescheduled(owner, now, retry)?;
-            let items = self.record_writes(Some(&old), &record, old.token.as_deref(), None)?;
-            match self.transact(items)? {
-                Tx::Done => Ok(Some(record)),
-                Tx::Cancelled(_) => Ok(None),
-            }
+            Ok(self.replace(&old, &record)?.then_some(record))
         })
     }
 }

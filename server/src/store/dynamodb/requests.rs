@@ -209,12 +209,13 @@ impl DynamoStore {
     /// past `u64::MAX`: each number must have room for its delta (DynamoDB
     /// numbers would go on to 38 digits), else the write's condition fails
     /// and [`DynamoStore::overflows`] tells why.
-    pub(super) fn add(
-        &self,
-        (pk, sk): (&str, &str),
-        deltas: &[(&str, u64)],
-        condition: Option<&str>,
-    ) -> Result<TransactWriteItem, StoreError> {
+    pub(super) fn add(&self, add: &Add) -> Result<TransactWriteItem, StoreError> {
+        let Add {
+            pk,
+            sk,
+            deltas,
+            condition,
+        } = add;
         let expression = deltas
             .iter()
             .enumerate()
@@ -272,9 +273,11 @@ impl DynamoStore {
     }
 }
 
-/// An `ADD` to one item: its key and the numbers it adds to.
+/// An `ADD` to one item: its key, the numbers it adds to, and a condition
+/// of its own if any.
 pub(super) struct Add {
     pub(super) pk: String,
     pub(super) sk: String,
     pub(super) deltas: Vec<(&'static str, u64)>,
+    pub(super) condition: Option<&'static str>,
 }

@@ -3,7 +3,7 @@
 
 use ucanto::principal::Did;
 
-use super::items::{due_pk, get_s, get_u64, node_pk, stats_pk, LEGACY_DUE, LEGACY_STATS, SHARDS};
+use super::items::{due_partitions, get_s, get_u64, node_pk, stats_pk, LEGACY_STATS, SHARDS};
 use super::DynamoStore;
 use crate::store::{check_day_range, StoreError, StoreStats};
 
@@ -74,7 +74,7 @@ impl DynamoStore {
     /// entries of every shard (and of the format-2 partition).
     pub(super) fn pending(&self) -> Result<u64, StoreError> {
         let mut pending = 0;
-        for pk in (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()]) {
+        for pk in due_partitions() {
             pending += self.count(&pk)?;
         }
         Ok(pending)
