@@ -12,21 +12,14 @@ fi
 (cd fixtures/js && npm ci --no-audit --no-fund --loglevel=error)
 
 # The DynamoDB store backend (feature etracker-server/dynamodb) is tested
-# against moto's DynamoDB emulator on a free loopback port. moto's own
-# `moto_server` answers requests on several threads without serialising its
-# transactions; served from one thread, every request is atomic, as each
-# DynamoDB request is, so the replica race tests are meaningful.
+# against moto's DynamoDB emulator on a free loopback port, served from one
+# thread (scripts/moto_server.py says why, and what it changes for speed).
 MOTO_VERSION=5.2.1
 if [ "$(python3 -c 'import moto, flask, flask_cors; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
     python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
 fi
 MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -c '
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
-' "$MOTO_PORT" >/dev/null 2>&1 &
+python3 scripts/moto_server.py "$MOTO_PORT" >/dev/null 2>&1 &
 MOTO_PID=$!
 trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -232,6 +232,127 @@ fn racing_large_conclusions_of_one_batch() {
     assert_eq!(consistent(a.as_ref()).counted_receipts, 300);
 }
 
+/// Two replicas conclude one batch at once with different usage (as two
+/// attempts may, one of them after a conflict dropped receipts), each with
+/// more daily totals than the final transaction holds, so both write usage
+/// rows: exactly one wins, and every total is the winner's, none of the
+/// loser's rows counting.
+#[test]
+fn racing_conclusions_with_usage_rows_count_the_winner_only() {
+    let prefix = fresh_prefix();
+    let a = Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap());
+    let b = Arc::new(DynamoStore::connect(&endpoint(), &prefix).unwrap());
+    a.put(new_record(1, node(), 1)).unwrap();
+    let spaces = many_spaces(90);
+    let receipts: Vec<u64> = (0..120).collect();
+    let ca = conclusion(1, usage_grid(&spaces[..60], 5, 0), &receipts);
+    let cb = conclusion(1, usage_grid(&spaces[30..], 5, 3), &receipts[..110]);
+    assert_ne!(ca.total_bytes, cb.total_bytes);
+    let outcomes: Vec<_> = [(a.clone(), ca.clone()), (b, cb.clone())]
+        .map(|(store, c)| std::thread::spawn(move || store.conclude(&c)))
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&ConcludeOutcome::Concluded),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&ConcludeOutcome::AlreadyConcluded {
+            receipt: ca.receipt
+        }),
+        "{outcomes:?}"
+    );
+    let RecordStatus::Done { total_bytes, .. } = a.record(&batch(1)).unwrap().unwrap().status
+    else {
+        panic!("batch 1 is not done");
+    };
+    let winner = if total_bytes == ca.total_bytes {
+        &ca
+    } else {
+        &cb
+    };
+    assert_eq!(total_bytes, winner.total_bytes);
+    let (from, to) = (day(0), day(58));
+    for space in &spaces {
+        assert_eq!(
+            a.space_usage(space, &from, &to).unwrap(),
+            grid_days(&winner.usage, space)
+        );
+    }
+    assert_eq!(
+        a.node_usage(&node(), &from, &to).unwrap(),
+        grid_node_days(&winner.usage)
+    );
+    let audit = consistent(a.as_ref());
+    assert_eq!(audit.space_bytes, u128::from(winner.total_bytes));
+    assert_eq!(audit.counted_receipts, winner.counted_receipts.len() as u64);
+}
+
+/// What an attempt interrupted by a crash leaves, usage rows of its own,
+/// never counts: not while the batch is pending, and not once another
+/// attempt concluded it (rows of the same day and space are taken over,
+/// rows of others stay, ignored).
+#[test]
+fn an_interrupted_attempt_s_usage_rows_never_count() {
+    let store = store();
+    let raw = Raw::of(&store);
+    store.put(new_record(1, node(), 1)).unwrap();
+    let row = |pk: String, day: &str, bytes: u64| {
+        Item::from([
+            ("pk".to_string(), text(&pk)),
+            ("sk".to_string(), text(&format!("day#{day}#{}", batch(1)))),
+            ("bytes".to_string(), number(bytes)),
+            ("batch".to_string(), text(&batch(1).to_string())),
+            ("attempt".to_string(), text("interrupted")),
+        ])
+    };
+    raw.put(row(
+        format!("space#{}", space_a().as_str()),
+        "2025-01-01",
+        999,
+    ));
+    raw.put(row(
+        format!("space#{}", space_b().as_str()),
+        "2025-03-03",
+        777,
+    ));
+    raw.put(row(format!("node#{}", node().as_str()), "2025-03-03", 1776));
+    let all = ("2025-01-01", "2025-12-31");
+    assert!(store
+        .space_usage(&space_a(), all.0, all.1)
+        .unwrap()
+        .is_empty());
+    assert!(store.node_usage(&node(), all.0, all.1).unwrap().is_empty());
+    assert_eq!(consistent(&store).space_bytes, 0);
+
+    let mut usage = usage_grid(&many_spaces(40), 5, 0);
+    usage.push(common::usage(space_a(), "2025-01-01", 5));
+    let c = conclusion(1, usage.clone(), &[1, 2, 3]);
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    assert_eq!(
+        store.space_usage(&space_a(), all.0, all.1).unwrap(),
+        [("2025-01-01".to_string(), 5)]
+    );
+    assert!(store
+        .space_usage(&space_b(), all.0, all.1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.node_usage(&node(), all.0, all.1).unwrap(),
+        grid_node_days(&usage)
+    );
+    assert_eq!(consistent(&store).space_bytes, u128::from(c.total_bytes));
+    // The row of space b is still there, its attempt's.
+    let stale: Vec<Item> = raw
+        .scan()
+        .into_iter()
+        .filter(|i| string(i, "sk").ends_with(&batch(1).to_string()))
+        .filter(|i| string(i, "attempt") == "interrupted")
+        .collect();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+}
+
 /// The upload service's consumer table, in its upstream schema (key
 /// `subscription` + `provider`; indexes on `consumer` and `customer`), made
 /// here and read through the space registry and the policy.
@@ -423,6 +544,10 @@ impl Raw {
             )
             .unwrap();
     }
+}
+
+fn number(v: u64) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::N(v.to_string())
 }
 
 fn text(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {

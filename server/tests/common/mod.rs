@@ -72,6 +72,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn conclusions_of_any_size() {
+            common::conclusions_of_any_size(&$make);
+        }
+
+        #[test]
         fn overlapping_receipts_conflict_and_change_nothing() {
             common::overlapping_receipts_conflict_and_change_nothing(&$make);
         }
@@ -288,6 +293,140 @@ pub fn put_by_another_node_conflicts<S: TestStore>(store: &dyn Fn() -> S) {
     let err = store.put(new_record(1, mallory(), 100)).unwrap_err();
     assert_eq!(err, StoreError::NodeConflict { node: node() });
     assert_eq!(store.record(&batch(1)).unwrap().unwrap().node, node());
+}
+
+/// `n` distinct spaces (seeds unlike the fixed principals').
+pub fn many_spaces(n: u16) -> Vec<Did> {
+    (0..n)
+        .map(|k| {
+            let mut seed = [0xA5; 32];
+            seed[..2].copy_from_slice(&k.to_be_bytes());
+            Ed25519Signer::from_seed(seed).did().clone()
+        })
+        .collect()
+}
+
+/// Day `d` (0-based) of January and February 2025.
+pub fn day(d: u64) -> String {
+    assert!(d < 59);
+    let (month, day) = if d < 31 { (1, d + 1) } else { (2, d - 30) };
+    format!("2025-{month:02}-{day:02}")
+}
+
+/// `spaces` × `days` usage entries, each a byte count of its own, shifted
+/// by `salt`.
+pub fn usage_grid(spaces: &[Did], days: u64, salt: u64) -> Vec<DailyUsage> {
+    let mut grid = Vec::new();
+    for (s, space) in spaces.iter().enumerate() {
+        for d in 0..days {
+            let bytes = (s as u64 * 31 + d * 7 + salt) % 997 + 1;
+            grid.push(usage(space.clone(), &day(d), bytes));
+        }
+    }
+    grid
+}
+
+/// Bytes per day of `grid` for `space`, as [`Store::space_usage`] lists them.
+pub fn grid_days(grid: &[DailyUsage], space: &Did) -> Vec<(String, u64)> {
+    let mut days = std::collections::BTreeMap::<String, u64>::new();
+    for u in grid.iter().filter(|u| u.space == *space) {
+        *days.entry(u.day.clone()).or_default() += u.bytes;
+    }
+    days.into_iter().collect()
+}
+
+/// Bytes per day of `grid`, all spaces.
+pub fn grid_node_days(grid: &[DailyUsage]) -> Vec<(String, u64)> {
+    let mut days = std::collections::BTreeMap::<String, u64>::new();
+    for u in grid {
+        *days.entry(u.day.clone()).or_default() += u.bytes;
+    }
+    days.into_iter().collect()
+}
+
+/// A batch touching 5,000 distinct (space, day) totals, plus non-billable
+/// ones and more receipts than one DynamoDB transaction holds, concludes
+/// whole: every daily total exact, counted once; concluding again changes
+/// nothing; a second such batch sharing one receipt is refused whole, and
+/// without it adds exactly its own bytes.
+pub fn conclusions_of_any_size<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, node(), 2)).unwrap();
+    let spaces = many_spaces(200);
+    let first = usage_grid(&spaces, 25, 0);
+    assert_eq!(first.len(), 5_000);
+    let mut c1 = conclusion(1, first.clone(), &(0..150).collect::<Vec<_>>());
+    c1.non_billable = usage_grid(&spaces[..40], 3, 5);
+    assert_eq!(store.conclude(&c1).unwrap(), ConcludeOutcome::Concluded);
+    let all_days = (day(0), day(58));
+    for space in [&spaces[0], &spaces[117], &spaces[199]] {
+        assert_eq!(
+            store.space_usage(space, &all_days.0, &all_days.1).unwrap(),
+            grid_days(&first, space)
+        );
+    }
+    assert_eq!(
+        store
+            .non_billable_usage(&spaces[39], &all_days.0, &all_days.1)
+            .unwrap(),
+        grid_days(&c1.non_billable, &spaces[39])
+    );
+    assert_eq!(
+        store.node_usage(&node(), &all_days.0, &all_days.1).unwrap(),
+        grid_node_days(&first)
+    );
+    // A range inside the batch's days.
+    assert_eq!(
+        store.space_usage(&spaces[5], &day(3), &day(5)).unwrap(),
+        grid_days(&first, &spaces[5])[3..5]
+    );
+    assert_eq!(store.node_total(&node()).unwrap(), c1.total_bytes);
+    let before = consistent(&store);
+    assert_eq!(before.counted_receipts, 150);
+    assert_eq!(before.space_bytes, u128::from(c1.total_bytes));
+    assert_eq!(
+        store.conclude(&c1).unwrap(),
+        ConcludeOutcome::AlreadyConcluded {
+            receipt: c1.receipt
+        }
+    );
+    assert_eq!(store.audit().unwrap(), before);
+
+    // Another 5,000 entries over the same spaces and days, one receipt
+    // already counted: nothing of it lands.
+    let second = usage_grid(&spaces, 25, 400);
+    let mut receipts: Vec<u64> = (1_000..1_150).collect();
+    receipts.push(149);
+    let c2 = conclusion(2, second.clone(), &receipts);
+    assert_eq!(
+        store.conclude(&c2).unwrap_err(),
+        StoreError::Conflict {
+            receipts: vec![retrieve(149)]
+        }
+    );
+    assert!(store.record(&batch(2)).unwrap().unwrap().is_pending());
+    assert_eq!(store.audit().unwrap(), before);
+    receipts.pop();
+    let c2 = conclusion(2, second.clone(), &receipts);
+    assert_eq!(store.conclude(&c2).unwrap(), ConcludeOutcome::Concluded);
+    let both: Vec<DailyUsage> = first.iter().chain(&second).cloned().collect();
+    for space in [&spaces[0], &spaces[64], &spaces[199]] {
+        assert_eq!(
+            store.space_usage(space, &all_days.0, &all_days.1).unwrap(),
+            grid_days(&both, space)
+        );
+    }
+    assert_eq!(
+        store.node_usage(&node(), &all_days.0, &all_days.1).unwrap(),
+        grid_node_days(&both)
+    );
+    let after = consistent(&store);
+    assert_eq!(after.counted_receipts, 300);
+    assert_eq!(
+        after.space_bytes,
+        u128::from(c1.total_bytes + c2.total_bytes)
+    );
 }
 
 /// A conclusion that would take a total past `u64::MAX` is refused whole

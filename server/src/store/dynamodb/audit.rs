@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::items::{decode_record, due_sk, get_s, get_u64, is_due_pk, parse_cid, Item};
+use super::items::{
+    decode_record, due_sk, get_s, get_u64, is_due_pk, parse_cid, parse_day_sk, Item,
+};
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::audit::{Audit, Auditor};
@@ -41,6 +43,7 @@ impl DynamoStore {
         let mut node_totals: BTreeMap<String, u128> = BTreeMap::new();
         let mut node_daily: BTreeMap<String, u128> = BTreeMap::new();
         let mut non_billable_bytes: u128 = 0;
+        let mut rows = Vec::new();
         for item in &items {
             let pk = get_s(item, "pk")?;
             let sk = get_s(item, "sk")?;
@@ -53,6 +56,14 @@ impl DynamoStore {
                 receipts.insert(parse_cid(cid)?);
             } else if pk.starts_with("counted#") {
                 claims.push((parse_cid(&get_s(item, "batch")?)?, get_s(item, "attempt")?));
+            } else if sk.starts_with("day#") && parse_day_sk(&sk)?.1.is_some() {
+                // A usage row: counted below, once the records are known.
+                rows.push((
+                    pk,
+                    get_s(item, "batch")?,
+                    get_s(item, "attempt")?,
+                    get_u64(item, "bytes")?,
+                ));
             } else if let Some(node) = pk.strip_prefix("node#") {
                 let bytes = u128::from(get_u64(item, "bytes")?);
                 if sk == "total" {
@@ -88,6 +99,28 @@ impl DynamoStore {
             }
         }
         auditor.check_counted();
+        // Usage rows count as the claims do.
+        for (pk, batch, attempt, bytes) in rows {
+            let batch = parse_cid(&batch)?;
+            let counts = records
+                .get(&batch)
+                .is_some_and(|r| !r.record.is_pending() && r.attempt.as_ref() == Some(&attempt));
+            if !counts {
+                continue;
+            }
+            let bytes = u128::from(bytes);
+            let audit = &mut auditor.audit;
+            if let Some(node) = pk.strip_prefix("node#") {
+                audit.node_daily_bytes += bytes;
+                *node_daily.entry(node.to_string()).or_default() += bytes;
+            } else if pk.starts_with("space#") {
+                audit.space_bytes += bytes;
+            } else if pk.starts_with("nonbillable#") {
+                non_billable_bytes += bytes;
+            } else {
+                auditor.problem(format!("usage row in partition {pk}"));
+            }
+        }
         auditor.check_totals(node_totals, node_daily);
         let stats = self.counters()?;
         let audit = &auditor.audit;

@@ -27,16 +27,28 @@
 //!   counted twice; a crash before (4) leaves only claims that never count,
 //!   and concluding again resumes (own claims are taken over). If a claim
 //!   hits a receipt counted meanwhile, the attempt deletes its claims (fenced
-//!   the same way) and reports `Conflict`. The non-claim part of (4) must fit
-//!   one transaction: 5 items plus one per (space, day) and per day, at most
-//!   100 (beyond, `Invalid`).
+//!   the same way) and reports `Conflict`.
+//! - **Any number of daily totals**: when the daily totals do not fit (4)
+//!   beside its five fixed items (the record, its due entry, the receipt, the
+//!   node's total, the counters), step (3) also writes one **usage row** per
+//!   daily total, `day#<day>#<batch>` in the total's partition, naming the
+//!   attempt; (4) then adds none of them. A row counts exactly when its batch
+//!   is done with its attempt, the rule of the claims, so all of a batch's
+//!   rows start counting at once, with the flip, and the rows of an attempt
+//!   that lost never count (another attempt of the batch overwrites them;
+//!   rows of days it does not touch stay, ignored). Reads of daily totals add
+//!   the counting rows to the day's total. Rows are not folded into the
+//!   totals afterwards: a fold could not be seen atomically by a query, which
+//!   DynamoDB runs read-committed, and a read would count a batch twice.
+
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use cid::Cid;
 
 use super::items::{
-    counted_pk, get_s, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk, record_pk, s,
-    shard_of, space_days_pk, stats_pk, Stored,
+    counted_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk, record_pk, s,
+    shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
 };
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -127,9 +139,12 @@ impl DynamoStore {
             });
         }
         let attempt = fresh_id();
-        let fixed = 5 + summed.by_day.len() + summed.by_space_day.len() + summed.non_billable.len();
-        if fixed + c.counted_receipts.len() <= TX_MAX {
-            let (mut items, adds) = self.final_writes(c, summed, &old, &attempt)?;
+        let dailies = daily_deltas(c, summed);
+        // The flip's own items: the record, its due entry, the receipt, the
+        // node's total and the counters.
+        let fixed = 5;
+        if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
+            let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
                 items.push(self.claim_write(receipt, &c.batch, &attempt, claim.as_ref())?);
             }
@@ -138,33 +153,42 @@ impl DynamoStore {
                 Tx::Cancelled(_) => self.cancelled(&adds),
             };
         }
-        if fixed > TX_MAX {
-            return Err(StoreError::Invalid(format!(
-                "a conclusion touches at most {} daily totals on DynamoDB, not {}",
-                TX_MAX - 5,
-                fixed - 5
-            )));
-        }
-        // Large: take the fence, claim in fenced chunks, then flip.
+        // Large: take the fence, claim (and write usage rows) in fenced
+        // chunks, then flip. Daily totals that do not fit the flip become
+        // usage rows, which count from the flip on.
+        let as_rows = fixed + dailies.len() > TX_MAX;
         let fenced = self.record_writes(Some(&old), &old.record, Some(&attempt), None)?;
         if let Tx::Cancelled(_) = self.transact(fenced)? {
             return Ok(None);
         }
-        let receipts: Vec<(&Cid, Option<&Claim>)> = c
-            .counted_receipts
-            .iter()
-            .zip(claims.iter().map(Option::as_ref))
-            .collect();
+        let mut writes = Vec::new();
+        for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
+            writes.push((
+                Some(*receipt),
+                self.claim_write(receipt, &c.batch, &attempt, claim.as_ref())?,
+            ));
+        }
+        if as_rows {
+            for daily in &dailies {
+                writes.push((None, self.usage_row(daily, &c.batch, &attempt)?));
+            }
+        }
         let mut claimed = Vec::new();
-        for chunk in receipts.chunks(TX_MAX - 1) {
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let chunk: Vec<_> = writes.by_ref().take(TX_MAX - 1).collect();
             let mut items = vec![self.fence(&c.batch, &attempt)?];
-            for (receipt, claim) in chunk {
-                items.push(self.claim_write(receipt, &c.batch, &attempt, *claim)?);
+            let mut receipts = Vec::new();
+            for (receipt, write) in chunk {
+                receipts.extend(receipt);
+                items.push(write);
             }
             match self.transact(items)? {
-                Tx::Done => claimed.extend(chunk.iter().map(|(r, _)| **r)),
+                Tx::Done => claimed.extend(receipts),
                 Tx::Cancelled(reasons) => {
                     let fence_lost = reasons.first().is_some_and(|r| r != "None");
+                    // Only claims carry conditions: usage rows are written
+                    // under the fence alone.
                     let claim_lost = reasons
                         .iter()
                         .skip(1)
@@ -184,7 +208,8 @@ impl DynamoStore {
         if fenced.token.as_deref() != Some(attempt.as_str()) {
             return Ok(None);
         }
-        let (items, adds) = self.final_writes(c, summed, &fenced, &attempt)?;
+        let in_flip = if as_rows { &[][..] } else { &dailies[..] };
+        let (items, adds) = self.final_writes(c, summed, &fenced, &attempt, in_flip)?;
         match self.transact(items)? {
             Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
             Tx::Cancelled(_) => self.cancelled(&adds).inspect_err(|_| {
@@ -203,40 +228,55 @@ impl DynamoStore {
             .collect();
         let items = self.get_many(&keys)?;
         let mut raw = Vec::with_capacity(receipts.len());
-        let mut batches = Vec::new();
         for key in &keys {
-            match items.get(key) {
-                None => raw.push(None),
-                Some(item) => {
-                    let batch = parse_cid(&get_s(item, "batch")?)?;
-                    let attempt = get_s(item, "attempt")?;
-                    batches.push((record_pk(&batch), "rec".to_string()));
-                    raw.push(Some((batch, attempt)));
-                }
-            }
+            raw.push(match items.get(key) {
+                None => None,
+                Some(item) => Some((parse_cid(&get_s(item, "batch")?)?, get_s(item, "attempt")?)),
+            });
         }
-        let records = self.get_many(&batches)?;
-        raw.into_iter()
+        let batches: Vec<Cid> = raw.iter().flatten().map(|(batch, _)| *batch).collect();
+        let winners = self.done_attempts(&batches)?;
+        Ok(raw
+            .into_iter()
             .map(|claim| {
-                let Some((batch, attempt)) = claim else {
-                    return Ok(None);
-                };
-                let done_attempt = match records.get(&(record_pk(&batch), "rec".to_string())) {
-                    Some(item) if get_s(item, "status")? == "done" => opt_s(item, "attempt")?,
-                    _ => None,
-                };
-                let state = match done_attempt {
+                let (batch, attempt) = claim?;
+                let state = match winners.get(&batch) {
                     None => ClaimState::Pending,
-                    Some(a) if a == attempt => ClaimState::Counted,
+                    Some(a) if *a == attempt => ClaimState::Counted,
                     Some(_) => ClaimState::Orphan,
                 };
-                Ok(Some(Claim {
+                Some(Claim {
                     batch,
                     attempt,
                     state,
-                }))
+                })
             })
-            .collect()
+            .collect())
+    }
+
+    /// The attempt each of `batches` is done with; pending (or unknown)
+    /// batches are absent. A claim or usage row counts only when its
+    /// attempt is its batch's.
+    pub(super) fn done_attempts(
+        &self,
+        batches: &[Cid],
+    ) -> Result<HashMap<Cid, String>, StoreError> {
+        let keys: Vec<(String, String)> = batches
+            .iter()
+            .map(|b| (record_pk(b), "rec".to_string()))
+            .collect();
+        let records = self.get_many(&keys)?;
+        let mut done = HashMap::new();
+        for (batch, key) in batches.iter().zip(&keys) {
+            if let Some(item) = records.get(key) {
+                if get_s(item, "status")? == "done" {
+                    if let Some(attempt) = opt_s(item, "attempt")? {
+                        done.insert(*batch, attempt);
+                    }
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// [`Store::counted`](super::Store::counted): the batch of each
@@ -300,6 +340,27 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
+    /// The usage row of `daily` for `batch`'s `attempt`: written under the
+    /// fence only (a row of an earlier attempt of the batch is taken over;
+    /// one of an attempt that lost never counts).
+    fn usage_row(
+        &self,
+        daily: &Daily,
+        batch: &Cid,
+        attempt: &str,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(&daily.pk))
+            .item("sk", s(&usage_row_sk(&daily.day, batch)))
+            .item("bytes", n(daily.bytes))
+            .item("batch", s(&batch.to_string()))
+            .item("attempt", s(attempt))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
     /// Deletes the claims of `attempt`, each chunk fenced by the record.
     fn withdraw(&self, batch: &Cid, attempt: &str, receipts: &[Cid]) -> Result<(), StoreError> {
         for chunk in receipts.chunks(TX_MAX - 1) {
@@ -337,14 +398,16 @@ impl DynamoStore {
     }
 
     /// The commit of a conclusion, without the claims: the done record, its
-    /// due entry, the receipt, the totals and the counters; and the `ADD`s
-    /// among them, to tell an overflow from contention when it is cancelled.
+    /// due entry, the receipt, the node's total, the counters and `dailies`
+    /// (none when they were written as usage rows); and the `ADD`s among
+    /// them, to tell an overflow from contention when it is cancelled.
     fn final_writes(
         &self,
         c: &Conclusion,
         summed: &SummedUsage,
         old: &Stored,
         attempt: &str,
+        dailies: &[Daily],
     ) -> Result<(Vec<TransactWriteItem>, Vec<Add>), StoreError> {
         let record = old.record.concluded(c, c.counted_receipts.len() as u64);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
@@ -387,25 +450,12 @@ impl DynamoStore {
                 ],
             ),
         ];
-        // Daily totals: `(partition, day, bytes)`.
-        let daily = summed
-            .non_billable
-            .iter()
-            .map(|((space, day), bytes)| (non_billable_pk(space), day, bytes))
-            .chain(
-                summed
-                    .by_day
-                    .iter()
-                    .map(|(day, bytes)| (node_pk.clone(), day, bytes)),
-            )
-            .chain(
-                summed
-                    .by_space_day
-                    .iter()
-                    .map(|((space, day), bytes)| (space_days_pk(space), day, bytes)),
-            );
-        for (pk, day, bytes) in daily {
-            adds.push(add(&pk, &format!("day#{day}"), vec![("bytes", *bytes)]));
+        for daily in dailies {
+            adds.push(add(
+                &daily.pk,
+                &format!("day#{}", daily.day),
+                vec![("bytes", daily.bytes)],
+            ));
         }
         for add in &adds {
             items.push(self.add(add)?);
@@ -435,4 +485,35 @@ impl DynamoStore {
             },
         }
     }
+}
+
+/// One daily total a conclusion adds to: its partition, day and bytes.
+struct Daily {
+    pk: String,
+    day: String,
+    bytes: u64,
+}
+
+/// The daily totals `c` adds to: per node and day, per space and day, and
+/// non-billable per space and day.
+fn daily_deltas(c: &Conclusion, summed: &SummedUsage) -> Vec<Daily> {
+    let node = node_pk(c.node.as_str());
+    let daily = |pk: String, day: &String, bytes: &u64| Daily {
+        pk,
+        day: day.clone(),
+        bytes: *bytes,
+    };
+    let by_node = summed
+        .by_day
+        .iter()
+        .map(|(day, bytes)| daily(node.clone(), day, bytes));
+    let by_space = summed
+        .by_space_day
+        .iter()
+        .map(|((space, day), bytes)| daily(space_days_pk(space), day, bytes));
+    let non_billable = summed
+        .non_billable
+        .iter()
+        .map(|((space, day), bytes)| daily(non_billable_pk(space), day, bytes));
+    by_node.chain(by_space).chain(non_billable).collect()
 }

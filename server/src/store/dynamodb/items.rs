@@ -5,7 +5,7 @@
 //!
 //! | item              | `pk`                  | `sk`                                   | attributes                                       |
 //! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
-//! | format            | `meta`                | `format`                               | `format` = 2                                     |
+//! | format            | `meta`                | `format`                               | `format` = 3 (2 before the shards)               |
 //! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`?, `due_pk`? |
 //! | due index entry   | `due#<shard>`         | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
@@ -17,6 +17,7 @@
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
 //! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
+//! | usage row         | `space#`, `node#` or `nonbillable#<did>` | `day#<day>#<batch>`  | `bytes`, `batch`, `attempt`                      |
 //! | counters          | `stats#<shard>`       | `stats`                                | `records`, `concluded`, `counted`, `nodes`, `total_bytes`, `non_billable_bytes` |
 //!
 //! `<shard>` is two digits, `00` to `15`: the last byte of the batch CID's
@@ -131,6 +132,25 @@ pub(super) fn space_days_pk(space: &str) -> String {
 /// The partition of a space's non-billable daily bytes.
 pub(super) fn non_billable_pk(space: &str) -> String {
     format!("nonbillable#{space}")
+}
+
+/// The sort key of a usage row: `batch`'s share of a daily total, written
+/// before the conclusion's flip when its daily totals do not fit the flip's
+/// transaction. It sorts right after the day's total (`day#<day>`), so one
+/// query of a day range reads both.
+pub(super) fn usage_row_sk(day: &str, batch: &Cid) -> String {
+    format!("day#{day}#{batch}")
+}
+
+/// The day of a daily total's or usage row's sort key, and the row's batch.
+pub(super) fn parse_day_sk(sk: &str) -> Result<(&str, Option<Cid>), StoreError> {
+    let rest = sk
+        .strip_prefix("day#")
+        .ok_or_else(|| StoreError::Corrupt(format!("not a day key: {sk:?}")))?;
+    Ok(match rest.split_once('#') {
+        None => (rest, None),
+        Some((day, batch)) => (day, Some(parse_cid(batch)?)),
+    })
 }
 
 /// The due index key: redb's `(due_at, received_at, batch bytes)` order.

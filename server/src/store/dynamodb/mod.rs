@@ -35,14 +35,15 @@
 //! |---|---|---|
 //! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters | no: due entry and counters in one of 16 shards, by batch |
 //! | lease (per record) | the record, its due entry moved | no |
-//! | conclude | the record, its due entry removed, the receipt, `ADD`s to the node's total, its shard of the counters and one daily total per (space, day) and per day; one claim per counted receipt | no: per node, per space, per receipt |
+//! | conclude | the record, its due entry removed, the receipt, `ADD`s to the node's total, its shard of the counters and one daily total per (space, day) and per day (or, past 95, one usage row each, written before); one claim per counted receipt | no: per node, per space, per receipt |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
 //! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
 //! So a track writes three items (about 8 write units with a 1–2 KB track
 //! invocation), and a counted receipt one claim item (2 units) plus its
 //! share of the daily totals. The one item a node's every conclusion
-//! writes is its own total. The due index is read a page at a time from
+//! writes is its own total. A daily-total read costs one more item per
+//! usage row of the day, plus one record read per batch among them. The due index is read a page at a time from
 //! each shard by every lease.
 //!
 //! # Differences from redb
@@ -56,6 +57,13 @@
 //!   each `ADD` conditioned on the room left; but the counters of `stats`
 //!   are summed over shards when read, so a sum past `u64::MAX` (18 EB of
 //!   egress) is an error of that read, not a refused conclusion.
+//! - Daily totals of a conclusion written as usage rows (see `conclude.rs`)
+//!   are not checked against `u64::MAX` when committed: a day's sum past it
+//!   (18 EB in one day of one space) is an error of the read. The node's
+//!   total, which bounds its daily totals, is still refused.
+//! - Reads of several items are read-committed, not a snapshot: a read of
+//!   a range of days racing a conclusion may see some of its days and not
+//!   others; what is stored is all or nothing.
 //! - Transactions cancelled by contention are retried a bounded number of
 //!   times, then reported as `Backend`.
 

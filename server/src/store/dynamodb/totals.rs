@@ -1,14 +1,21 @@
 //! Reads of the totals: daily totals per node and space, node totals and
 //! the counters item.
 
+use std::collections::BTreeMap;
+
+use cid::Cid;
 use ucanto::principal::Did;
 
-use super::items::{due_partitions, get_s, get_u64, node_pk, stats_pk, LEGACY_STATS, SHARDS};
+use super::items::{
+    due_partitions, get_s, get_u64, node_pk, parse_day_sk, stats_pk, LEGACY_STATS, SHARDS,
+};
 use super::DynamoStore;
 use crate::store::{check_day_range, StoreError, StoreStats};
 
 impl DynamoStore {
-    /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`.
+    /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`: each
+    /// day's total plus the usage rows of batches done with the rows'
+    /// attempt (rows of other attempts never count).
     pub(super) fn daily(
         &self,
         pk: &str,
@@ -18,16 +25,39 @@ impl DynamoStore {
         if !check_day_range(from, to)? {
             return Ok(Vec::new());
         }
+        // `day#<to>` sorts before `day#<to>#…` rows: they are out of range.
         let items = self.query(pk, &format!("day#{from}"), &format!("day#{to}"), None)?;
-        let mut days = Vec::new();
-        for item in items {
-            let sk = get_s(&item, "sk")?;
-            let day = sk.strip_prefix("day#").unwrap_or(&sk).to_string();
-            if day.as_str() < to {
-                days.push((day, get_u64(&item, "bytes")?));
+        let mut totals = Vec::new();
+        let mut rows = Vec::new();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            let (day, batch) = parse_day_sk(&sk)?;
+            if day >= to {
+                continue;
+            }
+            let bytes = get_u64(item, "bytes")?;
+            match batch {
+                None => totals.push((day.to_string(), bytes)),
+                Some(batch) => rows.push((day.to_string(), batch, get_s(item, "attempt")?, bytes)),
             }
         }
-        Ok(days)
+        if rows.is_empty() {
+            return Ok(totals);
+        }
+        let batches: Vec<Cid> = rows.iter().map(|(_, batch, _, _)| *batch).collect();
+        let winners = self.done_attempts(&batches)?;
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        let counted = rows
+            .into_iter()
+            .filter(|(_, batch, attempt, _)| winners.get(batch) == Some(attempt))
+            .map(|(day, _, _, bytes)| (day, bytes));
+        for (day, bytes) in totals.into_iter().chain(counted) {
+            let sum = days.entry(day).or_default();
+            *sum = sum.checked_add(bytes).ok_or_else(|| {
+                StoreError::Corrupt(format!("the daily total of {pk} overflows u64"))
+            })?;
+        }
+        Ok(days.into_iter().collect())
     }
 
     /// [`Store::node_total`](super::Store::node_total).
