@@ -30,5 +30,5 @@ done
 export ETRACKER_TEST_DYNAMODB="http://127.0.0.1:$MOTO_PORT"
 
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --features etracker-server/dynamodb --quiet -- -D warnings
-cargo test --workspace --features etracker-server/dynamodb
+cargo clippy --workspace --all-targets --features etracker-server/dynamodb,etracker-e2e/dynamodb --quiet -- -D warnings
+cargo test --workspace --features etracker-server/dynamodb,etracker-e2e/dynamodb

@@ -59,3 +59,12 @@ pub mod scratch;
 pub mod service;
 pub mod store;
 pub mod tally;
+
+/// The cargo features of this build, so that tests which run the `etracker`
+/// binary build it with the same ones (and cargo builds nothing twice).
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "tls")]
+    "tls",
+    #[cfg(feature = "dynamodb")]
+    "dynamodb",
+];

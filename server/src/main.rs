@@ -545,6 +545,16 @@ async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>,
     })
 }
 
+/// Runs a store call off the async threads: the DynamoDB store blocks on a
+/// runtime of its own, which tokio forbids inside another.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, etracker_server::store::StoreError> + Send + 'static,
+) -> Result<T, BoxError> {
+    let store = Arc::clone(store);
+    Ok(tokio::task::spawn_blocking(move || call(store.as_ref())).await??)
+}
+
 /// `etracker space …`: on the store when it can be opened, else (a tracker
 /// holds the data directory) through that tracker's admin API.
 async fn space(command: SpaceCommand) -> Result<(), BoxError> {
@@ -606,7 +616,8 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
                             },
                             customer,
                         };
-                        store.put_space(&entry)?;
+                        let put = entry.clone();
+                        on_store(store, move |s| s.put_space(&put)).await?;
                         println!("{}", space_json(&entry));
                     }
                     None => {
@@ -629,7 +640,8 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
                 let space: Did = space.parse()?;
                 match &store {
                     Some(store) => {
-                        let removed = store.remove_space(&space)?;
+                        let gone = space.clone();
+                        let removed = on_store(store, move |s| s.remove_space(&gone)).await?;
                         println!(
                             "{}",
                             serde_json::json!({"space": space.as_str(), "removed": removed})
@@ -644,7 +656,7 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
         }
         SpaceCommand::List { .. } => match &store {
             Some(store) => {
-                for entry in store.spaces()? {
+                for entry in on_store(store, |s| s.spaces()).await? {
                     println!("{}", space_json(&entry));
                 }
             }

@@ -171,7 +171,8 @@ pub async fn serve(router: axum::Router) -> String {
 /// hands `CARGO_BIN_EXE_*` to tests of the binary's own package, so the first
 /// call per binary runs `cargo build -p <package> --bin <bin>` (same cargo,
 /// profile and target directory as this test binary, found from its path
-/// `<target>/<profile>/deps/…`; a no-op when up to date) and later calls reuse it.
+/// `<target>/<profile>/deps/…`; for `etracker-server`, with the features the
+/// test links it with; a no-op when up to date) and later calls reuse it.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,6 +192,13 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(repo_root());
+    if package == "etracker-server" {
+        // The features this test process links the library with.
+        build.arg("--no-default-features").arg(format!(
+            "--features={}",
+            etracker_server::FEATURES.join(",")
+        ));
+    }
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
         Some("release") => {

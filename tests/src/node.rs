@@ -138,6 +138,8 @@ pub struct BatchServer {
     pub failing: Arc<std::sync::atomic::AtomicBool>,
     /// Send half the batch, then stall this long.
     pub stall: Arc<Mutex<Option<Duration>>>,
+    /// Send half the batch, pause this long, then send the rest: a slow node.
+    pub slow: Arc<Mutex<Option<Duration>>>,
 }
 
 impl BatchServer {
@@ -156,13 +158,18 @@ impl BatchServer {
                 return StatusCode::NOT_FOUND.into_response();
             };
             let stall = *s.stall.lock().unwrap();
-            match stall {
-                None => bytes.into_response(),
-                Some(pause) => {
-                    let half = bytes[..bytes.len() / 2].to_vec();
-                    let stream = futures_stall(half, pause);
+            let slow = *s.slow.lock().unwrap();
+            let half = bytes.len() / 2;
+            match (stall, slow) {
+                (Some(pause), _) => {
+                    let stream = futures_stall(vec![bytes[..half].to_vec(), Vec::new()], pause);
                     axum::body::Body::from_stream(stream).into_response()
                 }
+                (None, Some(pause)) => {
+                    let parts = vec![bytes[..half].to_vec(), bytes[half..].to_vec()];
+                    axum::body::Body::from_stream(futures_stall(parts, pause)).into_response()
+                }
+                (None, None) => bytes.into_response(),
             }
         }
         axum::Router::new()
@@ -176,20 +183,22 @@ impl BatchServer {
     }
 }
 
-/// One chunk, then silence for `pause`, then the end: a node that stalls mid-batch.
+/// The parts with `pause` of silence between them: a node that is slow
+/// (the whole batch in two parts) or stalls mid-batch (half, then nothing).
 fn futures_stall(
-    first: Vec<u8>,
+    parts: Vec<Vec<u8>>,
     pause: Duration,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(Some(first), move |state| async move {
-        match state {
-            Some(first) => Some((Ok(bytes::Bytes::from(first)), None)),
-            None => {
+    futures_util::stream::unfold(
+        (parts.into_iter(), true),
+        move |(mut parts, first)| async move {
+            if !first {
                 tokio::time::sleep(pause).await;
-                None
             }
-        }
-    })
+            let part = parts.next()?;
+            Some((Ok(bytes::Bytes::from(part)), (parts, false)))
+        },
+    )
 }
 
 /// Tracker settings for tests: tiny batches allowed, immediate retries.

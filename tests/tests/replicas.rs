@@ -1,0 +1,387 @@
+//! Three `etracker` replicas of the real binary on one DynamoDB table
+//! (moto, `ETRACKER_TEST_DYNAMODB`, started by `scripts/test.sh`), four
+//! nodes tracking 220 batches: tracks sent twice to different replicas,
+//! receipts repeated across batches, a node offline for half the run, and
+//! one replica killed with `kill -9` while it consolidates, then restarted.
+//! Afterwards every batch is concluded exactly once and every total is the
+//! exact sum of the distinct retrievals.
+//!
+//! Unset `ETRACKER_TEST_DYNAMODB` fails the test (it is not skipped).
+
+#![cfg(feature = "dynamodb")]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use etracker_e2e::node::*;
+use etracker_e2e::{alice, bob, principal, service};
+use etracker_server::store::dynamodb::DynamoStore;
+use etracker_server::store::Store;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use ucanto::principal::{Ed25519Signer, Signer};
+use ucanto::receipt::Receipt;
+
+const NODES: u8 = 4;
+const BATCHES_PER_NODE: u64 = 55;
+/// The node whose endpoint answers 503 until the killed replica is back.
+const OFFLINE: usize = 3;
+/// The node that serves its batches slowly until the kill.
+const SLOW: usize = 2;
+
+/// The moto endpoint and a table prefix of this test's own.
+struct Table {
+    endpoint: String,
+    prefix: String,
+}
+
+impl Table {
+    fn env(&self, command: &mut Command) {
+        command
+            .env("ETRACKER_STORE", "dynamodb")
+            .env("ETRACKER_DYNAMODB_ENDPOINT", &self.endpoint)
+            .env("ETRACKER_DYNAMODB_TABLE_PREFIX", &self.prefix)
+            .env("ETRACKER_PRIVATE_KEY", service().format());
+    }
+
+    /// The store, opened off the async runtime (it blocks).
+    async fn open(&self) -> DynamoStore {
+        let (endpoint, prefix) = (self.endpoint.clone(), self.prefix.clone());
+        tokio::task::spawn_blocking(move || DynamoStore::connect(&endpoint, &prefix))
+            .await
+            .unwrap()
+            .expect("the test's table")
+    }
+}
+
+fn etracker_binary() -> PathBuf {
+    etracker_e2e::workspace_bin("etracker-server", "etracker")
+}
+
+/// `etracker start` as replica `name` on the shared table: consolidating
+/// every second, a few batches per run, 5 s leases.
+async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, String) {
+    let mut command = Command::new(etracker_binary());
+    command
+        .args([
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--min-batch-size",
+            "0",
+            "--consolidation-interval",
+            "1",
+            "--batch-limit",
+            "8",
+            "--lease-secs",
+            "5",
+            "--retry-base",
+            "0",
+            "--allow-private-endpoints",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("ETRACKER_REPLICA", name)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    table.env(&mut command);
+    let mut child = command.spawn().expect("spawn etracker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .expect("hello line");
+    let hello: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    (child, hello["url"].as_str().unwrap().to_string())
+}
+
+/// One retrieval: its receipt, and the bytes it served.
+fn retrieval(node: &Ed25519Signer, tag: &str, size: u64) -> (Receipt, u64) {
+    let proof = retrieve_delegation(&alice(), bob().did());
+    let invocation = retrieve_invocation(
+        &bob(),
+        node.did(),
+        alice().did(),
+        0,
+        size - 1,
+        &[proof],
+        tag,
+    );
+    (ok_receipt(node, &invocation), size)
+}
+
+/// A node's batches: 3 new retrievals each, and every tenth batch also
+/// repeats a retrieval of the batch before it (counted once, whichever
+/// batch concludes first). Returns the batches (CID, bytes) and the
+/// distinct bytes they add up to.
+fn node_batches(k: u8, node: &Ed25519Signer) -> (Vec<(Cid, Vec<u8>)>, u64) {
+    let mut batches = Vec::new();
+    let mut total = 0;
+    let mut previous: Option<Receipt> = None;
+    for i in 0..BATCHES_PER_NODE {
+        let mut receipts = Vec::new();
+        for j in 0..3 {
+            let (receipt, bytes) = retrieval(
+                node,
+                &format!("replicas-{k}-{i}-{j}"),
+                100 + (u64::from(k) * 37 + i * 11 + j * 5) % 900,
+            );
+            total += bytes;
+            receipts.push(receipt);
+        }
+        if i % 10 == 9 {
+            receipts.push(previous.clone().expect("a batch before"));
+        }
+        previous = Some(receipts[0].clone());
+        batches.push(batch(&receipts));
+    }
+    (batches, total)
+}
+
+async fn kill9(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+}
+
+/// `node` tracks `batch` on the tracker at `url`; the consolidate task.
+async fn track(url: &str, node: &Ed25519Signer, batch: Cid, endpoint: &str) -> Cid {
+    let proof = track_proof(&service(), node.did());
+    let invocation = track_invocation(node, service().did(), batch, endpoint, &[proof]);
+    let receipt = invoke(url, &invocation).await;
+    assert!(receipt.out().is_ok(), "track: {:?}", receipt.out());
+    receipt.forks()[0].cid()
+}
+
+/// `GET /metrics` value of `name` summed over its series; 0 if absent.
+async fn metric_sum(url: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("{url}metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_survive_kill_9_and_count_exactly_once() {
+    let table = Table {
+        endpoint: std::env::var("ETRACKER_TEST_DYNAMODB")
+            .expect("ETRACKER_TEST_DYNAMODB is unset: scripts/test.sh starts moto and sets it"),
+        prefix: format!("replicas{}-{}-", std::process::id(), ucanto::ucan::now()),
+    };
+    // Alice's space is billable: registered in the shared table.
+    let mut add = Command::new(etracker_binary());
+    add.args(["space", "add", alice().did().as_str()])
+        .arg("--data-dir")
+        .arg(temp_dir("replicas-cli"));
+    table.env(&mut add);
+    let output = add.output().await.expect("etracker space add");
+    assert!(output.status.success(), "{output:?}");
+
+    let names = ["replica-0", "replica-1", "replica-2"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| temp_dir(n)).collect();
+    let mut replicas = Vec::new();
+    for (name, dir) in names.iter().zip(&dirs) {
+        replicas.push(start_replica(&table, name, dir).await);
+    }
+
+    // Four nodes, each serving its own batches; one of them offline.
+    let mut nodes = Vec::new();
+    for k in 0..NODES {
+        let signer = principal(40 + k);
+        let (batches, total) = node_batches(k, &signer);
+        let server = BatchServer::default();
+        let endpoint = server.serve().await;
+        for (cid, bytes) in &batches {
+            server.put(cid, bytes.clone());
+        }
+        nodes.push((signer, batches, total, server, endpoint));
+    }
+    nodes[OFFLINE].3.failing.store(true, Ordering::Relaxed);
+    // Until the kill, one node is slow: whoever consolidates its batches
+    // holds their leases for seconds, so the kill lands in a run.
+    *nodes[SLOW].3.slow.lock().unwrap() = Some(Duration::from_secs(5));
+
+    // Tracks spread over the replicas, interleaving nodes; every seventh
+    // sent again to the next replica (same task, counted once).
+    let track_some = |range: std::ops::Range<u64>, urls: Vec<String>| {
+        let nodes = &nodes;
+        async move {
+            let mut tasks = Vec::new();
+            let mut n = 0usize;
+            for i in range {
+                for (k, (signer, batches, _, _, endpoint)) in nodes.iter().enumerate() {
+                    let batch = batches[i as usize].0;
+                    let url = &urls[n % urls.len()];
+                    let task = track(url, signer, batch, endpoint).await;
+                    if n.is_multiple_of(7) {
+                        let again = &urls[(n + 1) % urls.len()];
+                        assert_eq!(track(again, signer, batch, endpoint).await, task);
+                    }
+                    tasks.push((k, batch, task));
+                    n += 1;
+                }
+            }
+            tasks
+        }
+    };
+    let urls: Vec<String> = replicas.iter().map(|(_, url)| url.clone()).collect();
+    let half = BATCHES_PER_NODE / 2;
+    let mut tasks = track_some(0..half, urls).await;
+
+    // Kill replica 1 in the middle of a run: once it has concluded a few
+    // batches and is downloading one of the slow node's.
+    let victim = 1;
+    let store = std::sync::Arc::new(table.open().await);
+    let batches: Vec<Cid> = tasks
+        .iter()
+        .filter(|(k, _, _)| *k == SLOW)
+        .map(|(_, batch, _)| *batch)
+        .collect();
+    let held_by_victim = || {
+        let (store, batches) = (store.clone(), batches.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                batches
+                    .iter()
+                    .filter(|b| {
+                        let record = store.record(b).unwrap().expect("tracked");
+                        record.is_pending()
+                            && record.lease.is_some_and(|l| l.owner == names[victim])
+                    })
+                    .count()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "replica 1 never got to work");
+        let url = &replicas[victim].1;
+        if metric_sum(url, "etracker_concluded_batches_total").await >= 3
+            && held_by_victim().await > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (child, _) = replicas.remove(victim);
+    kill9(child).await;
+    let orphaned = held_by_victim().await;
+    eprintln!("replica 1 killed holding {orphaned} leases");
+    assert!(orphaned > 0, "killed between runs, not in one");
+
+    // The rest is tracked on the two survivors; then the victim restarts
+    // under its name and the offline node comes back.
+    let survivors: Vec<String> = replicas.iter().map(|(_, url)| url.clone()).collect();
+    tasks.extend(track_some(half..BATCHES_PER_NODE, survivors).await);
+    let restarted = start_replica(&table, names[victim], &dirs[victim]).await;
+    replicas.insert(victim, restarted);
+    nodes[OFFLINE].3.failing.store(false, Ordering::Relaxed);
+    *nodes[SLOW].3.slow.lock().unwrap() = None;
+    assert_eq!(tasks.len(), usize::from(NODES) * BATCHES_PER_NODE as usize);
+    assert!(tasks.len() >= 200);
+
+    // Every batch concludes, one receipt each, the same on every replica.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut receipts: BTreeMap<Cid, Receipt> = BTreeMap::new();
+    while receipts.len() < tasks.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} batches concluded",
+            receipts.len(),
+            tasks.len()
+        );
+        for (_, _, task) in &tasks {
+            if !receipts.contains_key(task) {
+                if let Some(r) = consolidate_receipt(&replicas[0].1, task).await {
+                    receipts.insert(*task, r);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (_, url) in &replicas[1..] {
+        for (task, receipt) in &receipts {
+            let there = consolidate_receipt(url, task).await.expect("stored once");
+            assert_eq!(there.cid(), receipt.cid(), "one receipt per batch");
+        }
+    }
+
+    // Each node's receipts add up to its distinct retrievals exactly; each
+    // repeated retrieval was refused by exactly one of its two batches.
+    let mut refused = 0;
+    for (k, (_, _, total, _, _)) in nodes.iter().enumerate() {
+        let mut counted = 0;
+        for (node, _, task) in &tasks {
+            if *node != k {
+                continue;
+            }
+            let out = consolidate_out(&receipts[task]).expect("consolidated");
+            counted += out.total_egress;
+            refused += out.errors.len();
+        }
+        assert_eq!(counted, *total, "node {k}: counted exactly once");
+    }
+    let repeats = (NODES as u64 * (BATCHES_PER_NODE / 10)) as usize;
+    assert_eq!(refused, repeats, "each repeat refused once, nothing else");
+
+    // The table agrees: every batch concluded once, every total exact.
+    for (child, _) in replicas {
+        kill9(child).await;
+    }
+    let expected: u64 = nodes.iter().map(|n| n.2).sum();
+    let (stats, audit, node_totals, space_total) = tokio::task::spawn_blocking({
+        let signers: Vec<Ed25519Signer> = nodes.iter().map(|n| n.0.clone()).collect();
+        move || {
+            let today = (ucanto::ucan::now() / 86_400) as i64;
+            let from = etracker_capabilities::account_egress_get::format_date(today - 1);
+            let to = etracker_capabilities::account_egress_get::format_date(today + 2);
+            let space: u64 = store
+                .space_usage(alice().did(), &from, &to)
+                .unwrap()
+                .iter()
+                .map(|(_, b)| b)
+                .sum();
+            let node_totals: Vec<u64> = signers
+                .iter()
+                .map(|s| store.node_total(s.did()).unwrap())
+                .collect();
+            (
+                store.stats().unwrap(),
+                store.audit().unwrap(),
+                node_totals,
+                space,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(audit.is_consistent(), "{:?}", audit.problems);
+    assert_eq!(stats.concluded, tasks.len() as u64, "each batch once");
+    assert_eq!(stats.pending, 0);
+    let distinct: HashSet<Cid> = tasks.iter().map(|(_, _, t)| *t).collect();
+    assert_eq!(distinct.len(), tasks.len());
+    assert_eq!(
+        stats.counted_receipts,
+        tasks.len() as u64 * 3,
+        "3 new retrievals a batch, repeats not counted"
+    );
+    for (k, node) in nodes.iter().enumerate() {
+        assert_eq!(node_totals[k], node.2, "node {k} total");
+    }
+    assert_eq!(space_total, expected, "alice's space total");
+    assert_eq!(stats.total_bytes, expected);
+}
