@@ -202,6 +202,25 @@ fn large_conclusion_commits_once() {
     assert_eq!(consistent(&store).counted_receipts, 650);
 }
 
+/// Two replicas conclude one batch at once, each its conclusion: one
+/// `Concluded`, the other `AlreadyConcluded`.
+fn one_concludes(racers: [(Arc<DynamoStore>, etracker_server::store::Conclusion); 2]) {
+    let receipt = racers[0].1.receipt;
+    let outcomes: Vec<_> = racers
+        .map(|(store, c)| std::thread::spawn(move || store.conclude(&c)))
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&ConcludeOutcome::Concluded),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&ConcludeOutcome::AlreadyConcluded { receipt }),
+        "{outcomes:?}"
+    );
+}
+
 /// Two replicas concluding the same large batch at once: one `Concluded`,
 /// the other `AlreadyConcluded`, counted once.
 #[test]
@@ -212,22 +231,7 @@ fn racing_large_conclusions_of_one_batch() {
     a.put(new_record(1, node(), 1)).unwrap();
     let receipts: Vec<u64> = (0..300).collect();
     let c = conclusion(1, vec![usage(space_a(), "2025-01-01", 300)], &receipts);
-    let outcomes: Vec<_> = [a.clone(), b]
-        .map(|store| {
-            let c = c.clone();
-            std::thread::spawn(move || store.conclude(&c))
-        })
-        .into_iter()
-        .map(|t| t.join().unwrap().unwrap())
-        .collect();
-    assert!(
-        outcomes.contains(&ConcludeOutcome::Concluded),
-        "{outcomes:?}"
-    );
-    assert!(
-        outcomes.contains(&ConcludeOutcome::AlreadyConcluded { receipt: c.receipt }),
-        "{outcomes:?}"
-    );
+    one_concludes([(a.clone(), c.clone()), (b, c.clone())]);
     assert_eq!(a.node_total(&node()).unwrap(), 300);
     assert_eq!(consistent(a.as_ref()).counted_receipts, 300);
 }
@@ -248,21 +252,7 @@ fn racing_conclusions_with_usage_rows_count_the_winner_only() {
     let ca = conclusion(1, usage_grid(&spaces[..60], 5, 0), &receipts);
     let cb = conclusion(1, usage_grid(&spaces[30..], 5, 3), &receipts[..110]);
     assert_ne!(ca.total_bytes, cb.total_bytes);
-    let outcomes: Vec<_> = [(a.clone(), ca.clone()), (b, cb.clone())]
-        .map(|(store, c)| std::thread::spawn(move || store.conclude(&c)))
-        .into_iter()
-        .map(|t| t.join().unwrap().unwrap())
-        .collect();
-    assert!(
-        outcomes.contains(&ConcludeOutcome::Concluded),
-        "{outcomes:?}"
-    );
-    assert!(
-        outcomes.contains(&ConcludeOutcome::AlreadyConcluded {
-            receipt: ca.receipt
-        }),
-        "{outcomes:?}"
-    );
+    one_concludes([(a.clone(), ca.clone()), (b, cb.clone())]);
     let RecordStatus::Done { total_bytes, .. } = a.record(&batch(1)).unwrap().unwrap().status
     else {
         panic!("batch 1 is not done");

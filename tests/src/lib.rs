@@ -86,14 +86,7 @@ pub async fn spawn_js(script: &str, args: &[&str]) -> JsPeer {
         .kill_on_drop(true)
         .spawn()
         .expect("node is installed (see scripts/test.sh)");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .await
-        .expect("read first line");
-    let hello =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}"));
+    let hello = hello_line(&mut child, script).await;
     JsPeer { child, hello }
 }
 
@@ -165,6 +158,18 @@ pub async fn serve(router: axum::Router) -> String {
         axum::serve(listener, app).await.expect("serve");
     });
     format!("http://{addr}/")
+}
+
+/// The JSON line a server child (`etracker start`, a JS peer) prints
+/// first on its piped stdout; `who` names it in a panic.
+pub async fn hello_line(child: &mut Child, who: &str) -> serde_json::Value {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .expect("read first line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{who} printed {line:?}: {e}"))
 }
 
 /// A binary of the workspace, built fresh for this test process. Cargo only

@@ -11,7 +11,6 @@ use etracker_e2e::node::*;
 use etracker_e2e::{alice, service};
 use etracker_server::store::redb::RedbStore;
 use etracker_server::store::Store;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use ucanto::principal::{Ed25519Signer, Signer};
 
@@ -71,13 +70,7 @@ async fn start_leasing(data_dir: &std::path::Path, lease_secs: u64) -> (Child, S
         .kill_on_drop(true)
         .spawn()
         .expect("spawn etracker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .await
-        .expect("hello line");
-    let hello: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
     assert_eq!(hello["did"], service().did().as_str());
     (child, hello["url"].as_str().unwrap().to_string())
 }

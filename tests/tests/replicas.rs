@@ -21,7 +21,6 @@ use etracker_e2e::node::*;
 use etracker_e2e::{alice, bob, principal, service};
 use etracker_server::store::dynamodb::DynamoStore;
 use etracker_server::store::Store;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use ucanto::principal::{Ed25519Signer, Signer};
 use ucanto::receipt::Receipt;
@@ -92,13 +91,7 @@ async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, St
         .kill_on_drop(true);
     table.env(&mut command);
     let mut child = command.spawn().expect("spawn etracker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .await
-        .expect("hello line");
-    let hello: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
     (child, hello["url"].as_str().unwrap().to_string())
 }
 
