@@ -51,6 +51,7 @@
 /// variable is set already (why: `limit_malloc_arenas` in `main.rs`).
 pub const MALLOC_ARENA_MAX: &str = "2";
 
+pub mod admin;
 pub mod consolidator;
 pub mod handlers;
 pub mod metrics;

@@ -270,6 +270,17 @@ struct StartArgs {
     /// /consolidate answers loopback callers only).
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// User name of the dashboard's login (/admin), with --admin-password.
+    #[arg(long, env = "ETRACKER_ADMIN_USER", requires = "admin_password")]
+    admin_user: Option<String>,
+    /// Password of the dashboard's login (the admin token also logs in).
+    #[arg(
+        long,
+        env = "ETRACKER_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_user"
+    )]
+    admin_password: Option<String>,
     /// URL of a separately deployed consolidator (in-process when unset).
     #[arg(long, env = "ETRACKER_CONSOLIDATOR_URL", requires = "consolidator_did")]
     consolidator_url: Option<String>,
@@ -690,6 +701,7 @@ async fn start(args: StartArgs) -> Result<(), BoxError> {
         limits: args.batches.limits(&args.key.data_dir),
         authorities,
         admin_token: args.admin_token,
+        admin_login: args.admin_user.zip(args.admin_password),
         max_concurrent_requests: args.max_concurrent_requests,
         request_timeout: Duration::from_secs(args.request_timeout),
         remote_consolidator: match (&args.consolidator_url, &args.consolidator_did) {

@@ -56,6 +56,9 @@ pub struct Settings {
     pub authorities: Vec<Arc<dyn Verifier>>,
     /// Bearer token for `/metrics` and `/consolidate`; open when `None`.
     pub admin_token: Option<String>,
+    /// User and password of the dashboard's login (the admin token is
+    /// accepted as the password too).
+    pub admin_login: Option<(String, String)>,
     /// Largest ucanto request body.
     pub body_limit: usize,
     /// ucanto requests handled at once; more wait, within the timeout.
@@ -110,6 +113,7 @@ impl Default for Settings {
             limits: BatchLimits::default(),
             authorities: Vec::new(),
             admin_token: None,
+            admin_login: None,
             body_limit: 64 * 1024 * 1024,
             max_concurrent_requests: 64,
             request_timeout: Duration::from_secs(60),
@@ -172,6 +176,7 @@ pub struct Tracker {
     settings: Settings,
     trigger: Notify,
     run_lock: tokio::sync::Mutex<()>,
+    admin: crate::admin::auth::Sessions,
 }
 
 impl Tracker {
@@ -214,10 +219,15 @@ impl Tracker {
                 )
             }
         };
+        let admin = crate::admin::auth::Sessions::new(crate::admin::auth::Credentials {
+            user_password: settings.admin_login.clone(),
+            token: settings.admin_token.clone(),
+        });
         Arc::new(Tracker {
             ctx,
             server,
             consolidator,
+            admin,
             settings,
             trigger: Notify::new(),
             run_lock: Default::default(),
@@ -227,6 +237,16 @@ impl Tracker {
     /// The dispatcher (for in-process clients).
     pub fn server(&self) -> &Arc<Server> {
         &self.server
+    }
+
+    /// What the handlers share: identity, store, counters, space policy.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The dashboard's sessions.
+    pub fn admin(&self) -> &crate::admin::auth::Sessions {
+        &self.admin
     }
 
     /// Counters.
@@ -253,6 +273,7 @@ impl Tracker {
             .route("/metrics", get(metrics))
             .route("/", get(banner))
             .merge(admin)
+            .merge(crate::admin::routes())
             .with_state(self.clone())
             .merge(ucanto)
             .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -395,7 +416,9 @@ impl Tracker {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())),
+                .is_some_and(|given| {
+                    crate::admin::auth::constant_time_eq(given.as_bytes(), token.as_bytes())
+                }),
         }
     }
 
@@ -595,14 +618,6 @@ async fn consolidate_now(State(tracker): State<Arc<Tracker>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Compares secrets in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +664,7 @@ mod tests {
 
     #[test]
     fn secrets_compare_whole() {
+        use crate::admin::auth::constant_time_eq;
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));

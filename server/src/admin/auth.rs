@@ -1,0 +1,404 @@
+//! Who may see the dashboard: a login with `ETRACKER_ADMIN_USER` /
+//! `ETRACKER_ADMIN_PASSWORD` (or the admin token as the password), a
+//! session cookie, a CSRF token per session, and a limit on wrong guesses.
+//!
+//! - Sessions live in this process (a restart, or another replica, asks to
+//!   log in again) and end after [`SESSION_SECS`] or at logout. The cookie
+//!   holds 32 random bytes; the table keeps only their SHA-256, so a memory
+//!   dump does not hand out live sessions.
+//! - The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/admin`, and
+//!   `Secure` when the request came over https (a proxy in front says so
+//!   with `X-Forwarded-Proto: https`).
+//! - Every form carries a CSRF token: the session's for forms behind the
+//!   login, and for the login form itself one set in a cookie with the form
+//!   (double submit), so a page elsewhere cannot log a browser in either.
+//! - Wrong credentials count against the client's address (an IPv6 client
+//!   by its /64, which one host usually has whole): after [`MAX_FAILURES`]
+//!   in [`FAILURE_WINDOW_SECS`], logins from it are refused with 429 until
+//!   the window passes, right or wrong. There is no limit over all
+//!   addresses: a stranger could then lock the operators out.
+//! - The admin token (`Authorization: Bearer`) also opens the JSON API, for
+//!   scripts and the CLI; no cookie, so no CSRF exposure.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap};
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+/// Seconds a session lasts.
+pub const SESSION_SECS: u64 = 12 * 3600;
+/// Wrong logins one address may make per window.
+pub const MAX_FAILURES: u32 = 5;
+/// The window of the failure counts, seconds.
+pub const FAILURE_WINDOW_SECS: u64 = 300;
+/// Sessions kept at most (the oldest go first).
+const MAX_SESSIONS: usize = 10_000;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "etracker_session";
+/// The login form's CSRF cookie.
+pub const LOGIN_COOKIE: &str = "etracker_login";
+
+/// The credentials the dashboard accepts.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// `ETRACKER_ADMIN_USER` and `ETRACKER_ADMIN_PASSWORD`.
+    pub user_password: Option<(String, String)>,
+    /// `ETRACKER_ADMIN_TOKEN`, accepted as the password of any user name.
+    pub token: Option<String>,
+}
+
+impl Credentials {
+    /// Whether any login can succeed.
+    pub fn configured(&self) -> bool {
+        self.user_password.is_some() || self.token.is_some()
+    }
+
+    /// Whether `user` / `password` log in. Both comparisons always run, in
+    /// constant time, so timing tells nothing about which part was wrong.
+    fn check(&self, user: &str, password: &str) -> bool {
+        let by_password = self.user_password.as_ref().is_some_and(|(u, p)| {
+            let user_ok = constant_time_eq(user.as_bytes(), u.as_bytes());
+            let password_ok = constant_time_eq(password.as_bytes(), p.as_bytes());
+            user_ok & password_ok
+        });
+        let by_token = self
+            .token
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(password.as_bytes(), t.as_bytes()));
+        by_password | by_token
+    }
+
+    /// Whether the request carries the admin token as a bearer token.
+    pub fn bearer(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// Equality of secrets that takes the same time wherever they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// A logged-in browser.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Who logged in.
+    pub user: String,
+    /// The token every form of this session must carry.
+    pub csrf: String,
+    expires: Instant,
+}
+
+/// What a login attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// Logged in: the new session's cookie value.
+    Session(String),
+    /// Wrong user or password (counted).
+    Refused,
+    /// Too many wrong logins lately: try again after this many seconds.
+    Limited(u64),
+    /// The form's CSRF token does not match its cookie.
+    Forged,
+}
+
+/// Sessions and failure counts of one tracker process.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    credentials: Credentials,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    failures: Mutex<Failures>,
+}
+
+/// Wrong logins per client (address, or /64), since the window started.
+#[derive(Debug, Default)]
+struct Failures {
+    by_client: HashMap<IpAddr, (Instant, u32)>,
+}
+
+/// The client an address stands for: itself, or its /64 for IPv6; clients
+/// of unknown address share one.
+fn client(address: Option<IpAddr>) -> IpAddr {
+    let Some(address) = address else {
+        return IpAddr::from([0, 0, 0, 0]);
+    };
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+impl Sessions {
+    /// Sessions for `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        Sessions {
+            credentials,
+            ..Default::default()
+        }
+    }
+
+    /// The accepted credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// A login attempt from `address` with the form's fields and the login
+    /// cookie (`csrf_cookie`).
+    pub fn login(
+        &self,
+        address: Option<IpAddr>,
+        user: &str,
+        password: &str,
+        csrf_field: &str,
+        csrf_cookie: Option<&str>,
+    ) -> Login {
+        let now = Instant::now();
+        if let Some(wait) = self.limited(address, now) {
+            return Login::Limited(wait);
+        }
+        let forged = csrf_cookie
+            .is_none_or(|c| c.is_empty() || !constant_time_eq(c.as_bytes(), csrf_field.as_bytes()));
+        if forged {
+            return Login::Forged;
+        }
+        if !self.credentials.configured() || !self.credentials.check(user, password) {
+            self.fail(address, now);
+            return Login::Refused;
+        }
+        let token = random_token();
+        let session = Session {
+            user: user.to_string(),
+            csrf: random_token(),
+            expires: now + Duration::from_secs(SESSION_SECS),
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k)
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(digest(&token), session);
+        Login::Session(token)
+    }
+
+    /// The live session of the request's session cookie.
+    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(&digest(token))
+            .filter(|s| s.expires > Instant::now())
+            .cloned()
+    }
+
+    /// Ends the request's session.
+    pub fn logout(&self, headers: &HeaderMap) {
+        if let Some(token) = cookie(headers, SESSION_COOKIE) {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.remove(&digest(token));
+        }
+    }
+
+    /// Seconds until `address` may try again, if it is over the limit.
+    fn limited(&self, address: Option<IpAddr>, now: Instant) -> Option<u64> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let window = Duration::from_secs(FAILURE_WINDOW_SECS);
+        let (start, n) = failures.by_client.get(&client(address))?;
+        let age = now.duration_since(*start);
+        (age < window && *n >= MAX_FAILURES).then(|| (window - age).as_secs().max(1))
+    }
+
+    fn fail(&self, address: Option<IpAddr>, now: Instant) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let window = Duration::from_secs(FAILURE_WINDOW_SECS);
+        failures
+            .by_client
+            .retain(|_, (start, _)| now.duration_since(*start) < window);
+        let entry = failures
+            .by_client
+            .entry(client(address))
+            .or_insert((now, 0));
+        entry.1 += 1;
+    }
+}
+
+/// 32 random bytes, hex.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The value of cookie `name` in the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether the request reached us over https (directly or via a proxy).
+pub fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// A `Set-Cookie` value for the dashboard (`max_age` 0 removes it).
+pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/admin; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::new(Credentials {
+            user_password: Some(("ops".into(), "correct horse".into())),
+            token: Some("admin-token".into()),
+        })
+    }
+
+    fn with_cookie(name: &str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("other=1; {name}={value}").parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn right_credentials_or_the_token_open_a_session() {
+        let s = sessions();
+        let ip = Some("10.0.0.1".parse().unwrap());
+        let Login::Session(token) = s.login(ip, "ops", "correct horse", "x", Some("x")) else {
+            panic!("refused");
+        };
+        let session = s.session(&with_cookie(SESSION_COOKIE, &token)).unwrap();
+        assert_eq!(session.user, "ops");
+        assert_eq!(session.csrf.len(), 64);
+        assert!(matches!(
+            s.login(ip, "anyone", "admin-token", "y", Some("y")),
+            Login::Session(_)
+        ));
+        s.logout(&with_cookie(SESSION_COOKIE, &token));
+        assert!(s.session(&with_cookie(SESSION_COOKIE, &token)).is_none());
+    }
+
+    #[test]
+    fn wrong_or_forged_logins_are_refused() {
+        let s = sessions();
+        let ip = Some("10.0.0.2".parse().unwrap());
+        assert_eq!(s.login(ip, "ops", "wrong", "x", Some("x")), Login::Refused);
+        assert_eq!(
+            s.login(ip, "root", "correct horse", "x", Some("x")),
+            Login::Refused
+        );
+        // No login cookie, or one that differs from the form's token.
+        assert_eq!(
+            s.login(ip, "ops", "correct horse", "x", None),
+            Login::Forged
+        );
+        assert_eq!(
+            s.login(ip, "ops", "correct horse", "x", Some("y")),
+            Login::Forged
+        );
+        assert_eq!(
+            s.login(ip, "ops", "correct horse", "", Some("")),
+            Login::Forged
+        );
+        assert!(s
+            .session(&with_cookie(SESSION_COOKIE, "0".repeat(64).as_str()))
+            .is_none());
+        let none = Sessions::new(Credentials::default());
+        assert_eq!(none.login(ip, "", "", "x", Some("x")), Login::Refused);
+    }
+
+    #[test]
+    fn guessing_is_limited_per_client() {
+        let s = sessions();
+        let guesser = Some("10.0.0.3".parse().unwrap());
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                s.login(guesser, "ops", "guess", "x", Some("x")),
+                Login::Refused
+            );
+        }
+        // Now even the right password waits.
+        assert!(matches!(
+            s.login(guesser, "ops", "correct horse", "x", Some("x")),
+            Login::Limited(wait) if wait > 0 && wait <= FAILURE_WINDOW_SECS
+        ));
+        // Another address is not held back by it.
+        let other = Some("10.0.0.4".parse().unwrap());
+        assert!(matches!(
+            s.login(other, "ops", "correct horse", "x", Some("x")),
+            Login::Session(_)
+        ));
+        // An IPv6 host cannot dodge the limit by changing the low 64 bits.
+        for i in 0..MAX_FAILURES {
+            let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
+            assert_eq!(
+                s.login(Some(ip), "ops", "guess", "x", Some("x")),
+                Login::Refused
+            );
+        }
+        let next: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        assert!(matches!(
+            s.login(Some(next), "ops", "correct horse", "x", Some("x")),
+            Login::Limited(_)
+        ));
+    }
+
+    #[test]
+    fn cookies_are_read_and_written_strictly() {
+        let headers = with_cookie(SESSION_COOKIE, "abc");
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "etracker"), None);
+        let set = set_cookie(SESSION_COOKIE, "abc", 60, true);
+        for part in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/admin"] {
+            assert!(set.contains(part), "{set}");
+        }
+        assert!(!set_cookie(SESSION_COOKIE, "abc", 60, false).contains("Secure"));
+    }
+}

@@ -1,0 +1,285 @@
+//! The operator dashboard at `/admin`: server-rendered pages behind a login
+//! ([`auth`]), and the JSON they are made from at `/admin/api/…`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /admin/login`, `POST /admin/login` | the login form; a session cookie on success |
+//! | `POST /admin/logout` | ends the session (CSRF token required) |
+//! | `GET /admin` | overview: the store's counters |
+//! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
+//!
+//! A page asked for without a session redirects to the login; the API
+//! answers 401.
+
+pub mod auth;
+pub mod html;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+
+use self::auth::{Login, LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECS};
+use self::html::{bytes, escape, page, respond};
+use crate::service::Tracker;
+use crate::store::{StoreError, StoreStats};
+
+/// The dashboard's routes.
+pub fn routes() -> Router<Arc<Tracker>> {
+    Router::new()
+        .route("/admin", get(overview))
+        .route("/admin/login", get(login_form).post(login))
+        .route("/admin/logout", post(logout))
+        .route("/admin/api/overview", get(api_overview))
+}
+
+/// The client's address, when served with connect info (`etracker start`).
+struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let info = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Peer(info.map(|ConnectInfo(p)| p.ip())))
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `GET /admin/login`: the form, with a fresh login CSRF token in a cookie
+/// and in the form.
+async fn login_form(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+    login_page(&tracker, &headers, StatusCode::OK, None)
+}
+
+fn login_page(
+    tracker: &Tracker,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let csrf = auth::random_token();
+    let note = if tracker.admin().credentials().configured() {
+        String::new()
+    } else {
+        "<p class=\"error\">No login is configured: set ETRACKER_ADMIN_USER and \
+         ETRACKER_ADMIN_PASSWORD, or ETRACKER_ADMIN_TOKEN.</p>"
+            .to_string()
+    };
+    let error = error
+        .map(|e| format!("<p class=\"error\" id=\"login-error\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "{note}{error}<form method=\"post\" action=\"/admin/login\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label>User <input name=\"user\" id=\"user\" autocomplete=\"username\"></label>\
+         <label>Password (or the admin token) <input type=\"password\" name=\"password\" \
+         id=\"password\" autocomplete=\"current-password\"></label>\
+         <button id=\"login\">Log in</button></form>"
+    );
+    let mut response = respond(status, page("Log in", None, &body));
+    let cookie = auth::set_cookie(LOGIN_COOKIE, &csrf, 3600, auth::over_https(headers));
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /admin/login`.
+async fn login(
+    State(tracker): State<Arc<Tracker>>,
+    Peer(address): Peer,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let outcome = tracker.admin().login(
+        address,
+        &form.user,
+        &form.password,
+        &form.csrf,
+        auth::cookie(&headers, LOGIN_COOKIE),
+    );
+    match outcome {
+        Login::Session(token) => {
+            let secure = auth::over_https(&headers);
+            let mut response = Redirect::to("/admin").into_response();
+            let cookies = [
+                auth::set_cookie(SESSION_COOKIE, &token, SESSION_SECS, secure),
+                auth::set_cookie(LOGIN_COOKIE, "", 0, secure),
+            ];
+            for cookie in cookies {
+                if let Ok(value) = cookie.parse() {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+            }
+            tracing::info!(user = %form.user, ?address, "admin login");
+            response
+        }
+        Login::Refused => {
+            tracing::warn!(user = %form.user, ?address, "admin login refused");
+            login_page(
+                &tracker,
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong user or password."),
+            )
+        }
+        Login::Forged => login_page(
+            &tracker,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some("The form expired: log in again."),
+        ),
+        Login::Limited(wait) => {
+            let mut response = login_page(
+                &tracker,
+                &headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many wrong logins from your address: try again in {wait} s."
+                )),
+            );
+            if let Ok(value) = wait.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+    }
+}
+
+/// `POST /admin/logout`: needs the session's CSRF token, so that another
+/// site cannot log the operator out either.
+async fn logout(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(session) = tracker.admin().session(&headers) else {
+        return to_login();
+    };
+    if !auth::constant_time_eq(session.csrf.as_bytes(), form.csrf.as_bytes()) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page("Forbidden", Some(&session.csrf), "<p>Bad form token.</p>"),
+        );
+    }
+    tracker.admin().logout(&headers);
+    let mut response = Redirect::to("/admin/login").into_response();
+    let cookie = auth::set_cookie(SESSION_COOKIE, "", 0, auth::over_https(&headers));
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Where a page asked for without a session sends the browser.
+fn to_login() -> Response {
+    Redirect::to("/admin/login").into_response()
+}
+
+/// Whether an API request is allowed: a session, or the admin token.
+fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
+    tracker.admin().credentials().bearer(headers) || tracker.admin().session(headers).is_some()
+}
+
+async fn stats(tracker: &Tracker) -> Result<StoreStats, StoreError> {
+    tracker
+        .context()
+        .store(|s| s.stats())
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))
+}
+
+/// The page for a store that does not answer.
+fn unavailable() -> Response {
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        page("Unavailable", None, "<p>The store does not answer.</p>"),
+    )
+}
+
+/// `GET /admin`.
+async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+    let Some(session) = tracker.admin().session(&headers) else {
+        return to_login();
+    };
+    let Ok(stats) = stats(&tracker).await else {
+        return unavailable();
+    };
+    let row = |id: &str, name: &str, value: String| {
+        format!("<tr><th>{name}</th><td class=\"n\" id=\"{id}\">{value}</td></tr>")
+    };
+    let body = [
+        "<table>".to_string(),
+        row("egress", "Egress counted", bytes(stats.total_bytes)),
+        row(
+            "egress-bytes",
+            "Egress counted, bytes",
+            stats.total_bytes.to_string(),
+        ),
+        row(
+            "non-billable",
+            "Non-billable egress",
+            bytes(stats.non_billable_bytes),
+        ),
+        row("batches", "Batches tracked", stats.records.to_string()),
+        row("pending", "Batches pending", stats.pending.to_string()),
+        row(
+            "concluded",
+            "Batches concluded",
+            stats.concluded.to_string(),
+        ),
+        row(
+            "receipts",
+            "Retrievals counted",
+            stats.counted_receipts.to_string(),
+        ),
+        row("nodes", "Nodes paid", stats.nodes.to_string()),
+        "</table>".to_string(),
+    ]
+    .concat();
+    respond(StatusCode::OK, page("Overview", Some(&session.csrf), &body))
+}
+
+/// `GET /admin/api/overview`.
+async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+    if !api_allowed(&tracker, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match stats(&tracker).await {
+        Ok(s) => Json(serde_json::json!({
+            "total_bytes": s.total_bytes,
+            "non_billable_bytes": s.non_billable_bytes,
+            "batches": s.records,
+            "pending": s.pending,
+            "concluded": s.concluded,
+            "counted_receipts": s.counted_receipts,
+            "nodes": s.nodes,
+        }))
+        .into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}

@@ -1,0 +1,255 @@
+//! The dashboard's login over real HTTP, tried as a stranger would: no
+//! session, forged forms, guessing, and what the cookies allow.
+
+use etracker_e2e::node::*;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{redirect::Policy, Client, StatusCode};
+
+const USER: &str = "ops";
+const PASSWORD: &str = "correct horse battery";
+const TOKEN: &str = "admin-token-for-tests";
+
+async fn tracker() -> RunningTracker {
+    let mut settings = test_settings();
+    settings.admin_login = Some((USER.into(), PASSWORD.into()));
+    settings.admin_token = Some(TOKEN.into());
+    start_tracker(settings).await
+}
+
+fn client() -> Client {
+    Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+/// The `Set-Cookie` value for `name`, whole.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .unwrap()
+        .1
+        .to_string()
+}
+
+/// The login form's CSRF token and its cookie.
+async fn login_form(url: &str) -> (String, String) {
+    let response = client()
+        .get(format!("{url}admin/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = cookie_value(&set_cookie(&response, "etracker_login").expect("login cookie"));
+    let html = response.text().await.unwrap();
+    let field = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf field")
+        .to_string();
+    assert_eq!(field, cookie, "double submit: the same token twice");
+    (field, cookie)
+}
+
+/// Posts the login form; returns the response.
+async fn post_login(
+    url: &str,
+    user: &str,
+    password: &str,
+    csrf: &str,
+    cookie: Option<&str>,
+    forwarded_https: bool,
+) -> reqwest::Response {
+    let mut request = client().post(format!("{url}admin/login")).form(&[
+        ("user", user),
+        ("password", password),
+        ("csrf", csrf),
+    ]);
+    if let Some(cookie) = cookie {
+        request = request.header(COOKIE, format!("etracker_login={cookie}"));
+    }
+    if forwarded_https {
+        request = request.header("x-forwarded-proto", "https");
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn pages_and_api_need_a_login() {
+    let t = tracker().await;
+    let page = client()
+        .get(format!("{}admin", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()[LOCATION], "/admin/login");
+    let api = client()
+        .get(format!("{}admin/api/overview", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    // A made-up session cookie is no session.
+    let forged = client()
+        .get(format!("{}admin/api/overview", t.url))
+        .header(COOKIE, format!("etracker_session={}", "ab".repeat(32)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    // The admin token opens the API, not with a wrong one.
+    let bearer = |token: &str| {
+        client()
+            .get(format!("{}admin/api/overview", t.url))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(bearer(TOKEN).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        bearer("admin-token-for-test").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_login_opens_the_pages_until_logout() {
+    let t = tracker().await;
+    // A batch tracked and consolidated for real: the overview shows it.
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(4, "admin");
+    track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
+    let run = client()
+        .post(format!("{}consolidate", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+    let (csrf, cookie) = login_form(&t.url).await;
+    let response = post_login(&t.url, USER, PASSWORD, &csrf, Some(&cookie), true).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[LOCATION], "/admin");
+    let set = set_cookie(&response, "etracker_session").expect("session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/admin"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let session = cookie_value(&set);
+    let with_session = |path: &str| {
+        client()
+            .get(format!("{}{path}", t.url))
+            .header(COOKIE, format!("etracker_session={session}"))
+            .send()
+    };
+    let page = with_session("admin").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!("id=\"egress-bytes\">{total}<")),
+        "{html}"
+    );
+    let logout_csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let overview: serde_json::Value = with_session("admin/api/overview")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(overview["concluded"], 1);
+    assert_eq!(overview["total_bytes"], total);
+
+    // Logging out needs the session's form token: a page elsewhere cannot.
+    let logout = |csrf: String| {
+        client()
+            .post(format!("{}admin/logout", t.url))
+            .header(COOKIE, format!("etracker_session={session}"))
+            .form(&[("csrf", csrf)])
+            .send()
+    };
+    assert_eq!(
+        logout("0".repeat(64)).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        with_session("admin").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let out = logout(logout_csrf).await.unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(&out, "etracker_session")
+        .unwrap()
+        .contains("Max-Age=0"));
+    // The old cookie is dead, server-side.
+    assert_eq!(
+        with_session("admin").await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
+    // Over plain http the cookie is not marked Secure (it would be dropped).
+    let (csrf, cookie) = login_form(&t.url).await;
+    let plain = post_login(&t.url, "anyone", TOKEN, &csrf, Some(&cookie), false).await;
+    assert_eq!(plain.status(), StatusCode::SEE_OTHER, "the token logs in");
+    assert!(!set_cookie(&plain, "etracker_session")
+        .unwrap()
+        .contains("Secure"));
+}
+
+#[tokio::test]
+async fn forged_and_guessed_logins_are_refused() {
+    let t = tracker().await;
+    let (csrf, cookie) = login_form(&t.url).await;
+    // Without the login cookie (a form posted from another site), or with
+    // another token, even the right password is refused.
+    let forged = post_login(&t.url, USER, PASSWORD, &csrf, None, false).await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let other = post_login(
+        &t.url,
+        USER,
+        PASSWORD,
+        &"1".repeat(64),
+        Some(&cookie),
+        false,
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(&other, "etracker_session").is_none());
+
+    // Wrong passwords: refused, then the address is held back, right
+    // password or not.
+    for _ in 0..etracker_server::admin::auth::MAX_FAILURES {
+        let wrong = post_login(&t.url, USER, "wrong", &csrf, Some(&cookie), false).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        assert!(set_cookie(&wrong, "etracker_session").is_none());
+        assert!(wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("Wrong user or password"));
+    }
+    let held = post_login(&t.url, USER, PASSWORD, &csrf, Some(&cookie), false).await;
+    assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = held.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0 && wait <= etracker_server::admin::auth::FAILURE_WINDOW_SECS);
+    assert!(set_cookie(&held, "etracker_session").is_none());
+}
