@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need
-# (Node.js if missing, the JS @ucanto peers in fixtures/js, moto for the
+# (Node.js if missing, the JS @ucanto peers in fixtures/js, Chromium and
+# playwright-core for the dashboard's browser test, moto for the
 # DynamoDB backend), checks formatting and lints, then runs every test of the
 # workspace with one shared build.
 set -euo pipefail
@@ -10,6 +11,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd fixtures/js && npm ci --no-audit --no-fund --loglevel=error)
+# The dashboard's browser test drives Debian's chromium with playwright-core.
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # The DynamoDB store backend (feature etracker-server/dynamodb) is tested
 # against moto's DynamoDB emulator on a free loopback port, served from one

@@ -1,0 +1,50 @@
+// Walks the dashboard in headless Chromium as an operator would, and prints
+// what it saw as one JSON line; tests/tests/dashboard_browser.rs judges it.
+//
+// usage: node dashboard.mjs <tracker URL ending in /> <user> <password> <screenshot dir>
+// CHROMIUM: the browser binary (default /usr/bin/chromium, Debian's).
+
+import { chromium } from 'playwright-core'
+
+const [url, user, password, shots] = process.argv.slice(2)
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  // As root (CI) Chromium's sandbox cannot start.
+  args: ['--no-sandbox']
+})
+const seen = {}
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } })
+  const text = async (selector) => (await page.textContent(selector))?.trim()
+
+  // Not logged in: the dashboard sends the browser to the login.
+  await page.goto(`${url}admin`)
+  seen.unauthenticated_url = page.url()
+
+  // A wrong password is refused, with a message.
+  await page.fill('#user', user)
+  await page.fill('#password', `${password}-wrong`)
+  let [response] = await Promise.all([page.waitForNavigation(), page.click('#login')])
+  seen.wrong_status = response.status()
+  seen.wrong_message = await text('#login-error')
+  await page.screenshot({ path: `${shots}/login-refused.png` })
+
+  // The right one opens the overview.
+  await page.fill('#user', user)
+  await page.fill('#password', password)
+  ;[response] = await Promise.all([page.waitForNavigation(), page.click('#login')])
+  seen.login_url = page.url()
+  seen.egress_bytes = await text('#egress-bytes')
+  seen.concluded = await text('#concluded')
+  seen.nodes = await text('#nodes')
+  await page.screenshot({ path: `${shots}/overview.png`, fullPage: true })
+
+  // Logging out ends the session: the dashboard asks for the login again.
+  await Promise.all([page.waitForNavigation(), page.click('#logout')])
+  seen.logout_url = page.url()
+  await page.goto(`${url}admin`)
+  seen.after_logout_url = page.url()
+} finally {
+  await browser.close()
+}
+console.log(JSON.stringify(seen))
