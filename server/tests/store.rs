@@ -26,6 +26,44 @@ common::scenarios!(store);
 
 /// Everything survives closing and reopening the data directory, leases
 /// included; a lease of the previous process expires as usual.
+/// A store made before the all-nodes egress table gets it filled from the
+/// node daily totals when opened.
+#[test]
+fn egress_by_day_is_filled_in_for_older_stores() {
+    let dir = TempDir::new("egress-backfill");
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        store.put(new_record(1, node(), 1)).unwrap();
+        let c = conclusion(
+            1,
+            vec![
+                usage(space_a(), "2025-01-01", 10),
+                usage(space_b(), "2025-01-02", 20),
+            ],
+            &[1],
+        );
+        store.conclude(&c).unwrap();
+    }
+    {
+        // As the previous version left it: no such table.
+        let path = dir.path().join(etracker_server::store::redb::FILE_NAME);
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("egress_daily");
+        assert!(tx.delete_table(table).unwrap());
+        tx.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.egress_by_day("2025-01-01", "2025-02-01").unwrap(),
+        [
+            ("2025-01-01".to_string(), 10),
+            ("2025-01-02".to_string(), 20)
+        ]
+    );
+    consistent(&store);
+}
+
 #[test]
 fn reopen_keeps_state() {
     let dir = TempDir::new("reopen");

@@ -37,6 +37,9 @@ try {
   seen.egress_bytes = await text('#egress-bytes')
   seen.concluded = await text('#concluded')
   seen.nodes = await text('#nodes')
+  const bars = await page.$$eval('#egress-chart rect', (rects) => rects.map((r) => Number(r.dataset.value)))
+  seen.chart_bars = bars.length
+  seen.chart_sum = bars.reduce((a, b) => a + b, 0)
   await page.screenshot({ path: `${shots}/overview.png`, fullPage: true })
 
   // Logging out ends the session: the dashboard asks for the login again.

@@ -175,6 +175,10 @@ async fn a_login_opens_the_pages_until_logout() {
         .unwrap();
     assert_eq!(overview["concluded"], 1);
     assert_eq!(overview["total_bytes"], total);
+    let days = overview["egress_by_day"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    let charted: u64 = days.iter().map(|d| d["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(charted, total, "the batch's bytes, on its day");
 
     // Logging out needs the session's form token: a page elsewhere cannot.
     let logout = |csrf: String| {

@@ -47,6 +47,8 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     assert_eq!(seen["egress_bytes"], total.to_string().as_str());
     assert_eq!(seen["concluded"], "1");
     assert_eq!(seen["nodes"], "1");
+    assert_eq!(seen["chart_bars"], 30, "a bar a day");
+    assert_eq!(seen["chart_sum"], total, "the batch's bytes, on its day");
     assert_eq!(seen["logout_url"], login.as_str());
     assert_eq!(seen["after_logout_url"], login.as_str());
     for shot in ["login-refused.png", "overview.png"] {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /admin/login`, `POST /admin/login` | the login form; a session cookie on success |
 //! | `POST /admin/logout` | ends the session (CSRF token required) |
-//! | `GET /admin` | overview: the store's counters |
+//! | `GET /admin` | overview: egress per day over the last 30 days (chart), the store's counters |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //!
 //! A page asked for without a session redirects to the login; the API
@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod html;
+pub mod svg;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -205,12 +206,39 @@ fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
     tracker.admin().credentials().bearer(headers) || tracker.admin().session(headers).is_some()
 }
 
-async fn stats(tracker: &Tracker) -> Result<StoreStats, StoreError> {
-    tracker
+/// Days the overview's chart covers, today included.
+const CHART_DAYS: i64 = 30;
+
+/// What the overview shows.
+struct Overview {
+    stats: StoreStats,
+    /// The last [`CHART_DAYS`] days (UTC), oldest first, days without
+    /// egress as 0.
+    egress_by_day: Vec<(String, u64)>,
+}
+
+async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
+    use etracker_capabilities::account_egress_get::format_date;
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
+    let (from, to) = (days[0].clone(), format_date(today + 1));
+    let (stats, counted) = tracker
         .context()
-        .store(|s| s.stats())
+        .store(move |s| Ok((s.stats()?, s.egress_by_day(&from, &to)?)))
         .await
-        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))
+        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))?;
+    let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
+    let egress_by_day = days
+        .into_iter()
+        .map(|day| {
+            let bytes = counted.get(&day).copied().unwrap_or(0);
+            (day, bytes)
+        })
+        .collect();
+    Ok(Overview {
+        stats,
+        egress_by_day,
+    })
 }
 
 /// The page for a store that does not answer.
@@ -226,14 +254,20 @@ async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Re
     let Some(session) = tracker.admin().session(&headers) else {
         return to_login();
     };
-    let Ok(stats) = stats(&tracker).await else {
+    let Ok(Overview {
+        stats,
+        egress_by_day,
+    }) = overview_data(&tracker).await
+    else {
         return unavailable();
     };
     let row = |id: &str, name: &str, value: String| {
         format!("<tr><th>{name}</th><td class=\"n\" id=\"{id}\">{value}</td></tr>")
     };
     let body = [
-        "<table>".to_string(),
+        "<h2>Egress per day, last 30 days (UTC)</h2>".to_string(),
+        svg::bars("egress-chart", &egress_by_day),
+        "<h2>Totals</h2><table>".to_string(),
         row("egress", "Egress counted", bytes(stats.total_bytes)),
         row(
             "egress-bytes",
@@ -269,8 +303,15 @@ async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -
     if !api_allowed(&tracker, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match stats(&tracker).await {
-        Ok(s) => Json(serde_json::json!({
+    match overview_data(&tracker).await {
+        Ok(Overview {
+            stats: s,
+            egress_by_day,
+        }) => Json(serde_json::json!({
+            "egress_by_day": egress_by_day
+                .iter()
+                .map(|(day, bytes)| serde_json::json!({"day": day, "bytes": bytes}))
+                .collect::<Vec<_>>(),
             "total_bytes": s.total_bytes,
             "non_billable_bytes": s.non_billable_bytes,
             "batches": s.records,

@@ -129,6 +129,20 @@ impl Auditor {
         }
     }
 
+    /// The all-nodes egress per day (day → bytes) is the sum of the node
+    /// daily totals per day.
+    pub(crate) fn check_egress_days(
+        &mut self,
+        mut node_days: BTreeMap<String, u128>,
+        mut egress_days: BTreeMap<String, u128>,
+    ) {
+        node_days.retain(|_, b| *b != 0);
+        egress_days.retain(|_, b| *b != 0);
+        if node_days != egress_days {
+            self.problem("egress per day differs from the node daily totals");
+        }
+    }
+
     /// Nodes with a done record (DynamoDB keeps their number in a counter).
     #[cfg(feature = "dynamodb")]
     pub(crate) fn nodes(&self) -> u64 {

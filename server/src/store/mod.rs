@@ -592,6 +592,13 @@ pub trait Store: Send + Sync + 'static {
     /// All bytes ever counted for a node (0 if none).
     fn node_total(&self, node: &Did) -> Result<u64, StoreError>;
 
+    /// Bytes per day counted for all nodes together, for days in
+    /// `from_day..to_day` (days with none are left out): the sum of every
+    /// node's [`Store::node_usage`], kept as its own total so that reading
+    /// it does not visit every node.
+    fn egress_by_day(&self, from_day: &str, to_day: &str)
+        -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Number of pending records (`etracker_unprocessed_batches_total`).
     fn pending_count(&self) -> Result<u64, StoreError>;
 

@@ -89,6 +89,9 @@ const NON_BILLABLE_DAILY: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("non_billable_daily");
 /// Space DID → dag-cbor `{provider: DID, customer?: DID}`.
 const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("spaces");
+/// Day → bytes of all nodes: Σ of `node_daily` per day. Stores made before
+/// it are filled from `node_daily` when opened.
+const EGRESS_DAILY: TableDefinition<&str, u64> = TableDefinition::new("egress_daily");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -203,6 +206,20 @@ impl RedbStore {
             tx.open_table(STAGED).or_backend()?;
             tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             tx.open_table(SPACES).or_backend()?;
+            let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
+            if egress.is_empty().or_backend()? {
+                // A store from before the table: sum what the nodes served.
+                let node_daily = tx.open_table(NODE_DAILY).or_backend()?;
+                let mut days: BTreeMap<String, u64> = BTreeMap::new();
+                for entry in node_daily.iter().or_backend()? {
+                    let (key, bytes) = entry.or_backend()?;
+                    let day = days.entry(key.value().1.to_string()).or_default();
+                    *day = add(*day, bytes.value())?;
+                }
+                for (day, bytes) in days {
+                    egress.insert(day.as_str(), bytes).or_backend()?;
+                }
+            }
         }
         tx.commit().or_backend()?;
         Ok(RedbStore {
@@ -262,17 +279,30 @@ impl RedbStore {
             node_totals_seen.insert(node.value().to_string(), u128::from(bytes.value()));
         }
         let mut node_daily_sums: BTreeMap<String, u128> = BTreeMap::new();
+        let mut node_days: BTreeMap<String, u128> = BTreeMap::new();
         for entry in node_daily.iter().or_backend()? {
             let (key, bytes) = entry.or_backend()?;
-            let (node, _day) = key.value();
+            let (node, day) = key.value();
             audit.node_daily_bytes += u128::from(bytes.value());
             *node_daily_sums.entry(node.to_string()).or_default() += u128::from(bytes.value());
+            *node_days.entry(day.to_string()).or_default() += u128::from(bytes.value());
+        }
+        let mut egress_days = BTreeMap::new();
+        for entry in tx
+            .open_table(EGRESS_DAILY)
+            .or_backend()?
+            .iter()
+            .or_backend()?
+        {
+            let (day, bytes) = entry.or_backend()?;
+            egress_days.insert(day.value().to_string(), u128::from(bytes.value()));
         }
         for entry in space_daily.iter().or_backend()? {
             let (_, bytes) = entry.or_backend()?;
             audit.space_bytes += u128::from(bytes.value());
         }
         auditor.check_totals(node_totals_seen, node_daily_sums);
+        auditor.check_egress_days(node_days, egress_days);
         Ok(auditor.audit)
     }
 }
@@ -470,6 +500,16 @@ impl Store for RedbStore {
                     .iter()
                     .map(|(day, bytes)| (node, day.as_str(), *bytes)),
             )?;
+            let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
+            for (day, bytes) in &summed.by_day {
+                let now = egress
+                    .get(day.as_str())
+                    .or_backend()?
+                    .map_or(0, |v| v.value());
+                egress
+                    .insert(day.as_str(), add(now, *bytes)?)
+                    .or_backend()?;
+            }
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             add_daily(&mut non_billable, space_days(&summed.non_billable))?;
 
@@ -634,6 +674,24 @@ impl Store for RedbStore {
         let totals = tx.open_table(NODE_TOTALS).or_backend()?;
         let total = totals.get(node.as_str()).or_backend()?;
         Ok(total.map_or(0, |v| v.value()))
+    }
+
+    fn egress_by_day(
+        &self,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        if !check_day_range(from_day, to_day)? {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read().or_backend()?;
+        let egress = tx.open_table(EGRESS_DAILY).or_backend()?;
+        let mut days = Vec::new();
+        for entry in egress.range(from_day..to_day).or_backend()? {
+            let (day, bytes) = entry.or_backend()?;
+            days.push((day.value().to_string(), bytes.value()));
+        }
+        Ok(days)
     }
 
     fn pending_count(&self) -> Result<u64, StoreError> {

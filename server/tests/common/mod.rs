@@ -72,6 +72,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn egress_by_day_adds_up_every_node() {
+            common::egress_by_day_adds_up_every_node(&$make);
+        }
+
+        #[test]
         fn conclusions_of_any_size() {
             common::conclusions_of_any_size(&$make);
         }
@@ -344,6 +349,61 @@ pub fn grid_node_days(grid: &[DailyUsage]) -> Vec<(String, u64)> {
     days.into_iter().collect()
 }
 
+/// All nodes' egress per day is the sum of every node's daily totals, read
+/// by day range.
+pub fn egress_by_day_adds_up_every_node<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    let other = did(9);
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, other.clone(), 2)).unwrap();
+    let c1 = conclusion(
+        1,
+        vec![
+            usage(space_a(), "2025-01-01", 10),
+            usage(space_b(), "2025-01-02", 20),
+        ],
+        &[1],
+    );
+    let mut c2 = conclusion(
+        2,
+        vec![
+            usage(space_a(), "2025-01-02", 5),
+            usage(space_a(), "2025-01-03", 7),
+        ],
+        &[2],
+    );
+    c2.node = other;
+    assert!(store
+        .egress_by_day("2025-01-01", "2025-02-01")
+        .unwrap()
+        .is_empty());
+    for c in [&c1, &c2] {
+        assert_eq!(store.conclude(c).unwrap(), ConcludeOutcome::Concluded);
+    }
+    let day = |d: &str, b: u64| (d.to_string(), b);
+    assert_eq!(
+        store.egress_by_day("2025-01-01", "2025-02-01").unwrap(),
+        [
+            day("2025-01-01", 10),
+            day("2025-01-02", 25),
+            day("2025-01-03", 7)
+        ]
+    );
+    assert_eq!(
+        store.egress_by_day("2025-01-02", "2025-01-03").unwrap(),
+        [day("2025-01-02", 25)]
+    );
+    assert!(store
+        .egress_by_day("2025-01-04", "2025-02-01")
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .egress_by_day("2025-01-03", "2025-01-01")
+        .unwrap()
+        .is_empty());
+    consistent(&store);
+}
+
 /// A batch touching 5,000 distinct (space, day) totals, plus non-billable
 /// ones and more receipts than one DynamoDB transaction holds, concludes
 /// whole: every daily total exact, counted once; concluding again changes
@@ -374,6 +434,10 @@ pub fn conclusions_of_any_size<S: TestStore>(make: &dyn Fn() -> S) {
     );
     assert_eq!(
         store.node_usage(&node(), &all_days.0, &all_days.1).unwrap(),
+        grid_node_days(&first)
+    );
+    assert_eq!(
+        store.egress_by_day(&all_days.0, &all_days.1).unwrap(),
         grid_node_days(&first)
     );
     // A range inside the batch's days.
@@ -419,6 +483,10 @@ pub fn conclusions_of_any_size<S: TestStore>(make: &dyn Fn() -> S) {
     }
     assert_eq!(
         store.node_usage(&node(), &all_days.0, &all_days.1).unwrap(),
+        grid_node_days(&both)
+    );
+    assert_eq!(
+        store.egress_by_day(&all_days.0, &all_days.1).unwrap(),
         grid_node_days(&both)
     );
     let after = consistent(&store);

@@ -44,6 +44,9 @@ impl DynamoStore {
         let mut node_daily: BTreeMap<String, u128> = BTreeMap::new();
         let mut non_billable_bytes: u128 = 0;
         let mut rows = Vec::new();
+        // Day → bytes, of the node daily totals and of all nodes' egress.
+        let mut node_days: BTreeMap<String, u128> = BTreeMap::new();
+        let mut egress_days: BTreeMap<String, u128> = BTreeMap::new();
         for item in &items {
             let pk = get_s(item, "pk")?;
             let sk = get_s(item, "sk")?;
@@ -60,6 +63,7 @@ impl DynamoStore {
                 // A usage row: counted below, once the records are known.
                 rows.push((
                     pk,
+                    sk.clone(),
                     get_s(item, "batch")?,
                     get_s(item, "attempt")?,
                     get_u64(item, "bytes")?,
@@ -72,7 +76,13 @@ impl DynamoStore {
                 } else {
                     audit.node_daily_bytes += bytes;
                     *node_daily.entry(node.to_string()).or_default() += bytes;
+                    *node_days
+                        .entry(parse_day_sk(&sk)?.0.to_string())
+                        .or_default() += bytes;
                 }
+            } else if pk.starts_with("egress#") {
+                let day = parse_day_sk(&sk)?.0.to_string();
+                *egress_days.entry(day).or_default() += u128::from(get_u64(item, "bytes")?);
             } else if pk.starts_with("space#") {
                 audit.space_bytes += u128::from(get_u64(item, "bytes")?);
             } else if pk.starts_with("nonbillable#") {
@@ -100,7 +110,7 @@ impl DynamoStore {
         }
         auditor.check_counted();
         // Usage rows count as the claims do.
-        for (pk, batch, attempt, bytes) in rows {
+        for (pk, sk, batch, attempt, bytes) in rows {
             let batch = parse_cid(&batch)?;
             let counts = records
                 .get(&batch)
@@ -110,9 +120,13 @@ impl DynamoStore {
             }
             let bytes = u128::from(bytes);
             let audit = &mut auditor.audit;
+            let day = parse_day_sk(&sk)?.0.to_string();
             if let Some(node) = pk.strip_prefix("node#") {
                 audit.node_daily_bytes += bytes;
                 *node_daily.entry(node.to_string()).or_default() += bytes;
+                *node_days.entry(day).or_default() += bytes;
+            } else if pk.starts_with("egress#") {
+                *egress_days.entry(day).or_default() += bytes;
             } else if pk.starts_with("space#") {
                 audit.space_bytes += bytes;
             } else if pk.starts_with("nonbillable#") {
@@ -122,6 +136,7 @@ impl DynamoStore {
             }
         }
         auditor.check_totals(node_totals, node_daily);
+        auditor.check_egress_days(node_days, egress_days);
         let stats = self.counters()?;
         let audit = &auditor.audit;
         let expected = StoreStats {

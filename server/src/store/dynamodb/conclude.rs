@@ -47,8 +47,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, Trans
 use cid::Cid;
 
 use super::items::{
-    counted_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk, record_pk, s,
-    shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
+    counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
+    record_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
 };
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -494,10 +494,11 @@ struct Daily {
     bytes: u64,
 }
 
-/// The daily totals `c` adds to: per node and day, per space and day, and
-/// non-billable per space and day.
+/// The daily totals `c` adds to: per node and day, all nodes per day (in
+/// the batch's shard), per space and day, and non-billable per space and day.
 fn daily_deltas(c: &Conclusion, summed: &SummedUsage) -> Vec<Daily> {
     let node = node_pk(c.node.as_str());
+    let egress = egress_pk(shard_of(&c.batch));
     let daily = |pk: String, day: &String, bytes: &u64| Daily {
         pk,
         day: day.clone(),
@@ -507,6 +508,10 @@ fn daily_deltas(c: &Conclusion, summed: &SummedUsage) -> Vec<Daily> {
         .by_day
         .iter()
         .map(|(day, bytes)| daily(node.clone(), day, bytes));
+    let all_nodes = summed
+        .by_day
+        .iter()
+        .map(|(day, bytes)| daily(egress.clone(), day, bytes));
     let by_space = summed
         .by_space_day
         .iter()
@@ -515,5 +520,9 @@ fn daily_deltas(c: &Conclusion, summed: &SummedUsage) -> Vec<Daily> {
         .non_billable
         .iter()
         .map(|((space, day), bytes)| daily(non_billable_pk(space), day, bytes));
-    by_node.chain(by_space).chain(non_billable).collect()
+    by_node
+        .chain(all_nodes)
+        .chain(by_space)
+        .chain(non_billable)
+        .collect()
 }

@@ -254,6 +254,14 @@ impl Store for DynamoStore {
         self.node_total_bytes(node)
     }
 
+    fn egress_by_day(
+        &self,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.egress_days(from_day, to_day)
+    }
+
     fn pending_count(&self) -> Result<u64, StoreError> {
         self.pending()
     }

@@ -7,7 +7,8 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::items::{
-    due_partitions, get_s, get_u64, node_pk, parse_day_sk, stats_pk, LEGACY_STATS, SHARDS,
+    due_partitions, egress_pk, get_s, get_u64, node_pk, parse_day_sk, stats_pk, LEGACY_STATS,
+    SHARDS,
 };
 use super::DynamoStore;
 use crate::store::{check_day_range, StoreError, StoreStats};
@@ -56,6 +57,25 @@ impl DynamoStore {
             *sum = sum.checked_add(bytes).ok_or_else(|| {
                 StoreError::Corrupt(format!("the daily total of {pk} overflows u64"))
             })?;
+        }
+        Ok(days.into_iter().collect())
+    }
+
+    /// [`Store::egress_by_day`](super::Store::egress_by_day): the day
+    /// totals of the 16 shards, added up.
+    pub(super) fn egress_days(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        for shard in 0..SHARDS {
+            for (day, bytes) in self.daily(&egress_pk(shard), from, to)? {
+                let sum = days.entry(day).or_default();
+                *sum = sum
+                    .checked_add(bytes)
+                    .ok_or_else(|| StoreError::Corrupt("egress of a day overflows u64".into()))?;
+            }
         }
         Ok(days.into_iter().collect())
     }
