@@ -36,7 +36,9 @@ try {
   seen.login_url = page.url()
   seen.egress_bytes = await text('#egress-bytes')
   seen.concluded = await text('#concluded')
+  seen.failed = await text('#failed')
   seen.nodes = await text('#nodes')
+  seen.rejected_duplicates = await text('#rejected-DuplicateReceipt')
   const bars = await page.$$eval('#egress-chart rect', (rects) => rects.map((r) => Number(r.dataset.value)))
   seen.chart_bars = bars.length
   seen.chart_sum = bars.reduce((a, b) => a + b, 0)

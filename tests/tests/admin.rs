@@ -128,8 +128,18 @@ async fn a_login_opens_the_pages_until_logout() {
     // A batch tracked and consolidated for real: the overview shows it.
     let server = BatchServer::default();
     let endpoint = server.serve().await;
-    let (receipts, total) = good_receipts(4, "admin");
+    let (mut receipts, total) = good_receipts(4, "admin");
+    // One retrieval twice: counted once, the repeat refused by name.
+    receipts.push(receipts[0].clone());
     track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
+    // And one whose node answers 503: it stays pending, retrying.
+    let down = BatchServer::default();
+    down.failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let down_endpoint = down.serve().await;
+    let (receipts, _) = good_receipts(2, "admin-down");
+    let (failing_batch, bytes) = batch(&receipts);
+    track_batch(&t, &down, &down_endpoint, &node(), (failing_batch, bytes)).await;
     let run = client()
         .post(format!("{}consolidate", t.url))
         .bearer_auth(TOKEN)
@@ -158,6 +168,10 @@ async fn a_login_opens_the_pages_until_logout() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let html = page.text().await.unwrap();
     assert!(
+        html.contains(&failing_batch.to_string()),
+        "listed as pending"
+    );
+    assert!(
         html.contains(&format!("id=\"egress-bytes\">{total}<")),
         "{html}"
     );
@@ -179,6 +193,20 @@ async fn a_login_opens_the_pages_until_logout() {
     assert_eq!(days.len(), 30);
     let charted: u64 = days.iter().map(|d| d["bytes"].as_u64().unwrap()).sum();
     assert_eq!(charted, total, "the batch's bytes, on its day");
+    assert_eq!(
+        overview["rejected_receipts"],
+        serde_json::json!({"DuplicateReceipt": 1})
+    );
+    assert_eq!(overview["failed_batches"], 0);
+    let pending = overview["pending_batches"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["batch"], failing_batch.to_string());
+    assert_eq!(pending[0]["state"], "retrying");
+    assert_eq!(pending[0]["attempts"], 1);
+    assert!(
+        pending[0]["last_error"].as_str().unwrap().contains("503"),
+        "{pending:?}"
+    );
 
     // Logging out needs the session's form token: a page elsewhere cannot.
     let logout = |csrf: String| {

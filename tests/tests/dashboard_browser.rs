@@ -17,7 +17,9 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     let tracker = start_tracker(settings).await;
     let server = BatchServer::default();
     let endpoint = server.serve().await;
-    let (receipts, total) = good_receipts(6, "dashboard");
+    let (mut receipts, total) = good_receipts(6, "dashboard");
+    // One retrieval twice: the repeat is refused, and counted by name.
+    receipts.push(receipts[1].clone());
     track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;
     // No admin token: /consolidate answers this machine.
     assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
@@ -46,8 +48,10 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     assert_eq!(seen["login_url"], overview.as_str());
     assert_eq!(seen["egress_bytes"], total.to_string().as_str());
     assert_eq!(seen["concluded"], "1");
+    assert_eq!(seen["failed"], "0");
     assert_eq!(seen["nodes"], "1");
     assert_eq!(seen["chart_bars"], 30, "a bar a day");
+    assert_eq!(seen["rejected_duplicates"], "1");
     assert_eq!(seen["chart_sum"], total, "the batch's bytes, on its day");
     assert_eq!(seen["logout_url"], login.as_str());
     assert_eq!(seen["after_logout_url"], login.as_str());

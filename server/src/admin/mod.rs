@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /admin/login`, `POST /admin/login` | the login form; a session cookie on success |
 //! | `POST /admin/logout` | ends the session (CSRF token required) |
-//! | `GET /admin` | overview: egress per day over the last 30 days (chart), the store's counters |
+//! | `GET /admin` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //!
 //! A page asked for without a session redirects to the login; the API
@@ -28,7 +28,7 @@ use serde::Deserialize;
 use self::auth::{Login, LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECS};
 use self::html::{bytes, escape, page, respond};
 use crate::service::Tracker;
-use crate::store::{StoreError, StoreStats};
+use crate::store::{EgressRecord, Rejections, StoreError, StoreStats};
 
 /// The dashboard's routes.
 pub fn routes() -> Router<Arc<Tracker>> {
@@ -209,9 +209,16 @@ fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
 /// Days the overview's chart covers, today included.
 const CHART_DAYS: i64 = 30;
 
+/// Pending batches the overview lists.
+const PENDING_LISTED: usize = 50;
+
 /// What the overview shows.
 struct Overview {
     stats: StoreStats,
+    /// The first pending batches, earliest due first.
+    pending: Vec<EgressRecord>,
+    /// Failed batches and receipts not counted, by error name.
+    rejections: Rejections,
     /// The last [`CHART_DAYS`] days (UTC), oldest first, days without
     /// egress as 0.
     egress_by_day: Vec<(String, u64)>,
@@ -222,9 +229,16 @@ async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
     let today = (ucanto::ucan::now() / 86_400) as i64;
     let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
     let (from, to) = (days[0].clone(), format_date(today + 1));
-    let (stats, counted) = tracker
+    let (stats, counted, pending, rejections) = tracker
         .context()
-        .store(move |s| Ok((s.stats()?, s.egress_by_day(&from, &to)?)))
+        .store(move |s| {
+            Ok((
+                s.stats()?,
+                s.egress_by_day(&from, &to)?,
+                s.pending_records(PENDING_LISTED)?,
+                s.rejections()?,
+            ))
+        })
         .await
         .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))?;
     let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
@@ -237,6 +251,8 @@ async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
         .collect();
     Ok(Overview {
         stats,
+        pending,
+        rejections,
         egress_by_day,
     })
 }
@@ -256,6 +272,8 @@ async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Re
     };
     let Ok(Overview {
         stats,
+        pending,
+        rejections,
         egress_by_day,
     }) = overview_data(&tracker).await
     else {
@@ -287,15 +305,97 @@ async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Re
             stats.concluded.to_string(),
         ),
         row(
+            "failed",
+            "Batches failed (an error receipt)",
+            rejections.failed_batches.to_string(),
+        ),
+        row(
             "receipts",
             "Retrievals counted",
             stats.counted_receipts.to_string(),
         ),
         row("nodes", "Nodes paid", stats.nodes.to_string()),
         "</table>".to_string(),
+        pending_table(&pending, stats.pending),
+        rejections_table(&rejections),
     ]
     .concat();
     respond(StatusCode::OK, page("Overview", Some(&session.csrf), &body))
+}
+
+/// A unix time as `YYYY-MM-DD hh:mm:ss` UTC.
+fn time(unix: u64) -> String {
+    let day = etracker_capabilities::account_egress_get::format_date((unix / 86_400) as i64);
+    let s = unix % 86_400;
+    format!("{day} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// Whether a pending record has failed before (it waits for its retry).
+fn retrying(record: &EgressRecord) -> bool {
+    record.attempts > 0
+}
+
+/// The overview's table of pending batches: waiting for their first run,
+/// or retrying with their last error and next attempt.
+fn pending_table(pending: &[EgressRecord], count: u64) -> String {
+    let mut html = format!(
+        "<h2>Pending batches</h2><p>{count} pending, {retrying} of the first {listed} \
+         retrying; earliest due first.</p>",
+        retrying = pending.iter().filter(|r| retrying(r)).count(),
+        listed = pending.len(),
+    );
+    if pending.is_empty() {
+        return html;
+    }
+    html.push_str(
+        "<table id=\"pending\"><tr><th>Batch</th><th>Node</th><th>Tracked</th>\
+         <th>State</th><th>Attempts</th><th>Last error</th><th>Next attempt</th></tr>",
+    );
+    for r in pending {
+        html.push_str(&format!(
+            "<tr><td>{batch}</td><td>{node}</td><td>{tracked}</td><td>{state}</td>\
+             <td class=\"n\">{attempts}</td><td>{error}</td><td>{next}</td></tr>",
+            batch = escape(&r.batch.to_string()),
+            node = escape(r.node.as_str()),
+            tracked = time(r.received_at),
+            state = if retrying(r) { "retrying" } else { "waiting" },
+            attempts = r.attempts,
+            error = escape(r.last_error.as_deref().unwrap_or("")),
+            next = time(r.next_attempt_at),
+        ));
+    }
+    html.push_str("</table>");
+    html
+}
+
+/// The overview's table of receipts not counted, by error name.
+fn rejections_table(rejections: &Rejections) -> String {
+    let mut html = "<h2>Receipts not counted, by error</h2>".to_string();
+    if rejections.by_name.is_empty() {
+        html.push_str("<p>None.</p>");
+        return html;
+    }
+    html.push_str("<table id=\"rejected\"><tr><th>Error</th><th>Receipts</th></tr>");
+    for (name, n) in &rejections.by_name {
+        html.push_str(&format!(
+            "<tr><td>{name}</td><td class=\"n\" id=\"rejected-{name}\">{n}</td></tr>",
+            name = escape(name),
+        ));
+    }
+    html.push_str("</table>");
+    html
+}
+
+fn pending_json(r: &EgressRecord) -> serde_json::Value {
+    serde_json::json!({
+        "batch": r.batch.to_string(),
+        "node": r.node.as_str(),
+        "received_at": r.received_at,
+        "state": if retrying(r) { "retrying" } else { "waiting" },
+        "attempts": r.attempts,
+        "last_error": r.last_error,
+        "next_attempt_at": r.next_attempt_at,
+    })
 }
 
 /// `GET /admin/api/overview`.
@@ -306,8 +406,13 @@ async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -
     match overview_data(&tracker).await {
         Ok(Overview {
             stats: s,
+            pending,
+            rejections,
             egress_by_day,
         }) => Json(serde_json::json!({
+            "failed_batches": rejections.failed_batches,
+            "rejected_receipts": rejections.by_name,
+            "pending_batches": pending.iter().map(pending_json).collect::<Vec<_>>(),
             "egress_by_day": egress_by_day
                 .iter()
                 .map(|(day, bytes)| serde_json::json!({"day": day, "bytes": bytes}))

@@ -268,9 +268,13 @@ async fn conclude(
         .values()
         .try_fold(0u64, |sum, bytes| sum.checked_add(*bytes))
         .ok_or_else(|| "the tally's usage overflows u64".to_string())?;
-    // The total, and how many receipts `errors[]` lists (for the metrics).
-    let (total, rejected) = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
-        Ok(Ok(ok)) if ok.total_egress == tally_total => (ok.total_egress, ok.errors.len() as u64),
+    // The total, the receipts `errors[]` lists by name, and whether the
+    // batch failed whole.
+    let (total, rejected, failed) = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out())
+    {
+        Ok(Ok(ok)) if ok.total_egress == tally_total => {
+            (ok.total_egress, rejections_by_name(&ok.errors), false)
+        }
         Ok(Ok(ok)) => {
             return Err(format!(
                 "totalEgress {} differs from the tally's {tally_total}",
@@ -278,10 +282,11 @@ async fn conclude(
             )
             .into())
         }
-        Ok(Err(_)) if tally.counted == 0 => (0, 0),
+        Ok(Err(_)) if tally.counted == 0 => (0, Vec::new(), true),
         Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
         Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
     };
+    let rejected_count: u64 = rejected.iter().map(|(_, n)| n).sum();
 
     // The consolidator judged the spaces; judge them again, so that one with
     // another registry (or none) never bills a space this tracker does not.
@@ -321,6 +326,8 @@ async fn conclude(
         staged_tally: tally.staged,
         non_billable: daily_usage(&tally.non_billable),
         concluded_at: now(),
+        rejected,
+        failed,
     };
     let non_billable: u64 = tally.non_billable.values().sum();
     let receipt_cid = receipt.cid();
@@ -329,7 +336,7 @@ async fn conclude(
             Metrics::add(&ctx.metrics.concluded_batches, 1);
             Metrics::add(&ctx.metrics.consolidated_bytes, total);
             Metrics::add(&ctx.metrics.non_billable_bytes, non_billable);
-            Metrics::add(&ctx.metrics.rejected_receipts, rejected);
+            Metrics::add(&ctx.metrics.rejected_receipts, rejected_count);
             tracing::info!(%batch, receipt = %receipt_cid, total, "batch concluded");
             Ok(Response::ok(Ipld::Map(IpldMap::new())))
         }
@@ -361,4 +368,79 @@ fn describe_conflict(receipts: &[Cid]) -> String {
         "{} retrieval(s) were counted by another batch meanwhile (e.g. {first}); consolidate again",
         receipts.len()
     )
+}
+
+/// `errors[]` counted by name. The last entry, when it is `TooManyErrors`,
+/// stands for the receipts not listed, which its message counts by name
+/// (`Name ×n, …`); its receipts are counted under those names.
+fn rejections_by_name(
+    errors: &[etracker_capabilities::consolidate::ReceiptError],
+) -> Vec<(String, u64)> {
+    use crate::consolidator::TOO_MANY_ERRORS;
+    let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
+    for error in errors {
+        let unlisted = (error.name == TOO_MANY_ERRORS)
+            .then(|| error.message.split_once(": "))
+            .flatten()
+            .map(|(_, counts)| {
+                counts
+                    .split(", ")
+                    .filter_map(|part| {
+                        let (name, n) = part.split_once(" ×")?;
+                        Some((name.to_string(), n.parse::<u64>().ok()?))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|counts| !counts.is_empty());
+        match unlisted {
+            Some(counts) => {
+                for (name, n) in counts {
+                    *by_name.entry(name).or_default() += n;
+                }
+            }
+            None => *by_name.entry(error.name.clone()).or_default() += 1,
+        }
+    }
+    by_name.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etracker_capabilities::consolidate::ReceiptError;
+
+    fn error(name: &str, message: &str) -> ReceiptError {
+        ReceiptError {
+            name: name.into(),
+            message: message.into(),
+            receipt: cid::Cid::default(),
+        }
+    }
+
+    #[test]
+    fn rejections_count_listed_and_unlisted_receipts_by_name() {
+        let errors = [
+            error("InvalidSignature", "bad"),
+            error("DuplicateReceipt", "again"),
+            error("InvalidSignature", "bad"),
+            error(
+                crate::consolidator::TOO_MANY_ERRORS,
+                "7 more receipt(s) not counted and not listed: InvalidSignature ×5, WrongIssuer ×2",
+            ),
+        ];
+        assert_eq!(
+            rejections_by_name(&errors),
+            [
+                ("DuplicateReceipt".to_string(), 1),
+                ("InvalidSignature".to_string(), 7),
+                ("WrongIssuer".to_string(), 2),
+            ]
+        );
+        // A TooManyErrors entry that does not count by name counts as one.
+        let odd = [error(crate::consolidator::TOO_MANY_ERRORS, "lots")];
+        assert_eq!(
+            rejections_by_name(&odd),
+            [(crate::consolidator::TOO_MANY_ERRORS.to_string(), 1)]
+        );
+    }
 }

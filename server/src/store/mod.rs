@@ -290,6 +290,33 @@ pub struct Conclusion {
     pub non_billable: Vec<DailyUsage>,
     /// When the conclusion is committed (unix seconds).
     pub concluded_at: u64,
+    /// Receipts of the batch not counted, by error name (`errors[]` of the
+    /// receipt), for the operators' counts.
+    pub rejected: Vec<(String, u64)>,
+    /// Whether the receipt is an error: the batch failed as a whole.
+    pub failed: bool,
+}
+
+/// What consolidation refused, over all conclusions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rejections {
+    /// Batches concluded with an error receipt.
+    pub failed_batches: u64,
+    /// Receipts not counted, by error name.
+    pub by_name: std::collections::BTreeMap<String, u64>,
+}
+
+/// An error name as the store keeps it: ASCII letters, digits and `_`, at
+/// most 64 of them; anything else is `Other`.
+pub fn rejection_name(name: &str) -> &str {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if plain {
+        name
+    } else {
+        "Other"
+    }
 }
 
 /// A space in the tracker's own registry: who provisions it (its provider)
@@ -466,6 +493,11 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError>;
 
+    /// Up to `limit` pending records, earliest due first (leased ones
+    /// included, at the time their lease ends): what the dashboard lists as
+    /// waiting or retrying. Reads only.
+    fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError>;
+
     /// Releases every lease `owner` holds, as a replica does when it starts
     /// again under its name: what it was consolidating when it stopped is
     /// due at once, not when those leases would have run out. Returns how
@@ -591,6 +623,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// All bytes ever counted for a node (0 if none).
     fn node_total(&self, node: &Did) -> Result<u64, StoreError>;
+
+    /// What consolidation refused so far: failed batches, and receipts not
+    /// counted by error name (added by each conclusion, with its totals).
+    fn rejections(&self) -> Result<Rejections, StoreError>;
 
     /// Bytes per day counted for all nodes together, for days in
     /// `from_day..to_day` (days with none are left out): the sum of every

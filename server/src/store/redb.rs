@@ -62,7 +62,8 @@ use super::audit::Auditor;
 use super::group_commit::GroupCommit;
 use super::{
     check_conclusion, check_day_range, lease_end, ConcludeOutcome, Conclusion, EgressRecord, Lease,
-    NewRecord, PutOutcome, RecordStatus, Retry, SpaceEntry, Store, StoreError, StoreStats,
+    NewRecord, PutOutcome, RecordStatus, Rejections, Retry, SpaceEntry, Store, StoreError,
+    StoreStats,
 };
 
 /// Name of the database file inside the data directory.
@@ -92,6 +93,9 @@ const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("spaces");
 /// Day → bytes of all nodes: Σ of `node_daily` per day. Stores made before
 /// it are filled from `node_daily` when opened.
 const EGRESS_DAILY: TableDefinition<&str, u64> = TableDefinition::new("egress_daily");
+/// `failed` → batches concluded with an error receipt; `name:<error>` →
+/// receipts not counted with that error.
+const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejections");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -206,6 +210,7 @@ impl RedbStore {
             tx.open_table(STAGED).or_backend()?;
             tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             tx.open_table(SPACES).or_backend()?;
+            tx.open_table(REJECTIONS).or_backend()?;
             let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
             if egress.is_empty().or_backend()? {
                 // A store from before the table: sum what the nodes served.
@@ -365,6 +370,22 @@ impl Store for RedbStore {
         Ok(leased)
     }
 
+    fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let records = tx.open_table(RECORDS).or_backend()?;
+        let due = tx.open_table(DUE).or_backend()?;
+        let mut pending = Vec::new();
+        for entry in due.iter().or_backend()?.take(limit) {
+            let (key, _) = entry.or_backend()?;
+            let batch = decode_cid(key.value().2)?;
+            let record = load(&records, &batch)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("due index names missing record {batch}"))
+            })?;
+            pending.push(record);
+        }
+        Ok(pending)
+    }
+
     fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().or_backend()?;
         let mut released = 0;
@@ -508,6 +529,21 @@ impl Store for RedbStore {
                     .map_or(0, |v| v.value());
                 egress
                     .insert(day.as_str(), add(now, *bytes)?)
+                    .or_backend()?;
+            }
+            let mut rejections = tx.open_table(REJECTIONS).or_backend()?;
+            let counts = c
+                .rejected
+                .iter()
+                .map(|(name, n)| (format!("name:{}", super::rejection_name(name)), *n))
+                .chain(c.failed.then(|| ("failed".to_string(), 1)));
+            for (key, n) in counts {
+                let now = rejections
+                    .get(key.as_str())
+                    .or_backend()?
+                    .map_or(0, |v| v.value());
+                rejections
+                    .insert(key.as_str(), now.saturating_add(n))
                     .or_backend()?;
             }
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
@@ -692,6 +728,22 @@ impl Store for RedbStore {
             days.push((day.value().to_string(), bytes.value()));
         }
         Ok(days)
+    }
+
+    fn rejections(&self) -> Result<Rejections, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let table = tx.open_table(REJECTIONS).or_backend()?;
+        let mut rejections = Rejections::default();
+        for entry in table.iter().or_backend()? {
+            let (key, n) = entry.or_backend()?;
+            match key.value().strip_prefix("name:") {
+                Some(name) => {
+                    rejections.by_name.insert(name.to_string(), n.value());
+                }
+                None => rejections.failed_batches = n.value(),
+            }
+        }
+        Ok(rejections)
     }
 
     fn pending_count(&self) -> Result<u64, StoreError> {

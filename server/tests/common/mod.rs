@@ -11,8 +11,8 @@ use std::sync::Arc;
 use cid::Cid;
 use etracker_server::store::redb::{Audit, RedbStore};
 use etracker_server::store::{
-    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Retry, Store,
-    StoreError,
+    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Rejections,
+    Retry, Store, StoreError,
 };
 use proptest::prelude::*;
 use ucanto::dag::{cid_of, CAR, DAG_CBOR};
@@ -69,6 +69,16 @@ macro_rules! scenarios {
         #[test]
         fn totals_never_overflow() {
             common::totals_never_overflow(&$make);
+        }
+
+        #[test]
+        fn rejections_are_counted_once_by_name() {
+            common::rejections_are_counted_once_by_name(&$make);
+        }
+
+        #[test]
+        fn pending_records_list_earliest_due_first() {
+            common::pending_records_list_earliest_due_first(&$make);
         }
 
         #[test]
@@ -216,6 +226,8 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         staged_tally: Vec::new(),
         non_billable: Vec::new(),
         concluded_at: 10_000 + n,
+        rejected: Vec::new(),
+        failed: false,
     }
 }
 
@@ -347,6 +359,83 @@ pub fn grid_node_days(grid: &[DailyUsage]) -> Vec<(String, u64)> {
         *days.entry(u.day.clone()).or_default() += u.bytes;
     }
     days.into_iter().collect()
+}
+
+/// Receipts not counted add up by error name, and failed batches by one,
+/// once per conclusion: not again when concluding again, not when refused.
+pub fn rejections_are_counted_once_by_name<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    for n in 1..=4 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    let mut c1 = conclusion(1, vec![usage(space_a(), "2025-01-01", 5)], &[1]);
+    c1.rejected = vec![
+        ("InvalidSignature".into(), 2),
+        ("DuplicateReceipt".into(), 1),
+    ];
+    let mut c2 = conclusion(2, Vec::new(), &[]);
+    c2.failed = true;
+    let mut c3 = conclusion(3, vec![usage(space_a(), "2025-01-01", 5)], &[3]);
+    c3.rejected = vec![("InvalidSignature".into(), 1), ("<script>".into(), 4)];
+    // Refused (receipt 1 is counted already): its rejections do not count.
+    let mut c4 = conclusion(4, vec![usage(space_a(), "2025-01-01", 5)], &[1]);
+    c4.rejected = vec![("InvalidSignature".into(), 100)];
+    assert_eq!(store.rejections().unwrap(), Rejections::default());
+    for c in [&c1, &c2, &c3] {
+        assert_eq!(store.conclude(c).unwrap(), ConcludeOutcome::Concluded);
+    }
+    assert!(store.conclude(&c1).is_ok());
+    assert!(matches!(
+        store.conclude(&c4),
+        Err(StoreError::Conflict { .. })
+    ));
+    let rejections = store.rejections().unwrap();
+    assert_eq!(rejections.failed_batches, 1);
+    assert_eq!(
+        rejections.by_name.into_iter().collect::<Vec<_>>(),
+        [
+            ("DuplicateReceipt".to_string(), 1),
+            ("InvalidSignature".to_string(), 3),
+            ("Other".to_string(), 4),
+        ]
+    );
+    consistent(&store);
+}
+
+/// The pending records are listed earliest due first, a retried one with
+/// its attempts, error and next attempt; concluded ones are not listed, and
+/// listing changes nothing.
+pub fn pending_records_list_earliest_due_first<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    for (n, at) in [(1, 300), (2, 100), (3, 200), (4, 50)] {
+        store.put(new_record(n, node(), at)).unwrap();
+    }
+    // Batch 4 concludes; batch 2 fails once and waits until 1,000.
+    store
+        .conclude(&conclusion(
+            4,
+            vec![usage(space_a(), "2025-01-01", 1)],
+            &[4],
+        ))
+        .unwrap();
+    store.lease_pending(100, "a", 60, 1).unwrap();
+    store
+        .reschedule(&batch(2), "a", 110, &retry(1_000, "fetch: 503", true))
+        .unwrap();
+    let listed = store.pending_records(10).unwrap();
+    assert_eq!(leased_batches(&listed), [batch(3), batch(1), batch(2)]);
+    let retried = &listed[2];
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("fetch: 503"));
+    assert_eq!(retried.next_attempt_at, 1_000);
+    assert_eq!(
+        leased_batches(&store.pending_records(1).unwrap()),
+        [batch(3)]
+    );
+    assert!(store.pending_records(0).unwrap().is_empty());
+    // Only read: all three are still leasable.
+    assert_eq!(store.lease_pending(2_000, "b", 60, 10).unwrap().len(), 3);
+    consistent(&store);
 }
 
 /// All nodes' egress per day is the sum of every node's daily totals, read

@@ -48,7 +48,7 @@ use cid::Cid;
 
 use super::items::{
     counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
-    record_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
+    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
 };
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -141,8 +141,8 @@ impl DynamoStore {
         let attempt = fresh_id();
         let dailies = daily_deltas(c, summed);
         // The flip's own items: the record, its due entry, the receipt, the
-        // node's total and the counters.
-        let fixed = 5;
+        // node's total, the counters, and the rejection counts if any.
+        let fixed = 5 + usize::from(rejection_add(c).is_some());
         if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
             let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
@@ -426,10 +426,13 @@ impl DynamoStore {
         } else {
             ("attribute_exists(pk)", 0)
         };
-        let add = |pk: &str, sk: &str, deltas: Vec<(&'static str, u64)>| Add {
+        let add = |pk: &str, sk: &str, deltas: Vec<(&str, u64)>| Add {
             pk: pk.to_string(),
             sk: sk.to_string(),
-            deltas,
+            deltas: deltas
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             condition: None,
         };
         let mut adds = vec![
@@ -450,6 +453,9 @@ impl DynamoStore {
                 ],
             ),
         ];
+        if let Some(rejected) = rejection_add(c) {
+            adds.push(rejected);
+        }
         for daily in dailies {
             adds.push(add(
                 &daily.pk,
@@ -525,4 +531,33 @@ fn daily_deltas(c: &Conclusion, summed: &SummedUsage) -> Vec<Daily> {
         .chain(by_space)
         .chain(non_billable)
         .collect()
+}
+
+/// The `ADD` of `c`'s rejections to its shard's rejection counts: `failed`,
+/// and `n_<error name>` per name; `None` when it has none.
+fn rejection_add(c: &Conclusion) -> Option<Add> {
+    let mut deltas: Vec<(String, u64)> = c
+        .rejected
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| (format!("n_{}", crate::store::rejection_name(name)), *n))
+        .collect();
+    if c.failed {
+        deltas.push(("failed".to_string(), 1));
+    }
+    // One `ADD` per attribute: names made equal by the cleaning add up.
+    deltas.sort();
+    deltas.dedup_by(|later, first| {
+        let same = later.0 == first.0;
+        if same {
+            first.1 = first.1.saturating_add(later.1);
+        }
+        same
+    });
+    (!deltas.is_empty()).then(|| Add {
+        pk: rejected_pk(shard_of(&c.batch)),
+        sk: "rejected".to_string(),
+        deltas,
+        condition: None,
+    })
 }

@@ -17,6 +17,7 @@
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
 //! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
+//! | rejection counts  | `rejected#<shard>`    | `rejected`                             | `failed`, `n_<error name>` (summed over the shards when read) |
 //! | all nodes' egress per day | `egress#<shard>` | `day#<day>`                         | `bytes` (summed over the shards when read)        |
 //! | usage row         | `space#`, `node#` or `nonbillable#<did>` | `day#<day>#<batch>`  | `bytes`, `batch`, `attempt`                      |
 //! | counters          | `stats#<shard>`       | `stats`                                | `records`, `concluded`, `counted`, `nodes`, `total_bytes`, `non_billable_bytes` |
@@ -88,6 +89,11 @@ pub(super) fn due_pk(shard: u8) -> String {
 /// The counters item (partition) of shard `shard`.
 pub(super) fn stats_pk(shard: u8) -> String {
     format!("stats#{shard:02}")
+}
+
+/// The rejection counts of shard `shard` (item `rejected`).
+pub(super) fn rejected_pk(shard: u8) -> String {
+    format!("rejected#{shard:02}")
 }
 
 /// The partition of all nodes' egress per day, shard `shard`.

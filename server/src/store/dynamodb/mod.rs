@@ -169,6 +169,10 @@ impl Store for DynamoStore {
         self.lease_due(now, owner, lease_secs, limit)
     }
 
+    fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
+        self.pending_list(limit)
+    }
+
     fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         self.release_owned(owner)
     }
@@ -260,6 +264,10 @@ impl Store for DynamoStore {
         to_day: &str,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.egress_days(from_day, to_day)
+    }
+
+    fn rejections(&self) -> Result<super::Rejections, StoreError> {
+        self.rejection_counts()
     }
 
     fn pending_count(&self) -> Result<u64, StoreError> {

@@ -118,7 +118,7 @@ impl DynamoStore {
             items.push(self.add(&Add {
                 pk: stats_pk(shard_of(&record.batch)),
                 sk: "stats".into(),
-                deltas: vec![("records", 1)],
+                deltas: vec![("records".to_string(), 1)],
                 condition: None,
             })?);
             match self.transact(items)? {
@@ -137,8 +137,39 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
         let until = lease_end(now, lease_secs)?;
+        let mut leased = Vec::new();
         // Due entries `<= now`: every key starts with 20 digits.
-        let hi = format!("{now:020}#~");
+        self.walk_due(&format!("{now:020}#~"), limit, |partition, sk, batch| {
+            let record = self.lease_entry(partition, sk, batch, now, owner, until)?;
+            let taken = record.is_some();
+            leased.extend(record);
+            Ok(taken)
+        })?;
+        Ok(leased)
+    }
+
+    /// [`Store::pending_records`](super::Store::pending_records): the
+    /// records of the first due entries, read only.
+    pub(super) fn pending_list(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
+        let mut pending = Vec::new();
+        self.walk_due("~", limit, |_, _, batch| {
+            let record = self.load(batch)?.map(|s| s.record);
+            let found = record.as_ref().is_some_and(EgressRecord::is_pending);
+            pending.extend(record.filter(EgressRecord::is_pending));
+            Ok(found)
+        })?;
+        Ok(pending)
+    }
+
+    /// Visits the due entries with keys up to `hi`, oldest first across
+    /// every partition, as from one index, until `visit` has taken `limit`
+    /// of them (it says whether it took each).
+    fn walk_due(
+        &self,
+        hi: &str,
+        limit: usize,
+        mut visit: impl FnMut(&str, &str, &Cid) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let mut shards: Vec<DueCursor> = due_partitions()
             .map(|partition| DueCursor {
                 partition,
@@ -147,15 +178,15 @@ impl DynamoStore {
                 exhausted: false,
             })
             .collect();
-        let mut leased = Vec::new();
-        while leased.len() < limit {
+        let mut taken = 0;
+        while taken < limit {
             // The oldest entry of all shards next, as from one index.
-            let page = limit - leased.len();
+            let page = limit - taken;
             for shard in shards
                 .iter_mut()
                 .filter(|c| c.read.is_empty() && !c.exhausted)
             {
-                let entries = self.query(&shard.partition, &shard.after, &hi, Some(page))?;
+                let entries = self.query(&shard.partition, &shard.after, hi, Some(page))?;
                 shard.exhausted = entries.len() < page;
                 if let Some(last) = entries.last() {
                     // Continue after the last entry seen: keys have one
@@ -180,9 +211,11 @@ impl DynamoStore {
                 break;
             };
             let partition = shard.partition.clone();
-            leased.extend(self.lease_entry(&partition, &sk, &batch, now, owner, until)?);
+            if visit(&partition, &sk, &batch)? {
+                taken += 1;
+            }
         }
-        Ok(leased)
+        Ok(())
     }
 
     /// Leases the record of the due entry `(partition, sk)` of `batch`,

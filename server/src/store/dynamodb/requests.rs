@@ -240,7 +240,7 @@ impl DynamoStore {
             .condition_expression(guard);
         for (i, (name, delta)) in deltas.iter().enumerate() {
             update = update
-                .expression_attribute_names(format!("#a{i}"), *name)
+                .expression_attribute_names(format!("#a{i}"), name.as_str())
                 .expression_attribute_values(format!(":a{i}"), n(*delta))
                 .expression_attribute_values(format!(":r{i}"), n(u64::MAX - delta));
         }
@@ -260,7 +260,7 @@ impl DynamoStore {
                 continue;
             };
             for (name, delta) in &add.deltas {
-                let now = match item.get(*name) {
+                let now = match item.get(name) {
                     Some(_) => super::items::get_u64(item, name)?,
                     None => 0,
                 };
@@ -278,6 +278,6 @@ impl DynamoStore {
 pub(super) struct Add {
     pub(super) pk: String,
     pub(super) sk: String,
-    pub(super) deltas: Vec<(&'static str, u64)>,
+    pub(super) deltas: Vec<(String, u64)>,
     pub(super) condition: Option<&'static str>,
 }

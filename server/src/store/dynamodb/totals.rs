@@ -7,11 +7,11 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::items::{
-    due_partitions, egress_pk, get_s, get_u64, node_pk, parse_day_sk, stats_pk, LEGACY_STATS,
-    SHARDS,
+    due_partitions, egress_pk, get_s, get_u64, node_pk, parse_day_sk, rejected_pk, stats_pk,
+    LEGACY_STATS, SHARDS,
 };
 use super::DynamoStore;
-use crate::store::{check_day_range, StoreError, StoreStats};
+use crate::store::{check_day_range, Rejections, StoreError, StoreStats};
 
 impl DynamoStore {
     /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`: each
@@ -78,6 +78,27 @@ impl DynamoStore {
             }
         }
         Ok(days.into_iter().collect())
+    }
+
+    /// [`Store::rejections`](super::Store::rejections): the counts of the
+    /// 16 shards, added up.
+    pub(super) fn rejection_counts(&self) -> Result<Rejections, StoreError> {
+        let keys: Vec<(String, String)> = (0..SHARDS)
+            .map(|shard| (rejected_pk(shard), "rejected".to_string()))
+            .collect();
+        let mut rejections = Rejections::default();
+        for item in self.get_many(&keys)?.values() {
+            for name in item.keys() {
+                let n = get_u64(item, name);
+                if name == "failed" {
+                    rejections.failed_batches = rejections.failed_batches.saturating_add(n?);
+                } else if let Some(error) = name.strip_prefix("n_") {
+                    let sum = rejections.by_name.entry(error.to_string()).or_default();
+                    *sum = sum.saturating_add(n?);
+                }
+            }
+        }
+        Ok(rejections)
     }
 
     /// [`Store::node_total`](super::Store::node_total).
