@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (embedded redb store; a key is generated on first start).
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Key management.
     Key {
         #[command(subcommand)]
@@ -281,6 +281,12 @@ struct StartArgs {
         requires = "admin_user"
     )]
     admin_password: Option<String>,
+    /// USD per TiB of egress paid to nodes (the dashboard's payouts).
+    #[arg(long, env = "ETRACKER_PROVIDER_EGRESS_USD_PER_TIB")]
+    provider_egress_usd_per_tib: Option<f64>,
+    /// USD per TiB of egress charged to customers (the dashboard's costs).
+    #[arg(long, env = "ETRACKER_CLIENT_EGRESS_USD_PER_TIB")]
+    client_egress_usd_per_tib: Option<f64>,
     /// URL of a separately deployed consolidator (in-process when unset).
     #[arg(long, env = "ETRACKER_CONSOLIDATOR_URL", requires = "consolidator_did")]
     consolidator_url: Option<String>,
@@ -465,7 +471,7 @@ async fn serve_cli() -> std::process::ExitCode {
 
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
-        Command::Start(args) => start(args).await,
+        Command::Start(args) => start(*args).await,
         Command::Key {
             command: KeyCommand::Gen,
         } => {
@@ -702,6 +708,8 @@ async fn start(args: StartArgs) -> Result<(), BoxError> {
         authorities,
         admin_token: args.admin_token,
         admin_login: args.admin_user.zip(args.admin_password),
+        provider_usd_per_tib: args.provider_egress_usd_per_tib,
+        client_usd_per_tib: args.client_egress_usd_per_tib,
         max_concurrent_requests: args.max_concurrent_requests,
         request_timeout: Duration::from_secs(args.request_timeout),
         remote_consolidator: match (&args.consolidator_url, &args.consolidator_did) {

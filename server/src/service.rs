@@ -59,6 +59,10 @@ pub struct Settings {
     /// User and password of the dashboard's login (the admin token is
     /// accepted as the password too).
     pub admin_login: Option<(String, String)>,
+    /// What a node is paid per TiB of egress, for the dashboard.
+    pub provider_usd_per_tib: Option<f64>,
+    /// What a customer pays per TiB of egress, for the dashboard.
+    pub client_usd_per_tib: Option<f64>,
     /// Largest ucanto request body.
     pub body_limit: usize,
     /// ucanto requests handled at once; more wait, within the timeout.
@@ -114,6 +118,8 @@ impl Default for Settings {
             authorities: Vec::new(),
             admin_token: None,
             admin_login: None,
+            provider_usd_per_tib: None,
+            client_usd_per_tib: None,
             body_limit: 64 * 1024 * 1024,
             max_concurrent_requests: 64,
             request_timeout: Duration::from_secs(60),
@@ -242,6 +248,11 @@ impl Tracker {
     /// What the handlers share: identity, store, counters, space policy.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The dashboard's sessions.

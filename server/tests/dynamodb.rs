@@ -337,6 +337,7 @@ fn an_interrupted_attempt_s_usage_rows_never_count() {
     let stale: Vec<Item> = raw
         .scan()
         .into_iter()
+        .filter(|i| string(i, "sk").starts_with("day#"))
         .filter(|i| string(i, "sk").ends_with(&batch(1).to_string()))
         .filter(|i| string(i, "attempt") == "interrupted")
         .collect();

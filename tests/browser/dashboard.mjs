@@ -44,6 +44,21 @@ try {
   seen.chart_sum = bars.reduce((a, b) => a + b, 0)
   await page.screenshot({ path: `${shots}/overview.png`, fullPage: true })
 
+  // Nodes: the list, its CSV, the node's page, a batch's receipt.
+  await Promise.all([page.waitForNavigation(), page.click('#nav-nodes')])
+  seen.node_rows = await page.$$eval('#nodes-table tr', (rows) => rows.length - 1)
+  await page.screenshot({ path: `${shots}/nodes.png`, fullPage: true })
+  let [download] = await Promise.all([page.waitForEvent('download'), page.click('#csv')])
+  await download.saveAs(`${shots}/nodes.csv`)
+  await Promise.all([page.waitForNavigation(), page.click('#nodes-table a')])
+  seen.node_total = await text('#node-total')
+  seen.node_payout = await text('#node-payout')
+  seen.node_batch_states = await page.$$eval('#batches tr td:nth-child(3)', (cells) => cells.map((c) => c.textContent))
+  await page.screenshot({ path: `${shots}/node.png`, fullPage: true })
+  seen.receipt_href = await page.getAttribute('#batches a.receipt', 'href')
+  ;[download] = await Promise.all([page.waitForEvent('download'), page.click('#batches a.receipt')])
+  await download.saveAs(`${shots}/receipt.car`)
+
   // Logging out ends the session: the dashboard asks for the login again.
   await Promise.all([page.waitForNavigation(), page.click('#logout')])
   seen.logout_url = page.url()

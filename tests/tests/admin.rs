@@ -4,6 +4,7 @@
 use etracker_e2e::node::*;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{redirect::Policy, Client, StatusCode};
+use ucanto::principal::Signer;
 
 const USER: &str = "ops";
 const PASSWORD: &str = "correct horse battery";
@@ -13,6 +14,7 @@ async fn tracker() -> RunningTracker {
     let mut settings = test_settings();
     settings.admin_login = Some((USER.into(), PASSWORD.into()));
     settings.admin_token = Some(TOKEN.into());
+    settings.provider_usd_per_tib = Some(2048.0);
     start_tracker(settings).await
 }
 
@@ -284,4 +286,89 @@ async fn forged_and_guessed_logins_are_refused() {
         .unwrap();
     assert!(wait > 0 && wait <= etracker_server::admin::auth::FAILURE_WINDOW_SECS);
     assert!(set_cookie(&held, "etracker_session").is_none());
+}
+
+/// The nodes pages' JSON and CSV: a node's total and payout, its batches
+/// newest first with the concluded one's receipt, the receipt served.
+#[tokio::test]
+async fn nodes_are_listed_with_payouts_batches_and_receipts() {
+    let t = tracker().await;
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(3, "admin-nodes");
+    let task = track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
+    let run = client()
+        .post(format!("{}consolidate", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+    let get = |path: String| {
+        client()
+            .get(format!("{}{path}", t.url))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let nodes: serde_json::Value = get("admin/api/nodes".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let did = node().did().as_str().to_string();
+    // 2048 USD per TiB: 2048 × total / 2^40.
+    let payout = total as f64 * 2048.0 / (1u64 << 40) as f64;
+    assert_eq!(
+        nodes["nodes"],
+        serde_json::json!([{"node": did, "total_bytes": total, "payout_usd": payout}])
+    );
+    let none: serde_json::Value = get("admin/api/nodes?q=did:web:".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["nodes"], serde_json::json!([]));
+    let one: serde_json::Value = get(format!("admin/api/nodes/{did}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["total_bytes"], total);
+    let batches = one["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["state"], "concluded");
+    assert_eq!(batches[0]["total_bytes"], total);
+    let receipt = batches[0]["receipt"].as_str().unwrap();
+    assert_eq!(receipt, format!("/receipts/{task}"));
+    // The link serves the signed receipt.
+    assert!(consolidate_receipt(&t.url, &task).await.is_some());
+    // CSV needs a session, like the page: log in with the token.
+    let (csrf, cookie) = login_form(&t.url).await;
+    let login = post_login(&t.url, "", TOKEN, &csrf, Some(&cookie), false).await;
+    let session = cookie_value(&set_cookie(&login, "etracker_session").unwrap());
+    let csv = client()
+        .get(format!("{}admin/nodes?format=csv", t.url))
+        .header(COOKIE, format!("etracker_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(csv.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("nodes.csv"));
+    assert_eq!(
+        csv.text().await.unwrap(),
+        format!("node,total_bytes,payout_usd\n{did},{total},{payout:.2}\n")
+    );
+    // Without a session the CSV is the login's.
+    let anonymous = client()
+        .get(format!("{}admin/nodes?format=csv", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
 }

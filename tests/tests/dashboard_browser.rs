@@ -1,11 +1,13 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`, installed
 //! by `scripts/test.sh`), driven by `tests/browser/dashboard.mjs`: numbers
 //! seeded through a real track and consolidation, a wrong password refused,
-//! the login, the overview, the logout. Screenshots go to
+//! the login, the overview, the nodes page and its CSV, a node's page and
+//! the signed receipt its batch links to, the logout. Screenshots go to
 //! `target/dashboard/`.
 
 use etracker_e2e::node::*;
 use etracker_e2e::repo_root;
+use ucanto::principal::Signer;
 
 const USER: &str = "ops";
 const PASSWORD: &str = "a dashboard password";
@@ -14,13 +16,14 @@ const PASSWORD: &str = "a dashboard password";
 async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     let mut settings = test_settings();
     settings.admin_login = Some((USER.into(), PASSWORD.into()));
+    settings.provider_usd_per_tib = Some(1024.0);
     let tracker = start_tracker(settings).await;
     let server = BatchServer::default();
     let endpoint = server.serve().await;
     let (mut receipts, total) = good_receipts(6, "dashboard");
     // One retrieval twice: the repeat is refused, and counted by name.
     receipts.push(receipts[1].clone());
-    track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;
+    let task = track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;
     // No admin token: /consolidate answers this machine.
     assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
 
@@ -55,7 +58,29 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     assert_eq!(seen["chart_sum"], total, "the batch's bytes, on its day");
     assert_eq!(seen["logout_url"], login.as_str());
     assert_eq!(seen["after_logout_url"], login.as_str());
-    for shot in ["login-refused.png", "overview.png"] {
+    // The nodes page, its CSV, the node's page and the receipt it links.
+    let did = node().did().as_str().to_string();
+    assert_eq!(seen["node_rows"], 1);
+    let payout = format!("{:.2}", total as f64 * 1024.0 / (1u64 << 40) as f64);
+    let csv = std::fs::read_to_string(shots.join("nodes.csv")).unwrap();
+    assert_eq!(
+        csv,
+        format!("node,total_bytes,payout_usd\n{did},{total},{payout}\n")
+    );
+    assert_eq!(seen["node_total"], total.to_string().as_str());
+    assert_eq!(seen["node_payout"], payout.as_str());
+    assert_eq!(seen["node_batch_states"], serde_json::json!(["concluded"]));
+    assert_eq!(seen["receipt_href"], format!("/receipts/{task}").as_str());
+    let served = reqwest::get(format!("{}receipts/{task}", tracker.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let followed = std::fs::read(shots.join("receipt.car")).unwrap();
+    assert_eq!(followed, served, "the link downloads the signed receipt");
+    assert!(consolidate_receipt(&tracker.url, &task).await.is_some());
+    for shot in ["login-refused.png", "overview.png", "nodes.png", "node.png"] {
         let bytes = std::fs::read(shots.join(shot)).expect(shot);
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

@@ -50,7 +50,7 @@ pub fn page(title: &str, logged_in: Option<&str>, body: &str) -> String {
     let nav = match logged_in {
         None => String::new(),
         Some(csrf) => format!(
-            "<a href=\"/admin\">Overview</a>\
+            "<a href=\"/admin\">Overview</a><a href=\"/admin/nodes\" id=\"nav-nodes\">Nodes</a>\
              <form method=\"post\" action=\"/admin/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button id=\"logout\">Log out</button></form>",

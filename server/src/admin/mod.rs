@@ -7,12 +7,16 @@
 //! | `POST /admin/logout` | ends the session (CSRF token required) |
 //! | `GET /admin` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
+//! | `GET /admin/nodes?q=&after=&format=csv` | nodes paid: total, payout; search by DID prefix, pages, CSV |
+//! | `GET /admin/nodes/{did}?before=` | a node: egress per day, total, payout, its batches with their receipts |
+//! | `GET /admin/api/nodes`, `GET /admin/api/nodes/{did}` | the same, as JSON |
 //!
 //! A page asked for without a session redirects to the login; the API
 //! answers 401.
 
 pub mod auth;
 pub mod html;
+pub mod nodes;
 pub mod svg;
 
 use std::net::SocketAddr;
@@ -37,6 +41,10 @@ pub fn routes() -> Router<Arc<Tracker>> {
         .route("/admin/login", get(login_form).post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/api/overview", get(api_overview))
+        .route("/admin/nodes", get(nodes::list))
+        .route("/admin/nodes/{did}", get(nodes::show))
+        .route("/admin/api/nodes", get(nodes::api_list))
+        .route("/admin/api/nodes/{did}", get(nodes::api_show))
 }
 
 /// The client's address, when served with connect info (`etracker start`).
@@ -194,6 +202,43 @@ async fn logout(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+/// USD for `bytes` at `usd_per_tib`.
+fn usd(bytes: u64, usd_per_tib: f64) -> f64 {
+    bytes as f64 / (1u64 << 40) as f64 * usd_per_tib
+}
+
+/// A CSV field: quoted when it holds a quote, comma or line break; a
+/// leading `=`, `+`, `-` or `@` is prefixed with `'` so that a spreadsheet
+/// does not run it as a formula.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains(['"', ',', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// A CSV download.
+fn csv_response(file: &'static str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Where a page asked for without a session sends the browser.
@@ -427,5 +472,26 @@ async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -
         }))
         .into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_stay_data() {
+        assert_eq!(csv_field("did:key:z6Mk"), "did:key:z6Mk");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("-1"), "'-1");
+    }
+
+    #[test]
+    fn payouts_are_per_tib() {
+        assert_eq!(usd(1 << 40, 2.5), 2.5);
+        assert_eq!(usd(1 << 39, 10.0), 5.0);
+        assert_eq!(usd(0, 10.0), 0.0);
     }
 }

@@ -306,6 +306,11 @@ pub struct Rejections {
     pub by_name: std::collections::BTreeMap<String, u64>,
 }
 
+/// A DID read back from the store.
+pub(crate) fn parse_did(text: &str) -> Result<Did, StoreError> {
+    Did::parse(text).map_err(|e| StoreError::Corrupt(format!("{text}: {e}")))
+}
+
 /// An error name as the store keeps it: ASCII letters, digits and `_`, at
 /// most 64 of them; anything else is `Other`.
 pub fn rejection_name(name: &str) -> &str {
@@ -623,6 +628,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// All bytes ever counted for a node (0 if none).
     fn node_total(&self, node: &Did) -> Result<u64, StoreError>;
+
+    /// Nodes that have concluded batches, in DID order: those whose DID
+    /// starts with `prefix`, after `after` (exclusive) when given, at most
+    /// `limit`, each with its total bytes.
+    fn nodes_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Did, u64)>, StoreError>;
+
+    /// The batches `node` tracked, newest first (by `received_at`), those
+    /// received before `before` when given, at most `limit`.
+    fn node_batches(
+        &self,
+        node: &Did,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError>;
 
     /// What consolidation refused so far: failed batches, and receipts not
     /// counted by error name (added by each conclusion, with its totals).

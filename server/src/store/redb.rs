@@ -93,6 +93,9 @@ const SPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("spaces");
 /// Day → bytes of all nodes: Σ of `node_daily` per day. Stores made before
 /// it are filled from `node_daily` when opened.
 const EGRESS_DAILY: TableDefinition<&str, u64> = TableDefinition::new("egress_daily");
+/// (node, received_at, batch) of every record: a node's batches by time.
+/// Stores made before it are filled from `records` when opened.
+const NODE_BATCHES: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::new("node_batches");
 /// `failed` → batches concluded with an error receipt; `name:<error>` →
 /// receipts not counted with that error.
 const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejections");
@@ -135,6 +138,7 @@ impl RedbStore {
             {
                 let mut records = tx.open_table(RECORDS).or_backend()?;
                 let mut due = tx.open_table(DUE).or_backend()?;
+                let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
                 for new in group {
                     if let Some(existing) = load(&records, &new.batch)? {
                         results.push(PutOutcome::existing(existing, &new.node));
@@ -142,6 +146,13 @@ impl RedbStore {
                     }
                     let record = EgressRecord::from_new(new);
                     save(&mut records, &mut due, None, &record)?;
+                    let key = record.batch.to_bytes();
+                    node_batches
+                        .insert(
+                            (record.node.as_str(), record.received_at, key.as_slice()),
+                            (),
+                        )
+                        .or_backend()?;
                     results.push(Ok(PutOutcome::Inserted(record)));
                     inserted = true;
                 }
@@ -211,6 +222,18 @@ impl RedbStore {
             tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             tx.open_table(SPACES).or_backend()?;
             tx.open_table(REJECTIONS).or_backend()?;
+            let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
+            if node_batches.is_empty().or_backend()? {
+                // A store from before the table: index what it holds.
+                let records = tx.open_table(RECORDS).or_backend()?;
+                for entry in records.iter().or_backend()? {
+                    let (key, value) = entry.or_backend()?;
+                    let record = decode_record(key.value(), value.value())?;
+                    node_batches
+                        .insert((record.node.as_str(), record.received_at, key.value()), ())
+                        .or_backend()?;
+                }
+            }
             let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
             if egress.is_empty().or_backend()? {
                 // A store from before the table: sum what the nodes served.
@@ -728,6 +751,62 @@ impl Store for RedbStore {
             days.push((day.value().to_string(), bytes.value()));
         }
         Ok(days)
+    }
+
+    fn nodes_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Did, u64)>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let totals = tx.open_table(NODE_TOTALS).or_backend()?;
+        let mut page = Vec::new();
+        for entry in totals.range(prefix..).or_backend()? {
+            if page.len() == limit {
+                break;
+            }
+            let (node, bytes) = entry.or_backend()?;
+            let node = node.value();
+            if !node.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| node <= a) {
+                continue;
+            }
+            page.push((super::parse_did(node)?, bytes.value()));
+        }
+        Ok(page)
+    }
+
+    fn node_batches(
+        &self,
+        node: &Did,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let index = tx.open_table(NODE_BATCHES).or_backend()?;
+        let records = tx.open_table(RECORDS).or_backend()?;
+        let node = node.as_str();
+        let empty: &[u8] = &[];
+        let end = before.unwrap_or(u64::MAX);
+        let mut batches = Vec::new();
+        for entry in index
+            .range((node, 0, empty)..(node, end, empty))
+            .or_backend()?
+            .rev()
+        {
+            if batches.len() == limit {
+                break;
+            }
+            let (key, _) = entry.or_backend()?;
+            let batch = decode_cid(key.value().2)?;
+            batches.push(load(&records, &batch)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("node index names missing record {batch}"))
+            })?);
+        }
+        Ok(batches)
     }
 
     fn rejections(&self) -> Result<Rejections, StoreError> {

@@ -72,6 +72,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn nodes_and_their_batches_are_listed() {
+            common::nodes_and_their_batches_are_listed(&$make);
+        }
+
+        #[test]
         fn rejections_are_counted_once_by_name() {
             common::rejections_are_counted_once_by_name(&$make);
         }
@@ -359,6 +364,69 @@ pub fn grid_node_days(grid: &[DailyUsage]) -> Vec<(String, u64)> {
         *days.entry(u.day.clone()).or_default() += u.bytes;
     }
     days.into_iter().collect()
+}
+
+/// The nodes paid are listed in DID order with their totals, by prefix and
+/// page; a node's batches newest first, pending ones too, by page.
+pub fn nodes_and_their_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    let (a, b, idle) = (did(20), did(21), did(22));
+    let mut sorted = [a.clone(), b.clone()];
+    sorted.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    for (n, who, at) in [
+        (1, &a, 10),
+        (2, &a, 30),
+        (3, &a, 20),
+        (4, &b, 5),
+        (5, &idle, 1),
+    ] {
+        store.put(new_record(n, who.clone(), at)).unwrap();
+    }
+    let concluded = |n: u64, who: &Did, bytes: u64| {
+        let mut c = conclusion(n, vec![usage(space_a(), "2025-01-01", bytes)], &[n]);
+        c.node = who.clone();
+        assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    };
+    concluded(1, &a, 100);
+    concluded(3, &a, 20);
+    concluded(4, &b, 7);
+    let total = |who: &Did| if *who == a { 120 } else { 7 };
+    let all = store.nodes_page("", None, 10).unwrap();
+    assert_eq!(
+        all,
+        sorted
+            .iter()
+            .map(|d| (d.clone(), total(d)))
+            .collect::<Vec<_>>()
+    );
+    let first = store.nodes_page("", None, 1).unwrap();
+    assert_eq!(first, all[..1]);
+    let next = store.nodes_page("", Some(first[0].0.as_str()), 10).unwrap();
+    assert_eq!(next, all[1..]);
+    assert_eq!(
+        store.nodes_page(a.as_str(), None, 10).unwrap(),
+        [(a.clone(), 120)]
+    );
+    assert!(store.nodes_page("did:web:", None, 10).unwrap().is_empty());
+    assert!(store.nodes_page("", None, 0).unwrap().is_empty());
+
+    let listed = store.node_batches(&a, None, 10).unwrap();
+    assert_eq!(leased_batches(&listed), [batch(2), batch(3), batch(1)]);
+    assert!(listed[0].is_pending() && !listed[1].is_pending());
+    assert_eq!(
+        leased_batches(&store.node_batches(&a, Some(30), 1).unwrap()),
+        [batch(3)]
+    );
+    assert_eq!(
+        leased_batches(&store.node_batches(&a, Some(20), 10).unwrap()),
+        [batch(1)]
+    );
+    assert_eq!(
+        leased_batches(&store.node_batches(&idle, None, 10).unwrap()),
+        [batch(5)]
+    );
+    assert!(store.node_batches(&did(23), None, 10).unwrap().is_empty());
+    consistent(&store);
 }
 
 /// Receipts not counted add up by error name, and failed batches by one,

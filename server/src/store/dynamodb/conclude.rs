@@ -48,7 +48,7 @@ use cid::Cid;
 
 use super::items::{
     counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
-    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
+    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored, NODES,
 };
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -141,8 +141,9 @@ impl DynamoStore {
         let attempt = fresh_id();
         let dailies = daily_deltas(c, summed);
         // The flip's own items: the record, its due entry, the receipt, the
-        // node's total, the counters, and the rejection counts if any.
-        let fixed = 5 + usize::from(rejection_add(c).is_some());
+        // node's entry in the list of nodes and its total, the counters,
+        // and the rejection counts if any.
+        let fixed = 6 + usize::from(rejection_add(c).is_some());
         if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
             let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
@@ -419,6 +420,14 @@ impl DynamoStore {
             .build()
             .map_err(build_error)?;
         items.push(TransactWriteItem::builder().put(put).build());
+        // The list of nodes paid (idempotent).
+        let listed = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(NODES))
+            .item("sk", s(c.node.as_str()))
+            .build()
+            .map_err(build_error)?;
+        items.push(TransactWriteItem::builder().put(listed).build());
         let node_pk = node_pk(c.node.as_str());
         let first = self.get((&node_pk, "total"))?.is_none();
         let (condition, nodes) = if first {

@@ -17,6 +17,8 @@
 //! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
 //! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
+//! | node paid         | `nodes`               | `<node DID>`                           |                                                  |
+//! | node's batch      | `nodebatches#<did>`   | `<received_at:020>#<batch>`            | `batch`                                          |
 //! | rejection counts  | `rejected#<shard>`    | `rejected`                             | `failed`, `n_<error name>` (summed over the shards when read) |
 //! | all nodes' egress per day | `egress#<shard>` | `day#<day>`                         | `bytes` (summed over the shards when read)        |
 //! | usage row         | `space#`, `node#` or `nonbillable#<did>` | `day#<day>#<batch>`  | `bytes`, `batch`, `attempt`                      |
@@ -89,6 +91,19 @@ pub(super) fn due_pk(shard: u8) -> String {
 /// The counters item (partition) of shard `shard`.
 pub(super) fn stats_pk(shard: u8) -> String {
     format!("stats#{shard:02}")
+}
+
+/// The list of nodes paid: one item per node, `sk` its DID.
+pub(super) const NODES: &str = "nodes";
+
+/// The partition listing `node`'s batches by time.
+pub(super) fn node_batches_pk(node: &str) -> String {
+    format!("nodebatches#{node}")
+}
+
+/// A record's key in its node's list: time received, then batch.
+pub(super) fn node_batch_sk(r: &EgressRecord) -> String {
+    format!("{:020}#{}", r.received_at, r.batch)
 }
 
 /// The rejection counts of shard `shard` (item `rejected`).
@@ -215,9 +230,7 @@ pub(super) fn parse_cid(v: &str) -> Result<Cid, StoreError> {
     Cid::try_from(v).map_err(|e| StoreError::Corrupt(format!("bad CID {v:?}: {e}")))
 }
 
-pub(super) fn parse_did(text: &str) -> Result<Did, StoreError> {
-    Did::parse(text).map_err(|e| StoreError::Corrupt(format!("{text}: {e}")))
-}
+pub(super) use crate::store::parse_did;
 
 /// The record's attributes (without `ver`, `token`, `attempt`).
 pub(super) fn encode_record(r: &EgressRecord) -> Item {

@@ -266,6 +266,24 @@ impl Store for DynamoStore {
         self.egress_days(from_day, to_day)
     }
 
+    fn nodes_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Did, u64)>, StoreError> {
+        self.nodes_listed(prefix, after, limit)
+    }
+
+    fn node_batches(
+        &self,
+        node: &Did,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        self.node_batch_records(node, before, limit)
+    }
+
     fn rejections(&self) -> Result<super::Rejections, StoreError> {
         self.rejection_counts()
     }

@@ -25,9 +25,12 @@ use std::collections::VecDeque;
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 use cid::Cid;
 
+use ucanto::principal::Did;
+
 use super::items::{
-    decode_record, due_partitions, due_pk, due_sk, encode_record, get_s, n, parse_cid, record_pk,
-    s, shard_of, stats_pk, Stored,
+    decode_record, due_partitions, due_pk, due_sk, encode_record, get_s, get_u64, n, node_batch_sk,
+    node_batches_pk, node_pk, parse_cid, parse_did, record_pk, s, shard_of, stats_pk, Stored,
+    NODES,
 };
 use super::requests::{Add, Tx};
 use super::table::build_error;
@@ -121,6 +124,15 @@ impl DynamoStore {
                 deltas: vec![("records".to_string(), 1)],
                 condition: None,
             })?);
+            // The node's list of its batches, by time.
+            let listed = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(&node_batches_pk(record.node.as_str())))
+                .item("sk", s(&node_batch_sk(&record)))
+                .item("batch", s(&record.batch.to_string()))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(listed).build());
             match self.transact(items)? {
                 Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
                 Tx::Cancelled(_) => Ok(None),
@@ -146,6 +158,68 @@ impl DynamoStore {
             Ok(taken)
         })?;
         Ok(leased)
+    }
+
+    /// [`Store::node_batches`](super::Store::node_batches): the node's
+    /// list, newest first, then the records.
+    pub(super) fn node_batch_records(
+        &self,
+        node: &Did,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        // Keys start with 20 digits of `received_at`.
+        let hi = format!("{:020}", before.unwrap_or(u64::MAX));
+        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit)?;
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let batch = parse_cid(&get_s(&entry, "batch")?)?;
+            let stored = self.load(&batch)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("node list names missing record {batch}"))
+            })?;
+            records.push(stored.record);
+        }
+        Ok(records)
+    }
+
+    /// [`Store::nodes_page`](super::Store::nodes_page): the list of nodes
+    /// paid, then their totals.
+    pub(super) fn nodes_listed(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Did, u64)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // DIDs are ASCII below `~`: `<prefix>~` is past every DID with it.
+        let lo = match after {
+            Some(after) if after >= prefix => format!("{after}\u{1}"),
+            // A key is never empty; every DID sorts after `!`.
+            _ if prefix.is_empty() => "!".to_string(),
+            _ => prefix.to_string(),
+        };
+        let listed = self.query(NODES, &lo, &format!("{prefix}~"), Some(limit))?;
+        let dids: Vec<String> = listed
+            .iter()
+            .map(|item| get_s(item, "sk"))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<(String, String)> = dids
+            .iter()
+            .map(|did| (node_pk(did), "total".to_string()))
+            .collect();
+        let totals = self.get_many(&keys)?;
+        dids.iter()
+            .zip(&keys)
+            .map(|(did, key)| {
+                let total = match totals.get(key) {
+                    Some(item) => get_u64(item, "bytes")?,
+                    None => 0,
+                };
+                Ok((parse_did(did)?, total))
+            })
+            .collect()
     }
 
     /// [`Store::pending_records`](super::Store::pending_records): the

@@ -107,7 +107,33 @@ impl DynamoStore {
         hi: &str,
         limit: Option<usize>,
     ) -> Result<Vec<Item>, StoreError> {
+        self.query_ordered(pk, lo, hi, limit, true)
+    }
+
+    /// [`DynamoStore::query`] from the other end: the last `limit` items,
+    /// in reverse sort order.
+    pub(super) fn query_last(
+        &self,
+        pk: &str,
+        lo: &str,
+        hi: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.query_ordered(pk, lo, hi, Some(limit), false)
+    }
+
+    fn query_ordered(
+        &self,
+        pk: &str,
+        lo: &str,
+        hi: &str,
+        limit: Option<usize>,
+        forward: bool,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
+        if limit == Some(0) {
+            return Ok(items);
+        }
         let mut start: Option<Item> = None;
         loop {
             let mut request = self
@@ -115,6 +141,7 @@ impl DynamoStore {
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
+                .scan_index_forward(forward)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                 .expression_attribute_values(":pk", s(pk))
                 .expression_attribute_values(":lo", s(lo))

@@ -1,0 +1,344 @@
+//! The nodes pages: every node paid with its total and payout (search by
+//! DID prefix, pages of [`PAGE`], CSV), and one node's egress per day and
+//! batches, each concluded one linked to its signed consolidate receipt.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use ucanto::principal::Did;
+
+use super::html::{bytes, escape, page, respond};
+use super::{api_allowed, svg, time, to_login, unavailable, usd, CHART_DAYS};
+use crate::service::Tracker;
+use crate::store::{EgressRecord, RecordStatus};
+
+/// Rows per page.
+pub const PAGE: usize = 50;
+
+#[derive(Deserialize, Default)]
+pub(super) struct ListQuery {
+    /// DID prefix to search for.
+    #[serde(default)]
+    q: String,
+    /// The last DID of the previous page.
+    after: Option<String>,
+    /// `csv` for a download.
+    format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct NodeQuery {
+    /// Batches received before this time (the previous page's last).
+    before: Option<u64>,
+}
+
+/// A node's row: DID, total bytes, payout.
+struct NodeRow {
+    node: Did,
+    total: u64,
+    payout: Option<f64>,
+}
+
+async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<NodeRow>> {
+    let (q, after) = (query.q.trim().to_string(), query.after.clone());
+    let page = tracker
+        .context()
+        .store(move |s| s.nodes_page(&q, after.as_deref(), PAGE))
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot list nodes"))
+        .ok()?;
+    let price = tracker.settings().provider_usd_per_tib;
+    Some(
+        page.into_iter()
+            .map(|(node, total)| NodeRow {
+                payout: price.map(|p| usd(total, p)),
+                node,
+                total,
+            })
+            .collect(),
+    )
+}
+
+/// `GET /admin/nodes`.
+pub(super) async fn list(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Some(session) = tracker.admin().session(&headers) else {
+        return to_login();
+    };
+    let Some(rows) = rows(&tracker, &query).await else {
+        return unavailable();
+    };
+    if query.format.as_deref() == Some("csv") {
+        let mut csv = String::from("node,total_bytes,payout_usd\n");
+        for r in &rows {
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                super::csv_field(r.node.as_str()),
+                r.total,
+                r.payout.map(|p| format!("{p:.2}")).unwrap_or_default()
+            ));
+        }
+        return super::csv_response("nodes.csv", csv);
+    }
+    let q = escape(query.q.trim());
+    let mut body = format!(
+        "<form method=\"get\" action=\"/admin/nodes\"><label>DID starts with \
+         <input name=\"q\" id=\"q\" value=\"{q}\"></label><button id=\"search\">Search</button></form>\
+         <table id=\"nodes-table\"><tr><th>Node</th><th>Egress</th><th>Bytes</th><th>Payout (USD)</th></tr>"
+    );
+    for r in &rows {
+        let did = escape(r.node.as_str());
+        body.push_str(&format!(
+            "<tr><td><a href=\"/admin/nodes/{did}\">{did}</a></td><td class=\"n\">{human}</td>\
+             <td class=\"n\">{total}</td><td class=\"n\">{payout}</td></tr>",
+            human = bytes(r.total),
+            total = r.total,
+            payout = r
+                .payout
+                .map(|p| format!("{p:.2}"))
+                .unwrap_or_else(|| "—".into()),
+        ));
+    }
+    body.push_str("</table>");
+    let q_param = urlencode(query.q.trim());
+    body.push_str(&format!(
+        "<p><a id=\"csv\" href=\"/admin/nodes?q={q_param}{after}&amp;format=csv\">This page as CSV</a>",
+        after = query
+            .after
+            .as_deref()
+            .map(|a| format!("&amp;after={}", urlencode(a)))
+            .unwrap_or_default(),
+    ));
+    if rows.len() == PAGE {
+        if let Some(last) = rows.last() {
+            body.push_str(&format!(
+                " · <a id=\"next\" href=\"/admin/nodes?q={q_param}&amp;after={}\">Next page</a>",
+                urlencode(last.node.as_str())
+            ));
+        }
+    }
+    body.push_str("</p>");
+    if tracker.settings().provider_usd_per_tib.is_none() {
+        body.push_str("<p>Set ETRACKER_PROVIDER_EGRESS_USD_PER_TIB for payouts.</p>");
+    }
+    respond(StatusCode::OK, page("Nodes", Some(&session.csrf), &body))
+}
+
+/// `GET /admin/api/nodes`.
+pub(super) async fn api_list(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if !api_allowed(&tracker, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(rows) = rows(&tracker, &query).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({"node": r.node.as_str(), "total_bytes": r.total, "payout_usd": r.payout}))
+        .collect();
+    Json(serde_json::json!({ "nodes": list })).into_response()
+}
+
+/// What one node's page shows.
+struct NodeDetail {
+    total: u64,
+    by_day: Vec<(String, u64)>,
+    batches: Vec<EgressRecord>,
+}
+
+async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<NodeDetail> {
+    use etracker_capabilities::account_egress_get::format_date;
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
+    let (from, to) = (days[0].clone(), format_date(today + 1));
+    let (total, counted, batches) = tracker
+        .context()
+        .store(move |s| {
+            Ok((
+                s.node_total(&node)?,
+                s.node_usage(&node, &from, &to)?,
+                s.node_batches(&node, before, PAGE)?,
+            ))
+        })
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read a node"))
+        .ok()?;
+    let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
+    let by_day = days
+        .into_iter()
+        .map(|d| {
+            let b = counted.get(&d).copied().unwrap_or(0);
+            (d, b)
+        })
+        .collect();
+    Some(NodeDetail {
+        total,
+        by_day,
+        batches,
+    })
+}
+
+/// A batch's state in words.
+fn state(r: &EgressRecord) -> &'static str {
+    match &r.status {
+        RecordStatus::Done { .. } => "concluded",
+        RecordStatus::Pending if r.attempts > 0 => "retrying",
+        RecordStatus::Pending => "waiting",
+    }
+}
+
+/// `GET /admin/nodes/{did}`.
+pub(super) async fn show(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Path(did): Path<String>,
+    Query(query): Query<NodeQuery>,
+) -> Response {
+    let Some(session) = tracker.admin().session(&headers) else {
+        return to_login();
+    };
+    let Ok(node) = Did::parse(&did) else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            page(
+                "Not a DID",
+                Some(&session.csrf),
+                "<p>That is not a DID.</p>",
+            ),
+        );
+    };
+    let Some(d) = detail(&tracker, node.clone(), query.before).await else {
+        return unavailable();
+    };
+    let price = tracker.settings().provider_usd_per_tib;
+    let mut body = format!(
+        "<p>Total egress <span id=\"node-total\">{total}</span> bytes ({human}); payout \
+         <span id=\"node-payout\">{payout}</span> USD.</p>\
+         <h2>Egress per day, last 30 days (UTC)</h2>{chart}\
+         <h2>Batches, newest first</h2>\
+         <table id=\"batches\"><tr><th>Batch</th><th>Tracked</th><th>State</th><th>Egress</th>\
+         <th>Retrievals counted</th><th>Last error</th><th>Receipt</th></tr>",
+        total = d.total,
+        human = bytes(d.total),
+        payout = price
+            .map(|p| format!("{:.2}", usd(d.total, p)))
+            .unwrap_or_else(|| "—".into()),
+        chart = svg::bars("node-chart", &d.by_day),
+    );
+    for r in &d.batches {
+        let (egress, counted, receipt) = match &r.status {
+            RecordStatus::Done {
+                total_bytes,
+                counted_receipts,
+                ..
+            } => (
+                total_bytes.to_string(),
+                counted_receipts.to_string(),
+                format!(
+                    "<a class=\"receipt\" href=\"/receipts/{task}\">{task}</a>",
+                    task = escape(&r.consolidate_invocation.to_string())
+                ),
+            ),
+            RecordStatus::Pending => (String::new(), String::new(), String::new()),
+        };
+        body.push_str(&format!(
+            "<tr><td>{batch}</td><td>{tracked}</td><td>{state}</td><td class=\"n\">{egress}</td>\
+             <td class=\"n\">{counted}</td><td>{error}</td><td>{receipt}</td></tr>",
+            batch = escape(&r.batch.to_string()),
+            tracked = time(r.received_at),
+            state = state(r),
+            error = escape(r.last_error.as_deref().unwrap_or("")),
+        ));
+    }
+    body.push_str("</table>");
+    if d.batches.len() == PAGE {
+        if let Some(last) = d.batches.last() {
+            body.push_str(&format!(
+                "<p><a id=\"next\" href=\"/admin/nodes/{}?before={}\">Older batches</a></p>",
+                urlencode(node.as_str()),
+                last.received_at
+            ));
+        }
+    }
+    let title = format!("Node {}", node.as_str());
+    respond(StatusCode::OK, page(&title, Some(&session.csrf), &body))
+}
+
+/// `GET /admin/api/nodes/{did}`.
+pub(super) async fn api_show(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Path(did): Path<String>,
+    Query(query): Query<NodeQuery>,
+) -> Response {
+    if !api_allowed(&tracker, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(node) = Did::parse(&did) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Some(d) = detail(&tracker, node.clone(), query.before).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let batches: Vec<serde_json::Value> = d
+        .batches
+        .iter()
+        .map(|r| {
+            let (total, counted) = match &r.status {
+                RecordStatus::Done {
+                    total_bytes,
+                    counted_receipts,
+                    ..
+                } => (Some(*total_bytes), Some(*counted_receipts)),
+                RecordStatus::Pending => (None, None),
+            };
+            serde_json::json!({
+                "batch": r.batch.to_string(),
+                "received_at": r.received_at,
+                "state": state(r),
+                "total_bytes": total,
+                "counted_receipts": counted,
+                "last_error": r.last_error,
+                "receipt": (!r.is_pending())
+                    .then(|| format!("/receipts/{}", r.consolidate_invocation)),
+            })
+        })
+        .collect();
+    let price = tracker.settings().provider_usd_per_tib;
+    let mut response = Json(serde_json::json!({
+        "node": node.as_str(),
+        "total_bytes": d.total,
+        "payout_usd": price.map(|p| usd(d.total, p)),
+        "egress_by_day": d.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
+        "batches": batches,
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// `text` percent-encoded for a query value.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
