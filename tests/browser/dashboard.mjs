@@ -59,6 +59,13 @@ try {
   ;[download] = await Promise.all([page.waitForEvent('download'), page.click('#batches a.receipt')])
   await download.saveAs(`${shots}/receipt.car`)
 
+  // Spaces and customers, and their CSV.
+  await Promise.all([page.waitForNavigation(), page.click('#nav-spaces')])
+  seen.space_cells = await page.$$eval('#spaces-table tr:nth-child(2) td', (cells) => cells.map((c) => c.textContent))
+  await page.screenshot({ path: `${shots}/spaces.png`, fullPage: true })
+  ;[download] = await Promise.all([page.waitForEvent('download'), page.click('#csv')])
+  await download.saveAs(`${shots}/spaces.csv`)
+
   // Logging out ends the session: the dashboard asks for the login again.
   await Promise.all([page.waitForNavigation(), page.click('#logout')])
   seen.logout_url = page.url()

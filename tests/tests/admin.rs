@@ -15,6 +15,7 @@ async fn tracker() -> RunningTracker {
     settings.admin_login = Some((USER.into(), PASSWORD.into()));
     settings.admin_token = Some(TOKEN.into());
     settings.provider_usd_per_tib = Some(2048.0);
+    settings.client_usd_per_tib = Some(4096.0);
     start_tracker(settings).await
 }
 
@@ -371,4 +372,72 @@ async fn nodes_are_listed_with_payouts_batches_and_receipts() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+}
+
+/// The spaces page's JSON and CSV: a registered space, its customer, its
+/// egress of the last 30 days and its cost.
+#[tokio::test]
+async fn spaces_are_listed_with_customers_and_costs() {
+    use etracker_server::store::{SpaceEntry, Store};
+    let t = tracker().await;
+    let customer: ucanto::principal::Did = "did:mailto:example.com:alice".parse().unwrap();
+    t.store
+        .put_space(&SpaceEntry {
+            space: etracker_e2e::alice().did().clone(),
+            provider: etracker_e2e::service().did().clone(),
+            customer: Some(customer.clone()),
+        })
+        .unwrap();
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(3, "admin-spaces");
+    track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
+    let run = client()
+        .post(format!("{}consolidate", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+    let usage: serde_json::Value = client()
+        .get(format!("{}admin/api/usage", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spaces = usage["spaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 1);
+    let alice = etracker_e2e::alice().did().as_str().to_string();
+    assert_eq!(spaces[0]["space"], alice.as_str());
+    assert_eq!(spaces[0]["customer"], customer.as_str());
+    assert_eq!(spaces[0]["total_bytes"], total);
+    let cost = total as f64 * 4096.0 / (1u64 << 40) as f64;
+    assert_eq!(spaces[0]["cost_usd"], cost);
+    let day = spaces[0]["egress_by_day"][0]["day"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (csrf, cookie) = login_form(&t.url).await;
+    let login = post_login(&t.url, USER, PASSWORD, &csrf, Some(&cookie), false).await;
+    let session = cookie_value(&set_cookie(&login, "etracker_session").unwrap());
+    let csv = client()
+        .get(format!("{}admin/usage?format=csv", t.url))
+        .header(COOKIE, format!("etracker_session={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv,
+        format!(
+            "space,customer,day,bytes,cost_usd\n{alice},{},{day},{total},{cost:.2}\n",
+            customer.as_str()
+        )
+    );
 }

@@ -2,11 +2,13 @@
 //! by `scripts/test.sh`), driven by `tests/browser/dashboard.mjs`: numbers
 //! seeded through a real track and consolidation, a wrong password refused,
 //! the login, the overview, the nodes page and its CSV, a node's page and
-//! the signed receipt its batch links to, the logout. Screenshots go to
+//! the signed receipt its batch links to, the spaces page and its CSV, the
+//! logout. Screenshots go to
 //! `target/dashboard/`.
 
 use etracker_e2e::node::*;
 use etracker_e2e::repo_root;
+use etracker_server::store::Store;
 use ucanto::principal::Signer;
 
 const USER: &str = "ops";
@@ -17,7 +19,18 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     let mut settings = test_settings();
     settings.admin_login = Some((USER.into(), PASSWORD.into()));
     settings.provider_usd_per_tib = Some(1024.0);
+    settings.client_usd_per_tib = Some(2048.0);
     let tracker = start_tracker(settings).await;
+    // Alice's space, registered with its customer.
+    let customer = "did:mailto:example.com:alice";
+    tracker
+        .store
+        .put_space(&etracker_server::store::SpaceEntry {
+            space: etracker_e2e::alice().did().clone(),
+            provider: etracker_e2e::service().did().clone(),
+            customer: Some(customer.parse().unwrap()),
+        })
+        .unwrap();
     let server = BatchServer::default();
     let endpoint = server.serve().await;
     let (mut receipts, total) = good_receipts(6, "dashboard");
@@ -80,7 +93,30 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     let followed = std::fs::read(shots.join("receipt.car")).unwrap();
     assert_eq!(followed, served, "the link downloads the signed receipt");
     assert!(consolidate_receipt(&tracker.url, &task).await.is_some());
-    for shot in ["login-refused.png", "overview.png", "nodes.png", "node.png"] {
+    // Spaces and customers: alice's space, her customer, bytes and cost.
+    let alice = etracker_e2e::alice().did().as_str().to_string();
+    let cost = format!("{:.2}", total as f64 * 2048.0 / (1u64 << 40) as f64);
+    let cells: Vec<String> = serde_json::from_value(seen["space_cells"].clone()).unwrap();
+    assert_eq!(cells[0], alice);
+    assert_eq!(cells[1], customer);
+    assert_eq!(cells[3], total.to_string());
+    assert_eq!(cells[4], cost);
+    let csv = std::fs::read_to_string(shots.join("spaces.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "space,customer,day,bytes,cost_usd");
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[1].starts_with(&format!("{alice},{customer},")),
+        "{csv}"
+    );
+    assert!(rows[1].ends_with(&format!(",{total},{cost}")), "{csv}");
+    for shot in [
+        "login-refused.png",
+        "overview.png",
+        "nodes.png",
+        "node.png",
+        "spaces.png",
+    ] {
         let bytes = std::fs::read(shots.join(shot)).expect(shot);
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

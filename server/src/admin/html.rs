@@ -51,6 +51,7 @@ pub fn page(title: &str, logged_in: Option<&str>, body: &str) -> String {
         None => String::new(),
         Some(csrf) => format!(
             "<a href=\"/admin\">Overview</a><a href=\"/admin/nodes\" id=\"nav-nodes\">Nodes</a>\
+             <a href=\"/admin/usage\" id=\"nav-spaces\">Spaces</a>\
              <form method=\"post\" action=\"/admin/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button id=\"logout\">Log out</button></form>",

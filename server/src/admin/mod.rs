@@ -9,7 +9,8 @@
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //! | `GET /admin/nodes?q=&after=&format=csv` | nodes paid: total, payout; search by DID prefix, pages, CSV |
 //! | `GET /admin/nodes/{did}?before=` | a node: egress per day, total, payout, its batches with their receipts |
-//! | `GET /admin/api/nodes`, `GET /admin/api/nodes/{did}` | the same, as JSON |
+//! | `GET /admin/usage?q=&after=&format=csv` | registered spaces: customer, egress over 30 days, cost; CSV per space and day |
+//! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
 //!
 //! A page asked for without a session redirects to the login; the API
 //! answers 401.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod html;
 pub mod nodes;
+pub mod spaces;
 pub mod svg;
 
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub fn routes() -> Router<Arc<Tracker>> {
         .route("/admin/nodes/{did}", get(nodes::show))
         .route("/admin/api/nodes", get(nodes::api_list))
         .route("/admin/api/nodes/{did}", get(nodes::api_show))
+        .route("/admin/usage", get(spaces::list))
+        .route("/admin/api/usage", get(spaces::api_list))
 }
 
 /// The client's address, when served with connect info (`etracker start`).

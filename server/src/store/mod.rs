@@ -629,6 +629,15 @@ pub trait Store: Send + Sync + 'static {
     /// All bytes ever counted for a node (0 if none).
     fn node_total(&self, node: &Did) -> Result<u64, StoreError>;
 
+    /// Registered spaces in DID order: those whose DID starts with
+    /// `prefix`, after `after` (exclusive) when given, at most `limit`.
+    fn spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpaceEntry>, StoreError>;
+
     /// Nodes that have concluded batches, in DID order: those whose DID
     /// starts with `prefix`, after `after` (exclusive) when given, at most
     /// `limit`, each with its total bytes.

@@ -753,6 +753,31 @@ impl Store for RedbStore {
         Ok(days)
     }
 
+    fn spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpaceEntry>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let spaces = tx.open_table(SPACES).or_backend()?;
+        let mut page = Vec::new();
+        for entry in spaces.range(prefix..).or_backend()? {
+            if page.len() == limit {
+                break;
+            }
+            let (space, bytes) = entry.or_backend()?;
+            if !space.value().starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| space.value() <= a) {
+                continue;
+            }
+            page.push(decode_space(space.value(), bytes.value())?);
+        }
+        Ok(page)
+    }
+
     fn nodes_page(
         &self,
         prefix: &str,

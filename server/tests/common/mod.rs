@@ -72,6 +72,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn spaces_are_listed_by_page() {
+            common::spaces_are_listed_by_page(&$make);
+        }
+
+        #[test]
         fn nodes_and_their_batches_are_listed() {
             common::nodes_and_their_batches_are_listed(&$make);
         }
@@ -364,6 +369,37 @@ pub fn grid_node_days(grid: &[DailyUsage]) -> Vec<(String, u64)> {
         *days.entry(u.day.clone()).or_default() += u.bytes;
     }
     days.into_iter().collect()
+}
+
+/// Registered spaces are listed in DID order, by prefix and page.
+pub fn spaces_are_listed_by_page<S: TestStore>(make: &dyn Fn() -> S) {
+    use etracker_server::store::SpaceEntry;
+    let store = make();
+    let mut entries: Vec<SpaceEntry> = [30, 31, 32]
+        .map(|k| SpaceEntry {
+            space: did(k),
+            provider: did(4),
+            customer: (k != 31).then(|| did(k + 10)),
+        })
+        .into();
+    for entry in &entries {
+        store.put_space(entry).unwrap();
+    }
+    entries.sort_by(|a, b| a.space.as_str().cmp(b.space.as_str()));
+    assert_eq!(store.spaces_page("", None, 10).unwrap(), entries);
+    let first = store.spaces_page("", None, 2).unwrap();
+    assert_eq!(first, entries[..2]);
+    let rest = store
+        .spaces_page("", Some(first[1].space.as_str()), 2)
+        .unwrap();
+    assert_eq!(rest, entries[2..]);
+    assert_eq!(
+        store
+            .spaces_page(entries[1].space.as_str(), None, 10)
+            .unwrap(),
+        entries[1..2]
+    );
+    assert!(store.spaces_page("did:web:", None, 10).unwrap().is_empty());
 }
 
 /// The nodes paid are listed in DID order with their totals, by prefix and

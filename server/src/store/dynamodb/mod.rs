@@ -266,6 +266,15 @@ impl Store for DynamoStore {
         self.egress_days(from_day, to_day)
     }
 
+    fn spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpaceEntry>, StoreError> {
+        self.space_entries_page(prefix, after, limit)
+    }
+
     fn nodes_page(
         &self,
         prefix: &str,

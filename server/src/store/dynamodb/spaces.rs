@@ -80,4 +80,34 @@ impl DynamoStore {
         }
         Ok(entries)
     }
+
+    /// [`Store::spaces_page`](super::Store::spaces_page): the list of
+    /// spaces, then their entries.
+    pub(super) fn space_entries_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpaceEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // DIDs are ASCII below `~`; a key is never empty.
+        let lo = match after {
+            Some(after) if after >= prefix => format!("{after}\u{1}"),
+            _ if prefix.is_empty() => "!".to_string(),
+            _ => prefix.to_string(),
+        };
+        let listed = self.query("spaces", &lo, &format!("{prefix}~"), Some(limit))?;
+        let mut keys = Vec::with_capacity(listed.len());
+        for item in &listed {
+            let space = parse_did(&get_s(item, "sk")?)?;
+            keys.push((space_entry_pk(&space), "space".to_string()));
+        }
+        let entries = self.get_many(&keys)?;
+        keys.iter()
+            .filter_map(|key| entries.get(key))
+            .map(decode_space)
+            .collect()
+    }
 }

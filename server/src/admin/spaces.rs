@@ -1,0 +1,175 @@
+//! The spaces page: each registered space with its customer, its egress
+//! over the last 30 days and what that costs the customer at
+//! `ETRACKER_CLIENT_EGRESS_USD_PER_TIB` (search by DID prefix, pages of
+//! [`PAGE`]); as CSV, one row per space and day.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::html::{bytes, escape, page, respond};
+use super::nodes::urlencode;
+use super::{api_allowed, csv_field, csv_response, to_login, unavailable, usd, CHART_DAYS};
+use crate::service::Tracker;
+use crate::store::SpaceEntry;
+
+/// Rows per page.
+pub const PAGE: usize = 50;
+
+#[derive(Deserialize, Default)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    q: String,
+    after: Option<String>,
+    format: Option<String>,
+}
+
+/// A space's row: its entry, and its egress per day over the period.
+struct SpaceRow {
+    entry: SpaceEntry,
+    by_day: Vec<(String, u64)>,
+}
+
+impl SpaceRow {
+    fn total(&self) -> u64 {
+        self.by_day.iter().map(|(_, b)| b).sum()
+    }
+}
+
+async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
+    use etracker_capabilities::account_egress_get::format_date;
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    let (from, to) = (format_date(today - CHART_DAYS + 1), format_date(today + 1));
+    let (q, after) = (query.q.trim().to_string(), query.after.clone());
+    tracker
+        .context()
+        .store(move |s| {
+            let mut rows = Vec::new();
+            for entry in s.spaces_page(&q, after.as_deref(), PAGE)? {
+                let by_day = s.space_usage(&entry.space, &from, &to)?;
+                rows.push(SpaceRow { entry, by_day });
+            }
+            Ok(rows)
+        })
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot list spaces"))
+        .ok()
+}
+
+fn cost(tracker: &Tracker, bytes: u64) -> Option<f64> {
+    tracker.settings().client_usd_per_tib.map(|p| usd(bytes, p))
+}
+
+fn money(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// `GET /admin/usage`.
+pub(super) async fn list(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Some(session) = tracker.admin().session(&headers) else {
+        return to_login();
+    };
+    let Some(rows) = rows(&tracker, &query).await else {
+        return unavailable();
+    };
+    if query.format.as_deref() == Some("csv") {
+        let mut csv = String::from("space,customer,day,bytes,cost_usd\n");
+        for r in &rows {
+            let customer = r.entry.customer.as_ref().map_or("", |c| c.as_str());
+            for (day, b) in &r.by_day {
+                csv.push_str(&format!(
+                    "{},{},{day},{b},{}\n",
+                    csv_field(r.entry.space.as_str()),
+                    csv_field(customer),
+                    cost(&tracker, *b)
+                        .map(|c| format!("{c:.2}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        return csv_response("spaces.csv", csv);
+    }
+    let mut body = format!(
+        "<form method=\"get\" action=\"/admin/usage\"><label>Space DID starts with \
+         <input name=\"q\" id=\"q\" value=\"{q}\"></label><button id=\"search\">Search</button></form>\
+         <p>Egress over the last 30 days (UTC).</p>\
+         <table id=\"spaces-table\"><tr><th>Space</th><th>Customer</th><th>Egress</th><th>Bytes</th>\
+         <th>Cost (USD)</th></tr>",
+        q = escape(query.q.trim()),
+    );
+    for r in &rows {
+        let total = r.total();
+        body.push_str(&format!(
+            "<tr><td>{space}</td><td>{customer}</td><td class=\"n\">{human}</td>\
+             <td class=\"n\">{total}</td><td class=\"n\">{cost}</td></tr>",
+            space = escape(r.entry.space.as_str()),
+            customer = escape(r.entry.customer.as_ref().map_or("", |c| c.as_str())),
+            human = bytes(total),
+            cost = money(cost(&tracker, total)),
+        ));
+    }
+    body.push_str("</table>");
+    let q = urlencode(query.q.trim());
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| format!("&amp;after={}", urlencode(a)))
+        .unwrap_or_default();
+    body.push_str(&format!(
+        "<p><a id=\"csv\" href=\"/admin/usage?q={q}{after}&amp;format=csv\">This page as CSV, per space and day</a>"
+    ));
+    if rows.len() == PAGE {
+        if let Some(last) = rows.last() {
+            body.push_str(&format!(
+                " · <a id=\"next\" href=\"/admin/usage?q={q}&amp;after={}\">Next page</a>",
+                urlencode(last.entry.space.as_str())
+            ));
+        }
+    }
+    body.push_str("</p>");
+    if tracker.settings().client_usd_per_tib.is_none() {
+        body.push_str("<p>Set ETRACKER_CLIENT_EGRESS_USD_PER_TIB for costs.</p>");
+    }
+    respond(
+        StatusCode::OK,
+        page("Spaces and customers", Some(&session.csrf), &body),
+    )
+}
+
+/// `GET /admin/api/usage`.
+pub(super) async fn api_list(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if !api_allowed(&tracker, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(rows) = rows(&tracker, &query).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let spaces: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "space": r.entry.space.as_str(),
+                "customer": r.entry.customer.as_ref().map(|c| c.as_str()),
+                "provider": r.entry.provider.as_str(),
+                "egress_by_day": r.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
+                "total_bytes": r.total(),
+                "cost_usd": cost(&tracker, r.total()),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "spaces": spaces })).into_response()
+}
