@@ -87,6 +87,24 @@ async fn post_login(
     request.send().await.unwrap()
 }
 
+/// `POST /consolidate` with the admin token.
+async fn consolidate_with_token(url: &str) {
+    let run = client()
+        .post(format!("{url}consolidate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+}
+
+/// Logs in through the form; the session cookie's value.
+async fn log_in(url: &str, user: &str, password: &str) -> String {
+    let (csrf, cookie) = login_form(url).await;
+    let login = post_login(url, user, password, &csrf, Some(&cookie), false).await;
+    cookie_value(&set_cookie(&login, "etracker_session").expect("logged in"))
+}
+
 #[tokio::test]
 async fn pages_and_api_need_a_login() {
     let t = tracker().await;
@@ -143,13 +161,7 @@ async fn a_login_opens_the_pages_until_logout() {
     let (receipts, _) = good_receipts(2, "admin-down");
     let (failing_batch, bytes) = batch(&receipts);
     track_batch(&t, &down, &down_endpoint, &node(), (failing_batch, bytes)).await;
-    let run = client()
-        .post(format!("{}consolidate", t.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), StatusCode::OK);
+    consolidate_with_token(&t.url).await;
     let (csrf, cookie) = login_form(&t.url).await;
     let response = post_login(&t.url, USER, PASSWORD, &csrf, Some(&cookie), true).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -298,13 +310,7 @@ async fn nodes_are_listed_with_payouts_batches_and_receipts() {
     let endpoint = server.serve().await;
     let (receipts, total) = good_receipts(3, "admin-nodes");
     let task = track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
-    let run = client()
-        .post(format!("{}consolidate", t.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), StatusCode::OK);
+    consolidate_with_token(&t.url).await;
     let get = |path: String| {
         client()
             .get(format!("{}{path}", t.url))
@@ -347,9 +353,7 @@ async fn nodes_are_listed_with_payouts_batches_and_receipts() {
     // The link serves the signed receipt.
     assert!(consolidate_receipt(&t.url, &task).await.is_some());
     // CSV needs a session, like the page: log in with the token.
-    let (csrf, cookie) = login_form(&t.url).await;
-    let login = post_login(&t.url, "", TOKEN, &csrf, Some(&cookie), false).await;
-    let session = cookie_value(&set_cookie(&login, "etracker_session").unwrap());
+    let session = log_in(&t.url, "", TOKEN).await;
     let csv = client()
         .get(format!("{}admin/nodes?format=csv", t.url))
         .header(COOKIE, format!("etracker_session={session}"))
@@ -392,13 +396,7 @@ async fn spaces_are_listed_with_customers_and_costs() {
     let endpoint = server.serve().await;
     let (receipts, total) = good_receipts(3, "admin-spaces");
     track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
-    let run = client()
-        .post(format!("{}consolidate", t.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(run.status(), StatusCode::OK);
+    consolidate_with_token(&t.url).await;
     let usage: serde_json::Value = client()
         .get(format!("{}admin/api/usage", t.url))
         .bearer_auth(TOKEN)
@@ -421,9 +419,7 @@ async fn spaces_are_listed_with_customers_and_costs() {
         .unwrap()
         .to_string();
 
-    let (csrf, cookie) = login_form(&t.url).await;
-    let login = post_login(&t.url, USER, PASSWORD, &csrf, Some(&cookie), false).await;
-    let session = cookie_value(&set_cookie(&login, "etracker_session").unwrap());
+    let session = log_in(&t.url, USER, PASSWORD).await;
     let csv = client()
         .get(format!("{}admin/usage?format=csv", t.url))
         .header(COOKIE, format!("etracker_session={session}"))

@@ -208,6 +208,43 @@ async fn logout(
     response
 }
 
+/// The query of a listing page: a DID prefix, the previous page's last
+/// DID, and `format=csv` for a download.
+#[derive(Deserialize, Default)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    q: String,
+    after: Option<String>,
+    format: Option<String>,
+}
+
+impl ListQuery {
+    fn csv(&self) -> bool {
+        self.format.as_deref() == Some("csv")
+    }
+}
+
+/// The links under a listing at `path`: this page as CSV (`csv_label`),
+/// and the next page when this one is full (`last` is its last DID).
+fn page_links(path: &str, query: &ListQuery, csv_label: &str, last: Option<&str>) -> String {
+    let q = nodes::urlencode(query.q.trim());
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| format!("&amp;after={}", nodes::urlencode(a)))
+        .unwrap_or_default();
+    let mut html =
+        format!("<p><a id=\"csv\" href=\"{path}?q={q}{after}&amp;format=csv\">{csv_label}</a>");
+    if let Some(last) = last {
+        html.push_str(&format!(
+            " · <a id=\"next\" href=\"{path}?q={q}&amp;after={}\">Next page</a>",
+            nodes::urlencode(last)
+        ));
+    }
+    html.push_str("</p>");
+    html
+}
+
 /// USD for `bytes` at `usd_per_tib`.
 fn usd(bytes: u64, usd_per_tib: f64) -> f64 {
     bytes as f64 / (1u64 << 40) as f64 * usd_per_tib

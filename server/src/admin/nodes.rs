@@ -12,23 +12,12 @@ use serde::Deserialize;
 use ucanto::principal::Did;
 
 use super::html::{bytes, escape, page, respond};
-use super::{api_allowed, svg, time, to_login, unavailable, usd, CHART_DAYS};
+use super::{api_allowed, svg, time, to_login, unavailable, usd, ListQuery, CHART_DAYS};
 use crate::service::Tracker;
 use crate::store::{EgressRecord, RecordStatus};
 
 /// Rows per page.
 pub const PAGE: usize = 50;
-
-#[derive(Deserialize, Default)]
-pub(super) struct ListQuery {
-    /// DID prefix to search for.
-    #[serde(default)]
-    q: String,
-    /// The last DID of the previous page.
-    after: Option<String>,
-    /// `csv` for a download.
-    format: Option<String>,
-}
 
 #[derive(Deserialize, Default)]
 pub(super) struct NodeQuery {
@@ -75,7 +64,7 @@ pub(super) async fn list(
     let Some(rows) = rows(&tracker, &query).await else {
         return unavailable();
     };
-    if query.format.as_deref() == Some("csv") {
+    if query.csv() {
         let mut csv = String::from("node,total_bytes,payout_usd\n");
         for r in &rows {
             csv.push_str(&format!(
@@ -107,24 +96,16 @@ pub(super) async fn list(
         ));
     }
     body.push_str("</table>");
-    let q_param = urlencode(query.q.trim());
-    body.push_str(&format!(
-        "<p><a id=\"csv\" href=\"/admin/nodes?q={q_param}{after}&amp;format=csv\">This page as CSV</a>",
-        after = query
-            .after
-            .as_deref()
-            .map(|a| format!("&amp;after={}", urlencode(a)))
-            .unwrap_or_default(),
+    let last = rows
+        .last()
+        .filter(|_| rows.len() == PAGE)
+        .map(|r| r.node.as_str());
+    body.push_str(&super::page_links(
+        "/admin/nodes",
+        &query,
+        "This page as CSV",
+        last,
     ));
-    if rows.len() == PAGE {
-        if let Some(last) = rows.last() {
-            body.push_str(&format!(
-                " · <a id=\"next\" href=\"/admin/nodes?q={q_param}&amp;after={}\">Next page</a>",
-                urlencode(last.node.as_str())
-            ));
-        }
-    }
-    body.push_str("</p>");
     if tracker.settings().provider_usd_per_tib.is_none() {
         body.push_str("<p>Set ETRACKER_PROVIDER_EGRESS_USD_PER_TIB for payouts.</p>");
     }

@@ -9,24 +9,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 
 use super::html::{bytes, escape, page, respond};
-use super::nodes::urlencode;
-use super::{api_allowed, csv_field, csv_response, to_login, unavailable, usd, CHART_DAYS};
+use super::{
+    api_allowed, csv_field, csv_response, to_login, unavailable, usd, ListQuery, CHART_DAYS,
+};
 use crate::service::Tracker;
 use crate::store::SpaceEntry;
 
 /// Rows per page.
 pub const PAGE: usize = 50;
-
-#[derive(Deserialize, Default)]
-pub(super) struct ListQuery {
-    #[serde(default)]
-    q: String,
-    after: Option<String>,
-    format: Option<String>,
-}
 
 /// A space's row: its entry, and its egress per day over the period.
 struct SpaceRow {
@@ -82,7 +74,7 @@ pub(super) async fn list(
     let Some(rows) = rows(&tracker, &query).await else {
         return unavailable();
     };
-    if query.format.as_deref() == Some("csv") {
+    if query.csv() {
         let mut csv = String::from("space,customer,day,bytes,cost_usd\n");
         for r in &rows {
             let customer = r.entry.customer.as_ref().map_or("", |c| c.as_str());
@@ -119,24 +111,16 @@ pub(super) async fn list(
         ));
     }
     body.push_str("</table>");
-    let q = urlencode(query.q.trim());
-    let after = query
-        .after
-        .as_deref()
-        .map(|a| format!("&amp;after={}", urlencode(a)))
-        .unwrap_or_default();
-    body.push_str(&format!(
-        "<p><a id=\"csv\" href=\"/admin/usage?q={q}{after}&amp;format=csv\">This page as CSV, per space and day</a>"
+    let last = rows
+        .last()
+        .filter(|_| rows.len() == PAGE)
+        .map(|r| r.entry.space.as_str());
+    body.push_str(&super::page_links(
+        "/admin/usage",
+        &query,
+        "This page as CSV, per space and day",
+        last,
     ));
-    if rows.len() == PAGE {
-        if let Some(last) = rows.last() {
-            body.push_str(&format!(
-                " · <a id=\"next\" href=\"/admin/usage?q={q}&amp;after={}\">Next page</a>",
-                urlencode(last.entry.space.as_str())
-            ));
-        }
-    }
-    body.push_str("</p>");
     if tracker.settings().client_usd_per_tib.is_none() {
         body.push_str("<p>Set ETRACKER_CLIENT_EGRESS_USD_PER_TIB for costs.</p>");
     }

@@ -93,6 +93,19 @@ pub(super) fn stats_pk(shard: u8) -> String {
     format!("stats#{shard:02}")
 }
 
+/// The sort-key range of a listing keyed by DID: those starting with
+/// `prefix`, after `after` (exclusive). DIDs are ASCII below `~`, so
+/// `<prefix>~` is past all of them; a key is never empty, and every DID
+/// sorts after `!`.
+pub(super) fn did_range(prefix: &str, after: Option<&str>) -> (String, String) {
+    let lo = match after {
+        Some(after) if after >= prefix => format!("{after}\u{1}"),
+        _ if prefix.is_empty() => "!".to_string(),
+        _ => prefix.to_string(),
+    };
+    (lo, format!("{prefix}~"))
+}
+
 /// The list of nodes paid: one item per node, `sk` its DID.
 pub(super) const NODES: &str = "nodes";
 

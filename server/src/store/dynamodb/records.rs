@@ -28,9 +28,9 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::items::{
-    decode_record, due_partitions, due_pk, due_sk, encode_record, get_s, get_u64, n, node_batch_sk,
-    node_batches_pk, node_pk, parse_cid, parse_did, record_pk, s, shard_of, stats_pk, Stored,
-    NODES,
+    decode_record, did_range, due_partitions, due_pk, due_sk, encode_record, get_s, get_u64, n,
+    node_batch_sk, node_batches_pk, node_pk, parse_cid, parse_did, record_pk, s, shard_of,
+    stats_pk, Stored, NODES,
 };
 use super::requests::{Add, Tx};
 use super::table::build_error;
@@ -193,14 +193,8 @@ impl DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // DIDs are ASCII below `~`: `<prefix>~` is past every DID with it.
-        let lo = match after {
-            Some(after) if after >= prefix => format!("{after}\u{1}"),
-            // A key is never empty; every DID sorts after `!`.
-            _ if prefix.is_empty() => "!".to_string(),
-            _ => prefix.to_string(),
-        };
-        let listed = self.query(NODES, &lo, &format!("{prefix}~"), Some(limit))?;
+        let (lo, hi) = did_range(prefix, after);
+        let listed = self.query(NODES, &lo, &hi, Some(limit))?;
         let dids: Vec<String> = listed
             .iter()
             .map(|item| get_s(item, "sk"))

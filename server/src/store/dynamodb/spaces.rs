@@ -3,7 +3,7 @@
 
 use ucanto::principal::Did;
 
-use super::items::{decode_space, get_s, parse_did, s, space_entry_pk};
+use super::items::{decode_space, did_range, get_s, parse_did, s, space_entry_pk};
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::{SpaceEntry, StoreError};
@@ -92,13 +92,8 @@ impl DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // DIDs are ASCII below `~`; a key is never empty.
-        let lo = match after {
-            Some(after) if after >= prefix => format!("{after}\u{1}"),
-            _ if prefix.is_empty() => "!".to_string(),
-            _ => prefix.to_string(),
-        };
-        let listed = self.query("spaces", &lo, &format!("{prefix}~"), Some(limit))?;
+        let (lo, hi) = did_range(prefix, after);
+        let listed = self.query("spaces", &lo, &hi, Some(limit))?;
         let mut keys = Vec::with_capacity(listed.len());
         for item in &listed {
             let space = parse_did(&get_s(item, "sk")?)?;
