@@ -33,18 +33,19 @@
 //!
 //! | operation | items written | written by everyone? |
 //! |---|---|---|
-//! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters | no: due entry and counters in one of 16 shards, by batch |
+//! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters, its entry in the node's list of batches | no: due entry and counters in one of 16 shards, by batch |
 //! | lease (per record) | the record, its due entry moved | no |
-//! | conclude | the record, its due entry removed, the receipt, `ADD`s to the node's total, its shard of the counters and one daily total per (space, day) and per day (or, past 95, one usage row each, written before); one claim per counted receipt | no: per node, per space, per receipt |
+//! | conclude | the record, its due entry removed, the receipt, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt | no: per node, per space, per receipt, shards by batch |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
 //! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
-//! So a track writes three items (about 8 write units with a 1–2 KB track
+//! So a track writes four items (about 10 write units with a 1–2 KB track
 //! invocation), and a counted receipt one claim item (2 units) plus its
-//! share of the daily totals. The one item a node's every conclusion
-//! writes is its own total. A daily-total read costs one more item per
-//! usage row of the day, plus one record read per batch among them. The due index is read a page at a time from
-//! each shard by every lease.
+//! share of the daily totals. The items a node's every conclusion writes
+//! are its own total and its entry in the list of nodes. A daily-total
+//! read costs one more item per usage row of the day, plus one record read
+//! per batch among them. The due index is read a page at a time from each
+//! shard by every lease.
 //!
 //! # Differences from redb
 //!
