@@ -16,7 +16,7 @@ use etracker_server::consolidator::BatchLimits;
 use etracker_server::registry::{SpacePolicy, SpaceRegistry};
 use etracker_server::service::{space_json, RemoteConsolidator, Settings, SpaceRule, Tracker};
 use etracker_server::store::redb::RedbStore;
-use etracker_server::store::{SpaceEntry, Store};
+use etracker_server::store::{blocking, SpaceEntry, Store};
 use ucanto::principal::{Did, Ed25519Signer, Ed25519Verifier, Signer, Verifier};
 use ucanto::ucan::Delegation;
 
@@ -562,16 +562,6 @@ async fn open_store(args: &StoreArgs, data_dir: &Path) -> Result<Arc<dyn Store>,
     })
 }
 
-/// Runs a store call off the async threads: the DynamoDB store blocks on a
-/// runtime of its own, which tokio forbids inside another.
-async fn on_store<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    call: impl FnOnce(&dyn Store) -> Result<T, etracker_server::store::StoreError> + Send + 'static,
-) -> Result<T, BoxError> {
-    let store = Arc::clone(store);
-    Ok(tokio::task::spawn_blocking(move || call(store.as_ref())).await??)
-}
-
 /// `etracker space …`: on the store when it can be opened, else (a tracker
 /// holds the data directory) through that tracker's admin API.
 async fn space(command: SpaceCommand) -> Result<(), BoxError> {
@@ -634,7 +624,7 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
                             customer,
                         };
                         let put = entry.clone();
-                        on_store(store, move |s| s.put_space(&put)).await?;
+                        blocking(store.clone(), move |s| s.put_space(&put)).await?;
                         println!("{}", space_json(&entry));
                     }
                     None => {
@@ -658,7 +648,8 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
                 match &store {
                     Some(store) => {
                         let gone = space.clone();
-                        let removed = on_store(store, move |s| s.remove_space(&gone)).await?;
+                        let removed =
+                            blocking(store.clone(), move |s| s.remove_space(&gone)).await?;
                         println!(
                             "{}",
                             serde_json::json!({"space": space.as_str(), "removed": removed})
@@ -673,7 +664,7 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
         }
         SpaceCommand::List { .. } => match &store {
             Some(store) => {
-                for entry in on_store(store, |s| s.spaces()).await? {
+                for entry in blocking(store.clone(), |s| s.spaces()).await? {
                     println!("{}", space_json(&entry));
                 }
             }

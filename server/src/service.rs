@@ -423,13 +423,7 @@ impl Tracker {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         match &self.settings.admin_token {
             None => true,
-            Some(token) => headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|given| {
-                    crate::admin::auth::constant_time_eq(given.as_bytes(), token.as_bytes())
-                }),
+            Some(token) => crate::admin::auth::bearer_is(headers, token),
         }
     }
 

@@ -222,6 +222,18 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// The `etracker` binary (server/src/main.rs).
+pub fn etracker_bin() -> PathBuf {
+    workspace_bin("etracker-server", "etracker")
+}
+
+/// SIGKILL to `child`, and wait until it is gone (its store lock and its
+/// port released).
+pub async fn kill9(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+}
+
 /// The `ucanto` CLI (src/bin/ucanto.rs).
 pub fn ucanto_bin() -> PathBuf {
     workspace_bin("ucanto", "ucanto")

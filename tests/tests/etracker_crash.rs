@@ -2,7 +2,6 @@
 //! after a restart on the same data directory the totals are exact and nothing
 //! is counted twice.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,15 +13,10 @@ use etracker_server::store::Store;
 use tokio::process::{Child, Command};
 use ucanto::principal::{Ed25519Signer, Signer};
 
-/// The `etracker` binary of this build.
-fn etracker_binary() -> PathBuf {
-    etracker_e2e::workspace_bin("etracker-server", "etracker")
-}
-
 /// Registers alice's space (the one the test retrieves from) in the
 /// registry of `data_dir`, with `etracker space add`.
 async fn register_space(data_dir: &std::path::Path) {
-    let output = Command::new(etracker_binary())
+    let output = Command::new(etracker_e2e::etracker_bin())
         .args(["space", "add", alice().did().as_str()])
         .arg("--data-dir")
         .arg(data_dir)
@@ -48,7 +42,7 @@ async fn start(data_dir: &std::path::Path) -> (Child, String) {
 /// [`start`] with leases of `lease_secs` seconds.
 async fn start_leasing(data_dir: &std::path::Path, lease_secs: u64) -> (Child, String) {
     let lease_secs = lease_secs.to_string();
-    let mut child = Command::new(etracker_binary())
+    let mut child = Command::new(etracker_e2e::etracker_bin())
         .args([
             "start",
             "--listen",
@@ -103,15 +97,9 @@ async fn track_then_kill_mid_run(
         }
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
     assert!(stuck.await.unwrap().is_err(), "the run never finished");
     task
-}
-
-/// SIGKILL, and wait until the process is gone (its store lock released).
-async fn kill9(mut child: Child) {
-    child.start_kill().expect("SIGKILL");
-    child.wait().await.expect("reaped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,7 +133,7 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
     assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
 
     // Die again right after, restart, run again: nothing more is counted.
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
     let (child, url) = start(&data_dir).await;
     assert_eq!(consolidate_now(&url).await["leased"], 0);
     assert_eq!(
@@ -155,7 +143,7 @@ async fn kill_9_mid_consolidation_keeps_totals_exact() {
             .cid(),
         receipt.cid()
     );
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
 
     let store = RedbStore::open(&data_dir).expect("reopen after the last kill");
     // Yesterday to tomorrow: immune to the run crossing midnight.
@@ -207,7 +195,7 @@ async fn a_restarted_tracker_takes_back_its_lease_at_once() {
     }
     let receipt = receipt.expect("concluded at once after the restart");
     assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
 }
 
 /// `etracker space …` works on the data directory when no tracker runs, and
@@ -216,7 +204,7 @@ async fn a_restarted_tracker_takes_back_its_lease_at_once() {
 async fn space_commands_reach_the_registry_either_way() {
     let data_dir = temp_dir("space-cli");
     let space = |args: &[&str], url: Option<&str>| {
-        let mut command = Command::new(etracker_binary());
+        let mut command = Command::new(etracker_e2e::etracker_bin());
         command
             .arg("space")
             .args(args)
@@ -252,7 +240,7 @@ async fn space_commands_reach_the_registry_either_way() {
     assert!(removed.contains("\"removed\":true"), "{removed}");
     let listed = space(&["list"], Some(&url)).await;
     assert_eq!(listed.lines().count(), 2, "{listed}");
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
     let listed = space(&["list"], None).await;
     let spaces: Vec<serde_json::Value> = listed
         .lines()
@@ -270,7 +258,7 @@ async fn space_commands_reach_the_registry_either_way() {
 async fn mistakes_get_a_sentence_and_a_hint() {
     let data_dir = temp_dir("mistakes");
     let etracker = |args: &[&str], key: &str| {
-        let mut command = Command::new(etracker_binary());
+        let mut command = Command::new(etracker_e2e::etracker_bin());
         command
             .args(args)
             .env("ETRACKER_DATA_DIR", &data_dir)
@@ -313,5 +301,5 @@ async fn mistakes_get_a_sentence_and_a_hint() {
     let (child, _) = start(&data_dir).await;
     let stderr = etracker(&["start", "--listen", "127.0.0.1:0"], &key).await;
     assert!(stderr.contains("Is another etracker running"), "{stderr}");
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
 }

@@ -57,14 +57,10 @@ impl Table {
     }
 }
 
-fn etracker_binary() -> PathBuf {
-    etracker_e2e::workspace_bin("etracker-server", "etracker")
-}
-
 /// `etracker start` as replica `name` on the shared table: consolidating
 /// every second, a few batches per run, 5 s leases.
 async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, String) {
-    let mut command = Command::new(etracker_binary());
+    let mut command = Command::new(etracker_e2e::etracker_bin());
     command
         .args([
             "start",
@@ -139,11 +135,6 @@ fn node_batches(k: u8, node: &Ed25519Signer) -> (Vec<(Cid, Vec<u8>)>, u64) {
     (batches, total)
 }
 
-async fn kill9(mut child: Child) {
-    child.start_kill().expect("SIGKILL");
-    child.wait().await.expect("reaped");
-}
-
 /// `node` tracks `batch` on the tracker at `url`; the consolidate task.
 async fn track(url: &str, node: &Ed25519Signer, batch: Cid, endpoint: &str) -> Cid {
     let proof = track_proof(&service(), node.did());
@@ -151,20 +142,6 @@ async fn track(url: &str, node: &Ed25519Signer, batch: Cid, endpoint: &str) -> C
     let receipt = invoke(url, &invocation).await;
     assert!(receipt.out().is_ok(), "track: {:?}", receipt.out());
     receipt.forks()[0].cid()
-}
-
-/// `GET /metrics` value of `name` summed over its series; 0 if absent.
-async fn metric_sum(url: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{url}metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,7 +152,7 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
         prefix: format!("replicas{}-{}-", std::process::id(), ucanto::ucan::now()),
     };
     // Alice's space is billable: registered in the shared table.
-    let mut add = Command::new(etracker_binary());
+    let mut add = Command::new(etracker_e2e::etracker_bin());
     add.args(["space", "add", alice().did().as_str()])
         .arg("--data-dir")
         .arg(temp_dir("replicas-cli"));
@@ -264,15 +241,14 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
     loop {
         assert!(Instant::now() < deadline, "replica 1 never got to work");
         let url = &replicas[victim].1;
-        if metric_sum(url, "etracker_concluded_batches_total").await >= 3
-            && held_by_victim().await > 0
+        if metric(url, "etracker_concluded_batches_total").await >= 3 && held_by_victim().await > 0
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (child, _) = replicas.remove(victim);
-    kill9(child).await;
+    etracker_e2e::kill9(child).await;
     let orphaned = held_by_victim().await;
     eprintln!("replica 1 killed holding {orphaned} leases");
     assert!(orphaned > 0, "killed between runs, not in one");
@@ -334,7 +310,7 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
 
     // The table agrees: every batch concluded once, every total exact.
     for (child, _) in replicas {
-        kill9(child).await;
+        etracker_e2e::kill9(child).await;
     }
     let expected: u64 = nodes.iter().map(|n| n.2).sum();
     let (stats, audit, node_totals, space_total) = tokio::task::spawn_blocking({

@@ -75,15 +75,20 @@ impl Credentials {
 
     /// Whether the request carries the admin token as a bearer token.
     pub fn bearer(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return false;
-        };
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        self.token
+            .as_ref()
+            .is_some_and(|token| bearer_is(headers, token))
     }
+}
+
+/// Whether the request's `Authorization: Bearer` is `token` (compared in
+/// constant time).
+pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 /// Equality of secrets that takes the same time wherever they differ.

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use self::auth::{Login, LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECS};
 use self::html::{bytes, escape, page, respond};
 use crate::service::Tracker;
-use crate::store::{EgressRecord, Rejections, StoreError, StoreStats};
+use crate::store::{EgressRecord, RecordStatus, Rejections, StoreError, StoreStats};
 
 /// The dashboard's routes.
 pub fn routes() -> Router<Arc<Tracker>> {
@@ -115,10 +115,15 @@ fn login_page(
     );
     let mut response = respond(status, page("Log in", None, &body));
     let cookie = auth::set_cookie(LOGIN_COOKIE, &csrf, 3600, auth::over_https(headers));
+    add_cookie(&mut response, &cookie);
+    response
+}
+
+/// Adds a `Set-Cookie` of [`auth::set_cookie`] to `response`.
+fn add_cookie(response: &mut Response, cookie: &str) {
     if let Ok(value) = cookie.parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-    response
 }
 
 /// `POST /admin/login`.
@@ -144,9 +149,7 @@ async fn login(
                 auth::set_cookie(LOGIN_COOKIE, "", 0, secure),
             ];
             for cookie in cookies {
-                if let Ok(value) = cookie.parse() {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
+                add_cookie(&mut response, &cookie);
             }
             tracing::info!(user = %form.user, ?address, "admin login");
             response
@@ -202,9 +205,7 @@ async fn logout(
     tracker.admin().logout(&headers);
     let mut response = Redirect::to("/admin/login").into_response();
     let cookie = auth::set_cookie(SESSION_COOKIE, "", 0, auth::over_https(&headers));
-    if let Ok(value) = cookie.parse() {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    add_cookie(&mut response, &cookie);
     response
 }
 
@@ -292,8 +293,53 @@ fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
     tracker.admin().credentials().bearer(headers) || tracker.admin().session(headers).is_some()
 }
 
-/// Days the overview's chart covers, today included.
+/// Days the charts and the spaces' egress cover, today included.
 const CHART_DAYS: i64 = 30;
+
+/// Rows per page of a listing.
+const PAGE: usize = 50;
+
+/// The last [`CHART_DAYS`] days (UTC), today included.
+struct Period {
+    /// The days, oldest first.
+    days: Vec<String>,
+    /// The store's day range for them: `from..to`.
+    from: String,
+    to: String,
+}
+
+impl Period {
+    fn now() -> Period {
+        use etracker_capabilities::account_egress_get::format_date;
+        let today = (ucanto::ucan::now() / 86_400) as i64;
+        let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
+        Period {
+            from: days[0].clone(),
+            to: format_date(today + 1),
+            days,
+        }
+    }
+
+    /// Every day of the period with its bytes in `counted` (a store's
+    /// daily totals), 0 where it has none.
+    fn fill(self, counted: Vec<(String, u64)>) -> Vec<(String, u64)> {
+        let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
+        self.days
+            .into_iter()
+            .map(|day| {
+                let bytes = counted.get(&day).copied().unwrap_or(0);
+                (day, bytes)
+            })
+            .collect()
+    }
+}
+
+/// `value` in USD with cents, or a dash when no price is set.
+fn money(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "—".into())
+}
 
 /// Pending batches the overview lists.
 const PENDING_LISTED: usize = 50;
@@ -311,10 +357,8 @@ struct Overview {
 }
 
 async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
-    use etracker_capabilities::account_egress_get::format_date;
-    let today = (ucanto::ucan::now() / 86_400) as i64;
-    let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
-    let (from, to) = (days[0].clone(), format_date(today + 1));
+    let period = Period::now();
+    let (from, to) = (period.from.clone(), period.to.clone());
     let (stats, counted, pending, rejections) = tracker
         .context()
         .store(move |s| {
@@ -327,14 +371,7 @@ async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
         })
         .await
         .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))?;
-    let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
-    let egress_by_day = days
-        .into_iter()
-        .map(|day| {
-            let bytes = counted.get(&day).copied().unwrap_or(0);
-            (day, bytes)
-        })
-        .collect();
+    let egress_by_day = period.fill(counted);
     Ok(Overview {
         stats,
         pending,
@@ -416,9 +453,14 @@ fn time(unix: u64) -> String {
     format!("{day} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
-/// Whether a pending record has failed before (it waits for its retry).
-fn retrying(record: &EgressRecord) -> bool {
-    record.attempts > 0
+/// A batch's state in words: concluded, or pending and `waiting` for its
+/// first run or `retrying` after a failure.
+fn state(r: &EgressRecord) -> &'static str {
+    match &r.status {
+        RecordStatus::Done { .. } => "concluded",
+        RecordStatus::Pending if r.attempts > 0 => "retrying",
+        RecordStatus::Pending => "waiting",
+    }
 }
 
 /// The overview's table of pending batches: waiting for their first run,
@@ -427,7 +469,7 @@ fn pending_table(pending: &[EgressRecord], count: u64) -> String {
     let mut html = format!(
         "<h2>Pending batches</h2><p>{count} pending, {retrying} of the first {listed} \
          retrying; earliest due first.</p>",
-        retrying = pending.iter().filter(|r| retrying(r)).count(),
+        retrying = pending.iter().filter(|r| state(r) == "retrying").count(),
         listed = pending.len(),
     );
     if pending.is_empty() {
@@ -444,7 +486,7 @@ fn pending_table(pending: &[EgressRecord], count: u64) -> String {
             batch = escape(&r.batch.to_string()),
             node = escape(r.node.as_str()),
             tracked = time(r.received_at),
-            state = if retrying(r) { "retrying" } else { "waiting" },
+            state = state(r),
             attempts = r.attempts,
             error = escape(r.last_error.as_deref().unwrap_or("")),
             next = time(r.next_attempt_at),
@@ -477,7 +519,7 @@ fn pending_json(r: &EgressRecord) -> serde_json::Value {
         "batch": r.batch.to_string(),
         "node": r.node.as_str(),
         "received_at": r.received_at,
-        "state": if retrying(r) { "retrying" } else { "waiting" },
+        "state": state(r),
         "attempts": r.attempts,
         "last_error": r.last_error,
         "next_attempt_at": r.next_attempt_at,

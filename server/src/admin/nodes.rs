@@ -1,5 +1,5 @@
 //! The nodes pages: every node paid with its total and payout (search by
-//! DID prefix, pages of [`PAGE`], CSV), and one node's egress per day and
+//! DID prefix, pages of [`PAGE`](super::PAGE), CSV), and one node's egress per day and
 //! batches, each concluded one linked to its signed consolidate receipt.
 
 use std::sync::Arc;
@@ -12,12 +12,11 @@ use serde::Deserialize;
 use ucanto::principal::Did;
 
 use super::html::{bytes, escape, page, respond};
-use super::{api_allowed, svg, time, to_login, unavailable, usd, ListQuery, CHART_DAYS};
+use super::{
+    api_allowed, money, state, svg, time, to_login, unavailable, usd, ListQuery, Period, PAGE,
+};
 use crate::service::Tracker;
 use crate::store::{EgressRecord, RecordStatus};
-
-/// Rows per page.
-pub const PAGE: usize = 50;
 
 #[derive(Deserialize, Default)]
 pub(super) struct NodeQuery {
@@ -89,10 +88,7 @@ pub(super) async fn list(
              <td class=\"n\">{total}</td><td class=\"n\">{payout}</td></tr>",
             human = bytes(r.total),
             total = r.total,
-            payout = r
-                .payout
-                .map(|p| format!("{p:.2}"))
-                .unwrap_or_else(|| "—".into()),
+            payout = money(r.payout),
         ));
     }
     body.push_str("</table>");
@@ -139,10 +135,8 @@ struct NodeDetail {
 }
 
 async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<NodeDetail> {
-    use etracker_capabilities::account_egress_get::format_date;
-    let today = (ucanto::ucan::now() / 86_400) as i64;
-    let days: Vec<String> = (today - CHART_DAYS + 1..=today).map(format_date).collect();
-    let (from, to) = (days[0].clone(), format_date(today + 1));
+    let period = Period::now();
+    let (from, to) = (period.from.clone(), period.to.clone());
     let (total, counted, batches) = tracker
         .context()
         .store(move |s| {
@@ -155,28 +149,12 @@ async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<Nod
         .await
         .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read a node"))
         .ok()?;
-    let counted: std::collections::HashMap<String, u64> = counted.into_iter().collect();
-    let by_day = days
-        .into_iter()
-        .map(|d| {
-            let b = counted.get(&d).copied().unwrap_or(0);
-            (d, b)
-        })
-        .collect();
+    let by_day = period.fill(counted);
     Some(NodeDetail {
         total,
         by_day,
         batches,
     })
-}
-
-/// A batch's state in words.
-fn state(r: &EgressRecord) -> &'static str {
-    match &r.status {
-        RecordStatus::Done { .. } => "concluded",
-        RecordStatus::Pending if r.attempts > 0 => "retrying",
-        RecordStatus::Pending => "waiting",
-    }
 }
 
 /// `GET /admin/nodes/{did}`.
@@ -212,9 +190,7 @@ pub(super) async fn show(
          <th>Retrievals counted</th><th>Last error</th><th>Receipt</th></tr>",
         total = d.total,
         human = bytes(d.total),
-        payout = price
-            .map(|p| format!("{:.2}", usd(d.total, p)))
-            .unwrap_or_else(|| "—".into()),
+        payout = money(price.map(|p| usd(d.total, p))),
         chart = svg::bars("node-chart", &d.by_day),
     );
     for r in &d.batches {

@@ -1,7 +1,7 @@
 //! The spaces page: each registered space with its customer, its egress
 //! over the last 30 days and what that costs the customer at
 //! `ETRACKER_CLIENT_EGRESS_USD_PER_TIB` (search by DID prefix, pages of
-//! [`PAGE`]); as CSV, one row per space and day.
+//! [`PAGE`](super::PAGE)); as CSV, one row per space and day.
 
 use std::sync::Arc;
 
@@ -12,13 +12,11 @@ use axum::Json;
 
 use super::html::{bytes, escape, page, respond};
 use super::{
-    api_allowed, csv_field, csv_response, to_login, unavailable, usd, ListQuery, CHART_DAYS,
+    api_allowed, csv_field, csv_response, money, to_login, unavailable, usd, ListQuery, Period,
+    PAGE,
 };
 use crate::service::Tracker;
 use crate::store::SpaceEntry;
-
-/// Rows per page.
-pub const PAGE: usize = 50;
 
 /// A space's row: its entry, and its egress per day over the period.
 struct SpaceRow {
@@ -33,9 +31,7 @@ impl SpaceRow {
 }
 
 async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
-    use etracker_capabilities::account_egress_get::format_date;
-    let today = (ucanto::ucan::now() / 86_400) as i64;
-    let (from, to) = (format_date(today - CHART_DAYS + 1), format_date(today + 1));
+    let Period { from, to, .. } = Period::now();
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
     tracker
         .context()
@@ -54,12 +50,6 @@ async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
 
 fn cost(tracker: &Tracker, bytes: u64) -> Option<f64> {
     tracker.settings().client_usd_per_tib.map(|p| usd(bytes, p))
-}
-
-fn money(value: Option<f64>) -> String {
-    value
-        .map(|v| format!("{v:.2}"))
-        .unwrap_or_else(|| "—".into())
 }
 
 /// `GET /admin/usage`.

@@ -100,19 +100,39 @@ impl Rejections {
             let by_name: Vec<String> = self
                 .unlisted
                 .iter()
-                .map(|(name, n)| format!("{name} ×{n}"))
+                .map(|(name, n)| format!("{name}{UNLISTED_COUNT}{n}"))
                 .collect();
             errors.push(ReceiptError {
                 name: TOO_MANY_ERRORS.into(),
                 message: format!(
-                    "{total} more receipt(s) not counted and not listed: {}",
-                    by_name.join(", ")
+                    "{total} more receipt(s) not counted and not listed{UNLISTED_FROM}{}",
+                    by_name.join(UNLISTED_BETWEEN)
                 ),
                 receipt: self.first_unlisted.map_or(*batch, |(_, cid)| cid),
             });
         }
         errors
     }
+}
+
+/// How a `TooManyErrors` message counts the receipts it stands for:
+/// `…<UNLISTED_FROM>Name<UNLISTED_COUNT>n<UNLISTED_BETWEEN>Name…`.
+const UNLISTED_FROM: &str = ": ";
+const UNLISTED_COUNT: &str = " ×";
+const UNLISTED_BETWEEN: &str = ", ";
+
+/// The receipts a `TooManyErrors` entry's message counts, by error name, as
+/// `Rejections::into_errors` writes them; `None` when it counts none.
+pub fn unlisted_counts(message: &str) -> Option<Vec<(String, u64)>> {
+    let (_, counts) = message.split_once(UNLISTED_FROM)?;
+    let counts: Vec<(String, u64)> = counts
+        .split(UNLISTED_BETWEEN)
+        .filter_map(|part| {
+            let (name, n) = part.split_once(UNLISTED_COUNT)?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    (!counts.is_empty()).then_some(counts)
 }
 
 /// Most receipt errors listed one by one in a consolidate receipt (~200

@@ -66,7 +66,8 @@ mod spill;
 mod task;
 
 pub use check::{
-    CHECK_CHUNK, DUPLICATE_RECEIPT, MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS,
+    unlisted_counts, CHECK_CHUNK, DUPLICATE_RECEIPT, MAX_LISTED_ERRORS, NON_CANONICAL,
+    TOO_MANY_ERRORS,
 };
 use fetch::batch_client;
 pub use fetch::remove_stale_spool_files;

@@ -376,22 +376,12 @@ fn describe_conflict(receipts: &[Cid]) -> String {
 fn rejections_by_name(
     errors: &[etracker_capabilities::consolidate::ReceiptError],
 ) -> Vec<(String, u64)> {
-    use crate::consolidator::TOO_MANY_ERRORS;
+    use crate::consolidator::{unlisted_counts, TOO_MANY_ERRORS};
     let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
     for error in errors {
         let unlisted = (error.name == TOO_MANY_ERRORS)
-            .then(|| error.message.split_once(": "))
-            .flatten()
-            .map(|(_, counts)| {
-                counts
-                    .split(", ")
-                    .filter_map(|part| {
-                        let (name, n) = part.split_once(" ×")?;
-                        Some((name.to_string(), n.parse::<u64>().ok()?))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .filter(|counts| !counts.is_empty());
+            .then(|| unlisted_counts(&error.message))
+            .flatten();
         match unlisted {
             Some(counts) => {
                 for (name, n) in counts {

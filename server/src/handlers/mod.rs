@@ -33,10 +33,7 @@ impl Context {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        crate::store::blocking(self.store.clone(), f).await
     }
 }
 

@@ -25,6 +25,8 @@
 //! replica and every test decides "now" explicitly. Days are UTC dates written
 //! `YYYY-MM-DD`, whose byte order is their chronological order.
 
+use std::sync::Arc;
+
 use cid::Cid;
 use ucanto::principal::Did;
 
@@ -304,6 +306,18 @@ pub struct Rejections {
     pub failed_batches: u64,
     /// Receipts not counted, by error name.
     pub by_name: std::collections::BTreeMap<String, u64>,
+}
+
+/// Runs `call` on `store` off the async threads: the store's methods block
+/// (redb on disk, DynamoDB on a runtime of its own, which tokio forbids
+/// inside another).
+pub async fn blocking<T: Send + 'static>(
+    store: Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
 }
 
 /// A DID read back from the store.

@@ -47,6 +47,7 @@
 //! [redb]: https://www.redb.org
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use cid::Cid;
@@ -762,16 +763,13 @@ impl Store for RedbStore {
         let tx = self.db.begin_read().or_backend()?;
         let spaces = tx.open_table(SPACES).or_backend()?;
         let mut page = Vec::new();
-        for entry in spaces.range(prefix..).or_backend()? {
+        for entry in spaces.range::<&str>(did_page(prefix, after)).or_backend()? {
             if page.len() == limit {
                 break;
             }
             let (space, bytes) = entry.or_backend()?;
             if !space.value().starts_with(prefix) {
                 break;
-            }
-            if after.is_some_and(|a| space.value() <= a) {
-                continue;
             }
             page.push(decode_space(space.value(), bytes.value())?);
         }
@@ -787,7 +785,7 @@ impl Store for RedbStore {
         let tx = self.db.begin_read().or_backend()?;
         let totals = tx.open_table(NODE_TOTALS).or_backend()?;
         let mut page = Vec::new();
-        for entry in totals.range(prefix..).or_backend()? {
+        for entry in totals.range::<&str>(did_page(prefix, after)).or_backend()? {
             if page.len() == limit {
                 break;
             }
@@ -795,9 +793,6 @@ impl Store for RedbStore {
             let node = node.value();
             if !node.starts_with(prefix) {
                 break;
-            }
-            if after.is_some_and(|a| node <= a) {
-                continue;
             }
             page.push((super::parse_did(node)?, bytes.value()));
         }
@@ -898,6 +893,16 @@ impl RedbStore {
             days.push((key.value().1.to_string(), bytes.value()));
         }
         Ok(days)
+    }
+}
+
+/// The key range of a page of a table keyed by DID: from `prefix`, or
+/// right after `after` when it is past the prefix, so that a later page
+/// starts where the last one ended instead of reading it again.
+fn did_page<'a>(prefix: &'a str, after: Option<&'a str>) -> (Bound<&'a str>, Bound<&'a str>) {
+    match after {
+        Some(after) if after >= prefix => (Bound::Excluded(after), Bound::Unbounded),
+        _ => (Bound::Included(prefix), Bound::Unbounded),
     }
 }
 
