@@ -24,12 +24,10 @@ common::scenarios!(store);
 
 // ---------------------------------------------------------------- durability
 
-/// Everything survives closing and reopening the data directory, leases
-/// included; a lease of the previous process expires as usual.
-/// A store made before the all-nodes egress table gets it filled from the
-/// node daily totals when opened.
+/// A store made before the all-nodes egress table and the list of billed
+/// spaces gets them filled from the daily totals when opened.
 #[test]
-fn egress_by_day_is_filled_in_for_older_stores() {
+fn older_stores_get_their_new_tables_filled_in() {
     let dir = TempDir::new("egress-backfill");
     {
         let store = RedbStore::open(dir.path()).unwrap();
@@ -51,6 +49,8 @@ fn egress_by_day_is_filled_in_for_older_stores() {
         let tx = db.begin_write().unwrap();
         let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("egress_daily");
         assert!(tx.delete_table(table).unwrap());
+        let table: redb::TableDefinition<&str, ()> = redb::TableDefinition::new("billed_spaces");
+        assert!(tx.delete_table(table).unwrap());
         tx.commit().unwrap();
     }
     let store = RedbStore::open(dir.path()).unwrap();
@@ -61,9 +61,14 @@ fn egress_by_day_is_filled_in_for_older_stores() {
             ("2025-01-02".to_string(), 20)
         ]
     );
+    let mut billed = vec![space_a(), space_b()];
+    billed.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(store.billed_spaces_page("", None, 10).unwrap(), billed);
     consistent(&store);
 }
 
+/// Everything survives closing and reopening the data directory, leases
+/// included; a lease of the previous process expires as usual.
 #[test]
 fn reopen_keeps_state() {
     let dir = TempDir::new("reopen");

@@ -437,3 +437,103 @@ async fn spaces_are_listed_with_customers_and_costs() {
         )
     );
 }
+
+/// A space billed through another registry (as the upload service's
+/// consumer table) is listed with the customer that registry names, beside
+/// a space registered here that has no egress yet.
+#[tokio::test]
+async fn spaces_billed_through_a_consumer_table_are_listed() {
+    use etracker_server::registry::{Provision, SpaceRegistry};
+    use etracker_server::service::SpaceRule;
+    use etracker_server::store::{SpaceEntry, Store, StoreError};
+    use ucanto::principal::Did;
+
+    /// The upload service's view: alice's space, paid by `customer`.
+    struct ConsumerTable {
+        customer: Did,
+    }
+    impl SpaceRegistry for ConsumerTable {
+        fn provisions(&self, space: &Did) -> Result<Vec<Provision>, StoreError> {
+            Ok(Vec::from_iter((space == etracker_e2e::alice().did()).then(
+                || Provision {
+                    provider: etracker_e2e::service().did().clone(),
+                    customer: Some(self.customer.clone()),
+                },
+            )))
+        }
+        fn customer_spaces(&self, _: &Did) -> Result<Vec<Did>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    let customer: Did = "did:mailto:example.com:carol".parse().unwrap();
+    let mut settings = test_settings();
+    settings.admin_token = Some(TOKEN.into());
+    settings.space_rule = SpaceRule::Known;
+    settings.space_registry = Some(std::sync::Arc::new(ConsumerTable {
+        customer: customer.clone(),
+    }));
+    let t = start_tracker(settings).await;
+    let idle = etracker_e2e::principal(77).did().clone();
+    t.store
+        .put_space(&SpaceEntry {
+            space: idle.clone(),
+            provider: etracker_e2e::service().did().clone(),
+            customer: None,
+        })
+        .unwrap();
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let (receipts, total) = good_receipts(2, "admin-consumer");
+    track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
+    consolidate_with_token(&t.url).await;
+    assert_eq!(t.store.node_total(node().did()).unwrap(), total);
+
+    let listed = |query: &'static str| {
+        let url = format!("{}admin/api/usage{query}", t.url);
+        async move {
+            let usage: serde_json::Value = client()
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            usage["spaces"].as_array().unwrap().clone()
+        }
+    };
+    let spaces = listed("").await;
+    let alice = etracker_e2e::alice().did().as_str().to_string();
+    let alice = alice.as_str();
+    let mut expected = vec![alice, idle.as_str()];
+    expected.sort();
+    let dids: Vec<&str> = spaces
+        .iter()
+        .map(|s| s["space"].as_str().unwrap())
+        .collect();
+    assert_eq!(dids, expected);
+    let row = |did: &str| spaces.iter().find(|s| s["space"] == did).unwrap().clone();
+    assert_eq!(row(alice)["customer"], customer.as_str());
+    assert_eq!(row(alice)["provider"], serde_json::Value::Null);
+    assert_eq!(row(alice)["total_bytes"], total);
+    assert_eq!(row(idle.as_str())["total_bytes"], 0);
+    assert_eq!(
+        row(idle.as_str())["provider"],
+        etracker_e2e::service().did().as_str()
+    );
+    // Search by prefix finds alice alone.
+    let prefix = &alice[..alice.len() - 3];
+    let found = client()
+        .get(format!("{}admin/api/usage?q={prefix}", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(found["spaces"].as_array().unwrap().len(), 1);
+    assert_eq!(found["spaces"][0]["space"], alice);
+}

@@ -1,8 +1,10 @@
-//! The spaces page: each registered space with its customer, its egress
+//! The spaces page: each space registered or with egress counted, with its
+//! customer (from the registry, or the consumer table), its egress
 //! over the last 30 days and what that costs the customer at
 //! `ETRACKER_CLIENT_EGRESS_USD_PER_TIB` (search by DID prefix, pages of
 //! [`PAGE`](super::PAGE)); as CSV, one row per space and day.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -15,12 +17,18 @@ use super::{
     api_allowed, csv_field, csv_response, money, to_login, unavailable, usd, ListQuery, Period,
     PAGE,
 };
+use crate::registry::Billing;
 use crate::service::Tracker;
 use crate::store::SpaceEntry;
+use ucanto::principal::Did;
 
-/// A space's row: its entry, and its egress per day over the period.
+/// A space's row: who provisions and pays for it, and its egress per day
+/// over the period.
 struct SpaceRow {
-    entry: SpaceEntry,
+    space: Did,
+    /// The registry's entry, when the space is registered here.
+    provider: Option<Did>,
+    customer: Option<Did>,
     by_day: Vec<(String, u64)>,
 }
 
@@ -30,16 +38,42 @@ impl SpaceRow {
     }
 }
 
+/// A page of spaces: the registered ones and those with billed egress
+/// (a consumer table's, or any space's), merged in DID order. Each list is
+/// read from `after` for a page, so their merge's first page is exact.
 async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
     let Period { from, to, .. } = Period::now();
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
+    let policy = tracker.context().spaces.clone();
     tracker
         .context()
         .store(move |s| {
-            let mut rows = Vec::new();
+            let mut page: BTreeMap<String, Option<SpaceEntry>> = BTreeMap::new();
+            for space in s.billed_spaces_page(&q, after.as_deref(), PAGE)? {
+                page.insert(space.as_str().to_string(), None);
+            }
             for entry in s.spaces_page(&q, after.as_deref(), PAGE)? {
-                let by_day = s.space_usage(&entry.space, &from, &to)?;
-                rows.push(SpaceRow { entry, by_day });
+                page.insert(entry.space.as_str().to_string(), Some(entry));
+            }
+            let mut rows = Vec::new();
+            for (space, entry) in page.into_iter().take(PAGE) {
+                let space = crate::store::parse_did(&space)?;
+                let (provider, customer) = match entry {
+                    Some(entry) => (Some(entry.provider), entry.customer),
+                    // Not registered here: the policy's registry (a consumer
+                    // table) may know who pays.
+                    None => match policy.judge(&space)? {
+                        Billing::Billable { customer } => (None, customer),
+                        Billing::Unknown(_) => (None, None),
+                    },
+                };
+                let by_day = s.space_usage(&space, &from, &to)?;
+                rows.push(SpaceRow {
+                    space,
+                    provider,
+                    customer,
+                    by_day,
+                });
             }
             Ok(rows)
         })
@@ -67,11 +101,11 @@ pub(super) async fn list(
     if query.csv() {
         let mut csv = String::from("space,customer,day,bytes,cost_usd\n");
         for r in &rows {
-            let customer = r.entry.customer.as_ref().map_or("", |c| c.as_str());
+            let customer = r.customer.as_ref().map_or("", |c| c.as_str());
             for (day, b) in &r.by_day {
                 csv.push_str(&format!(
                     "{},{},{day},{b},{}\n",
-                    csv_field(r.entry.space.as_str()),
+                    csv_field(r.space.as_str()),
                     csv_field(customer),
                     cost(&tracker, *b)
                         .map(|c| format!("{c:.2}"))
@@ -94,8 +128,8 @@ pub(super) async fn list(
         body.push_str(&format!(
             "<tr><td>{space}</td><td>{customer}</td><td class=\"n\">{human}</td>\
              <td class=\"n\">{total}</td><td class=\"n\">{cost}</td></tr>",
-            space = escape(r.entry.space.as_str()),
-            customer = escape(r.entry.customer.as_ref().map_or("", |c| c.as_str())),
+            space = escape(r.space.as_str()),
+            customer = escape(r.customer.as_ref().map_or("", |c| c.as_str())),
             human = bytes(total),
             cost = money(cost(&tracker, total)),
         ));
@@ -104,7 +138,7 @@ pub(super) async fn list(
     let last = rows
         .last()
         .filter(|_| rows.len() == PAGE)
-        .map(|r| r.entry.space.as_str());
+        .map(|r| r.space.as_str());
     body.push_str(&super::page_links(
         "/admin/usage",
         &query,
@@ -136,9 +170,9 @@ pub(super) async fn api_list(
         .iter()
         .map(|r| {
             serde_json::json!({
-                "space": r.entry.space.as_str(),
-                "customer": r.entry.customer.as_ref().map(|c| c.as_str()),
-                "provider": r.entry.provider.as_str(),
+                "space": r.space.as_str(),
+                "customer": r.customer.as_ref().map(|c| c.as_str()),
+                "provider": r.provider.as_ref().map(|p| p.as_str()),
                 "egress_by_day": r.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
                 "total_bytes": r.total(),
                 "cost_usd": cost(&tracker, r.total()),

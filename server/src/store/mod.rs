@@ -652,6 +652,17 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<SpaceEntry>, StoreError>;
 
+    /// Spaces with billable egress counted (whether or not in the
+    /// registry), in DID order: those whose DID starts with `prefix`, after
+    /// `after` (exclusive) when given, at most `limit`. A space may be
+    /// listed by a conclusion that then lost its race: with no egress, then.
+    fn billed_spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Did>, StoreError>;
+
     /// Nodes that have concluded batches, in DID order: those whose DID
     /// starts with `prefix`, after `after` (exclusive) when given, at most
     /// `limit`, each with its total bytes.

@@ -100,6 +100,9 @@ const NODE_BATCHES: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::n
 /// `failed` → batches concluded with an error receipt; `name:<error>` →
 /// receipts not counted with that error.
 const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejections");
+/// Spaces with billable egress counted: the spaces page lists them, whether
+/// or not they are in the registry (a consumer table, or any space).
+const BILLED_SPACES: TableDefinition<&str, ()> = TableDefinition::new("billed_spaces");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -233,6 +236,15 @@ impl RedbStore {
                     node_batches
                         .insert((record.node.as_str(), record.received_at, key.value()), ())
                         .or_backend()?;
+                }
+            }
+            let mut billed = tx.open_table(BILLED_SPACES).or_backend()?;
+            if billed.is_empty().or_backend()? {
+                // A store from before the table: list the spaces it counted.
+                let space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
+                for entry in space_daily.iter().or_backend()? {
+                    let (key, _) = entry.or_backend()?;
+                    billed.insert(key.value().0, ()).or_backend()?;
                 }
             }
             let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
@@ -538,6 +550,10 @@ impl Store for RedbStore {
                 .insert(node, add(total, c.total_bytes)?)
                 .or_backend()?;
             add_daily(&mut space_daily, space_days(&summed.by_space_day))?;
+            let mut billed = tx.open_table(BILLED_SPACES).or_backend()?;
+            for (space, _) in summed.by_space_day.keys() {
+                billed.insert(space.as_str(), ()).or_backend()?;
+            }
             add_daily(
                 &mut node_daily,
                 summed
@@ -772,6 +788,28 @@ impl Store for RedbStore {
                 break;
             }
             page.push(decode_space(space.value(), bytes.value())?);
+        }
+        Ok(page)
+    }
+
+    fn billed_spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Did>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let billed = tx.open_table(BILLED_SPACES).or_backend()?;
+        let mut page = Vec::new();
+        for entry in billed.range::<&str>(did_page(prefix, after)).or_backend()? {
+            if page.len() == limit {
+                break;
+            }
+            let (space, _) = entry.or_backend()?;
+            if !space.value().starts_with(prefix) {
+                break;
+            }
+            page.push(super::parse_did(space.value())?);
         }
         Ok(page)
     }

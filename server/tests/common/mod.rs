@@ -77,6 +77,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn billed_spaces_are_listed() {
+            common::billed_spaces_are_listed(&$make);
+        }
+
+        #[test]
         fn nodes_and_their_batches_are_listed() {
             common::nodes_and_their_batches_are_listed(&$make);
         }
@@ -402,6 +407,51 @@ pub fn spaces_are_listed_by_page<S: TestStore>(make: &dyn Fn() -> S) {
     assert!(store.spaces_page("did:web:", None, 10).unwrap().is_empty());
 }
 
+/// Spaces with billable egress are listed in DID order, by prefix and page,
+/// whether or not they are registered; bytes not billable list no space.
+pub fn billed_spaces_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    assert!(store.billed_spaces_page("", None, 10).unwrap().is_empty());
+    for n in 1..=2 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    let mut c1 = conclusion(1, vec![usage(space_a(), "2025-01-01", 5)], &[1]);
+    c1.non_billable = vec![usage(did(40), "2025-01-01", 9)];
+    assert_eq!(store.conclude(&c1).unwrap(), ConcludeOutcome::Concluded);
+    let c2 = conclusion(
+        2,
+        vec![
+            usage(space_b(), "2025-01-02", 1),
+            usage(space_a(), "2025-01-02", 2),
+        ],
+        &[2],
+    );
+    assert_eq!(store.conclude(&c2).unwrap(), ConcludeOutcome::Concluded);
+    let mut sorted = vec![space_a(), space_b()];
+    sorted.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(store.billed_spaces_page("", None, 10).unwrap(), sorted);
+    assert_eq!(store.billed_spaces_page("", None, 1).unwrap(), sorted[..1]);
+    assert_eq!(
+        store
+            .billed_spaces_page("", Some(sorted[0].as_str()), 10)
+            .unwrap(),
+        sorted[1..]
+    );
+    assert_eq!(
+        store
+            .billed_spaces_page(sorted[1].as_str(), None, 10)
+            .unwrap(),
+        sorted[1..]
+    );
+    assert!(store
+        .billed_spaces_page("did:web:", None, 10)
+        .unwrap()
+        .is_empty());
+    // Listed without being registered.
+    assert!(store.spaces_page("", None, 10).unwrap().is_empty());
+    consistent(&store);
+}
+
 /// The nodes paid are listed in DID order with their totals, by prefix and
 /// page; a node's batches newest first, pending ones too, by page.
 pub fn nodes_and_their_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
@@ -639,6 +689,9 @@ pub fn conclusions_of_any_size<S: TestStore>(make: &dyn Fn() -> S) {
         grid_days(&first, &spaces[5])[3..5]
     );
     assert_eq!(store.node_total(&node()).unwrap(), c1.total_bytes);
+    let mut sorted = spaces.clone();
+    sorted.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(store.billed_spaces_page("", None, 1_000).unwrap(), sorted);
     let before = consistent(&store);
     assert_eq!(before.counted_receipts, 150);
     assert_eq!(before.space_bytes, u128::from(c1.total_bytes));

@@ -48,7 +48,8 @@ use cid::Cid;
 
 use super::items::{
     counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
-    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored, NODES,
+    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
+    BILLED_SPACES, NODES,
 };
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
@@ -89,10 +90,41 @@ impl DynamoStore {
             whole = self.with_staged_tally(c)?;
             &whole
         };
+        // Listed first: a space the conclusion counts is always listed (one
+        // whose conclusion then loses is listed with the egress it has).
+        self.list_billed(&summed)?;
         let outcome = self.retry(|| self.conclude_once(c, &summed))?;
         // Staged chunks served their purpose.
         self.drop_staged(&c.batch);
         Ok(outcome)
+    }
+
+    /// Lists the spaces of `summed` in [`BILLED_SPACES`], those this process
+    /// has not listed already.
+    fn list_billed(&self, summed: &SummedUsage) -> Result<(), StoreError> {
+        let mut spaces: Vec<&String> = summed.by_space_day.keys().map(|(s, _)| s).collect();
+        spaces.dedup();
+        let known = |space: &String| {
+            self.billed_listed
+                .lock()
+                .is_ok_and(|listed| listed.contains(space))
+        };
+        let keys: Vec<(String, String)> = spaces
+            .into_iter()
+            .filter(|space| !known(space))
+            .map(|space| (BILLED_SPACES.to_string(), space.clone()))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.put_keys(&keys)?;
+        if let Ok(mut listed) = self.billed_listed.lock() {
+            if listed.len() + keys.len() > 1_000_000 {
+                listed.clear();
+            }
+            listed.extend(keys.into_iter().map(|(_, space)| space));
+        }
+        Ok(())
     }
 
     /// `c` with the counted retrievals of its staged chunks listed. (Held in

@@ -109,6 +109,10 @@ pub(super) fn did_range(prefix: &str, after: Option<&str>) -> (String, String) {
 /// The list of nodes paid: one item per node, `sk` its DID.
 pub(super) const NODES: &str = "nodes";
 
+/// The list of spaces with billable egress: one item per space, `sk` its
+/// DID, written before the conclusion that counts it.
+pub(super) const BILLED_SPACES: &str = "billedspaces";
+
 /// The partition listing `node`'s batches by time.
 pub(super) fn node_batches_pk(node: &str) -> String {
     format!("nodebatches#{node}")

@@ -35,7 +35,7 @@
 //! |---|---|---|
 //! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters, its entry in the node's list of batches | no: due entry and counters in one of 16 shards, by batch |
 //! | lease (per record) | the record, its due entry moved | no |
-//! | conclude | the record, its due entry removed, the receipt, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt | no: per node, per space, per receipt, shards by batch |
+//! | conclude | the record, its due entry removed, the receipt, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt; before all that, outside the transaction, an entry per billed space in the list of spaces with egress (once per space and process) | no: per node, per space, per receipt, shards by batch |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
 //! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
@@ -98,6 +98,9 @@ pub struct DynamoStore {
     table: String,
     runtime: Option<tokio::runtime::Runtime>,
     retries: std::sync::Arc<table::RetryCounts>,
+    /// Spaces this process has listed in [`items::BILLED_SPACES`], so that
+    /// a busy space costs one write per process, not one per conclusion.
+    billed_listed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -133,6 +136,7 @@ impl DynamoStore {
             table: format!("{table_prefix}etracker"),
             runtime: Some(runtime),
             retries,
+            billed_listed: Default::default(),
         };
         store.init()?;
         Ok(store)
@@ -274,6 +278,15 @@ impl Store for DynamoStore {
         limit: usize,
     ) -> Result<Vec<SpaceEntry>, StoreError> {
         self.space_entries_page(prefix, after, limit)
+    }
+
+    fn billed_spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Did>, StoreError> {
+        self.billed_spaces_listed(prefix, after, limit)
     }
 
     fn nodes_page(

@@ -30,7 +30,7 @@ use ucanto::principal::Did;
 use super::items::{
     decode_record, did_range, due_partitions, due_pk, due_sk, encode_record, get_s, get_u64, n,
     node_batch_sk, node_batches_pk, node_pk, parse_cid, parse_did, record_pk, s, shard_of,
-    stats_pk, Stored, NODES,
+    stats_pk, Stored, BILLED_SPACES, NODES,
 };
 use super::requests::{Add, Tx};
 use super::table::build_error;
@@ -213,6 +213,23 @@ impl DynamoStore {
                 };
                 Ok((parse_did(did)?, total))
             })
+            .collect()
+    }
+
+    /// [`Store::billed_spaces_page`](super::Store::billed_spaces_page).
+    pub(super) fn billed_spaces_listed(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Did>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = did_range(prefix, after);
+        self.query(BILLED_SPACES, &lo, &hi, Some(limit))?
+            .iter()
+            .map(|item| parse_did(&get_s(item, "sk")?))
             .collect()
     }
 

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{Delete, KeysAndAttributes, Select, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    Delete, KeysAndAttributes, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
+};
 
 use super::items::{get_s, n, s, Item};
 use super::table::{backend, build_error, fresh_id, RETRIES};
@@ -16,6 +18,8 @@ use crate::store::StoreError;
 pub(super) const TX_MAX: usize = 100;
 /// Keys per `BatchGetItem`.
 const GET_MAX: usize = 100;
+/// Items per `BatchWriteItem`.
+const PUT_MAX: usize = 25;
 
 /// Whether a transaction went through.
 pub(super) enum Tx {
@@ -96,6 +100,52 @@ impl DynamoStore {
             }
         }
         Ok(found)
+    }
+
+    /// Unconditional puts of items that hold only their key, for lists whose
+    /// entries are idempotent (not transactional, hence cheaper).
+    pub(super) fn put_keys(&self, keys: &[(String, String)]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(PUT_MAX) {
+            let mut pending: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|(pk, sk)| {
+                    let put = PutRequest::builder()
+                        .item("pk", s(pk))
+                        .item("sk", s(sk))
+                        .build()
+                        .map_err(build_error)?;
+                    Ok(WriteRequest::builder().put_request(put).build())
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                if rounds > RETRIES {
+                    return Err(StoreError::Backend(
+                        "BatchWriteItem keeps throttling".into(),
+                    ));
+                }
+                let out = self
+                    .block_on(
+                        self.client
+                            .batch_write_item()
+                            .request_items(&self.table, std::mem::take(&mut pending))
+                            .send(),
+                    )
+                    .map_err(backend)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    self.retries
+                        .unprocessed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    super::table::backoff(rounds);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// All items of partition `pk` with `lo <= sk <= hi`, in sort order,
