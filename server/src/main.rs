@@ -51,6 +51,89 @@ enum Command {
         #[command(subcommand)]
         command: SpaceCommand,
     },
+    /// The dashboard's overview from a running tracker: egress per day,
+    /// counters, pending batches, rejections (one JSON object).
+    Overview(ApiArgs),
+    /// Every node paid, with its total and payout, one JSON object a line;
+    /// or, given a DID, that node's egress per day and batches.
+    Nodes {
+        /// One node: its page of the dashboard, as JSON.
+        node: Option<String>,
+        /// Only nodes whose DID starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every space registered or with egress, with its customer, its egress
+    /// over the last 30 days and its cost, one JSON object a line.
+    Usage {
+        /// Only spaces whose DID starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// A running tracker's admin API (`/admin/api/…`).
+#[derive(Args)]
+struct ApiArgs {
+    /// The running service.
+    #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The service's admin token.
+    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl ApiArgs {
+    /// `GET /admin/api/<path>` with `query`, as JSON.
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, BoxError> {
+        let url = format!("{}/admin/api/{path}", self.url.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().get(&url).query(query);
+        if let Some(token) = &self.admin_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| {
+            explain(
+                format!("cannot reach the tracker at {}", self.url),
+                "Is `etracker start` running there? Set --url or ETRACKER_URL.",
+            )(e)
+        })?;
+        let status = response.status();
+        let body = response.text().await?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(
+                "the tracker refused: set --admin-token or ETRACKER_ADMIN_TOKEN to its admin token"
+                    .into(),
+            );
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status} from {url}: {body}").into());
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Prints every row of the listing at `path` (the array `rows` of each
+    /// page), one JSON object a line, following the pages' `next` cursor.
+    async fn print_all(&self, path: &str, rows: &str, prefix: &str) -> Result<(), BoxError> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("q", prefix)];
+            if let Some(after) = &after {
+                query.push(("after", after));
+            }
+            let page = self.get(path, &query).await?;
+            for row in page[rows].as_array().into_iter().flatten() {
+                println!("{row}");
+            }
+            match page["next"].as_str() {
+                Some(next) if Some(next) != after.as_deref() => after = Some(next.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -512,6 +595,27 @@ async fn run(command: Command) -> Result<(), BoxError> {
         }
         Command::Consolidator(args) => consolidator(args).await,
         Command::Space { command } => space(command).await,
+        Command::Overview(api) => {
+            let overview = api.get("overview", &[]).await?;
+            println!("{}", serde_json::to_string_pretty(&overview)?);
+            Ok(())
+        }
+        Command::Nodes {
+            node: Some(node),
+            api,
+            ..
+        } => {
+            let node: Did = node.parse()?;
+            let page = api.get(&format!("nodes/{node}"), &[]).await?;
+            println!("{}", serde_json::to_string_pretty(&page)?);
+            Ok(())
+        }
+        Command::Nodes {
+            node: None,
+            prefix,
+            api,
+        } => api.print_all("nodes", "nodes", &prefix).await,
+        Command::Usage { prefix, api } => api.print_all("usage", "spaces", &prefix).await,
         Command::Consolidate(args) => {
             if !args.now {
                 return Err(
@@ -609,35 +713,45 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
             customer,
             ..
         } => {
-            for space in spaces {
-                let space: Did = space.parse()?;
-                let provider: Option<Did> = provider.as_deref().map(str::parse).transpose()?;
-                let customer: Option<Did> = customer.as_deref().map(str::parse).transpose()?;
-                match &store {
-                    Some(store) => {
-                        let entry = SpaceEntry {
+            let spaces: Vec<Did> = spaces.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+            let provider: Option<Did> = provider.as_deref().map(str::parse).transpose()?;
+            let customer: Option<Did> = customer.as_deref().map(str::parse).transpose()?;
+            match &store {
+                Some(store) => {
+                    // All in one commit: registering many spaces stays fast.
+                    let provider = match provider {
+                        Some(provider) => provider,
+                        None => load_signer(&access.key)?.did().clone(),
+                    };
+                    let entries: Vec<SpaceEntry> = spaces
+                        .into_iter()
+                        .map(|space| SpaceEntry {
                             space,
-                            provider: match provider {
-                                Some(provider) => provider,
-                                None => load_signer(&access.key)?.did().clone(),
-                            },
-                            customer,
-                        };
-                        let put = entry.clone();
-                        blocking(store.clone(), move |s| s.put_space(&put)).await?;
-                        println!("{}", space_json(&entry));
+                            provider: provider.clone(),
+                            customer: customer.clone(),
+                        })
+                        .collect();
+                    let put = entries.clone();
+                    blocking(store.clone(), move |s| s.put_spaces(&put)).await?;
+                    for entry in &entries {
+                        println!("{}", space_json(entry));
                     }
-                    None => {
-                        let mut body = serde_json::Map::new();
-                        if let Some(provider) = provider {
-                            body.insert("provider".into(), provider.as_str().into());
-                        }
-                        if let Some(customer) = customer {
-                            body.insert("customer".into(), customer.as_str().into());
-                        }
-                        let body = serde_json::Value::Object(body).to_string();
+                }
+                None => {
+                    let mut body = serde_json::Map::new();
+                    if let Some(provider) = provider {
+                        body.insert("provider".into(), provider.as_str().into());
+                    }
+                    if let Some(customer) = customer {
+                        body.insert("customer".into(), customer.as_str().into());
+                    }
+                    let body = serde_json::Value::Object(body).to_string();
+                    for space in spaces {
                         let path = format!("/{space}");
-                        print!("{}", admin(reqwest::Method::PUT, path, Some(body)).await?);
+                        print!(
+                            "{}",
+                            admin(reqwest::Method::PUT, path, Some(body.clone())).await?
+                        );
                     }
                 }
             }

@@ -24,8 +24,8 @@ common::scenarios!(store);
 
 // ---------------------------------------------------------------- durability
 
-/// A store made before the all-nodes egress table and the list of billed
-/// spaces gets them filled from the daily totals when opened.
+/// A store made before the all-nodes egress table, the list of billed
+/// spaces and the running byte sums gets them filled in when opened.
 #[test]
 fn older_stores_get_their_new_tables_filled_in() {
     let dir = TempDir::new("egress-backfill");
@@ -51,6 +51,12 @@ fn older_stores_get_their_new_tables_filled_in() {
         assert!(tx.delete_table(table).unwrap());
         let table: redb::TableDefinition<&str, ()> = redb::TableDefinition::new("billed_spaces");
         assert!(tx.delete_table(table).unwrap());
+        {
+            let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+            let mut meta = tx.open_table(meta).unwrap();
+            assert_eq!(meta.remove("total_bytes").unwrap().unwrap().value(), 30);
+            assert!(meta.remove("non_billable_bytes").unwrap().is_some());
+        }
         tx.commit().unwrap();
     }
     let store = RedbStore::open(dir.path()).unwrap();
@@ -64,6 +70,7 @@ fn older_stores_get_their_new_tables_filled_in() {
     let mut billed = vec![space_a(), space_b()];
     billed.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(store.billed_spaces_page("", None, 10).unwrap(), billed);
+    assert_eq!(store.stats().unwrap().total_bytes, 30);
     consistent(&store);
 }
 

@@ -537,3 +537,120 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
     assert_eq!(found["spaces"].as_array().unwrap().len(), 1);
     assert_eq!(found["spaces"][0]["space"], alice);
 }
+
+/// `etracker overview`, `nodes` and `usage` read the admin API of a running
+/// tracker: every node across pages (the API's `next` cursor), one node's
+/// page, every space; a wrong token is refused with a clear message.
+#[tokio::test]
+async fn cli_reads_the_admin_api_across_pages() {
+    use etracker_server::store::{Conclusion, DailyUsage, NewRecord, Store};
+    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+    use ucanto::principal::Did;
+
+    let t = tracker().await;
+    // 120 nodes paid: more than two pages of 50.
+    let today = etracker_capabilities::account_egress_get::format_date(
+        (ucanto::ucan::now() / 86_400) as i64,
+    );
+    let mut nodes: Vec<Did> = Vec::new();
+    for n in 0..120u64 {
+        let node = etracker_e2e::principal(100 + n as u8).did().clone();
+        let batch = cid_of(CAR, format!("cli batch {n}").as_bytes());
+        let consolidate = cid_of(DAG_CBOR, format!("cli consolidate {n}").as_bytes());
+        t.store
+            .put(NewRecord {
+                batch,
+                node: node.clone(),
+                endpoint: "https://node.example/{cid}".into(),
+                track_invocation: cid_of(DAG_CBOR, format!("cli track {n}").as_bytes()),
+                track_invocation_bytes: vec![1],
+                consolidate_invocation: consolidate,
+                received_at: n,
+            })
+            .unwrap();
+        t.store
+            .conclude(&Conclusion {
+                batch,
+                consolidate_invocation: consolidate,
+                receipt: cid_of(DAG_CBOR, format!("cli receipt {n}").as_bytes()),
+                receipt_bytes: vec![2],
+                node: node.clone(),
+                total_bytes: 1_000 + n,
+                usage: vec![DailyUsage {
+                    space: etracker_e2e::alice().did().clone(),
+                    day: today.clone(),
+                    bytes: 1_000 + n,
+                }],
+                counted_receipts: vec![cid_of(DAG_CBOR, format!("cli retrieve {n}").as_bytes())],
+                staged_tally: Vec::new(),
+                non_billable: Vec::new(),
+                concluded_at: 10 + n,
+                rejected: Vec::new(),
+                failed: false,
+            })
+            .unwrap();
+        nodes.push(node);
+    }
+    nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    // Async: the tracker serves from this test's runtime.
+    let etracker = |args: &[&str], token: &str| {
+        let mut command = tokio::process::Command::new(etracker_e2e::etracker_bin());
+        command
+            .args(args)
+            .env("ETRACKER_URL", &t.url)
+            .env("ETRACKER_ADMIN_TOKEN", token);
+        async move {
+            let output = command.output().await.unwrap();
+            (
+                output.status.success(),
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        }
+    };
+    let (ok, out, err) = etracker(&["nodes"], TOKEN).await;
+    assert!(ok, "{err}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dids: Vec<&str> = listed.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(dids, nodes.iter().map(Did::as_str).collect::<Vec<_>>());
+    let sum: u64 = listed
+        .iter()
+        .map(|n| n["total_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, (0..120).map(|n| 1_000 + n).sum::<u64>());
+
+    let prefix = &nodes[7].as_str()[..nodes[7].as_str().len() - 2];
+    let (ok, out, _) = etracker(&["nodes", "--prefix", prefix], TOKEN).await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1);
+
+    let (ok, out, _) = etracker(&["nodes", nodes[3].as_str()], TOKEN).await;
+    assert!(ok);
+    let page: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["node"], nodes[3].as_str());
+    assert_eq!(page["batches"].as_array().unwrap().len(), 1);
+    assert_eq!(page["total_bytes"], listed[3]["total_bytes"]);
+
+    let (ok, out, _) = etracker(&["usage"], TOKEN).await;
+    assert!(ok);
+    let spaces: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(spaces.len(), 1);
+    assert_eq!(spaces[0]["total_bytes"], sum);
+
+    let (ok, out, _) = etracker(&["overview"], TOKEN).await;
+    assert!(ok);
+    let overview: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(overview["total_bytes"], sum);
+    assert_eq!(overview["concluded"], 120);
+
+    let (ok, out, err) = etracker(&["nodes"], "not-the-token").await;
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(err.contains("admin token"), "{err}");
+}

@@ -12,18 +12,22 @@
 //!   medians reported: one run on this shared 2-core machine can be 30% off;
 //! - **memory**: the tracker's peak RSS consolidating 10 MiB, 100 MiB and
 //!   1 GiB batches, all valid and mostly duplicates;
+//! - **dashboard**: each dashboard page's median latency with 10,000 nodes
+//!   and 100,000 spaces in the store, against 100 nodes and 1,000 spaces;
 //! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
 //! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
 //! runs one consolidation of that size and nothing else (all valid, or
 //! mostly duplicates with `BENCH_ONE_DUPLICATES` set); `BENCH_FLOORS` measures
-//! the two signature floors and nothing else; `BENCH_HEAPTRACK=<file>`
+//! the two signature floors and nothing else; `BENCH_DASHBOARD` measures
+//! the dashboard and nothing else (`target/bench/dashboard.json`); `BENCH_HEAPTRACK=<file>`
 //! records the tracker's heap there with Debian's heaptrack (raw data, for
 //! `heaptrack_interpret` and `heaptrack_print`).
 
 mod batch;
 mod consolidate;
+mod dashboard;
 mod peers;
 mod track;
 
@@ -88,6 +92,18 @@ async fn run() {
             "{}",
             json!({"dalek_per_core_s": round(dalek), "tracker_per_core_s": round(tracker)})
         );
+        return;
+    }
+    // The dashboard alone.
+    if std::env::var_os("BENCH_DASHBOARD").is_some() {
+        let report = dashboard::run(&p, &work).await;
+        std::fs::write(
+            out.join("dashboard.json"),
+            serde_json::to_string_pretty(&report).unwrap() + "\n",
+        )
+        .unwrap();
+        dashboard::print(&report);
+        let _ = std::fs::remove_dir_all(&work);
         return;
     }
     let tracks = env_u64("BENCH_TRACKS", 5_000) as usize;
@@ -167,6 +183,7 @@ async fn run() {
             memory.push((mib, distinct, run));
         }
     }
+    let dashboard = dashboard::run(&p, &work).await;
     let _ = std::fs::remove_dir_all(&work);
 
     let interop: serde_json::Value = std::fs::read(out.join("interop.json"))
@@ -234,6 +251,7 @@ async fn run() {
             "kind": if *distinct { "all valid" } else { "mostly duplicates" },
             "peak_rss_mib": round(r.peak_rss as f64 / (1 << 20) as f64),
         })).collect::<Vec<_>>(),
+        "dashboard": dashboard,
         "interop": interop,
         "targets": {
             "track_20x_inv_per_s": rust.per_second >= 20.0 * js.per_second,
@@ -296,6 +314,7 @@ fn print_table(r: &serde_json::Value) {
             m["peak_rss_mib"]
         );
     }
+    dashboard::print(&r["dashboard"]);
     if let Some(interop) = r["interop"].as_object() {
         for (name, value) in interop {
             let rate = |side: &str| {

@@ -62,7 +62,14 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
 /// `etracker start` on a fresh data directory, with the service's key.
 pub(crate) async fn etracker(p: &Principals, data_dir: &Path) -> Peer {
     let _ = std::fs::remove_dir_all(data_dir);
+    etracker_on(p, data_dir, &[]).await
+}
+
+/// `etracker start` on `data_dir` as it is, with the service's key and
+/// `env` set besides the benchmarks' settings.
+pub(crate) async fn etracker_on(p: &Principals, data_dir: &Path, env: &[(&str, &str)]) -> Peer {
     let mut command = Command::new(env!("CARGO_BIN_EXE_etracker"));
+    command.envs(env.iter().copied());
     // Heap profiling: heaptrack's preload library, writing raw data to the
     // file named (the arena limit set here as `etracker` would, so it does
     // not start again).

@@ -124,7 +124,12 @@ pub(super) async fn api_list(
         .iter()
         .map(|r| serde_json::json!({"node": r.node.as_str(), "total_bytes": r.total, "payout_usd": r.payout}))
         .collect();
-    Json(serde_json::json!({ "nodes": list })).into_response()
+    // The cursor of the next page (`?after=`), when this one is full.
+    let next = rows
+        .last()
+        .filter(|_| rows.len() == PAGE)
+        .map(|r| r.node.as_str());
+    Json(serde_json::json!({ "nodes": list, "next": next })).into_response()
 }
 
 /// What one node's page shows.

@@ -179,5 +179,10 @@ pub(super) async fn api_list(
             })
         })
         .collect();
-    Json(serde_json::json!({ "spaces": spaces })).into_response()
+    // The cursor of the next page (`?after=`), when this one is full.
+    let next = rows
+        .last()
+        .filter(|_| rows.len() == PAGE)
+        .map(|r| r.space.as_str());
+    Json(serde_json::json!({ "spaces": spaces, "next": next })).into_response()
 }

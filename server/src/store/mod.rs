@@ -592,6 +592,12 @@ pub trait Store: Send + Sync + 'static {
     /// Adds or replaces `entry` in the registry of billable spaces.
     fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError>;
 
+    /// Adds or replaces each of `entries`: one transaction where the backend
+    /// has them (redb), so that registering many spaces costs one commit.
+    fn put_spaces(&self, entries: &[SpaceEntry]) -> Result<(), StoreError> {
+        entries.iter().try_for_each(|entry| self.put_space(entry))
+    }
+
     /// Removes `space` from the registry; false when it was not there.
     fn remove_space(&self, space: &Did) -> Result<bool, StoreError>;
 

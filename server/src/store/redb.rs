@@ -77,6 +77,11 @@ const FORMAT_KEY: &str = "format";
 /// not kept), so a format 1 store is refused, never read as format 2.
 const FORMAT: u64 = 2;
 const RECORD_VERSION: u64 = 1;
+/// `meta` keys of the running sums [`Store::stats`] reports (saturating),
+/// added by each conclusion so that reading them does not visit every node.
+/// Stores made before them get them summed when opened.
+const TOTAL_BYTES_KEY: &str = "total_bytes";
+const NON_BILLABLE_BYTES_KEY: &str = "non_billable_bytes";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -247,6 +252,25 @@ impl RedbStore {
                     billed.insert(key.value().0, ()).or_backend()?;
                 }
             }
+            if meta.get(TOTAL_BYTES_KEY).or_backend()?.is_none() {
+                let mut total: u64 = 0;
+                for entry in tx
+                    .open_table(NODE_TOTALS)
+                    .or_backend()?
+                    .iter()
+                    .or_backend()?
+                {
+                    total = total.saturating_add(entry.or_backend()?.1.value());
+                }
+                let mut non_billable: u64 = 0;
+                let daily = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
+                for entry in daily.iter().or_backend()? {
+                    non_billable = non_billable.saturating_add(entry.or_backend()?.1.value());
+                }
+                meta.insert(TOTAL_BYTES_KEY, total).or_backend()?;
+                meta.insert(NON_BILLABLE_BYTES_KEY, non_billable)
+                    .or_backend()?;
+            }
             let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
             if egress.is_empty().or_backend()? {
                 // A store from before the table: sum what the nodes served.
@@ -344,6 +368,14 @@ impl RedbStore {
         }
         auditor.check_totals(node_totals_seen, node_daily_sums);
         auditor.check_egress_days(node_days, egress_days);
+        let meta = tx.open_table(META).or_backend()?;
+        let kept = meta.get(TOTAL_BYTES_KEY).or_backend()?.map(|v| v.value());
+        let summed = u64::try_from(auditor.audit.node_bytes).unwrap_or(u64::MAX);
+        if kept != Some(summed) {
+            auditor.problem(format!(
+                "total bytes kept as {kept:?}, the nodes' totals add up to {summed}"
+            ));
+        }
         Ok(auditor.audit)
     }
 }
@@ -588,6 +620,18 @@ impl Store for RedbStore {
             }
             let mut non_billable = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             add_daily(&mut non_billable, space_days(&summed.non_billable))?;
+            let mut meta = tx.open_table(META).or_backend()?;
+            let non_billable_bytes = summed
+                .non_billable
+                .values()
+                .fold(0u64, |sum, b| sum.saturating_add(*b));
+            for (key, bytes) in [
+                (TOTAL_BYTES_KEY, c.total_bytes),
+                (NON_BILLABLE_BYTES_KEY, non_billable_bytes),
+            ] {
+                let now = meta.get(key).or_backend()?.map_or(0, |v| v.value());
+                meta.insert(key, now.saturating_add(bytes)).or_backend()?;
+            }
 
             save(
                 &mut records,
@@ -688,19 +732,28 @@ impl Store for RedbStore {
     }
 
     fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
-        let mut map = BTreeMap::from([(
-            "provider".to_string(),
-            Ipld::String(entry.provider.to_string()),
-        )]);
-        if let Some(customer) = &entry.customer {
-            map.insert("customer".into(), Ipld::String(customer.to_string()));
-        }
-        let bytes = encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.put_spaces(std::slice::from_ref(entry))
+    }
+
+    fn put_spaces(&self, entries: &[SpaceEntry]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().or_backend()?;
-        tx.open_table(SPACES)
-            .or_backend()?
-            .insert(entry.space.as_str(), bytes.as_slice())
-            .or_backend()?;
+        {
+            let mut spaces = tx.open_table(SPACES).or_backend()?;
+            for entry in entries {
+                let mut map = BTreeMap::from([(
+                    "provider".to_string(),
+                    Ipld::String(entry.provider.to_string()),
+                )]);
+                if let Some(customer) = &entry.customer {
+                    map.insert("customer".into(), Ipld::String(customer.to_string()));
+                }
+                let bytes =
+                    encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                spaces
+                    .insert(entry.space.as_str(), bytes.as_slice())
+                    .or_backend()?;
+            }
+        }
         tx.commit().or_backend()
     }
 
@@ -891,21 +944,22 @@ impl Store for RedbStore {
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
-        let node_totals = tx.open_table(NODE_TOTALS).or_backend()?;
-        let mut total_bytes: u64 = 0;
-        for entry in node_totals.iter().or_backend()? {
-            let (_, bytes) = entry.or_backend()?;
-            total_bytes = total_bytes.saturating_add(bytes.value());
-        }
+        let meta = tx.open_table(META).or_backend()?;
+        let sum =
+            |key: &str| Ok::<_, StoreError>(meta.get(key).or_backend()?.map_or(0, |v| v.value()));
         Ok(StoreStats {
             records: tx.open_table(RECORDS).or_backend()?.len().or_backend()?,
             pending: tx.open_table(DUE).or_backend()?.len().or_backend()?,
             // One receipt per done record, keyed by its consolidate CID.
             concluded: tx.open_table(RECEIPTS).or_backend()?.len().or_backend()?,
             counted_receipts: tx.open_table(COUNTED).or_backend()?.len().or_backend()?,
-            nodes: node_totals.len().or_backend()?,
-            total_bytes,
-            non_billable_bytes: sum_values(&tx.open_table(NON_BILLABLE_DAILY).or_backend()?)?,
+            nodes: tx
+                .open_table(NODE_TOTALS)
+                .or_backend()?
+                .len()
+                .or_backend()?,
+            total_bytes: sum(TOTAL_BYTES_KEY)?,
+            non_billable_bytes: sum(NON_BILLABLE_BYTES_KEY)?,
         })
     }
 }
@@ -1022,16 +1076,6 @@ fn decode_space(space: &str, bytes: &[u8]) -> Result<SpaceEntry, StoreError> {
         provider: did("provider")?.ok_or_else(|| corrupt("no provider"))?,
         customer: did("customer")?,
     })
-}
-
-/// Σ of a `(DID, day) → bytes` table, saturating.
-fn sum_values(table: &redb::ReadOnlyTable<(&str, &str), u64>) -> Result<u64, StoreError> {
-    let mut total: u64 = 0;
-    for entry in table.iter().or_backend()? {
-        let (_, bytes) = entry.or_backend()?;
-        total = total.saturating_add(bytes.value());
-    }
-    Ok(total)
 }
 
 trait OrBackend<T> {

@@ -1555,7 +1555,21 @@ pub fn registered_spaces_are_kept_and_listed<S: TestStore>(make: &dyn Fn() -> S)
     assert_eq!(store.space(&space_a()).unwrap(), Some(a2));
     assert!(store.remove_space(&space_a()).unwrap());
     assert!(!store.remove_space(&space_a()).unwrap());
-    assert_eq!(store.spaces().unwrap(), vec![b]);
+    assert_eq!(store.spaces().unwrap(), vec![b.clone()]);
+    // Many at once: added, or replaced whole.
+    let many: Vec<SpaceEntry> = many_spaces(5)
+        .into_iter()
+        .chain([space_b()])
+        .map(|space| SpaceEntry {
+            space,
+            provider: provider.clone(),
+            customer: Some(account.clone()),
+        })
+        .collect();
+    store.put_spaces(&many).unwrap();
+    let mut expected = many.clone();
+    expected.sort_by(|x, y| x.space.as_str().cmp(y.space.as_str()));
+    assert_eq!(store.spaces().unwrap(), expected);
 }
 
 /// Non-billable bytes go to their own table: not in node or space totals,
