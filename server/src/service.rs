@@ -225,10 +225,13 @@ impl Tracker {
                 )
             }
         };
-        let admin = crate::admin::auth::Sessions::new(crate::admin::auth::Credentials {
-            user_password: settings.admin_login.clone(),
-            token: settings.admin_token.clone(),
-        });
+        let admin = crate::admin::auth::Sessions::new(
+            crate::admin::auth::Credentials {
+                user_password: settings.admin_login.clone(),
+                token: settings.admin_token.clone(),
+            },
+            ctx.store.clone(),
+        );
         Arc::new(Tracker {
             ctx,
             server,

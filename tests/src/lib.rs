@@ -238,3 +238,38 @@ pub async fn kill9(mut child: Child) {
 pub fn ucanto_bin() -> PathBuf {
     workspace_bin("ucanto", "ucanto")
 }
+
+/// The value of the cookie `name` a response sets, if it sets one.
+pub fn set_cookie_value(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+}
+
+/// Logs in to the dashboard at `url` (ending in `/`) through its form, as
+/// a browser would: the session cookie's value.
+pub async fn dashboard_login(url: &str, user: &str, password: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = client
+        .get(format!("{url}admin/login"))
+        .send()
+        .await
+        .unwrap();
+    let csrf = set_cookie_value(&form, "etracker_login").expect("login cookie");
+    let login = client
+        .post(format!("{url}admin/login"))
+        .header(reqwest::header::COOKIE, format!("etracker_login={csrf}"))
+        .form(&[("user", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    set_cookie_value(&login, "etracker_session").expect("logged in")
+}

@@ -100,9 +100,7 @@ async fn consolidate_with_token(url: &str) {
 
 /// Logs in through the form; the session cookie's value.
 async fn log_in(url: &str, user: &str, password: &str) -> String {
-    let (csrf, cookie) = login_form(url).await;
-    let login = post_login(url, user, password, &csrf, Some(&cookie), false).await;
-    cookie_value(&set_cookie(&login, "etracker_session").expect("logged in"))
+    etracker_e2e::dashboard_login(url, user, password).await
 }
 
 #[tokio::test]

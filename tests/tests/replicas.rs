@@ -81,6 +81,8 @@ async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, St
         .arg("--data-dir")
         .arg(data_dir)
         .env("ETRACKER_REPLICA", name)
+        .env("ETRACKER_ADMIN_USER", "ops")
+        .env("ETRACKER_ADMIN_PASSWORD", "replicas share this")
         // Conflicts between batches sharing a retrieval are expected here.
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
@@ -354,4 +356,57 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
     }
     assert_eq!(space_total, expected, "alice's space total");
     assert_eq!(stats.total_bytes, expected);
+}
+
+/// A dashboard login on one replica is a session on the others, and a
+/// logout on any ends it on all (sessions live in the shared table).
+#[tokio::test]
+async fn dashboard_sessions_hold_across_replicas() {
+    let table = Table {
+        endpoint: std::env::var("ETRACKER_TEST_DYNAMODB")
+            .expect("ETRACKER_TEST_DYNAMODB is unset: scripts/test.sh starts moto and sets it"),
+        prefix: format!("sessions{}-{}-", std::process::id(), ucanto::ucan::now()),
+    };
+    let (a, url_a) = start_replica(&table, "replica-a", &temp_dir("sessions-a")).await;
+    let (b, url_b) = start_replica(&table, "replica-b", &temp_dir("sessions-b")).await;
+    let session = etracker_e2e::dashboard_login(&url_a, "ops", "replicas share this").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let overview = |url: &str| {
+        client
+            .get(format!("{url}admin"))
+            .header(
+                reqwest::header::COOKIE,
+                format!("etracker_session={session}"),
+            )
+            .send()
+    };
+    let on_b = overview(&url_b).await.unwrap();
+    assert_eq!(on_b.status(), 200, "the session opens replica b");
+    let html = on_b.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the logout form's token")
+        .to_string();
+    let logout = client
+        .post(format!("{url_b}admin/logout"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("etracker_session={session}"),
+        )
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 303);
+    for url in [&url_a, &url_b] {
+        let after = overview(url).await.unwrap();
+        assert_eq!(after.status(), 303, "logged out on {url}");
+    }
+    etracker_e2e::kill9(a).await;
+    etracker_e2e::kill9(b).await;
 }

@@ -2,10 +2,11 @@
 //! `ETRACKER_ADMIN_PASSWORD` (or the admin token as the password), a
 //! session cookie, a CSRF token per session, and a limit on wrong guesses.
 //!
-//! - Sessions live in this process (a restart, or another replica, asks to
-//!   log in again) and end after [`SESSION_SECS`] or at logout. The cookie
-//!   holds 32 random bytes; the table keeps only their SHA-256, so a memory
-//!   dump does not hand out live sessions.
+//! - Sessions live in the store, so that every replica knows them, a
+//!   restart keeps them and a logout ends them everywhere; they end after
+//!   [`SESSION_SECS`] or at logout. The cookie holds 32 random bytes; the
+//!   store keeps only their SHA-256, so reading it (or a backup) does not
+//!   hand out live sessions.
 //! - The cookie is `HttpOnly`, `SameSite=Strict`, `Path=/admin`, and
 //!   `Secure` when the request came over https (a proxy in front says so
 //!   with `X-Forwarded-Proto: https`).
@@ -16,18 +17,22 @@
 //!   by its /64, which one host usually has whole): after [`MAX_FAILURES`]
 //!   in [`FAILURE_WINDOW_SECS`], logins from it are refused with 429 until
 //!   the window passes, right or wrong. There is no limit over all
-//!   addresses: a stranger could then lock the operators out.
+//!   addresses: a stranger could then lock the operators out. The counts
+//!   are per process: N replicas behind one balancer allow N times the
+//!   guesses.
 //! - The admin token (`Authorization: Bearer`) also opens the JSON API, for
 //!   scripts and the CLI; no cookie, so no CSRF exposure.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
+
+use crate::store::{Store, StoredSession};
 
 /// Seconds a session lasts.
 pub const SESSION_SECS: u64 = 12 * 3600;
@@ -35,8 +40,6 @@ pub const SESSION_SECS: u64 = 12 * 3600;
 pub const MAX_FAILURES: u32 = 5;
 /// The window of the failure counts, seconds.
 pub const FAILURE_WINDOW_SECS: u64 = 300;
-/// Sessions kept at most (the oldest go first).
-const MAX_SESSIONS: usize = 10_000;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "etracker_session";
@@ -106,7 +109,6 @@ pub struct Session {
     pub user: String,
     /// The token every form of this session must carry.
     pub csrf: String,
-    expires: Instant,
 }
 
 /// What a login attempt came to.
@@ -120,13 +122,15 @@ pub enum Login {
     Limited(u64),
     /// The form's CSRF token does not match its cookie.
     Forged,
+    /// The store could not keep the session: try again later.
+    Unavailable,
 }
 
-/// Sessions and failure counts of one tracker process.
-#[derive(Debug, Default)]
+/// The dashboard's logins: credentials, sessions (in the store) and this
+/// process's counts of wrong guesses.
 pub struct Sessions {
     credentials: Credentials,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    store: Arc<dyn Store>,
     failures: Mutex<Failures>,
 }
 
@@ -155,11 +159,12 @@ fn client(address: Option<IpAddr>) -> IpAddr {
 }
 
 impl Sessions {
-    /// Sessions for `credentials`.
-    pub fn new(credentials: Credentials) -> Self {
+    /// Sessions for `credentials`, kept in `store`.
+    pub fn new(credentials: Credentials, store: Arc<dyn Store>) -> Self {
         Sessions {
             credentials,
-            ..Default::default()
+            store,
+            failures: Mutex::default(),
         }
     }
 
@@ -170,7 +175,7 @@ impl Sessions {
 
     /// A login attempt from `address` with the form's fields and the login
     /// cookie (`csrf_cookie`).
-    pub fn login(
+    pub async fn login(
         &self,
         address: Option<IpAddr>,
         user: &str,
@@ -192,41 +197,49 @@ impl Sessions {
             return Login::Refused;
         }
         let token = random_token();
-        let session = Session {
+        let session = StoredSession {
             user: user.to_string(),
             csrf: random_token(),
-            expires: now + Duration::from_secs(SESSION_SECS),
+            expires_at: ucanto::ucan::now() + SESSION_SECS,
         };
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| *k)
-            {
-                sessions.remove(&oldest);
+        let id = digest(&token);
+        match crate::store::blocking(self.store.clone(), move |s| s.put_session(&id, &session))
+            .await
+        {
+            Ok(()) => Login::Session(token),
+            Err(e) => {
+                tracing::error!(error = %e, "dashboard: cannot keep a session");
+                Login::Unavailable
             }
         }
-        sessions.insert(digest(&token), session);
-        Login::Session(token)
     }
 
-    /// The live session of the request's session cookie.
-    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let token = cookie(headers, SESSION_COOKIE)?;
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions
-            .get(&digest(token))
-            .filter(|s| s.expires > Instant::now())
-            .cloned()
+    /// The live session of the request's session cookie (none when the
+    /// store cannot say: the page then asks to log in).
+    pub async fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let id = digest(cookie(headers, SESSION_COOKIE)?);
+        let now = ucanto::ucan::now();
+        match crate::store::blocking(self.store.clone(), move |s| s.session(&id, now)).await {
+            Ok(found) => found.map(|s| Session {
+                user: s.user,
+                csrf: s.csrf,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "dashboard: cannot read a session");
+                None
+            }
+        }
     }
 
-    /// Ends the request's session.
-    pub fn logout(&self, headers: &HeaderMap) {
+    /// Ends the request's session, on every replica.
+    pub async fn logout(&self, headers: &HeaderMap) {
         if let Some(token) = cookie(headers, SESSION_COOKIE) {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            sessions.remove(&digest(token));
+            let id = digest(token);
+            if let Err(e) =
+                crate::store::blocking(self.store.clone(), move |s| s.remove_session(&id)).await
+            {
+                tracing::error!(error = %e, "dashboard: cannot end a session");
+            }
         }
     }
 
@@ -296,11 +309,16 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String
 mod tests {
     use super::*;
 
-    fn sessions() -> Sessions {
-        Sessions::new(Credentials {
+    fn credentials() -> Credentials {
+        Credentials {
             user_password: Some(("ops".into(), "correct horse".into())),
             token: Some("admin-token".into()),
-        })
+        }
+    }
+
+    fn sessions() -> Sessions {
+        let store = crate::store::redb::RedbStore::in_memory().unwrap();
+        Sessions::new(credentials(), Arc::new(store))
     }
 
     fn with_cookie(name: &str, value: &str) -> HeaderMap {
@@ -312,87 +330,133 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn right_credentials_or_the_token_open_a_session() {
+    #[tokio::test]
+    async fn right_credentials_or_the_token_open_a_session() {
         let s = sessions();
         let ip = Some("10.0.0.1".parse().unwrap());
-        let Login::Session(token) = s.login(ip, "ops", "correct horse", "x", Some("x")) else {
+        let Login::Session(token) = s.login(ip, "ops", "correct horse", "x", Some("x")).await
+        else {
             panic!("refused");
         };
-        let session = s.session(&with_cookie(SESSION_COOKIE, &token)).unwrap();
+        let session = s
+            .session(&with_cookie(SESSION_COOKIE, &token))
+            .await
+            .unwrap();
         assert_eq!(session.user, "ops");
         assert_eq!(session.csrf.len(), 64);
         assert!(matches!(
-            s.login(ip, "anyone", "admin-token", "y", Some("y")),
+            s.login(ip, "anyone", "admin-token", "y", Some("y")).await,
             Login::Session(_)
         ));
-        s.logout(&with_cookie(SESSION_COOKIE, &token));
-        assert!(s.session(&with_cookie(SESSION_COOKIE, &token)).is_none());
+        s.logout(&with_cookie(SESSION_COOKIE, &token)).await;
+        assert!(s
+            .session(&with_cookie(SESSION_COOKIE, &token))
+            .await
+            .is_none());
     }
 
-    #[test]
-    fn wrong_or_forged_logins_are_refused() {
+    #[tokio::test]
+    async fn wrong_or_forged_logins_are_refused() {
         let s = sessions();
         let ip = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(s.login(ip, "ops", "wrong", "x", Some("x")), Login::Refused);
         assert_eq!(
-            s.login(ip, "root", "correct horse", "x", Some("x")),
+            s.login(ip, "ops", "wrong", "x", Some("x")).await,
+            Login::Refused
+        );
+        assert_eq!(
+            s.login(ip, "root", "correct horse", "x", Some("x")).await,
             Login::Refused
         );
         // No login cookie, or one that differs from the form's token.
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "x", None),
+            s.login(ip, "ops", "correct horse", "x", None).await,
             Login::Forged
         );
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "x", Some("y")),
+            s.login(ip, "ops", "correct horse", "x", Some("y")).await,
             Login::Forged
         );
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "", Some("")),
+            s.login(ip, "ops", "correct horse", "", Some("")).await,
             Login::Forged
         );
         assert!(s
             .session(&with_cookie(SESSION_COOKIE, "0".repeat(64).as_str()))
+            .await
             .is_none());
-        let none = Sessions::new(Credentials::default());
-        assert_eq!(none.login(ip, "", "", "x", Some("x")), Login::Refused);
+        let store = crate::store::redb::RedbStore::in_memory().unwrap();
+        let none = Sessions::new(Credentials::default(), Arc::new(store));
+        assert_eq!(none.login(ip, "", "", "x", Some("x")).await, Login::Refused);
     }
 
-    #[test]
-    fn guessing_is_limited_per_client() {
+    #[tokio::test]
+    async fn guessing_is_limited_per_client() {
         let s = sessions();
         let guesser = Some("10.0.0.3".parse().unwrap());
         for _ in 0..MAX_FAILURES {
             assert_eq!(
-                s.login(guesser, "ops", "guess", "x", Some("x")),
+                s.login(guesser, "ops", "guess", "x", Some("x")).await,
                 Login::Refused
             );
         }
         // Now even the right password waits.
         assert!(matches!(
-            s.login(guesser, "ops", "correct horse", "x", Some("x")),
+            s.login(guesser, "ops", "correct horse", "x", Some("x")).await,
             Login::Limited(wait) if wait > 0 && wait <= FAILURE_WINDOW_SECS
         ));
         // Another address is not held back by it.
         let other = Some("10.0.0.4".parse().unwrap());
         assert!(matches!(
-            s.login(other, "ops", "correct horse", "x", Some("x")),
+            s.login(other, "ops", "correct horse", "x", Some("x")).await,
             Login::Session(_)
         ));
         // An IPv6 host cannot dodge the limit by changing the low 64 bits.
         for i in 0..MAX_FAILURES {
             let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
             assert_eq!(
-                s.login(Some(ip), "ops", "guess", "x", Some("x")),
+                s.login(Some(ip), "ops", "guess", "x", Some("x")).await,
                 Login::Refused
             );
         }
         let next: IpAddr = "2001:db8::ffff:1".parse().unwrap();
         assert!(matches!(
-            s.login(Some(next), "ops", "correct horse", "x", Some("x")),
+            s.login(Some(next), "ops", "correct horse", "x", Some("x"))
+                .await,
             Login::Limited(_)
         ));
+    }
+
+    /// Two replicas on one store: a login on one is a session on the
+    /// other, and a logout on either ends it on both; an expired session
+    /// opens nothing.
+    #[tokio::test]
+    async fn replicas_share_sessions_through_the_store() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::redb::RedbStore::in_memory().unwrap());
+        let a = Sessions::new(credentials(), store.clone());
+        let b = Sessions::new(credentials(), store.clone());
+        let ip = Some("10.0.0.5".parse().unwrap());
+        let Login::Session(token) = a.login(ip, "ops", "correct horse", "x", Some("x")).await
+        else {
+            panic!("refused");
+        };
+        let cookie = with_cookie(SESSION_COOKIE, &token);
+        let on_a = a.session(&cookie).await.unwrap();
+        let on_b = b.session(&cookie).await.unwrap();
+        assert_eq!((on_a.user, on_a.csrf), (on_b.user, on_b.csrf));
+        b.logout(&cookie).await;
+        assert!(a.session(&cookie).await.is_none());
+
+        let old = random_token();
+        let expired = StoredSession {
+            user: "ops".into(),
+            csrf: random_token(),
+            expires_at: ucanto::ucan::now() - 1,
+        };
+        store.put_session(&digest(&old), &expired).unwrap();
+        assert!(a
+            .session(&with_cookie(SESSION_COOKIE, &old))
+            .await
+            .is_none());
     }
 
     #[test]

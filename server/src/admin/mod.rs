@@ -133,13 +133,16 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let outcome = tracker.admin().login(
-        address,
-        &form.user,
-        &form.password,
-        &form.csrf,
-        auth::cookie(&headers, LOGIN_COOKIE),
-    );
+    let outcome = tracker
+        .admin()
+        .login(
+            address,
+            &form.user,
+            &form.password,
+            &form.csrf,
+            auth::cookie(&headers, LOGIN_COOKIE),
+        )
+        .await;
     match outcome {
         Login::Session(token) => {
             let secure = auth::over_https(&headers);
@@ -169,6 +172,12 @@ async fn login(
             StatusCode::FORBIDDEN,
             Some("The form expired: log in again."),
         ),
+        Login::Unavailable => login_page(
+            &tracker,
+            &headers,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("The tracker cannot keep sessions right now: try again shortly."),
+        ),
         Login::Limited(wait) => {
             let mut response = login_page(
                 &tracker,
@@ -193,7 +202,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(session) = tracker.admin().session(&headers) else {
+    let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
     if !auth::constant_time_eq(session.csrf.as_bytes(), form.csrf.as_bytes()) {
@@ -202,7 +211,7 @@ async fn logout(
             page("Forbidden", Some(&session.csrf), "<p>Bad form token.</p>"),
         );
     }
-    tracker.admin().logout(&headers);
+    tracker.admin().logout(&headers).await;
     let mut response = Redirect::to("/admin/login").into_response();
     let cookie = auth::set_cookie(SESSION_COOKIE, "", 0, auth::over_https(&headers));
     add_cookie(&mut response, &cookie);
@@ -289,8 +298,9 @@ fn to_login() -> Response {
 }
 
 /// Whether an API request is allowed: a session, or the admin token.
-fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
-    tracker.admin().credentials().bearer(headers) || tracker.admin().session(headers).is_some()
+async fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
+    tracker.admin().credentials().bearer(headers)
+        || tracker.admin().session(headers).await.is_some()
 }
 
 /// Days the charts and the spaces' egress cover, today included.
@@ -390,7 +400,7 @@ fn unavailable() -> Response {
 
 /// `GET /admin`.
 async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
-    let Some(session) = tracker.admin().session(&headers) else {
+    let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
     let Ok(Overview {
@@ -528,7 +538,7 @@ fn pending_json(r: &EgressRecord) -> serde_json::Value {
 
 /// `GET /admin/api/overview`.
 async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
-    if !api_allowed(&tracker, &headers) {
+    if !api_allowed(&tracker, &headers).await {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     match overview_data(&tracker).await {

@@ -57,7 +57,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Some(session) = tracker.admin().session(&headers) else {
+    let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
     let Some(rows) = rows(&tracker, &query).await else {
@@ -114,7 +114,7 @@ pub(super) async fn api_list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if !api_allowed(&tracker, &headers) {
+    if !api_allowed(&tracker, &headers).await {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let Some(rows) = rows(&tracker, &query).await else {
@@ -169,7 +169,7 @@ pub(super) async fn show(
     Path(did): Path<String>,
     Query(query): Query<NodeQuery>,
 ) -> Response {
-    let Some(session) = tracker.admin().session(&headers) else {
+    let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
     let Ok(node) = Did::parse(&did) else {
@@ -244,7 +244,7 @@ pub(super) async fn api_show(
     Path(did): Path<String>,
     Query(query): Query<NodeQuery>,
 ) -> Response {
-    if !api_allowed(&tracker, &headers) {
+    if !api_allowed(&tracker, &headers).await {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let Ok(node) = Did::parse(&did) else {

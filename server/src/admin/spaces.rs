@@ -92,7 +92,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Some(session) = tracker.admin().session(&headers) else {
+    let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
     let Some(rows) = rows(&tracker, &query).await else {
@@ -160,7 +160,7 @@ pub(super) async fn api_list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if !api_allowed(&tracker, &headers) {
+    if !api_allowed(&tracker, &headers).await {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let Some(rows) = rows(&tracker, &query).await else {

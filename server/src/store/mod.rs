@@ -363,6 +363,22 @@ pub enum ConcludeOutcome {
     },
 }
 
+/// A dashboard login, kept in the store so that every replica knows it and
+/// a logout ends it everywhere. Stored under the SHA-256 of its cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Who logged in.
+    pub user: String,
+    /// The token every form of the session must carry.
+    pub csrf: String,
+    /// When it ends (unix seconds).
+    pub expires_at: u64,
+}
+
+/// Sessions a store keeps at most, where it can count them (redb); the
+/// soonest to expire go first.
+pub const MAX_SESSIONS: usize = 10_000;
+
 /// Counters for metrics and the admin page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -698,6 +714,16 @@ pub trait Store: Send + Sync + 'static {
     /// it does not visit every node.
     fn egress_by_day(&self, from_day: &str, to_day: &str)
         -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Keeps dashboard session `id` (the SHA-256 of its cookie), dropping
+    /// expired ones (and, past [`MAX_SESSIONS`], the soonest to expire).
+    fn put_session(&self, id: &[u8; 32], session: &StoredSession) -> Result<(), StoreError>;
+
+    /// Session `id` unless it expired by `now` (unix seconds).
+    fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<StoredSession>, StoreError>;
+
+    /// Ends session `id` (nothing when there is none).
+    fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError>;
 
     /// Number of pending records (`etracker_unprocessed_batches_total`).
     fn pending_count(&self) -> Result<u64, StoreError>;

@@ -8,13 +8,13 @@
 //!
 //! # Format
 //!
-//! File `<dir>/etracker.redb`, format 1 (`meta["format"]`; another value is
+//! File `<dir>/etracker.redb`, format 2 (`meta["format"]`; another value is
 //! refused at open rather than misread). CIDs are stored as their binary form
 //! (`Cid::to_bytes`), DIDs and days (`YYYY-MM-DD`) as UTF-8.
 //!
 //! | table         | key                                        | value                         |
 //! |---------------|--------------------------------------------|-------------------------------|
-//! | `meta`        | `&str` (`"format"`)                        | `u64` (1)                     |
+//! | `meta`        | `"format"`, `"total_bytes"`, `"non_billable_bytes"` | `u64` (2; running sums) |
 //! | `records`     | batch CID                                  | record, dag-cbor (below)      |
 //! | `due`         | `(due_at u64, received_at u64, batch CID)` | `()`                          |
 //! | `receipts`    | consolidate invocation CID                 | receipt CAR bytes             |
@@ -25,6 +25,14 @@
 //! | `non_billable_daily` | `(space DID, day)`                  | `u64` bytes, not billed       |
 //! | `spaces`      | space DID                                  | `{provider, customer?}`       |
 //! | `staged_chunks` | `(batch CID, chunk CID)`                 | tally chunk bytes             |
+//! | `egress_daily` | day                                       | `u64` bytes of all nodes      |
+//! | `node_batches` | `(node DID, received_at, batch CID)`      | `()`                          |
+//! | `rejections`  | `"failed"`, `"name:<error>"`               | `u64` count                   |
+//! | `billed_spaces` | space DID                                | `()`                          |
+//! | `sessions`    | SHA-256 of a dashboard session's cookie    | `{user, csrf, expires_at}`    |
+//!
+//! Tables and sums added after a store was made are filled in from what it
+//! holds when it is opened.
 //!
 //! `due` is the sparse index of pending records, keyed by the time each
 //! becomes leasable (`max(next_attempt_at, lease.until)`), so leasing is a
@@ -64,7 +72,7 @@ use super::group_commit::GroupCommit;
 use super::{
     check_conclusion, check_day_range, lease_end, ConcludeOutcome, Conclusion, EgressRecord, Lease,
     NewRecord, PutOutcome, RecordStatus, Rejections, Retry, SpaceEntry, Store, StoreError,
-    StoreStats,
+    StoreStats, StoredSession,
 };
 
 /// Name of the database file inside the data directory.
@@ -108,6 +116,10 @@ const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejections"
 /// Spaces with billable egress counted: the spaces page lists them, whether
 /// or not they are in the registry (a consumer table, or any space).
 const BILLED_SPACES: TableDefinition<&str, ()> = TableDefinition::new("billed_spaces");
+
+/// SHA-256 of a dashboard session's cookie → dag-cbor
+/// `{user, csrf, expires_at}`.
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 
 /// The [`Store`] on an embedded redb database.
 pub struct RedbStore {
@@ -231,6 +243,7 @@ impl RedbStore {
             tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
             tx.open_table(SPACES).or_backend()?;
             tx.open_table(REJECTIONS).or_backend()?;
+            tx.open_table(SESSIONS).or_backend()?;
             let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
             if node_batches.is_empty().or_backend()? {
                 // A store from before the table: index what it holds.
@@ -942,6 +955,60 @@ impl Store for RedbStore {
         due.len().or_backend()
     }
 
+    fn put_session(&self, id: &[u8; 32], session: &StoredSession) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        {
+            let mut sessions = tx.open_table(SESSIONS).or_backend()?;
+            // Few (operators' logins): the whole table is read to drop the
+            // expired ones, and the soonest to expire past the cap.
+            let mut kept = Vec::new();
+            for entry in sessions.iter().or_backend()? {
+                let (key, value) = entry.or_backend()?;
+                let expires_at = decode_session(value.value())?.expires_at;
+                kept.push((expires_at, key.value().to_vec()));
+            }
+            kept.sort();
+            let now = ucanto::ucan::now();
+            let full = kept.len().saturating_sub(super::MAX_SESSIONS - 1);
+            for (i, (expires_at, key)) in kept.iter().enumerate() {
+                if *expires_at <= now || i < full {
+                    sessions.remove(key.as_slice()).or_backend()?;
+                }
+            }
+            let value = encode_cbor(&Ipld::Map(BTreeMap::from([
+                ("user".to_string(), Ipld::String(session.user.clone())),
+                ("csrf".to_string(), Ipld::String(session.csrf.clone())),
+                (
+                    "expires_at".to_string(),
+                    Ipld::Integer(session.expires_at.into()),
+                ),
+            ])))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sessions
+                .insert(id.as_slice(), value.as_slice())
+                .or_backend()?;
+        }
+        tx.commit().or_backend()
+    }
+
+    fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<StoredSession>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let sessions = tx.open_table(SESSIONS).or_backend()?;
+        let Some(value) = sessions.get(id.as_slice()).or_backend()? else {
+            return Ok(None);
+        };
+        Ok(Some(decode_session(value.value())?).filter(|s| s.expires_at > now))
+    }
+
+    fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        tx.open_table(SESSIONS)
+            .or_backend()?
+            .remove(id.as_slice())
+            .or_backend()?;
+        tx.commit().or_backend()
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let meta = tx.open_table(META).or_backend()?;
@@ -1056,6 +1123,27 @@ fn space_days(
 ) -> impl Iterator<Item = (&str, &str, u64)> + '_ {
     sums.iter()
         .map(|((space, day), bytes)| (space.as_str(), day.as_str(), *bytes))
+}
+
+/// A dashboard session from its stored form.
+fn decode_session(bytes: &[u8]) -> Result<StoredSession, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("session: {why}"));
+    let Ipld::Map(map) = decode_cbor(bytes).map_err(|e| corrupt(&e.to_string()))? else {
+        return Err(corrupt("not a map"));
+    };
+    let text = |key: &str| match map.get(key) {
+        Some(Ipld::String(s)) => Ok(s.clone()),
+        _ => Err(corrupt(&format!("no {key}"))),
+    };
+    let expires_at = match map.get("expires_at") {
+        Some(Ipld::Integer(n)) => u64::try_from(*n).map_err(|_| corrupt("bad expires_at"))?,
+        _ => return Err(corrupt("no expires_at")),
+    };
+    Ok(StoredSession {
+        user: text("user")?,
+        csrf: text("csrf")?,
+        expires_at,
+    })
 }
 
 /// A registry entry from its stored form.

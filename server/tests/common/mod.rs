@@ -77,6 +77,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn sessions_are_kept_until_they_end() {
+            common::sessions_are_kept_until_they_end(&$make);
+        }
+
+        #[test]
         fn billed_spaces_are_listed() {
             common::billed_spaces_are_listed(&$make);
         }
@@ -405,6 +410,39 @@ pub fn spaces_are_listed_by_page<S: TestStore>(make: &dyn Fn() -> S) {
         entries[1..2]
     );
     assert!(store.spaces_page("did:web:", None, 10).unwrap().is_empty());
+}
+
+/// A dashboard session is read back until it ends or is removed; another
+/// session is untouched by either.
+pub fn sessions_are_kept_until_they_end<S: TestStore>(make: &dyn Fn() -> S) {
+    use etracker_server::store::StoredSession;
+    let store = make();
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    // Real times: a store may drop the sessions that ended by its clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let session = |csrf: &str, expires_at| StoredSession {
+        user: "ops".into(),
+        csrf: csrf.into(),
+        expires_at,
+    };
+    assert_eq!(store.session(&a, now).unwrap(), None);
+    store.put_session(&a, &session("ca", now + 1_000)).unwrap();
+    store.put_session(&b, &session("cb", now + 2_000)).unwrap();
+    assert_eq!(
+        store.session(&a, now + 999).unwrap(),
+        Some(session("ca", now + 1_000))
+    );
+    assert_eq!(store.session(&a, now + 1_000).unwrap(), None);
+    store.remove_session(&b).unwrap();
+    assert_eq!(store.session(&b, now).unwrap(), None);
+    assert_eq!(
+        store.session(&a, now).unwrap(),
+        Some(session("ca", now + 1_000))
+    );
+    store.remove_session(&b).unwrap();
 }
 
 /// Spaces with billable egress are listed in DID order, by prefix and page,

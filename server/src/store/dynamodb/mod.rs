@@ -24,6 +24,7 @@
 //! - `conclude.rs`: the conclude chain (claims, fence, final flip);
 //! - `staged.rs`, `spaces.rs`, `totals.rs`: staged tally chunks, the space
 //!   registry, and reads of the totals;
+//! - `sessions.rs`: dashboard sessions, one item each with a `ttl`;
 //! - `audit.rs`: the consistency check of a whole table.
 //!
 //! # Access patterns and their cost
@@ -84,6 +85,7 @@ mod conclude;
 mod items;
 mod records;
 mod requests;
+mod sessions;
 mod spaces;
 mod staged;
 mod table;
@@ -305,6 +307,18 @@ impl Store for DynamoStore {
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
         self.node_batch_records(node, before, limit)
+    }
+
+    fn put_session(&self, id: &[u8; 32], session: &super::StoredSession) -> Result<(), StoreError> {
+        self.put_session_item(id, session)
+    }
+
+    fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<super::StoredSession>, StoreError> {
+        self.session_item(id, now)
+    }
+
+    fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        self.remove_session_item(id)
     }
 
     fn rejections(&self) -> Result<super::Rejections, StoreError> {
