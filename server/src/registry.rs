@@ -58,13 +58,7 @@ impl SpaceRegistry for StoreRegistry {
     }
 
     fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
-        Ok(self
-            .0
-            .spaces()?
-            .into_iter()
-            .filter(|entry| entry.customer.as_ref() == Some(account))
-            .map(|entry| entry.space)
-            .collect())
+        self.0.customer_spaces(account)
     }
 }
 

@@ -25,7 +25,8 @@ common::scenarios!(store);
 // ---------------------------------------------------------------- durability
 
 /// A store made before the all-nodes egress table, the list of billed
-/// spaces and the running byte sums gets them filled in when opened.
+/// spaces, the customer index and the running byte sums gets them filled in
+/// when opened.
 #[test]
 fn older_stores_get_their_new_tables_filled_in() {
     let dir = TempDir::new("egress-backfill");
@@ -41,6 +42,13 @@ fn older_stores_get_their_new_tables_filled_in() {
             &[1],
         );
         store.conclude(&c).unwrap();
+        store
+            .put_space(&etracker_server::store::SpaceEntry {
+                space: space_a(),
+                provider: node(),
+                customer: Some(mallory()),
+            })
+            .unwrap();
     }
     {
         // As the previous version left it: no such table.
@@ -50,6 +58,9 @@ fn older_stores_get_their_new_tables_filled_in() {
         let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("egress_daily");
         assert!(tx.delete_table(table).unwrap());
         let table: redb::TableDefinition<&str, ()> = redb::TableDefinition::new("billed_spaces");
+        assert!(tx.delete_table(table).unwrap());
+        let table: redb::TableDefinition<(&str, &str), ()> =
+            redb::TableDefinition::new("customer_spaces");
         assert!(tx.delete_table(table).unwrap());
         {
             let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
@@ -71,6 +82,7 @@ fn older_stores_get_their_new_tables_filled_in() {
     billed.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(store.billed_spaces_page("", None, 10).unwrap(), billed);
     assert_eq!(store.stats().unwrap().total_bytes, 30);
+    assert_eq!(store.customer_spaces(&mallory()).unwrap(), [space_a()]);
     consistent(&store);
 }
 

@@ -98,6 +98,18 @@ async fn consolidate_with_token(url: &str) {
     assert_eq!(run.status(), StatusCode::OK);
 }
 
+/// `GET <url>admin/api/<path>` with the admin token, as JSON.
+async fn api_json(url: &str, path: &str) -> serde_json::Value {
+    let response = client()
+        .get(format!("{url}admin/api/{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
 /// Logs in through the form; the session cookie's value.
 async fn log_in(url: &str, user: &str, password: &str) -> String {
     etracker_e2e::dashboard_login(url, user, password).await
@@ -395,15 +407,7 @@ async fn spaces_are_listed_with_customers_and_costs() {
     let (receipts, total) = good_receipts(3, "admin-spaces");
     track_batch(&t, &server, &endpoint, &node(), batch(&receipts)).await;
     consolidate_with_token(&t.url).await;
-    let usage: serde_json::Value = client()
-        .get(format!("{}admin/api/usage", t.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = api_json(&t.url, "usage").await;
     let spaces = usage["spaces"].as_array().unwrap();
     assert_eq!(spaces.len(), 1);
     let alice = etracker_e2e::alice().did().as_str().to_string();
@@ -487,22 +491,8 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
     consolidate_with_token(&t.url).await;
     assert_eq!(t.store.node_total(node().did()).unwrap(), total);
 
-    let listed = |query: &'static str| {
-        let url = format!("{}admin/api/usage{query}", t.url);
-        async move {
-            let usage: serde_json::Value = client()
-                .get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            usage["spaces"].as_array().unwrap().clone()
-        }
-    };
-    let spaces = listed("").await;
+    let usage = api_json(&t.url, "usage").await;
+    let spaces = usage["spaces"].as_array().unwrap();
     let alice = etracker_e2e::alice().did().as_str().to_string();
     let alice = alice.as_str();
     let mut expected = vec![alice, idle.as_str()];
@@ -523,15 +513,7 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
     );
     // Search by prefix finds alice alone.
     let prefix = &alice[..alice.len() - 3];
-    let found = client()
-        .get(format!("{}admin/api/usage?q={prefix}", t.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let found = api_json(&t.url, &format!("usage?q={prefix}")).await;
     assert_eq!(found["spaces"].as_array().unwrap().len(), 1);
     assert_eq!(found["spaces"][0]["space"], alice);
 }

@@ -623,6 +623,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every registered space, in DID order.
     fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError>;
 
+    /// The registered spaces whose customer is `account`, in DID order
+    /// (read from an index: the cost grows with the account's spaces, not
+    /// the registry's).
+    fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError>;
+
     /// Non-billable bytes retrieved from `space` per day, `from_day` to
     /// `to_day` (exclusive), as [`Store::space_usage`].
     fn non_billable_usage(

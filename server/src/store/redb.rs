@@ -29,6 +29,7 @@
 //! | `node_batches` | `(node DID, received_at, batch CID)`      | `()`                          |
 //! | `rejections`  | `"failed"`, `"name:<error>"`               | `u64` count                   |
 //! | `billed_spaces` | space DID                                | `()`                          |
+//! | `customer_spaces` | `(customer DID, space DID)`            | `()`                          |
 //! | `sessions`    | SHA-256 of a dashboard session's cookie    | `{user, csrf, expires_at}`    |
 //!
 //! Tables and sums added after a store was made are filled in from what it
@@ -116,6 +117,10 @@ const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejections"
 /// Spaces with billable egress counted: the spaces page lists them, whether
 /// or not they are in the registry (a consumer table, or any space).
 const BILLED_SPACES: TableDefinition<&str, ()> = TableDefinition::new("billed_spaces");
+
+/// (customer DID, space DID) of every registered space with a customer:
+/// `account/egress/get` reads an account's spaces without reading them all.
+const CUSTOMER_SPACES: TableDefinition<(&str, &str), ()> = TableDefinition::new("customer_spaces");
 
 /// SHA-256 of a dashboard session's cookie → dag-cbor
 /// `{user, csrf, expires_at}`.
@@ -244,6 +249,20 @@ impl RedbStore {
             tx.open_table(SPACES).or_backend()?;
             tx.open_table(REJECTIONS).or_backend()?;
             tx.open_table(SESSIONS).or_backend()?;
+            let mut by_customer = tx.open_table(CUSTOMER_SPACES).or_backend()?;
+            if by_customer.is_empty().or_backend()? {
+                // A store from before the index: index its registry.
+                let spaces = tx.open_table(SPACES).or_backend()?;
+                for entry in spaces.iter().or_backend()? {
+                    let (space, bytes) = entry.or_backend()?;
+                    let entry = decode_space(space.value(), bytes.value())?;
+                    if let Some(customer) = &entry.customer {
+                        by_customer
+                            .insert((customer.as_str(), entry.space.as_str()), ())
+                            .or_backend()?;
+                    }
+                }
+            }
             let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
             if node_batches.is_empty().or_backend()? {
                 // A store from before the table: index what it holds.
@@ -752,6 +771,7 @@ impl Store for RedbStore {
         let tx = self.db.begin_write().or_backend()?;
         {
             let mut spaces = tx.open_table(SPACES).or_backend()?;
+            let mut by_customer = tx.open_table(CUSTOMER_SPACES).or_backend()?;
             for entry in entries {
                 let mut map = BTreeMap::from([(
                     "provider".to_string(),
@@ -762,9 +782,22 @@ impl Store for RedbStore {
                 }
                 let bytes =
                     encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                spaces
-                    .insert(entry.space.as_str(), bytes.as_slice())
-                    .or_backend()?;
+                let space = entry.space.as_str();
+                let old = spaces
+                    .insert(space, bytes.as_slice())
+                    .or_backend()?
+                    .map(|old| decode_space(space, old.value()))
+                    .transpose()?;
+                if let Some(customer) = old.and_then(|old| old.customer) {
+                    by_customer
+                        .remove((customer.as_str(), space))
+                        .or_backend()?;
+                }
+                if let Some(customer) = &entry.customer {
+                    by_customer
+                        .insert((customer.as_str(), space), ())
+                        .or_backend()?;
+                }
             }
         }
         tx.commit().or_backend()
@@ -772,14 +805,40 @@ impl Store for RedbStore {
 
     fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
         let tx = self.db.begin_write().or_backend()?;
-        let removed = tx
-            .open_table(SPACES)
-            .or_backend()?
-            .remove(space.as_str())
-            .or_backend()?
-            .is_some();
+        let removed = {
+            let mut spaces = tx.open_table(SPACES).or_backend()?;
+            let space = space.as_str();
+            let old = spaces
+                .remove(space)
+                .or_backend()?
+                .map(|old| decode_space(space, old.value()))
+                .transpose()?;
+            if let Some(customer) = old.as_ref().and_then(|old| old.customer.as_ref()) {
+                tx.open_table(CUSTOMER_SPACES)
+                    .or_backend()?
+                    .remove((customer.as_str(), space))
+                    .or_backend()?;
+            }
+            old.is_some()
+        };
         tx.commit().or_backend()?;
         Ok(removed)
+    }
+
+    fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let by_customer = tx.open_table(CUSTOMER_SPACES).or_backend()?;
+        let account = account.as_str();
+        let mut spaces = Vec::new();
+        for entry in by_customer.range((account, "")..).or_backend()? {
+            let (key, _) = entry.or_backend()?;
+            let (customer, space) = key.value();
+            if customer != account {
+                break;
+            }
+            spaces.push(super::parse_did(space)?);
+        }
+        Ok(spaces)
     }
 
     fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
@@ -844,18 +903,9 @@ impl Store for RedbStore {
     ) -> Result<Vec<SpaceEntry>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let spaces = tx.open_table(SPACES).or_backend()?;
-        let mut page = Vec::new();
-        for entry in spaces.range::<&str>(did_page(prefix, after)).or_backend()? {
-            if page.len() == limit {
-                break;
-            }
-            let (space, bytes) = entry.or_backend()?;
-            if !space.value().starts_with(prefix) {
-                break;
-            }
-            page.push(decode_space(space.value(), bytes.value())?);
-        }
-        Ok(page)
+        did_listing(&spaces, prefix, after, limit, |space, bytes| {
+            decode_space(space, bytes.value())
+        })
     }
 
     fn billed_spaces_page(
@@ -866,18 +916,9 @@ impl Store for RedbStore {
     ) -> Result<Vec<Did>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let billed = tx.open_table(BILLED_SPACES).or_backend()?;
-        let mut page = Vec::new();
-        for entry in billed.range::<&str>(did_page(prefix, after)).or_backend()? {
-            if page.len() == limit {
-                break;
-            }
-            let (space, _) = entry.or_backend()?;
-            if !space.value().starts_with(prefix) {
-                break;
-            }
-            page.push(super::parse_did(space.value())?);
-        }
-        Ok(page)
+        did_listing(&billed, prefix, after, limit, |space, _| {
+            super::parse_did(space)
+        })
     }
 
     fn nodes_page(
@@ -888,19 +929,9 @@ impl Store for RedbStore {
     ) -> Result<Vec<(Did, u64)>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let totals = tx.open_table(NODE_TOTALS).or_backend()?;
-        let mut page = Vec::new();
-        for entry in totals.range::<&str>(did_page(prefix, after)).or_backend()? {
-            if page.len() == limit {
-                break;
-            }
-            let (node, bytes) = entry.or_backend()?;
-            let node = node.value();
-            if !node.starts_with(prefix) {
-                break;
-            }
-            page.push((super::parse_did(node)?, bytes.value()));
-        }
-        Ok(page)
+        did_listing(&totals, prefix, after, limit, |node, bytes| {
+            Ok((super::parse_did(node)?, bytes.value()))
+        })
     }
 
     fn node_batches(
@@ -1063,6 +1094,29 @@ fn did_page<'a>(prefix: &'a str, after: Option<&'a str>) -> (Bound<&'a str>, Bou
         Some(after) if after >= prefix => (Bound::Excluded(after), Bound::Unbounded),
         _ => (Bound::Included(prefix), Bound::Unbounded),
     }
+}
+
+/// A page of a table keyed by DID (see [`did_page`]): at most `limit`
+/// entries whose key starts with `prefix`, each made a row by `row`.
+fn did_listing<V: redb::Value + 'static, T>(
+    table: &impl ReadableTable<&'static str, V>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    mut row: impl FnMut(&str, redb::AccessGuard<'_, V>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut page = Vec::new();
+    for entry in table.range::<&str>(did_page(prefix, after)).or_backend()? {
+        if page.len() == limit {
+            break;
+        }
+        let (key, value) = entry.or_backend()?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        page.push(row(key.value(), value)?);
+    }
+    Ok(page)
 }
 
 fn add(a: u64, b: u64) -> Result<u64, StoreError> {

@@ -1581,6 +1581,8 @@ pub fn registered_spaces_are_kept_and_listed<S: TestStore>(make: &dyn Fn() -> S)
     store.put_space(&b).unwrap();
     store.put_space(&a).unwrap();
     assert_eq!(store.space(&space_a()).unwrap(), Some(a.clone()));
+    assert_eq!(store.customer_spaces(&account).unwrap(), [space_a()]);
+    assert!(store.customer_spaces(&provider).unwrap().is_empty());
     let mut expected = vec![a.clone(), b.clone()];
     expected.sort_by(|x, y| x.space.as_str().cmp(y.space.as_str()));
     assert_eq!(store.spaces().unwrap(), expected);
@@ -1591,6 +1593,21 @@ pub fn registered_spaces_are_kept_and_listed<S: TestStore>(make: &dyn Fn() -> S)
     };
     store.put_space(&a2).unwrap();
     assert_eq!(store.space(&space_a()).unwrap(), Some(a2));
+    assert!(store.customer_spaces(&account).unwrap().is_empty());
+    // Another customer takes it, then it goes: the index follows.
+    let other: Did = "did:mailto:example.com:bob".parse().unwrap();
+    store.put_space(&a).unwrap();
+    store
+        .put_space(&SpaceEntry {
+            customer: Some(other.clone()),
+            ..a.clone()
+        })
+        .unwrap();
+    assert!(store.customer_spaces(&account).unwrap().is_empty());
+    assert_eq!(store.customer_spaces(&other).unwrap(), [space_a()]);
+    assert!(store.remove_space(&space_a()).unwrap());
+    assert!(store.customer_spaces(&other).unwrap().is_empty());
+    store.put_space(&a).unwrap();
     assert!(store.remove_space(&space_a()).unwrap());
     assert!(!store.remove_space(&space_a()).unwrap());
     assert_eq!(store.spaces().unwrap(), vec![b.clone()]);
@@ -1608,6 +1625,8 @@ pub fn registered_spaces_are_kept_and_listed<S: TestStore>(make: &dyn Fn() -> S)
     let mut expected = many.clone();
     expected.sort_by(|x, y| x.space.as_str().cmp(y.space.as_str()));
     assert_eq!(store.spaces().unwrap(), expected);
+    let theirs: Vec<Did> = expected.into_iter().map(|e| e.space).collect();
+    assert_eq!(store.customer_spaces(&account).unwrap(), theirs);
 }
 
 /// Non-billable bytes go to their own table: not in node or space totals,

@@ -163,6 +163,13 @@ pub(super) fn space_entry_pk(space: &Did) -> String {
     format!("space-entry#{}", space.as_str())
 }
 
+/// The partition listing the spaces whose registry entry names `account`
+/// as customer (`sk` a space DID, no attributes). Entries may be stale (a
+/// customer changed): readers check each space's entry.
+pub(super) fn customer_pk(account: &str) -> String {
+    format!("customer#{account}")
+}
+
 /// The partition of a node's total and daily totals.
 pub(super) fn node_pk(node: &str) -> String {
     format!("node#{node}")

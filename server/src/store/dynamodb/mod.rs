@@ -141,6 +141,7 @@ impl DynamoStore {
             billed_listed: Default::default(),
         };
         store.init()?;
+        store.index_customers()?;
         Ok(store)
     }
 
@@ -212,6 +213,10 @@ impl Store for DynamoStore {
 
     fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
         self.space_entry(space)
+    }
+
+    fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
+        self.customer_space_entries(account)
     }
 
     fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {

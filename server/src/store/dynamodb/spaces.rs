@@ -3,36 +3,47 @@
 
 use ucanto::principal::Did;
 
-use super::items::{decode_space, did_range, get_s, parse_did, s, space_entry_pk};
+use super::items::{
+    customer_pk, decode_space, did_range, get_s, opt_s, parse_did, s, space_entry_pk,
+};
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::{SpaceEntry, StoreError};
 
 impl DynamoStore {
-    /// [`Store::put_space`](super::Store::put_space).
+    /// [`Store::put_space`](super::Store::put_space): the customer's index
+    /// entry first (an index may name a space whose entry says otherwise,
+    /// never miss one), then the entry, the list, and the old customer's
+    /// index entry goes.
     pub(super) fn put_space_entry(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
+        let space = entry.space.as_str();
+        if let Some(customer) = &entry.customer {
+            self.put_keys(&[(customer_pk(customer.as_str()), space.to_string())])?;
+        }
         let mut request = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("pk", s(&space_entry_pk(&entry.space)))
             .item("sk", s("space"))
-            .item("space", s(entry.space.as_str()))
-            .item("provider", s(entry.provider.as_str()));
+            .item("space", s(space))
+            .item("provider", s(entry.provider.as_str()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
         if let Some(customer) = &entry.customer {
             request = request.item("customer", s(customer.as_str()));
         }
-        self.block_on(request.send()).map_err(backend)?;
+        let old = self.block_on(request.send()).map_err(backend)?;
         // The list of spaces: one partition, sorted by DID.
-        self.block_on(
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s("spaces"))
-                .item("sk", s(entry.space.as_str()))
-                .send(),
-        )
-        .map_err(backend)?;
+        self.put_keys(&[("spaces".to_string(), space.to_string())])?;
+        let old_customer = match &old.attributes {
+            Some(item) => opt_s(item, "customer")?,
+            None => None,
+        };
+        if let Some(old_customer) = old_customer {
+            if Some(old_customer.as_str()) != entry.customer.as_ref().map(|c| c.as_str()) {
+                self.delete_key(&customer_pk(&old_customer), space)?;
+            }
+        }
         Ok(())
     }
 
@@ -49,16 +60,67 @@ impl DynamoStore {
                     .send(),
             )
             .map_err(backend)?;
+        self.delete_key("spaces", space.as_str())?;
+        let old = out.attributes.filter(|a| !a.is_empty());
+        let customer = match &old {
+            Some(item) => opt_s(item, "customer")?,
+            None => None,
+        };
+        if let Some(customer) = customer {
+            self.delete_key(&customer_pk(&customer), space.as_str())?;
+        }
+        Ok(old.is_some())
+    }
+
+    /// [`Store::customer_spaces`](super::Store::customer_spaces): the
+    /// customer's index, checked against the entries.
+    pub(super) fn customer_space_entries(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
+        let listed = self.query(&customer_pk(account.as_str()), "did:", "did;", None)?;
+        let mut keys = Vec::with_capacity(listed.len());
+        for item in &listed {
+            let space = parse_did(&get_s(item, "sk")?)?;
+            keys.push((space_entry_pk(&space), "space".to_string()));
+        }
+        let entries = self.get_many(&keys)?;
+        let mut spaces = Vec::new();
+        for key in &keys {
+            if let Some(entry) = entries.get(key).map(decode_space).transpose()? {
+                if entry.customer.as_ref() == Some(account) {
+                    spaces.push(entry.space);
+                }
+            }
+        }
+        Ok(spaces)
+    }
+
+    /// Indexes by customer the entries of a table made before the index,
+    /// once (`meta/customer-index` marks it done; replicas racing do the
+    /// same idempotent writes).
+    pub(super) fn index_customers(&self) -> Result<(), StoreError> {
+        if self.get(("meta", "customer-index"))?.is_some() {
+            return Ok(());
+        }
+        let keys: Vec<(String, String)> = self
+            .space_entries()?
+            .into_iter()
+            .filter_map(|e| Some((customer_pk(e.customer?.as_str()), e.space.to_string())))
+            .collect();
+        self.put_keys(&keys)?;
+        self.put_keys(&[("meta".to_string(), "customer-index".to_string())])
+    }
+
+    /// Deletes one item, unconditionally.
+    fn delete_key(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
         self.block_on(
             self.client
                 .delete_item()
                 .table_name(&self.table)
-                .key("pk", s("spaces"))
-                .key("sk", s(space.as_str()))
+                .key("pk", s(pk))
+                .key("sk", s(sk))
                 .send(),
         )
         .map_err(backend)?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+        Ok(())
     }
 
     /// [`Store::space`](super::Store::space).
