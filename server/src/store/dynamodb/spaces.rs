@@ -4,7 +4,7 @@
 use ucanto::principal::Did;
 
 use super::items::{
-    customer_pk, decode_space, did_range, get_s, opt_s, parse_did, s, space_entry_pk,
+    customer_pk, decode_space, did_range, get_s, opt_s, parse_did, s, space_entry_pk, Item,
 };
 use super::table::backend;
 use super::DynamoStore;
@@ -76,21 +76,12 @@ impl DynamoStore {
     /// customer's index, checked against the entries.
     pub(super) fn customer_space_entries(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
         let listed = self.query(&customer_pk(account.as_str()), "did:", "did;", None)?;
-        let mut keys = Vec::with_capacity(listed.len());
-        for item in &listed {
-            let space = parse_did(&get_s(item, "sk")?)?;
-            keys.push((space_entry_pk(&space), "space".to_string()));
-        }
-        let entries = self.get_many(&keys)?;
-        let mut spaces = Vec::new();
-        for key in &keys {
-            if let Some(entry) = entries.get(key).map(decode_space).transpose()? {
-                if entry.customer.as_ref() == Some(account) {
-                    spaces.push(entry.space);
-                }
-            }
-        }
-        Ok(spaces)
+        Ok(self
+            .entries_listed(&listed)?
+            .into_iter()
+            .filter(|entry| entry.customer.as_ref() == Some(account))
+            .map(|entry| entry.space)
+            .collect())
     }
 
     /// Indexes by customer the entries of a table made before the index,
@@ -130,17 +121,10 @@ impl DynamoStore {
             .transpose()
     }
 
-    /// [`Store::spaces`](super::Store::spaces): the list, then each entry.
+    /// [`Store::spaces`](super::Store::spaces): the list, then the entries.
     pub(super) fn space_entries(&self) -> Result<Vec<SpaceEntry>, StoreError> {
         let listed = self.query("spaces", "did:", "did;", None)?;
-        let mut entries = Vec::new();
-        for item in listed {
-            let space = parse_did(&get_s(&item, "sk")?)?;
-            if let Some(entry) = self.space_entry(&space)? {
-                entries.push(entry);
-            }
-        }
-        Ok(entries)
+        self.entries_listed(&listed)
     }
 
     /// [`Store::spaces_page`](super::Store::spaces_page): the list of
@@ -156,8 +140,15 @@ impl DynamoStore {
         }
         let (lo, hi) = did_range(prefix, after);
         let listed = self.query("spaces", &lo, &hi, Some(limit))?;
+        self.entries_listed(&listed)
+    }
+
+    /// The registry entries of the spaces a list names (its items' `sk`),
+    /// in its order, read a hundred at a time; listed spaces without an
+    /// entry (removed meanwhile) are left out.
+    fn entries_listed(&self, listed: &[Item]) -> Result<Vec<SpaceEntry>, StoreError> {
         let mut keys = Vec::with_capacity(listed.len());
-        for item in &listed {
+        for item in listed {
             let space = parse_did(&get_s(item, "sk")?)?;
             keys.push((space_entry_pk(&space), "space".to_string()));
         }
