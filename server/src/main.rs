@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use etracker_capabilities::{Ability, Conclude, Track};
 use etracker_client::cli::{explain, sentence, BoxError, TrackerArgs};
 use etracker_client::parse_proof;
+use etracker_server::admin::csv as admin_csv;
 use etracker_server::consolidator::BatchLimits;
 use etracker_server::registry::{SpacePolicy, SpaceRegistry};
 use etracker_server::service::{space_json, RemoteConsolidator, Settings, SpaceRule, Tracker};
@@ -62,6 +63,9 @@ enum Command {
         /// Only nodes whose DID starts with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// CSV (node, total_bytes, payout_usd), as the dashboard exports.
+        #[arg(long)]
+        csv: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -71,6 +75,10 @@ enum Command {
         /// Only spaces whose DID starts with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// CSV, one row per space and day (space, customer, day, bytes,
+        /// cost_usd), as the dashboard exports.
+        #[arg(long)]
+        csv: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -116,8 +124,14 @@ impl ApiArgs {
     }
 
     /// Prints every row of the listing at `path` (the array `rows` of each
-    /// page), one JSON object a line, following the pages' `next` cursor.
-    async fn print_all(&self, path: &str, rows: &str, prefix: &str) -> Result<(), BoxError> {
+    /// page) as `line` makes it, following the pages' `next` cursor.
+    async fn print_all(
+        &self,
+        path: &str,
+        rows: &str,
+        prefix: &str,
+        line: impl Fn(&serde_json::Value) -> String,
+    ) -> Result<(), BoxError> {
         let mut after: Option<String> = None;
         loop {
             let mut query = vec![("q", prefix)];
@@ -126,7 +140,7 @@ impl ApiArgs {
             }
             let page = self.get(path, &query).await?;
             for row in page[rows].as_array().into_iter().flatten() {
-                println!("{row}");
+                print!("{}", line(row));
             }
             match page["next"].as_str() {
                 Some(next) if Some(next) != after.as_deref() => after = Some(next.to_string()),
@@ -613,9 +627,45 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Nodes {
             node: None,
             prefix,
+            csv,
             api,
-        } => api.print_all("nodes", "nodes", &prefix).await,
-        Command::Usage { prefix, api } => api.print_all("usage", "spaces", &prefix).await,
+        } => {
+            if csv {
+                print!("{}", admin_csv::NODES_HEADER);
+            }
+            api.print_all("nodes", "nodes", &prefix, |node| match csv {
+                true => admin_csv::node_row(
+                    node["node"].as_str().unwrap_or_default(),
+                    node["total_bytes"].as_u64().unwrap_or_default(),
+                    node["payout_usd"].as_f64(),
+                ),
+                false => format!("{node}\n"),
+            })
+            .await
+        }
+        Command::Usage { prefix, csv, api } => {
+            if csv {
+                print!("{}", admin_csv::SPACES_HEADER);
+            }
+            api.print_all("usage", "spaces", &prefix, |space| match csv {
+                true => space["egress_by_day"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|day| {
+                        admin_csv::space_row(
+                            space["space"].as_str().unwrap_or_default(),
+                            space["customer"].as_str(),
+                            day["day"].as_str().unwrap_or_default(),
+                            day["bytes"].as_u64().unwrap_or_default(),
+                            day["cost_usd"].as_f64(),
+                        )
+                    })
+                    .collect(),
+                false => format!("{space}\n"),
+            })
+            .await
+        }
         Command::Consolidate(args) => {
             if !args.now {
                 return Err(

@@ -623,6 +623,28 @@ async fn cli_reads_the_admin_api_across_pages() {
     assert_eq!(spaces.len(), 1);
     assert_eq!(spaces[0]["total_bytes"], sum);
 
+    // The same as CSV, as the dashboard exports it.
+    let (ok, out, _) = etracker(&["nodes", "--csv"], TOKEN).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 121);
+    assert_eq!(lines[0], "node,total_bytes,payout_usd");
+    let payout = |bytes: u64| format!("{:.2}", bytes as f64 * 2048.0 / (1u64 << 40) as f64);
+    let first = listed[0]["total_bytes"].as_u64().unwrap();
+    assert_eq!(
+        lines[1],
+        format!("{},{first},{}", nodes[0].as_str(), payout(first))
+    );
+    let (ok, out, _) = etracker(&["usage", "--csv"], TOKEN).await;
+    assert!(ok);
+    assert_eq!(
+        out,
+        format!(
+            "space,customer,day,bytes,cost_usd\n{},,{today},{sum},0.00\n",
+            etracker_e2e::alice().did().as_str()
+        )
+    );
+
     let (ok, out, _) = etracker(&["overview"], TOKEN).await;
     assert!(ok);
     let overview: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -64,14 +64,9 @@ pub(super) async fn list(
         return unavailable();
     };
     if query.csv() {
-        let mut csv = String::from("node,total_bytes,payout_usd\n");
+        let mut csv = String::from(super::csv::NODES_HEADER);
         for r in &rows {
-            csv.push_str(&format!(
-                "{},{},{}\n",
-                super::csv_field(r.node.as_str()),
-                r.total,
-                r.payout.map(|p| format!("{p:.2}")).unwrap_or_default()
-            ));
+            csv.push_str(&super::csv::node_row(r.node.as_str(), r.total, r.payout));
         }
         return super::csv_response("nodes.csv", csv);
     }

@@ -14,8 +14,7 @@ use axum::Json;
 
 use super::html::{bytes, escape, page, respond};
 use super::{
-    api_allowed, csv_field, csv_response, money, to_login, unavailable, usd, ListQuery, Period,
-    PAGE,
+    api_allowed, csv_response, money, to_login, unavailable, usd, ListQuery, Period, PAGE,
 };
 use crate::registry::Billing;
 use crate::service::Tracker;
@@ -99,17 +98,17 @@ pub(super) async fn list(
         return unavailable();
     };
     if query.csv() {
-        let mut csv = String::from("space,customer,day,bytes,cost_usd\n");
+        let mut csv = String::from(super::csv::SPACES_HEADER);
         for r in &rows {
-            let customer = r.customer.as_ref().map_or("", |c| c.as_str());
+            let customer = r.customer.as_ref().map(|c| c.as_str());
             for (day, b) in &r.by_day {
-                csv.push_str(&format!(
-                    "{},{},{day},{b},{}\n",
-                    csv_field(r.space.as_str()),
-                    csv_field(customer),
-                    cost(&tracker, *b)
-                        .map(|c| format!("{c:.2}"))
-                        .unwrap_or_default()
+                let cost = cost(&tracker, *b);
+                csv.push_str(&super::csv::space_row(
+                    r.space.as_str(),
+                    customer,
+                    day,
+                    *b,
+                    cost,
                 ));
             }
         }
@@ -173,7 +172,11 @@ pub(super) async fn api_list(
                 "space": r.space.as_str(),
                 "customer": r.customer.as_ref().map(|c| c.as_str()),
                 "provider": r.provider.as_ref().map(|p| p.as_str()),
-                "egress_by_day": r.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
+                "egress_by_day": r.by_day.iter().map(|(day, b)| serde_json::json!({
+                    "day": day,
+                    "bytes": b,
+                    "cost_usd": cost(&tracker, *b),
+                })).collect::<Vec<_>>(),
                 "total_bytes": r.total(),
                 "cost_usd": cost(&tracker, r.total()),
             })
