@@ -79,6 +79,9 @@ enum Command {
         /// cost_usd), as the dashboard exports.
         #[arg(long)]
         csv: bool,
+        /// Only the spaces of this customer (their bill: the rows add up).
+        #[arg(long, default_value = "")]
+        customer: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -129,12 +132,12 @@ impl ApiArgs {
         &self,
         path: &str,
         rows: &str,
-        prefix: &str,
+        filters: &[(&str, &str)],
         line: impl Fn(&serde_json::Value) -> String,
     ) -> Result<(), BoxError> {
         let mut after: Option<String> = None;
         loop {
-            let mut query = vec![("q", prefix)];
+            let mut query = filters.to_vec();
             if let Some(after) = &after {
                 query.push(("after", after));
             }
@@ -633,7 +636,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             if csv {
                 print!("{}", admin_csv::NODES_HEADER);
             }
-            api.print_all("nodes", "nodes", &prefix, |node| match csv {
+            api.print_all("nodes", "nodes", &[("q", &prefix)], |node| match csv {
                 true => admin_csv::node_row(
                     node["node"].as_str().unwrap_or_default(),
                     node["total_bytes"].as_u64().unwrap_or_default(),
@@ -643,11 +646,17 @@ async fn run(command: Command) -> Result<(), BoxError> {
             })
             .await
         }
-        Command::Usage { prefix, csv, api } => {
+        Command::Usage {
+            prefix,
+            csv,
+            customer,
+            api,
+        } => {
             if csv {
                 print!("{}", admin_csv::SPACES_HEADER);
             }
-            api.print_all("usage", "spaces", &prefix, |space| match csv {
+            let filters = [("q", prefix.as_str()), ("customer", customer.as_str())];
+            api.print_all("usage", "spaces", &filters, |space| match csv {
                 true => space["egress_by_day"]
                     .as_array()
                     .into_iter()

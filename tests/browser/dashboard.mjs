@@ -65,6 +65,11 @@ try {
   await page.screenshot({ path: `${shots}/spaces.png`, fullPage: true })
   ;[download] = await Promise.all([page.waitForEvent('download'), page.click('#csv')])
   await download.saveAs(`${shots}/spaces.csv`)
+  // One customer's bill: the Customer field.
+  await page.fill('#customer', seen.space_cells[1])
+  await Promise.all([page.waitForNavigation(), page.click('#search')])
+  seen.customer_total = await text('#customer-total')
+  await page.screenshot({ path: `${shots}/customer.png`, fullPage: true })
 
   // Logging out ends the session: the dashboard asks for the login again.
   await Promise.all([page.waitForNavigation(), page.click('#logout')])

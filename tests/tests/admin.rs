@@ -438,6 +438,35 @@ async fn spaces_are_listed_with_customers_and_costs() {
             customer.as_str()
         )
     );
+    // One customer's bill: their spaces, and the sum of them all.
+    let bill = api_json(&t.url, &format!("usage?customer={}", customer.as_str())).await;
+    assert_eq!(bill["customer_total_bytes"], total);
+    assert_eq!(bill["customer_cost_usd"], cost);
+    assert_eq!(bill["spaces"].as_array().unwrap().len(), 1);
+    let nobody = api_json(&t.url, "usage?customer=did:mailto:example.com:nobody").await;
+    assert_eq!(nobody["customer_total_bytes"], 0);
+    assert!(nobody["spaces"].as_array().unwrap().is_empty());
+    let html = client()
+        .get(format!(
+            "{}admin/usage?customer={}",
+            t.url,
+            customer.as_str()
+        ))
+        .header(COOKIE, format!("etracker_session={session}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("({total} bytes)")), "{html}");
+    let bad = client()
+        .get(format!("{}admin/api/usage?customer=alice", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
 /// A space billed through another registry (as the upload service's
@@ -463,8 +492,10 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
                 },
             )))
         }
-        fn customer_spaces(&self, _: &Did) -> Result<Vec<Did>, StoreError> {
-            Ok(Vec::new())
+        fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
+            Ok(Vec::from_iter(
+                (*account == self.customer).then(|| etracker_e2e::alice().did().clone()),
+            ))
         }
     }
 
@@ -516,6 +547,10 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
     let found = api_json(&t.url, &format!("usage?q={prefix}")).await;
     assert_eq!(found["spaces"].as_array().unwrap().len(), 1);
     assert_eq!(found["spaces"][0]["space"], alice);
+    // The customer's bill, from the consumer table's index.
+    let bill = api_json(&t.url, &format!("usage?customer={}", customer.as_str())).await;
+    assert_eq!(bill["customer_total_bytes"], total);
+    assert_eq!(bill["spaces"][0]["space"], alice);
 }
 
 /// `etracker overview`, `nodes` and `usage` read the admin API of a running
@@ -644,6 +679,15 @@ async fn cli_reads_the_admin_api_across_pages() {
             etracker_e2e::alice().did().as_str()
         )
     );
+
+    // A customer with no spaces: nothing (alice's space has no customer).
+    let (ok, out, _) = etracker(
+        &["usage", "--customer", "did:mailto:example.com:nobody"],
+        TOKEN,
+    )
+    .await;
+    assert!(ok);
+    assert!(out.is_empty(), "{out}");
 
     let (ok, out, _) = etracker(&["overview"], TOKEN).await;
     assert!(ok);

@@ -110,12 +110,18 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
         "{csv}"
     );
     assert!(rows[1].ends_with(&format!(",{total},{cost}")), "{csv}");
+    let bill = seen["customer_total"].as_str().unwrap();
+    assert!(
+        bill.contains(customer) && bill.contains(&format!("({total} bytes), {cost} USD")),
+        "{bill}"
+    );
     for shot in [
         "login-refused.png",
         "overview.png",
         "nodes.png",
         "node.png",
         "spaces.png",
+        "customer.png",
     ] {
         let bytes = std::fs::read(shots.join(shot)).expect(shot);
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");

@@ -220,13 +220,15 @@ async fn logout(
 }
 
 /// The query of a listing page: a DID prefix, the previous page's last
-/// DID, and `format=csv` for a download.
+/// DID, `format=csv` for a download, and (spaces) one customer's spaces.
 #[derive(Deserialize, Default)]
 pub(super) struct ListQuery {
     #[serde(default)]
     q: String,
     after: Option<String>,
     format: Option<String>,
+    #[serde(default)]
+    customer: String,
 }
 
 impl ListQuery {
@@ -238,7 +240,13 @@ impl ListQuery {
 /// The links under a listing at `path`: this page as CSV (`csv_label`),
 /// and the next page when this one is full (`last` is its last DID).
 fn page_links(path: &str, query: &ListQuery, csv_label: &str, last: Option<&str>) -> String {
-    let q = nodes::urlencode(query.q.trim());
+    let mut q = nodes::urlencode(query.q.trim());
+    if !query.customer.trim().is_empty() {
+        q.push_str(&format!(
+            "&amp;customer={}",
+            nodes::urlencode(query.customer.trim())
+        ));
+    }
     let after = query
         .after
         .as_deref()

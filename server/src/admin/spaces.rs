@@ -2,7 +2,8 @@
 //! customer (from the registry, or the consumer table), its egress
 //! over the last 30 days and what that costs the customer at
 //! `ETRACKER_CLIENT_EGRESS_USD_PER_TIB` (search by DID prefix, pages of
-//! [`PAGE`](super::PAGE)); as CSV, one row per space and day.
+//! [`PAGE`](super::PAGE)); as CSV, one row per space and day. With
+//! `?customer=`, one customer's spaces and their sum: the customer's bill.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +17,9 @@ use super::html::{bytes, escape, page, respond};
 use super::{
     api_allowed, csv_response, money, to_login, unavailable, usd, ListQuery, Period, PAGE,
 };
-use crate::registry::Billing;
+use crate::registry::{Billing, SpacePolicy};
 use crate::service::Tracker;
-use crate::store::SpaceEntry;
+use crate::store::{SpaceEntry, Store, StoreError};
 use ucanto::principal::Did;
 
 /// A space's row: who provisions and pays for it, and its egress per day
@@ -37,16 +38,35 @@ impl SpaceRow {
     }
 }
 
+/// A page of spaces, and with a customer asked, that customer's egress
+/// over the period (all their spaces, not only the page's).
+struct Listing {
+    rows: Vec<SpaceRow>,
+    customer_total: Option<u64>,
+}
+
+/// The customer a query asks about: `Err` when it is not a DID.
+fn asked_customer(query: &ListQuery) -> Result<Option<Did>, ()> {
+    match query.customer.trim() {
+        "" => Ok(None),
+        text => Did::parse(text).map(Some).map_err(|_| ()),
+    }
+}
+
 /// A page of spaces: the registered ones and those with billed egress
 /// (a consumer table's, or any space's), merged in DID order. Each list is
 /// read from `after` for a page, so their merge's first page is exact.
-async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
+/// With `customer`, the spaces the registry names that customer's instead.
+async fn rows(tracker: &Tracker, query: &ListQuery, customer: Option<Did>) -> Option<Listing> {
     let Period { from, to, .. } = Period::now();
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
     let policy = tracker.context().spaces.clone();
     tracker
         .context()
         .store(move |s| {
+            if let Some(customer) = customer {
+                return customer_rows(s, &policy, &customer, &q, after.as_deref(), (&from, &to));
+            }
             let mut page: BTreeMap<String, Option<SpaceEntry>> = BTreeMap::new();
             for space in s.billed_spaces_page(&q, after.as_deref(), PAGE)? {
                 page.insert(space.as_str().to_string(), None);
@@ -74,11 +94,52 @@ async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<SpaceRow>> {
                     by_day,
                 });
             }
-            Ok(rows)
+            Ok(Listing {
+                rows,
+                customer_total: None,
+            })
         })
         .await
         .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot list spaces"))
         .ok()
+}
+
+/// One customer's spaces (per the policy's registry: this tracker's, or
+/// the consumer table), a page of them as rows, and their egress summed.
+fn customer_rows(
+    s: &dyn Store,
+    policy: &SpacePolicy,
+    customer: &Did,
+    q: &str,
+    after: Option<&str>,
+    (from, to): (&str, &str),
+) -> Result<Listing, StoreError> {
+    let mut spaces = match policy.registry() {
+        Some(registry) => registry.customer_spaces(customer)?,
+        None => s.customer_spaces(customer)?,
+    };
+    spaces.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    spaces.dedup();
+    let mut rows = Vec::new();
+    let mut total: u64 = 0;
+    for space in spaces {
+        let by_day = s.space_usage(&space, from, to)?;
+        total = by_day.iter().fold(total, |t, (_, b)| t.saturating_add(*b));
+        let on_page = space.as_str().starts_with(q) && after.is_none_or(|a| space.as_str() > a);
+        if on_page && rows.len() < PAGE {
+            let provider = s.space(&space)?.map(|entry| entry.provider);
+            rows.push(SpaceRow {
+                space,
+                provider,
+                customer: Some(customer.clone()),
+                by_day,
+            });
+        }
+    }
+    Ok(Listing {
+        rows,
+        customer_total: Some(total),
+    })
 }
 
 fn cost(tracker: &Tracker, bytes: u64) -> Option<f64> {
@@ -94,7 +155,21 @@ pub(super) async fn list(
     let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
-    let Some(rows) = rows(&tracker, &query).await else {
+    let Ok(customer) = asked_customer(&query) else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            page(
+                "Spaces and customers",
+                Some(&session.csrf),
+                "<p>The customer is not a DID.</p>",
+            ),
+        );
+    };
+    let Some(Listing {
+        rows,
+        customer_total,
+    }) = rows(&tracker, &query, customer).await
+    else {
         return unavailable();
     };
     if query.csv() {
@@ -116,11 +191,21 @@ pub(super) async fn list(
     }
     let mut body = format!(
         "<form method=\"get\" action=\"/admin/usage\"><label>Space DID starts with \
-         <input name=\"q\" id=\"q\" value=\"{q}\"></label><button id=\"search\">Search</button></form>\
-         <p>Egress over the last 30 days (UTC).</p>\
+         <input name=\"q\" id=\"q\" value=\"{q}\"></label> <label>Customer \
+         <input name=\"customer\" id=\"customer\" value=\"{customer}\"></label>\
+         <button id=\"search\">Search</button></form>\
+         <p>Egress over the last 30 days (UTC).</p>{bill}\
          <table id=\"spaces-table\"><tr><th>Space</th><th>Customer</th><th>Egress</th><th>Bytes</th>\
          <th>Cost (USD)</th></tr>",
         q = escape(query.q.trim()),
+        customer = escape(query.customer.trim()),
+        bill = customer_total.map_or(String::new(), |total| format!(
+            "<p id=\"customer-total\">All spaces of {customer}: {human} ({total} bytes), \
+             {cost} USD.</p>",
+            customer = escape(query.customer.trim()),
+            human = bytes(total),
+            cost = money(cost(&tracker, total)),
+        )),
     );
     for r in &rows {
         let total = r.total();
@@ -162,7 +247,14 @@ pub(super) async fn api_list(
     if !api_allowed(&tracker, &headers).await {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let Some(rows) = rows(&tracker, &query).await else {
+    let Ok(customer) = asked_customer(&query) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Some(Listing {
+        rows,
+        customer_total,
+    }) = rows(&tracker, &query, customer).await
+    else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let spaces: Vec<serde_json::Value> = rows
@@ -187,5 +279,11 @@ pub(super) async fn api_list(
         .last()
         .filter(|_| rows.len() == PAGE)
         .map(|r| r.space.as_str());
-    Json(serde_json::json!({ "spaces": spaces, "next": next })).into_response()
+    let mut listing = serde_json::json!({ "spaces": spaces, "next": next });
+    if let Some(total) = customer_total {
+        // The customer's bill over the period: every space, not the page.
+        listing["customer_total_bytes"] = total.into();
+        listing["customer_cost_usd"] = cost(&tracker, total).into();
+    }
+    Json(listing).into_response()
 }
