@@ -379,13 +379,52 @@ async fn nodes_are_listed_with_payouts_batches_and_receipts() {
         csv.text().await.unwrap(),
         format!("node,total_bytes,payout_usd\n{did},{total},{payout:.2}\n")
     );
+    // Every other table has its CSV too: the node's batches, and the
+    // overview's egress per day, pending batches and rejections.
+    let csv_of = |path: String| {
+        let request = client()
+            .get(format!("{}{path}", t.url))
+            .header(COOKIE, format!("etracker_session={session}"));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            response.text().await.unwrap()
+        }
+    };
+    let batches = csv_of(format!("admin/nodes/{did}?format=csv")).await;
+    let lines: Vec<&str> = batches.lines().collect();
+    assert_eq!(
+        lines[0],
+        "batch,received_at,state,total_bytes,counted_receipts,last_error,receipt"
+    );
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].contains(&format!(",concluded,{total},3,,/receipts/{task}")),
+        "{batches}"
+    );
+    let egress = csv_of("admin?csv=egress".into()).await;
+    assert!(egress.starts_with("day,bytes\n"));
+    assert_eq!(egress.lines().count(), 31, "30 days and the header");
+    let summed: u64 = egress
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(summed, total);
+    assert_eq!(csv_of("admin?csv=pending".into()).await.lines().count(), 1);
+    assert_eq!(
+        csv_of("admin?csv=rejected".into()).await,
+        "error,receipts\n"
+    );
     // Without a session the CSV is the login's.
-    let anonymous = client()
-        .get(format!("{}admin/nodes?format=csv", t.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    for path in ["admin/nodes?format=csv", "admin?csv=pending"] {
+        let anonymous = client()
+            .get(format!("{}{path}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    }
 }
 
 /// The spaces page's JSON and CSV: a registered space, its customer, its

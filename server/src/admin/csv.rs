@@ -1,14 +1,37 @@
 //! The dashboard's CSV exports, one format for the pages' downloads and for
-//! `etracker nodes --csv` / `etracker usage --csv`.
+//! `etracker nodes --csv` / `etracker usage --csv`: every table of the
+//! dashboard has one (times as unix seconds, money to the cent).
 
 /// The header of the nodes export.
 pub const NODES_HEADER: &str = "node,total_bytes,payout_usd\n";
 /// The header of the spaces export: one row per space and day.
 pub const SPACES_HEADER: &str = "space,customer,day,bytes,cost_usd\n";
 
+/// The header of a node's batches export.
+pub const BATCHES_HEADER: &str =
+    "batch,received_at,state,total_bytes,counted_receipts,last_error,receipt\n";
+/// The header of the overview's pending batches export.
+pub const PENDING_HEADER: &str =
+    "batch,node,received_at,state,attempts,last_error,next_attempt_at\n";
+/// The header of the overview's receipts not counted, by error.
+pub const REJECTED_HEADER: &str = "error,receipts\n";
+/// The header of egress per day.
+pub const DAYS_HEADER: &str = "day,bytes\n";
+
+/// A row of `fields`, each made [`field`]-safe.
+pub fn row<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line = fields
+        .iter()
+        .map(|f| field(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push('\n');
+    line
+}
+
 /// A row of the nodes export.
 pub fn node_row(node: &str, total_bytes: u64, payout_usd: Option<f64>) -> String {
-    format!("{},{total_bytes},{}\n", field(node), cents(payout_usd))
+    row(&[node, &total_bytes.to_string(), &cents(payout_usd)])
 }
 
 /// A row of the spaces export.
@@ -19,13 +42,13 @@ pub fn space_row(
     bytes: u64,
     cost_usd: Option<f64>,
 ) -> String {
-    format!(
-        "{},{},{},{bytes},{}\n",
-        field(space),
-        field(customer.unwrap_or_default()),
-        field(day),
-        cents(cost_usd)
-    )
+    row(&[
+        space,
+        customer.unwrap_or_default(),
+        day,
+        &bytes.to_string(),
+        &cents(cost_usd),
+    ])
 }
 
 /// Dollars to the cent; empty without a price.
@@ -76,11 +99,13 @@ mod tests {
             ),
             "did:key:s,did:mailto:x,2026-01-02,9,0.50\n"
         );
-        for (header, row) in [
+        for (header, line) in [
             (NODES_HEADER, node_row("n", 1, None)),
             (SPACES_HEADER, space_row("s", None, "d", 1, None)),
+            (REJECTED_HEADER, row(&["e", "1"])),
         ] {
-            assert_eq!(header.split(',').count(), row.split(',').count());
+            assert_eq!(header.split(',').count(), line.split(',').count());
         }
+        assert_eq!(row(&["a,b", "=1"]), "\"a,b\",'=1\n");
     }
 }

@@ -25,7 +25,7 @@ pub mod svg;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -391,8 +391,18 @@ fn unavailable() -> Response {
     )
 }
 
+/// The overview's query: `csv=egress|pending|rejected` downloads that table.
+#[derive(Deserialize, Default)]
+struct OverviewQuery {
+    csv: Option<String>,
+}
+
 /// `GET /admin`.
-async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
+async fn overview(
+    State(tracker): State<Arc<Tracker>>,
+    headers: HeaderMap,
+    Query(query): Query<OverviewQuery>,
+) -> Response {
     let Some(session) = tracker.admin().session(&headers).await else {
         return to_login();
     };
@@ -405,12 +415,49 @@ async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Re
     else {
         return unavailable();
     };
+    match query.csv.as_deref() {
+        None => {}
+        Some("egress") => {
+            let mut body = String::from(csv::DAYS_HEADER);
+            for (day, b) in &egress_by_day {
+                body.push_str(&csv::row(&[day.as_str(), &b.to_string()]));
+            }
+            return csv_response("egress.csv", body);
+        }
+        Some("pending") => {
+            let mut body = String::from(csv::PENDING_HEADER);
+            for r in &pending {
+                body.push_str(&csv::row(&[
+                    r.batch.to_string(),
+                    r.node.to_string(),
+                    r.received_at.to_string(),
+                    state(r).to_string(),
+                    r.attempts.to_string(),
+                    r.last_error.clone().unwrap_or_default(),
+                    r.next_attempt_at.to_string(),
+                ]));
+            }
+            return csv_response("pending.csv", body);
+        }
+        Some("rejected") => {
+            let mut body = String::from(csv::REJECTED_HEADER);
+            for (name, n) in &rejections.by_name {
+                body.push_str(&csv::row(&[name.as_str(), &n.to_string()]));
+            }
+            return csv_response("rejected.csv", body);
+        }
+        Some(_) => return StatusCode::NOT_FOUND.into_response(),
+    }
+    let csv_link = |table: &str| {
+        format!("<p><a id=\"csv-{table}\" href=\"/admin?csv={table}\">As CSV</a></p>")
+    };
     let row = |id: &str, name: &str, value: String| {
         format!("<tr><th>{name}</th><td class=\"n\" id=\"{id}\">{value}</td></tr>")
     };
     let body = [
         "<h2>Egress per day, last 30 days (UTC)</h2>".to_string(),
         svg::bars("egress-chart", &egress_by_day),
+        csv_link("egress"),
         "<h2>Totals</h2><table>".to_string(),
         row("egress", "Egress counted", bytes(stats.total_bytes)),
         row(
@@ -443,7 +490,9 @@ async fn overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Re
         row("nodes", "Nodes paid", stats.nodes.to_string()),
         "</table>".to_string(),
         pending_table(&pending, stats.pending),
+        csv_link("pending"),
         rejections_table(&rejections),
+        csv_link("rejected"),
     ]
     .concat();
     respond(StatusCode::OK, page("Overview", Some(&session.csrf), &body))

@@ -22,6 +22,8 @@ use crate::store::{EgressRecord, RecordStatus};
 pub(super) struct NodeQuery {
     /// Batches received before this time (the previous page's last).
     before: Option<u64>,
+    /// `csv` for this page of batches as a download.
+    format: Option<String>,
 }
 
 /// A node's row: DID, total bytes, payout.
@@ -180,6 +182,33 @@ pub(super) async fn show(
     let Some(d) = detail(&tracker, node.clone(), query.before).await else {
         return unavailable();
     };
+    if query.format.as_deref() == Some("csv") {
+        let mut csv = String::from(super::csv::BATCHES_HEADER);
+        for r in &d.batches {
+            let (egress, counted, receipt) = match &r.status {
+                RecordStatus::Done {
+                    total_bytes,
+                    counted_receipts,
+                    ..
+                } => (
+                    total_bytes.to_string(),
+                    counted_receipts.to_string(),
+                    format!("/receipts/{}", r.consolidate_invocation),
+                ),
+                RecordStatus::Pending => Default::default(),
+            };
+            csv.push_str(&super::csv::row(&[
+                r.batch.to_string(),
+                r.received_at.to_string(),
+                state(r).to_string(),
+                egress,
+                counted,
+                r.last_error.clone().unwrap_or_default(),
+                receipt,
+            ]));
+        }
+        return super::csv_response("batches.csv", csv);
+    }
     let price = tracker.settings().provider_usd_per_tib;
     let mut body = format!(
         "<p>Total egress <span id=\"node-total\">{total}</span> bytes ({human}); payout \
@@ -219,6 +248,14 @@ pub(super) async fn show(
         ));
     }
     body.push_str("</table>");
+    let before = query
+        .before
+        .map(|b| format!("&amp;before={b}"))
+        .unwrap_or_default();
+    body.push_str(&format!(
+        "<p><a id=\"csv\" href=\"/admin/nodes/{}?format=csv{before}\">These batches as CSV</a></p>",
+        urlencode(node.as_str()),
+    ));
     if d.batches.len() == PAGE {
         if let Some(last) = d.batches.last() {
             body.push_str(&format!(
