@@ -185,17 +185,13 @@ pub(super) async fn show(
     if query.format.as_deref() == Some("csv") {
         let mut csv = String::from(super::csv::BATCHES_HEADER);
         for r in &d.batches {
-            let (egress, counted, receipt) = match &r.status {
-                RecordStatus::Done {
-                    total_bytes,
-                    counted_receipts,
-                    ..
-                } => (
-                    total_bytes.to_string(),
-                    counted_receipts.to_string(),
+            let (egress, counted, receipt) = match counts(r) {
+                Some((total, counted)) => (
+                    total.to_string(),
+                    counted.to_string(),
                     format!("/receipts/{}", r.consolidate_invocation),
                 ),
-                RecordStatus::Pending => Default::default(),
+                None => Default::default(),
             };
             csv.push_str(&super::csv::row(&[
                 r.batch.to_string(),
@@ -223,20 +219,16 @@ pub(super) async fn show(
         chart = svg::bars("node-chart", &d.by_day),
     );
     for r in &d.batches {
-        let (egress, counted, receipt) = match &r.status {
-            RecordStatus::Done {
-                total_bytes,
-                counted_receipts,
-                ..
-            } => (
-                total_bytes.to_string(),
-                counted_receipts.to_string(),
+        let (egress, counted, receipt) = match counts(r) {
+            Some((total, counted)) => (
+                total.to_string(),
+                counted.to_string(),
                 format!(
                     "<a class=\"receipt\" href=\"/receipts/{task}\">{task}</a>",
                     task = escape(&r.consolidate_invocation.to_string())
                 ),
             ),
-            RecordStatus::Pending => (String::new(), String::new(), String::new()),
+            None => Default::default(),
         };
         body.push_str(&format!(
             "<tr><td>{batch}</td><td>{tracked}</td><td>{state}</td><td class=\"n\">{egress}</td>\
@@ -269,6 +261,18 @@ pub(super) async fn show(
     respond(StatusCode::OK, page(&title, Some(&session.csrf), &body))
 }
 
+/// A concluded batch's bytes and retrievals counted; `None` while pending.
+fn counts(r: &EgressRecord) -> Option<(u64, u64)> {
+    match &r.status {
+        RecordStatus::Done {
+            total_bytes,
+            counted_receipts,
+            ..
+        } => Some((*total_bytes, *counted_receipts)),
+        RecordStatus::Pending => None,
+    }
+}
+
 /// `GET /admin/api/nodes/{did}`.
 pub(super) async fn api_show(
     State(tracker): State<Arc<Tracker>>,
@@ -289,14 +293,7 @@ pub(super) async fn api_show(
         .batches
         .iter()
         .map(|r| {
-            let (total, counted) = match &r.status {
-                RecordStatus::Done {
-                    total_bytes,
-                    counted_receipts,
-                    ..
-                } => (Some(*total_bytes), Some(*counted_receipts)),
-                RecordStatus::Pending => (None, None),
-            };
+            let (total, counted) = counts(r).unzip();
             serde_json::json!({
                 "batch": r.batch.to_string(),
                 "received_at": r.received_at,
