@@ -87,33 +87,51 @@ enum Command {
     },
 }
 
-/// A running tracker's admin API (`/admin/api/…`).
+/// A running tracker, reached over HTTP with its admin token.
 #[derive(Args)]
 struct ApiArgs {
     /// The running service.
     #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// The service's admin token.
+    /// Bearer token, when the service has one.
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 }
 
+/// What to check when `etracker start` cannot be reached.
+const IS_IT_RUNNING: &str = "Is `etracker start` running there? Set --url or ETRACKER_URL.";
+
 impl ApiArgs {
+    /// A request of `method` to `<url><path>`, with the token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let request = reqwest::Client::new().request(method, url);
+        match &self.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`: its status and body; `hint` says what to check
+    /// when the tracker cannot be reached.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        hint: &str,
+    ) -> Result<(reqwest::StatusCode, String), BoxError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| explain(format!("cannot reach the tracker at {}", self.url), hint)(e))?;
+        let status = response.status();
+        Ok((status, response.text().await?))
+    }
+
     /// `GET /admin/api/<path>` with `query`, as JSON.
     async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value, BoxError> {
-        let url = format!("{}/admin/api/{path}", self.url.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().get(&url).query(query);
-        if let Some(token) = &self.admin_token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| {
-            explain(
-                format!("cannot reach the tracker at {}", self.url),
-                "Is `etracker start` running there? Set --url or ETRACKER_URL.",
-            )(e)
-        })?;
-        let status = response.status();
-        let body = response.text().await?;
+        let path = format!("/admin/api/{path}");
+        let request = self.request(reqwest::Method::GET, &path).query(query);
+        let (status, body) = self.send(request, IS_IT_RUNNING).await?;
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(
                 "the tracker refused: set --admin-token or ETRACKER_ADMIN_TOKEN to its admin token"
@@ -121,6 +139,7 @@ impl ApiArgs {
             );
         }
         if !status.is_success() {
+            let url = format!("{}{path}", self.url.trim_end_matches('/'));
             return Err(format!("HTTP {status} from {url}: {body}").into());
         }
         Ok(serde_json::from_str(&body)?)
@@ -192,12 +211,9 @@ struct RegistryAccess {
     key: KeyArgs,
     #[command(flatten)]
     store: StoreArgs,
-    /// The running service, used when it holds the data directory.
-    #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token, when the service has one.
-    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    // The running service, used when it holds the data directory.
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 /// Which spaces count, and whose retrievals are billed to no one.
@@ -498,12 +514,8 @@ struct ConsolidateArgs {
     /// Run now (required: scheduled runs happen by themselves).
     #[arg(long)]
     now: bool,
-    /// The running service.
-    #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token, when the service has one.
-    #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -681,19 +693,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     "scheduled runs happen by themselves; pass --now to run one immediately".into(),
                 );
             }
-            let mut request = reqwest::Client::new()
-                .post(format!("{}/consolidate", args.url.trim_end_matches('/')));
-            if let Some(token) = args.admin_token {
-                request = request.bearer_auth(token);
-            }
-            let response = request.send().await.map_err(|e| {
-                explain(
-                    format!("cannot reach the tracker at {}", args.url),
-                    "Is `etracker start` running there? Set --url or ETRACKER_URL.",
-                )(e)
-            })?;
-            let status = response.status();
-            let body = response.text().await?;
+            let request = args.api.request(reqwest::Method::POST, "/consolidate");
+            let (status, body) = args.api.send(request, IS_IT_RUNNING).await?;
             if !status.is_success() {
                 return Err(format!("HTTP {status}: {body}").into());
             }
@@ -739,26 +740,18 @@ async fn space(command: SpaceCommand) -> Result<(), BoxError> {
         Err(e) => return Err(e),
     };
     let admin = |method: reqwest::Method, path: String, body: Option<String>| {
-        let mut request = reqwest::Client::new().request(
-            method,
-            format!("{}/admin/spaces{path}", access.url.trim_end_matches('/')),
-        );
-        if let Some(token) = &access.admin_token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = access.api.request(method, &format!("/admin/spaces{path}"));
         if let Some(body) = body {
             request = request.body(body);
         }
-        let url = access.url.clone();
         async move {
-            let response = request.send().await.map_err(|e| {
-                explain(
-                    format!("cannot reach the tracker at {url}"),
+            let (status, text) = access
+                .api
+                .send(
+                    request,
                     "The data directory is in use, so a tracker should be running: set --url or ETRACKER_URL to it.",
-                )(e)
-            })?;
-            let status = response.status();
-            let text = response.text().await?;
+                )
+                .await?;
             if !status.is_success() {
                 return Err::<String, BoxError>(format!("HTTP {status}: {text}").into());
             }

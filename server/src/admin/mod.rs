@@ -5,11 +5,11 @@
 //! |---|---|
 //! | `GET /admin/login`, `POST /admin/login` | the login form; a session cookie on success |
 //! | `POST /admin/logout` | ends the session (CSRF token required) |
-//! | `GET /admin` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name |
+//! | `GET /admin?csv=` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name; `csv=egress\|pending\|rejected` downloads a table |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //! | `GET /admin/nodes?q=&after=&format=csv` | nodes paid: total, payout; search by DID prefix, pages, CSV |
-//! | `GET /admin/nodes/{did}?before=` | a node: egress per day, total, payout, its batches with their receipts |
-//! | `GET /admin/usage?q=&after=&format=csv` | registered spaces: customer, egress over 30 days, cost; CSV per space and day |
+//! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts; CSV of the batches |
+//! | `GET /admin/usage?q=&after=&customer=&format=csv` | spaces registered or with egress: customer, egress over 30 days, cost; one customer's spaces and bill; CSV per space and day |
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
 //!
 //! A page asked for without a session redirects to the login; the API
@@ -240,24 +240,24 @@ impl ListQuery {
 /// The links under a listing at `path`: this page as CSV (`csv_label`),
 /// and the next page when this one is full (`last` is its last DID).
 fn page_links(path: &str, query: &ListQuery, csv_label: &str, last: Option<&str>) -> String {
-    let mut q = nodes::urlencode(query.q.trim());
+    let mut q = html::urlencode(query.q.trim());
     if !query.customer.trim().is_empty() {
         q.push_str(&format!(
             "&amp;customer={}",
-            nodes::urlencode(query.customer.trim())
+            html::urlencode(query.customer.trim())
         ));
     }
     let after = query
         .after
         .as_deref()
-        .map(|a| format!("&amp;after={}", nodes::urlencode(a)))
+        .map(|a| format!("&amp;after={}", html::urlencode(a)))
         .unwrap_or_default();
     let mut html =
         format!("<p><a id=\"csv\" href=\"{path}?q={q}{after}&amp;format=csv\">{csv_label}</a>");
     if let Some(last) = last {
         html.push_str(&format!(
             " · <a id=\"next\" href=\"{path}?q={q}&amp;after={}\">Next page</a>",
-            nodes::urlencode(last)
+            html::urlencode(last)
         ));
     }
     html.push_str("</p>");
@@ -301,6 +301,11 @@ const CHART_DAYS: i64 = 30;
 
 /// Rows per page of a listing.
 const PAGE: usize = 50;
+
+/// The row the next page starts after: this page's last, when it is full.
+fn next_page<T>(rows: &[T]) -> Option<&T> {
+    rows.last().filter(|_| rows.len() == PAGE)
+}
 
 /// The last [`CHART_DAYS`] days (UTC), today included.
 struct Period {

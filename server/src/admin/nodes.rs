@@ -1,5 +1,5 @@
 //! The nodes pages: every node paid with its total and payout (search by
-//! DID prefix, pages of [`PAGE`](super::PAGE), CSV), and one node's egress per day and
+//! DID prefix, pages of 50, CSV), and one node's egress per day and
 //! batches, each concluded one linked to its signed consolidate receipt.
 
 use std::sync::Arc;
@@ -11,9 +11,10 @@ use axum::Json;
 use serde::Deserialize;
 use ucanto::principal::Did;
 
-use super::html::{bytes, escape, page, respond};
+use super::html::{bytes, escape, page, respond, urlencode};
 use super::{
-    api_allowed, money, state, svg, time, to_login, unavailable, usd, ListQuery, Period, PAGE,
+    api_allowed, money, next_page, state, svg, time, to_login, unavailable, usd, ListQuery, Period,
+    PAGE,
 };
 use crate::service::Tracker;
 use crate::store::{EgressRecord, RecordStatus};
@@ -89,10 +90,7 @@ pub(super) async fn list(
         ));
     }
     body.push_str("</table>");
-    let last = rows
-        .last()
-        .filter(|_| rows.len() == PAGE)
-        .map(|r| r.node.as_str());
+    let last = next_page(&rows).map(|r| r.node.as_str());
     body.push_str(&super::page_links(
         "/admin/nodes",
         &query,
@@ -122,10 +120,7 @@ pub(super) async fn api_list(
         .map(|r| serde_json::json!({"node": r.node.as_str(), "total_bytes": r.total, "payout_usd": r.payout}))
         .collect();
     // The cursor of the next page (`?after=`), when this one is full.
-    let next = rows
-        .last()
-        .filter(|_| rows.len() == PAGE)
-        .map(|r| r.node.as_str());
+    let next = next_page(&rows).map(|r| r.node.as_str());
     Json(serde_json::json!({ "nodes": list, "next": next })).into_response()
 }
 
@@ -248,14 +243,12 @@ pub(super) async fn show(
         "<p><a id=\"csv\" href=\"/admin/nodes/{}?format=csv{before}\">These batches as CSV</a></p>",
         urlencode(node.as_str()),
     ));
-    if d.batches.len() == PAGE {
-        if let Some(last) = d.batches.last() {
-            body.push_str(&format!(
-                "<p><a id=\"next\" href=\"/admin/nodes/{}?before={}\">Older batches</a></p>",
-                urlencode(node.as_str()),
-                last.received_at
-            ));
-        }
+    if let Some(last) = next_page(&d.batches) {
+        body.push_str(&format!(
+            "<p><a id=\"next\" href=\"/admin/nodes/{}?before={}\">Older batches</a></p>",
+            urlencode(node.as_str()),
+            last.received_at
+        ));
     }
     let title = format!("Node {}", node.as_str());
     respond(StatusCode::OK, page(&title, Some(&session.csrf), &body))
@@ -320,16 +313,4 @@ pub(super) async fn api_show(
         header::HeaderValue::from_static("no-store"),
     );
     response
-}
-
-/// `text` percent-encoded for a query value.
-pub(super) fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

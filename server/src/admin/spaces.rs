@@ -2,7 +2,7 @@
 //! customer (from the registry, or the consumer table), its egress
 //! over the last 30 days and what that costs the customer at
 //! `ETRACKER_CLIENT_EGRESS_USD_PER_TIB` (search by DID prefix, pages of
-//! [`PAGE`](super::PAGE)); as CSV, one row per space and day. With
+//! 50); as CSV, one row per space and day. With
 //! `?customer=`, one customer's spaces and their sum: the customer's bill.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,8 @@ use axum::Json;
 
 use super::html::{bytes, escape, page, respond};
 use super::{
-    api_allowed, csv_response, money, to_login, unavailable, usd, ListQuery, Period, PAGE,
+    api_allowed, csv_response, money, next_page, to_login, unavailable, usd, ListQuery, Period,
+    PAGE,
 };
 use crate::registry::{Billing, SpacePolicy};
 use crate::service::Tracker;
@@ -219,10 +220,7 @@ pub(super) async fn list(
         ));
     }
     body.push_str("</table>");
-    let last = rows
-        .last()
-        .filter(|_| rows.len() == PAGE)
-        .map(|r| r.space.as_str());
+    let last = next_page(&rows).map(|r| r.space.as_str());
     body.push_str(&super::page_links(
         "/admin/usage",
         &query,
@@ -275,10 +273,7 @@ pub(super) async fn api_list(
         })
         .collect();
     // The cursor of the next page (`?after=`), when this one is full.
-    let next = rows
-        .last()
-        .filter(|_| rows.len() == PAGE)
-        .map(|r| r.space.as_str());
+    let next = next_page(&rows).map(|r| r.space.as_str());
     let mut listing = serde_json::json!({ "spaces": spaces, "next": next });
     if let Some(total) = customer_total {
         // The customer's bill over the period: every space, not the page.
