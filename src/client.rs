@@ -157,7 +157,17 @@ impl Connection {
     /// Sends `invocations` in one message and returns their receipts in the
     /// same order, each checked to be signed by the service.
     pub async fn execute(&self, invocations: &[Invocation]) -> Result<Vec<Receipt>, ClientError> {
-        let request = AgentMessage::build(invocations, &[])?;
+        self.execute_with(invocations, Vec::new()).await
+    }
+
+    /// [`Connection::execute`], with `blocks` carried in the message
+    /// besides the invocations' own (see [`AgentMessage::with_blocks`]).
+    pub async fn execute_with(
+        &self,
+        invocations: &[Invocation],
+        blocks: Vec<crate::dag::Block>,
+    ) -> Result<Vec<Receipt>, ClientError> {
+        let request = AgentMessage::build(invocations, &[])?.with_blocks(blocks);
         let body = self.channel.request(request.to_car()).await?;
         let response = AgentMessage::from_car(&body)?;
         invocations

@@ -63,6 +63,7 @@
 //! assert_eq!(receipt.out(), &Ok(Ipld::Map(nb)));
 //! # });
 //! ```
+pub mod bounded;
 pub mod car;
 pub mod client;
 pub mod dag;

@@ -88,6 +88,18 @@ impl AgentMessage {
         })
     }
 
+    /// Adds `blocks` that travel with the message without being linked
+    /// from it: the handler of its invocations sees them among the
+    /// invocation's blocks (JS @ucanto ignores them). Used to hand a
+    /// service context that must not change an invocation's CID.
+    pub fn with_blocks(mut self, blocks: impl IntoIterator<Item = Block>) -> Self {
+        let store = Arc::make_mut(&mut self.blocks);
+        for block in blocks {
+            store.insert(block);
+        }
+        self
+    }
+
     /// Views the message named `root` among `blocks`.
     pub fn from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
         let block = blocks.block(root)?;

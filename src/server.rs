@@ -8,6 +8,20 @@
 //! returns as a [`Response::error`] goes into the receipt as is, while an
 //! unexpected [`HandlerError`] becomes a `HandlerExecutionError` receipt and is
 //! reported to the catch hook.
+//!
+//! # What one message may cost
+//! At most [`DEFAULT_MAX_INVOCATIONS`] distinct invocations, each validated
+//! with at most [`DEFAULT_MAX_VALIDATIONS`] proof checks and as many
+//! capabilities examined, sharing a budget
+//! of [`DEFAULT_MAX_SIGNATURE_CHECKS`] fresh signature verifications (past
+//! it: `Unauthorized`, `SignatureBudgetExceeded`); signature outcomes, bad
+//! ones included, are remembered across messages. Decoding the invocations
+//! and validating them run on a bounded pool of blocking threads (one per
+//! core by default, [`ServerBuilder::validation_workers`]), never on the
+//! async workers, so a flood of hostile `POST /` leaves the rest of the
+//! service answering; waiting for the pool is cancelled with the request.
+//! Every error message in a receipt is at most
+//! [`crate::bounded::MAX_MESSAGE_BYTES`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,9 +31,10 @@ use std::sync::Arc;
 use crate::dag::{CodecError, Ipld, IpldMap};
 use crate::message::AgentMessage;
 use crate::principal::{Did, Signer, Verifier};
-use crate::receipt::{Out, Receipt, ReceiptParts};
+use crate::receipt::{Out, Ran, Receipt, ReceiptParts};
 use crate::ucan::{Capability, Invocation};
-use crate::validator::{access, Authorization, CapabilityParser, ValidatorConfig};
+use crate::validator::{access, Authorization, CapabilityParser, SignatureCache, ValidatorConfig};
+use cid::Cid;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -100,7 +115,8 @@ impl Response {
         self
     }
 
-    /// A domain failure `{name, message}`.
+    /// A domain failure `{name, message}`, the message cut to
+    /// [`crate::bounded::MAX_MESSAGE_BYTES`].
     pub fn failure(name: &str, message: impl Into<String>) -> Self {
         Self::error(error_value(name, message.into()))
     }
@@ -131,11 +147,18 @@ pub fn error_value(name: &str, message: String) -> Ipld {
 /// `{name, message, stack}` as JS @ucanto's `Failure#toJSON` writes them. JS
 /// puts a stack trace in `stack`; ours holds only its first line
 /// (`"<name>: <message>"`, what JS writes with stack traces disabled), which
-/// keeps the field JS peers expect without leaking anything.
+/// keeps the field JS peers expect without leaking anything. The name and the
+/// message are cut to [`crate::bounded::MAX_MESSAGE_BYTES`] each.
 pub fn failure_fields(name: &str, message: String) -> IpldMap {
+    let message = crate::bounded::message(message);
+    let name = if name.len() > crate::bounded::MAX_MESSAGE_BYTES {
+        std::borrow::Cow::Owned(crate::bounded::message(name.to_string()))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    };
     let mut map = IpldMap::new();
     map.insert("stack".into(), Ipld::String(format!("{name}: {message}")));
-    map.insert("name".into(), Ipld::String(name.into()));
+    map.insert("name".into(), Ipld::String(name.into_owned()));
     map.insert("message".into(), Ipld::String(message));
     map
 }
@@ -150,11 +173,12 @@ pub struct HandlerError {
 }
 
 impl HandlerError {
-    /// A failure explained by `message`.
+    /// A failure explained by `message` (cut to
+    /// [`crate::bounded::MAX_MESSAGE_BYTES`]).
     pub fn new(message: impl std::fmt::Display) -> Self {
         HandlerError {
             name: "Error".into(),
-            message: message.to_string(),
+            message: crate::bounded::message(message.to_string()),
         }
     }
 }
@@ -200,10 +224,28 @@ pub struct Server {
     after: Option<AfterHook>,
     audiences: Vec<Did>,
     max_invocations: usize,
+    max_signature_checks: u64,
+    /// Permits to run decoding and validation on the blocking pool.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Default most distinct invocations run per message.
 pub const DEFAULT_MAX_INVOCATIONS: usize = 64;
+
+/// Default most fresh signature verifications one message may cause, all its
+/// invocations together (about 4 for each of [`DEFAULT_MAX_INVOCATIONS`]:
+/// an invocation and its proofs; proofs verified before cost nothing).
+pub const DEFAULT_MAX_SIGNATURE_CHECKS: u64 = 256;
+
+/// Default most proof validations, and most capabilities examined, for one
+/// invocation on a server: real chains need a few dozen; each of the 64
+/// invocations of a message may cost this many.
+pub const DEFAULT_MAX_VALIDATIONS: usize = 1_000;
+
+/// The default number of validations run at once: one per core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
@@ -268,6 +310,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Allows each message at most `limit` fresh signature verifications
+    /// (default [`DEFAULT_MAX_SIGNATURE_CHECKS`]), shared by its invocations;
+    /// past them an invocation is `Unauthorized`. Signatures the server
+    /// checked before, good or bad, cost nothing.
+    pub fn max_signature_checks(mut self, limit: u64) -> Self {
+        self.server.max_signature_checks = limit;
+        self
+    }
+
+    /// Decodes and validates at most `n` invocations at once (default: one
+    /// per core), on tokio's blocking threads; the rest wait their turn.
+    pub fn validation_workers(mut self, n: usize) -> Self {
+        self.server.workers = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
     /// Sets the hook run after each receipt is signed (see [`AfterHook`]).
     pub fn after(mut self, hook: AfterHook) -> Self {
         self.server.after = Some(hook);
@@ -286,8 +344,9 @@ impl ServerBuilder {
     }
 }
 
-/// Verified signatures a server remembers: enough for the proofs of many
-/// callers, while one-off invocations churn through it.
+/// Signature outcomes a server remembers, as many successes and as many
+/// failures: enough for the proofs of many callers, while one-off
+/// invocations (and forged proofs) churn through them.
 pub const PROOF_CACHE_ENTRIES: usize = 4096;
 
 impl Server {
@@ -300,13 +359,16 @@ impl Server {
                 routes: HashMap::new(),
                 // Callers repeat their proofs (a node's delegation in every
                 // track): each is verified once, then found in the cache.
-                validator: ValidatorConfig::new(authority).with_cache(Arc::new(
-                    crate::validator::SignatureCache::with_capacity(PROOF_CACHE_ENTRIES),
-                )),
+                validator: ValidatorConfig::new(authority)
+                    .with_cache(Arc::new(SignatureCache::with_capacity(PROOF_CACHE_ENTRIES)))
+                    .max_validations(DEFAULT_MAX_VALIDATIONS)
+                    .max_capability_checks(DEFAULT_MAX_VALIDATIONS),
                 catch: None,
                 after: None,
                 audiences: Vec::new(),
                 max_invocations: DEFAULT_MAX_INVOCATIONS,
+                max_signature_checks: DEFAULT_MAX_SIGNATURE_CHECKS,
+                workers: Arc::new(tokio::sync::Semaphore::new(default_workers())),
             },
         }
     }
@@ -326,12 +388,15 @@ impl Server {
     /// once (the response reports receipts by invocation, so it has one
     /// anyway). Fails if an invocation cannot be decoded or the message lists
     /// more distinct invocations than [`ServerBuilder::max_invocations`].
+    /// The invocations share one budget of signature verifications
+    /// ([`ServerBuilder::max_signature_checks`]).
     pub async fn execute(&self, request: &AgentMessage) -> Result<AgentMessage, CodecError> {
         let mut seen = std::collections::HashSet::new();
-        let distinct: Vec<_> = request
+        let distinct: Vec<Cid> = request
             .execute()
             .iter()
             .filter(|cid| seen.insert(**cid))
+            .copied()
             .collect();
         if distinct.len() > self.max_invocations {
             return Err(CodecError::schema(
@@ -343,29 +408,92 @@ impl Server {
                 ),
             ));
         }
-        let invocations = distinct
-            .into_iter()
-            .map(|cid| Invocation::from_blocks(cid, request.blocks().clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let receipts =
-            futures_util::future::join_all(invocations.into_iter().map(|inv| self.run(inv))).await;
+        let blocks = request.blocks().clone();
+        let decode = move || {
+            distinct
+                .iter()
+                .map(|cid| Invocation::from_blocks(cid, blocks.clone()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let invocations = self.offload(decode).await.ok_or_else(shutting_down)??;
+        let validator = Arc::new(self.request_validator());
+        let receipts = futures_util::future::join_all(
+            invocations
+                .into_iter()
+                .map(|inv| self.run_with(inv, validator.clone())),
+        )
+        .await;
         let receipts = receipts.into_iter().collect::<Result<Vec<_>, _>>()?;
-        AgentMessage::build(&[], &receipts)
+        self.offload(move || AgentMessage::build(&[], &receipts))
+            .await
+            .ok_or_else(shutting_down)?
     }
 
-    /// Runs one invocation and signs its receipt.
+    /// Runs one invocation and signs its receipt (with a message's budget of
+    /// signature verifications to itself).
     pub async fn run(&self, invocation: Invocation) -> Result<Receipt, CodecError> {
-        let response = self.dispatch(&invocation).await;
+        self.run_with(invocation, Arc::new(self.request_validator()))
+            .await
+    }
+
+    /// The validator configuration of one message: the server's, with its
+    /// signature cache seen through a budget of its own.
+    fn request_validator(&self) -> ValidatorConfig {
+        let budget = self.max_signature_checks;
+        let view = match &self.validator.verified {
+            Some(shared) => shared.budgeted(budget),
+            None => SignatureCache::with_budget(budget),
+        };
+        self.validator.clone().with_cache(Arc::new(view))
+    }
+
+    /// Runs `work` on tokio's blocking threads once one of the server's
+    /// validation permits is free (inline, outside a tokio runtime). Waiting
+    /// is cancelled with the caller; started, `work` runs to its end with
+    /// its permit. `None` if the runtime dropped it (shutting down).
+    pub(crate) async fn offload<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Some(work());
+        };
+        let permit = self.workers.clone().acquire_owned().await.ok()?;
+        let task = runtime.spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        match task.await {
+            Ok(value) => Some(value),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+
+    async fn run_with(
+        &self,
+        invocation: Invocation,
+        validator: Arc<ValidatorConfig>,
+    ) -> Result<Receipt, CodecError> {
+        let max_proofs = validator.max_proofs;
+        let response = self.dispatch(&invocation, validator).await;
         let effect = response.effect;
         let parts = ReceiptParts {
-            ran: invocation.clone().into(),
+            ran: echoed(&invocation, max_proofs),
             out: response.out,
             fork: response.fork,
             join: response.join,
             meta: response.meta,
             proofs: Vec::new(),
         };
-        match Receipt::issue(self.signer.as_ref(), parts) {
+        // Signing and gathering the blocks to send back is work in
+        // proportion to the invocation too: on the pool.
+        let signer = self.signer.clone();
+        let issued = self
+            .offload(move || Receipt::issue(signer.as_ref(), parts))
+            .await
+            .ok_or_else(shutting_down)?;
+        match issued {
             Ok(receipt) => {
                 if let Some(hook) = &self.after {
                     hook(invocation, receipt.clone(), effect).await;
@@ -379,12 +507,13 @@ impl Server {
                     message: e.to_string(),
                 };
                 let out = Err(self.execution_error(&invocation, &failure));
-                Receipt::issue(self.signer.as_ref(), ReceiptParts::new(invocation, out))
+                let ran = echoed(&invocation, max_proofs);
+                Receipt::issue(self.signer.as_ref(), ReceiptParts::new(ran, out))
             }
         }
     }
 
-    async fn dispatch(&self, invocation: &Invocation) -> Response {
+    async fn dispatch(&self, invocation: &Invocation, validator: Arc<ValidatorConfig>) -> Response {
         let [capability] = invocation.capabilities() else {
             let caps = invocation
                 .capabilities()
@@ -434,11 +563,18 @@ impl Server {
                 ),
             );
         }
-        let authorization = match access(invocation, route.parser.as_ref(), &self.validator) {
-            Ok(a) => a,
-            Err(unauthorized) => {
-                return Response::failure(unauthorized.name(), unauthorized.message.clone())
-            }
+        let (owned, parser) = (invocation.clone(), route.parser.clone());
+        // Off the async workers; only the (short) message of a refusal
+        // comes back.
+        let authorized = self
+            .offload(move || {
+                access(&owned, parser.as_ref(), &validator).map_err(|refused| refused.message)
+            })
+            .await;
+        let authorization = match authorized {
+            Some(Ok(a)) => a,
+            Some(Err(message)) => return Response::failure("Unauthorized", message),
+            None => return Response::failure("Unauthorized", "The service is shutting down"),
         };
         let request = Request {
             invocation: invocation.clone(),
@@ -478,6 +614,23 @@ impl Server {
     }
 }
 
+/// Why work handed to the pool did not run.
+fn shutting_down() -> CodecError {
+    CodecError::schema("message", "the service is shutting down")
+}
+
+/// What a receipt carries of `invocation`: the invocation with its proofs,
+/// as JS does, unless it cites more than `max_proofs` (and was refused for
+/// it) — then only its CID, so that echoing thousands of proofs the caller
+/// sent costs nothing. The receipt itself is the same either way.
+fn echoed(invocation: &Invocation, max_proofs: usize) -> Ran {
+    if invocation.data().proofs.len() <= max_proofs {
+        invocation.clone().into()
+    } else {
+        Ran::Link(invocation.cid())
+    }
+}
+
 fn capability_error(name: &str, message: String, capability: &Capability) -> IpldMap {
     let mut cap = IpldMap::new();
     cap.insert("can".into(), Ipld::String(capability.can.clone()));
@@ -500,71 +653,4 @@ pub fn error_name(out: &Out) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::validator::Violation;
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::principal::Ed25519Signer;
-    use crate::validator::CapabilityParser;
-
-    /// `test/echo` on any DID.
-    struct Echo;
-
-    impl CapabilityParser for Echo {
-        fn can(&self) -> &str {
-            "test/echo"
-        }
-        fn parse(&self, capability: &Capability) -> Result<Capability, Violation> {
-            Ok(capability.clone())
-        }
-    }
-
-    /// What the hook saw: the invocation, whether the receipt is for it, the effect.
-    type Seen = Vec<(cid::Cid, bool, Option<u32>)>;
-
-    /// The after-receipt hook sees each signed receipt with the handler's
-    /// effect before the answer goes out, once per distinct invocation; a
-    /// refused invocation (no handler ran) has no effect.
-    #[tokio::test]
-    async fn the_after_hook_gets_receipt_and_effect() {
-        let service = Arc::new(Ed25519Signer::from_seed([4; 32]));
-        let seen: Arc<Mutex<Seen>> = Default::default();
-        let log = seen.clone();
-        let server = Server::builder(service.clone())
-            .provide(Arc::new(Echo), |request: Request| async move {
-                let n = request.capability.with.len() as u32;
-                Ok::<_, HandlerError>(Response::ok(Ipld::Map(IpldMap::new())).with_effect(n))
-            })
-            .after(Arc::new(move |invocation, receipt, effect| {
-                let log = log.clone();
-                Box::pin(async move {
-                    let value = effect.as_ref().and_then(|e| e.get::<u32>()).copied();
-                    let signed = receipt.ran_cid() == invocation.cid();
-                    log.lock().unwrap().push((invocation.cid(), signed, value));
-                })
-            }))
-            .build();
-        let alice = Ed25519Signer::from_seed([1; 32]);
-        let echo = crate::ucan::Delegation::builder(&alice, service.did().clone())
-            .capability(Capability::new("test/echo", alice.did().as_str()))
-            .build()
-            .unwrap();
-        let unknown = crate::ucan::Delegation::builder(&alice, service.did().clone())
-            .capability(Capability::new("test/other", alice.did().as_str()))
-            .build()
-            .unwrap();
-        let message =
-            AgentMessage::build(&[echo.clone(), echo.clone(), unknown.clone()], &[]).unwrap();
-        let answer = server.execute(&message).await.unwrap();
-        assert_eq!(answer.report().len(), 2);
-        let mut seen = seen.lock().unwrap().clone();
-        seen.sort_by_key(|(cid, _, _)| cid.to_string());
-        let mut expected = vec![
-            (echo.cid(), true, Some(alice.did().as_str().len() as u32)),
-            (unknown.cid(), true, None),
-        ];
-        expected.sort_by_key(|(cid, _, _)| cid.to_string());
-        assert_eq!(seen, expected);
-    }
-}
+mod tests;

@@ -178,14 +178,14 @@ async fn handle(State(server): State<Arc<Server>>, headers: HeaderMap, body: Byt
         Ok(codecs) => codecs,
         Err(response) => return response,
     };
-    match respond_with(&server, &body, codecs).await {
+    match respond_shared(&server, body, codecs).await {
         Ok((content_type, bytes)) => {
             ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
         }
         Err(message) => (
             StatusCode::BAD_REQUEST,
             [(header::CONTENT_TYPE, "text/plain")],
-            format!("Bad request: Malformed payload - {message}"),
+            crate::bounded::message(format!("Bad request: Malformed payload - {message}")),
         )
             .into_response(),
     }
@@ -227,10 +227,26 @@ pub async fn respond_with(
     body: &[u8],
     codecs: Negotiated,
 ) -> Result<(&'static str, Vec<u8>), TransportError> {
-    let request = match codecs.request {
-        RequestCodec::Car => AgentMessage::from_car(body)?,
-        RequestCodec::LegacyCar => legacy_request(body)?,
+    respond_shared(server, Bytes::copy_from_slice(body), codecs).await
+}
+
+/// [`respond_with`] of a body it may keep: decoded on the server's
+/// validation pool (reading a CAR hashes every block), off the async workers.
+async fn respond_shared(
+    server: &Server,
+    body: Bytes,
+    codecs: Negotiated,
+) -> Result<(&'static str, Vec<u8>), TransportError> {
+    let decode = move || match codecs.request {
+        RequestCodec::Car => Ok(AgentMessage::from_car(&body)?),
+        RequestCodec::LegacyCar => legacy_request(&body),
     };
+    let request = server.offload(decode).await.ok_or_else(|| {
+        TransportError::Codec(CodecError::schema(
+            "message",
+            "the service is shutting down",
+        ))
+    })??;
     let response = server.execute(&request).await?;
     match codecs.response {
         ResponseCodec::Car => Ok((CAR_CONTENT_TYPE, response.to_car())),

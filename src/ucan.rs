@@ -576,6 +576,10 @@ pub struct Delegation {
 /// Most proofs [`Delegation::proofs`] remembers decoded (~1 KiB each).
 pub const DECODED_PROOFS: usize = 256;
 
+/// Largest proof block [`Delegation::proofs`] remembers decoded: with
+/// [`DECODED_PROOFS`], the memo holds a few MiB at most.
+pub const DECODED_PROOF_BYTES: usize = 4096;
+
 /// An invocation is a delegation to the service that runs it.
 pub type Invocation = Delegation;
 
@@ -694,16 +698,20 @@ impl Delegation {
     }
 
     /// As [`Delegation::from_blocks`], remembering what a block decodes to
-    /// (by its bytes, so that no CID can stand for other bytes): the
-    /// invocations a service sees mostly share their proofs.
+    /// (by the SHA-256 of its bytes, so that no CID can stand for other
+    /// bytes, and no entry keeps the buffer the block was cut from): the
+    /// invocations a service sees mostly share their proofs. Blocks over
+    /// [`DECODED_PROOF_BYTES`] are decoded each time: honest proofs are far
+    /// smaller, and padded ones must not fill the memo with their bytes.
     fn proof_from_blocks(root: &Cid, blocks: Arc<BlockStore>) -> Result<Self, CodecError> {
         type Decoded = (Arc<UcanData>, Arc<std::sync::OnceLock<Vec<u8>>>, bool);
-        static DECODED: Memo<bytes::Bytes, Decoded> = Memo::new(DECODED_PROOFS);
-        if root.codec() != DAG_CBOR {
+        static DECODED: Memo<[u8; 32], Decoded> = Memo::new(DECODED_PROOFS);
+        let block = blocks.block(root)?;
+        if root.codec() != DAG_CBOR || block.bytes.len() > DECODED_PROOF_BYTES {
             return Self::from_blocks(root, blocks);
         }
-        let block = blocks.block(root)?;
-        let (data, payload, canonical) = DECODED.get_or_try_insert_with(&block.bytes, |_| {
+        let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&block.bytes).into();
+        let (data, payload, canonical) = DECODED.get_or_try_insert_with(&key, |_| {
             let decoded = Self::from_blocks(root, blocks.clone())?;
             Ok::<Decoded, CodecError>((decoded.data, decoded.payload, decoded.canonical))
         })?;

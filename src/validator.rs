@@ -29,7 +29,10 @@
 //! references, so pinned links never match there); a did:key of a type we
 //! cannot verify is a `DIDKeyResolutionError` (JS throws); dates print in
 //! UTC (JS uses the server's zone); exploration stops after
-//! [`MAX_VALIDATIONS`] proof checks.
+//! [`MAX_VALIDATIONS`] proof checks or [`MAX_CAPABILITY_CHECKS`]
+//! capabilities examined; a UCAN citing more than [`MAX_PROOFS`]
+//! proofs is refused (`TooManyProofs`); messages are cut to
+//! [`crate::bounded::MAX_MESSAGE_BYTES`].
 
 // Failures carry CIDs and DIDs (and `Unauthorized` every reason) by value:
 // they are built once per rejected check, off the hot path, and boxing them
@@ -44,6 +47,8 @@ use crate::dag::IpldMap;
 use crate::principal::{Did, Verifier};
 use crate::ucan::{Capability, Delegation};
 
+#[cfg(test)]
+mod bounds_tests;
 mod engine;
 mod error;
 mod js;
@@ -57,6 +62,14 @@ pub use error::{Failure, InvalidClaim, Unauthorized, Violation};
 /// exponentially (a UCAN citing two proofs that each cite the same two…) and
 /// JS explores every path; real chains need a handful of checks.
 pub const MAX_VALIDATIONS: usize = 10_000;
+
+/// Most capabilities one [`access`] call examines by default: real chains
+/// list a few dozen.
+pub const MAX_CAPABILITY_CHECKS: usize = 10_000;
+
+/// Most proofs one UCAN may cite by default: real chains cite a handful, and
+/// every proof cited costs a check.
+pub const MAX_PROOFS: usize = 64;
 
 /// Parsing and derivation rules of one capability ("a capability is a value").
 ///
@@ -148,43 +161,70 @@ pub struct ValidatorConfig {
     pub local_proofs: Vec<Delegation>,
     /// Evaluate time bounds at this Unix time instead of now.
     pub now: Option<u64>,
-    /// Signatures already verified, shared across calls (e.g. the same proof in
-    /// every receipt of a batch); `None` verifies each call afresh.
+    /// Signature outcomes already known (successes and failures), shared
+    /// across calls (e.g. the same proof in every receipt of a batch), with
+    /// its budget of fresh verifications; `None` verifies each call afresh.
     pub verified: Option<Arc<SignatureCache>>,
     /// Most proof checks one `access` call runs ([`MAX_VALIDATIONS`] by default).
     pub max_validations: usize,
+    /// Most capabilities of valid UCANs one `access` call examines (parses
+    /// and compares with the claim), [`MAX_CAPABILITY_CHECKS`] by default:
+    /// a proof may list thousands, and be cited again and again.
+    pub max_capability_checks: usize,
+    /// Most proofs one UCAN (the invocation, or any delegation in its
+    /// chain) may cite, repeated links included ([`MAX_PROOFS`] by default);
+    /// one citing more is refused (`TooManyProofs`) before any is resolved.
+    pub max_proofs: usize,
     /// A UCAN whose signature the caller verified already (in a batch, say),
     /// with the verifier that did: taken as signed, not checked again.
     pub presumed: Option<(Delegation, Arc<dyn Verifier>)>,
 }
 
-/// Verified signatures, by UCAN CID, the verifier (its DID and its key) and
-/// the exact bytes. Only successes are kept: a failure is re-checked (and
-/// reported) every time.
+/// Signature checks remembered, successes and failures alike, by UCAN CID,
+/// the verifier (its DID and its key) and the exact bytes: the same proof
+/// in every receipt of a batch, or a bad one in every invocation of every
+/// request, is verified once. A remembered failure is reported as a fresh
+/// one is (`InvalidSignature`).
 ///
 /// It can also hold a budget of signature verifications (see
 /// [`SignatureCache::with_budget`]): what a batch of invocations from one
-/// party may cost, whatever their proofs look like.
+/// party may cost, whatever their proofs look like. A
+/// [`SignatureCache::budgeted`] view shares a cache's outcomes under a
+/// budget of its own (a server's, for one request).
 #[derive(Debug, Default)]
 pub struct SignatureCache {
-    entries: std::sync::Mutex<crate::memo::FastMap<Cid, Vec<Verified>>>,
+    outcomes: Arc<Outcomes>,
     /// Verifications left; `None` is unlimited.
     budget: Option<std::sync::atomic::AtomicU64>,
-    /// Most entries kept, when not [`SignatureCache::CAPACITY`].
+}
+
+/// What [`SignatureCache`]s sharing them remember.
+#[derive(Debug, Default)]
+struct Outcomes {
+    verified: std::sync::Mutex<crate::memo::FastMap<Cid, Vec<Verified>>>,
+    /// Failures, by digest of the bytes: they are the senders' to choose,
+    /// so the bytes themselves (and the buffers they are cut from) are not kept.
+    failed: std::sync::Mutex<crate::memo::FastMap<Cid, Vec<Failed>>>,
+    /// Most entries kept on each side, when not [`SignatureCache::CAPACITY`].
     capacity: Option<usize>,
 }
 
 impl SignatureCache {
-    /// Most entries kept by default; the cache starts over past it.
+    /// Most entries kept by default, on each side (successes, failures);
+    /// a side starts over past it.
     pub const CAPACITY: usize = 100_000;
 
-    /// A cache keeping at most `capacity` entries: a server's cache of the
-    /// proofs its callers repeat, small since most entries are one-off
-    /// invocations.
+    /// A cache keeping at most `capacity` successes and as many failures: a
+    /// server's cache of the proofs its callers repeat, small since most
+    /// entries are one-off invocations. Failures fill their own side, so
+    /// they never push successes out.
     pub fn with_capacity(capacity: usize) -> Self {
         SignatureCache {
-            capacity: Some(capacity),
-            ..Default::default()
+            outcomes: Arc::new(Outcomes {
+                capacity: Some(capacity),
+                ..Default::default()
+            }),
+            budget: None,
         }
     }
 
@@ -194,6 +234,16 @@ impl SignatureCache {
         SignatureCache {
             budget: Some(std::sync::atomic::AtomicU64::new(initial)),
             ..Default::default()
+        }
+    }
+
+    /// A view of this cache's outcomes (what either learns, both know)
+    /// allowing `budget` fresh verifications of its own, whatever this
+    /// cache's budget: e.g. a server's cache, for one request.
+    pub fn budgeted(&self, budget: u64) -> Self {
+        SignatureCache {
+            outcomes: self.outcomes.clone(),
+            budget: Some(std::sync::atomic::AtomicU64::new(budget)),
         }
     }
 
@@ -218,28 +268,101 @@ impl SignatureCache {
 
     /// Whether `bytes`, named `cid`, was verified by `verifier`.
     pub fn contains(&self, cid: &Cid, verifier: &dyn Verifier, bytes: &bytes::Bytes) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(cid).is_some_and(|verified| {
-            verified
-                .iter()
-                .any(|v| v.is_by(verifier) && same_bytes(&v.bytes, bytes))
-        })
+        let verified = lock(&self.outcomes.verified);
+        let Some(by) = verified
+            .get(cid)
+            .filter(|by| by.iter().any(|v| v.by.is(verifier)))
+        else {
+            return false;
+        };
+        let digest = digest(bytes);
+        by.iter().any(|v| v.by.is(verifier) && v.digest == digest)
+    }
+
+    /// What checking the signature of `bytes`, named `cid`, with `verifier`
+    /// gave before: `Some(true)` verified, `Some(false)` failed, `None` not
+    /// remembered.
+    pub fn outcome(
+        &self,
+        cid: &Cid,
+        verifier: &dyn Verifier,
+        bytes: &bytes::Bytes,
+    ) -> Option<bool> {
+        let mut known = None;
+        let mut digest_of = || *known.get_or_insert_with(|| digest(bytes));
+        {
+            let verified = lock(&self.outcomes.verified);
+            if let Some(by) = verified.get(cid) {
+                if by.iter().any(|v| v.by.is(verifier)) {
+                    let digest = digest_of();
+                    if by.iter().any(|v| v.by.is(verifier) && v.digest == digest) {
+                        return Some(true);
+                    }
+                }
+            }
+        }
+        let failed = lock(&self.outcomes.failed);
+        let by = failed.get(cid)?;
+        if !by.iter().any(|f| f.by.is(verifier)) {
+            return None;
+        }
+        let digest = digest_of();
+        by.iter()
+            .any(|f| f.by.is(verifier) && f.digest == digest)
+            .then_some(false)
     }
 
     /// Records that `bytes`, named `cid`, verified with `verifier`.
     pub fn insert(&self, cid: Cid, verifier: &dyn Verifier, bytes: bytes::Bytes) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity.unwrap_or(Self::CAPACITY) {
-            entries.clear();
+        let mut verified = lock(&self.outcomes.verified);
+        if verified.len() >= self.capacity() {
+            verified.clear();
         }
-        let by = entries.entry(cid).or_default();
-        by.retain(|v| !v.is_by(verifier));
+        let by = verified.entry(cid).or_default();
+        by.retain(|v| !v.by.is(verifier));
         by.push(Verified {
-            did: verifier.did().clone(),
-            key_did: verifier.key_did().clone(),
-            bytes,
+            by: By::of(verifier),
+            digest: digest(&bytes),
         });
     }
+
+    /// Records the outcome of checking the signature of `bytes`, named
+    /// `cid`, with `verifier`: [`SignatureCache::insert`] when `valid`, else
+    /// a failure, remembered by the bytes' digest.
+    pub fn record(&self, cid: Cid, verifier: &dyn Verifier, bytes: &bytes::Bytes, valid: bool) {
+        if valid {
+            return self.insert(cid, verifier, bytes.clone());
+        }
+        let digest = digest(bytes);
+        let mut failed = lock(&self.outcomes.failed);
+        if failed.len() >= self.capacity() {
+            failed.clear();
+        }
+        let by = failed.entry(cid).or_default();
+        // One per verifier and bytes; a CID met with many byte strings keeps few.
+        by.retain(|f| !(f.by.is(verifier) && f.digest == digest));
+        if by.len() >= 4 {
+            by.remove(0);
+        }
+        by.push(Failed {
+            by: By::of(verifier),
+            digest,
+        });
+    }
+
+    fn capacity(&self) -> usize {
+        self.outcomes.capacity.unwrap_or(Self::CAPACITY)
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Whether `a` and `b` hold the same bytes: at once when they share their
@@ -248,19 +371,41 @@ fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
     (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
-/// One verifier's success with one UCAN's bytes.
+/// A verifier: its DID and its key.
 #[derive(Debug)]
-struct Verified {
+struct By {
     did: Did,
     key_did: Did,
-    bytes: bytes::Bytes,
 }
 
-impl Verified {
-    /// Whether `verifier` is the one (the same DID with the same key).
-    fn is_by(&self, verifier: &dyn Verifier) -> bool {
+impl By {
+    fn of(verifier: &dyn Verifier) -> Self {
+        By {
+            did: verifier.did().clone(),
+            key_did: verifier.key_did().clone(),
+        }
+    }
+
+    /// Whether `verifier` is this one (the same DID with the same key).
+    fn is(&self, verifier: &dyn Verifier) -> bool {
         self.did == *verifier.did() && self.key_did == *verifier.key_did()
     }
+}
+
+/// One verifier's success with one UCAN's bytes, known by their digest:
+/// keeping the bytes would keep the whole buffer they are a slice of (a
+/// request body, a receipt archive) for as long as the entry lives.
+#[derive(Debug)]
+struct Verified {
+    by: By,
+    digest: [u8; 32],
+}
+
+/// One verifier's failure with one UCAN's bytes, known by their digest.
+#[derive(Debug)]
+struct Failed {
+    by: By,
+    digest: [u8; 32],
 }
 
 impl ValidatorConfig {
@@ -274,6 +419,8 @@ impl ValidatorConfig {
             now: None,
             verified: None,
             max_validations: MAX_VALIDATIONS,
+            max_capability_checks: MAX_CAPABILITY_CHECKS,
+            max_proofs: MAX_PROOFS,
             presumed: None,
         }
     }
@@ -282,6 +429,20 @@ impl ValidatorConfig {
     /// validates many invocations from one party bounds each one's cost.
     pub fn max_validations(mut self, limit: usize) -> Self {
         self.max_validations = limit;
+        self
+    }
+
+    /// Examines at most `limit` capabilities per `access` call (see
+    /// [`ValidatorConfig::max_capability_checks`](ValidatorConfig#structfield.max_capability_checks)).
+    pub fn max_capability_checks(mut self, limit: usize) -> Self {
+        self.max_capability_checks = limit;
+        self
+    }
+
+    /// Refuses a UCAN citing more than `limit` proofs (see
+    /// [`ValidatorConfig::max_proofs`](ValidatorConfig#structfield.max_proofs)).
+    pub fn max_proofs(mut self, limit: usize) -> Self {
+        self.max_proofs = limit;
         self
     }
 

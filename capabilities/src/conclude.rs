@@ -8,7 +8,12 @@
 //! capability  { can: "space/egress/conclude", with: <tracker DID>,
 //!               nb: { receipt: Link<consolidate receipt>, tally?: [Link<tally chunk>] } }
 //! ok          {}
-//! error       { name: "EgressConcludeError", message: string }
+//! error       { name: "EgressConcludeError", message: string,
+//!               // when retrievals were counted by another batch meanwhile:
+//!               receipts?: [Link<retrieval>] (the first 1,024), count?: int,
+//!               conflicts?: bytes (bit i % 8 of byte i / 8 set: the tally's
+//!                           i-th counted retrieval, chunk by chunk, conflicts),
+//!               // when spaces are not billed: spaces?: [DID] (the first 1,024) }
 //! ```
 //! Only the receipt's root block travels with the invocation: ucanto attaches
 //! blocks linked directly from `nb`, so the invocation the receipt ran (the

@@ -9,12 +9,19 @@
 //!                     endpoint: "https://node.example/receipts/{cid}" } }
 //! ok          {}                                     (fx.fork = [consolidate invocation])
 //! error       { name: "EgressTrackError", message: string }
+//!           | { name: "TrackTooLarge", message: string }
+//!           | { name: "TooManyPendingBatches", message: string }
 //! ```
+//! `TrackTooLarge`: the track invocation block is bigger than the tracker
+//! keeps ([`MAX_TRACK_INVOCATION_BYTES`]); `TooManyPendingBatches`: the node
+//! has as many batches waiting for consolidation as the tracker allows. In
+//! both cases nothing is stored, and the node may track again later (the
+//! second once some of its batches are concluded).
 //! `endpoint` must be an absolute `http`/`https` URL with a placeholder for
 //! the batch CID: `{cid}`, its URL-escaped form `%7Bcid%7D` (what Go's
 //! `url.URL` writes; hex digits in either case) or `:cid`. This is stricter
 //! than the JS `Schema.string()`, as strict as go-libstoracha's `URL` plus the
-//! placeholder a tracker needs. Derivation is the default rule: a delegation
+//! placeholder a tracker needs, and at most [`MAX_ENDPOINT_BYTES`] long. Derivation is the default rule: a delegation
 //! that pins `receipts` or `endpoint` only covers invocations with the same
 //! value (compared by value; note JS @ucanto's default rule compares links by
 //! object identity, so there a pinned link never matches).
@@ -83,6 +90,32 @@ named_failure! {
     TrackError = "EgressTrackError"
 }
 
+named_failure! {
+    /// Failure of `space/egress/track` whose invocation block is larger
+    /// than [`MAX_TRACK_INVOCATION_BYTES`]: `{name: "TrackTooLarge", message}`.
+    TrackTooLarge = "TrackTooLarge"
+}
+
+named_failure! {
+    /// Failure of `space/egress/track` from a node that already has as many
+    /// batches pending as the tracker allows:
+    /// `{name: "TooManyPendingBatches", message}`.
+    TooManyPendingBatches = "TooManyPendingBatches"
+}
+
+/// Longest endpoint (bytes). A URL of a host and a path with a CID
+/// placeholder fits in a few hundred; 2 KiB is what browsers and proxies
+/// have long accepted.
+pub const MAX_ENDPOINT_BYTES: usize = 2048;
+
+/// Largest track invocation block a tracker keeps (bytes). A track carries
+/// one capability (the batch link and an endpoint of at most
+/// [`MAX_ENDPOINT_BYTES`]), a signature, two DIDs and links to its proofs
+/// (~40 bytes each): under 1 KiB with one proof, a 2 KiB endpoint and
+/// dozens of proof links included. Proof blocks travel beside it and are not
+/// kept: the tracker checks them when the invocation arrives.
+pub const MAX_TRACK_INVOCATION_BYTES: usize = 8 * 1024;
+
 /// Length of the CID placeholder at the start of `rest`, if there is one.
 fn placeholder_len(rest: &[u8]) -> Option<usize> {
     if rest.starts_with(b"{cid}") {
@@ -131,6 +164,12 @@ pub fn endpoint_url(endpoint: &str, batch: &Cid) -> String {
 /// valid URL once a CID is put in it.
 pub fn check_endpoint(endpoint: &str) -> Result<(), SchemaError> {
     let bad = |reason: String| SchemaError::invalid("nb.endpoint", reason);
+    if endpoint.len() > MAX_ENDPOINT_BYTES {
+        return Err(bad(format!(
+            "{} bytes, more than the {MAX_ENDPOINT_BYTES} allowed",
+            endpoint.len()
+        )));
+    }
     let bytes = endpoint.as_bytes();
     if !(0..bytes.len()).any(|i| placeholder_len(&bytes[i..]).is_some()) {
         return Err(bad(format!(
@@ -214,6 +253,10 @@ mod tests {
             "https:///{cid}",
             "https://node.example:port/{cid}",
             "",
+            &format!(
+                "https://node.example/{}/{{cid}}",
+                "a".repeat(MAX_ENDPOINT_BYTES)
+            ),
         ] {
             let err = check_endpoint(endpoint).unwrap_err();
             assert_eq!(err.field(), "nb.endpoint", "{endpoint}");
@@ -275,5 +318,25 @@ mod tests {
             TrackError::from_ipld(&other).unwrap_err().field(),
             "error.name"
         );
+        let too_large = TrackTooLarge::new("9000 bytes").to_ipld();
+        assert_eq!(
+            TrackTooLarge::from_ipld(&too_large).unwrap().message,
+            "9000 bytes"
+        );
+        assert!(TrackError::from_ipld(&too_large).is_err());
+        let pending = TooManyPendingBatches::new("64 pending").to_ipld();
+        assert_eq!(
+            TooManyPendingBatches::from_ipld(&pending).unwrap().message,
+            "64 pending"
+        );
+    }
+
+    #[test]
+    fn the_longest_endpoint_is_accepted() {
+        let base = "https://node.example/{cid}/";
+        let longest = format!("{base}{}", "a".repeat(MAX_ENDPOINT_BYTES - base.len()));
+        assert!(check_endpoint(&longest).is_ok());
+        let err = check_endpoint(&format!("{longest}a")).unwrap_err();
+        assert!(err.to_string().contains("2049 bytes"), "{err}");
     }
 }

@@ -362,9 +362,13 @@ struct StartArgs {
     /// Records consolidated per run.
     #[arg(long, env = "ETRACKER_BATCH_LIMIT", default_value_t = 200)]
     batch_limit: usize,
-    /// Batches consolidated at once.
+    /// Batches consolidated at once (one per node at a time).
     #[arg(long, env = "ETRACKER_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
+    /// Batches a node may have waiting for consolidation; past it, a track
+    /// is refused (TooManyPendingBatches). 0: no cap.
+    #[arg(long, env = "ETRACKER_MAX_PENDING_PER_NODE", default_value_t = etracker_server::service::DEFAULT_MAX_PENDING_PER_NODE)]
+    max_pending_per_node: u64,
     /// Seconds a replica holds a record while consolidating it.
     #[arg(long, env = "ETRACKER_LEASE_SECS", default_value_t = 900)]
     lease_secs: u64,
@@ -424,6 +428,13 @@ struct BatchArgs {
     /// Seconds allowed to download one batch.
     #[arg(long, env = "ETRACKER_FETCH_TIMEOUT", default_value_t = 300)]
     fetch_timeout: u64,
+    /// Slowest batch download kept up, bytes/s averaged from the request
+    /// once the grace is over; slower is cut off and retried. 0: none.
+    #[arg(long, env = "ETRACKER_MIN_FETCH_RATE", default_value_t = etracker_server::consolidator::DEFAULT_MIN_FETCH_RATE)]
+    min_fetch_rate: u64,
+    /// Seconds a batch download may stay below the minimum rate at its start.
+    #[arg(long, env = "ETRACKER_MIN_FETCH_RATE_GRACE", default_value_t = 10)]
+    min_fetch_rate_grace: u64,
     /// Largest range one retrieval may claim, bytes.
     #[arg(long, env = "ETRACKER_MAX_RETRIEVAL_BYTES", default_value_t = etracker_server::consolidator::DEFAULT_MAX_RETRIEVAL_BYTES)]
     max_retrieval_bytes: u64,
@@ -448,6 +459,8 @@ impl BatchArgs {
             min_size: self.min_batch_size,
             max_size: self.max_batch_size,
             fetch_timeout: Duration::from_secs(self.fetch_timeout),
+            min_fetch_rate: self.min_fetch_rate,
+            min_fetch_rate_grace: Duration::from_secs(self.min_fetch_rate_grace),
             give_up_after: self.give_up_after,
             scratch_dir: data_dir.join("tmp"),
             max_retrieval_bytes: self.max_retrieval_bytes,
@@ -856,6 +869,7 @@ async fn start(args: StartArgs) -> Result<(), BoxError> {
         interval: Duration::from_secs(args.consolidation_interval),
         batch_limit: args.batch_limit,
         concurrency: args.concurrency,
+        max_pending_per_node: args.max_pending_per_node,
         retry_base_secs: args.retry_base,
         lease_secs: args.lease_secs,
         replica: args

@@ -29,7 +29,7 @@ use ucanto::principal::{Did, Signer, Verifier};
 use ucanto::server::Server;
 use ucanto::ucan::{now, Delegation};
 
-use crate::consolidator::{consolidate_task, is_node_failure, is_retry, BatchLimits, Consolidator};
+use crate::consolidator::{is_node_failure, is_retry, leased_task, BatchLimits, Consolidator};
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
 use crate::registry::{SpacePolicy, SpaceRegistry, StoreRegistry};
@@ -42,8 +42,12 @@ pub struct Settings {
     pub interval: Duration,
     /// Records leased per run.
     pub batch_limit: usize,
-    /// Batches consolidated at once.
+    /// Batches consolidated at once (by different nodes: a node's batches
+    /// take turns, so that one node holds one slot at most).
     pub concurrency: usize,
+    /// Batches a node may have pending (tracked, not yet concluded); a
+    /// track past it is refused (`TooManyPendingBatches`). 0: no cap.
+    pub max_pending_per_node: u64,
     /// How long a replica holds a record while consolidating it.
     pub lease_secs: u64,
     /// First retry delay after a transient failure; doubles per attempt.
@@ -86,6 +90,12 @@ pub struct Settings {
     pub non_billable_actors: Vec<Did>,
 }
 
+/// Default of [`Settings::max_pending_per_node`]: 64 batches. A node that
+/// closes a batch every few minutes stays far under it while the tracker
+/// keeps up (hourly runs); it bounds what one node can queue (records the
+/// dashboard and every lease walk past) to 64 per node DID.
+pub const DEFAULT_MAX_PENDING_PER_NODE: u64 = 64;
+
 /// Which spaces count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpaceRule {
@@ -111,6 +121,7 @@ impl Default for Settings {
             interval: Duration::from_secs(3600),
             batch_limit: 200,
             concurrency: 4,
+            max_pending_per_node: DEFAULT_MAX_PENDING_PER_NODE,
             lease_secs: 15 * 60,
             retry_base_secs: 60,
             retry_max_secs: 3600,
@@ -202,6 +213,7 @@ impl Tracker {
             metrics,
             consolidator: consolidator_key.clone(),
             spaces: spaces.clone(),
+            max_pending_per_node: settings.max_pending_per_node,
         });
         let server = Arc::new(tracker_server(ctx.clone()));
         let consolidator = match &settings.remote_consolidator {
@@ -343,11 +355,32 @@ impl Tracker {
             leased: leased.len(),
             ..Default::default()
         };
-        let outcomes: Vec<bool> = futures_util::stream::iter(leased)
-            .map(|record| self.consolidate_one(record))
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+        // One slot per node: a node's batches take turns, oldest first, so
+        // a node whose downloads are slow holds one slot at most while the
+        // others serve other nodes' batches.
+        let slots = self.settings.concurrency.max(1);
+        let mut queue: std::collections::VecDeque<EgressRecord> = leased.into();
+        let mut busy: std::collections::HashSet<Did> = Default::default();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut outcomes = Vec::with_capacity(queue.len());
+        loop {
+            while running.len() < slots {
+                let Some(next) = queue.iter().position(|r| !busy.contains(&r.node)) else {
+                    break;
+                };
+                let Some(record) = queue.remove(next) else {
+                    break;
+                };
+                busy.insert(record.node.clone());
+                let node = record.node.clone();
+                running.push(async move { (node, self.consolidate_one(record).await) });
+            }
+            let Some((node, done)) = running.next().await else {
+                break;
+            };
+            busy.remove(&node);
+            outcomes.push(done);
+        }
         summary.concluded = outcomes.iter().filter(|done| **done).count();
         summary.retried = outcomes.len() - summary.concluded;
         Metrics::add(&self.ctx.metrics.consolidation_runs, 1);
@@ -361,19 +394,40 @@ impl Tracker {
     /// Invokes the record's consolidate task; true when the batch is concluded.
     async fn consolidate_one(&self, record: EgressRecord) -> bool {
         let batch = record.batch;
+        // A batch that waited for its node's slot past our lease is due
+        // again (and maybe another replica's now): the consolidator would
+        // refuse its task as not leased, so it is left to the next run,
+        // neither tried nor rescheduled.
+        if record
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.until <= now())
+        {
+            tracing::info!(%batch, "lease ended before the node's slot was free");
+            return false;
+        }
         // Whether the node is to blame for a failure (only then does the
         // give-up age run); anything else failing is ours.
         let mut by_node = false;
         let outcome = async {
             let track =
                 Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
-            let task =
-                consolidate_task(self.ctx.signer.as_ref(), &track).map_err(|e| e.to_string())?;
+            // The lease lets the consolidator run the task until ours ends.
+            let until = record.lease.as_ref().map_or(now(), |lease| lease.until);
+            let (task, lease) = leased_task(
+                self.ctx.signer.as_ref(),
+                &track,
+                self.ctx.consolidator.did(),
+                until,
+                &self.settings.replica,
+            )
+            .map_err(|e| e.to_string())?;
             let receipt = self
                 .consolidator
-                .invoke(&task)
+                .execute_with(std::slice::from_ref(&task), vec![lease])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .remove(0);
             if is_retry(&receipt) {
                 by_node = is_node_failure(&receipt);
                 return Err(
@@ -402,7 +456,9 @@ impl Tracker {
             .min(self.settings.retry_max_secs);
         let owner = self.settings.replica.clone();
         let current = now();
-        let message = reason.clone();
+        // Stored with the record and shown on the dashboard: bounded,
+        // whatever a node's endpoint or the consolidator said.
+        let message = ucanto::bounded::message(reason.clone());
         if let Err(e) = self
             .ctx
             .store(move |s| {

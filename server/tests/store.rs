@@ -24,6 +24,38 @@ common::scenarios!(store);
 
 // ---------------------------------------------------------------- durability
 
+/// A store made before the per-node pending counts (or written since by a
+/// version that did not keep them) has them counted from its records when
+/// opened, so the cap holds for the batches it already had.
+#[test]
+fn pending_counts_are_counted_again_when_they_do_not_add_up() {
+    let dir = TempDir::new("pending-backfill");
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        for n in 0..3 {
+            store.put(new_record(n, node(), n)).unwrap();
+        }
+        store.put(new_record(9, mallory(), 9)).unwrap();
+        let c = conclusion(0, vec![usage(space_a(), "2025-01-01", 10)], &[1]);
+        store.conclude(&c).unwrap();
+    }
+    {
+        let db = redb::Database::open(dir.path().join("etracker.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("node_pending");
+        assert!(tx.delete_table(table).unwrap(), "the table exists");
+        tx.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(store.node_pending(&node()).unwrap(), 2);
+    assert_eq!(store.node_pending(&mallory()).unwrap(), 1);
+    assert!(matches!(
+        store.put_within(new_record(3, node(), 10), 2),
+        Err(etracker_server::store::StoreError::TooManyPending { pending: 2 })
+    ));
+    consistent(&store);
+}
+
 /// A store made before the all-nodes egress table, the list of billed
 /// spaces, the customer index and the running byte sums gets them filled in
 /// when opened.

@@ -23,6 +23,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) config: &'a ValidatorConfig,
     pub(crate) now: u64,
     budget: Cell<usize>,
+    /// Capabilities that may still be examined.
+    capabilities: Cell<usize>,
     /// Signature checks by (UCAN, verifier DID): a repeated path costs nothing.
     signatures: RefCell<crate::memo::FastMap<(Cid, Did), (Bytes, bool)>>,
 }
@@ -67,6 +69,7 @@ impl<'a> Ctx<'a> {
             config,
             now: config.time(),
             budget: Cell::new(config.max_validations),
+            capabilities: Cell::new(config.max_capability_checks),
             signatures: RefCell::default(),
         }
     }
@@ -83,7 +86,12 @@ impl<'a> Ctx<'a> {
         let mut sources = Vec::new();
         for proof in proofs {
             match self.validate(proof, proofs) {
-                Ok(()) => sources.extend(sources_of(proof)),
+                Ok(()) => {
+                    if let Err(e) = self.add_sources(&mut sources, proof) {
+                        invalid_proofs.push(e);
+                        break;
+                    }
+                }
                 Err(e) => invalid_proofs.push(e),
             }
         }
@@ -188,7 +196,12 @@ impl<'a> Ctx<'a> {
         let mut sources = Vec::new();
         for proof in &aligned {
             match self.validate(proof, &aligned) {
-                Ok(()) => sources.extend(sources_of(proof)),
+                Ok(()) => {
+                    if let Err(e) = self.add_sources(&mut sources, proof) {
+                        errors.push(e);
+                        break;
+                    }
+                }
                 Err(e) => errors.push(Failure::Proof {
                     proof: proof.cid(),
                     cause: Box::new(e),
@@ -196,6 +209,26 @@ impl<'a> Ctx<'a> {
             }
         }
         (sources, errors)
+    }
+
+    /// Adds the capabilities of `delegation` to `sources`, each taken from
+    /// the budget of capability checks (a UCAN may list thousands, and each
+    /// is parsed and compared with the claim); `LimitExceeded` once spent.
+    fn add_sources(
+        &self,
+        sources: &mut Vec<Source>,
+        delegation: &Delegation,
+    ) -> Result<(), Failure> {
+        let count = delegation.capabilities().len();
+        let left = self.capabilities.get();
+        self.capabilities.set(left.saturating_sub(count));
+        sources.extend(sources_of(delegation).take(left));
+        if count > left {
+            return Err(Failure::LimitExceeded {
+                limit: self.config.max_capability_checks,
+            });
+        }
+        Ok(())
     }
 
     /// JS `validate`: time bounds, then the issuer's authorization.
@@ -212,6 +245,16 @@ impl<'a> Ctx<'a> {
             });
         }
         self.budget.set(left - 1);
+        // Before anything is resolved or verified: real chains cite a
+        // handful of proofs, and each costs a check.
+        let cited = delegation.data().proofs.len();
+        if cited > self.config.max_proofs {
+            return Err(Failure::TooManyProofs {
+                delegation: delegation.cid(),
+                proofs: cited,
+                max: self.config.max_proofs,
+            });
+        }
         super::validate_time(delegation, self.now)?;
         self.verify_authorization(delegation, proofs)
     }
@@ -262,23 +305,24 @@ impl<'a> Ctx<'a> {
         }
         let bytes = &delegation.block().bytes;
         let shared = self.config.verified.as_ref();
-        if shared.is_some_and(|cache| cache.contains(&delegation.cid(), verifier, bytes)) {
-            return Ok(());
-        }
+        // What the shared cache remembers, a success or a failure, is the
+        // outcome: no verification, nothing spent.
+        let remembered = shared.and_then(|cache| cache.outcome(&delegation.cid(), verifier, bytes));
         let key = (delegation.cid(), verifier.did().clone());
-        let cached = self
-            .signatures
-            .borrow()
-            .get(&key)
-            .filter(|(b, _)| b == bytes)
-            .map(|(_, ok)| *ok);
+        let cached = remembered.or_else(|| {
+            self.signatures
+                .borrow()
+                .get(&key)
+                .filter(|(b, _)| b == bytes)
+                .map(|(_, ok)| *ok)
+        });
         if cached.is_none() && shared.is_some_and(|cache| !cache.spend()) {
             return Err(Failure::BudgetExceeded);
         }
         let valid = cached.unwrap_or_else(|| {
             let ok = delegation.verify_signature(verifier);
-            if let (true, Some(cache)) = (ok, shared) {
-                cache.insert(key.0, verifier, bytes.clone());
+            if let Some(cache) = shared {
+                cache.record(key.0, verifier, bytes, ok);
             }
             self.signatures
                 .borrow_mut()

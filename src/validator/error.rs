@@ -1,11 +1,24 @@
 //! Why a capability is not authorized, with the names and messages of
 //! @ucanto/validator's error classes (messages nest through `li`).
+//!
+//! Messages are rendered within a byte budget: byte-identical to JS while
+//! they fit in [`MAX_MESSAGE_BYTES`], and otherwise cut
+//! ([`crate::bounded::cut`]). Rendering stops a few KiB past that point: no
+//! later line, and no nested message that would not be kept, is rendered.
+//! (So the cut marker of a longer message counts the bytes rendered past
+//! the cut, not the whole explanation, which is never built.)
 
 use std::fmt;
 
 use cid::Cid;
 
 use super::js::{self, li};
+use crate::bounded::MAX_MESSAGE_BYTES;
+
+/// How far a message is rendered before it is cut to [`MAX_MESSAGE_BYTES`]:
+/// a message up to this long is cut exactly as the whole message would be
+/// (the marker counts every byte cut).
+const RENDERED: usize = 4 * MAX_MESSAGE_BYTES;
 use crate::dag::{Ipld, IpldMap};
 use crate::principal::Did;
 use crate::ucan::Capability;
@@ -143,8 +156,19 @@ pub enum Failure {
         limit: usize,
     },
     /// `SignatureBudgetExceeded` (no JS equivalent): the shared budget of
-    /// signature verifications (e.g. of one batch) is spent.
+    /// signature verifications (e.g. of one batch or one request) is spent.
     BudgetExceeded,
+    /// `TooManyProofs` (no JS equivalent): the UCAN cites more proofs than
+    /// [`ValidatorConfig::max_proofs`](super::ValidatorConfig::max_proofs);
+    /// refused before any of them is resolved or verified.
+    TooManyProofs {
+        /// The UCAN.
+        delegation: Cid,
+        /// How many proofs it cites (repeated links included).
+        proofs: usize,
+        /// The most allowed.
+        max: usize,
+    },
 }
 
 impl Failure {
@@ -164,11 +188,18 @@ impl Failure {
             Failure::Proof { .. } => "ProofError",
             Failure::LimitExceeded { .. } => "ValidationLimitExceeded",
             Failure::BudgetExceeded => "SignatureBudgetExceeded",
+            Failure::TooManyProofs { .. } => "TooManyProofs",
         }
     }
 
-    /// The JS error message.
+    /// The JS error message, cut to [`MAX_MESSAGE_BYTES`].
     pub fn message(&self) -> String {
+        crate::bounded::message(self.render(RENDERED))
+    }
+
+    /// The JS error message when it is at most `limit` bytes long; otherwise
+    /// a prefix of it longer than `limit` (rendering stops once past it).
+    pub(crate) fn render(&self, limit: usize) -> String {
         match self {
             Failure::Expired {
                 delegation,
@@ -215,9 +246,10 @@ impl Failure {
                 delegation,
                 issuer,
                 cause,
-            } => format!(
-                "Delegation {delegation} issued by {issuer} has an invalid session\n{}",
-                li(&cause.message)
+            } => nest(
+                format!("Delegation {delegation} issued by {issuer} has an invalid session"),
+                limit,
+                |left| cause.render(left),
             ),
             Failure::MalformedCapability { capability, cause } => format!(
                 "Encountered malformed '{}' capability: {}\n{}",
@@ -227,23 +259,31 @@ impl Failure {
             ),
             Failure::EscalatedCapability { cause, .. } => format!("Constraint violation: {cause}"),
             Failure::Delegation { context, causes } => {
-                let mut lines = vec![format!(
-                    "Can not derive {context} from delegated capabilities:"
-                )];
-                lines.extend(causes.iter().map(|c| li(&c.message())));
-                lines.join("\n")
+                let mut out = format!("Can not derive {context} from delegated capabilities:");
+                for cause in causes {
+                    if !push_li(&mut out, limit, |left| cause.render(left)) {
+                        break;
+                    }
+                }
+                out
             }
-            Failure::Proof { proof, cause } => {
-                format!(
-                    "Capability can not be derived from prf:{proof} because:\n{}",
-                    li(&cause.message())
-                )
-            }
-            Failure::InvalidClaim(claim) => claim.message(),
+            Failure::Proof { proof, cause } => nest(
+                format!("Capability can not be derived from prf:{proof} because:"),
+                limit,
+                |left| cause.render(left),
+            ),
+            Failure::InvalidClaim(claim) => claim.render(limit),
             Failure::LimitExceeded { limit } => {
                 format!("Proof validation limit of {limit} checks exceeded")
             }
             Failure::BudgetExceeded => "Signature verification budget exhausted".into(),
+            Failure::TooManyProofs {
+                delegation,
+                proofs,
+                max,
+            } => format!(
+                "Delegation {delegation} cites {proofs} proofs, more than the {max} allowed"
+            ),
         }
     }
 
@@ -288,32 +328,56 @@ fn error_map(name: &str, message: &str) -> IpldMap {
     map
 }
 
-/// The bullets shared by `Unauthorized` and `InvalidClaim`: failed proofs,
-/// delegation errors, invalid proofs (or `fallback`), then unknown capabilities.
+/// `head`, then `li` of what `render` gives within the bytes left of
+/// `limit` (not rendered at all when `head` is past it already).
+fn nest(mut head: String, limit: usize, render: impl FnOnce(usize) -> String) -> String {
+    push_li(&mut head, limit, render);
+    head
+}
+
+/// Appends a line `li(render(left))`, `left` being what remains of `limit`,
+/// unless `out` is past `limit` already. Whether `out` is still within it.
+fn push_li(out: &mut String, limit: usize, render: impl FnOnce(usize) -> String) -> bool {
+    if out.len() > limit {
+        return false;
+    }
+    let item = render(limit - out.len());
+    out.push('\n');
+    out.push_str(&li(&item));
+    out.len() <= limit
+}
+
+/// Appends the bullets shared by `Unauthorized` and `InvalidClaim` to
+/// `out`: failed proofs, delegation errors, invalid proofs (or `fallback`),
+/// then unknown capabilities; stops once `out` is past `limit`.
 fn reasons(
-    failed_proofs: &[Failure],
-    delegation_errors: &[Failure],
-    invalid_proofs: &[Failure],
+    out: &mut String,
+    limit: usize,
+    failures: [&[Failure]; 3],
     unknown: &[Capability],
     fallback: &str,
-) -> Vec<String> {
-    let mut lines: Vec<String> = failed_proofs
-        .iter()
-        .chain(delegation_errors)
-        .chain(invalid_proofs)
-        .map(|e| li(&e.message()))
-        .collect();
-    if lines.is_empty() {
-        lines.push(li(fallback));
+) {
+    let mut any = false;
+    for failure in failures.into_iter().flatten() {
+        any = true;
+        if !push_li(out, limit, |left| failure.render(left)) {
+            return;
+        }
+    }
+    if !any && !push_li(out, limit, |_| fallback.to_string()) {
+        return;
     }
     if !unknown.is_empty() {
-        let items: Vec<String> = unknown.iter().map(|c| li(&js::raw_capability(c))).collect();
-        lines.push(li(&format!(
-            "Encountered unknown capabilities\n{}",
-            items.join("\n")
-        )));
+        push_li(out, limit, |left| {
+            let mut items = String::from("Encountered unknown capabilities");
+            for capability in unknown {
+                if !push_li(&mut items, left, |_| js::raw_capability(capability)) {
+                    break;
+                }
+            }
+            items
+        });
     }
-    lines
 }
 
 /// `InvalidClaim`: a capability found in a proof could be neither issued by
@@ -335,23 +399,31 @@ pub struct InvalidClaim {
 }
 
 impl InvalidClaim {
-    /// The JS message.
+    /// The JS message, cut to [`MAX_MESSAGE_BYTES`].
     pub fn message(&self) -> String {
-        let mut lines = vec![
-            format!("Capability {} is not authorized because:", self.claim),
-            li(&format!(
-                "Capability can not be (self) issued by '{}'",
-                self.issuer
-            )),
-        ];
-        lines.extend(reasons(
-            &self.failed_proofs,
-            &self.delegation_errors,
-            &self.invalid_proofs,
-            &self.unknown_capabilities,
-            "Delegated capability not found",
-        ));
-        lines.join("\n")
+        crate::bounded::message(self.render(RENDERED))
+    }
+
+    /// The JS message, or past `limit`, a prefix of it (see [`Failure::render`]).
+    fn render(&self, limit: usize) -> String {
+        let mut out = format!("Capability {} is not authorized because:", self.claim);
+        let issuer = &self.issuer;
+        if push_li(&mut out, limit, |_| {
+            format!("Capability can not be (self) issued by '{issuer}'")
+        }) {
+            reasons(
+                &mut out,
+                limit,
+                [
+                    &self.failed_proofs,
+                    &self.delegation_errors,
+                    &self.invalid_proofs,
+                ],
+                &self.unknown_capabilities,
+                "Delegated capability not found",
+            );
+        }
+        out
     }
 }
 
@@ -369,7 +441,8 @@ pub struct Unauthorized {
     pub invalid_proofs: Vec<Failure>,
     /// Why each matching capability's proof chain failed.
     pub failed_proofs: Vec<Failure>,
-    /// The rendered reasons, exactly like JS @ucanto's `Unauthorized` message.
+    /// The rendered reasons, exactly like JS @ucanto's `Unauthorized`
+    /// message when it fits in [`MAX_MESSAGE_BYTES`], else cut to it.
     pub message: String,
 }
 
@@ -381,25 +454,36 @@ impl Unauthorized {
         invalid_proofs: Vec<Failure>,
         failed_proofs: Vec<Failure>,
     ) -> Self {
-        let mut lines = vec![format!(
-            "Claim {{\"can\":{}}} is not authorized",
-            js::json_string(capability)
-        )];
-        lines.extend(reasons(
-            &failed_proofs,
-            &delegation_errors,
-            &invalid_proofs,
-            &unknown_capabilities,
-            "No matching delegated capability found",
-        ));
-        Unauthorized {
+        let mut unauthorized = Unauthorized {
             capability: capability.to_string(),
             delegation_errors,
             unknown_capabilities,
             invalid_proofs,
             failed_proofs,
-            message: lines.join("\n"),
-        }
+            message: String::new(),
+        };
+        unauthorized.message = crate::bounded::message(unauthorized.render(RENDERED));
+        unauthorized
+    }
+
+    /// The JS message, or past `limit`, a prefix of it (see [`Failure::render`]).
+    pub(crate) fn render(&self, limit: usize) -> String {
+        let mut out = format!(
+            "Claim {{\"can\":{}}} is not authorized",
+            js::json_string(&self.capability)
+        );
+        reasons(
+            &mut out,
+            limit,
+            [
+                &self.failed_proofs,
+                &self.delegation_errors,
+                &self.invalid_proofs,
+            ],
+            &self.unknown_capabilities,
+            "No matching delegated capability found",
+        );
+        out
     }
 
     /// The error name.

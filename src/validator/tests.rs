@@ -220,11 +220,13 @@ fn check(name: &str) {
         (Err(error), _, Some(js)) => {
             assert_eq!(error.name(), js["name"], "{name}: error name");
             let js_message = js["message"].as_str().unwrap().to_string();
+            let full = error.render(usize::MAX);
             assert_eq!(
-                error.message, js_message,
-                "{name}: message\n--- ours\n{}\n--- js\n{js_message}",
-                error.message
+                full, js_message,
+                "{name}: message\n--- ours\n{full}\n--- js\n{js_message}"
             );
+            // What a receipt carries: the same, cut to 1 KiB like any message.
+            assert_eq!(error.message, crate::bounded::message(js_message));
         }
         (Ok(auth), None, _) => panic!("{name}: authorized ({auth:?}) but JS refused: {expected}"),
         (Err(error), Some(_), _) => panic!("{name}: refused but JS authorized:\n{}", error.message),
@@ -592,8 +594,9 @@ fn exploration_is_bounded() {
     config.local_proofs = held;
     let error = access(&invocation, &Echo, &config).unwrap_err();
     assert!(error
-        .message
+        .render(usize::MAX)
         .contains("Proof validation limit of 10000 checks exceeded"));
+    assert!(error.message.len() <= crate::bounded::MAX_MESSAGE_BYTES);
 }
 
 proptest::proptest! {

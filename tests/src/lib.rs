@@ -2,6 +2,8 @@
 //! JS peers spawned with node, and a small `test/echo` capability.
 
 pub mod attack;
+pub mod drip;
+pub mod flood;
 pub mod node;
 
 use std::path::PathBuf;

@@ -109,7 +109,12 @@ pub fn batch(receipts: &[Receipt]) -> (Cid, Vec<u8>) {
 /// Receipts of `n` good retrievals from alice's space by bob, served by the node;
 /// returns them and the bytes they add up to.
 pub fn good_receipts(n: u64, tag: &str) -> (Vec<Receipt>, u64) {
-    let (node, space, agent) = (node(), crate::alice(), crate::bob());
+    good_receipts_of(&node(), n, tag)
+}
+
+/// [`good_receipts`] served by `node`.
+pub fn good_receipts_of(node: &Ed25519Signer, n: u64, tag: &str) -> (Vec<Receipt>, u64) {
+    let (node, space, agent) = (node.clone(), crate::alice(), crate::bob());
     let proof = retrieve_delegation(&space, agent.did());
     let mut receipts = Vec::new();
     let mut total = 0;
@@ -140,6 +145,8 @@ pub struct BatchServer {
     pub stall: Arc<Mutex<Option<Duration>>>,
     /// Send half the batch, pause this long, then send the rest: a slow node.
     pub slow: Arc<Mutex<Option<Duration>>>,
+    /// Requests for a batch answered so far.
+    pub gets: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl BatchServer {
@@ -151,6 +158,7 @@ impl BatchServer {
     /// The router.
     pub fn router(&self) -> axum::Router {
         async fn get(State(s): State<BatchServer>, Path(cid): Path<String>) -> Response {
+            s.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if s.failing.load(std::sync::atomic::Ordering::Relaxed) {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }

@@ -358,6 +358,47 @@ async fn a_remote_consolidator_runs_its_trackers_tasks_only() {
             receipt.out()
         );
     }
+    // The tracker's own task, as public as its track receipt's fork, runs
+    // only under a lease the tracker signed: not bare, not under a lease
+    // the node made up, not under the tracker's lease for another batch.
+    let track = Delegation::builder(&node, service().did().clone())
+        .capability(Capability::new(
+            "space/egress/track",
+            service().did().as_str(),
+        ))
+        .build()
+        .unwrap();
+    let bare = etracker_server::consolidator::consolidate_task(&service(), &track).unwrap();
+    let forged_lease = etracker_server::consolidator::lease::grant(
+        &node,
+        consolidator_key.did(),
+        track.cid(),
+        ucanto::ucan::now() + 600,
+        "node",
+    )
+    .unwrap();
+    let other_lease = etracker_server::consolidator::lease::grant(
+        &service(),
+        consolidator_key.did(),
+        cause,
+        ucanto::ucan::now() + 600,
+        "replica",
+    )
+    .unwrap();
+    for lease in [None, Some(&forged_lease), Some(&other_lease)] {
+        let blocks = lease.map(|l| vec![l.block().clone()]).unwrap_or_default();
+        let receipt = Connection::http(consolidator_key.verifier(), url.clone())
+            .execute_with(std::slice::from_ref(&bare), blocks)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            error_name(receipt.out()),
+            Some(etracker_server::consolidator::NOT_LEASED),
+            "{:?}",
+            receipt.out()
+        );
+    }
 }
 
 /// Authorization is judged when the retrieval was made (its invocation's

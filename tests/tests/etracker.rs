@@ -622,19 +622,61 @@ async fn remote_consolidator_concludes_with_a_delegation() {
         assert!(receipt.verify_signature(consolidator_key.verifier().as_ref()));
         assert_eq!(consolidate_out(&receipt).unwrap().total_egress, total);
 
-        // The same task delivered again (a duplicate delivery, or a replica
-        // whose lease ran out): the same signed receipt, concluded again,
-        // changes nothing.
+        // The task replayed as anyone can read it (the track receipt's
+        // fork): refused without the tracker's lease, and nothing is
+        // downloaded.
         let record = ucanto_record(&tracker, &batch);
         let track_invocation = Delegation::extract(&record.track_invocation_bytes).unwrap();
-        let task_invocation =
+        let replayed =
             etracker_server::consolidator::consolidate_task(&service(), &track_invocation).unwrap();
+        assert_eq!(replayed.cid(), task);
+        let gets = server.gets.load(std::sync::atomic::Ordering::Relaxed);
+        let refused = Connection::http(consolidator_key.verifier(), consolidator_url.clone())
+            .invoke(&replayed)
+            .await
+            .unwrap();
+        assert_eq!(
+            ucanto::server::error_name(refused.out()),
+            Some(etracker_server::consolidator::NOT_LEASED)
+        );
+        // A lease that has ended is no better.
+        let (ended, lease) = etracker_server::consolidator::leased_task(
+            &service(),
+            &track_invocation,
+            consolidator_key.did(),
+            ucanto::ucan::now() - 1,
+            "replica-a",
+        )
+        .unwrap();
+        let refused = Connection::http(consolidator_key.verifier(), consolidator_url.clone())
+            .execute_with(std::slice::from_ref(&ended), vec![lease])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            ucanto::server::error_name(refused.out()),
+            Some(etracker_server::consolidator::NOT_LEASED)
+        );
+        assert_eq!(server.gets.load(std::sync::atomic::Ordering::Relaxed), gets);
+
+        // The same task delivered again under a lease (a duplicate delivery,
+        // or a replica whose lease ran out): the same signed receipt,
+        // concluded again, changes nothing.
+        let (task_invocation, lease) = etracker_server::consolidator::leased_task(
+            &service(),
+            &track_invocation,
+            consolidator_key.did(),
+            ucanto::ucan::now() + 60,
+            "replica-a",
+        )
+        .unwrap();
         assert_eq!(task_invocation.cid(), task);
         let concludes = metric(&tracker.url, "etracker_conclude_invocations_total").await;
         let again = Connection::http(consolidator_key.verifier(), consolidator_url.clone())
-            .invoke(&task_invocation)
+            .execute_with(std::slice::from_ref(&task_invocation), vec![lease])
             .await
-            .unwrap();
+            .unwrap()
+            .remove(0);
         assert_eq!(again.cid(), receipt.cid(), "deterministic receipt");
         assert_eq!(
             metric(&tracker.url, "etracker_conclude_invocations_total").await,

@@ -14,6 +14,8 @@
 //!   1 GiB batches, all valid and mostly duplicates;
 //! - **dashboard**: each dashboard page's median latency with 10,000 nodes
 //!   and 100,000 spaces in the store, against 100 nodes and 1,000 spaces;
+//! - **attacks**: the tracker's peak RSS and answer times under the costliest
+//!   attacks of the security table (`attacks`; `BENCH_ATTACKS=1` alone);
 //! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
@@ -25,6 +27,7 @@
 //! records the tracker's heap there with Debian's heaptrack (raw data, for
 //! `heaptrack_interpret` and `heaptrack_print`).
 
+mod attacks;
 mod batch;
 mod consolidate;
 mod dashboard;
@@ -106,6 +109,18 @@ async fn run() {
         let _ = std::fs::remove_dir_all(&work);
         return;
     }
+    // The attacks alone.
+    if std::env::var_os("BENCH_ATTACKS").is_some() {
+        let attacks = attacks::run(&p, &work).await;
+        std::fs::write(
+            out.join("attacks.json"),
+            serde_json::to_string_pretty(&attacks).unwrap() + "\n",
+        )
+        .unwrap();
+        attacks::print(&attacks);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
     let tracks = env_u64("BENCH_TRACKS", 5_000) as usize;
 
     // Track: the same number of distinct invocations against each peer.
@@ -184,6 +199,7 @@ async fn run() {
         }
     }
     let dashboard = dashboard::run(&p, &work).await;
+    let attacks = attacks::run(&p, &work).await;
     let _ = std::fs::remove_dir_all(&work);
 
     let interop: serde_json::Value = std::fs::read(out.join("interop.json"))
@@ -252,6 +268,7 @@ async fn run() {
             "peak_rss_mib": round(r.peak_rss as f64 / (1 << 20) as f64),
         })).collect::<Vec<_>>(),
         "dashboard": dashboard,
+        "attacks": attacks,
         "interop": interop,
         "targets": {
             "track_20x_inv_per_s": rust.per_second >= 20.0 * js.per_second,
@@ -260,6 +277,9 @@ async fn run() {
             "consolidate_0_7_of_floor": ratio_to_floor >= 0.7,
             "memory_under_128_mib": max_peak < 128.0 * (1 << 20) as f64,
             "memory_flat_20_percent": max_peak <= 1.2 * min_peak,
+            "attacks_under_128_mib": attacks.iter().all(|a| {
+                a["peak_rss_mib"].as_f64().is_some_and(|mib| mib < 128.0)
+            }),
         },
     });
     std::fs::create_dir_all(&out).unwrap();
@@ -315,6 +335,9 @@ fn print_table(r: &serde_json::Value) {
         );
     }
     dashboard::print(&r["dashboard"]);
+    if let Some(attacks) = r["attacks"].as_array() {
+        attacks::print(attacks);
+    }
     if let Some(interop) = r["interop"].as_object() {
         for (name, value) in interop {
             let rate = |side: &str| {

@@ -39,6 +39,12 @@ pub(super) struct Counted {
 /// soon as it is judged.
 pub const CHECK_CHUNK: usize = 1024;
 
+/// Bytes of archives checked per blocking task, at most (a chunk ends at
+/// whichever of this and [`CHECK_CHUNK`] comes first): honest archives
+/// (~1.2 KB) fill a chunk by count, padded ones by bytes, so the two chunks
+/// in hand never hold more than about twice this.
+pub const CHECK_CHUNK_BYTES: usize = 8 << 20;
+
 /// What checking one archive concluded.
 pub(super) enum Checked {
     Counted(Counted),
@@ -77,8 +83,11 @@ impl Rejections {
         *self.unlisted.entry(name.to_string()).or_default() += 1;
     }
 
-    /// The error of the receipt at `seq`.
-    pub(super) fn push(&mut self, seq: u64, error: ReceiptError) {
+    /// The error of the receipt at `seq`, its message cut to
+    /// [`ucanto::bounded::MAX_MESSAGE_BYTES`]: what a validator explains
+    /// grows with what the node sent.
+    pub(super) fn push(&mut self, seq: u64, mut error: ReceiptError) {
+        error.message = ucanto::bounded::message(error.message);
         self.listed.insert(seq, error);
         if self.listed.len() > MAX_LISTED_ERRORS {
             if let Some((seq, error)) = self.listed.pop_last() {
@@ -93,8 +102,21 @@ impl Rejections {
     /// `errors[]`: the first [`MAX_LISTED_ERRORS`] errors, then, if there were
     /// more, one `TooManyErrors` entry that counts the rest by name and names
     /// the first of them (or the batch).
+    ///
+    /// The listed messages share [`LISTED_MESSAGE_BUDGET`] bytes: each gets
+    /// at most its fair share of what is left (and never more than
+    /// 1 KiB), so short messages leave room for long ones after them and
+    /// the receipt stays small whatever the validator explained.
     pub(super) fn into_errors(self, batch: &Cid) -> Vec<ReceiptError> {
-        let mut errors: Vec<ReceiptError> = self.listed.into_values().collect();
+        let listed = self.listed.len();
+        let mut left = LISTED_MESSAGE_BUDGET;
+        let mut errors: Vec<ReceiptError> = Vec::with_capacity(listed + 1);
+        for (i, mut error) in self.listed.into_values().enumerate() {
+            let share = (left / (listed - i)).min(ucanto::bounded::MAX_MESSAGE_BYTES);
+            error.message = ucanto::bounded::cut(error.message, share);
+            left -= error.message.len().min(left);
+            errors.push(error);
+        }
         if !self.unlisted.is_empty() {
             let total: u64 = self.unlisted.values().sum();
             let by_name: Vec<String> = self
@@ -135,10 +157,14 @@ pub fn unlisted_counts(message: &str) -> Option<Vec<(String, u64)>> {
     (!counts.is_empty()).then_some(counts)
 }
 
-/// Most receipt errors listed one by one in a consolidate receipt (~200
-/// bytes each): the receipt stays well under the block size any ucanto
-/// client reads.
+/// Most receipt errors listed one by one in a consolidate receipt: with
+/// [`LISTED_MESSAGE_BUDGET`], the receipt stays under 256 KiB, well under
+/// the block size any ucanto client reads.
 pub const MAX_LISTED_ERRORS: usize = 1000;
+/// Bytes of message all listed errors share: with 1,000 entries (~90
+/// bytes each besides the message) and the task, the consolidate receipt
+/// stays under 256 KiB.
+pub const LISTED_MESSAGE_BUDGET: usize = 128 * 1024;
 /// Name of the last `errors[]` entry when more receipts were rejected than listed.
 pub const TOO_MANY_ERRORS: &str = "TooManyErrors";
 /// Signature verifications a batch may spend before its first receipt.
@@ -479,5 +505,55 @@ mod tests {
         assert_eq!(last.name, TOO_MANY_ERRORS);
         assert_eq!(last.receipt, receipt(max), "the first receipt not listed");
         assert!(last.message.starts_with("3 more"), "{}", last.message);
+    }
+
+    /// However long what the validator explains, each listed message is at
+    /// most 1 KiB and cut with a marker, all of them share the budget, and
+    /// short messages are kept whole.
+    #[test]
+    fn listed_messages_are_cut_and_share_a_budget() {
+        let receipt = |seq: u64| cid_of(DAG_CBOR, &seq.to_be_bytes());
+        let batch = cid_of(ucanto::dag::CAR, b"batch");
+        let mut rejected = Rejections::default();
+        for seq in 0..MAX_LISTED_ERRORS as u64 + 5 {
+            let message = if seq % 2 == 0 {
+                "x".repeat(2 << 20)
+            } else {
+                format!("short {seq}")
+            };
+            rejected.push(
+                seq,
+                ReceiptError {
+                    name: "Unauthorized".into(),
+                    message,
+                    receipt: receipt(seq),
+                },
+            );
+        }
+        let errors = rejected.into_errors(&batch);
+        assert_eq!(errors.len(), MAX_LISTED_ERRORS + 1);
+        let listed = &errors[..MAX_LISTED_ERRORS];
+        let total: usize = listed.iter().map(|e| e.message.len()).sum();
+        assert!(total <= LISTED_MESSAGE_BUDGET, "{total}");
+        for (seq, error) in listed.iter().enumerate() {
+            assert!(error.message.len() <= ucanto::bounded::MAX_MESSAGE_BYTES);
+            if seq % 2 == 0 {
+                assert!(error.message.ends_with(" bytes cut]"), "{}", error.message);
+            } else {
+                assert_eq!(error.message, format!("short {seq}"));
+            }
+        }
+        // Few errors: each long one gets its whole kilobyte.
+        let mut few = Rejections::default();
+        few.push(
+            0,
+            ReceiptError {
+                name: "Unauthorized".into(),
+                message: "y".repeat(5000),
+                receipt: receipt(0),
+            },
+        );
+        let errors = few.into_errors(&batch);
+        assert!(errors[0].message.len() > 1000 && errors[0].message.len() <= 1024);
     }
 }

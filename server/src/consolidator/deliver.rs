@@ -116,26 +116,34 @@ impl Delivery {
         match answer.out() {
             Ok(_) => {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
+                self.state.learned.forget(&batch);
                 Ok(())
             }
             Err(error) => {
-                // A conflict lists the retrievals counted elsewhere meanwhile;
-                // a refusal of spaces, the spaces the tracker does not bill.
+                // A conflict marks the retrievals counted elsewhere meanwhile;
+                // a refusal of spaces lists the spaces the tracker does not bill.
                 if let Ipld::Map(map) = error {
                     if let Some(Ipld::List(spaces)) = map.get("spaces") {
-                        if let Ok(mut known) = self.state.known_unbillable.lock() {
-                            known.extend(spaces.iter().filter_map(|s| match s {
+                        self.state
+                            .learned
+                            .add_unbilled(spaces.iter().filter_map(|s| match s {
                                 Ipld::String(did) => Did::parse(did).ok(),
                                 _ => None,
                             }));
-                        }
                     }
-                    if let Some(Ipld::List(receipts)) = map.get("receipts") {
-                        if let Ok(mut known) = self.state.known_counted.lock() {
-                            known.extend(receipts.iter().filter_map(|r| match r {
-                                Ipld::Link(cid) => Some(*cid),
-                                _ => None,
-                            }));
+                    match map.get("conflicts") {
+                        Some(Ipld::Bytes(marks)) => {
+                            let marked = marked_retrievals(&batch, tally, marks)?;
+                            self.state.learned.add_counted(batch, marked);
+                        }
+                        _ => {
+                            if let Some(Ipld::List(receipts)) = map.get("receipts") {
+                                let listed = receipts.iter().filter_map(|r| match r {
+                                    Ipld::Link(cid) => cid.hash().digest().try_into().ok(),
+                                    _ => None,
+                                });
+                                self.state.learned.add_counted(batch, listed);
+                            }
                         }
                     }
                 }
@@ -145,4 +153,33 @@ impl Delivery {
             }
         }
     }
+}
+
+/// The retrievals of `tally` whose bits `marks` sets (the tracker's
+/// conflict answer): read back from the tally a chunk at a time.
+fn marked_retrievals(
+    batch: &Cid,
+    tally: &Tally,
+    marks: &[u8],
+) -> Result<Vec<[u8; 32]>, DeliveryError> {
+    let mut marked = Vec::new();
+    let mut position = 0usize;
+    for i in 0..tally.links().len() {
+        if position / 8 >= marks.len() {
+            break;
+        }
+        let chunk = crate::tally::Chunk::decode(batch, &tally.chunk(i)?)?;
+        for retrieval in chunk.counted {
+            let set = marks
+                .get(position / 8)
+                .is_some_and(|byte| byte & (1 << (position % 8)) != 0);
+            if set {
+                if let Ok(digest) = retrieval.hash().digest().try_into() {
+                    marked.push(digest);
+                }
+            }
+            position += 1;
+        }
+    }
+    Ok(marked)
 }

@@ -104,6 +104,75 @@ pub(super) fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// The slowest a download may be ([`BatchLimits::min_fetch_rate`]): by when
+/// the bytes received so far must have grown, counted from the request.
+pub(super) struct RateFloor {
+    start: tokio::time::Instant,
+    rate: u64,
+    grace: std::time::Duration,
+}
+
+/// A download cut off for being slower than the minimum rate.
+#[derive(Debug)]
+pub(super) struct TooSlow {
+    received: u64,
+    elapsed: std::time::Duration,
+    rate: u64,
+}
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "too slow: {} bytes in {:.1} s, below the minimum rate of {} bytes/s",
+            self.received,
+            self.elapsed.as_secs_f64(),
+            self.rate
+        )
+    }
+}
+
+impl RateFloor {
+    /// The floor of a download starting now.
+    pub(super) fn new(limits: &BatchLimits) -> Self {
+        RateFloor {
+            start: tokio::time::Instant::now(),
+            rate: limits.min_fetch_rate,
+            grace: limits.min_fetch_rate_grace,
+        }
+    }
+
+    /// When a download that has `received` bytes falls below the rate
+    /// (never before the grace ends); `None`: never.
+    fn deadline(&self, received: u64) -> Option<tokio::time::Instant> {
+        if self.rate == 0 {
+            return None;
+        }
+        let nanos = u128::from(received) * 1_000_000_000 / u128::from(self.rate);
+        let at_rate = std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        self.start.checked_add(at_rate.max(self.grace))
+    }
+
+    /// `step` (the response, the next chunk), unless the download falls
+    /// below the rate first, having `received` bytes.
+    pub(super) async fn within<T>(
+        &self,
+        received: u64,
+        step: impl std::future::Future<Output = T>,
+    ) -> Result<T, TooSlow> {
+        let Some(deadline) = self.deadline(received) else {
+            return Ok(step.await);
+        };
+        tokio::time::timeout_at(deadline, step)
+            .await
+            .map_err(|_| TooSlow {
+                received,
+                elapsed: self.start.elapsed(),
+                rate: self.rate,
+            })
+    }
+}
+
 /// Spool file names: `etracker-batch-<batch>-<pid>-<n>.car`.
 const SPOOL_PREFIX: &str = "etracker-batch-";
 
@@ -153,6 +222,38 @@ pub(super) fn spool_path(dir: &std::path::Path, batch: &cid::Cid) -> std::path::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A download must keep up the minimum rate once the grace is over:
+    /// its deadline moves with the bytes received, and a stalled one is
+    /// cut off at it, not at the fetch timeout.
+    #[tokio::test]
+    async fn a_download_below_the_minimum_rate_is_cut_off() {
+        let millis = std::time::Duration::from_millis;
+        let limits = BatchLimits {
+            min_fetch_rate: 1000,
+            min_fetch_rate_grace: millis(100),
+            ..BatchLimits::default()
+        };
+        let floor = RateFloor::new(&limits);
+        let start = floor.start;
+        assert_eq!(floor.deadline(0), Some(start + millis(100)), "the grace");
+        assert_eq!(floor.deadline(50), Some(start + millis(100)));
+        assert_eq!(floor.deadline(30_000), Some(start + millis(30_000)));
+        assert!(floor.deadline(u64::MAX).is_none_or(|d| d > start));
+        // Stalled at 150 bytes: cut off at 150 ms.
+        let stalled = floor.within(150, std::future::pending::<()>()).await;
+        let err = stalled.unwrap_err();
+        assert!(err.elapsed >= millis(150), "{:?}", err.elapsed);
+        assert!(err.elapsed < millis(5_000), "{:?}", err.elapsed);
+        assert!(err.to_string().starts_with("too slow: 150 bytes"), "{err}");
+        // Fast enough: the step's own outcome.
+        assert_eq!(floor.within(1 << 20, async { 7 }).await.unwrap(), 7);
+        let off = RateFloor::new(&BatchLimits {
+            min_fetch_rate: 0,
+            ..limits
+        });
+        assert!(off.deadline(0).is_none(), "0 turns the floor off");
+    }
 
     #[test]
     fn only_public_addresses_are_public() {

@@ -62,12 +62,14 @@ use ucanto::ucan::{Delegation, Invocation};
 mod check;
 mod deliver;
 mod fetch;
+mod learned;
+pub mod lease;
 mod spill;
 mod task;
 
 pub use check::{
-    unlisted_counts, CHECK_CHUNK, DUPLICATE_RECEIPT, MAX_LISTED_ERRORS, NON_CANONICAL,
-    TOO_MANY_ERRORS,
+    unlisted_counts, CHECK_CHUNK, CHECK_CHUNK_BYTES, DUPLICATE_RECEIPT, LISTED_MESSAGE_BUDGET,
+    MAX_LISTED_ERRORS, NON_CANONICAL, TOO_MANY_ERRORS,
 };
 use fetch::batch_client;
 pub use fetch::remove_stale_spool_files;
@@ -86,6 +88,12 @@ pub const RETRY: &str = "EgressConsolidateRetry";
 /// store, a crashed task, the task already running): retried, never final.
 pub const RETRY_INTERNAL: &str = "EgressConsolidateInternalRetry";
 
+/// Default [`BatchLimits::min_fetch_rate`]: 64 KiB/s, a rate any node
+/// serving retrievals exceeds by far (the smallest batch, 10 MiB, would take
+/// 160 s at it), while a node that drips its batch is cut off after the
+/// grace instead of holding a download for the whole fetch timeout.
+pub const DEFAULT_MIN_FETCH_RATE: u64 = 64 * 1024;
+
 /// Limits and timings of batch processing.
 #[derive(Clone, Debug)]
 pub struct BatchLimits {
@@ -95,6 +103,14 @@ pub struct BatchLimits {
     pub max_size: u64,
     /// Timeout of the whole download.
     pub fetch_timeout: Duration,
+    /// Slowest download kept up (bytes per second, averaged from the
+    /// request): once `min_fetch_rate_grace` has passed, a download that
+    /// has received less than this rate times the time elapsed is cut off,
+    /// a failure of the node retried as any other. 0: no minimum.
+    pub min_fetch_rate: u64,
+    /// How long a download may go below `min_fetch_rate` at its start
+    /// (connecting, the node finding the batch).
+    pub min_fetch_rate_grace: Duration,
     /// After this many seconds since tracking, a failing fetch becomes final.
     pub give_up_after: u64,
     /// Where batches are spooled while being checked.
@@ -114,6 +130,8 @@ impl Default for BatchLimits {
             min_size: 10 * 1024 * 1024,
             max_size: 1024 * 1024 * 1024,
             fetch_timeout: Duration::from_secs(300),
+            min_fetch_rate: DEFAULT_MIN_FETCH_RATE,
+            min_fetch_rate_grace: Duration::from_secs(10),
             give_up_after: 48 * 3600,
             scratch_dir: std::env::temp_dir(),
             max_retrieval_bytes: DEFAULT_MAX_RETRIEVAL_BYTES,
@@ -133,6 +151,24 @@ pub fn consolidate_task(
         .attach(track.block().clone())
         .build()
 }
+
+/// The task for `track` as the scheduler sends it, and the block of its
+/// lease (see [`lease`]) to carry in the same message: the lease cannot be
+/// part of the task, whose CID nodes know.
+pub fn leased_task(
+    tracker: &dyn Signer,
+    track: &Invocation,
+    consolidator: &Did,
+    until: u64,
+    holder: &str,
+) -> Result<(Invocation, ucanto::dag::Block), CodecError> {
+    let lease = lease::grant(tracker, consolidator, track.cid(), until, holder)?;
+    Ok((consolidate_task(tracker, track)?, lease.block().clone()))
+}
+
+/// Error name of a task refused because the tracker holds no lease on it
+/// now (replayed, or its lease ended): nothing is downloaded.
+pub const NOT_LEASED: &str = "TaskNotLeased";
 
 /// What a failed batch download or check means.
 #[derive(Debug)]
@@ -207,9 +243,11 @@ struct HandlerState {
     limits: BatchLimits,
     authorities: Vec<Arc<dyn Verifier>>,
     http: reqwest::Client,
-    /// Retrievals the tracker said were counted by another batch (learned from
-    /// refused conclusions): what a consolidator without the store knows.
-    known_counted: Mutex<HashSet<Cid>>,
+    /// What refused conclusions taught: retrievals another batch counted
+    /// (per batch) and spaces the tracker does not bill; bounded.
+    learned: learned::Learned,
+    /// This consolidator's DID: the audience a task's lease must name.
+    me: Did,
     /// Tasks running now: a task asked for again meanwhile (a repeated or
     /// concurrent request) is not run a second time.
     running: Mutex<HashSet<Cid>>,
@@ -221,9 +259,6 @@ struct HandlerState {
     paging: TallyPaging,
     /// The invokers whose retrievals are billed to no one.
     non_billable: Arc<HashSet<Did>>,
-    /// Spaces the tracker refused as unknown (learned from refused
-    /// conclusions): what a consolidator with another registry learns.
-    known_unbillable: Mutex<HashSet<Did>>,
 }
 
 /// Removes a task from [`HandlerState::running`] when its run ends, however.
@@ -307,13 +342,13 @@ impl ConsolidatorBuilder {
             http: batch_client(&self.limits),
             limits: self.limits,
             authorities: self.authorities,
-            known_counted: Mutex::new(HashSet::new()),
+            learned: learned::Learned::default(),
+            me: self.signer.did().clone(),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
             spaces: self.spaces,
             paging: self.paging,
             non_billable: Arc::new(self.non_billable),
-            known_unbillable: Mutex::new(HashSet::new()),
         });
         let tracker_did = tracker.did().clone();
         let delivery = Arc::new(Delivery {

@@ -22,13 +22,13 @@ use ucanto::validator::SignatureCache;
 
 use super::check::{
     Checked, Checks, Counted, Rejections, BATCH_SIGNATURE_ALLOWANCE, CHECK_CHUNK,
-    DUPLICATE_RECEIPT, SIGNATURES_PER_RECEIPT,
+    CHECK_CHUNK_BYTES, DUPLICATE_RECEIPT, SIGNATURES_PER_RECEIPT,
 };
-use super::fetch::{is_public, literal_ip, spool_path};
+use super::fetch::{is_public, literal_ip, spool_path, RateFloor};
 use super::spill::{Entry, Spill};
 use super::{
-    BatchFailure, Concludable, HandlerState, RunningTask, NON_BILLABLE, RETRY, RETRY_INTERNAL,
-    UNKNOWN_SPACE,
+    BatchFailure, Concludable, HandlerState, RunningTask, NON_BILLABLE, NOT_LEASED, RETRY,
+    RETRY_INTERNAL, UNKNOWN_SPACE,
 };
 use crate::registry::{judge_all, Billing};
 use crate::scratch::ScratchFile;
@@ -39,7 +39,9 @@ impl HandlerState {
     pub(super) async fn consolidate(&self, invoked: Invoked<Consolidate>) -> Response {
         let (cause, request) = (invoked.capability.nb.cause, invoked.request);
         let task = request.invocation.cid();
-        let failure = |message: String| Response::error(ConsolidateError::new(message).to_ipld());
+        let failure = |message: String| {
+            Response::error(ConsolidateError::new(ucanto::bounded::message(message)).to_ipld())
+        };
         // Tasks come from the tracker only: a delegation of consolidate to
         // anyone else would let them make this service download batches.
         if request.invocation.issuer() != self.tracker.did() {
@@ -51,6 +53,17 @@ impl HandlerState {
                     request.invocation.issuer()
                 ),
             );
+        }
+        // A task is public and deterministic: it runs only with the
+        // tracker's current lease, checked before anything is downloaded.
+        if let Err(why) = super::lease::check(
+            &request.invocation,
+            &cause,
+            self.tracker.as_ref(),
+            &self.me,
+            now(),
+        ) {
+            return Response::failure(NOT_LEASED, why);
         }
         let Some(_running) = self.start(task) else {
             return Response::failure(RETRY_INTERNAL, format!("task {task} is already running"));
@@ -146,11 +159,14 @@ impl HandlerState {
         self.finish(batch, result?).await
     }
 
-    /// Streams the batch to `path`, enforcing the size limits and the hash.
+    /// Streams the batch to `path`, enforcing the size limits, the minimum
+    /// rate and the hash.
     async fn download(&self, url: &str, batch: &Cid, path: &PathBuf) -> Result<(), BatchFailure> {
         let limits = &self.limits;
         let transient =
             |e: &dyn std::fmt::Display| BatchFailure::Transient(format!("fetching {url}: {e}"));
+        // Slower than the minimum rate: cut off, the node's failure.
+        let floor = RateFloor::new(limits);
         if !self.limits.allow_private_endpoints {
             if let Some(ip) = literal_ip(url).filter(|ip| !is_public(*ip)) {
                 return Err(BatchFailure::Permanent(format!(
@@ -158,7 +174,11 @@ impl HandlerState {
                 )));
             }
         }
-        let mut response = self.http.get(url).send().await.map_err(|e| transient(&e))?;
+        let mut response = floor
+            .within(0, self.http.get(url).send())
+            .await
+            .map_err(|slow| transient(&slow))?
+            .map_err(|e| transient(&e))?;
         if !response.status().is_success() {
             return Err(BatchFailure::Transient(format!(
                 "fetching {url}: HTTP {}",
@@ -178,7 +198,12 @@ impl HandlerState {
         let mut file = tokio::io::BufWriter::with_capacity(SPOOL_IO_BYTES, file);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = response.chunk().await.map_err(|e| transient(&e))? {
+        while let Some(chunk) = floor
+            .within(size, response.chunk())
+            .await
+            .map_err(|slow| transient(&slow))?
+            .map_err(|e| transient(&e))?
+        {
             size += chunk.len() as u64;
             if size > limits.max_size {
                 return Err(BatchFailure::Permanent(format!(
@@ -241,6 +266,7 @@ impl HandlerState {
         // the counted retrievals are sorted.
         let mut recent_archives = FastSet::default();
         let mut chunk = Vec::with_capacity(CHECK_CHUNK);
+        let mut chunk_bytes = 0usize;
         let mut checking: Option<tokio::task::JoinHandle<_>> = None;
         let mut seq = 0u64;
         loop {
@@ -254,6 +280,7 @@ impl HandlerState {
                 }
                 if recent_archives.insert(archive) {
                     signatures.credit(SIGNATURES_PER_RECEIPT);
+                    chunk_bytes += bytes.len();
                     chunk.push((at, archive, bytes));
                 } else if counting.rejected.names(at) {
                     let receipt = Receipt::archived_cid(&bytes).unwrap_or(archive);
@@ -272,9 +299,12 @@ impl HandlerState {
                     counting.rejected.count(DUPLICATE_RECEIPT);
                 }
             }
-            if chunk.len() < CHECK_CHUNK && !end {
+            // A chunk is cut by count and by bytes: two are held at once
+            // (one checked, one read), so padded archives cost their bytes.
+            if chunk.len() < CHECK_CHUNK && chunk_bytes < CHECK_CHUNK_BYTES && !end {
                 continue;
             }
+            chunk_bytes = 0;
             // Checking is CPU work (signatures, validation): it runs off the
             // async runtime, on every core, while the next chunk is read.
             if let Some(previous) = checking.take() {
@@ -316,16 +346,8 @@ impl HandlerState {
         let settle = Settle {
             store: self.store.clone(),
             verdicts,
-            known_counted: self
-                .known_counted
-                .lock()
-                .map(|k| k.clone())
-                .unwrap_or_default(),
-            refused: self
-                .known_unbillable
-                .lock()
-                .map(|k| k.clone())
-                .unwrap_or_default(),
+            learned_counted: self.learned.counted(batch),
+            refused: self.learned.unbilled(),
         };
         let file = ScratchFile::create(&self.limits.scratch_dir, "tally").map_err(spilling)?;
         let tally = TallyWriter::with_chunking(
@@ -443,8 +465,9 @@ fn spilling(e: std::io::Error) -> BatchFailure {
 struct Settle {
     store: Option<Arc<dyn Store>>,
     verdicts: HashMap<Did, Billing>,
-    /// Retrievals the tracker said another batch counted.
-    known_counted: HashSet<Cid>,
+    /// Retrievals the tracker said another batch counted, when it refused
+    /// this batch's conclusion (sorted digests).
+    learned_counted: Vec<super::learned::Digest>,
     /// Spaces the tracker said it does not bill.
     refused: HashSet<Did>,
 }
@@ -524,9 +547,9 @@ impl Settle {
                 Some(batch) => Some(format!(
                     "retrieval {retrieval} already counted in batch {batch}"
                 )),
-                None if self.known_counted.contains(&retrieval) => Some(format!(
-                    "retrieval {retrieval} already counted in another batch"
-                )),
+                None if self.learned_counted.binary_search(&entry.retrieval).is_ok() => Some(
+                    format!("retrieval {retrieval} already counted in another batch"),
+                ),
                 None => None,
             };
             if let Some(message) = duplicate {
@@ -613,7 +636,7 @@ mod tests {
         let settle = Settle {
             store: None,
             verdicts: HashMap::new(),
-            known_counted: HashSet::from([retrieval(5)]),
+            learned_counted: vec![retrieval(5).hash().digest().try_into().unwrap()],
             refused: HashSet::new(),
         };
         let tally = TallyWriter::with_chunking(batch, None, 2, 10);

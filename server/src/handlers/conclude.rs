@@ -15,7 +15,7 @@ use cid::Cid;
 use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
-use ucanto::dag::{BlockStore, Ipld, IpldMap};
+use ucanto::dag::{Block, BlockStore, Ipld, IpldMap};
 use ucanto::message::AgentMessage;
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
@@ -43,15 +43,23 @@ pub async fn handle(
             tracing::warn!(%message, "conclude refused");
             Ok(Response::error(ConcludeError::new(message).to_ipld()))
         }
-        Err(Refusal::Conflict(receipts)) => {
+        Err(Refusal::Conflict { receipts, marks }) => {
             let message = describe_conflict(&receipts);
             tracing::warn!(%message, "conclude refused");
-            let Ipld::Map(mut error) = ConcludeError::new(message).to_ipld() else {
-                unreachable!("failures are maps")
-            };
-            let links = receipts.into_iter().map(Ipld::Link).collect();
-            error.insert("receipts".into(), Ipld::List(links));
-            Ok(Response::error(Ipld::Map(error)))
+            let links = receipts
+                .iter()
+                .take(MAX_LISTED_CONFLICTS)
+                .map(|cid| Ipld::Link(*cid))
+                .collect();
+            let error = refusal(
+                message,
+                [
+                    ("receipts", Ipld::List(links)),
+                    ("count", Ipld::Integer(receipts.len() as i128)),
+                    ("conflicts", Ipld::Bytes(marks)),
+                ],
+            );
+            Ok(Response::error(error))
         }
         Err(Refusal::UnknownSpaces(spaces)) => {
             let message = format!(
@@ -60,12 +68,15 @@ pub async fn handle(
                 spaces[0]
             );
             tracing::warn!(%message, "conclude refused");
-            let Ipld::Map(mut error) = ConcludeError::new(message).to_ipld() else {
-                unreachable!("failures are maps")
-            };
-            let listed = spaces.iter().map(|s| Ipld::String(s.to_string())).collect();
-            error.insert("spaces".into(), Ipld::List(listed));
-            Ok(Response::error(Ipld::Map(error)))
+            let listed = spaces
+                .iter()
+                .take(MAX_LISTED_SPACES)
+                .map(|s| Ipld::String(s.to_string()))
+                .collect();
+            Ok(Response::error(refusal(
+                message,
+                [("spaces", Ipld::List(listed))],
+            )))
         }
         Err(Refusal::Incomplete { received, total }) => Ok(Response::failure(
             TALLY_INCOMPLETE,
@@ -78,6 +89,83 @@ pub async fn handle(
 /// Error name of a conclude page whose tally chunks are staged while the
 /// rest are still to come.
 pub const TALLY_INCOMPLETE: &str = "TallyIncomplete";
+
+/// Most retrievals a conflict answer lists by CID (~43 KiB); all of them
+/// are marked in its `conflicts` bitmap, which is what a consolidator reads.
+pub const MAX_LISTED_CONFLICTS: usize = 1024;
+
+/// Most spaces a refusal of unbilled spaces lists: a consolidator drops
+/// those and learns the rest on its next run.
+pub const MAX_LISTED_SPACES: usize = 1024;
+
+/// `EgressConcludeError` with `extra` fields besides its name and message.
+fn refusal<const N: usize>(message: String, extra: [(&str, Ipld); N]) -> Ipld {
+    let mut error = IpldMap::new();
+    if let Ipld::Map(fields) = ConcludeError::new(message).to_ipld() {
+        error = fields;
+    }
+    error.extend(
+        extra
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value)),
+    );
+    Ipld::Map(error)
+}
+
+/// One bit per retrieval of the tally, in its order (chunk by chunk, then
+/// as each chunk lists them; bit `i % 8` of byte `i / 8`), set for those
+/// in `conflicts`: every conflict named in one bit, so the answer stays
+/// small (at most an eighth of a byte per retrieval) however many there
+/// are, and the consolidator maps them back with its own tally.
+async fn conflict_marks(
+    ctx: &Arc<Context>,
+    batch: &Cid,
+    links: &[Cid],
+    blocks: &BlockStore,
+    conflicts: &[Cid],
+) -> Result<Vec<u8>, Refusal> {
+    let conflicts: HashSet<&Cid> = conflicts.iter().collect();
+    let mut marks = Vec::new();
+    let mut position = 0usize;
+    for link in links {
+        let block = chunk_block(ctx, batch, link, blocks, true).await?;
+        let chunk = Chunk::decode(batch, &block).map_err(|e| e.to_string())?;
+        for retrieval in &chunk.counted {
+            if conflicts.contains(retrieval) {
+                marks.resize(marks.len().max(position / 8 + 1), 0);
+                marks[position / 8] |= 1 << (position % 8);
+            }
+            position += 1;
+        }
+    }
+    Ok(marks)
+}
+
+/// Tally chunk `link`: attached to the invocation (when `attached_first`),
+/// else as staged by an earlier page.
+async fn chunk_block(
+    ctx: &Arc<Context>,
+    batch: &Cid,
+    link: &Cid,
+    blocks: &BlockStore,
+    attached_first: bool,
+) -> Result<Block, Refusal> {
+    if attached_first {
+        if let Ok(block) = blocks.block(link) {
+            return Ok(block);
+        }
+    }
+    let (wanted, batch) = (*link, *batch);
+    let bytes = ctx
+        .store(move |store| store.staged_chunks(&batch, &[wanted]))
+        .await
+        .map_err(Refusal::Unexpected)?
+        .pop()
+        .flatten()
+        .ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
+    Ok(staged_block(link, bytes)
+        .ok_or_else(|| format!("staged chunk {link} does not hash to its CID"))?)
+}
 
 /// What a tally says, read a chunk at a time: the usage summed, and the
 /// counted retrievals of a tally in one piece; those of a tally in pages stay
@@ -145,19 +233,7 @@ async fn read_tally(
         };
         let (block, attached) = match in_hand {
             Some(block) => (block, true),
-            None => {
-                let wanted = *link;
-                let bytes = ctx
-                    .store(move |store| store.staged_chunks(&batch, &[wanted]))
-                    .await
-                    .map_err(Refusal::Unexpected)?
-                    .pop()
-                    .flatten()
-                    .ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
-                let block = staged_block(link, bytes)
-                    .ok_or_else(|| format!("staged chunk {link} does not hash to its CID"))?;
-                (block, false)
-            }
+            None => (chunk_block(ctx, &batch, link, blocks, false).await?, false),
         };
         let chunk = Chunk::decode(&batch, &block).map_err(|e| e.to_string())?;
         for (space, day, bytes) in chunk.usage {
@@ -206,9 +282,13 @@ enum Refusal {
         received: usize,
         total: usize,
     },
-    /// Retrievals another batch counted meanwhile; listed so a consolidator
-    /// without store access can drop them on its next run.
-    Conflict(Vec<Cid>),
+    /// Retrievals another batch counted meanwhile, and their marks over
+    /// the tally (see [`conflict_marks`]), so a consolidator without store
+    /// access can drop them on its next run.
+    Conflict {
+        receipts: Vec<Cid>,
+        marks: Vec<u8>,
+    },
     Unexpected(StoreError),
 }
 
@@ -346,7 +426,10 @@ async fn conclude(
         Ok(ConcludeOutcome::AlreadyConcluded { receipt }) => {
             Err(format!("batch {batch} was concluded with receipt {receipt}").into())
         }
-        Err(StoreError::Conflict { receipts }) => Err(Refusal::Conflict(receipts)),
+        Err(StoreError::Conflict { receipts }) => {
+            let marks = conflict_marks(ctx, &batch, &nb.tally, blocks, &receipts).await?;
+            Err(Refusal::Conflict { receipts, marks })
+        }
         Err(e) => Err(Refusal::Unexpected(e)),
     }
 }

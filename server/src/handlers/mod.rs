@@ -25,6 +25,8 @@ pub struct Context {
     pub consolidator: Arc<dyn Verifier>,
     /// Which spaces count, and who their customers are.
     pub spaces: SpacePolicy,
+    /// Batches a node may have pending; a track past it is refused.
+    pub max_pending_per_node: u64,
 }
 
 impl Context {

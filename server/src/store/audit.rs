@@ -49,6 +49,28 @@ pub(crate) struct Auditor {
 }
 
 impl Auditor {
+    /// Checks every node's pending count kept (`kept`) against its pending
+    /// records (`expected`, nodes with none left out).
+    pub(crate) fn check_node_pending(
+        &mut self,
+        expected: &BTreeMap<String, u64>,
+        kept: &BTreeMap<String, u64>,
+    ) {
+        let nodes: std::collections::BTreeSet<&String> =
+            expected.keys().chain(kept.keys()).collect();
+        for node in nodes {
+            let (want, have) = (
+                expected.get(node).copied().unwrap_or(0),
+                kept.get(node).copied().unwrap_or(0),
+            );
+            if want != have {
+                self.problem(format!(
+                    "node {node} has {want} pending records, its count says {have}"
+                ));
+            }
+        }
+    }
+
     /// Counts `record` and checks that its index entry exists: the due entry
     /// of a pending record (`has_due_entry`), the receipt of a done one
     /// (`has_receipt`).

@@ -5,6 +5,10 @@
 //!
 //! - **One record per batch.** [`Store::put`] is idempotent for the node that
 //!   tracked the batch and refuses any other node ([`StoreError::NodeConflict`]).
+//! - **A bounded queue per node.** Each backend counts every node's pending
+//!   records exactly, in the transactions that track and conclude them, so
+//!   [`Store::put_within`] can refuse a node's batch past a cap
+//!   ([`StoreError::TooManyPending`]) without reading its records.
 //! - **Leases, not locks.** Consolidator replicas take pending records with
 //!   [`Store::lease_pending`]; a lease that is not renewed simply expires, so a
 //!   crashed replica never strands a record. Only the lease owner may
@@ -47,7 +51,8 @@ pub struct NewRecord {
     pub endpoint: String,
     /// CID of the track invocation.
     pub track_invocation: Cid,
-    /// The track invocation and its proofs as an opaque CAR.
+    /// The track invocation as an opaque CAR (the tracker keeps its block
+    /// alone; records of earlier versions have its proofs too).
     pub track_invocation_bytes: Vec<u8>,
     /// CID of the consolidate invocation forked from the track receipt.
     pub consolidate_invocation: Cid,
@@ -94,7 +99,7 @@ pub struct EgressRecord {
     pub endpoint: String,
     /// CID of the track invocation.
     pub track_invocation: Cid,
-    /// The track invocation and its proofs as an opaque CAR.
+    /// The track invocation as an opaque CAR (see [`NewRecord`]).
     pub track_invocation_bytes: Vec<u8>,
     /// CID of the consolidate invocation.
     pub consolidate_invocation: Cid,
@@ -423,6 +428,13 @@ pub enum StoreError {
         /// The node that tracked it first.
         node: Did,
     },
+    /// The node already has as many pending records as allowed; nothing
+    /// was stored.
+    #[error("the node already has {pending} batches pending")]
+    TooManyPending {
+        /// The node's pending records.
+        pending: u64,
+    },
     /// Some receipts were already counted by another batch; nothing changed.
     #[error("{} retrieve receipt(s) already counted by another batch", receipts.len())]
     Conflict {
@@ -496,12 +508,31 @@ pub trait Store: Send + Sync + 'static {
     ///   track invocation wins and its consolidate CID stays the answer);
     /// - present with another node → [`StoreError::NodeConflict`].
     ///
-    /// DynamoDB: read the record; when absent, one transaction puts it with
-    /// `attribute_not_exists(pk)` together with its due entry and the
-    /// `records` counter. If another replica put it meanwhile, the
-    /// transaction is cancelled and the re-read tells Existing from
-    /// NodeConflict.
-    fn put(&self, record: NewRecord) -> Result<PutOutcome, StoreError>;
+    /// As [`Store::put_within`] with no cap on the node's pending records.
+    fn put(&self, record: NewRecord) -> Result<PutOutcome, StoreError> {
+        self.put_within(record, u64::MAX)
+    }
+
+    /// [`Store::put`], unless the batch is new and its node already has
+    /// `max_pending` pending records ([`Store::node_pending`]): then
+    /// [`StoreError::TooManyPending`] and no write. A batch already stored
+    /// answers as `put` does whatever the count.
+    ///
+    /// Every new record adds one to its node's pending count, in the same
+    /// transaction; the conclusion that makes it done takes one off, in its
+    /// transaction.
+    ///
+    /// DynamoDB: read the record and the node's count (item
+    /// `node#<DID>`/`pending`); when absent, one transaction puts the record
+    /// with `attribute_not_exists(pk)` together with its due entry, the
+    /// `records` counter and the count set to the read value plus one,
+    /// conditioned on the read value. If another replica put the record or
+    /// changed the count meanwhile, the transaction is cancelled and the
+    /// re-read decides again.
+    fn put_within(&self, record: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError>;
+
+    /// How many of `node`'s records are pending (tracked, not concluded).
+    fn node_pending(&self, node: &Did) -> Result<u64, StoreError>;
 
     /// The record of `batch`, if any.
     fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError>;

@@ -31,6 +31,7 @@
 //! | `billed_spaces` | space DID                                | `()`                          |
 //! | `customer_spaces` | `(customer DID, space DID)`            | `()`                          |
 //! | `sessions`    | SHA-256 of a dashboard session's cookie    | `{user, csrf, expires_at}`    |
+//! | `node_pending` | node DID                                  | `u64` pending records (see `pending`) |
 //!
 //! Tables and sums added after a store was made are filled in from what it
 //! holds when it is opened.
@@ -66,6 +67,8 @@ use redb::{
 };
 use ucanto::dag::{decode_cbor, encode_cbor, CidBytes, Fields, Ipld};
 use ucanto::principal::Did;
+
+mod pending;
 
 pub use super::audit::Audit;
 use super::audit::Auditor;
@@ -131,7 +134,7 @@ pub struct RedbStore {
     db: Database,
     path: Option<PathBuf>,
     /// Concurrent `put`s share one durable commit.
-    puts: GroupCommit<NewRecord, Result<PutOutcome, StoreError>>,
+    puts: GroupCommit<(NewRecord, u64), Result<PutOutcome, StoreError>>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -155,7 +158,7 @@ impl RedbStore {
     /// Inserts a group of new records in one transaction: each answered as
     /// a lone `put` would be (a batch tracked twice in one group is
     /// `Existing` the second time), all durable at one commit.
-    fn put_group(&self, group: Vec<NewRecord>) -> Vec<Result<PutOutcome, StoreError>> {
+    fn put_group(&self, group: Vec<(NewRecord, u64)>) -> Vec<Result<PutOutcome, StoreError>> {
         let count = group.len();
         let written = (|| {
             let tx = self.db.begin_write().or_backend()?;
@@ -165,11 +168,18 @@ impl RedbStore {
                 let mut records = tx.open_table(RECORDS).or_backend()?;
                 let mut due = tx.open_table(DUE).or_backend()?;
                 let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
-                for new in group {
+                let mut node_pending = tx.open_table(pending::NODE_PENDING).or_backend()?;
+                for (new, max_pending) in group {
                     if let Some(existing) = load(&records, &new.batch)? {
                         results.push(PutOutcome::existing(existing, &new.node));
                         continue;
                     }
+                    let queued = pending::count(&node_pending, new.node.as_str())?;
+                    if queued >= max_pending {
+                        results.push(Err(StoreError::TooManyPending { pending: queued }));
+                        continue;
+                    }
+                    pending::added(&mut node_pending, new.node.as_str())?;
                     let record = EgressRecord::from_new(new);
                     save(&mut records, &mut due, None, &record)?;
                     let key = record.batch.to_bytes();
@@ -318,6 +328,7 @@ impl RedbStore {
                 }
             }
         }
+        pending::init(&tx)?;
         tx.commit().or_backend()?;
         Ok(RedbStore {
             db,
@@ -341,9 +352,15 @@ impl RedbStore {
 
         let mut auditor = Auditor::default();
         let mut done_batches = HashSet::new();
+        let mut node_pending: BTreeMap<String, u64> = BTreeMap::new();
         for entry in records.iter().or_backend()? {
             let (key, value) = entry.or_backend()?;
             let record = decode_record(key.value(), value.value())?;
+            if record.is_pending() {
+                *node_pending
+                    .entry(record.node.as_str().to_string())
+                    .or_default() += 1;
+            }
             let has_due_entry = || {
                 let due_at = record.due_at().unwrap_or_default();
                 let key = (due_at, record.received_at, key.value());
@@ -359,6 +376,7 @@ impl RedbStore {
             }
         }
         auditor.check_index_sizes(due.len().or_backend()?, receipts.len().or_backend()?);
+        auditor.check_node_pending(&node_pending, &pending::all(&tx)?);
         for entry in counted.iter().or_backend()? {
             let (receipt, batch) = entry.or_backend()?;
             auditor.audit.counted_receipts += 1;
@@ -413,10 +431,16 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn put(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
+    fn put_within(&self, new: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError> {
         self.puts
-            .submit(new, |group| self.put_group(group))
+            .submit((new, max_pending), |group| self.put_group(group))
             .unwrap_or_else(|| Err(StoreError::Backend("a group commit failed".into())))
+    }
+
+    fn node_pending(&self, node: &Did) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let table = tx.open_table(pending::NODE_PENDING).or_backend()?;
+        pending::count(&table, node.as_str())
     }
 
     fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
@@ -671,6 +695,7 @@ impl Store for RedbStore {
                 Some(&old),
                 &old.concluded(c, marked),
             )?;
+            pending::concluded(&tx, old.node.as_str())?;
         }
         tx.commit().or_backend()?;
         Ok(ConcludeOutcome::Concluded)

@@ -32,6 +32,16 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn a_nodes_pending_batches_are_counted_and_capped() {
+            common::a_nodes_pending_batches_are_counted_and_capped(&$make);
+        }
+
+        #[test]
+        fn racing_tracks_of_one_node_stay_within_the_cap() {
+            common::racing_tracks_of_one_node_stay_within_the_cap(&$make);
+        }
+
+        #[test]
         fn lease_excludes_other_owners_until_expiry() {
             common::lease_excludes_other_owners_until_expiry(&$make);
         }
@@ -330,6 +340,95 @@ pub fn put_by_another_node_conflicts<S: TestStore>(store: &dyn Fn() -> S) {
     let err = store.put(new_record(1, mallory(), 100)).unwrap_err();
     assert_eq!(err, StoreError::NodeConflict { node: node() });
     assert_eq!(store.record(&batch(1)).unwrap().unwrap().node, node());
+}
+
+/// Each node's pending records are counted exactly (a track adds one, a
+/// conclusion takes one off, nothing else moves it), and a new batch past
+/// the cap is refused with nothing stored, while a batch already tracked
+/// still answers as before and other nodes are not held back.
+pub fn a_nodes_pending_batches_are_counted_and_capped<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    let inserted = |outcome: Result<PutOutcome, StoreError>| {
+        assert!(
+            matches!(outcome, Ok(PutOutcome::Inserted(_))),
+            "{outcome:?}"
+        );
+    };
+    assert_eq!(store.node_pending(&node()).unwrap(), 0);
+    for n in 0..3 {
+        inserted(store.put_within(new_record(n, node(), 100 + n), 3));
+    }
+    assert_eq!(store.node_pending(&node()).unwrap(), 3);
+    assert_eq!(
+        store.put_within(new_record(3, node(), 200), 3),
+        Err(StoreError::TooManyPending { pending: 3 })
+    );
+    assert_eq!(store.record(&batch(3)).unwrap(), None, "nothing stored");
+    assert!(matches!(
+        store.put_within(new_record(0, node(), 300), 3),
+        Ok(PutOutcome::Existing(_))
+    ));
+    assert_eq!(
+        store.put_within(new_record(0, mallory(), 300), 3),
+        Err(StoreError::NodeConflict { node: node() }),
+        "another node's batch is a conflict, not a count"
+    );
+    inserted(store.put_within(new_record(10, mallory(), 300), 3));
+    assert_eq!(store.node_pending(&mallory()).unwrap(), 1);
+
+    // Leases and retries leave the count alone; a conclusion takes one off,
+    // once.
+    let leased = store.lease_pending(1_000, "r1", 60, 10).unwrap();
+    assert_eq!(leased.len(), 4);
+    store
+        .reschedule(&batch(1), "r1", 1_000, &retry(1_100, "503", true))
+        .unwrap();
+    assert_eq!(store.node_pending(&node()).unwrap(), 3);
+    let c = conclusion(0, vec![usage(space_a(), "2025-01-01", 10)], &[1]);
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    assert!(matches!(
+        store.conclude(&c).unwrap(),
+        ConcludeOutcome::AlreadyConcluded { .. }
+    ));
+    assert_eq!(store.node_pending(&node()).unwrap(), 2);
+    inserted(store.put_within(new_record(3, node(), 400), 3));
+    // `put` has no cap, and counts too.
+    inserted(store.put(new_record(4, node(), 500)));
+    assert_eq!(store.node_pending(&node()).unwrap(), 4);
+    assert_eq!(store.node_pending(&mallory()).unwrap(), 1);
+    for n in [1, 2, 3, 4] {
+        let mut failed = conclusion(n, Vec::new(), &[]);
+        failed.failed = true;
+        store.conclude(&failed).unwrap();
+    }
+    assert_eq!(store.node_pending(&node()).unwrap(), 0);
+    inserted(store.put_within(new_record(5, node(), 600), 1));
+    consistent(&store);
+}
+
+/// Tracks of one node racing each other (replicas, or concurrent requests)
+/// never take it past its cap.
+pub fn racing_tracks_of_one_node_stay_within_the_cap<S: TestStore + Sync>(make: &dyn Fn() -> S) {
+    let store = make();
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for n in 0..8 {
+            let (store, refused) = (&store, &refused);
+            scope.spawn(
+                move || match store.put_within(new_record(n, node(), 100), 5) {
+                    Ok(PutOutcome::Inserted(_)) => {}
+                    Err(StoreError::TooManyPending { pending: 5 }) => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    other => panic!("batch {n}: {other:?}"),
+                },
+            );
+        }
+    });
+    assert_eq!(refused.into_inner(), 3);
+    assert_eq!(store.node_pending(&node()).unwrap(), 5);
+    assert_eq!(store.pending_count().unwrap(), 5);
+    consistent(&store);
 }
 
 /// `n` distinct spaces (seeds unlike the fixed principals').

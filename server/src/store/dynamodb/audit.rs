@@ -44,6 +44,7 @@ impl DynamoStore {
         let mut node_daily: BTreeMap<String, u128> = BTreeMap::new();
         let mut non_billable_bytes: u128 = 0;
         let mut rows = Vec::new();
+        let mut pending_kept: BTreeMap<String, u64> = BTreeMap::new();
         // Day → bytes, of the node daily totals and of all nodes' egress.
         let mut node_days: BTreeMap<String, u128> = BTreeMap::new();
         let mut egress_days: BTreeMap<String, u128> = BTreeMap::new();
@@ -87,8 +88,21 @@ impl DynamoStore {
                 audit.space_bytes += u128::from(get_u64(item, "bytes")?);
             } else if pk.starts_with("nonbillable#") {
                 non_billable_bytes += u128::from(get_u64(item, "bytes")?);
+            } else if let Some(node) = super::pending::count_of(&pk, &sk) {
+                pending_kept.insert(node.to_string(), get_u64(item, "count")?);
             }
         }
+        // Only records tracked by a version that counts are in the counts.
+        let mut pending_expected: BTreeMap<String, u64> = BTreeMap::new();
+        for stored in records.values() {
+            if stored.counted_pending && stored.record.is_pending() {
+                *pending_expected
+                    .entry(stored.record.node.as_str().to_string())
+                    .or_default() += 1;
+            }
+        }
+        pending_kept.retain(|_, count| *count > 0);
+        auditor.check_node_pending(&pending_expected, &pending_kept);
         for stored in records.values() {
             let record = &stored.record;
             let has_due_entry = || {

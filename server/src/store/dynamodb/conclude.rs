@@ -29,8 +29,8 @@
 //!   hits a receipt counted meanwhile, the attempt deletes its claims (fenced
 //!   the same way) and reports `Conflict`.
 //! - **Any number of daily totals**: when the daily totals do not fit (4)
-//!   beside its five fixed items (the record, its due entry, the receipt, the
-//!   node's total, the counters), step (3) also writes one **usage row** per
+//!   beside its fixed items (the record, its due entry, the receipt, the
+//!   node's total, the counters, the node's pending count), step (3) also writes one **usage row** per
 //!   daily total, `day#<day>#<batch>` in the total's partition, naming the
 //!   attempt; (4) then adds none of them. A row counts exactly when its batch
 //!   is done with its attempt, the rule of the claims, so all of a batch's
@@ -175,7 +175,7 @@ impl DynamoStore {
         // The flip's own items: the record, its due entry, the receipt, the
         // node's entry in the list of nodes and its total, the counters,
         // and the rejection counts if any.
-        let fixed = 6 + usize::from(rejection_add(c).is_some());
+        let fixed = 6 + usize::from(rejection_add(c).is_some()) + usize::from(old.counted_pending);
         if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
             let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
@@ -444,6 +444,9 @@ impl DynamoStore {
     ) -> Result<(Vec<TransactWriteItem>, Vec<Add>), StoreError> {
         let record = old.record.concluded(c, c.counted_receipts.len() as u64);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
+        if old.counted_pending {
+            items.push(self.pending_taken(c.node.as_str())?);
+        }
         let put = Put::builder()
             .table_name(&self.table)
             .item("pk", s(&receipt_pk(&c.consolidate_invocation)))

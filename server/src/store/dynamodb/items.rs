@@ -6,7 +6,8 @@
 //! | item              | `pk`                  | `sk`                                   | attributes                                       |
 //! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
 //! | format            | `meta`                | `format`                               | `format` = 3 (2 before the shards)               |
-//! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`?, `due_pk`? |
+//! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`?, `due_pk`?, `pc`? (in its node's pending count) |
+//! | node's pending count | `pending#<did>`    | `pending`                              | `count` (see `pending.rs`)                       |
 //! | due index entry   | `due#<shard>`         | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
 //! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
@@ -69,6 +70,9 @@ pub(super) struct Stored {
     pub(super) attempt: Option<String>,
     /// The partition of the record's due entry, if it has one.
     pub(super) due_partition: String,
+    /// Whether the record is in its node's pending count (tracked by a
+    /// version that counts).
+    pub(super) counted_pending: bool,
 }
 
 /// Partitions of the due index and items of the counters.
@@ -357,6 +361,7 @@ pub(super) fn decode_record(batch: &Cid, item: &Item) -> Result<Stored, StoreErr
         token: opt_s(item, "token")?,
         attempt: opt_s(item, "attempt")?,
         due_partition: opt_s(item, "due_pk")?.unwrap_or_else(|| LEGACY_DUE.to_string()),
+        counted_pending: item.contains_key(super::pending::COUNTED),
     })
 }
 

@@ -34,13 +34,13 @@
 //!
 //! | operation | items written | written by everyone? |
 //! |---|---|---|
-//! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters, its entry in the node's list of batches | no: due entry and counters in one of 16 shards, by batch |
+//! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters, its entry in the node's list of batches, the node's pending count | no: due entry and counters in one of 16 shards, by batch; the count per node |
 //! | lease (per record) | the record, its due entry moved | no |
-//! | conclude | the record, its due entry removed, the receipt, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt; before all that, outside the transaction, an entry per billed space in the list of spaces with egress (once per space and process) | no: per node, per space, per receipt, shards by batch |
+//! | conclude | the record, its due entry removed, the receipt, `ADD` −1 to the node's pending count, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt; before all that, outside the transaction, an entry per billed space in the list of spaces with egress (once per space and process) | no: per node, per space, per receipt, shards by batch |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
 //! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
-//! So a track writes four items (about 10 write units with a 1–2 KB track
+//! So a track writes five items (about 10 write units with a 1–2 KB track
 //! invocation), and a counted receipt one claim item (2 units) plus its
 //! share of the daily totals. The items a node's every conclusion writes
 //! are its own total and its entry in the list of nodes. A daily-total
@@ -83,6 +83,7 @@ use super::{
 mod audit;
 mod conclude;
 mod items;
+mod pending;
 mod records;
 mod requests;
 mod sessions;
@@ -159,8 +160,12 @@ impl DynamoStore {
 }
 
 impl Store for DynamoStore {
-    fn put(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
-        self.put_record(new)
+    fn put_within(&self, new: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError> {
+        self.put_record(new, max_pending)
+    }
+
+    fn node_pending(&self, node: &Did) -> Result<u64, StoreError> {
+        self.node_pending_count(node)
     }
 
     fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {

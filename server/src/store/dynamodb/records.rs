@@ -9,8 +9,10 @@
 //! re-read and re-decided (bounded retries). Hence:
 //!
 //! - `put`: record `attribute_not_exists(pk)` + due entry + counters `ADD
-//!   records 1` (the batch's shard of each); when a record exists: same node
-//!   → `Existing`, another → `NodeConflict`.
+//!   records 1` (the batch's shard of each) + the node's pending count, set
+//!   to the value read plus one if still that value (`pending.rs`); when a
+//!   record exists: same node → `Existing`, another → `NodeConflict`; when
+//!   the count read is at the cap → `TooManyPending`, no write.
 //! - `lease_pending`: query due entries `<= now` of every shard (and the
 //!   format-2 partition), a page at a time, and take them oldest first
 //!   across shards, as from one index; per record the versioned write
@@ -74,6 +76,11 @@ impl DynamoStore {
         if let Some(attempt) = attempt {
             item.insert("attempt".into(), s(attempt));
         }
+        // A new record is counted in its node's pending count; the mark
+        // stays with it.
+        if old.is_none_or(|o| o.counted_pending) {
+            item.insert(super::pending::COUNTED.into(), n(1));
+        }
         let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
         put = match old {
             None => put.condition_expression("attribute_not_exists(pk)"),
@@ -110,14 +117,25 @@ impl DynamoStore {
         Ok(items)
     }
 
-    /// [`Store::put`](super::Store::put).
-    pub(super) fn put_record(&self, new: NewRecord) -> Result<PutOutcome, StoreError> {
+    /// [`Store::put_within`](super::Store::put_within).
+    pub(super) fn put_record(
+        &self,
+        new: NewRecord,
+        max_pending: u64,
+    ) -> Result<PutOutcome, StoreError> {
         let record = EgressRecord::from_new(new);
         self.retry(|| {
             if let Some(existing) = self.load(&record.batch)? {
                 return PutOutcome::existing(existing.record, &record.node).map(Some);
             }
+            let queued = self.pending_of(record.node.as_str())?;
+            if queued.unwrap_or(0) >= max_pending {
+                return Err(StoreError::TooManyPending {
+                    pending: queued.unwrap_or(0),
+                });
+            }
             let mut items = self.record_writes(None, &record, None, None)?;
+            items.push(self.pending_added(record.node.as_str(), queued)?);
             items.push(self.add(&Add {
                 pk: stats_pk(shard_of(&record.batch)),
                 sk: "stats".into(),

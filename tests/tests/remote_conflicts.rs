@@ -1,0 +1,125 @@
+//! A consolidator deployed apart learns which retrievals another batch
+//! counted only from the tracker's refusal. However many there are, that
+//! answer stays small (the first 1,024 by CID, all of them as one bit each
+//! over the tally) and the batch concludes on its next run.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use etracker_e2e::node::{
+    batch, consolidate_now, consolidate_out, fetch_receipt, good_receipts, node,
+    remote_consolidator, serve_consolidator, start_tracker, test_settings, track_batch,
+    BatchServer,
+};
+use etracker_server::handlers::conclude::MAX_LISTED_CONFLICTS;
+use etracker_server::service::RemoteConsolidator;
+use ucanto::dag::Ipld;
+use ucanto::message::AgentMessage;
+use ucanto::principal::Signer;
+
+/// Forwards `POST /` to `target` and keeps every answer's body.
+async fn recording_proxy(target: String) -> (String, Arc<Mutex<Vec<bytes::Bytes>>>) {
+    type Shared = (String, Arc<Mutex<Vec<bytes::Bytes>>>);
+    async fn forward(State((target, seen)): State<Shared>, body: bytes::Bytes) -> Vec<u8> {
+        let answer = reqwest::Client::new()
+            .post(&target)
+            .header("content-type", ucanto::transport::CAR_CONTENT_TYPE)
+            .header("accept", ucanto::transport::CAR_CONTENT_TYPE)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        seen.lock().unwrap().push(answer.clone());
+        answer.to_vec()
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(forward))
+        .with_state((target, seen.clone()));
+    (etracker_e2e::serve(app).await, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_conflicts_are_summarised_and_the_batch_concludes() {
+    let server = BatchServer::default();
+    let endpoint = server.serve().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut settings = test_settings();
+    settings.remote_consolidator = Some(RemoteConsolidator {
+        url: format!("http://{}/", listener.local_addr().unwrap()),
+        verifier: etracker_e2e::principal(6).verifier(),
+    });
+    let tracker = start_tracker(settings).await;
+    let (proxy, answers) = recording_proxy(tracker.url.clone()).await;
+    serve_consolidator(listener, remote_consolidator(&proxy).build());
+
+    // 1,500 retrievals counted, then a batch repeating all of them, with
+    // one new one.
+    let repeated = 1_500;
+    let (receipts, total) = good_receipts(repeated + 1, "conflicts");
+    track_batch(
+        &tracker,
+        &server,
+        &endpoint,
+        &node(),
+        batch(&receipts[..repeated as usize]),
+    )
+    .await;
+    assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
+    let mut again: Vec<_> = receipts[..repeated as usize]
+        .iter()
+        .map(|r| {
+            // Another receipt for the same retrieval: a node re-signing it.
+            etracker_e2e::node::ok_receipt(
+                &node(),
+                &ucanto::ucan::Invocation::from_blocks(&r.ran_cid(), r.blocks().clone()).unwrap(),
+            )
+        })
+        .collect();
+    again.push(receipts[repeated as usize].clone());
+    let task = track_batch(&tracker, &server, &endpoint, &node(), batch(&again)).await;
+    answers.lock().unwrap().clear();
+    assert_eq!(
+        consolidate_now(&tracker.url).await["concluded"],
+        0,
+        "refused once"
+    );
+
+    // The refusal: the first 1,024 by CID, the count, and a bit for each.
+    let refusal = answers.lock().unwrap().last().cloned().unwrap();
+    let message = AgentMessage::from_car(&refusal).unwrap();
+    let ran: cid::Cid = message.report().keys().next().unwrap().parse().unwrap();
+    let receipt = message.receipt_for(&ran).unwrap().unwrap();
+    let Err(Ipld::Map(error)) = receipt.out() else {
+        panic!("{:?}", receipt.out())
+    };
+    let Some(Ipld::List(listed)) = error.get("receipts") else {
+        panic!("{error:?}")
+    };
+    assert_eq!(listed.len(), MAX_LISTED_CONFLICTS);
+    assert_eq!(error.get("count"), Some(&Ipld::Integer(repeated as i128)));
+    let Some(Ipld::Bytes(marks)) = error.get("conflicts") else {
+        panic!("{error:?}")
+    };
+    let marked: u32 = marks.iter().map(|b| b.count_ones()).sum();
+    assert_eq!(
+        marked as u64, repeated,
+        "every conflict marked, one bit each"
+    );
+    // (The answer also carries the conclude invocation it ran.)
+    let size = ucanto::dag::Block::encode(&Ipld::Map(error.clone()))
+        .unwrap()
+        .bytes
+        .len();
+    assert!(size < 48 * 1024, "{size} bytes");
+
+    // The next run drops them all and concludes.
+    assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
+    let ok = consolidate_out(&fetch_receipt(&tracker.url, &task).await.unwrap()).unwrap();
+    let new_bytes = total - good_receipts(repeated, "conflicts").1;
+    assert_eq!(ok.total_egress, new_bytes, "only the new retrieval counts");
+    assert!(ok.errors[..10].iter().all(|e| e.name == "DuplicateReceipt"));
+}
