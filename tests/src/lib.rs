@@ -275,3 +275,12 @@ pub async fn dashboard_login(url: &str, user: &str, password: &str) -> String {
         .unwrap();
     set_cookie_value(&login, "etracker_session").expect("logged in")
 }
+
+/// Peak resident memory of this process, in bytes (Linux): what a test
+/// alone in its binary measures of the tracker it runs in process.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -438,3 +438,19 @@ pub fn serve_consolidator(
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
 }
+
+/// Serves the batch in the file at `path` for any CID at
+/// `GET /receipts/{cid}`, streamed from disk; returns the endpoint template.
+pub async fn serve_file(path: PathBuf) -> String {
+    async fn get(
+        axum::extract::State(path): axum::extract::State<PathBuf>,
+        axum::extract::Path(_cid): axum::extract::Path<String>,
+    ) -> axum::body::Body {
+        let file = tokio::fs::File::open(path).await.expect("batch file");
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))
+    }
+    let router = axum::Router::new()
+        .route("/receipts/{cid}", axum::routing::get(get))
+        .with_state(path);
+    format!("{}receipts/{{cid}}", crate::serve(router).await)
+}

@@ -8,14 +8,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use axum::extract::{Path, State};
-use axum::response::IntoResponse;
 use cid::Cid;
+use etracker_e2e::node::serve_file;
 use etracker_e2e::node::{
     consolidate_now, consolidate_out, consolidate_receipt, good_receipts, invoke, node,
     start_tracker, temp_dir, test_settings, track_invocation, track_proof,
 };
-use etracker_e2e::{run_js, serve, service};
+use etracker_e2e::{peak_rss, run_js, service};
 use etracker_server::consolidator::{MAX_LISTED_ERRORS, TOO_MANY_ERRORS};
 use sha2::{Digest, Sha256};
 use ucanto::dag::{cid_of, CAR};
@@ -42,26 +41,6 @@ fn write_batch(archive: &[u8], size: u64) -> (Cid, PathBuf, u64) {
         multihash::Multihash::wrap(0x12, digest.as_slice()).unwrap(),
     );
     (cid, path, copies)
-}
-
-/// The batch, streamed from disk.
-async fn serve_file(path: PathBuf) -> String {
-    async fn get(State(path): State<PathBuf>, Path(_cid): Path<String>) -> impl IntoResponse {
-        let file = tokio::fs::File::open(path).await.unwrap();
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))
-    }
-    let router = axum::Router::new()
-        .route("/receipts/{cid}", axum::routing::get(get))
-        .with_state(path);
-    format!("{}receipts/{{cid}}", serve(router).await)
-}
-
-/// Peak resident memory of this process, in bytes (Linux).
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use etracker_e2e::node::{
     consolidate_now, consolidate_out, consolidate_receipt, good_receipts, node, ok_receipt,
     retrieve_invocation, start_tracker, test_settings, track_batch, BatchServer,
 };
-use etracker_e2e::{alice, bob, run_js};
+use etracker_e2e::{alice, bob, peak_rss, run_js};
 use etracker_server::consolidator::{MAX_LISTED_ERRORS, TOO_MANY_ERRORS};
 use etracker_server::store::Store;
 use ucanto::bounded::MAX_MESSAGE_BYTES;
@@ -108,12 +108,4 @@ async fn a_batch_padded_with_long_explanations_concludes_small() {
     if let Some(peak) = peak_rss() {
         assert!(peak < 128 << 20, "peak RSS {} MiB", peak >> 20);
     }
-}
-
-/// Peak resident memory of this process, in bytes (Linux).
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

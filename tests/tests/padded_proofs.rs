@@ -7,14 +7,13 @@
 
 use std::io::Write;
 
-use axum::extract::{Path, State};
-use axum::response::IntoResponse;
 use cid::Cid;
+use etracker_e2e::node::serve_file;
 use etracker_e2e::node::{
     consolidate_now, consolidate_out, consolidate_receipt, invoke, node, ok_receipt,
     retrieve_invocation, start_tracker, temp_dir, test_settings, track_invocation, track_proof,
 };
-use etracker_e2e::{alice, bob, serve, service};
+use etracker_e2e::{alice, bob, peak_rss, service};
 use sha2::{Digest, Sha256};
 use ucanto::dag::{cid_of, Ipld, IpldMap, CAR};
 use ucanto::principal::Signer;
@@ -74,17 +73,7 @@ async fn padded_unique_proofs_do_not_keep_the_batch_in_memory() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size > RECEIPTS * PADDING as u64, "{size} bytes");
 
-    async fn get(
-        State(path): State<std::path::PathBuf>,
-        Path(_): Path<String>,
-    ) -> impl IntoResponse {
-        let file = tokio::fs::File::open(path).await.unwrap();
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))
-    }
-    let router = axum::Router::new()
-        .route("/receipts/{cid}", axum::routing::get(get))
-        .with_state(path.clone());
-    let endpoint = format!("{}receipts/{{cid}}", serve(router).await);
+    let endpoint = serve_file(path.clone()).await;
 
     let tracker = start_tracker(test_settings()).await;
     let track = track_invocation(
@@ -111,12 +100,4 @@ async fn padded_unique_proofs_do_not_keep_the_batch_in_memory() {
             size >> 20
         );
     }
-}
-
-/// Peak resident memory of this process, in bytes (Linux).
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

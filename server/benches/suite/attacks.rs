@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use etracker_capabilities::track::TrackNb;
 use etracker_capabilities::{Ability, Track};
 use serde_json::json;
-use ucanto::client::Connection;
 use ucanto::dag::{cid_of, RAW};
 use ucanto::message::AgentMessage;
 use ucanto::principal::{Did, Ed25519Signer, Signature, Signer, Verifier};
@@ -194,24 +193,7 @@ pub(crate) async fn run(p: &Principals, work: &Path) -> Vec<serde_json::Value> {
     let endpoint = peers::node_server(dir.clone()).await;
     let tracker = peers::etracker(p, &work.join("attack-batch")).await;
     peers::ready(&tracker.url).await;
-    let proof = Delegation::builder(&p.service, p.node.did().clone())
-        .capability(Track::unrestricted(p.service.did()))
-        .no_expiration()
-        .build()
-        .unwrap();
-    let track = Delegation::builder(&p.node, p.service.did().clone())
-        .capability(Track::capability(
-            p.service.did(),
-            &TrackNb::new(batch, endpoint).unwrap(),
-        ))
-        .proof(proof)
-        .build()
-        .unwrap();
-    let receipt = Connection::http(p.service.verifier(), tracker.url.clone())
-        .invoke(&track)
-        .await
-        .unwrap();
-    let task = receipt.forks()[0].cid();
+    let task = peers::track(p, &tracker.url, batch, endpoint).await;
     let started = Instant::now();
     reqwest::Client::new()
         .post(format!("{}consolidate", tracker.url))

@@ -9,12 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use etracker_capabilities::track::TrackNb;
-use etracker_capabilities::{Ability, Track};
 use serde_json::json;
-use ucanto::client::Connection;
 use ucanto::principal::{Signer, Verifier};
-use ucanto::ucan::Delegation;
 
 use crate::batch::{self, BatchFile, Principals, RETRIEVAL_BYTES};
 use crate::peers;
@@ -91,24 +87,7 @@ pub(crate) async fn run(p: &Principals, work: &Path, prepared: &Prepared) -> Run
     let tracker = peers::etracker(p, &work.join("tracker")).await;
     peers::ready(&tracker.url).await;
 
-    let proof = Delegation::builder(&p.service, p.node.did().clone())
-        .capability(Track::unrestricted(p.service.did()))
-        .no_expiration()
-        .build()
-        .unwrap();
-    let track = Delegation::builder(&p.node, p.service.did().clone())
-        .capability(Track::capability(
-            p.service.did(),
-            &TrackNb::new(batch.cid, endpoint).unwrap(),
-        ))
-        .proof(proof)
-        .build()
-        .unwrap();
-    let receipt = Connection::http(p.service.verifier(), tracker.url.clone())
-        .invoke(&track)
-        .await
-        .unwrap();
-    assert!(receipt.out().is_ok(), "{:?}", receipt.out());
+    peers::track(p, &tracker.url, batch.cid, endpoint).await;
 
     let cpu_before = tracker.cpu_seconds();
     let started = Instant::now();

@@ -177,3 +177,35 @@ pub(crate) async fn ready(url: &str) {
     }
     panic!("{url} never became healthy");
 }
+
+/// The node tracks `batch`, served at `endpoint`, on the tracker at `url`
+/// (with the service's delegation); returns the consolidate task's CID.
+pub(crate) async fn track(
+    p: &Principals,
+    url: &str,
+    batch: cid::Cid,
+    endpoint: String,
+) -> cid::Cid {
+    use etracker_capabilities::track::TrackNb;
+    use etracker_capabilities::{Ability, Track};
+    use ucanto::principal::Signer;
+    let proof = ucanto::ucan::Delegation::builder(&p.service, p.node.did().clone())
+        .capability(Track::unrestricted(p.service.did()))
+        .no_expiration()
+        .build()
+        .unwrap();
+    let track = ucanto::ucan::Delegation::builder(&p.node, p.service.did().clone())
+        .capability(Track::capability(
+            p.service.did(),
+            &TrackNb::new(batch, endpoint).unwrap(),
+        ))
+        .proof(proof)
+        .build()
+        .unwrap();
+    let receipt = ucanto::client::Connection::http(p.service.verifier(), url)
+        .invoke(&track)
+        .await
+        .unwrap();
+    assert!(receipt.out().is_ok(), "{:?}", receipt.out());
+    receipt.forks()[0].cid()
+}

@@ -2,8 +2,9 @@
 //!
 //! It is a ucanto service of its own (in-process by default, or deployed
 //! apart and reached over HTTP): the scheduler *invokes* each task through a
-//! real connection, the dispatcher validates it and calls [`Consolidator`]'s
-//! handler, which
+//! real connection, with the tracker's lease on it (see [`lease`]: a task
+//! is public, so it runs only under a lease), the dispatcher validates it
+//! and calls [`Consolidator`]'s handler, which
 //! 1. fetches the batch from the node's endpoint, streaming it to a scratch
 //!    file with a size limit and a timeout, hashing as it goes;
 //! 2. refuses the batch unless its bytes hash to the batch CID (codec car,
@@ -35,7 +36,9 @@
 //! batch download's HTTP client, address filter and spool files; `check` the
 //! rules a receipt must pass and the bounded `errors[]`; `spill` the sorted
 //! runs of counted retrievals; `deliver` invokes `space/egress/conclude` with
-//! the signed receipt and the tally, a page of chunks at a time.
+//! the signed receipt and the tally, a page of chunks at a time; `learned`
+//! what a refused conclusion taught (per batch, bounded); `lease` the
+//! lease a task runs under.
 //!
 //! # Day of a retrieval
 //! A retrieve invocation carries no timestamp, only its validity window, and
