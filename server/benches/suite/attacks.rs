@@ -1,7 +1,9 @@
 //! The tracker's peak memory, and how long it takes to answer, under the
 //! attacks of the security table that cost it the most: `POST /` saturated
-//! with invocations citing badly signed proofs (`/health` polled meanwhile),
-//! and a batch padded with receipts the validator explains at length.
+//! with invocations citing badly signed proofs, or one citing 220,000
+//! missing ones (`/health` polled meanwhile); a batch padded with receipts
+//! the validator explains at length; a batch whose every retrieval cites
+//! its own proof, padded to 100 KiB.
 //! `BENCH_ATTACKS=1` runs these alone (into `target/bench/attacks.json`).
 
 use std::path::Path;
@@ -148,6 +150,104 @@ fn padded_batch(p: &Principals, dir: &Path, wordy: usize) -> (cid::Cid, usize) {
     (cid, bytes.len())
 }
 
+/// A batch of `n` retrievals, each citing its own proof padded to
+/// 100 KiB, written to `dir` as it is made; returns its CID and size.
+fn padded_proofs_batch(p: &Principals, dir: &Path, n: u64) -> (cid::Cid, u64) {
+    use sha2::Digest;
+    use std::io::Write;
+    let path = dir.join("padded.car");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut write = |bytes: &[u8]| {
+        hasher.update(bytes);
+        file.write_all(bytes).unwrap();
+        size += bytes.len() as u64;
+    };
+    let header = ucanto::car::encode(&[], std::iter::empty::<(cid::Cid, Vec<u8>)>());
+    write(&header);
+    for i in 0..n {
+        let pad: Vec<u8> = (0..100 << 10)
+            .map(|j: usize| (j as u64 + i * 31) as u8)
+            .collect();
+        let proof = Delegation::builder(&p.space, p.agent.did().clone())
+            .capability(ucanto::ucan::Capability::new(
+                "space/content/retrieve",
+                p.space.did().as_str(),
+            ))
+            .fact(ucanto::dag::IpldMap::from([(
+                "pad".to_string(),
+                ucanto::dag::Ipld::Bytes(pad),
+            )]))
+            .nonce(format!("padded-{i}"))
+            .no_expiration()
+            .build()
+            .unwrap();
+        let template = p.receipt(2_000_000 + i);
+        let ran = Invocation::from_blocks(&template.ran_cid(), template.blocks().clone()).unwrap();
+        let invocation = Delegation::builder(&p.agent, p.node.did().clone())
+            .capability(ran.capabilities()[0].clone())
+            .expiration(now() + 3600)
+            .nonce(format!("padded-{i}"))
+            .proof(proof)
+            .build()
+            .unwrap();
+        let archive = Receipt::issue(
+            &p.node,
+            ReceiptParts::new(&invocation, Ok(ucanto::dag::Ipld::Map(Default::default()))),
+        )
+        .unwrap()
+        .archive()
+        .unwrap();
+        let one = ucanto::car::encode(&[], [(cid_of(ucanto::dag::CAR, &archive), archive)]);
+        write(&one[header.len()..]);
+    }
+    file.flush().unwrap();
+    drop(file);
+    let digest: [u8; 32] = hasher.finalize().into();
+    let cid = ucanto::dag::cid_of_digest(ucanto::dag::CAR, digest);
+    std::fs::rename(&path, dir.join(format!("{cid}.car"))).unwrap();
+    (cid, size)
+}
+
+/// Tracks `batch` (in `dir`) on a fresh `etracker` and consolidates it;
+/// the attack's row.
+async fn consolidate_attack(
+    p: &Principals,
+    work: &Path,
+    dir: &Path,
+    name: &str,
+    batch: cid::Cid,
+    size: u64,
+) -> serde_json::Value {
+    let endpoint = peers::node_server(dir.to_path_buf()).await;
+    let tracker = peers::etracker(p, &work.join("attack-batch")).await;
+    peers::ready(&tracker.url).await;
+    let task = peers::track(p, &tracker.url, batch, endpoint).await;
+    let started = Instant::now();
+    reqwest::Client::new()
+        .post(format!("{}consolidate", tracker.url))
+        .send()
+        .await
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let served = reqwest::get(format!("{}receipts/{task}", tracker.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let row = json!({
+        "attack": name,
+        "batch_bytes": size,
+        "ms": round(seconds * 1000.0),
+        "receipt_bytes": served.len(),
+        "peak_rss_mib": round(tracker.peak_rss() as f64 / (1 << 20) as f64),
+    });
+    tracker.stop().await;
+    row
+}
+
 /// Runs every attack against a fresh `etracker` each; one JSON object each.
 pub(crate) async fn run(p: &Principals, work: &Path) -> Vec<serde_json::Value> {
     let mut results = Vec::new();
@@ -180,53 +280,60 @@ pub(crate) async fn run(p: &Principals, work: &Path) -> Vec<serde_json::Value> {
         let (seconds, health_ms) = saturate(&tracker.url, bodies).await;
         results.push(json!({
             "attack": name,
-            "seconds": round(seconds * 100.0) / 100.0,
-            "health_max_ms": round(health_ms * 10.0) / 10.0,
+            "ms": round(seconds * 1000.0),
+            "health_max_ms": round(health_ms),
             "peak_rss_mib": round(tracker.peak_rss() as f64 / (1 << 20) as f64),
         }));
         tracker.stop().await;
     }
+    // One invocation citing 220,000 missing proofs: an 8 MiB block.
+    let tracker = peers::etracker(p, &work.join("attack-links")).await;
+    peers::ready(&tracker.url).await;
+    let body = {
+        let batch = cid_of(ucanto::dag::CAR, b"links");
+        let nb = TrackNb::new(batch, "https://node.example/{cid}".to_string()).unwrap();
+        let mut builder = Delegation::builder(&p.node, p.service.did().clone())
+            .capability(Track::capability(p.service.did(), &nb));
+        for i in 0..220_000u32 {
+            builder = builder.proof(Proof::Link(cid_of(RAW, &i.to_be_bytes())));
+        }
+        AgentMessage::build(&[builder.build().unwrap()], &[])
+            .unwrap()
+            .to_car()
+    };
+    let (seconds, health_ms) = saturate(&tracker.url, vec![body]).await;
+    results.push(json!({
+        "attack": "post: one invocation citing 220,000 missing proofs (8 MiB)",
+        "ms": round(seconds * 1000.0),
+        "health_max_ms": round(health_ms),
+        "peak_rss_mib": round(tracker.peak_rss() as f64 / (1 << 20) as f64),
+    }));
+    tracker.stop().await;
+
     // A batch padded with 1,100 receipts the validator explains at length.
     let dir = work.join("attack-batches");
     std::fs::create_dir_all(&dir).unwrap();
     let (batch, size) = padded_batch(p, &dir, 1_100);
-    let endpoint = peers::node_server(dir.clone()).await;
-    let tracker = peers::etracker(p, &work.join("attack-batch")).await;
-    peers::ready(&tracker.url).await;
-    let task = peers::track(p, &tracker.url, batch, endpoint).await;
-    let started = Instant::now();
-    reqwest::Client::new()
-        .post(format!("{}consolidate", tracker.url))
-        .send()
-        .await
-        .unwrap();
-    let seconds = started.elapsed().as_secs_f64();
-    let served = reqwest::get(format!("{}receipts/{task}", tracker.url))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    results.push(json!({
-        "attack": "batch: 1,100 long explanations, 3 × 50,000 missing proofs, 20 good",
-        "batch_bytes": size,
-        "seconds": round(seconds * 100.0) / 100.0,
-        "receipt_bytes": served.len(),
-        "peak_rss_mib": round(tracker.peak_rss() as f64 / (1 << 20) as f64),
-    }));
-    tracker.stop().await;
+    let name = "batch: 1,100 long explanations, 3 × 50,000 missing proofs, 20 good";
+    results.push(consolidate_attack(p, work, &dir, name, batch, size as u64).await);
+    // A batch whose every retrieval cites its own proof, padded.
+    let (batch, size) = padded_proofs_batch(p, &dir, 1_600);
+    let name = "batch: 1,600 retrievals, each with its own proof padded to 100 KiB";
+    results.push(consolidate_attack(p, work, &dir, name, batch, size).await);
     results
 }
 
 /// The attacks as table rows.
 pub(crate) fn print(attacks: &[serde_json::Value]) {
     for a in attacks {
+        let health = a
+            .get("health_max_ms")
+            .map_or("".to_string(), |ms| format!("/health at most {ms} ms"));
         println!(
-            "| attack: {} | {} s, peak RSS {} MiB | /health max {} ms | |",
+            "| attack: {} | answered in {} ms, peak RSS {} MiB | {health} | |",
             a["attack"].as_str().unwrap_or_default(),
-            a["seconds"],
+            a["ms"],
             a["peak_rss_mib"],
-            a.get("health_max_ms").cloned().unwrap_or(json!("–")),
         );
     }
 }
