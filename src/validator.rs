@@ -178,6 +178,10 @@ pub struct ValidatorConfig {
     /// A UCAN whose signature the caller verified already (in a batch, say),
     /// with the verifier that did: taken as signed, not checked again.
     pub presumed: Option<(Delegation, Arc<dyn Verifier>)>,
+    /// Judge no time bounds: the caller finds the chain first, then judges
+    /// *when* it was valid (see [`window`]), and must not take the result
+    /// as an authorization before it has.
+    pub timeless: bool,
 }
 
 /// Signature checks remembered, successes and failures alike, by UCAN CID,
@@ -422,7 +426,15 @@ impl ValidatorConfig {
             max_capability_checks: MAX_CAPABILITY_CHECKS,
             max_proofs: MAX_PROOFS,
             presumed: None,
+            timeless: false,
         }
+    }
+
+    /// Judges no time bounds (see
+    /// [`ValidatorConfig::timeless`](ValidatorConfig#structfield.timeless)).
+    pub fn timeless(mut self) -> Self {
+        self.timeless = true;
+        self
     }
 
     /// Runs at most `limit` proof checks per `access` call: a service that
@@ -524,6 +536,52 @@ pub fn access(
         invocation: invocation.cid(),
         proofs,
     })
+}
+
+/// The seconds at which every UCAN of a chain is valid together: after the
+/// latest `nbf`, before the earliest `exp` (UCAN time bounds are whole
+/// seconds: valid at `t` when `nbf < t < exp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    /// The first second all are valid, if any has a `nbf`.
+    pub first: Option<u64>,
+    /// The last second all are valid, if any has an `exp`.
+    pub last: Option<u64>,
+}
+
+impl Window {
+    /// The latest second, no later than `by`, at which all are valid.
+    pub fn latest_by(&self, by: u64) -> Option<u64> {
+        let at = self.last.map_or(by, |last| last.min(by));
+        self.first.is_none_or(|first| first <= at).then_some(at)
+    }
+}
+
+/// The [`Window`] of `invocation` and the chain that authorized it.
+pub fn window<'a>(
+    invocation: &'a Delegation,
+    chain: impl IntoIterator<Item = &'a Delegation>,
+) -> Window {
+    let mut window = Window::default();
+    for ucan in std::iter::once(invocation).chain(chain) {
+        if let Some(nbf) = ucan.not_before() {
+            let first = nbf.saturating_add(1);
+            window.first = Some(window.first.map_or(first, |f| f.max(first)));
+        }
+        if let Some(exp) = ucan.expiration() {
+            // `exp` 0 is never valid: no last second.
+            let last = exp.checked_sub(1);
+            window.last = Some(match (window.last, last) {
+                (Some(l), Some(e)) => l.min(e),
+                (_, None) => 0,
+                (None, Some(e)) => e,
+            });
+            if last.is_none() {
+                window.first = Some(u64::MAX);
+            }
+        }
+    }
+    window
 }
 
 /// The time-bound check of JS `validate`: `Expired` when `exp <= now`,

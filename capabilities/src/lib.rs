@@ -75,6 +75,7 @@ use ucanto::validator::{CapabilityParser, Typed, Violation};
 pub mod account_egress_get;
 pub mod conclude;
 pub mod consolidate;
+pub mod payable;
 pub mod provide;
 pub mod retrieve;
 mod schema;

@@ -30,6 +30,47 @@
 //! # }
 //! ```
 //!
+//! # Before serving: will anyone pay for it?
+//! [`will_be_paid`] judges an incoming `space/content/retrieve` invocation by
+//! the tracker's own rules ([`payable`], the code the tracker runs on every
+//! receipt): that the space authorized it through its chain, that the chain
+//! is valid now and expires within the freshness age, that it does not pass
+//! through this node, and whether a non-billable actor is in it. A node can
+//! refuse, or serve unpaid, what the tracker will not count.
+//! ```
+//! # use std::sync::Arc;
+//! # use etracker_client::payable::{Refusal, Rules};
+//! # use ucanto::principal::{Ed25519Signer, Signer};
+//! # use ucanto::ucan::{now, Capability, Delegation};
+//! # let (tracker, node) = (Ed25519Signer::from_seed([4; 32]), Ed25519Signer::from_seed([5; 32]));
+//! # let space = Ed25519Signer::from_seed([1; 32]);
+//! let rules = Rules::new(tracker.verifier()); // + authorities, non-billable actors, max age
+//! // A node retrieving from itself with the space's grant: it would not be paid.
+//! let grant = Delegation::builder(&space, node.did().clone())
+//!     .capability(Capability::new("space/content/retrieve", space.did().as_str()))
+//!     .expiration(now() + 3600)
+//!     .build()
+//!     .unwrap();
+//! # let nb = ucanto::dag::IpldMap::from([
+//! #     ("blob".to_string(), ucanto::dag::Ipld::Map(ucanto::dag::IpldMap::from([(
+//! #         "digest".to_string(),
+//! #         ucanto::dag::Ipld::Bytes([[0x12, 0x20].as_slice(), &[7; 32]].concat()),
+//! #     )]))),
+//! #     ("range".to_string(), ucanto::dag::Ipld::List(vec![0.into(), 99.into()])),
+//! # ]);
+//! let retrieval = Delegation::builder(&node, node.did().clone())
+//!     .capability(Capability::new("space/content/retrieve", space.did().as_str()).with_nb(nb))
+//!     .expiration(now() + 30)
+//!     .proof(grant)
+//!     .build()
+//!     .unwrap();
+//! let refused = etracker_client::will_be_paid(&retrieval, node.did(), &rules).unwrap_err();
+//! assert!(matches!(refused, Refusal::SelfAuthorized { .. }));
+//! ```
+//! What only the tracker's registry knows is left in the answer: whether a
+//! known provider provisions [`payable::Judgement::space`], and whether any
+//! of [`payable::Judgement::chain`] is another node (replication, unpaid).
+//!
 //! # Layout
 //! One batch, walked through the modules:
 //! 1. [`journal`]: [`BatchJournal::append`] writes each receipt's archive as a
@@ -78,6 +119,21 @@ pub use client::{
     TrackError, Tracked,
 };
 pub use http::router;
+
+/// The tracker's rules of who pays and for when (see [`will_be_paid`]).
+pub use etracker_capabilities::payable;
+
+/// Whether the tracker will pay this node for serving `retrieval` now, by
+/// the tracker's own rules ([`payable::judge`], as if its batch were
+/// tracked now): the judgement, or why not.
+pub fn will_be_paid(
+    retrieval: &ucanto::ucan::Invocation,
+    node: &Did,
+    rules: &payable::Rules,
+) -> Result<payable::Judgement, payable::Refusal> {
+    let when = payable::When::now(rules);
+    payable::judge(retrieval, node, &when, rules, rules.validator())
+}
 pub use journal::{
     Appended, BatchJournal, BatchRecord, BatchState, CurrentBatch, JournalConfig, JournalError,
     ReceiptRecord, Recovery, Settlement,

@@ -442,6 +442,12 @@ struct BatchArgs {
     /// attempt, before the batch is given up.
     #[arg(long, env = "ETRACKER_GIVE_UP_AFTER", default_value_t = 48 * 3600)]
     give_up_after: u64,
+    /// Seconds a retrieval stays countable: one dated earlier than its
+    /// batch's track minus this is refused (StaleRetrieval), and the record
+    /// of a counted one is dropped twice this plus the give-up age after
+    /// its track.
+    #[arg(long, env = "ETRACKER_MAX_RETRIEVAL_AGE", default_value_t = etracker_capabilities::payable::DEFAULT_MAX_AGE)]
+    max_retrieval_age: u64,
     /// Also fetch batches from loopback/private/link-local addresses (local setups only).
     #[arg(long, env = "ETRACKER_ALLOW_PRIVATE_ENDPOINTS")]
     allow_private_endpoints: bool,
@@ -464,6 +470,7 @@ impl BatchArgs {
             give_up_after: self.give_up_after,
             scratch_dir: data_dir.join("tmp"),
             max_retrieval_bytes: self.max_retrieval_bytes,
+            max_retrieval_age: self.max_retrieval_age,
             allow_private_endpoints: self.allow_private_endpoints,
         }
     }

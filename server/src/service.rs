@@ -33,7 +33,7 @@ use crate::consolidator::{is_node_failure, is_retry, leased_task, BatchLimits, C
 use crate::handlers::{self, Context};
 use crate::metrics::Metrics;
 use crate::registry::{SpacePolicy, SpaceRegistry, StoreRegistry};
-use crate::store::{EgressRecord, RecordStatus, Retry, SpaceEntry, Store};
+use crate::store::{EgressRecord, Lease, RecordStatus, Retry, SpaceEntry, Store};
 
 /// Tracker settings (the binary fills them from flags and `ETRACKER_*`).
 #[derive(Clone)]
@@ -164,6 +164,21 @@ impl Settings {
         }
     }
 
+    /// Seconds after its track that a batch's counted retrievals can be
+    /// counted by no other batch: twice the freshness age (a retrieval may
+    /// be dated up to the age after the track, and is fresh for batches
+    /// tracked up to the age after that), plus the give-up age (the longest
+    /// such a batch waits to conclude), plus a lease, for a conclusion
+    /// already under way.
+    pub fn claim_lifetime(&self) -> u64 {
+        etracker_capabilities::payable::claims_end(
+            0,
+            self.limits.max_retrieval_age,
+            self.limits.give_up_after,
+        )
+        .saturating_add(self.lease_secs)
+    }
+
     /// The limits of `POST /`.
     pub fn http_limits(&self) -> ucanto::transport::HttpLimits {
         ucanto::transport::HttpLimits {
@@ -214,8 +229,9 @@ impl Tracker {
             consolidator: consolidator_key.clone(),
             spaces: spaces.clone(),
             max_pending_per_node: settings.max_pending_per_node,
+            claim_lifetime: settings.claim_lifetime(),
         });
-        let server = Arc::new(tracker_server(ctx.clone()));
+        let server = Arc::new(tracker_server(ctx.clone(), &settings.authorities));
         let consolidator = match &settings.remote_consolidator {
             Some(remote) => Connection::http(consolidator_key, remote.url.clone()),
             None => {
@@ -340,6 +356,12 @@ impl Tracker {
             self.settings.lease_secs,
             self.settings.batch_limit,
         );
+        // Records of counted retrievals no batch could count again go.
+        match self.ctx.store(|s| s.drop_ended_claims(now())).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "dropped claims past their end"),
+            Err(e) => tracing::warn!(error = %e, "cannot drop ended claims"),
+        }
         let leased = match self
             .ctx
             .store(move |s| s.lease_pending(now(), &owner, lease, limit))
@@ -412,14 +434,18 @@ impl Tracker {
         let outcome = async {
             let track =
                 Delegation::extract(&record.track_invocation_bytes).map_err(|e| e.to_string())?;
-            // The lease lets the consolidator run the task until ours ends.
-            let until = record.lease.as_ref().map_or(now(), |lease| lease.until);
+            // The lease lets the consolidator run the task until ours ends,
+            // and tells it when the batch was tracked.
+            let ours = record.lease.clone().unwrap_or(Lease {
+                owner: self.settings.replica.clone(),
+                until: now(),
+            });
             let (task, lease) = leased_task(
                 self.ctx.signer.as_ref(),
                 &track,
                 self.ctx.consolidator.did(),
-                until,
-                &self.settings.replica,
+                &ours,
+                record.received_at,
             )
             .map_err(|e| e.to_string())?;
             let receipt = self
@@ -499,12 +525,20 @@ impl Tracker {
 }
 
 /// The tracker's ucanto dispatcher: track, conclude and account/egress/get.
-pub fn tracker_server(ctx: Arc<Context>) -> Server {
+/// `authorities` attest for every ability it handles, as for retrievals:
+/// an account's agent holds a session the upload service attested.
+pub fn tracker_server(ctx: Arc<Context>, authorities: &[Arc<dyn Verifier>]) -> Server {
     let (track, conclude, get) = (ctx.clone(), ctx.clone(), ctx.clone());
     // Track and conclude act on the tracker itself: only invocations on its
     // DID, never one a node or a stranger issues on their own.
     let tracker = ctx.signer.did().clone();
+    let attesters = authorities.to_vec();
     Server::builder(ctx.signer.clone())
+        .validator(move |config| {
+            for attester in attesters {
+                config.attesters.push(attester);
+            }
+        })
         .provide_on(
             &tracker,
             Track::parser(),

@@ -730,3 +730,23 @@ fn retries_are_counted_for_metrics() {
     );
     assert!(counters.iter().all(|c| c.value == 0), "{counters:?}");
 }
+
+/// A claim carries its conclusion's end as `ttl`: the table's time to live
+/// drops it once no batch could count the retrieval again.
+#[test]
+fn claims_carry_their_end_as_ttl() {
+    let store = store();
+    store.put(new_record(1, node(), 1_000)).unwrap();
+    let mut c = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[10, 11]);
+    c.claims_end = 50_000;
+    store.conclude(&c).unwrap();
+    let claims: Vec<Item> = Raw::of(&store)
+        .scan()
+        .into_iter()
+        .filter(|item| string(item, "sk") == "counted")
+        .collect();
+    assert_eq!(claims.len(), 2);
+    for claim in &claims {
+        assert_eq!(claim.get("ttl"), Some(&number(50_000)), "{claim:?}");
+    }
+}

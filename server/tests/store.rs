@@ -305,3 +305,36 @@ proptest! {
         run_steps(&store, steps)?;
     }
 }
+
+/// The records of counted retrievals go once their conclusion's claims end
+/// (not a second before), the audit still adds up, and a retrieval whose
+/// claim went is no longer reported counted.
+#[test]
+fn ended_claims_are_dropped() {
+    let store = store();
+    for (n, end) in [(1, 50_000), (2, 60_000)] {
+        store.put(new_record(n, node(), 1_000 + n)).unwrap();
+        let mut c = conclusion(
+            n,
+            vec![usage(space_a(), "2025-01-01", 10)],
+            &[n * 10, n * 10 + 1],
+        );
+        c.claims_end = end;
+        assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    }
+    let all = [retrieve(10), retrieve(11), retrieve(20), retrieve(21)];
+    assert_eq!(
+        store.drop_ended_claims(50_000).unwrap(),
+        0,
+        "not before the end"
+    );
+    assert!(store.counted(&all).unwrap().iter().all(Option::is_some));
+    assert_eq!(store.drop_ended_claims(50_001).unwrap(), 2);
+    assert_eq!(
+        store.counted(&all).unwrap(),
+        vec![None, None, Some(batch(2)), Some(batch(2))]
+    );
+    assert!(store.audit().unwrap().problems.is_empty());
+    assert_eq!(store.drop_ended_claims(u64::MAX).unwrap(), 2);
+    assert!(store.audit().unwrap().problems.is_empty());
+}

@@ -639,6 +639,7 @@ async fn cli_reads_the_admin_api_across_pages() {
                 staged_tally: Vec::new(),
                 non_billable: Vec::new(),
                 concluded_at: 10 + n,
+                claims_end: u64::MAX,
                 rejected: Vec::new(),
                 failed: false,
             })

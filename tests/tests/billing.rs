@@ -348,3 +348,47 @@ async fn accounts_read_their_spaces() {
     let out = egress_get(known.url.clone(), vec!["--space-proof", "all"]).await;
     assert_eq!(out["ok"]["spaces"], serde_json::json!({}), "{out}");
 }
+
+/// Accounts as Storacha signs them in: the agent holds the account's
+/// delegation attested by the upload service (a separate authority, not
+/// the tracker). Configured in `ETRACKER_AUTHORITIES`, its attestation opens
+/// `account/egress/get` (the real JS client invoking); the same session
+/// attested under its DID with another key, or by an authority the tracker
+/// does not know, is `Unauthorized`.
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_attested_by_the_upload_service_read_their_egress() {
+    let account = "did:mailto:example.com:alice";
+    let space = alice().did().to_string();
+    let egress_get = |url: String, attester: &'static str| async move {
+        let (code, out) = run_js(
+            "egress-get.js",
+            &["--url", &url, "--account", account, "--attester", attester],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        line["out"].clone()
+    };
+    let upload_service = principal(6).with_did("did:web:up.example".parse().unwrap());
+    let entry = SpaceEntry {
+        space: alice().did().clone(),
+        provider: service().did().clone(),
+        customer: Some(account.parse().unwrap()),
+    };
+    let mut settings = known_settings(&[]);
+    settings.authorities = vec![upload_service.verifier()];
+    let tracker = start_tracker(settings).await;
+    tracker.store.put_space(&entry).unwrap();
+    let out = egress_get(tracker.url.clone(), "authority").await;
+    assert!(out["ok"]["spaces"][&space].is_object(), "{out}");
+    let out = egress_get(tracker.url.clone(), "impostor").await;
+    assert_eq!(out["error"]["name"], "Unauthorized", "{out}");
+
+    // A tracker that does not count the upload service as an authority.
+    let unaware = start_tracker(known_settings(&[])).await;
+    unaware.store.put_space(&entry).unwrap();
+    let out = egress_get(unaware.url.clone(), "authority").await;
+    assert_eq!(out["error"]["name"], "Unauthorized", "{out}");
+    let out = egress_get(unaware.url.clone(), "service").await;
+    assert!(out["ok"]["spaces"][&space].is_object(), "{out}");
+}

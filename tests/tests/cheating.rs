@@ -373,6 +373,7 @@ async fn a_remote_consolidator_runs_its_trackers_tasks_only() {
         &node,
         consolidator_key.did(),
         track.cid(),
+        ucanto::ucan::now(),
         ucanto::ucan::now() + 600,
         "node",
     )
@@ -381,6 +382,7 @@ async fn a_remote_consolidator_runs_its_trackers_tasks_only() {
         &service(),
         consolidator_key.did(),
         cause,
+        ucanto::ucan::now(),
         ucanto::ucan::now() + 600,
         "replica",
     )

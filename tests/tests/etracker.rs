@@ -644,8 +644,11 @@ async fn remote_consolidator_concludes_with_a_delegation() {
             &service(),
             &track_invocation,
             consolidator_key.did(),
-            ucanto::ucan::now() - 1,
-            "replica-a",
+            &etracker_server::store::Lease {
+                owner: "replica-a".into(),
+                until: ucanto::ucan::now() - 1,
+            },
+            record.received_at,
         )
         .unwrap();
         let refused = Connection::http(consolidator_key.verifier(), consolidator_url.clone())
@@ -666,8 +669,11 @@ async fn remote_consolidator_concludes_with_a_delegation() {
             &service(),
             &track_invocation,
             consolidator_key.did(),
-            ucanto::ucan::now() + 60,
-            "replica-a",
+            &etracker_server::store::Lease {
+                owner: "replica-a".into(),
+                until: ucanto::ucan::now() + 60,
+            },
+            record.received_at,
         )
         .unwrap();
         assert_eq!(task_invocation.cid(), task);

@@ -110,6 +110,7 @@ fn seed(dir: &Path, size: Size) -> (Did, f64) {
                 staged_tally: Vec::new(),
                 non_billable: Vec::new(),
                 concluded_at: 2_000_000 + n,
+                claims_end: u64::MAX,
                 rejected: vec![("InvalidSignature".into(), n % 3)],
                 failed: false,
             })

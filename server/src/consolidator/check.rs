@@ -2,18 +2,21 @@
 //! to count, run on every core a bounded chunk at a time, and the bounded
 //! list of the receipts that did not.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cid::Cid;
 use etracker_capabilities::consolidate::ReceiptError;
+use etracker_capabilities::payable::{self, Rules, When};
 use etracker_capabilities::retrieve::{egress_of, EgressError};
 use etracker_capabilities::{Ability, Retrieve};
 use ucanto::dag::{CodecError, CAR};
 use ucanto::principal::{Did, SignatureBatch, Verifier};
 use ucanto::receipt::Receipt;
-use ucanto::ucan::{now, Invocation};
-use ucanto::validator::{access, SignatureCache, ValidatorConfig};
+use ucanto::ucan::Invocation;
+use ucanto::validator::SignatureCache;
+
+use super::nodes::KnownNodes;
 
 /// One receipt archive that passed every check.
 pub(super) struct Counted {
@@ -51,6 +54,8 @@ pub(super) enum Checked {
     /// A valid receipt of a failed retrieval.
     NoEgress,
     Rejected(ReceiptError),
+    /// Judging it failed on our side (the store): the batch is retried.
+    Failed(String),
 }
 
 /// Receipt errors of one batch, bounded so that the consolidate receipt
@@ -173,17 +178,14 @@ pub(super) const BATCH_SIGNATURE_ALLOWANCE: u64 = 10_000;
 /// an honest receipt needs two fresh ones (its own, its invocation's), the
 /// proofs it shares with the rest of the batch are verified once.
 pub(super) const SIGNATURES_PER_RECEIPT: u64 = 4;
-/// Proof checks one retrieval's authorization may take: real chains need a
-/// handful (space → account → agent, with an attestation).
-const PROOF_CHECKS_PER_RECEIPT: usize = 64;
-
-/// What checking a receipt needs: the node, the tracker and its authorities,
-/// and the batch's shared signature cache and budget.
+/// What checking a receipt needs: the node, the rules of who pays and
+/// when, the nodes the tracker knows, and the batch's shared signature
+/// cache and budget.
 pub(super) struct Checks {
     pub(super) max_retrieval: u64,
-    pub(super) non_billable: Arc<HashSet<Did>>,
-    pub(super) tracker: Arc<dyn Verifier>,
-    pub(super) authorities: Vec<Arc<dyn Verifier>>,
+    pub(super) rules: Rules,
+    pub(super) when: When,
+    pub(super) known_nodes: Arc<KnownNodes>,
     pub(super) signatures: Arc<SignatureCache>,
     pub(super) node: Did,
     pub(super) node_verifier: Arc<dyn Verifier>,
@@ -393,33 +395,37 @@ impl Checks {
                 cid,
             ));
         }
-        let at = retrieval_time(&invocation);
         // The tracker is the authority, and only its configured authorities
         // attest: never the node, which would then vouch for its own receipts.
-        let mut config = ValidatorConfig::new(self.tracker.clone())
-            .at(at)
-            .with_cache(self.signatures.clone())
-            .max_validations(PROOF_CHECKS_PER_RECEIPT);
-        for authority in &self.authorities {
-            config = config.attester(authority.clone());
-        }
+        let mut config = self.rules.validator().with_cache(self.signatures.clone());
         if let Signatures::Verified {
             retrieval: Some(verifier),
         } = signatures
         {
             config = config.presume_signed(invocation.clone(), verifier);
         }
-        // The authorized capability is the invocation's own (a retrieval
-        // is only ever authorized as asked), so its space is the one read.
-        access(&invocation, Retrieve::parser().as_ref(), &config)
-            .map_err(|e| reject("Unauthorized", e.message.clone(), cid))?;
+        // Who pays, and for when (chain, time, freshness): the rules a node
+        // can ask of a retrieval before serving it.
+        let judged = payable::judge(&invocation, node, &self.when, &self.rules, config)
+            .map_err(|refusal| reject(refusal.name(), refusal.to_string(), cid))?;
+        // Replication: the authority passed through another node.
+        let mut billable = judged.billable;
+        for principal in judged.chain.iter().filter(|p| *p != node) {
+            if !billable {
+                break;
+            }
+            match self.known_nodes.is_node(principal) {
+                Ok(known) => billable = !known,
+                Err(e) => return Ok(Checked::Failed(e.to_string())),
+            }
+        }
         Ok(Checked::Counted(Counted {
             receipt: cid,
             retrieval,
             space: retrieve.with,
-            day: (at / 86_400) as i64,
+            day: (judged.at / 86_400) as i64,
             bytes: size,
-            billable: !self.non_billable.contains(invocation.issuer()),
+            billable,
         }))
     }
 }
@@ -457,16 +463,6 @@ pub const DUPLICATE_RECEIPT: &str = "DuplicateReceipt";
 
 /// Error name of a receipt whose retrieve invocation was re-encoded.
 pub const NON_CANONICAL: &str = "NonCanonical";
-
-/// When a retrieval happened, per the module's rule.
-pub(super) fn retrieval_time(invocation: &Invocation) -> u64 {
-    let current = now();
-    match (invocation.expiration(), invocation.not_before()) {
-        (Some(exp), _) => exp.saturating_sub(1).min(current),
-        (None, Some(nbf)) => nbf.min(current),
-        (None, None) => current,
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -14,13 +14,17 @@
 //! ```text
 //! lease  iss: tracker, aud: consolidator, exp: end of the record's lease,
 //!        nnc: "<replica>", att: [{ can: "space/egress/consolidate",
-//!        with: <tracker DID>, nb: { cause: Link<track invocation> } }]
+//!        with: <tracker DID>, nb: { cause: Link<track invocation> } }],
+//!        fct: [{ tracked: <unix seconds the batch was tracked> }]
 //! ```
+//! The lease also tells the consolidator, under the tracker's signature,
+//! when the batch was tracked: what a retrieval's freshness is judged
+//! against (a track invocation carries no time of its own).
 
 use cid::Cid;
 use etracker_capabilities::consolidate::ConsolidateNb;
 use etracker_capabilities::{Ability, Consolidate};
-use ucanto::dag::CodecError;
+use ucanto::dag::{CodecError, Ipld, IpldMap};
 use ucanto::principal::{Did, Signer, Verifier};
 use ucanto::ucan::{Delegation, Invocation};
 
@@ -28,12 +32,14 @@ use ucanto::ucan::{Delegation, Invocation};
 /// sends three (the task, the track invocation, the lease).
 const MAX_BLOCKS_SEARCHED: usize = 8;
 
-/// The lease on the task of `cause` that `tracker` grants `consolidator`
-/// until `until` (unix seconds), held by `holder`.
+/// The lease on the task of `cause` (a batch tracked at `tracked`) that
+/// `tracker` grants `consolidator` until `until` (unix seconds), held by
+/// `holder`.
 pub fn grant(
     tracker: &dyn Signer,
     consolidator: &Did,
     cause: Cid,
+    tracked: u64,
     until: u64,
     holder: &str,
 ) -> Result<Delegation, CodecError> {
@@ -42,20 +48,27 @@ pub fn grant(
             tracker.did(),
             &ConsolidateNb { cause },
         ))
+        .fact(IpldMap::from([(
+            TRACKED.to_string(),
+            Ipld::Integer(tracked.into()),
+        )]))
         .expiration(until)
         .nonce(holder)
         .build()
 }
 
+/// The lease's fact naming when the batch was tracked.
+const TRACKED: &str = "tracked";
+
 /// Whether `task` carries a lease from `tracker` to `me` on its cause,
-/// valid at `now`; `Err` says what is missing.
+/// valid at `now`: when the batch was tracked, or what is missing.
 pub(super) fn check(
     task: &Invocation,
     cause: &Cid,
     tracker: &dyn Verifier,
     me: &Did,
     now: u64,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let mut expired = None;
     let candidates = task
         .blocks()
@@ -74,10 +87,18 @@ pub(super) fn check(
         if !names_task || !lease.verify_signature(tracker) {
             continue;
         }
-        let started = lease.not_before().is_none_or(|nbf| nbf <= now);
-        match lease.expiration() {
-            Some(exp) if started && now < exp => return Ok(()),
-            exp => expired = exp.or(expired),
+        let started = lease.not_before().is_none_or(|nbf| nbf < now);
+        let tracked = lease
+            .data()
+            .facts
+            .iter()
+            .find_map(|fact| match fact.get(TRACKED) {
+                Some(Ipld::Integer(at)) => u64::try_from(*at).ok(),
+                _ => None,
+            });
+        match (lease.expiration(), tracked) {
+            (Some(exp), Some(tracked)) if started && now < exp => return Ok(tracked),
+            (exp, _) => expired = exp.or(expired),
         }
     }
     Err(match expired {

@@ -38,14 +38,17 @@
 //! runs of counted retrievals; `deliver` invokes `space/egress/conclude` with
 //! the signed receipt and the tally, a page of chunks at a time; `learned`
 //! what a refused conclusion taught (per batch, bounded); `lease` the
-//! lease a task runs under.
+//! lease a task runs under; `nodes` the nodes the tracker knows.
 //!
-//! # Day of a retrieval
-//! A retrieve invocation carries no timestamp, only its validity window, and
-//! a node can only serve it while it is valid. The retrieval is dated at
-//! `exp − 1` (the last second it was valid) or, without `exp`, at its `nbf`,
-//! never later than the moment of consolidation; its bytes count for that UTC
-//! day, and its authorization is judged at that time.
+//! # Who pays, and for when
+//! Each retrieval is judged by [`etracker_capabilities::payable`] (the rules
+//! a node can also ask before serving): its chain must have been valid all
+//! at once at some second no later than the batch's track, which the lease
+//! names; it is dated at the latest such second and its bytes count for
+//! that UTC day; it must be fresh (`ETRACKER_MAX_RETRIEVAL_AGE`) and bounded
+//! in time; a chain through the serving node is `SelfAuthorized`, one
+//! through a non-billable actor or another node the tracker knows
+//! (`nodes`) is `NonBillable`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -67,6 +70,7 @@ mod deliver;
 mod fetch;
 mod learned;
 pub mod lease;
+mod nodes;
 mod spill;
 mod task;
 
@@ -121,6 +125,10 @@ pub struct BatchLimits {
     /// Largest range one retrieval may claim (bytes); a bigger one is an
     /// `InvalidRange`, whatever the client signed.
     pub max_retrieval_bytes: u64,
+    /// The freshness age (seconds): a retrieval dated earlier than its
+    /// batch's track minus this is a `StaleRetrieval` (see
+    /// [`etracker_capabilities::payable`]).
+    pub max_retrieval_age: u64,
     /// Fetch batches from loopback, private and link-local addresses too.
     /// Off by default: a node must not make the tracker reach into its own
     /// network (cloud metadata, admin ports).
@@ -138,6 +146,7 @@ impl Default for BatchLimits {
             give_up_after: 48 * 3600,
             scratch_dir: std::env::temp_dir(),
             max_retrieval_bytes: DEFAULT_MAX_RETRIEVAL_BYTES,
+            max_retrieval_age: etracker_capabilities::payable::DEFAULT_MAX_AGE,
             allow_private_endpoints: false,
         }
     }
@@ -162,10 +171,17 @@ pub fn leased_task(
     tracker: &dyn Signer,
     track: &Invocation,
     consolidator: &Did,
-    until: u64,
-    holder: &str,
+    lease: &crate::store::Lease,
+    tracked: u64,
 ) -> Result<(Invocation, ucanto::dag::Block), CodecError> {
-    let lease = lease::grant(tracker, consolidator, track.cid(), until, holder)?;
+    let lease = lease::grant(
+        tracker,
+        consolidator,
+        track.cid(),
+        tracked,
+        lease.until,
+        &lease.owner,
+    )?;
     Ok((consolidate_task(tracker, track)?, lease.block().clone()))
 }
 
@@ -244,8 +260,11 @@ impl Default for TallyPaging {
 struct HandlerState {
     store: Option<Arc<dyn Store>>,
     limits: BatchLimits,
-    authorities: Vec<Arc<dyn Verifier>>,
     http: reqwest::Client,
+    /// Who pays, and for when: what a retrieval must pass.
+    rules: etracker_capabilities::payable::Rules,
+    /// The nodes the tracker knows (through the store, when it has one).
+    known_nodes: Arc<nodes::KnownNodes>,
     /// What refused conclusions taught: retrievals another batch counted
     /// (per batch) and spaces the tracker does not bill; bounded.
     learned: learned::Learned,
@@ -260,8 +279,6 @@ struct HandlerState {
     spaces: SpacePolicy,
     /// How tallies are cut into chunks.
     paging: TallyPaging,
-    /// The invokers whose retrievals are billed to no one.
-    non_billable: Arc<HashSet<Did>>,
 }
 
 /// Removes a task from [`HandlerState::running`] when its run ends, however.
@@ -340,18 +357,25 @@ impl ConsolidatorBuilder {
     pub fn build(self) -> Consolidator {
         remove_stale_spool_files(&self.limits.scratch_dir);
         let tracker = self.tracker;
+        let rules = etracker_capabilities::payable::Rules {
+            tracker: tracker.clone(),
+            authorities: self.authorities,
+            non_billable: Arc::new(self.non_billable),
+            max_age: self.limits.max_retrieval_age,
+            conclude_within: self.limits.give_up_after,
+        };
         let state = Arc::new(HandlerState {
+            known_nodes: Arc::new(nodes::KnownNodes::new(self.store.clone())),
             store: self.store,
             http: batch_client(&self.limits),
             limits: self.limits,
-            authorities: self.authorities,
+            rules,
             learned: learned::Learned::default(),
             me: self.signer.did().clone(),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
             spaces: self.spaces,
             paging: self.paging,
-            non_billable: Arc::new(self.non_billable),
         });
         let tracker_did = tracker.did().clone();
         let delivery = Arc::new(Delivery {

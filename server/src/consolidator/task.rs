@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cid::Cid;
 use etracker_capabilities::account_egress_get::format_date;
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk, ReceiptError};
+use etracker_capabilities::payable::When;
 use etracker_capabilities::{Ability, Consolidate, Invoked, Outcome, Track};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -56,15 +57,16 @@ impl HandlerState {
         }
         // A task is public and deterministic: it runs only with the
         // tracker's current lease, checked before anything is downloaded.
-        if let Err(why) = super::lease::check(
+        let tracked = match super::lease::check(
             &request.invocation,
             &cause,
             self.tracker.as_ref(),
             &self.me,
             now(),
         ) {
-            return Response::failure(NOT_LEASED, why);
-        }
+            Ok(tracked) => tracked,
+            Err(why) => return Response::failure(NOT_LEASED, why),
+        };
         let Some(_running) = self.start(task) else {
             return Response::failure(RETRY_INTERNAL, format!("task {task} is already running"));
         };
@@ -82,7 +84,7 @@ impl HandlerState {
         };
         let batch = track_nb.receipts;
         let node = track.issuer().clone();
-        match self.process(&node, &batch, &track_nb.url()).await {
+        match self.process(&node, &batch, &track_nb.url(), tracked).await {
             Ok((ok, tally)) => Response::ok(ok.to_ipld()).with_effect(Concludable {
                 batch,
                 tally: Some(tally),
@@ -143,6 +145,7 @@ impl HandlerState {
         node: &Did,
         batch: &Cid,
         url: &str,
+        tracked: u64,
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
         if batch.codec() != CAR || batch.hash().code() != SHA2_256 || batch.hash().size() != 32 {
             return Err(BatchFailure::Permanent(format!(
@@ -152,7 +155,7 @@ impl HandlerState {
         let path = spool_path(&self.limits.scratch_dir, batch);
         let result = async {
             self.download(url, batch, &path).await?;
-            self.count(node, &path).await
+            self.count(node, &path, tracked).await
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
@@ -231,7 +234,12 @@ impl HandlerState {
 
     /// Reads the spooled batch block by block and checks every receipt,
     /// one chunk while the next is read; what passes goes to the spill.
-    async fn count(&self, node: &Did, path: &PathBuf) -> Result<Counting, BatchFailure> {
+    async fn count(
+        &self,
+        node: &Did,
+        path: &PathBuf,
+        tracked: u64,
+    ) -> Result<Counting, BatchFailure> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| BatchFailure::internal("reading the spooled batch", e))?;
@@ -253,9 +261,12 @@ impl HandlerState {
         let signatures = Arc::new(SignatureCache::with_budget(BATCH_SIGNATURE_ALLOWANCE));
         let checks = Arc::new(Checks {
             max_retrieval: self.limits.max_retrieval_bytes,
-            non_billable: self.non_billable.clone(),
-            tracker: self.tracker.clone(),
-            authorities: self.authorities.clone(),
+            rules: self.rules.clone(),
+            when: When {
+                tracked,
+                now: now(),
+            },
+            known_nodes: self.known_nodes.clone(),
             signatures: signatures.clone(),
             node: node.clone(),
             node_verifier,
@@ -408,6 +419,9 @@ impl Counting {
                 Checked::Counted(counted) => self.add(seq, counted)?,
                 Checked::NoEgress => {}
                 Checked::Rejected(error) => self.rejected.push(seq, error),
+                Checked::Failed(why) => {
+                    return Err(BatchFailure::internal("judging receipts", why))
+                }
             }
         }
         Ok(())

@@ -406,6 +406,7 @@ async fn conclude(
         staged_tally: tally.staged,
         non_billable: daily_usage(&tally.non_billable),
         concluded_at: now(),
+        claims_end: record.received_at.saturating_add(ctx.claim_lifetime),
         rejected,
         failed,
     };

@@ -27,6 +27,10 @@ pub struct Context {
     pub spaces: SpacePolicy,
     /// Batches a node may have pending; a track past it is refused.
     pub max_pending_per_node: u64,
+    /// Seconds after its track that a batch's counted retrievals could no
+    /// longer be counted again: their records may go then (see
+    /// [`etracker_capabilities::payable::Rules::claim_ends`]).
+    pub claim_lifetime: u64,
 }
 
 impl Context {

@@ -297,6 +297,10 @@ pub struct Conclusion {
     pub non_billable: Vec<DailyUsage>,
     /// When the conclusion is committed (unix seconds).
     pub concluded_at: u64,
+    /// After this second no batch could count a retrieval of this one
+    /// again (it would be stale): the records that they were counted may go
+    /// ([`Store::drop_ended_claims`]; `u64::MAX` keeps them).
+    pub claims_end: u64,
     /// Receipts of the batch not counted, by error name (`errors[]` of the
     /// receipt), for the operators' counts.
     pub rejected: Vec<(String, u64)>,
@@ -680,6 +684,13 @@ pub trait Store: Send + Sync + 'static {
     /// For each retrieve receipt, the batch that counted it, if any.
     /// The answer has the same length and order as `receipts`.
     fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError>;
+
+    /// Drops the records of counted retrievals whose conclusion's
+    /// `claims_end` is before `now`: none of them could be counted again
+    /// (the rules of [`etracker_capabilities::payable`] refuse them as
+    /// stale). Returns how many went. DynamoDB leaves this to the table's
+    /// time to live (attribute `ttl` of each claim).
+    fn drop_ended_claims(&self, now: u64) -> Result<u64, StoreError>;
 
     /// Bytes per day for a space, for days in `from_day..to_day` (from
     /// inclusive, to exclusive), in day order; days without egress are absent.

@@ -68,6 +68,7 @@ use redb::{
 use ucanto::dag::{decode_cbor, encode_cbor, CidBytes, Fields, Ipld};
 use ucanto::principal::Did;
 
+mod claims;
 mod pending;
 
 pub use super::audit::Audit;
@@ -385,6 +386,13 @@ impl RedbStore {
                 auditor.problem(format!("receipt {receipt} counted by a batch not done"));
             }
         }
+        let dropped = tx
+            .open_table(META)
+            .or_backend()?
+            .get(claims::DROPPED_KEY)
+            .or_backend()?
+            .map_or(0, |v| v.value());
+        auditor.audit.counted_receipts += dropped;
         auditor.check_counted();
         let audit = &mut auditor.audit;
         let mut node_totals_seen = BTreeMap::new();
@@ -582,11 +590,14 @@ impl Store for RedbStore {
             let mut staged = tx.open_table(STAGED).or_backend()?;
             let mut conflicts = Vec::new();
             let mut marked: u64 = 0;
+            let mut ends = tx.open_table(claims::CLAIM_ENDS).or_backend()?;
             let mut mark = |cids: &[Cid]| -> Result<(), StoreError> {
                 for cid in cids {
-                    let previous = counted
-                        .insert(&*CidBytes::of(cid), batch_key.as_slice())
-                        .or_backend()?;
+                    let key = CidBytes::of(cid);
+                    let previous = counted.insert(&*key, batch_key.as_slice()).or_backend()?;
+                    if previous.is_none() {
+                        claims::noted(&mut ends, c.claims_end, &key)?;
+                    }
                     match previous {
                         Some(batch) if batch.value() == batch_key.as_slice() => {
                             return Err(StoreError::Invalid(format!("receipt {cid} listed twice")))
@@ -756,6 +767,19 @@ impl Store for RedbStore {
         let key = consolidate_invocation.to_bytes();
         let value = receipts.get(key.as_slice()).or_backend()?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn drop_ended_claims(&self, now: u64) -> Result<u64, StoreError> {
+        let mut dropped = 0u64;
+        loop {
+            let tx = self.db.begin_write().or_backend()?;
+            let page = claims::drop_page(&tx, now)?;
+            tx.commit().or_backend()?;
+            dropped += page as u64;
+            if page == 0 {
+                return Ok(dropped);
+            }
+        }
     }
 
     fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {

@@ -256,6 +256,7 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         staged_tally: Vec::new(),
         non_billable: Vec::new(),
         concluded_at: 10_000 + n,
+        claims_end: u64::MAX,
         rejected: Vec::new(),
         failed: false,
     }

@@ -179,7 +179,7 @@ impl DynamoStore {
         if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
             let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
             for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
-                items.push(self.claim_write(receipt, &c.batch, &attempt, claim.as_ref())?);
+                items.push(self.claim_write(receipt, c, &attempt, claim.as_ref())?);
             }
             return match self.transact(items)? {
                 Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
@@ -198,7 +198,7 @@ impl DynamoStore {
         for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
             writes.push((
                 Some(*receipt),
-                self.claim_write(receipt, &c.batch, &attempt, claim.as_ref())?,
+                self.claim_write(receipt, c, &attempt, claim.as_ref())?,
             ));
         }
         if as_rows {
@@ -325,21 +325,27 @@ impl DynamoStore {
             .collect())
     }
 
-    /// The claim write of `receipt` by `batch`'s `attempt`, given what
-    /// claims it now.
+    /// The claim write of `receipt` by the conclusion `c`'s `attempt`,
+    /// given what claims it now. It carries the conclusion's `claims_end`
+    /// as `ttl`: the table's time to live drops it once no batch could
+    /// count the retrieval again.
     fn claim_write(
         &self,
         receipt: &Cid,
-        batch: &Cid,
+        c: &Conclusion,
         attempt: &str,
         current: Option<&Claim>,
     ) -> Result<TransactWriteItem, StoreError> {
+        let batch = &c.batch;
         let mut put = Put::builder()
             .table_name(&self.table)
             .item("pk", s(&counted_pk(receipt)))
             .item("sk", s("counted"))
             .item("batch", s(&batch.to_string()))
             .item("attempt", s(attempt));
+        if c.claims_end != u64::MAX {
+            put = put.item("ttl", n(c.claims_end));
+        }
         put = match current {
             Some(c) if c.batch != *batch => put
                 .condition_expression("attribute_exists(pk) AND #b = :other AND #at = :its")
