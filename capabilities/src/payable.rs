@@ -65,7 +65,7 @@
 //!     .unwrap();
 //!
 //! let rules = Rules::new(tracker.verifier());
-//! let judged = judge(&retrieval, node.did(), &When::now(&rules), &rules, rules.validator()).unwrap();
+//! let judged = judge(&retrieval, node.did(), &When::now(), &rules, rules.validator()).unwrap();
 //! assert!(judged.billable);
 //! assert_eq!(&judged.space, space.did());
 //! // Still to ask the tracker's registry: does a known provider provision
@@ -167,8 +167,8 @@ pub struct When {
 
 impl When {
     /// A retrieval judged now, as if tracked now (what a node asks before
-    /// serving it). `rules` is taken for symmetry with the tracker's call.
-    pub fn now(_rules: &Rules) -> Self {
+    /// serving it).
+    pub fn now() -> Self {
         let t = now();
         When { tracked: t, now: t }
     }

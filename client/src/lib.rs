@@ -131,7 +131,7 @@ pub fn will_be_paid(
     node: &Did,
     rules: &payable::Rules,
 ) -> Result<payable::Judgement, payable::Refusal> {
-    let when = payable::When::now(rules);
+    let when = payable::When::now();
     payable::judge(retrieval, node, &when, rules, rules.validator())
 }
 pub use journal::{
