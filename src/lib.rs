@@ -65,6 +65,7 @@
 //! ```
 pub mod bounded;
 pub mod car;
+pub mod cli;
 pub mod client;
 pub mod dag;
 pub mod dag_json;

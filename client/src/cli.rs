@@ -1,12 +1,11 @@
-//! What the `etracker-node` and `etracker` command lines share: how they name
-//! the tracker, and how they word an error for a person.
+//! How the `etracker-node` command line names the tracker it talks to
+//! (errors are worded as everywhere, by `ucanto::cli`).
 
 use std::sync::Arc;
 
 use ucanto::principal::Verifier;
 
-/// Any error a command may end with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use ucanto::cli::{explain, sentence, BoxError};
 
 /// The tracker a command talks to.
 #[derive(clap::Args, Clone, Debug)]
@@ -32,44 +31,12 @@ impl TrackerArgs {
     }
 }
 
-/// Turns an error into "`what`: cause. `hint`", a sentence a person can act on.
-pub fn explain<E: Into<BoxError>>(
-    what: impl std::fmt::Display,
-    hint: &str,
-) -> impl FnOnce(E) -> BoxError + '_ {
-    let what = what.to_string();
-    move |error| {
-        let error: BoxError = error.into();
-        format!("{what}: {}. {hint}", sentence(error.as_ref())).into()
-    }
-}
-
-/// An error and its causes, as one line: each cause once, no Debug dump.
-pub fn sentence(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn errors_read_as_one_sentence_with_their_causes_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        let failure = explain("cannot reach the tracker", "Is it running?")(io);
-        assert_eq!(
-            failure.to_string(),
-            "cannot reach the tracker: connection refused. Is it running?"
-        );
+    fn a_bad_tracker_did_reads_as_one_sentence() {
         let bad = TrackerArgs {
             tracker_url: "http://127.0.0.1:1".into(),
             tracker_did: "did:key:bogus".into(),

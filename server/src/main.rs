@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use etracker_capabilities::{Ability, Conclude, Track};
-use etracker_client::cli::{explain, sentence, BoxError, TrackerArgs};
-use etracker_client::parse_proof;
 use etracker_server::admin::csv as admin_csv;
 use etracker_server::consolidator::BatchLimits;
 use etracker_server::registry::{SpacePolicy, SpaceRegistry};
 use etracker_server::service::{space_json, RemoteConsolidator, Settings, SpaceRule, Tracker};
 use etracker_server::store::redb::RedbStore;
 use etracker_server::store::{blocking, SpaceEntry, Store};
+use ucanto::cli::{explain, parse_proof, sentence, BoxError};
 use ucanto::principal::{Did, Ed25519Signer, Ed25519Verifier, Signer, Verifier};
 use ucanto::ucan::Delegation;
 
@@ -516,6 +515,31 @@ struct ConsolidatorArgs {
     /// (from `etracker delegate <DID> --ability space/egress/conclude`).
     #[arg(long, env = "ETRACKER_CONCLUDE_PROOF")]
     proof: Option<String>,
+}
+
+/// The tracker a consolidator deployed apart concludes on (the same flags
+/// as `etracker-node`'s, which this binary does not link).
+#[derive(Args)]
+struct TrackerArgs {
+    /// The tracker's URL.
+    #[arg(long, env = "ETRACKER_TRACKER_URL")]
+    tracker_url: String,
+    /// The tracker's DID.
+    #[arg(long, env = "ETRACKER_TRACKER_DID")]
+    tracker_did: String,
+    /// The tracker's did:key, when its DID is a did:web.
+    #[arg(long, env = "ETRACKER_TRACKER_KEY")]
+    tracker_key: Option<String>,
+}
+
+impl TrackerArgs {
+    /// The tracker's principal, which verifies its receipts.
+    fn verifier(&self) -> Result<Arc<dyn Verifier>, BoxError> {
+        ucanto::cli::verifier(&self.tracker_did, self.tracker_key.as_deref()).map_err(explain(
+            format!("the tracker DID {:?} cannot be used", self.tracker_did),
+            "Pass the DID `etracker start` printed (--tracker-did), and for a did:web its did:key (--tracker-key).",
+        ))
+    }
 }
 
 #[derive(Args)]

@@ -5,7 +5,11 @@
 //!
 //! Read from the store (a node's list of batches), remembered per process:
 //! a node stays a node, so a yes is kept (up to a bound); a no is asked
-//! again after a minute, so a principal that starts tracking is known soon.
+//! again after an hour (every distinct client of a batch is a principal of
+//! some chain: asking the store about each on every batch would cost a
+//! read per client), so a principal that starts tracking is known within
+//! the hour. A node that holds a track delegation but has never tracked is
+//! not known until it tracks.
 //! A consolidator deployed apart has no store: it knows only the serving
 //! node and the configured non-billable actors (README, *Security*).
 
@@ -20,7 +24,7 @@ use crate::store::{Store, StoreError};
 /// Principals remembered; past it the memo starts over.
 const REMEMBERED: usize = 100_000;
 /// Seconds a "not a node" is trusted.
-const NOT_A_NODE_FOR: u64 = 60;
+const NOT_A_NODE_FOR: u64 = 3600;
 
 /// The tracker's nodes, as far as its store knows.
 pub(super) struct KnownNodes {
