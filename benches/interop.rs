@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use ucanto::client::Connection;
 use ucanto::dag::{Ipld, IpldMap};
 use ucanto::message::AgentMessage;
-use ucanto::principal::{verifier_for, Ed25519Signer, Signer};
+use ucanto::principal::{verifier_for, Signer};
 use ucanto::server::{HandlerError, Request, Response, Server};
 use ucanto::ucan::{Capability, Delegation, Invocation};
 use ucanto::validator::CapabilityParser;
@@ -52,11 +52,8 @@ fn main() {
 }
 
 async fn run() {
-    let (alice, bob, service) = (
-        Ed25519Signer::from_seed([1; 32]),
-        Ed25519Signer::from_seed([2; 32]),
-        Ed25519Signer::from_seed([4; 32]),
-    );
+    use ucanto::principal::fixtures;
+    let (alice, bob, service) = (fixtures::alice(), fixtures::bob(), fixtures::service());
     let proof = Delegation::builder(&alice, bob.did().clone())
         .capability(Capability::new("test/echo", alice.did().as_str()))
         .expiration(4102444800)

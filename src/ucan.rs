@@ -962,14 +962,8 @@ fn links_are(value: &Ipld, links: &[Cid]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::fixtures::{alice, bob};
     use crate::principal::Ed25519Signer;
-
-    fn alice() -> Ed25519Signer {
-        Ed25519Signer::from_seed([1; 32])
-    }
-    fn bob() -> Ed25519Signer {
-        Ed25519Signer::from_seed([2; 32])
-    }
 
     /// Alice lets Bob `test/echo` on her DID until `exp`.
     fn echo(exp: u64) -> Delegation {

@@ -49,18 +49,7 @@ fn vectors() -> serde_json::Value {
     serde_json::from_str(include_str!("../../fixtures/capabilities/vectors.json")).unwrap()
 }
 
-fn alice() -> Ed25519Signer {
-    Ed25519Signer::from_seed([1; 32])
-}
-fn bob() -> Ed25519Signer {
-    Ed25519Signer::from_seed([2; 32])
-}
-fn service() -> Ed25519Signer {
-    Ed25519Signer::from_seed([4; 32])
-}
-fn node() -> Ed25519Signer {
-    Ed25519Signer::from_seed([5; 32])
-}
+use ucanto::principal::fixtures::{alice, bob, node, service};
 
 /// The blocks of a fixture CAR and its single root.
 fn blocks(car: &[u8]) -> (Cid, Arc<BlockStore>) {
@@ -348,7 +337,7 @@ fn conclude_round_trips() {
     assert!(attached_receipt(&bare, &parsed.nb).is_err());
 
     // From a separate consolidator, with its proof and the default expiry.
-    let consolidator = Ed25519Signer::from_seed([6; 32]);
+    let consolidator = ucanto::principal::fixtures::authority();
     let proof = Delegation::builder(&service(), consolidator.did().clone())
         .capability(Conclude::unrestricted(service().did()))
         .no_expiration()

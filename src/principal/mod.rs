@@ -25,6 +25,7 @@ use crate::varint;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
 mod batch;
+pub mod fixtures;
 pub mod rsa;
 
 pub use self::rsa::{RsaSigner, RsaVerifier, RSA_PRIV};

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::dag::{Block, BlockStore, Ipld};
-use crate::principal::{Ed25519Signer, Signer};
+use crate::principal::Signer;
 
 /// Fixture times are valid until 2100, expired in 2020 or not valid before
 /// 2096, so any time in between judges them like the JS run did.
@@ -93,22 +93,9 @@ fn load(file: &str) -> Delegation {
     Delegation::from_blocks(&header.roots[0], Arc::new(store)).expect("ucan")
 }
 
-fn signer(seed: u8) -> Ed25519Signer {
-    Ed25519Signer::from_seed([seed; 32])
-}
+use crate::principal::fixtures::principal as signer;
 
-fn alice() -> Ed25519Signer {
-    signer(1)
-}
-fn bob() -> Ed25519Signer {
-    signer(2)
-}
-fn mallory() -> Ed25519Signer {
-    signer(3)
-}
-fn service() -> Ed25519Signer {
-    signer(4)
-}
+use crate::principal::fixtures::{alice, bob, mallory, service};
 fn did(text: &str) -> Did {
     Did::parse(text).expect("did")
 }

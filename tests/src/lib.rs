@@ -13,7 +13,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use ucanto::dag::Ipld;
-use ucanto::principal::Ed25519Signer;
 use ucanto::server::{HandlerError, Request, Response, Server};
 use ucanto::ucan::Capability;
 use ucanto::validator::CapabilityParser;
@@ -31,27 +30,7 @@ pub fn fixture(rest: &str) -> PathBuf {
     repo_root().join("fixtures").join(rest)
 }
 
-/// Fixed principal from a seed of 32 equal bytes (alice 1, bob 2, mallory 3, service 4, node 5, authority 6).
-pub fn principal(byte: u8) -> Ed25519Signer {
-    Ed25519Signer::from_seed([byte; 32])
-}
-
-/// alice: `principal(1)`.
-pub fn alice() -> Ed25519Signer {
-    principal(1)
-}
-/// bob: `principal(2)`.
-pub fn bob() -> Ed25519Signer {
-    principal(2)
-}
-/// mallory: `principal(3)`.
-pub fn mallory() -> Ed25519Signer {
-    principal(3)
-}
-/// service: `principal(4)`.
-pub fn service() -> Ed25519Signer {
-    principal(4)
-}
+pub use ucanto::principal::fixtures::{alice, bob, mallory, principal, service};
 
 /// The scenarios of `fixtures/js/client.js` (`--scenario NAME`).
 pub const CLIENT_SCENARIOS: &[&str] = &[

@@ -24,10 +24,7 @@ use ucanto::ucan::{now, Capability, Delegation, Invocation};
 
 use crate::principal;
 
-/// The storage node: `principal(5)`.
-pub fn node() -> Ed25519Signer {
-    principal(5)
-}
+pub use ucanto::principal::fixtures::node;
 
 /// A fresh, empty directory under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {

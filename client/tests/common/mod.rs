@@ -16,26 +16,13 @@ use etracker_capabilities::retrieve::{Blob, ByteRange, Retrieve, RetrieveNb};
 use etracker_capabilities::Ability;
 use etracker_client::JournalConfig;
 use ucanto::dag::{Block, BlockStore, Ipld, IpldMap};
-use ucanto::principal::{Ed25519Signer, Signer};
+use ucanto::principal::Signer;
 use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::ucan::{Delegation, Invocation};
 
-/// alice: the space (and the client retrieving from it).
-pub fn alice() -> Ed25519Signer {
-    Ed25519Signer::from_seed([1; 32])
-}
-/// mallory: signs what she should not.
-pub fn mallory() -> Ed25519Signer {
-    Ed25519Signer::from_seed([3; 32])
-}
-/// service: the tracker.
-pub fn tracker() -> Ed25519Signer {
-    Ed25519Signer::from_seed([4; 32])
-}
-/// node: the storage node.
-pub fn node() -> Ed25519Signer {
-    Ed25519Signer::from_seed([5; 32])
-}
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use ucanto::principal::fixtures::{alice, mallory, node, service as tracker};
 
 /// A sha2-256 multihash of a fake blob.
 pub fn digest(seed: u8) -> Vec<u8> {

@@ -8,7 +8,7 @@ use cid::Cid;
 use sha2::{Digest, Sha256};
 use ucanto::car::CarWriter;
 use ucanto::dag::{cid_of, cid_of_digest, Ipld, IpldMap, CAR};
-use ucanto::principal::{Ed25519Signer, Signer};
+use ucanto::principal::{fixtures, Ed25519Signer, Signer};
 use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::ucan::{now, Capability, Delegation};
 
@@ -29,10 +29,10 @@ pub(crate) struct Principals {
 impl Principals {
     pub(crate) fn new() -> Self {
         let (space, agent, service, node) = (
-            Ed25519Signer::from_seed([1; 32]),
-            Ed25519Signer::from_seed([2; 32]),
-            Ed25519Signer::from_seed([4; 32]),
-            Ed25519Signer::from_seed([5; 32]),
+            fixtures::alice(),
+            fixtures::bob(),
+            fixtures::service(),
+            fixtures::node(),
         );
         let proof = Delegation::builder(&space, agent.did().clone())
             .capability(Capability::new(

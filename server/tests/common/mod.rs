@@ -183,7 +183,7 @@ impl TestStore for etracker_server::store::dynamodb::DynamoStore {
 /// The DID of the fixed principal with seed `[byte; 32]` (the workspace's
 /// convention: alice 1, bob 2, mallory 3, service 4, node 5).
 pub fn did(byte: u8) -> Did {
-    Ed25519Signer::from_seed([byte; 32]).did().clone()
+    ucanto::principal::fixtures::principal(byte).did().clone()
 }
 /// The storage node that tracks batches.
 pub fn node() -> Did {
