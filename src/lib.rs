@@ -83,3 +83,29 @@ pub mod varint;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The docs/ pages' code blocks, compiled as doctests like the README's
+/// (a Rust block added to one of them must compile).
+#[doc = include_str!("../docs/operating.md")]
+#[cfg(doctest)]
+pub struct DocsOperating;
+
+#[doc = include_str!("../docs/counting.md")]
+#[cfg(doctest)]
+pub struct DocsCounting;
+
+#[doc = include_str!("../docs/security.md")]
+#[cfg(doctest)]
+pub struct DocsSecurity;
+
+#[doc = include_str!("../docs/dynamodb.md")]
+#[cfg(doctest)]
+pub struct DocsDynamodb;
+
+#[doc = include_str!("../docs/benchmarks.md")]
+#[cfg(doctest)]
+pub struct DocsBenchmarks;
+
+#[doc = include_str!("../docs/ucanto-cli.md")]
+#[cfg(doctest)]
+pub struct DocsUcantoCli;

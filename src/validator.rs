@@ -519,6 +519,10 @@ pub struct Authorization {
     /// Delegations from the invocation's proof up to the resource owner
     /// (empty for a self-issued capability).
     pub proofs: Vec<Delegation>,
+    /// The capability as the parser read it
+    /// ([`CapabilityParser::parse_typed`]), when it reads a typed value: a
+    /// typed handler takes it as it is instead of parsing again.
+    pub typed: Typed,
 }
 
 /// Checks that `invocation` is authorized to invoke the capability `parser`
@@ -535,6 +539,7 @@ pub fn access(
         capability: std::sync::Arc::unwrap_or_clone(matched.value),
         invocation: invocation.cid(),
         proofs,
+        typed: matched.typed,
     })
 }
 

@@ -8,12 +8,7 @@
 //! capability  { can: "space/egress/conclude", with: <tracker DID>,
 //!               nb: { receipt: Link<consolidate receipt>, tally?: [Link<tally chunk>] } }
 //! ok          {}
-//! error       { name: "EgressConcludeError", message: string,
-//!               // when retrievals were counted by another batch meanwhile:
-//!               receipts?: [Link<retrieval>] (the first 1,024), count?: int,
-//!               conflicts?: bytes (bit i % 8 of byte i / 8 set: the tally's
-//!                           i-th counted retrieval, chunk by chunk, conflicts),
-//!               // when spaces are not billed: spaces?: [DID] (the first 1,024) }
+//! error       ConcludeError (see its # Format)
 //! ```
 //! Only the receipt's root block travels with the invocation: ucanto attaches
 //! blocks linked directly from `nb`, so the invocation the receipt ran (the
@@ -32,7 +27,7 @@ use ucanto::receipt::Receipt;
 use ucanto::ucan::{Delegation, DelegationBuilder, Invocation, Proof};
 
 use crate::schema::{nb_or_empty, Fields};
-use crate::{named_failure, Ability, Empty, SchemaError};
+use crate::{Ability, Empty, Outcome, SchemaError};
 
 /// The `space/egress/conclude` capability.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,7 +119,205 @@ pub fn attached_receipt(invocation: &Invocation, nb: &ConcludeNb) -> Result<Rece
 /// Success of `space/egress/conclude`: `{}`.
 pub type ConcludeOk = Empty;
 
-named_failure! {
-    /// Failure of `space/egress/conclude`: `{name: "EgressConcludeError", message}`.
-    ConcludeError = "EgressConcludeError"
+/// Failure of `space/egress/conclude`.
+///
+/// # Format
+/// ```text
+/// Refused        { name: "EgressConcludeError", message: string }
+/// Conflict       { name: "EgressConcludeError", message: string,
+///                  receipts: [Link<retrieval>] (the first 1,024), count: int,
+///                  conflicts: bytes }  bit i % 8 of byte i / 8: the tally's
+///                                      i-th counted retrieval, chunk by chunk
+/// UnknownSpaces  { name: "EgressConcludeError", message: string,
+///                  spaces: [DID] (the first 1,024) }
+/// Incomplete     { name: "TallyIncomplete", message: string, stack: string }
+/// ```
+/// A refusal the tracker explains tells a consolidator without the store
+/// what to drop on its next run; `Incomplete` asks for the rest of a tally
+/// sent in pages.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConcludeError {
+    /// The conclusion cannot be taken (not the consolidator, not the task,
+    /// totals that do not add up…).
+    #[error("{}: {message}", ConcludeError::NAME)]
+    Refused {
+        /// Why.
+        message: String,
+    },
+    /// Retrievals of the tally that another batch counted meanwhile.
+    #[error("{}: {message}", ConcludeError::NAME)]
+    Conflict {
+        /// How many, with an example.
+        message: String,
+        /// The first of them, by payload id.
+        receipts: Vec<Cid>,
+        /// How many there are.
+        count: u64,
+        /// One bit per counted retrieval of the tally, set for each of them.
+        conflicts: Vec<u8>,
+    },
+    /// Spaces of the tally the tracker does not bill.
+    #[error("{}: {message}", ConcludeError::NAME)]
+    UnknownSpaces {
+        /// How many, with an example.
+        message: String,
+        /// The first of them.
+        spaces: Vec<Did>,
+    },
+    /// A page of a tally sent in pages: staged, the rest still to come.
+    #[error("{}: {message}", ConcludeError::INCOMPLETE)]
+    Incomplete {
+        /// How many chunks are in.
+        message: String,
+    },
+}
+
+impl ConcludeError {
+    /// The name of every refusal.
+    pub const NAME: &'static str = "EgressConcludeError";
+    /// The name of a page answered "send the rest".
+    pub const INCOMPLETE: &'static str = "TallyIncomplete";
+
+    /// A refusal explained by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        ConcludeError::Refused {
+            message: message.into(),
+        }
+    }
+
+    /// The error name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConcludeError::Incomplete { .. } => Self::INCOMPLETE,
+            _ => Self::NAME,
+        }
+    }
+}
+
+impl Outcome for ConcludeError {
+    fn to_ipld(&self) -> Ipld {
+        let mut map = match crate::schema::failure(self.name(), self.message()) {
+            Ipld::Map(map) => map,
+            _ => IpldMap::new(),
+        };
+        match self {
+            ConcludeError::Refused { .. } => {}
+            ConcludeError::Conflict {
+                receipts,
+                count,
+                conflicts,
+                ..
+            } => {
+                let links = receipts.iter().map(|cid| Ipld::Link(*cid)).collect();
+                map.insert("receipts".into(), Ipld::List(links));
+                map.insert("count".into(), Ipld::Integer((*count).into()));
+                map.insert("conflicts".into(), Ipld::Bytes(conflicts.clone()));
+            }
+            ConcludeError::UnknownSpaces { spaces, .. } => {
+                let listed = spaces.iter().map(|s| Ipld::String(s.to_string())).collect();
+                map.insert("spaces".into(), Ipld::List(listed));
+            }
+            ConcludeError::Incomplete { message } => {
+                // As every failure of the core server: with its one-line stack.
+                map.insert(
+                    "stack".into(),
+                    Ipld::String(format!("{}: {message}", Self::INCOMPLETE)),
+                );
+            }
+        }
+        Ipld::Map(map)
+    }
+
+    fn from_ipld(value: &Ipld) -> Result<Self, SchemaError> {
+        let (name, message) = crate::schema::read_failure(value, &[Self::NAME, Self::INCOMPLETE])?;
+        if name == Self::INCOMPLETE {
+            return Ok(ConcludeError::Incomplete { message });
+        }
+        let fields = Fields::of("error", value)?;
+        if let Ok(conflicts) = fields.bytes("conflicts") {
+            return Ok(ConcludeError::Conflict {
+                message,
+                receipts: fields.links("receipts")?,
+                count: fields.uint("count")?,
+                conflicts: conflicts.to_vec(),
+            });
+        }
+        if let Ok(spaces) = fields.list("spaces") {
+            let spaces = spaces
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Ipld::String(did) => Did::parse(did).map_err(|e| {
+                        SchemaError::invalid(format!("error.spaces[{i}]"), e.to_string())
+                    }),
+                    _ => Err(SchemaError::invalid(
+                        format!("error.spaces[{i}]"),
+                        "not a DID string",
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(ConcludeError::UnknownSpaces { message, spaces });
+        }
+        Ok(ConcludeError::Refused { message })
+    }
+}
+
+impl ConcludeError {
+    /// What the tracker said.
+    pub fn message(&self) -> &str {
+        match self {
+            ConcludeError::Refused { message }
+            | ConcludeError::Conflict { message, .. }
+            | ConcludeError::UnknownSpaces { message, .. }
+            | ConcludeError::Incomplete { message } => message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucanto::dag::{cid_of, RAW};
+
+    /// Every refusal reads back as what was written, and keeps the wire
+    /// shape a consolidator of the previous version read (`receipts`,
+    /// `spaces`, a `TallyIncomplete` with its stack).
+    #[test]
+    fn refusals_round_trip_with_their_fields() {
+        let refusals = [
+            ConcludeError::new("not the task"),
+            ConcludeError::Conflict {
+                message: "2 retrieval(s) were counted".into(),
+                receipts: vec![cid_of(RAW, b"a"), cid_of(RAW, b"b")],
+                count: 2,
+                conflicts: vec![0b101],
+            },
+            ConcludeError::UnknownSpaces {
+                message: "1 space(s)".into(),
+                spaces: vec!["did:web:space.example".parse().unwrap()],
+            },
+            ConcludeError::Incomplete {
+                message: "1 of 3 tally chunks received; send the rest".into(),
+            },
+        ];
+        for refusal in refusals {
+            let wire = refusal.to_ipld();
+            assert_eq!(ConcludeError::from_ipld(&wire).unwrap(), refusal);
+            let Ipld::Map(map) = &wire else {
+                panic!("{wire:?}")
+            };
+            assert_eq!(map.get("name"), Some(&Ipld::String(refusal.name().into())));
+        }
+        let Ipld::Map(incomplete) = (ConcludeError::Incomplete {
+            message: "m".into(),
+        })
+        .to_ipld() else {
+            panic!()
+        };
+        assert_eq!(
+            incomplete.get("stack"),
+            Some(&Ipld::String("TallyIncomplete: m".into()))
+        );
+    }
 }

@@ -48,7 +48,7 @@ impl Source {
 pub(crate) struct Match {
     pub(crate) source: Source,
     pub(crate) value: Arc<Capability>,
-    typed: Typed,
+    pub(crate) typed: Typed,
 }
 
 impl Match {

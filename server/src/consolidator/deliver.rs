@@ -2,15 +2,14 @@
 //! by invoking `space/egress/conclude`, in pages under its body limit.
 
 use cid::Cid;
-use etracker_capabilities::Ability;
-use ucanto::dag::{Block, Ipld};
-use ucanto::principal::Did;
+use etracker_capabilities::conclude::ConcludeError;
+use etracker_capabilities::{Ability, Outcome};
+use ucanto::dag::Block;
 use ucanto::receipt::Receipt;
 use ucanto::server::error_name;
 use ucanto::ucan::{Delegation, Proof};
 
 use super::Delivery;
-use crate::handlers::conclude::TALLY_INCOMPLETE;
 use crate::tally::Tally;
 
 /// Why the consolidate receipt did not reach the tracker; the record stays
@@ -69,7 +68,7 @@ impl Delivery {
         let last = pages.len() - 1;
         for page in &pages[..last] {
             let answer = self.send_page(&nb, receipt, &first, tally, page).await?;
-            if error_name(answer.out()) != Some(TALLY_INCOMPLETE) {
+            if error_name(answer.out()) != Some(ConcludeError::INCOMPLETE) {
                 return self.concluded(&answer, receipt, batch, tally);
             }
         }
@@ -120,32 +119,18 @@ impl Delivery {
                 Ok(())
             }
             Err(error) => {
-                // A conflict marks the retrievals counted elsewhere meanwhile;
-                // a refusal of spaces lists the spaces the tracker does not bill.
-                if let Ipld::Map(map) = error {
-                    if let Some(Ipld::List(spaces)) = map.get("spaces") {
-                        self.state
-                            .learned
-                            .add_unbilled(spaces.iter().filter_map(|s| match s {
-                                Ipld::String(did) => Did::parse(did).ok(),
-                                _ => None,
-                            }));
+                // What the tracker refused, typed: a conflict marks the
+                // retrievals counted elsewhere meanwhile; a refusal of
+                // spaces lists the spaces the tracker does not bill.
+                match ConcludeError::from_ipld(error) {
+                    Ok(ConcludeError::UnknownSpaces { spaces, .. }) => {
+                        self.state.learned.add_unbilled(spaces);
                     }
-                    match map.get("conflicts") {
-                        Some(Ipld::Bytes(marks)) => {
-                            let marked = marked_retrievals(&batch, tally, marks)?;
-                            self.state.learned.add_counted(batch, marked);
-                        }
-                        _ => {
-                            if let Some(Ipld::List(receipts)) = map.get("receipts") {
-                                let listed = receipts.iter().filter_map(|r| match r {
-                                    Ipld::Link(cid) => cid.hash().digest().try_into().ok(),
-                                    _ => None,
-                                });
-                                self.state.learned.add_counted(batch, listed);
-                            }
-                        }
+                    Ok(ConcludeError::Conflict { conflicts, .. }) => {
+                        let marked = marked_retrievals(&batch, tally, &conflicts)?;
+                        self.state.learned.add_counted(batch, marked);
                     }
+                    _ => {}
                 }
                 Err(DeliveryError::Refused(
                     ucanto::dag_json::to_string(error).unwrap_or_default(),

@@ -12,10 +12,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use cid::Cid;
-use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb};
+use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb, ConcludeOk};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
-use ucanto::dag::{Block, BlockStore, Ipld, IpldMap};
+use ucanto::dag::{Block, BlockStore, Ipld};
 use ucanto::message::AgentMessage;
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
@@ -37,58 +37,33 @@ pub async fn handle(
     let (nb, request) = (invoked.capability.nb, invoked.request);
     Metrics::add(&ctx.metrics.conclude_invocations, 1);
     tracing::info!(invocation = %request.invocation.cid(), issuer = %request.invocation.issuer(), "space/egress/conclude");
-    match conclude(&ctx, nb, &request).await {
-        Ok(outcome) => Ok(outcome),
-        Err(Refusal::Error(message)) => {
-            tracing::warn!(%message, "conclude refused");
-            Ok(Response::error(ConcludeError::new(message).to_ipld()))
-        }
-        Err(Refusal::Conflict { receipts, marks }) => {
-            let message = describe_conflict(&receipts);
-            tracing::warn!(%message, "conclude refused");
-            let links = receipts
-                .iter()
-                .take(MAX_LISTED_CONFLICTS)
-                .map(|cid| Ipld::Link(*cid))
-                .collect();
-            let error = refusal(
-                message,
-                [
-                    ("receipts", Ipld::List(links)),
-                    ("count", Ipld::Integer(receipts.len() as i128)),
-                    ("conflicts", Ipld::Bytes(marks)),
-                ],
-            );
-            Ok(Response::error(error))
-        }
-        Err(Refusal::UnknownSpaces(spaces)) => {
-            let message = format!(
+    let refused = match conclude(&ctx, nb, &request).await {
+        Ok(outcome) => return Ok(outcome),
+        Err(Refusal::Unexpected(e)) => return Err(unexpected(e)),
+        Err(Refusal::Error(message)) => ConcludeError::new(message),
+        Err(Refusal::Conflict { receipts, marks }) => ConcludeError::Conflict {
+            message: describe_conflict(&receipts),
+            count: receipts.len() as u64,
+            receipts: receipts.into_iter().take(MAX_LISTED_CONFLICTS).collect(),
+            conflicts: marks,
+        },
+        Err(Refusal::UnknownSpaces(spaces)) => ConcludeError::UnknownSpaces {
+            message: format!(
                 "{} space(s) counted are provisioned by no known provider (e.g. {}); consolidate again",
                 spaces.len(),
                 spaces[0]
-            );
-            tracing::warn!(%message, "conclude refused");
-            let listed = spaces
-                .iter()
-                .take(MAX_LISTED_SPACES)
-                .map(|s| Ipld::String(s.to_string()))
-                .collect();
-            Ok(Response::error(refusal(
-                message,
-                [("spaces", Ipld::List(listed))],
-            )))
-        }
-        Err(Refusal::Incomplete { received, total }) => Ok(Response::failure(
-            TALLY_INCOMPLETE,
-            format!("{received} of {total} tally chunks received; send the rest"),
-        )),
-        Err(Refusal::Unexpected(e)) => Err(unexpected(e)),
+            ),
+            spaces: spaces.into_iter().take(MAX_LISTED_SPACES).collect(),
+        },
+        Err(Refusal::Incomplete { received, total }) => ConcludeError::Incomplete {
+            message: format!("{received} of {total} tally chunks received; send the rest"),
+        },
+    };
+    if !matches!(refused, ConcludeError::Incomplete { .. }) {
+        tracing::warn!(message = %refused.message(), "conclude refused");
     }
+    Ok(Response::error(refused.to_ipld()))
 }
-
-/// Error name of a conclude page whose tally chunks are staged while the
-/// rest are still to come.
-pub const TALLY_INCOMPLETE: &str = "TallyIncomplete";
 
 /// Most retrievals a conflict answer lists by CID (~43 KiB); all of them
 /// are marked in its `conflicts` bitmap, which is what a consolidator reads.
@@ -97,20 +72,6 @@ pub const MAX_LISTED_CONFLICTS: usize = 1024;
 /// Most spaces a refusal of unbilled spaces lists: a consolidator drops
 /// those and learns the rest on its next run.
 pub const MAX_LISTED_SPACES: usize = 1024;
-
-/// `EgressConcludeError` with `extra` fields besides its name and message.
-fn refusal<const N: usize>(message: String, extra: [(&str, Ipld); N]) -> Ipld {
-    let mut error = IpldMap::new();
-    if let Ipld::Map(fields) = ConcludeError::new(message).to_ipld() {
-        error = fields;
-    }
-    error.extend(
-        extra
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), value)),
-    );
-    Ipld::Map(error)
-}
 
 /// One bit per retrieval of the tally, in its order (chunk by chunk, then
 /// as each chunk lists them; bit `i % 8` of byte `i / 8`), set for those
@@ -419,10 +380,10 @@ async fn conclude(
             Metrics::add(&ctx.metrics.non_billable_bytes, non_billable);
             Metrics::add(&ctx.metrics.rejected_receipts, rejected_count);
             tracing::info!(%batch, receipt = %receipt_cid, total, "batch concluded");
-            Ok(Response::ok(Ipld::Map(IpldMap::new())))
+            Ok(Response::ok(ConcludeOk::default().to_ipld()))
         }
         Ok(ConcludeOutcome::AlreadyConcluded { receipt }) if receipt == receipt_cid => {
-            Ok(Response::ok(Ipld::Map(IpldMap::new())))
+            Ok(Response::ok(ConcludeOk::default().to_ipld()))
         }
         Ok(ConcludeOutcome::AlreadyConcluded { receipt }) => {
             Err(format!("batch {batch} was concluded with receipt {receipt}").into())

@@ -14,10 +14,9 @@
 use std::sync::Arc;
 
 use etracker_capabilities::track::{
-    TooManyPendingBatches, TrackError, TrackTooLarge, MAX_TRACK_INVOCATION_BYTES,
+    TooManyPendingBatches, TrackError, TrackOk, TrackTooLarge, MAX_TRACK_INVOCATION_BYTES,
 };
 use etracker_capabilities::{Invoked, Outcome, Track};
-use ucanto::dag::{Ipld, IpldMap};
 use ucanto::server::{HandlerError, Response};
 use ucanto::ucan::{now, Delegation, Invocation};
 
@@ -81,7 +80,7 @@ pub async fn handle(ctx: Arc<Context>, invoked: Invoked<Track>) -> Result<Respon
         }
         Err(e) => return Err(unexpected(e)),
     };
-    Ok(Response::ok(Ipld::Map(IpldMap::new())).fork(task))
+    Ok(Response::ok(TrackOk::default().to_ipld()).fork(task))
 }
 
 /// The track invocation as an archive of its own block: what
