@@ -19,7 +19,7 @@ use crate::ucan::Invocation;
 pub enum ClientError {
     /// The request could not be sent or the response not read (retryable).
     #[error("transport failure: {0}")]
-    Transport(String),
+    Transport(#[source] reqwest::Error),
     /// The service answered with a non-success HTTP status.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -93,15 +93,9 @@ impl Channel for HttpChannel {
             .header(reqwest::header::ACCEPT, CAR_CONTENT_TYPE)
             .body(body);
         Box::pin(async move {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            let response = request.send().await.map_err(ClientError::Transport)?;
             let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            let bytes = response.bytes().await.map_err(ClientError::Transport)?;
             if !status.is_success() {
                 return Err(ClientError::Status {
                     status: status.as_u16(),

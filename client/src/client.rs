@@ -114,7 +114,10 @@ impl TrackError {
 pub enum ConsolidationError {
     /// The request failed or the response could not be read.
     #[error("transport failure: {0}")]
-    Transport(String),
+    Transport(#[source] reqwest::Error),
+    /// The receipt's URL cannot be made from the tracker's.
+    #[error("invalid receipt URL: {0}")]
+    InvalidUrl(#[source] url::ParseError),
     /// An HTTP status other than 200 or 404.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -460,7 +463,7 @@ impl EgressClient {
             .inner
             .base
             .join(&format!("receipts/{consolidate}"))
-            .map_err(|e| ConsolidationError::Transport(e.to_string()))?;
+            .map_err(ConsolidationError::InvalidUrl)?;
         let response = self
             .inner
             .http
@@ -468,7 +471,7 @@ impl EgressClient {
             .header(reqwest::header::ACCEPT, CAR_CONTENT_TYPE)
             .send()
             .await
-            .map_err(|e| ConsolidationError::Transport(e.to_string()))?;
+            .map_err(ConsolidationError::Transport)?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
@@ -476,7 +479,7 @@ impl EgressClient {
         let body = response
             .bytes()
             .await
-            .map_err(|e| ConsolidationError::Transport(e.to_string()))?;
+            .map_err(ConsolidationError::Transport)?;
         if status != reqwest::StatusCode::OK {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(ConsolidationError::Status {
