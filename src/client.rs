@@ -161,10 +161,21 @@ impl Connection {
         invocations: &[Invocation],
         blocks: Vec<crate::dag::Block>,
     ) -> Result<Vec<Receipt>, ClientError> {
+        Ok(self.exchange(invocations, blocks).await?.0)
+    }
+
+    /// [`Connection::execute_with`], and the whole response: what else it
+    /// reports (the receipts of what the service invoked in turn, see
+    /// `server::AfterHook`), for the caller to read and verify.
+    pub async fn exchange(
+        &self,
+        invocations: &[Invocation],
+        blocks: Vec<crate::dag::Block>,
+    ) -> Result<(Vec<Receipt>, AgentMessage), ClientError> {
         let request = AgentMessage::build(invocations, &[])?.with_blocks(blocks);
         let body = self.channel.request(request.to_car()).await?;
         let response = AgentMessage::from_car(&body)?;
-        invocations
+        let receipts = invocations
             .iter()
             .map(|inv| {
                 let receipt = response
@@ -176,7 +187,8 @@ impl Connection {
                 }
                 Ok(receipt)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((receipts, response))
     }
 
     /// Sends one invocation and returns its verified receipt.

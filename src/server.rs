@@ -82,9 +82,12 @@ impl Effect {
 /// Runs after a receipt is signed and before the response is sent: a step
 /// that needs the signed receipt (delivering it to another service) without
 /// a side channel between handler and caller. It gets the invocation, its
-/// receipt and the handler's [`Effect`], if any.
+/// receipt and the handler's [`Effect`], if any, and answers with the
+/// receipts of what it invoked in turn (e.g. the other service's answer):
+/// the response reports them beside the invocation's own, so the caller
+/// learns how the follow-up went from the answer itself.
 pub type AfterHook =
-    Arc<dyn Fn(Invocation, Receipt, Option<Effect>) -> BoxFuture<()> + Send + Sync>;
+    Arc<dyn Fn(Invocation, Receipt, Option<Effect>) -> BoxFuture<Vec<Receipt>> + Send + Sync>;
 
 impl Response {
     /// A success.
@@ -417,13 +420,22 @@ impl Server {
         };
         let invocations = self.offload(decode).await.ok_or_else(shutting_down)??;
         let validator = Arc::new(self.request_validator());
-        let receipts = futures_util::future::join_all(
+        let ran = futures_util::future::join_all(
             invocations
                 .into_iter()
                 .map(|inv| self.run_with(inv, validator.clone())),
         )
         .await;
-        let receipts = receipts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut receipts = Vec::new();
+        let mut follow_ups = Vec::new();
+        for result in ran {
+            let (receipt, more) = result?;
+            receipts.push(receipt);
+            follow_ups.extend(more);
+        }
+        // The invocations' own receipts first: a follow-up never takes the
+        // place of one in the report.
+        receipts.extend(follow_ups);
         self.offload(move || AgentMessage::build(&[], &receipts))
             .await
             .ok_or_else(shutting_down)?
@@ -434,6 +446,7 @@ impl Server {
     pub async fn run(&self, invocation: Invocation) -> Result<Receipt, CodecError> {
         self.run_with(invocation, Arc::new(self.request_validator()))
             .await
+            .map(|(receipt, _)| receipt)
     }
 
     /// The validator configuration of one message: the server's, with its
@@ -470,11 +483,13 @@ impl Server {
         }
     }
 
+    /// Runs one invocation: its receipt, and the receipts the after-receipt
+    /// hook reports along.
     async fn run_with(
         &self,
         invocation: Invocation,
         validator: Arc<ValidatorConfig>,
-    ) -> Result<Receipt, CodecError> {
+    ) -> Result<(Receipt, Vec<Receipt>), CodecError> {
         let max_proofs = validator.max_proofs;
         let response = self.dispatch(&invocation, validator).await;
         let effect = response.effect;
@@ -495,10 +510,11 @@ impl Server {
             .ok_or_else(shutting_down)?;
         match issued {
             Ok(receipt) => {
-                if let Some(hook) = &self.after {
-                    hook(invocation, receipt.clone(), effect).await;
-                }
-                Ok(receipt)
+                let follow_ups = match &self.after {
+                    Some(hook) => hook(invocation, receipt.clone(), effect).await,
+                    None => Vec::new(),
+                };
+                Ok((receipt, follow_ups))
             }
             // A handler result that cannot be encoded is the handler's failure.
             Err(e) => {
@@ -509,6 +525,7 @@ impl Server {
                 let out = Err(self.execution_error(&invocation, &failure));
                 let ran = echoed(&invocation, max_proofs);
                 Receipt::issue(self.signer.as_ref(), ReceiptParts::new(ran, out))
+                    .map(|receipt| (receipt, Vec::new()))
             }
         }
     }

@@ -193,7 +193,7 @@ pub async fn judge_all(
 mod tests {
     use super::*;
     use crate::store::redb::RedbStore;
-    use crate::store::SpaceEntry;
+    use crate::store::{SpaceEntry, SpaceStore};
 
     fn did(text: &str) -> Did {
         text.parse().unwrap()

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use common::*;
 use etracker_server::store::dynamodb::DynamoStore;
-use etracker_server::store::{ConcludeOutcome, RecordStatus, Store, StoreError};
+use etracker_server::store::prelude::*;
+use etracker_server::store::{ConcludeOutcome, RecordStatus, StoreError};
 use proptest::prelude::*;
 
 const ENDPOINT: &str = "ETRACKER_TEST_DYNAMODB";

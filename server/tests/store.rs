@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use etracker_server::store::prelude::*;
 use etracker_server::store::redb::RedbStore;
-use etracker_server::store::{ConcludeOutcome, Conclusion, RecordStatus, Store};
+use etracker_server::store::{ConcludeOutcome, Conclusion, RecordStatus};
 use proptest::prelude::*;
 
 fn store() -> RedbStore {

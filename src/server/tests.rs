@@ -28,23 +28,35 @@ type Seen = Vec<(cid::Cid, bool, Option<u32>)>;
 #[tokio::test]
 async fn the_after_hook_gets_receipt_and_effect() {
     let service = Arc::new(Ed25519Signer::from_seed([4; 32]));
+    let alice = Ed25519Signer::from_seed([1; 32]);
+    let follow = crate::ucan::Delegation::builder(&alice, service.did().clone())
+        .capability(Capability::new("test/follow", alice.did().as_str()))
+        .build()
+        .unwrap();
+    let follow_up = crate::receipt::Receipt::issue(
+        service.as_ref(),
+        crate::receipt::ReceiptParts::new(&follow, Ok(Ipld::Map(IpldMap::new()))),
+    )
+    .unwrap();
     let seen: Arc<Mutex<Seen>> = Default::default();
     let log = seen.clone();
+    let reported = follow_up.cid();
     let server = Server::builder(service.clone())
         .provide(Arc::new(Echo), |request: Request| async move {
             let n = request.capability.with.len() as u32;
             Ok::<_, HandlerError>(Response::ok(Ipld::Map(IpldMap::new())).with_effect(n))
         })
         .after(Arc::new(move |invocation, receipt, effect| {
-            let log = log.clone();
+            let (log, follow_up) = (log.clone(), follow_up.clone());
             Box::pin(async move {
                 let value = effect.as_ref().and_then(|e| e.get::<u32>()).copied();
                 let signed = receipt.ran_cid() == invocation.cid();
                 log.lock().unwrap().push((invocation.cid(), signed, value));
+                // What the hook invoked in turn, reported with the answer.
+                value.map(|_| follow_up).into_iter().collect()
             })
         }))
         .build();
-    let alice = Ed25519Signer::from_seed([1; 32]);
     let echo = crate::ucan::Delegation::builder(&alice, service.did().clone())
         .capability(Capability::new("test/echo", alice.did().as_str()))
         .build()
@@ -55,7 +67,12 @@ async fn the_after_hook_gets_receipt_and_effect() {
         .unwrap();
     let message = AgentMessage::build(&[echo.clone(), echo.clone(), unknown.clone()], &[]).unwrap();
     let answer = server.execute(&message).await.unwrap();
-    assert_eq!(answer.report().len(), 2);
+    // The echo's receipt, the unknown one's, and what the hook reported.
+    assert_eq!(answer.report().len(), 3);
+    assert_eq!(
+        answer.receipt_for(&follow.cid()).unwrap().unwrap().cid(),
+        reported
+    );
     let mut seen = seen.lock().unwrap().clone();
     seen.sort_by_key(|(cid, _, _)| cid.to_string());
     let mut expected = vec![

@@ -431,7 +431,8 @@ async fn nodes_are_listed_with_payouts_batches_and_receipts() {
 /// egress of the last 30 days and its cost.
 #[tokio::test]
 async fn spaces_are_listed_with_customers_and_costs() {
-    use etracker_server::store::{SpaceEntry, Store};
+    use etracker_server::store::prelude::*;
+    use etracker_server::store::SpaceEntry;
     let t = tracker().await;
     let customer: ucanto::principal::Did = "did:mailto:example.com:alice".parse().unwrap();
     t.store
@@ -515,7 +516,8 @@ async fn spaces_are_listed_with_customers_and_costs() {
 async fn spaces_billed_through_a_consumer_table_are_listed() {
     use etracker_server::registry::{Provision, SpaceRegistry};
     use etracker_server::service::SpaceRule;
-    use etracker_server::store::{SpaceEntry, Store, StoreError};
+    use etracker_server::store::prelude::*;
+    use etracker_server::store::{SpaceEntry, StoreError};
     use ucanto::principal::Did;
 
     /// The upload service's view: alice's space, paid by `customer`.
@@ -597,7 +599,8 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
 /// page, every space; a wrong token is refused with a clear message.
 #[tokio::test]
 async fn cli_reads_the_admin_api_across_pages() {
-    use etracker_server::store::{Conclusion, DailyUsage, NewRecord, Store};
+    use etracker_server::store::prelude::*;
+    use etracker_server::store::{Conclusion, DailyUsage, NewRecord};
     use ucanto::dag::{cid_of, CAR, DAG_CBOR};
     use ucanto::principal::Did;
 

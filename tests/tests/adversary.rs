@@ -23,7 +23,7 @@ use etracker_e2e::node::{
     test_settings, track_invocation, track_proof, BatchServer, RunningTracker,
 };
 use etracker_e2e::{alice, bob, principal, service};
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use proptest::prelude::*;
 use ucanto::dag::{decode_cbor, encode_cbor, Ipld};
 use ucanto::principal::{Did, Ed25519Signer, Signer};

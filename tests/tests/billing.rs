@@ -13,7 +13,8 @@ use etracker_e2e::node::{
 };
 use etracker_e2e::{alice, bob, principal, run_js, service};
 use etracker_server::service::{RemoteConsolidator, Settings, SpaceRule};
-use etracker_server::store::{SpaceEntry, Store};
+use etracker_server::store::prelude::*;
+use etracker_server::store::SpaceEntry;
 use ucanto::principal::{Did, Ed25519Signer, Signer};
 use ucanto::ucan::Invocation;
 

@@ -12,7 +12,7 @@ use etracker_e2e::node::{
 };
 use etracker_e2e::{alice, bob, peak_rss, run_js};
 use etracker_server::consolidator::{MAX_LISTED_ERRORS, TOO_MANY_ERRORS};
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use ucanto::bounded::MAX_MESSAGE_BYTES;
 use ucanto::dag::{cid_of, RAW};
 use ucanto::principal::Signer;

@@ -14,7 +14,7 @@ use etracker_e2e::node::{
     retrieve_invocation, start_tracker, test_settings, track_batch, BatchServer, RunningTracker,
 };
 use etracker_e2e::{alice, bob, principal, service};
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::{Absentee, Did, Ed25519Signer, Signer};
 use ucanto::receipt::Receipt;

@@ -8,7 +8,7 @@
 
 use etracker_e2e::node::*;
 use etracker_e2e::repo_root;
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use ucanto::principal::Signer;
 
 const USER: &str = "ops";

@@ -368,7 +368,7 @@ async fn offline_node_is_retried_not_concluded() {
 }
 
 fn ucanto_record(tracker: &RunningTracker, batch: &Cid) -> etracker_server::store::EgressRecord {
-    use etracker_server::store::Store;
+    use etracker_server::store::prelude::*;
     tracker.store.record(batch).unwrap().expect("record")
 }
 
@@ -420,7 +420,7 @@ async fn unprocessable_batches_get_error_receipts() {
 /// names, and the store is unchanged.
 #[tokio::test(flavor = "multi_thread")]
 async fn unauthorized_track_changes_nothing() {
-    use etracker_server::store::Store;
+    use etracker_server::store::prelude::*;
     let tracker = start_tracker(test_settings()).await;
     let node = node();
     let endpoint = "http://127.0.0.1:9/receipts/{cid}";

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cid::Cid;
 use etracker_e2e::node::*;
 use etracker_e2e::{alice, service};
+use etracker_server::store::prelude::*;
 use etracker_server::store::redb::RedbStore;
-use etracker_server::store::Store;
 use tokio::process::{Child, Command};
 use ucanto::principal::{Ed25519Signer, Signer};
 

@@ -14,7 +14,7 @@ use etracker_e2e::node::{
     track_batch, track_invocation, track_proof, BatchServer, RunningTracker,
 };
 use etracker_e2e::{principal, service};
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::{Ed25519Signer, Signer};
 use ucanto::server::error_name;

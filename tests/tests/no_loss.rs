@@ -10,7 +10,8 @@ use etracker_e2e::node::{
 use etracker_e2e::{principal, service};
 use etracker_server::consolidator::TallyPaging;
 use etracker_server::service::RemoteConsolidator;
-use etracker_server::store::{NewRecord, Store};
+use etracker_server::store::prelude::*;
+use etracker_server::store::NewRecord;
 use ucanto::principal::Signer;
 use ucanto::ucan::now;
 

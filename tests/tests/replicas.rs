@@ -20,7 +20,7 @@ use cid::Cid;
 use etracker_e2e::node::*;
 use etracker_e2e::{alice, bob, principal, service};
 use etracker_server::store::dynamodb::DynamoStore;
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use tokio::process::{Child, Command};
 use ucanto::principal::{Ed25519Signer, Signer};
 use ucanto::receipt::Receipt;

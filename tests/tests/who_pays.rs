@@ -12,7 +12,7 @@ use etracker_e2e::node::{
 };
 use etracker_e2e::{alice, bob, principal};
 use etracker_server::service::Settings;
-use etracker_server::store::Store;
+use etracker_server::store::prelude::*;
 use ucanto::principal::{Did, Ed25519Signer, Signer};
 use ucanto::receipt::Receipt;
 use ucanto::ucan::{now, Capability, Delegation, Invocation};

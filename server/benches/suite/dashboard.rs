@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use cid::Cid;
 use etracker_capabilities::account_egress_get::format_date;
+use etracker_server::store::prelude::*;
 use etracker_server::store::redb::RedbStore;
-use etracker_server::store::{Conclusion, DailyUsage, NewRecord, SpaceEntry, Store};
+use etracker_server::store::{Conclusion, DailyUsage, NewRecord, SpaceEntry};
 use serde_json::json;
 use ucanto::dag::{cid_of, CAR, DAG_CBOR};
 use ucanto::principal::{Did, Ed25519Signer, Signer};

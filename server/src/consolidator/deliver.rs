@@ -30,23 +30,47 @@ pub(super) enum DeliveryError {
     Refused(String),
 }
 
+/// A conclusion that did not go through: why, and the tracker's answer
+/// when it gave one (a refusal).
+pub(super) struct Undelivered {
+    pub(super) answer: Option<Receipt>,
+    pub(super) error: DeliveryError,
+}
+
 impl Delivery {
     /// Invokes `space/egress/conclude` with `receipt` and `tally` (none:
     /// nothing counted), in pages of at most `chunks_per_page` tally chunks
     /// (each page also carries the first chunk, which names the batch), so
     /// no request outgrows the tracker's body limit; chunks are read from
-    /// the tally's scratch file a page at a time.
+    /// the tally's scratch file a page at a time. Returns the tracker's
+    /// answer to the last page: what the caller of the task learns, with
+    /// its receipt, of how the conclusion went (a refusal is `Err` too).
     pub(super) async fn conclude(
         &self,
         receipt: &Receipt,
         batch: Cid,
         tally: Option<&Tally>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Receipt, Box<Undelivered>> {
+        self.deliver(receipt, batch, tally).await
+    }
+
+    async fn deliver(
+        &self,
+        receipt: &Receipt,
+        batch: Cid,
+        tally: Option<&Tally>,
+    ) -> Result<Receipt, Box<Undelivered>> {
+        let failed = |error: DeliveryError| {
+            Box::new(Undelivered {
+                answer: None,
+                error,
+            })
+        };
         let empty;
         let tally = match tally {
             Some(tally) => tally,
             None => {
-                empty = Tally::empty(batch)?;
+                empty = Tally::empty(batch).map_err(|e| failed(e.into()))?;
                 &empty
             }
         };
@@ -55,7 +79,7 @@ impl Delivery {
             receipt: receipt.cid(),
             tally: links.clone(),
         };
-        let first = tally.chunk(0)?;
+        let first = tally.chunk(0).map_err(|e| failed(e.into()))?;
         let per_page = self.paging.chunks_per_page.max(2) - 1;
         let rest: Vec<usize> = (1..links.len()).collect();
         let pages: Vec<&[usize]> = if rest.is_empty() {
@@ -67,15 +91,19 @@ impl Delivery {
         // tracker stages chunks; any other answer ends the delivery.
         let last = pages.len() - 1;
         for page in &pages[..last] {
-            let answer = self.send_page(&nb, receipt, &first, tally, page).await?;
+            let answer = self
+                .send_page(&nb, receipt, &first, tally, page)
+                .await
+                .map_err(failed)?;
             if error_name(answer.out()) != Some(ConcludeError::INCOMPLETE) {
-                return self.concluded(&answer, receipt, batch, tally);
+                return self.concluded(answer, receipt, batch, tally);
             }
         }
         let answer = self
             .send_page(&nb, receipt, &first, tally, pages[last])
-            .await?;
-        self.concluded(&answer, receipt, batch, tally)
+            .await
+            .map_err(failed)?;
+        self.concluded(answer, receipt, batch, tally)
     }
 
     /// Invokes conclude with the receipt, the first tally chunk and `page`.
@@ -107,16 +135,16 @@ impl Delivery {
     /// Reads the tracker's answer to the (last) conclude page.
     fn concluded(
         &self,
-        answer: &Receipt,
+        answer: Receipt,
         receipt: &Receipt,
         batch: Cid,
         tally: &Tally,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Receipt, Box<Undelivered>> {
         match answer.out() {
             Ok(_) => {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
                 self.state.learned.forget(&batch);
-                Ok(())
+                Ok(answer)
             }
             Err(error) => {
                 // What the tracker refused, typed: a conflict marks the
@@ -127,14 +155,24 @@ impl Delivery {
                         self.state.learned.add_unbilled(spaces);
                     }
                     Ok(ConcludeError::Conflict { conflicts, .. }) => {
-                        let marked = marked_retrievals(&batch, tally, &conflicts)?;
-                        self.state.learned.add_counted(batch, marked);
+                        match marked_retrievals(&batch, tally, &conflicts) {
+                            Ok(marked) => self.state.learned.add_counted(batch, marked),
+                            Err(error) => {
+                                return Err(Box::new(Undelivered {
+                                    answer: Some(answer.clone()),
+                                    error,
+                                }))
+                            }
+                        }
                     }
                     _ => {}
                 }
-                Err(DeliveryError::Refused(
-                    ucanto::dag_json::to_string(error).unwrap_or_default(),
-                ))
+                let refused =
+                    DeliveryError::Refused(ucanto::dag_json::to_string(error).unwrap_or_default());
+                Err(Box::new(Undelivered {
+                    answer: Some(answer.clone()),
+                    error: refused,
+                }))
             }
         }
     }

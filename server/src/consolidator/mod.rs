@@ -185,6 +185,43 @@ pub fn leased_task(
     Ok((consolidate_task(tracker, track)?, lease.block().clone()))
 }
 
+/// `receipt` without the blocks of the invocation it ran (a conclude page
+/// carries tally chunks): what a response reports of a follow-up.
+fn receipt_alone(receipt: Receipt) -> Receipt {
+    let blocks: ucanto::dag::BlockStore = std::iter::once(receipt.block().clone()).collect();
+    Receipt::from_blocks(&receipt.cid(), Arc::new(blocks)).unwrap_or(receipt)
+}
+
+/// What the tracker answered to the conclusion a task's run led to, from
+/// the follow-ups the consolidator reported with the task's receipt: `None`
+/// when there was none (a retry), else the tracker's signed answer, read.
+pub fn concluded(
+    message: &ucanto::message::AgentMessage,
+    task: &Cid,
+    tracker: &dyn Verifier,
+) -> Option<Result<(), etracker_capabilities::conclude::ConcludeError>> {
+    use etracker_capabilities::Outcome;
+    message
+        .report()
+        .keys()
+        .filter_map(|ran| ran.parse::<Cid>().ok())
+        .filter(|ran| ran != task)
+        .filter_map(|ran| message.receipt_for(&ran)?.ok())
+        .find(|answer| answer.verify_signature(tracker))
+        .map(|answer| match answer.out() {
+            Ok(_) => Ok(()),
+            Err(error) => Err(
+                etracker_capabilities::conclude::ConcludeError::from_ipld(error).unwrap_or_else(
+                    |_| {
+                        etracker_capabilities::conclude::ConcludeError::new(
+                            ucanto::dag_json::to_string(error).unwrap_or_default(),
+                        )
+                    },
+                ),
+            ),
+        })
+}
+
 /// Error name of a task refused because the tracker holds no lease on it
 /// now (replayed, or its lease ended): nothing is downloaded.
 pub const NOT_LEASED: &str = "TaskNotLeased";
@@ -402,12 +439,20 @@ impl ConsolidatorBuilder {
                 let delivery = delivery.clone();
                 Box::pin(async move {
                     let Some(done) = effect.as_ref().and_then(|e| e.get::<Concludable>()) else {
-                        return;
+                        return Vec::new();
                     };
-                    if let Err(e) = delivery.conclude(&receipt, done.batch, done.tally.as_ref()).await {
-                        // The record stays pending; the scheduler runs the task again.
-                        tracing::warn!(task = %task.cid(), batch = %done.batch, error = %e, "conclude failed");
-                    }
+                    // The tracker's answer goes back with the task's receipt:
+                    // how the conclusion went reaches the scheduler as a
+                    // receipt the tracker signed, not through the store.
+                    let answer = match delivery.conclude(&receipt, done.batch, done.tally.as_ref()).await {
+                        Ok(answer) => Some(answer),
+                        Err(undelivered) => {
+                            // The record stays pending; the scheduler runs the task again.
+                            tracing::warn!(task = %task.cid(), batch = %done.batch, error = %undelivered.error, "conclude failed");
+                            undelivered.answer
+                        }
+                    };
+                    answer.map(receipt_alone).into_iter().collect()
                 })
             }))
             .build();

@@ -8,7 +8,7 @@ use super::items::{
 use super::table::backend;
 use super::DynamoStore;
 use crate::store::audit::{Audit, Auditor};
-use crate::store::{StoreError, StoreStats};
+use crate::store::{DashboardReads, StoreError, StoreStats};
 
 impl DynamoStore {
     /// Scans the whole table and checks that its items agree with each other,
@@ -151,7 +151,7 @@ impl DynamoStore {
         }
         auditor.check_totals(node_totals, node_daily);
         auditor.check_egress_days(node_days, egress_days);
-        let stats = self.counters()?;
+        let stats = self.stats()?;
         let audit = &auditor.audit;
         let expected = StoreStats {
             records: audit.records,

@@ -4,7 +4,7 @@
 //! Each attempt gets a random attempt id. A counted-receipt item names the
 //! batch *and* attempt that claimed it; it counts only when that batch is done
 //! **with that attempt** (`attempt` on the done record).
-//! [`Store::counted`](super::Store::counted), the conflict check and the
+//! [`Conclusions::counted`](crate::store::Conclusions::counted), the conflict check and the
 //! audit all apply that rule, so a claim left by an interrupted attempt never
 //! counts. Claims are `Put` with
 //! `attribute_not_exists(pk) OR batch = :batch` (own leftovers are taken over),
@@ -54,7 +54,9 @@ use super::items::{
 use super::requests::{Add, Tx, TX_MAX};
 use super::table::{build_error, fresh_id};
 use super::DynamoStore;
-use crate::store::{check_conclusion, ConcludeOutcome, Conclusion, StoreError, SummedUsage};
+use crate::store::{
+    check_conclusion, ConcludeOutcome, Conclusion, Conclusions, StoreError, SummedUsage,
+};
 
 /// Who claims a receipt, and whether the claim counts.
 #[derive(Clone, Debug)]
@@ -79,29 +81,9 @@ pub(super) enum ClaimState {
 }
 
 impl DynamoStore {
-    /// [`Store::conclude`](super::Store::conclude): attempts, re-decided
-    /// while cancelled.
-    pub(super) fn conclude_batch(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
-        let summed = check_conclusion(c)?;
-        let whole;
-        let c = if c.staged_tally.is_empty() {
-            c
-        } else {
-            whole = self.with_staged_tally(c)?;
-            &whole
-        };
-        // Listed first: a space the conclusion counts is always listed (one
-        // whose conclusion then loses is listed with the egress it has).
-        self.list_billed(&summed)?;
-        let outcome = self.retry(|| self.conclude_once(c, &summed))?;
-        // Staged chunks served their purpose.
-        self.drop_staged(&c.batch);
-        Ok(outcome)
-    }
-
     /// Lists the spaces of `summed` in [`BILLED_SPACES`], those this process
     /// has not listed already.
-    fn list_billed(&self, summed: &SummedUsage) -> Result<(), StoreError> {
+    pub(super) fn list_billed(&self, summed: &SummedUsage) -> Result<(), StoreError> {
         let mut spaces: Vec<&String> = summed.by_space_day.keys().map(|(s, _)| s).collect();
         spaces.dedup();
         let known = |space: &String| {
@@ -129,9 +111,9 @@ impl DynamoStore {
 
     /// `c` with the counted retrievals of its staged chunks listed. (Held in
     /// memory: claims are written per attempt, in pages of a transaction.)
-    fn with_staged_tally(&self, c: &Conclusion) -> Result<Conclusion, StoreError> {
+    pub(super) fn with_staged_tally(&self, c: &Conclusion) -> Result<Conclusion, StoreError> {
         let mut whole = c.clone();
-        let staged = self.staged(&c.batch, &c.staged_tally)?;
+        let staged = self.staged_chunks(&c.batch, &c.staged_tally)?;
         for (link, bytes) in c.staged_tally.iter().zip(staged) {
             whole
                 .counted_receipts
@@ -142,9 +124,9 @@ impl DynamoStore {
         Ok(whole)
     }
 
-    /// One attempt of [`Store::conclude`](super::Store::conclude); `None`
+    /// One attempt of [`Conclusions::conclude`](crate::store::Conclusions::conclude); `None`
     /// when a write was cancelled and the whole must be re-read and re-decided.
-    fn conclude_once(
+    pub(super) fn conclude_once(
         &self,
         c: &Conclusion,
         summed: &SummedUsage,
@@ -312,19 +294,6 @@ impl DynamoStore {
         Ok(done)
     }
 
-    /// [`Store::counted`](super::Store::counted): the batch of each
-    /// receipt's claim, where the claim counts.
-    pub(super) fn counted_by(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {
-        Ok(self
-            .claims(receipts)?
-            .into_iter()
-            .map(|c| {
-                c.filter(|c| c.state == ClaimState::Counted)
-                    .map(|c| c.batch)
-            })
-            .collect())
-    }
-
     /// The claim write of `receipt` by the conclusion `c`'s `attempt`,
     /// given what claims it now. It carries the conclusion's `claims_end`
     /// as `ttl`: the table's time to live drops it once no batch could
@@ -426,7 +395,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Steps 2 and 3 of [`Store::conclude`](super::Store::conclude) on a
+    /// Steps 2 and 3 of [`Conclusions::conclude`](crate::store::Conclusions::conclude) on a
     /// fresh read: `Ok(Ok(record))` when pending, `Ok(Err(receipt))` when done.
     fn check_record(&self, c: &Conclusion) -> Result<Result<Stored, Cid>, StoreError> {
         let old = self.load(&c.batch)?.ok_or(StoreError::NotFound)?;
@@ -525,20 +494,6 @@ impl DynamoStore {
         match self.overflows(adds)? {
             Some(overflow) => Err(overflow),
             None => Ok(None),
-        }
-    }
-
-    /// [`Store::receipt`](super::Store::receipt): the stored consolidate receipt.
-    pub(super) fn stored_receipt(
-        &self,
-        consolidate_invocation: &Cid,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.get((&receipt_pk(consolidate_invocation), "receipt"))? {
-            None => Ok(None),
-            Some(item) => match item.get("body") {
-                Some(AttributeValue::B(b)) => Ok(Some(b.clone().into_inner())),
-                _ => Err(StoreError::Corrupt("receipt body is not bytes".into())),
-            },
         }
     }
 }

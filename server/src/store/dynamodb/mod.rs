@@ -7,7 +7,7 @@
 //!
 //! # Runtime
 //!
-//! [`Store`] is synchronous. The store owns a small tokio runtime (one worker
+//! [`Store`](super::Store) is synchronous. The store owns a small tokio runtime (one worker
 //! thread, for the HTTP connections) and `block_on`s every SDK future on the
 //! calling thread. Call it from plain threads or from
 //! `tokio::task::spawn_blocking` (what the server does), **never directly from
@@ -17,14 +17,23 @@
 //!
 //! # Files
 //!
+//! Each role of the store is implemented in the file named for it (see
+//! [`crate::store`]); this file keeps the struct and the connection.
+//!
+//! - `records.rs`: [`Records`](super::Records): `put`, `lease_pending`,
+//!   `reschedule` (versioned writes), with `pending.rs`, each node's count
+//!   of pending records;
+//! - `conclusions.rs`: [`Conclusions`](super::Conclusions): staged tally
+//!   chunks, receipts, counted retrievals, and `conclude`, whose chain
+//!   (claims, fence, final flip) is in `conclude.rs`;
+//! - `spaces.rs`: [`SpaceStore`](super::SpaceStore): the space registry;
+//! - `dashboard.rs`: [`DashboardReads`](super::DashboardReads): reads of the
+//!   totals, pages of spaces and nodes, counters;
+//! - `sessions.rs`: [`Sessions`](super::Sessions): dashboard sessions, one
+//!   item each with a `ttl`;
 //! - `table.rs`: the connection, the table and its format, retries;
 //! - `requests.rs`: the reads and transactions everything is made of;
 //! - `items.rs`: the item layout (keys and attributes) and its encoding;
-//! - `records.rs`: `put`, `lease_pending`, `reschedule` (versioned writes);
-//! - `conclude.rs`: the conclude chain (claims, fence, final flip);
-//! - `staged.rs`, `spaces.rs`, `totals.rs`: staged tally chunks, the space
-//!   registry, and reads of the totals;
-//! - `sessions.rs`: dashboard sessions, one item each with a `ttl`;
 //! - `audit.rs`: the consistency check of a whole table.
 //!
 //! # Access patterns and their cost
@@ -72,30 +81,25 @@
 use std::future::Future;
 
 use aws_sdk_dynamodb::Client;
-use cid::Cid;
-use ucanto::principal::Did;
 
-use super::{
-    ConcludeOutcome, Conclusion, EgressRecord, NewRecord, PutOutcome, Retry, RetryCounter,
-    SpaceEntry, Store, StoreError, StoreStats,
-};
+use super::StoreError;
 
 mod audit;
 mod conclude;
+mod conclusions;
+mod dashboard;
 mod items;
 mod pending;
 mod records;
 mod requests;
 mod sessions;
 mod spaces;
-mod staged;
 mod table;
-mod totals;
 
 pub(crate) use table::backend;
 pub use table::connect_client;
 
-/// The [`Store`] on a DynamoDB table (see the module docs).
+/// The [`Store`](super::Store) on a DynamoDB table (see the module docs).
 pub struct DynamoStore {
     client: Client,
     table: String,
@@ -156,213 +160,5 @@ impl DynamoStore {
             .as_ref()
             .expect("runtime lives until drop")
             .block_on(future)
-    }
-}
-
-impl Store for DynamoStore {
-    fn put_within(&self, new: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError> {
-        self.put_record(new, max_pending)
-    }
-
-    fn node_pending(&self, node: &Did) -> Result<u64, StoreError> {
-        self.node_pending_count(node)
-    }
-
-    fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
-        Ok(self.load(batch)?.map(|s| s.record))
-    }
-
-    fn lease_pending(
-        &self,
-        now: u64,
-        owner: &str,
-        lease_secs: u64,
-        limit: usize,
-    ) -> Result<Vec<EgressRecord>, StoreError> {
-        self.lease_due(now, owner, lease_secs, limit)
-    }
-
-    fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
-        self.pending_list(limit)
-    }
-
-    fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        self.release_owned(owner)
-    }
-
-    fn reschedule(
-        &self,
-        batch: &Cid,
-        owner: &str,
-        now: u64,
-        retry: &Retry,
-    ) -> Result<EgressRecord, StoreError> {
-        self.reschedule_record(batch, owner, now, retry)
-    }
-
-    fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
-        self.conclude_batch(c)
-    }
-
-    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
-        self.stage(batch, chunks)
-    }
-
-    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
-        self.put_space_entry(entry)
-    }
-
-    fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
-        self.remove_space_entry(space)
-    }
-
-    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
-        self.space_entry(space)
-    }
-
-    fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
-        self.customer_space_entries(account)
-    }
-
-    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {
-        self.space_entries()
-    }
-
-    fn non_billable_usage(
-        &self,
-        space: &Did,
-        from_day: &str,
-        to_day: &str,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.daily(&items::non_billable_pk(space.as_str()), from_day, to_day)
-    }
-
-    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.staged(batch, cids)
-    }
-
-    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError> {
-        self.staged_ids(batch)
-    }
-
-    fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
-        self.stored_receipt(consolidate_invocation)
-    }
-
-    fn drop_ended_claims(&self, _now: u64) -> Result<u64, StoreError> {
-        // The table's time to live deletes claims whose `ttl` has passed.
-        Ok(0)
-    }
-
-    fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {
-        self.counted_by(receipts)
-    }
-
-    fn space_usage(
-        &self,
-        space: &Did,
-        from_day: &str,
-        to_day: &str,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.daily(&items::space_days_pk(space.as_str()), from_day, to_day)
-    }
-
-    fn node_usage(
-        &self,
-        node: &Did,
-        from_day: &str,
-        to_day: &str,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.daily(&items::node_pk(node.as_str()), from_day, to_day)
-    }
-
-    fn node_total(&self, node: &Did) -> Result<u64, StoreError> {
-        self.node_total_bytes(node)
-    }
-
-    fn egress_by_day(
-        &self,
-        from_day: &str,
-        to_day: &str,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.egress_days(from_day, to_day)
-    }
-
-    fn spaces_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<SpaceEntry>, StoreError> {
-        self.space_entries_page(prefix, after, limit)
-    }
-
-    fn billed_spaces_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Did>, StoreError> {
-        self.billed_spaces_listed(prefix, after, limit)
-    }
-
-    fn nodes_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(Did, u64)>, StoreError> {
-        self.nodes_listed(prefix, after, limit)
-    }
-
-    fn node_batches(
-        &self,
-        node: &Did,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<EgressRecord>, StoreError> {
-        self.node_batch_records(node, before, limit)
-    }
-
-    fn put_session(&self, id: &[u8; 32], session: &super::StoredSession) -> Result<(), StoreError> {
-        self.put_session_item(id, session)
-    }
-
-    fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<super::StoredSession>, StoreError> {
-        self.session_item(id, now)
-    }
-
-    fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
-        self.remove_session_item(id)
-    }
-
-    fn rejections(&self) -> Result<super::Rejections, StoreError> {
-        self.rejection_counts()
-    }
-
-    fn pending_count(&self) -> Result<u64, StoreError> {
-        self.pending()
-    }
-
-    fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.counters()
-    }
-
-    fn retry_counters(&self) -> Vec<RetryCounter> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let r = &self.retries;
-        vec![
-            RetryCounter {
-                name: "etracker_store_transactions_cancelled_total",
-                help: "DynamoDB transactions cancelled by contention, then re-read and re-decided after a jittered back-off.",
-                value: r.cancelled.load(Relaxed),
-            },
-            RetryCounter {
-                name: "etracker_store_requests_retried_total",
-                help: "DynamoDB requests the SDK sent again (throttling, transient errors), after its jittered back-off.",
-                value: r.attempts.load(Relaxed).saturating_sub(r.requests.load(Relaxed))
-                    + r.unprocessed.load(Relaxed),
-            },
-        ]
     }
 }

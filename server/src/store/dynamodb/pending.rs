@@ -1,5 +1,5 @@
 //! Pending records per node, for the cap on a node's queue
-//! ([`Store::put_within`](crate::store::Store::put_within)).
+//! ([`Records::put_within`](crate::store::Records::put_within)).
 //!
 //! One item per node, `pending#<node DID>`/`pending`, attribute `count`: the
 //! node's pending records that count (below). `put` reads it and, in the
@@ -18,7 +18,6 @@
 //! conclusion off the count: upgrade every replica together.
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
-use ucanto::principal::Did;
 
 use super::items::{get_u64, n, s};
 use super::table::build_error;
@@ -41,11 +40,6 @@ impl DynamoStore {
         self.get((&pk, &sk))?
             .map(|item| get_u64(&item, "count"))
             .transpose()
-    }
-
-    /// [`Store::node_pending`](crate::store::Store::node_pending).
-    pub(super) fn node_pending_count(&self, node: &Did) -> Result<u64, StoreError> {
-        Ok(self.pending_of(node.as_str())?.unwrap_or(0))
     }
 
     /// The write that adds one to `node`'s count, read as `read`: cancelled

@@ -30,14 +30,13 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::items::{
-    decode_record, did_range, due_partitions, due_pk, due_sk, encode_record, get_s, get_u64, n,
-    node_batch_sk, node_batches_pk, node_pk, parse_cid, parse_did, record_pk, s, shard_of,
-    stats_pk, Stored, BILLED_SPACES, NODES,
+    decode_record, due_partitions, due_pk, due_sk, encode_record, get_s, n, node_batch_sk,
+    node_batches_pk, parse_cid, record_pk, s, shard_of, stats_pk, Stored,
 };
 use super::requests::{Add, Tx};
 use super::table::build_error;
 use super::DynamoStore;
-use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, Retry, StoreError};
+use crate::store::{lease_end, EgressRecord, NewRecord, PutOutcome, Records, Retry, StoreError};
 
 /// A lease's place in one due index partition: entries read and not yet
 /// tried, and where to read on.
@@ -115,153 +114,6 @@ impl DynamoStore {
             }
         }
         Ok(items)
-    }
-
-    /// [`Store::put_within`](super::Store::put_within).
-    pub(super) fn put_record(
-        &self,
-        new: NewRecord,
-        max_pending: u64,
-    ) -> Result<PutOutcome, StoreError> {
-        let record = EgressRecord::from_new(new);
-        self.retry(|| {
-            if let Some(existing) = self.load(&record.batch)? {
-                return PutOutcome::existing(existing.record, &record.node).map(Some);
-            }
-            let queued = self.pending_of(record.node.as_str())?;
-            if queued.unwrap_or(0) >= max_pending {
-                return Err(StoreError::TooManyPending {
-                    pending: queued.unwrap_or(0),
-                });
-            }
-            let mut items = self.record_writes(None, &record, None, None)?;
-            items.push(self.pending_added(record.node.as_str(), queued)?);
-            items.push(self.add(&Add {
-                pk: stats_pk(shard_of(&record.batch)),
-                sk: "stats".into(),
-                deltas: vec![("records".to_string(), 1)],
-                condition: None,
-            })?);
-            // The node's list of its batches, by time.
-            let listed = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(&node_batches_pk(record.node.as_str())))
-                .item("sk", s(&node_batch_sk(&record)))
-                .item("batch", s(&record.batch.to_string()))
-                .build()
-                .map_err(build_error)?;
-            items.push(TransactWriteItem::builder().put(listed).build());
-            match self.transact(items)? {
-                Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
-                Tx::Cancelled(_) => Ok(None),
-            }
-        })
-    }
-
-    /// [`Store::lease_pending`](super::Store::lease_pending).
-    pub(super) fn lease_due(
-        &self,
-        now: u64,
-        owner: &str,
-        lease_secs: u64,
-        limit: usize,
-    ) -> Result<Vec<EgressRecord>, StoreError> {
-        let until = lease_end(now, lease_secs)?;
-        let mut leased = Vec::new();
-        // Due entries `<= now`: every key starts with 20 digits.
-        self.walk_due(&format!("{now:020}#~"), limit, |partition, sk, batch| {
-            let record = self.lease_entry(partition, sk, batch, now, owner, until)?;
-            let taken = record.is_some();
-            leased.extend(record);
-            Ok(taken)
-        })?;
-        Ok(leased)
-    }
-
-    /// [`Store::node_batches`](super::Store::node_batches): the node's
-    /// list, newest first, then the records.
-    pub(super) fn node_batch_records(
-        &self,
-        node: &Did,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<EgressRecord>, StoreError> {
-        // Keys start with 20 digits of `received_at`.
-        let hi = format!("{:020}", before.unwrap_or(u64::MAX));
-        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit)?;
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let batch = parse_cid(&get_s(&entry, "batch")?)?;
-            let stored = self.load(&batch)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("node list names missing record {batch}"))
-            })?;
-            records.push(stored.record);
-        }
-        Ok(records)
-    }
-
-    /// [`Store::nodes_page`](super::Store::nodes_page): the list of nodes
-    /// paid, then their totals.
-    pub(super) fn nodes_listed(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(Did, u64)>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = did_range(prefix, after);
-        let listed = self.query(NODES, &lo, &hi, Some(limit))?;
-        let dids: Vec<String> = listed
-            .iter()
-            .map(|item| get_s(item, "sk"))
-            .collect::<Result<_, _>>()?;
-        let keys: Vec<(String, String)> = dids
-            .iter()
-            .map(|did| (node_pk(did), "total".to_string()))
-            .collect();
-        let totals = self.get_many(&keys)?;
-        dids.iter()
-            .zip(&keys)
-            .map(|(did, key)| {
-                let total = match totals.get(key) {
-                    Some(item) => get_u64(item, "bytes")?,
-                    None => 0,
-                };
-                Ok((parse_did(did)?, total))
-            })
-            .collect()
-    }
-
-    /// [`Store::billed_spaces_page`](super::Store::billed_spaces_page).
-    pub(super) fn billed_spaces_listed(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Did>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = did_range(prefix, after);
-        self.query(BILLED_SPACES, &lo, &hi, Some(limit))?
-            .iter()
-            .map(|item| parse_did(&get_s(item, "sk")?))
-            .collect()
-    }
-
-    /// [`Store::pending_records`](super::Store::pending_records): the
-    /// records of the first due entries, read only.
-    pub(super) fn pending_list(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
-        let mut pending = Vec::new();
-        self.walk_due("~", limit, |_, _, batch| {
-            let record = self.load(batch)?.map(|s| s.record);
-            let found = record.as_ref().is_some_and(EgressRecord::is_pending);
-            pending.extend(record.filter(EgressRecord::is_pending));
-            Ok(found)
-        })?;
-        Ok(pending)
     }
 
     /// Visits the due entries with keys up to `hi`, oldest first across
@@ -377,11 +229,92 @@ impl DynamoStore {
         let items = self.record_writes(Some(old), new, old.token.as_deref(), None)?;
         Ok(matches!(self.transact(items)?, Tx::Done))
     }
+}
 
-    /// [`Store::release_leases`](super::Store::release_leases): every due
+impl Records for DynamoStore {
+    /// [`Records::put_within`](crate::store::Records::put_within).
+    fn put_within(&self, new: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError> {
+        let record = EgressRecord::from_new(new);
+        self.retry(|| {
+            if let Some(existing) = self.load(&record.batch)? {
+                return PutOutcome::existing(existing.record, &record.node).map(Some);
+            }
+            let queued = self.pending_of(record.node.as_str())?;
+            if queued.unwrap_or(0) >= max_pending {
+                return Err(StoreError::TooManyPending {
+                    pending: queued.unwrap_or(0),
+                });
+            }
+            let mut items = self.record_writes(None, &record, None, None)?;
+            items.push(self.pending_added(record.node.as_str(), queued)?);
+            items.push(self.add(&Add {
+                pk: stats_pk(shard_of(&record.batch)),
+                sk: "stats".into(),
+                deltas: vec![("records".to_string(), 1)],
+                condition: None,
+            })?);
+            // The node's list of its batches, by time.
+            let listed = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(&node_batches_pk(record.node.as_str())))
+                .item("sk", s(&node_batch_sk(&record)))
+                .item("batch", s(&record.batch.to_string()))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(listed).build());
+            match self.transact(items)? {
+                Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
+                Tx::Cancelled(_) => Ok(None),
+            }
+        })
+    }
+
+    /// [`Records::node_pending`](crate::store::Records::node_pending).
+    fn node_pending(&self, node: &Did) -> Result<u64, StoreError> {
+        Ok(self.pending_of(node.as_str())?.unwrap_or(0))
+    }
+
+    fn record(&self, batch: &Cid) -> Result<Option<EgressRecord>, StoreError> {
+        Ok(self.load(batch)?.map(|s| s.record))
+    }
+
+    /// [`Records::lease_pending`](crate::store::Records::lease_pending).
+    fn lease_pending(
+        &self,
+        now: u64,
+        owner: &str,
+        lease_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        let until = lease_end(now, lease_secs)?;
+        let mut leased = Vec::new();
+        // Due entries `<= now`: every key starts with 20 digits.
+        self.walk_due(&format!("{now:020}#~"), limit, |partition, sk, batch| {
+            let record = self.lease_entry(partition, sk, batch, now, owner, until)?;
+            let taken = record.is_some();
+            leased.extend(record);
+            Ok(taken)
+        })?;
+        Ok(leased)
+    }
+
+    /// [`Records::pending_records`](crate::store::Records::pending_records): the
+    /// records of the first due entries, read only.
+    fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError> {
+        let mut pending = Vec::new();
+        self.walk_due("~", limit, |_, _, batch| {
+            let record = self.load(batch)?.map(|s| s.record);
+            let found = record.as_ref().is_some_and(EgressRecord::is_pending);
+            pending.extend(record.filter(EgressRecord::is_pending));
+            Ok(found)
+        })?;
+        Ok(pending)
+    }
+
+    /// [`Records::release_leases`](crate::store::Records::release_leases): every due
     /// entry read (leased records are there, at their lease's end), each of
     /// `owner`'s records released by the versioned write.
-    pub(super) fn release_owned(&self, owner: &str) -> Result<u64, StoreError> {
+    fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut released = 0;
         for partition in due_partitions() {
             for entry in self.query(&partition, "0", "~", None)? {
@@ -400,8 +333,8 @@ impl DynamoStore {
         Ok(released)
     }
 
-    /// [`Store::reschedule`](super::Store::reschedule).
-    pub(super) fn reschedule_record(
+    /// [`Records::reschedule`](crate::store::Records::reschedule).
+    fn reschedule(
         &self,
         batch: &Cid,
         owner: &str,
@@ -413,5 +346,15 @@ impl DynamoStore {
             let record = old.record.rescheduled(owner, now, retry)?;
             Ok(self.replace(&old, &record)?.then_some(record))
         })
+    }
+
+    /// [`Records::pending_count`](crate::store::Records::pending_count): the due
+    /// entries of every shard (and of the format-2 partition).
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        let mut pending = 0;
+        for pk in due_partitions() {
+            pending += self.count(&pk)?;
+        }
+        Ok(pending)
     }
 }

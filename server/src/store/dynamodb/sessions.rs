@@ -5,19 +5,17 @@
 use super::items::{get_s, get_u64, n, s};
 use super::table::backend;
 use super::DynamoStore;
-use crate::store::{StoreError, StoredSession};
+use crate::store::{Sessions, StoreError, StoredSession};
 
 fn session_pk(id: &[u8; 32]) -> String {
     format!("session#{}", hex::encode(id))
 }
 
-impl DynamoStore {
-    /// [`Store::put_session`](super::Store::put_session).
-    pub(super) fn put_session_item(
-        &self,
-        id: &[u8; 32],
-        session: &StoredSession,
-    ) -> Result<(), StoreError> {
+impl DynamoStore {}
+
+impl Sessions for DynamoStore {
+    /// [`Sessions::put_session`](crate::store::Sessions::put_session).
+    fn put_session(&self, id: &[u8; 32], session: &StoredSession) -> Result<(), StoreError> {
         self.block_on(
             self.client
                 .put_item()
@@ -34,12 +32,8 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// [`Store::session`](super::Store::session).
-    pub(super) fn session_item(
-        &self,
-        id: &[u8; 32],
-        now: u64,
-    ) -> Result<Option<StoredSession>, StoreError> {
+    /// [`Sessions::session`](crate::store::Sessions::session).
+    fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<StoredSession>, StoreError> {
         let Some(item) = self.get((&session_pk(id), "session"))? else {
             return Ok(None);
         };
@@ -51,8 +45,8 @@ impl DynamoStore {
         Ok(Some(session).filter(|s| s.expires_at > now))
     }
 
-    /// [`Store::remove_session`](super::Store::remove_session).
-    pub(super) fn remove_session_item(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+    /// [`Sessions::remove_session`](crate::store::Sessions::remove_session).
+    fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
         self.block_on(
             self.client
                 .delete_item()

@@ -3,19 +3,65 @@
 
 use ucanto::principal::Did;
 
-use super::items::{
-    customer_pk, decode_space, did_range, get_s, opt_s, parse_did, s, space_entry_pk, Item,
-};
+use super::items::{customer_pk, decode_space, get_s, opt_s, parse_did, s, space_entry_pk, Item};
 use super::table::backend;
 use super::DynamoStore;
-use crate::store::{SpaceEntry, StoreError};
+use crate::store::{SpaceEntry, SpaceStore, StoreError};
 
 impl DynamoStore {
-    /// [`Store::put_space`](super::Store::put_space): the customer's index
+    /// Indexes by customer the entries of a table made before the index,
+    /// once (`meta/customer-index` marks it done; replicas racing do the
+    /// same idempotent writes).
+    pub(super) fn index_customers(&self) -> Result<(), StoreError> {
+        if self.get(("meta", "customer-index"))?.is_some() {
+            return Ok(());
+        }
+        let keys: Vec<(String, String)> = self
+            .spaces()?
+            .into_iter()
+            .filter_map(|e| Some((customer_pk(e.customer?.as_str()), e.space.to_string())))
+            .collect();
+        self.put_keys(&keys)?;
+        self.put_keys(&[("meta".to_string(), "customer-index".to_string())])
+    }
+
+    /// Deletes one item, unconditionally.
+    fn delete_key(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
+        self.block_on(
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .send(),
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// The registry entries of the spaces a list names (its items' `sk`),
+    /// in its order, read a hundred at a time; listed spaces without an
+    /// entry (removed meanwhile) are left out.
+    pub(super) fn entries_listed(&self, listed: &[Item]) -> Result<Vec<SpaceEntry>, StoreError> {
+        let mut keys = Vec::with_capacity(listed.len());
+        for item in listed {
+            let space = parse_did(&get_s(item, "sk")?)?;
+            keys.push((space_entry_pk(&space), "space".to_string()));
+        }
+        let entries = self.get_many(&keys)?;
+        keys.iter()
+            .filter_map(|key| entries.get(key))
+            .map(decode_space)
+            .collect()
+    }
+}
+
+impl SpaceStore for DynamoStore {
+    /// [`SpaceStore::put_space`](crate::store::SpaceStore::put_space): the customer's index
     /// entry first (an index may name a space whose entry says otherwise,
     /// never miss one), then the entry, the list, and the old customer's
     /// index entry goes.
-    pub(super) fn put_space_entry(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
+    fn put_space(&self, entry: &SpaceEntry) -> Result<(), StoreError> {
         let space = entry.space.as_str();
         if let Some(customer) = &entry.customer {
             self.put_keys(&[(customer_pk(customer.as_str()), space.to_string())])?;
@@ -47,8 +93,8 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// [`Store::remove_space`](super::Store::remove_space).
-    pub(super) fn remove_space_entry(&self, space: &Did) -> Result<bool, StoreError> {
+    /// [`SpaceStore::remove_space`](crate::store::SpaceStore::remove_space).
+    fn remove_space(&self, space: &Did) -> Result<bool, StoreError> {
         let out = self
             .block_on(
                 self.client
@@ -72,9 +118,22 @@ impl DynamoStore {
         Ok(old.is_some())
     }
 
-    /// [`Store::customer_spaces`](super::Store::customer_spaces): the
+    /// [`SpaceStore::space`](crate::store::SpaceStore::space).
+    fn space(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
+        self.get((&space_entry_pk(space), "space"))?
+            .map(|item| decode_space(&item))
+            .transpose()
+    }
+
+    /// [`SpaceStore::spaces`](crate::store::SpaceStore::spaces): the list, then the entries.
+    fn spaces(&self) -> Result<Vec<SpaceEntry>, StoreError> {
+        let listed = self.query("spaces", "did:", "did;", None)?;
+        self.entries_listed(&listed)
+    }
+
+    /// [`SpaceStore::customer_spaces`](crate::store::SpaceStore::customer_spaces): the
     /// customer's index, checked against the entries.
-    pub(super) fn customer_space_entries(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
+    fn customer_spaces(&self, account: &Did) -> Result<Vec<Did>, StoreError> {
         let listed = self.query(&customer_pk(account.as_str()), "did:", "did;", None)?;
         Ok(self
             .entries_listed(&listed)?
@@ -82,80 +141,5 @@ impl DynamoStore {
             .filter(|entry| entry.customer.as_ref() == Some(account))
             .map(|entry| entry.space)
             .collect())
-    }
-
-    /// Indexes by customer the entries of a table made before the index,
-    /// once (`meta/customer-index` marks it done; replicas racing do the
-    /// same idempotent writes).
-    pub(super) fn index_customers(&self) -> Result<(), StoreError> {
-        if self.get(("meta", "customer-index"))?.is_some() {
-            return Ok(());
-        }
-        let keys: Vec<(String, String)> = self
-            .space_entries()?
-            .into_iter()
-            .filter_map(|e| Some((customer_pk(e.customer?.as_str()), e.space.to_string())))
-            .collect();
-        self.put_keys(&keys)?;
-        self.put_keys(&[("meta".to_string(), "customer-index".to_string())])
-    }
-
-    /// Deletes one item, unconditionally.
-    fn delete_key(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
-        self.block_on(
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
-                .send(),
-        )
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    /// [`Store::space`](super::Store::space).
-    pub(super) fn space_entry(&self, space: &Did) -> Result<Option<SpaceEntry>, StoreError> {
-        self.get((&space_entry_pk(space), "space"))?
-            .map(|item| decode_space(&item))
-            .transpose()
-    }
-
-    /// [`Store::spaces`](super::Store::spaces): the list, then the entries.
-    pub(super) fn space_entries(&self) -> Result<Vec<SpaceEntry>, StoreError> {
-        let listed = self.query("spaces", "did:", "did;", None)?;
-        self.entries_listed(&listed)
-    }
-
-    /// [`Store::spaces_page`](super::Store::spaces_page): the list of
-    /// spaces, then their entries.
-    pub(super) fn space_entries_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<SpaceEntry>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (lo, hi) = did_range(prefix, after);
-        let listed = self.query("spaces", &lo, &hi, Some(limit))?;
-        self.entries_listed(&listed)
-    }
-
-    /// The registry entries of the spaces a list names (its items' `sk`),
-    /// in its order, read a hundred at a time; listed spaces without an
-    /// entry (removed meanwhile) are left out.
-    fn entries_listed(&self, listed: &[Item]) -> Result<Vec<SpaceEntry>, StoreError> {
-        let mut keys = Vec::with_capacity(listed.len());
-        for item in listed {
-            let space = parse_did(&get_s(item, "sk")?)?;
-            keys.push((space_entry_pk(&space), "space".to_string()));
-        }
-        let entries = self.get_many(&keys)?;
-        keys.iter()
-            .filter_map(|key| entries.get(key))
-            .map(decode_space)
-            .collect()
     }
 }

@@ -1,5 +1,5 @@
 //! When the record that a retrieval was counted may go
-//! ([`Store::drop_ended_claims`](crate::store::Store::drop_ended_claims)).
+//! ([`Conclusions::drop_ended_claims`](crate::store::Conclusions::drop_ended_claims)).
 //!
 //! Table `claim_ends`: (end, retrieval payload id) → (), written with each
 //! entry of `counted` in the conclusion's transaction: `end` is the

@@ -1,5 +1,5 @@
 //! Pending records per node, for the cap on a node's queue
-//! ([`Store::put_within`](crate::store::Store::put_within)).
+//! ([`Records::put_within`](crate::store::Records::put_within)).
 //!
 //! Table `node_pending`: node DID → `u64`, the node's pending records; a
 //! node with none has no entry. `put` adds one for each record it inserts

@@ -1,0 +1,281 @@
+//! [`DashboardReads`] on DynamoDB: daily totals per node and space, node
+//! totals, pages of spaces and nodes, a node's batches, and the counters
+//! items.
+
+use std::collections::BTreeMap;
+
+use cid::Cid;
+use ucanto::principal::Did;
+
+use super::items::{
+    did_range, egress_pk, get_s, get_u64, node_batches_pk, node_pk, non_billable_pk, parse_cid,
+    parse_day_sk, parse_did, rejected_pk, space_days_pk, stats_pk, BILLED_SPACES, LEGACY_STATS,
+    NODES, SHARDS,
+};
+use super::DynamoStore;
+use crate::store::{
+    check_day_range, DashboardReads, EgressRecord, Records, Rejections, RetryCounter, SpaceEntry,
+    StoreError, StoreStats,
+};
+
+impl DynamoStore {
+    /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`: each
+    /// day's total plus the usage rows of batches done with the rows'
+    /// attempt (rows of other attempts never count).
+    pub(super) fn daily(
+        &self,
+        pk: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        if !check_day_range(from, to)? {
+            return Ok(Vec::new());
+        }
+        // `day#<to>` sorts before `day#<to>#…` rows: they are out of range.
+        let items = self.query(pk, &format!("day#{from}"), &format!("day#{to}"), None)?;
+        let mut totals = Vec::new();
+        let mut rows = Vec::new();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            let (day, batch) = parse_day_sk(&sk)?;
+            if day >= to {
+                continue;
+            }
+            let bytes = get_u64(item, "bytes")?;
+            match batch {
+                None => totals.push((day.to_string(), bytes)),
+                Some(batch) => rows.push((day.to_string(), batch, get_s(item, "attempt")?, bytes)),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(totals);
+        }
+        let batches: Vec<Cid> = rows.iter().map(|(_, batch, _, _)| *batch).collect();
+        let winners = self.done_attempts(&batches)?;
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        let counted = rows
+            .into_iter()
+            .filter(|(_, batch, attempt, _)| winners.get(batch) == Some(attempt))
+            .map(|(day, _, _, bytes)| (day, bytes));
+        for (day, bytes) in totals.into_iter().chain(counted) {
+            let sum = days.entry(day).or_default();
+            *sum = sum.checked_add(bytes).ok_or_else(|| {
+                StoreError::Corrupt(format!("the daily total of {pk} overflows u64"))
+            })?;
+        }
+        Ok(days.into_iter().collect())
+    }
+}
+
+impl DashboardReads for DynamoStore {
+    fn space_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&space_days_pk(space.as_str()), from_day, to_day)
+    }
+
+    fn non_billable_usage(
+        &self,
+        space: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&non_billable_pk(space.as_str()), from_day, to_day)
+    }
+
+    fn node_usage(
+        &self,
+        node: &Did,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.daily(&node_pk(node.as_str()), from_day, to_day)
+    }
+
+    /// [`DashboardReads::node_total`](crate::store::DashboardReads::node_total).
+    fn node_total(&self, node: &Did) -> Result<u64, StoreError> {
+        match self.get((&node_pk(node.as_str()), "total"))? {
+            None => Ok(0),
+            Some(item) => get_u64(&item, "bytes"),
+        }
+    }
+
+    /// [`DashboardReads::egress_by_day`](crate::store::DashboardReads::egress_by_day): the day
+    /// totals of the 16 shards, added up.
+    fn egress_by_day(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        for shard in 0..SHARDS {
+            for (day, bytes) in self.daily(&egress_pk(shard), from, to)? {
+                let sum = days.entry(day).or_default();
+                *sum = sum
+                    .checked_add(bytes)
+                    .ok_or_else(|| StoreError::Corrupt("egress of a day overflows u64".into()))?;
+            }
+        }
+        Ok(days.into_iter().collect())
+    }
+
+    /// [`DashboardReads::spaces_page`](crate::store::DashboardReads::spaces_page): the list of
+    /// spaces, then their entries.
+    fn spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SpaceEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = did_range(prefix, after);
+        let listed = self.query("spaces", &lo, &hi, Some(limit))?;
+        self.entries_listed(&listed)
+    }
+
+    /// [`DashboardReads::billed_spaces_page`](crate::store::DashboardReads::billed_spaces_page).
+    fn billed_spaces_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Did>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = did_range(prefix, after);
+        self.query(BILLED_SPACES, &lo, &hi, Some(limit))?
+            .iter()
+            .map(|item| parse_did(&get_s(item, "sk")?))
+            .collect()
+    }
+
+    /// [`DashboardReads::nodes_page`](crate::store::DashboardReads::nodes_page): the list of nodes
+    /// paid, then their totals.
+    fn nodes_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Did, u64)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = did_range(prefix, after);
+        let listed = self.query(NODES, &lo, &hi, Some(limit))?;
+        let dids: Vec<String> = listed
+            .iter()
+            .map(|item| get_s(item, "sk"))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<(String, String)> = dids
+            .iter()
+            .map(|did| (node_pk(did), "total".to_string()))
+            .collect();
+        let totals = self.get_many(&keys)?;
+        dids.iter()
+            .zip(&keys)
+            .map(|(did, key)| {
+                let total = match totals.get(key) {
+                    Some(item) => get_u64(item, "bytes")?,
+                    None => 0,
+                };
+                Ok((parse_did(did)?, total))
+            })
+            .collect()
+    }
+
+    /// [`DashboardReads::node_batches`](crate::store::DashboardReads::node_batches): the node's
+    /// list, newest first, then the records.
+    fn node_batches(
+        &self,
+        node: &Did,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        // Keys start with 20 digits of `received_at`.
+        let hi = format!("{:020}", before.unwrap_or(u64::MAX));
+        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit)?;
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let batch = parse_cid(&get_s(&entry, "batch")?)?;
+            let stored = self.load(&batch)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("node list names missing record {batch}"))
+            })?;
+            records.push(stored.record);
+        }
+        Ok(records)
+    }
+
+    /// [`DashboardReads::rejections`](crate::store::DashboardReads::rejections): the counts of the
+    /// 16 shards, added up.
+    fn rejections(&self) -> Result<Rejections, StoreError> {
+        let keys: Vec<(String, String)> = (0..SHARDS)
+            .map(|shard| (rejected_pk(shard), "rejected".to_string()))
+            .collect();
+        let mut rejections = Rejections::default();
+        for item in self.get_many(&keys)?.values() {
+            for name in item.keys() {
+                let n = get_u64(item, name);
+                if name == "failed" {
+                    rejections.failed_batches = rejections.failed_batches.saturating_add(n?);
+                } else if let Some(error) = name.strip_prefix("n_") {
+                    let sum = rejections.by_name.entry(error.to_string()).or_default();
+                    *sum = sum.saturating_add(n?);
+                }
+            }
+        }
+        Ok(rejections)
+    }
+
+    /// [`DashboardReads::stats`](crate::store::DashboardReads::stats): the
+    /// counters, summed over their
+    /// shards (and the format-2 item), plus the due index's size for
+    /// `pending`.
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let keys: Vec<(String, String)> = (0..SHARDS)
+            .map(stats_pk)
+            .chain([LEGACY_STATS.to_string()])
+            .map(|pk| (pk, "stats".to_string()))
+            .collect();
+        let shards = self.get_many(&keys)?;
+        let field = |k: &str| -> Result<u64, StoreError> {
+            let mut sum = 0u64;
+            for item in shards.values() {
+                if item.contains_key(k) {
+                    sum = sum
+                        .checked_add(get_u64(item, k)?)
+                        .ok_or_else(|| StoreError::Corrupt(format!("counter {k} overflows")))?;
+                }
+            }
+            Ok(sum)
+        };
+        Ok(StoreStats {
+            records: field("records")?,
+            pending: self.pending_count()?,
+            concluded: field("concluded")?,
+            counted_receipts: field("counted")?,
+            nodes: field("nodes")?,
+            total_bytes: field("total_bytes")?,
+            non_billable_bytes: field("non_billable_bytes")?,
+        })
+    }
+
+    fn retry_counters(&self) -> Vec<RetryCounter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.retries;
+        vec![
+            RetryCounter {
+                name: "etracker_store_transactions_cancelled_total",
+                help: "DynamoDB transactions cancelled by contention, then re-read and re-decided after a jittered back-off.",
+                value: r.cancelled.load(Relaxed),
+            },
+            RetryCounter {
+                name: "etracker_store_requests_retried_total",
+                help: "DynamoDB requests the SDK sent again (throttling, transient errors), after its jittered back-off.",
+                value: r.attempts.load(Relaxed).saturating_sub(r.requests.load(Relaxed))
+                    + r.unprocessed.load(Relaxed),
+            },
+        ]
+    }
+}
