@@ -483,47 +483,6 @@ fn consumer_table_registry() {
     assert!(matches!(policy.judge(&sybil).unwrap(), Billing::Unknown(_)));
 }
 
-/// A table made before the customer index gets it written by the next
-/// connect, once; a stale index entry (a customer changed meanwhile, a
-/// write interrupted) names no space of the wrong customer.
-#[test]
-fn registries_from_before_the_customer_index_are_indexed() {
-    use etracker_server::store::SpaceEntry;
-    use ucanto::principal::Did;
-    let prefix = fresh_prefix();
-    let store = DynamoStore::connect(&endpoint(), &prefix).unwrap();
-    let entry = |space, customer: &Did| SpaceEntry {
-        space,
-        provider: node(),
-        customer: Some(customer.clone()),
-    };
-    store.put_space(&entry(space_a(), &mallory())).unwrap();
-    store.put_space(&entry(space_b(), &mallory())).unwrap();
-    let raw = Raw::of(&store);
-    // As the previous version left it: no index, no mark.
-    let index = format!("customer#{}", mallory().as_str());
-    raw.delete(&index, space_a().as_str());
-    raw.delete(&index, space_b().as_str());
-    raw.delete("meta", "customer-index");
-    assert!(store.customer_spaces(&mallory()).unwrap().is_empty());
-    let store = DynamoStore::connect(&endpoint(), &prefix).unwrap();
-    let mut both = vec![space_a(), space_b()];
-    both.sort_by(|x, y| x.as_str().cmp(y.as_str()));
-    assert_eq!(store.customer_spaces(&mallory()).unwrap(), both);
-    // An index entry whose space now belongs to another customer.
-    raw.put(std::collections::HashMap::from([
-        ("pk".to_string(), text(&index)),
-        ("sk".to_string(), text(space_a().as_str())),
-    ]));
-    store.put_space(&entry(space_a(), &node())).unwrap();
-    raw.put(std::collections::HashMap::from([
-        ("pk".to_string(), text(&index)),
-        ("sk".to_string(), text(space_a().as_str())),
-    ]));
-    assert_eq!(store.customer_spaces(&mallory()).unwrap(), [space_b()]);
-    assert_eq!(store.customer_spaces(&node()).unwrap(), [space_a()]);
-}
-
 /// The table seen directly: what a test checks of the item layout.
 struct Raw {
     client: aws_sdk_dynamodb::Client,

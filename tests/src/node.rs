@@ -451,3 +451,28 @@ pub async fn serve_file(path: PathBuf) -> String {
         .with_state(path);
     format!("{}receipts/{{cid}}", crate::serve(router).await)
 }
+
+/// `from` lets `to` retrieve from `space`, within `exp`/`nbf`, on the
+/// strength of `proofs`.
+pub fn grant(
+    from: &Ed25519Signer,
+    space: &Did,
+    to: &Did,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    proofs: &[Delegation],
+) -> Delegation {
+    let mut builder = Delegation::builder(from, to.clone())
+        .capability(Capability::new("space/content/retrieve", space.as_str()));
+    builder = match exp {
+        Some(exp) => builder.expiration(exp),
+        None => builder.no_expiration(),
+    };
+    if let Some(nbf) = nbf {
+        builder = builder.not_before(nbf);
+    }
+    for proof in proofs {
+        builder = builder.proof(proof.clone());
+    }
+    builder.build().expect("grant")
+}

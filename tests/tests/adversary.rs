@@ -110,6 +110,7 @@ fn world() -> (Vec<Ed25519Signer>, Vec<Retrieval>) {
     let agent = bob();
     let stamp = format!("{}-{}", std::process::id(), ucanto::ucan::now());
     let current = ucanto::ucan::now();
+    // The space's own grants, and re-delegations of the first space's.
     let grant = |from: &Ed25519Signer,
                  to: &Did,
                  exp: Option<u64>,
@@ -120,20 +121,7 @@ fn world() -> (Vec<Ed25519Signer>, Vec<Retrieval>) {
         } else {
             spaces[0].did().clone()
         };
-        let mut builder = ucanto::ucan::Delegation::builder(from, to.clone()).capability(
-            ucanto::ucan::Capability::new("space/content/retrieve", space.as_str()),
-        );
-        builder = match exp {
-            Some(exp) => builder.expiration(exp),
-            None => builder.no_expiration(),
-        };
-        if let Some(nbf) = nbf {
-            builder = builder.not_before(nbf);
-        }
-        for proof in proofs {
-            builder = builder.proof(proof.clone());
-        }
-        builder.build().unwrap()
+        etracker_e2e::node::grant(from, &space, to, exp, nbf, proofs)
     };
     let retrievals = (0..RETRIEVALS)
         .map(|i| {

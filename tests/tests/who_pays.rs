@@ -6,7 +6,7 @@ use cid::Cid;
 use etracker_capabilities::consolidate::ConsolidateOk;
 use etracker_e2e::attack::batch_of;
 use etracker_e2e::node::{
-    batch, consolidate_now, consolidate_out, consolidate_receipt, good_receipts_of, node,
+    batch, consolidate_now, consolidate_out, consolidate_receipt, good_receipts_of, grant, node,
     ok_receipt, retrieve_invocation, start_tracker, test_settings, track_batch, BatchServer,
     RunningTracker,
 };
@@ -15,35 +15,10 @@ use etracker_server::service::Settings;
 use etracker_server::store::prelude::*;
 use ucanto::principal::{Did, Ed25519Signer, Signer};
 use ucanto::receipt::Receipt;
-use ucanto::ucan::{now, Capability, Delegation, Invocation};
+use ucanto::ucan::{now, Delegation, Invocation};
 
 /// Seconds in a day.
 const DAY: u64 = 86_400;
-
-/// `from` lets `to` retrieve from `space`, within `exp`/`nbf`, on the
-/// strength of `proofs`.
-fn grant(
-    from: &Ed25519Signer,
-    space: &Did,
-    to: &Did,
-    exp: Option<u64>,
-    nbf: Option<u64>,
-    proofs: &[Delegation],
-) -> Delegation {
-    let mut builder = Delegation::builder(from, to.clone())
-        .capability(Capability::new("space/content/retrieve", space.as_str()));
-    builder = match exp {
-        Some(exp) => builder.expiration(exp),
-        None => builder.no_expiration(),
-    };
-    if let Some(nbf) = nbf {
-        builder = builder.not_before(nbf);
-    }
-    for proof in proofs {
-        builder = builder.proof(proof.clone());
-    }
-    builder.build().unwrap()
-}
 
 /// A retrieval of 1,000 bytes by `agent` from `space` on the node, within
 /// `exp`/`nbf`.

@@ -32,9 +32,11 @@
 //! | `customer_spaces` | `(customer DID, space DID)`            | `()`                          |
 //! | `sessions`    | SHA-256 of a dashboard session's cookie    | `{user, csrf, expires_at}`    |
 //! | `node_pending` | node DID                                  | `u64` pending records (see `pending`) |
+//! | `claim_ends`  | `(end, retrieval payload id)`              | `()` (see `claims`)           |
 //!
-//! Tables and sums added after a store was made are filled in from what it
-//! holds when it is opened.
+//! Every table is made, and the running sums start at 0, when a store is
+//! made; opening one reads nothing else (no store of an earlier layout
+//! exists to fill in).
 //!
 //! `due` is the sparse index of pending records, keyed by the time each
 //! becomes leasable (`max(next_attempt_at, lease.until)`), so leasing is a
@@ -61,7 +63,7 @@ use std::path::{Path, PathBuf};
 
 use cid::Cid;
 use redb::backends::InMemoryBackend;
-use redb::{Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{Database, ReadableTable, Table, TableDefinition};
 use ucanto::dag::Ipld;
 
 mod audit;
@@ -92,7 +94,6 @@ const RECORD_VERSION: u64 = 1;
 /// `meta` keys of the running sums
 /// [`DashboardReads::stats`](crate::store::DashboardReads::stats) reports (saturating),
 /// added by each conclusion so that reading them does not visit every node.
-/// Stores made before them get them summed when opened.
 const TOTAL_BYTES_KEY: &str = "total_bytes";
 const NON_BILLABLE_BYTES_KEY: &str = "non_billable_bytes";
 
@@ -213,76 +214,20 @@ impl RedbStore {
             tx.open_table(SPACES).or_backend()?;
             tx.open_table(REJECTIONS).or_backend()?;
             tx.open_table(SESSIONS).or_backend()?;
-            let mut by_customer = tx.open_table(CUSTOMER_SPACES).or_backend()?;
-            if by_customer.is_empty().or_backend()? {
-                // A store from before the index: index its registry.
-                let spaces = tx.open_table(SPACES).or_backend()?;
-                for entry in spaces.iter().or_backend()? {
-                    let (space, bytes) = entry.or_backend()?;
-                    let entry = decode_space(space.value(), bytes.value())?;
-                    if let Some(customer) = &entry.customer {
-                        by_customer
-                            .insert((customer.as_str(), entry.space.as_str()), ())
-                            .or_backend()?;
-                    }
-                }
-            }
-            let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
-            if node_batches.is_empty().or_backend()? {
-                // A store from before the table: index what it holds.
-                let records = tx.open_table(RECORDS).or_backend()?;
-                for entry in records.iter().or_backend()? {
-                    let (key, value) = entry.or_backend()?;
-                    let record = decode_record(key.value(), value.value())?;
-                    node_batches
-                        .insert((record.node.as_str(), record.received_at, key.value()), ())
-                        .or_backend()?;
-                }
-            }
-            let mut billed = tx.open_table(BILLED_SPACES).or_backend()?;
-            if billed.is_empty().or_backend()? {
-                // A store from before the table: list the spaces it counted.
-                let space_daily = tx.open_table(SPACE_DAILY).or_backend()?;
-                for entry in space_daily.iter().or_backend()? {
-                    let (key, _) = entry.or_backend()?;
-                    billed.insert(key.value().0, ()).or_backend()?;
-                }
-            }
-            if meta.get(TOTAL_BYTES_KEY).or_backend()?.is_none() {
-                let mut total: u64 = 0;
-                for entry in tx
-                    .open_table(NODE_TOTALS)
-                    .or_backend()?
-                    .iter()
-                    .or_backend()?
-                {
-                    total = total.saturating_add(entry.or_backend()?.1.value());
-                }
-                let mut non_billable: u64 = 0;
-                let daily = tx.open_table(NON_BILLABLE_DAILY).or_backend()?;
-                for entry in daily.iter().or_backend()? {
-                    non_billable = non_billable.saturating_add(entry.or_backend()?.1.value());
-                }
-                meta.insert(TOTAL_BYTES_KEY, total).or_backend()?;
-                meta.insert(NON_BILLABLE_BYTES_KEY, non_billable)
-                    .or_backend()?;
-            }
-            let mut egress = tx.open_table(EGRESS_DAILY).or_backend()?;
-            if egress.is_empty().or_backend()? {
-                // A store from before the table: sum what the nodes served.
-                let node_daily = tx.open_table(NODE_DAILY).or_backend()?;
-                let mut days: BTreeMap<String, u64> = BTreeMap::new();
-                for entry in node_daily.iter().or_backend()? {
-                    let (key, bytes) = entry.or_backend()?;
-                    let day = days.entry(key.value().1.to_string()).or_default();
-                    *day = add(*day, bytes.value())?;
-                }
-                for (day, bytes) in days {
-                    egress.insert(day.as_str(), bytes).or_backend()?;
-                }
+            tx.open_table(CUSTOMER_SPACES).or_backend()?;
+            tx.open_table(NODE_BATCHES).or_backend()?;
+            tx.open_table(BILLED_SPACES).or_backend()?;
+            tx.open_table(EGRESS_DAILY).or_backend()?;
+            tx.open_table(pending::NODE_PENDING).or_backend()?;
+            tx.open_table(claims::CLAIM_ENDS).or_backend()?;
+            // A new store starts its running sums at 0. (No store of an
+            // earlier layout exists: the crates are unpublished, so nothing
+            // is filled in from older tables when a store opens.)
+            if format.is_none() {
+                meta.insert(TOTAL_BYTES_KEY, 0).or_backend()?;
+                meta.insert(NON_BILLABLE_BYTES_KEY, 0).or_backend()?;
             }
         }
-        pending::init(&tx)?;
         tx.commit().or_backend()?;
         Ok(RedbStore {
             db,

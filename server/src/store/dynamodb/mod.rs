@@ -146,7 +146,6 @@ impl DynamoStore {
             billed_listed: Default::default(),
         };
         store.init()?;
-        store.index_customers()?;
         Ok(store)
     }
 

@@ -9,22 +9,6 @@ use super::DynamoStore;
 use crate::store::{SpaceEntry, SpaceStore, StoreError};
 
 impl DynamoStore {
-    /// Indexes by customer the entries of a table made before the index,
-    /// once (`meta/customer-index` marks it done; replicas racing do the
-    /// same idempotent writes).
-    pub(super) fn index_customers(&self) -> Result<(), StoreError> {
-        if self.get(("meta", "customer-index"))?.is_some() {
-            return Ok(());
-        }
-        let keys: Vec<(String, String)> = self
-            .spaces()?
-            .into_iter()
-            .filter_map(|e| Some((customer_pk(e.customer?.as_str()), e.space.to_string())))
-            .collect();
-        self.put_keys(&keys)?;
-        self.put_keys(&[("meta".to_string(), "customer-index".to_string())])
-    }
-
     /// Deletes one item, unconditionally.
     fn delete_key(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
         self.block_on(
