@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use etracker_server::service::space_json;
-use etracker_server::store::{blocking, SpaceEntry};
+use etracker_server::store::{blocking, SpaceEntry, StoreError};
 use ucanto::cli::BoxError;
 use ucanto::principal::Did;
 
@@ -65,7 +65,15 @@ pub(crate) async fn space(command: SpaceCommand) -> Result<(), BoxError> {
     let data_dir = &access.key.data_dir;
     let store = match access.store.open(data_dir).await {
         Ok(store) => Some(store),
-        Err(_) if access.store.held_elsewhere(data_dir) => None,
+        // A running tracker holds the store: go through its API.
+        Err(e)
+            if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::InUse { .. })
+            ) =>
+        {
+            None
+        }
         Err(e) => return Err(e),
     };
     let admin = |method: reqwest::Method, path: String, body: Option<String>| {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clap::Args;
-use etracker_server::store::redb::{RedbStore, FILE_NAME};
+use etracker_server::store::redb::RedbStore;
 use etracker_server::store::Store;
 use ucanto::cli::BoxError;
 
@@ -59,18 +59,6 @@ impl StoreArgs {
             }
             _ => Arc::new(RedbStore::open(data_dir)?),
         })
-    }
-
-    /// Whether another process (a running tracker) holds the redb store in
-    /// `data_dir`, as redb itself says with its error's variant. Asked
-    /// after [`StoreArgs::open`] failed: `RedbStore::open` words redb's
-    /// error into `StoreError::Backend`, whose text is not matched.
-    pub(crate) fn held_elsewhere(&self, data_dir: &Path) -> bool {
-        self.dynamodb().is_none()
-            && matches!(
-                redb::ReadOnlyDatabase::open(data_dir.join(FILE_NAME)),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-            )
     }
 
     /// What to check when [`StoreArgs::open`] failed for `etracker start`.

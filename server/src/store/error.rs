@@ -52,6 +52,13 @@ pub enum StoreError {
     /// Stored bytes do not decode; the data was written by something else.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Another process holds the store (redb opens a file in one process
+    /// at a time): a running tracker, say.
+    #[error("the store {path} is open in another process")]
+    InUse {
+        /// The store's file.
+        path: String,
+    },
     /// The backend failed (I/O, transaction, ...).
     #[error("storage backend failed: {0}")]
     Backend(String),
