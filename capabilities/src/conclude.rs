@@ -263,6 +263,25 @@ impl Outcome for ConcludeError {
     }
 }
 
+/// Marks the tally's `position`-th counted retrieval in a conflict's
+/// `conflicts` bytes (bit `position % 8` of byte `position / 8`), growing
+/// them as needed.
+pub fn mark_conflict(conflicts: &mut Vec<u8>, position: usize) {
+    let byte = position / 8;
+    if conflicts.len() <= byte {
+        conflicts.resize(byte + 1, 0);
+    }
+    conflicts[byte] |= 1 << (position % 8);
+}
+
+/// Whether a conflict's `conflicts` bytes mark the tally's `position`-th
+/// counted retrieval (see [`mark_conflict`]).
+pub fn is_conflict(conflicts: &[u8], position: usize) -> bool {
+    conflicts
+        .get(position / 8)
+        .is_some_and(|byte| byte & (1 << (position % 8)) != 0)
+}
+
 impl ConcludeError {
     /// What the tracker said.
     pub fn message(&self) -> &str {

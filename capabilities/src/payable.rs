@@ -260,7 +260,8 @@ pub fn judge(
 ) -> Result<Judgement, Refusal> {
     let parser = Retrieve::parser();
     // The chain first, whatever the time; then when it was valid.
-    let found = access(retrieval, parser.as_ref(), &config.clone().timeless())
+    let mut config = config.timeless();
+    let found = access(retrieval, parser.as_ref(), &config)
         .map_err(|e| Refusal::Unauthorized(e.message))?;
     let window = window(retrieval, &found.proofs);
     let last = window.last.ok_or(Refusal::NoExpiry)?;
@@ -287,6 +288,7 @@ pub fn judge(
         .chain(&found.proofs)
         .all(|ucan| ucan.issuer().is_key());
     if !all_keys {
+        config.timeless = false;
         access(retrieval, parser.as_ref(), &config.at(at))
             .map_err(|e| Refusal::Unauthorized(e.message))?;
     }

@@ -476,3 +476,18 @@ pub fn grant(
     }
     builder.build().expect("grant")
 }
+
+/// What real JS @ucanto reads of the consolidate receipt of `task` at the
+/// tracker at `url` (`fixtures/js/read-receipt.js`): `{bytes, totalEgress,
+/// errors, lastError, issuer, longestMessage}`. Fails the test when JS
+/// cannot decode it.
+pub async fn js_read_receipt(url: &str, task: &Cid) -> serde_json::Value {
+    let receipt_url = format!("{url}receipts/{task}");
+    let (code, out) = crate::run_js(
+        "read-receipt.js",
+        &["--url", &receipt_url, "--task", &task.to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(out.trim()).expect("read-receipt.js prints one JSON line")
+}

@@ -9,12 +9,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use cid::Cid;
-use etracker_e2e::node::serve_file;
 use etracker_e2e::node::{
     consolidate_now, consolidate_out, consolidate_receipt, good_receipts, invoke, node,
     start_tracker, temp_dir, test_settings, track_invocation, track_proof,
 };
-use etracker_e2e::{peak_rss, run_js, service};
+use etracker_e2e::node::{js_read_receipt, serve_file};
+use etracker_e2e::{peak_rss, service};
 use etracker_server::consolidator::{MAX_LISTED_ERRORS, TOO_MANY_ERRORS};
 use sha2::{Digest, Sha256};
 use ucanto::dag::{cid_of, CAR};
@@ -86,14 +86,7 @@ async fn a_gibibyte_of_duplicates_concludes_small_and_bounded() {
     );
 
     // What a node downloads: small, and JS @ucanto decodes it.
-    let url = format!("{}receipts/{task}", tracker.url);
-    let (code, out) = run_js(
-        "read-receipt.js",
-        &["--url", &url, "--task", &task.to_string()],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
-    let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let read = js_read_receipt(&tracker.url, &task).await;
     assert_eq!(read["totalEgress"], total);
     assert_eq!(read["errors"], MAX_LISTED_ERRORS as u64 + 1);
     assert_eq!(read["lastError"]["name"], TOO_MANY_ERRORS);

@@ -7,10 +7,10 @@
 use cid::Cid;
 use etracker_e2e::attack::batch_of;
 use etracker_e2e::node::{
-    consolidate_now, consolidate_out, consolidate_receipt, good_receipts, node, ok_receipt,
-    retrieve_invocation, start_tracker, test_settings, track_batch, BatchServer,
+    consolidate_now, consolidate_out, consolidate_receipt, good_receipts, js_read_receipt, node,
+    ok_receipt, retrieve_invocation, start_tracker, test_settings, track_batch, BatchServer,
 };
-use etracker_e2e::{alice, bob, peak_rss, run_js};
+use etracker_e2e::{alice, bob, peak_rss};
 use etracker_server::consolidator::{MAX_LISTED_ERRORS, TOO_MANY_ERRORS};
 use etracker_server::store::prelude::*;
 use ucanto::bounded::MAX_MESSAGE_BYTES;
@@ -87,14 +87,7 @@ async fn a_batch_padded_with_long_explanations_concludes_small() {
     assert_eq!(ok.errors[MAX_LISTED_ERRORS].name, TOO_MANY_ERRORS);
 
     // What a node downloads: under 256 KiB, and JS @ucanto decodes it.
-    let url = format!("{}receipts/{task}", tracker.url);
-    let (code, out) = run_js(
-        "read-receipt.js",
-        &["--url", &url, "--task", &task.to_string()],
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
-    let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let read = js_read_receipt(&tracker.url, &task).await;
     assert_eq!(read["totalEgress"], total);
     assert_eq!(read["errors"], MAX_LISTED_ERRORS as u64 + 1);
     assert!(read["bytes"].as_u64().unwrap() < 256 * 1024, "{read}");

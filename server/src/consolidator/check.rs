@@ -408,9 +408,10 @@ impl Checks {
         // can ask of a retrieval before serving it.
         let judged = payable::judge(&invocation, node, &self.when, &self.rules, config)
             .map_err(|refusal| reject(refusal.name(), refusal.to_string(), cid))?;
-        // Replication: the authority passed through another node.
+        // Replication: the authority passed through another node (never
+        // this one: that is SelfAuthorized).
         let mut billable = judged.billable;
-        for principal in judged.chain.iter().filter(|p| *p != node) {
+        for principal in &judged.chain {
             if !billable {
                 break;
             }

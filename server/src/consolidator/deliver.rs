@@ -2,7 +2,7 @@
 //! by invoking `space/egress/conclude`, in pages under its body limit.
 
 use cid::Cid;
-use etracker_capabilities::conclude::ConcludeError;
+use etracker_capabilities::conclude::{is_conflict, ConcludeError};
 use etracker_capabilities::{Ability, Outcome};
 use ucanto::dag::Block;
 use ucanto::receipt::Receipt;
@@ -193,10 +193,7 @@ fn marked_retrievals(
         }
         let chunk = crate::tally::Chunk::decode(batch, &tally.chunk(i)?)?;
         for retrieval in chunk.counted {
-            let set = marks
-                .get(position / 8)
-                .is_some_and(|byte| byte & (1 << (position % 8)) != 0);
-            if set {
+            if is_conflict(marks, position) {
                 if let Ok(digest) = retrieval.hash().digest().try_into() {
                     marked.push(digest);
                 }

@@ -12,7 +12,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use cid::Cid;
-use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb, ConcludeOk};
+use etracker_capabilities::conclude::{
+    attached_receipt, mark_conflict, ConcludeError, ConcludeNb, ConcludeOk,
+};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
 use ucanto::dag::{Block, BlockStore, Ipld};
@@ -93,8 +95,7 @@ async fn conflict_marks(
         let chunk = Chunk::decode(batch, &block).map_err(|e| e.to_string())?;
         for retrieval in &chunk.counted {
             if conflicts.contains(retrieval) {
-                marks.resize(marks.len().max(position / 8 + 1), 0);
-                marks[position / 8] |= 1 << (position % 8);
+                mark_conflict(&mut marks, position);
             }
             position += 1;
         }
