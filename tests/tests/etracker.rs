@@ -696,7 +696,8 @@ async fn remote_consolidator_concludes_with_a_delegation() {
 
         // A later batch repeats a counted receipt. This consolidator has no
         // store to look it up: the tracker refuses the conclusion (nothing is
-        // double-counted), names the receipt, and the next run reports it.
+        // double-counted) and marks the retrieval; the run settles the batch
+        // again without it, and its receipt reports it.
         let (fresh, fresh_total) = good_receipts(1, "remote-fresh");
         let (_, task) = track(
             &tracker,
@@ -705,12 +706,17 @@ async fn remote_consolidator_concludes_with_a_delegation() {
             &[receipts[0].clone(), fresh[0].clone()],
         )
         .await;
-        assert_eq!(consolidate_now(&tracker.url).await["concluded"], 0);
+        let concludes = metric(&tracker.url, "etracker_conclude_invocations_total").await;
+        assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
+        assert_eq!(
+            metric(&tracker.url, "etracker_conclude_invocations_total").await,
+            concludes + 2,
+            "refused once, then concluded"
+        );
         assert_eq!(
             metric(&tracker.url, "etracker_consolidated_bytes_total").await,
-            total
+            total + fresh_total
         );
-        assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
         let response = reqwest::get(format!("{}receipts/{task}", tracker.url))
             .await
             .unwrap();

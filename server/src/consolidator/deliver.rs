@@ -5,11 +5,11 @@ use cid::Cid;
 use etracker_capabilities::conclude::{is_conflict, ConcludeError};
 use etracker_capabilities::{Ability, Outcome};
 use ucanto::dag::Block;
-use ucanto::receipt::Receipt;
+use ucanto::receipt::{Receipt, ReceiptParts};
 use ucanto::server::error_name;
-use ucanto::ucan::{Delegation, Proof};
+use ucanto::ucan::{Delegation, Invocation, Proof};
 
-use super::Delivery;
+use super::{Concludable, Delivery, Refused};
 use crate::tally::Tally;
 
 /// Why the consolidate receipt did not reach the tracker; the record stays
@@ -143,30 +143,9 @@ impl Delivery {
         match answer.out() {
             Ok(_) => {
                 tracing::info!(%batch, receipt = %receipt.cid(), total = tally.total(), "concluded");
-                self.state.learned.forget(&batch);
                 Ok(answer)
             }
             Err(error) => {
-                // What the tracker refused, typed: a conflict marks the
-                // retrievals counted elsewhere meanwhile; a refusal of
-                // spaces lists the spaces the tracker does not bill.
-                match ConcludeError::from_ipld(error) {
-                    Ok(ConcludeError::UnknownSpaces { spaces, .. }) => {
-                        self.state.learned.add_unbilled(spaces);
-                    }
-                    Ok(ConcludeError::Conflict { conflicts, .. }) => {
-                        match marked_retrievals(&batch, tally, &conflicts) {
-                            Ok(marked) => self.state.learned.add_counted(batch, marked),
-                            Err(error) => {
-                                return Err(Box::new(Undelivered {
-                                    answer: Some(answer.clone()),
-                                    error,
-                                }))
-                            }
-                        }
-                    }
-                    _ => {}
-                }
                 let refused =
                     DeliveryError::Refused(ucanto::dag_json::to_string(error).unwrap_or_default());
                 Err(Box::new(Undelivered {
@@ -176,7 +155,82 @@ impl Delivery {
             }
         }
     }
+
+    /// Concludes a task's run: delivers `receipt`, and when the tracker
+    /// refuses part of it (a conflict or unbilled spaces, read from its
+    /// typed answer) settles the batch again without that part, signs the
+    /// new receipt and delivers it, up to [`MAX_SETTLINGS`] times. Returns
+    /// the tracker's last answer, if it gave one; without success the
+    /// record stays pending and the scheduler runs the task again.
+    pub(super) async fn conclude_run(
+        &self,
+        task: &Invocation,
+        mut receipt: Receipt,
+        done: &Concludable,
+    ) -> Option<Receipt> {
+        let batch = done.batch;
+        let mut settled: Option<Tally> = None;
+        let mut refused = Refused::default();
+        for settling in 1..=MAX_SETTLINGS {
+            let tally = settled.as_ref().or(done.tally.as_ref());
+            let undelivered = match self.conclude(&receipt, batch, tally).await {
+                Ok(answer) => return Some(answer),
+                Err(undelivered) => undelivered,
+            };
+            tracing::warn!(task = %task.cid(), %batch, error = %undelivered.error, "conclude failed");
+            let answer = undelivered.answer?;
+            let (Some(again), Some(tally), Err(error)) = (&done.again, tally, answer.out()) else {
+                return Some(answer);
+            };
+            match ConcludeError::from_ipld(error) {
+                Ok(ConcludeError::UnknownSpaces { spaces, .. }) => refused.spaces.extend(spaces),
+                Ok(ConcludeError::Conflict { conflicts, .. }) => {
+                    match marked_retrievals(&batch, tally, &conflicts) {
+                        Ok(marked) => {
+                            refused.retrievals.extend(marked);
+                            refused.retrievals.sort_unstable();
+                            refused.retrievals.dedup();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%batch, %error, "cannot read the conflicts");
+                            return Some(answer);
+                        }
+                    }
+                }
+                _ => return Some(answer),
+            }
+            if settling == MAX_SETTLINGS {
+                return Some(answer);
+            }
+            let (ok, tally) = match self
+                .state
+                .settle_again(task.cid(), &batch, again, &refused)
+                .await
+            {
+                Ok(settled) => settled,
+                Err(failure) => {
+                    tracing::warn!(%batch, ?failure, "settling again failed, will retry");
+                    return Some(answer);
+                }
+            };
+            let parts = ReceiptParts::new(task.clone(), Ok(ok.to_ipld()));
+            receipt = match Receipt::issue(self.signer.as_ref(), parts) {
+                Ok(receipt) => receipt,
+                Err(error) => {
+                    tracing::error!(%batch, %error, "cannot sign the settled receipt");
+                    return Some(answer);
+                }
+            };
+            settled = Some(tally);
+        }
+        None
+    }
 }
+
+/// Most times a run concludes: the first settling, then one more for each
+/// refusal (a new one can only come from another batch concluding in the
+/// meantime, again).
+const MAX_SETTLINGS: usize = 3;
 
 /// The retrievals of `tally` whose bits `marks` sets (the tracker's
 /// conflict answer): read back from the tally a chunk at a time.

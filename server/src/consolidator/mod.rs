@@ -36,9 +36,11 @@
 //! batch download's HTTP client, address filter and spool files; `check` the
 //! rules a receipt must pass and the bounded `errors[]`; `spill` the sorted
 //! runs of counted retrievals; `deliver` invokes `space/egress/conclude` with
-//! the signed receipt and the tally, a page of chunks at a time; `learned`
-//! what a refused conclusion taught (per batch, bounded); `lease` the
-//! lease a task runs under; `nodes` the nodes the tracker knows.
+//! the signed receipt and the tally, a page of chunks at a time, and when
+//! the tracker refuses part of it (retrievals another batch counted
+//! meanwhile, spaces it does not bill) settles the batch again without them
+//! in the same run; `lease` the lease a task runs under; `nodes` the nodes
+//! the tracker knows.
 //!
 //! # Who pays, and for when
 //! Each retrieval is judged by [`etracker_capabilities::payable`] (the rules
@@ -68,7 +70,6 @@ use ucanto::ucan::{Delegation, Invocation};
 mod check;
 mod deliver;
 mod fetch;
-mod learned;
 pub mod lease;
 mod nodes;
 mod spill;
@@ -260,15 +261,35 @@ struct Delivery {
     tracker_connection: Connection,
     conclude_proofs: Vec<Delegation>,
     paging: TallyPaging,
-    /// Where refusals teach what the tracker knows.
+    /// What settles a batch again after a refusal.
     state: Arc<HandlerState>,
 }
 
 /// What the consolidate handler hands to the delivery: the batch and its
-/// tally (none when nothing counted), for a receipt that is final.
+/// tally (none when nothing counted), for a receipt that is final, and
+/// what it takes to run the batch again (none for a final failure).
 struct Concludable {
     batch: Cid,
     tally: Option<Tally>,
+    again: Option<Again>,
+}
+
+/// Where a task's batch comes from: its node, endpoint and track time.
+struct Again {
+    node: Did,
+    url: String,
+    tracked: u64,
+}
+
+/// What the tracker refused of a conclusion, read from its typed answer:
+/// retrievals another batch counted meanwhile (sorted digests of their
+/// payload ids) and spaces it does not bill. It is a value of one run of a
+/// task, passed from the delivery to settling the batch again; nothing is
+/// remembered between runs (a later run reads the store, or is told again).
+#[derive(Clone, Debug, Default)]
+struct Refused {
+    retrievals: Vec<[u8; 32]>,
+    spaces: HashSet<Did>,
 }
 
 /// How a tally is cut for `space/egress/conclude`.
@@ -302,9 +323,6 @@ struct HandlerState {
     rules: etracker_capabilities::payable::Rules,
     /// The nodes the tracker knows (through the store, when it has one).
     known_nodes: Arc<nodes::KnownNodes>,
-    /// What refused conclusions taught: retrievals another batch counted
-    /// (per batch) and spaces the tracker does not bill; bounded.
-    learned: learned::Learned,
     /// This consolidator's DID: the audience a task's lease must name.
     me: Did,
     /// Tasks running now: a task asked for again meanwhile (a repeated or
@@ -407,7 +425,6 @@ impl ConsolidatorBuilder {
             http: batch_client(&self.limits),
             limits: self.limits,
             rules,
-            learned: learned::Learned::default(),
             me: self.signer.did().clone(),
             running: Mutex::new(HashSet::new()),
             tracker: tracker.clone(),
@@ -444,14 +461,7 @@ impl ConsolidatorBuilder {
                     // The tracker's answer goes back with the task's receipt:
                     // how the conclusion went reaches the scheduler as a
                     // receipt the tracker signed, not through the store.
-                    let answer = match delivery.conclude(&receipt, done.batch, done.tally.as_ref()).await {
-                        Ok(answer) => Some(answer),
-                        Err(undelivered) => {
-                            // The record stays pending; the scheduler runs the task again.
-                            tracing::warn!(task = %task.cid(), batch = %done.batch, error = %undelivered.error, "conclude failed");
-                            undelivered.answer
-                        }
-                    };
+                    let answer = delivery.conclude_run(&task, receipt, done).await;
                     answer.map(receipt_alone).into_iter().collect()
                 })
             }))

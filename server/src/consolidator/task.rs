@@ -1,7 +1,7 @@
 //! One consolidate task: fetch the batch, check and count its receipts,
 //! answer `{totalEgress, errors}` with the tally as the effect to conclude.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,8 +28,8 @@ use super::check::{
 use super::fetch::{is_public, literal_ip, spool_path, RateFloor};
 use super::spill::{Entry, Spill};
 use super::{
-    BatchFailure, Concludable, HandlerState, RunningTask, NON_BILLABLE, NOT_LEASED, RETRY,
-    RETRY_INTERNAL, UNKNOWN_SPACE,
+    Again, BatchFailure, Concludable, HandlerState, Refused, RunningTask, NON_BILLABLE, NOT_LEASED,
+    RETRY, RETRY_INTERNAL, UNKNOWN_SPACE,
 };
 use crate::registry::{judge_all, Billing};
 use crate::scratch::ScratchFile;
@@ -84,14 +84,24 @@ impl HandlerState {
         };
         let batch = track_nb.receipts;
         let node = track.issuer().clone();
-        match self.process(&node, &batch, &track_nb.url(), tracked).await {
+        let again = Again {
+            node,
+            url: track_nb.url(),
+            tracked,
+        };
+        match self.process(&batch, &again, &Refused::default()).await {
             Ok((ok, tally)) => Response::ok(ok.to_ipld()).with_effect(Concludable {
                 batch,
                 tally: Some(tally),
+                again: Some(again),
             }),
             Err(BatchFailure::Permanent(message)) => {
                 tracing::warn!(%batch, %message, "batch cannot be consolidated");
-                failure(message).with_effect(Concludable { batch, tally: None })
+                failure(message).with_effect(Concludable {
+                    batch,
+                    tally: None,
+                    again: None,
+                })
             }
             Err(BatchFailure::Transient(message)) => {
                 // The give-up age counts from the first failed attempt: a
@@ -102,7 +112,11 @@ impl HandlerState {
                 {
                     let message =
                         format!("gave up after {} s: {message}", self.limits.give_up_after);
-                    return failure(message).with_effect(Concludable { batch, tally: None });
+                    return failure(message).with_effect(Concludable {
+                        batch,
+                        tally: None,
+                        again: None,
+                    });
                 }
                 tracing::info!(%batch, %message, "batch unavailable, will retry");
                 Response::failure(RETRY, message)
@@ -140,13 +154,30 @@ impl HandlerState {
         .flatten()
     }
 
+    /// Runs `task` again for `batch`, leaving out what the tracker refused
+    /// in this run's conclusion (see [`Refused`]).
+    pub(super) async fn settle_again(
+        &self,
+        task: Cid,
+        batch: &Cid,
+        again: &Again,
+        refused: &Refused,
+    ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
+        let Some(_running) = self.start(task) else {
+            return Err(BatchFailure::Internal(format!(
+                "task {task} is already running"
+            )));
+        };
+        self.process(batch, again, refused).await
+    }
+
     async fn process(
         &self,
-        node: &Did,
         batch: &Cid,
-        url: &str,
-        tracked: u64,
+        again: &Again,
+        refused: &Refused,
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
+        let Again { node, url, tracked } = again;
         if batch.codec() != CAR || batch.hash().code() != SHA2_256 || batch.hash().size() != 32 {
             return Err(BatchFailure::Permanent(format!(
                 "batch CID {batch} is not a sha2-256 CID with codec car (0x0202)"
@@ -155,11 +186,11 @@ impl HandlerState {
         let path = spool_path(&self.limits.scratch_dir, batch);
         let result = async {
             self.download(url, batch, &path).await?;
-            self.count(node, &path, tracked).await
+            self.count(node, &path, *tracked).await
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
-        self.finish(batch, result?).await
+        self.finish(batch, result?, refused).await
     }
 
     /// Streams the batch to `path`, enforcing the size limits, the minimum
@@ -344,6 +375,7 @@ impl HandlerState {
         &self,
         batch: &Cid,
         counting: Counting,
+        refused: &Refused,
     ) -> Result<(ConsolidateOk, Tally), BatchFailure> {
         let billable_spaces = counting
             .usage
@@ -357,8 +389,7 @@ impl HandlerState {
         let settle = Settle {
             store: self.store.clone(),
             verdicts,
-            learned_counted: self.learned.counted(batch),
-            refused: self.learned.unbilled(),
+            refused: refused.clone(),
         };
         let file = ScratchFile::create(&self.limits.scratch_dir, "tally").map_err(spilling)?;
         let tally = TallyWriter::with_chunking(
@@ -479,11 +510,8 @@ fn spilling(e: std::io::Error) -> BatchFailure {
 struct Settle {
     store: Option<Arc<dyn Store>>,
     verdicts: HashMap<Did, Billing>,
-    /// Retrievals the tracker said another batch counted, when it refused
-    /// this batch's conclusion (sorted digests).
-    learned_counted: Vec<super::learned::Digest>,
-    /// Spaces the tracker said it does not bill.
-    refused: HashSet<Did>,
+    /// What the tracker refused in this run's earlier conclusion.
+    refused: Refused,
 }
 
 impl Settle {
@@ -561,9 +589,16 @@ impl Settle {
                 Some(batch) => Some(format!(
                     "retrieval {retrieval} already counted in batch {batch}"
                 )),
-                None if self.learned_counted.binary_search(&entry.retrieval).is_ok() => Some(
-                    format!("retrieval {retrieval} already counted in another batch"),
-                ),
+                None if self
+                    .refused
+                    .retrievals
+                    .binary_search(&entry.retrieval)
+                    .is_ok() =>
+                {
+                    Some(format!(
+                        "retrieval {retrieval} already counted in another batch"
+                    ))
+                }
                 None => None,
             };
             if let Some(message) = duplicate {
@@ -594,7 +629,7 @@ impl Settle {
             }
             let unknown = match self.verdicts.get(space) {
                 Some(Billing::Unknown(why)) => Some(why.clone()),
-                _ if self.refused.contains(space) => {
+                _ if self.refused.spaces.contains(space) => {
                     Some(format!("the tracker does not bill space {space}"))
                 }
                 _ => None,
@@ -618,6 +653,7 @@ fn retrieval_cid(entry: &Entry) -> Cid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use ucanto::dag::{cid_of, DAG_CBOR, RAW};
 
     /// Whatever runs the spill cuts it into, the first copy of a retrieval
@@ -650,8 +686,10 @@ mod tests {
         let settle = Settle {
             store: None,
             verdicts: HashMap::new(),
-            learned_counted: vec![retrieval(5).hash().digest().try_into().unwrap()],
-            refused: HashSet::new(),
+            refused: Refused {
+                retrievals: vec![retrieval(5).hash().digest().try_into().unwrap()],
+                spaces: HashSet::new(),
+            },
         };
         let tally = TallyWriter::with_chunking(batch, None, 2, 10);
         let Ok((ok, tally)) = settle.run(batch, counting, tally) else {

@@ -63,9 +63,11 @@ pub mod redb;
 mod sessions;
 mod spaces;
 
+#[cfg(feature = "dynamodb")]
+pub(crate) use checks::SummedUsage;
 pub(crate) use checks::{
     check_conclusion, check_day_range, check_record, lease_end, parse_did, staged_counted,
-    unsupported_format, SummedUsage,
+    unsupported_format,
 };
 pub use conclusions::{rejection_name, ConcludeOutcome, Conclusion, Conclusions, DailyUsage};
 pub use dashboard::{DashboardReads, Rejections, RetryCounter, StoreStats};
