@@ -186,7 +186,7 @@ pub async fn judge_all(
             .collect()
     })
     .await
-    .map_err(|e| StoreError::Backend(e.to_string()))?
+    .map_err(|e| StoreError::backend("judging spaces", e))?
 }
 
 #[cfg(test)]

@@ -107,6 +107,11 @@ async fn api_json(url: &str, path: &str) -> serde_json::Value {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{path}");
+    assert_eq!(
+        response.headers()[reqwest::header::CACHE_CONTROL],
+        "no-store",
+        "{path}: behind credentials, never cached"
+    );
     response.json().await.unwrap()
 }
 
@@ -131,6 +136,37 @@ async fn pages_and_api_need_a_login() {
         .await
         .unwrap();
     assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    let said: serde_json::Value = api.json().await.unwrap();
+    assert!(
+        said["error"].as_str().unwrap().contains("admin token"),
+        "{said}"
+    );
+    // Every page and API route checks, through the same extractors.
+    for path in ["admin/nodes", "admin/usage", "admin/nodes/did:key:z6Mk"] {
+        let page = client()
+            .get(format!("{}{path}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.headers()[LOCATION], "/admin/login", "{path}");
+    }
+    for path in ["nodes", "usage", "nodes/did:key:z6Mk"] {
+        let api = client()
+            .get(format!("{}admin/api/{path}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let bad = client()
+        .get(format!("{}admin/api/nodes/not-a-did", t.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let said: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(said["error"], "the node is not a DID");
     // A made-up session cookie is no session.
     let forged = client()
         .get(format!("{}admin/api/overview", t.url))

@@ -13,8 +13,11 @@
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
 //!
 //! A page asked for without a session redirects to the login; the API
-//! answers 401.
+//! answers 401 (the extractors and error types of [`access`]).
 
+use self::access::{api_json, ApiCaller, ApiError, Operator, PageError};
+
+mod access;
 pub mod auth;
 pub mod csv;
 pub mod html;
@@ -29,7 +32,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Router};
 use serde::Deserialize;
 
 use self::auth::{Login, LOGIN_COOKIE, SESSION_COOKIE, SESSION_SECS};
@@ -200,12 +203,10 @@ async fn login(
 /// site cannot log the operator out either.
 async fn logout(
     State(tracker): State<Arc<Tracker>>,
+    Operator(session): Operator,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(session) = tracker.admin().session(&headers).await else {
-        return to_login();
-    };
     if !auth::constant_time_eq(session.csrf.as_bytes(), form.csrf.as_bytes()) {
         return respond(
             StatusCode::FORBIDDEN,
@@ -283,17 +284,6 @@ fn csv_response(file: &'static str, body: String) -> Response {
         body,
     )
         .into_response()
-}
-
-/// Where a page asked for without a session sends the browser.
-fn to_login() -> Response {
-    Redirect::to("/admin/login").into_response()
-}
-
-/// Whether an API request is allowed: a session, or the admin token.
-async fn api_allowed(tracker: &Tracker, headers: &HeaderMap) -> bool {
-    tracker.admin().credentials().bearer(headers)
-        || tracker.admin().session(headers).await.is_some()
 }
 
 /// Days the charts and the spaces' egress cover, today included.
@@ -377,8 +367,7 @@ async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
                 s.rejections()?,
             ))
         })
-        .await
-        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read the store"))?;
+        .await?;
     let egress_by_day = period.fill(counted);
     Ok(Overview {
         stats,
@@ -386,14 +375,6 @@ async fn overview_data(tracker: &Tracker) -> Result<Overview, StoreError> {
         rejections,
         egress_by_day,
     })
-}
-
-/// The page for a store that does not answer.
-fn unavailable() -> Response {
-    respond(
-        StatusCode::SERVICE_UNAVAILABLE,
-        page("Unavailable", None, "<p>The store does not answer.</p>"),
-    )
 }
 
 /// The overview's query: `csv=egress|pending|rejected` downloads that table.
@@ -405,21 +386,15 @@ struct OverviewQuery {
 /// `GET /admin`.
 async fn overview(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    Operator(session): Operator,
     Query(query): Query<OverviewQuery>,
-) -> Response {
-    let Some(session) = tracker.admin().session(&headers).await else {
-        return to_login();
-    };
-    let Ok(Overview {
+) -> Result<Response, PageError> {
+    let Overview {
         stats,
         pending,
         rejections,
         egress_by_day,
-    }) = overview_data(&tracker).await
-    else {
-        return unavailable();
-    };
+    } = overview_data(&tracker).await?;
     match query.csv.as_deref() {
         None => {}
         Some("egress") => {
@@ -427,7 +402,7 @@ async fn overview(
             for (day, b) in &egress_by_day {
                 body.push_str(&csv::row(&[day.as_str(), &b.to_string()]));
             }
-            return csv_response("egress.csv", body);
+            return Ok(csv_response("egress.csv", body));
         }
         Some("pending") => {
             let mut body = String::from(csv::PENDING_HEADER);
@@ -442,16 +417,16 @@ async fn overview(
                     r.next_attempt_at.to_string(),
                 ]));
             }
-            return csv_response("pending.csv", body);
+            return Ok(csv_response("pending.csv", body));
         }
         Some("rejected") => {
             let mut body = String::from(csv::REJECTED_HEADER);
             for (name, n) in &rejections.by_name {
                 body.push_str(&csv::row(&[name.as_str(), &n.to_string()]));
             }
-            return csv_response("rejected.csv", body);
+            return Ok(csv_response("rejected.csv", body));
         }
-        Some(_) => return StatusCode::NOT_FOUND.into_response(),
+        Some(_) => return Err(PageError::NotFound),
     }
     let csv_link = |table: &str| {
         format!("<p><a id=\"csv-{table}\" href=\"/admin?csv={table}\">As CSV</a></p>")
@@ -500,7 +475,10 @@ async fn overview(
         csv_link("rejected"),
     ]
     .concat();
-    respond(StatusCode::OK, page("Overview", Some(&session.csrf), &body))
+    Ok(respond(
+        StatusCode::OK,
+        page("Overview", Some(&session.csrf), &body),
+    ))
 }
 
 /// A unix time as `YYYY-MM-DD hh:mm:ss` UTC.
@@ -584,17 +562,17 @@ fn pending_json(r: &EgressRecord) -> serde_json::Value {
 }
 
 /// `GET /admin/api/overview`.
-async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -> Response {
-    if !api_allowed(&tracker, &headers).await {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    match overview_data(&tracker).await {
-        Ok(Overview {
-            stats: s,
-            pending,
-            rejections,
-            egress_by_day,
-        }) => Json(serde_json::json!({
+async fn api_overview(
+    State(tracker): State<Arc<Tracker>>,
+    _: ApiCaller,
+) -> Result<Response, ApiError> {
+    let Overview {
+        stats: s,
+        pending,
+        rejections,
+        egress_by_day,
+    } = overview_data(&tracker).await?;
+    Ok(api_json(serde_json::json!({
             "failed_batches": rejections.failed_batches,
             "rejected_receipts": rejections.by_name,
             "pending_batches": pending.iter().map(pending_json).collect::<Vec<_>>(),
@@ -609,10 +587,7 @@ async fn api_overview(State(tracker): State<Arc<Tracker>>, headers: HeaderMap) -
             "concluded": s.concluded,
             "counted_receipts": s.counted_receipts,
             "nodes": s.nodes,
-        }))
-        .into_response(),
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-    }
+    })))
 }
 
 #[cfg(test)]

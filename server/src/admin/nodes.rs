@@ -5,18 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use ucanto::principal::Did;
 
+use super::access::{api_json, ApiCaller, ApiError, Operator, PageError};
 use super::html::{bytes, escape, page, respond, urlencode};
-use super::{
-    api_allowed, money, next_page, state, svg, time, to_login, unavailable, usd, ListQuery, Period,
-    PAGE,
-};
+use super::{money, next_page, state, svg, time, usd, ListQuery, Period, PAGE};
 use crate::service::Tracker;
+use crate::store::StoreError;
 use crate::store::{EgressRecord, RecordStatus};
 
 #[derive(Deserialize, Default)]
@@ -34,44 +32,36 @@ struct NodeRow {
     payout: Option<f64>,
 }
 
-async fn rows(tracker: &Tracker, query: &ListQuery) -> Option<Vec<NodeRow>> {
+async fn rows(tracker: &Tracker, query: &ListQuery) -> Result<Vec<NodeRow>, StoreError> {
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
     let page = tracker
         .context()
         .store(move |s| s.nodes_page(&q, after.as_deref(), PAGE))
-        .await
-        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot list nodes"))
-        .ok()?;
+        .await?;
     let price = tracker.settings().provider_usd_per_tib;
-    Some(
-        page.into_iter()
-            .map(|(node, total)| NodeRow {
-                payout: price.map(|p| usd(total, p)),
-                node,
-                total,
-            })
-            .collect(),
-    )
+    Ok(page
+        .into_iter()
+        .map(|(node, total)| NodeRow {
+            payout: price.map(|p| usd(total, p)),
+            node,
+            total,
+        })
+        .collect())
 }
 
 /// `GET /admin/nodes`.
 pub(super) async fn list(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    Operator(session): Operator,
     Query(query): Query<ListQuery>,
-) -> Response {
-    let Some(session) = tracker.admin().session(&headers).await else {
-        return to_login();
-    };
-    let Some(rows) = rows(&tracker, &query).await else {
-        return unavailable();
-    };
+) -> Result<Response, PageError> {
+    let rows = rows(&tracker, &query).await?;
     if query.csv() {
         let mut csv = String::from(super::csv::NODES_HEADER);
         for r in &rows {
             csv.push_str(&super::csv::node_row(r.node.as_str(), r.total, r.payout));
         }
-        return super::csv_response("nodes.csv", csv);
+        return Ok(super::csv_response("nodes.csv", csv));
     }
     let q = escape(query.q.trim());
     let mut body = format!(
@@ -100,28 +90,26 @@ pub(super) async fn list(
     if tracker.settings().provider_usd_per_tib.is_none() {
         body.push_str("<p>Set ETRACKER_PROVIDER_EGRESS_USD_PER_TIB for payouts.</p>");
     }
-    respond(StatusCode::OK, page("Nodes", Some(&session.csrf), &body))
+    Ok(respond(
+        StatusCode::OK,
+        page("Nodes", Some(&session.csrf), &body),
+    ))
 }
 
 /// `GET /admin/api/nodes`.
 pub(super) async fn api_list(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    _: ApiCaller,
     Query(query): Query<ListQuery>,
-) -> Response {
-    if !api_allowed(&tracker, &headers).await {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Some(rows) = rows(&tracker, &query).await else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    };
+) -> Result<Response, ApiError> {
+    let rows = rows(&tracker, &query).await?;
     let list: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| serde_json::json!({"node": r.node.as_str(), "total_bytes": r.total, "payout_usd": r.payout}))
         .collect();
     // The cursor of the next page (`?after=`), when this one is full.
     let next = next_page(&rows).map(|r| r.node.as_str());
-    Json(serde_json::json!({ "nodes": list, "next": next })).into_response()
+    Ok(api_json(serde_json::json!({ "nodes": list, "next": next })))
 }
 
 /// What one node's page shows.
@@ -131,7 +119,11 @@ struct NodeDetail {
     batches: Vec<EgressRecord>,
 }
 
-async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<NodeDetail> {
+async fn detail(
+    tracker: &Tracker,
+    node: Did,
+    before: Option<u64>,
+) -> Result<NodeDetail, StoreError> {
     let period = Period::now();
     let (from, to) = (period.from.clone(), period.to.clone());
     let (total, counted, batches) = tracker
@@ -143,11 +135,9 @@ async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<Nod
                 s.node_batches(&node, before, PAGE)?,
             ))
         })
-        .await
-        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot read a node"))
-        .ok()?;
+        .await?;
     let by_day = period.fill(counted);
-    Some(NodeDetail {
+    Ok(NodeDetail {
         total,
         by_day,
         batches,
@@ -157,26 +147,13 @@ async fn detail(tracker: &Tracker, node: Did, before: Option<u64>) -> Option<Nod
 /// `GET /admin/nodes/{did}`.
 pub(super) async fn show(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    Operator(session): Operator,
     Path(did): Path<String>,
     Query(query): Query<NodeQuery>,
-) -> Response {
-    let Some(session) = tracker.admin().session(&headers).await else {
-        return to_login();
-    };
-    let Ok(node) = Did::parse(&did) else {
-        return respond(
-            StatusCode::BAD_REQUEST,
-            page(
-                "Not a DID",
-                Some(&session.csrf),
-                "<p>That is not a DID.</p>",
-            ),
-        );
-    };
-    let Some(d) = detail(&tracker, node.clone(), query.before).await else {
-        return unavailable();
-    };
+) -> Result<Response, PageError> {
+    let node =
+        Did::parse(&did).map_err(|_| PageError::BadRequest("Not a DID", "That is not a DID."))?;
+    let d = detail(&tracker, node.clone(), query.before).await?;
     if query.format.as_deref() == Some("csv") {
         let mut csv = String::from(super::csv::BATCHES_HEADER);
         for r in &d.batches {
@@ -198,7 +175,7 @@ pub(super) async fn show(
                 receipt,
             ]));
         }
-        return super::csv_response("batches.csv", csv);
+        return Ok(super::csv_response("batches.csv", csv));
     }
     let price = tracker.settings().provider_usd_per_tib;
     let mut body = format!(
@@ -251,7 +228,10 @@ pub(super) async fn show(
         ));
     }
     let title = format!("Node {}", node.as_str());
-    respond(StatusCode::OK, page(&title, Some(&session.csrf), &body))
+    Ok(respond(
+        StatusCode::OK,
+        page(&title, Some(&session.csrf), &body),
+    ))
 }
 
 /// A concluded batch's bytes and retrievals counted; `None` while pending.
@@ -269,19 +249,12 @@ fn counts(r: &EgressRecord) -> Option<(u64, u64)> {
 /// `GET /admin/api/nodes/{did}`.
 pub(super) async fn api_show(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    _: ApiCaller,
     Path(did): Path<String>,
     Query(query): Query<NodeQuery>,
-) -> Response {
-    if !api_allowed(&tracker, &headers).await {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Ok(node) = Did::parse(&did) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let Some(d) = detail(&tracker, node.clone(), query.before).await else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    };
+) -> Result<Response, ApiError> {
+    let node = Did::parse(&did).map_err(|_| ApiError::BadRequest("the node is not a DID"))?;
+    let d = detail(&tracker, node.clone(), query.before).await?;
     let batches: Vec<serde_json::Value> = d
         .batches
         .iter()
@@ -300,17 +273,11 @@ pub(super) async fn api_show(
         })
         .collect();
     let price = tracker.settings().provider_usd_per_tib;
-    let mut response = Json(serde_json::json!({
+    Ok(api_json(serde_json::json!({
         "node": node.as_str(),
         "total_bytes": d.total,
         "payout_usd": price.map(|p| usd(d.total, p)),
         "egress_by_day": d.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
         "batches": batches,
-    }))
-    .into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
+    })))
 }

@@ -9,15 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::response::Response;
 
+use super::access::{api_json, ApiCaller, ApiError, Operator, PageError};
 use super::html::{bytes, escape, page, respond};
-use super::{
-    api_allowed, csv_response, money, next_page, to_login, unavailable, usd, ListQuery, Period,
-    PAGE,
-};
+use super::{csv_response, money, next_page, usd, ListQuery, Period, PAGE};
 use crate::registry::{Billing, SpacePolicy};
 use crate::service::Tracker;
 use crate::store::{SpaceEntry, Store, StoreError};
@@ -58,7 +55,11 @@ fn asked_customer(query: &ListQuery) -> Result<Option<Did>, ()> {
 /// (a consumer table's, or any space's), merged in DID order. Each list is
 /// read from `after` for a page, so their merge's first page is exact.
 /// With `customer`, the spaces the registry names that customer's instead.
-async fn rows(tracker: &Tracker, query: &ListQuery, customer: Option<Did>) -> Option<Listing> {
+async fn rows(
+    tracker: &Tracker,
+    query: &ListQuery,
+    customer: Option<Did>,
+) -> Result<Listing, StoreError> {
     let Period { from, to, .. } = Period::now();
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
     let policy = tracker.context().spaces.clone();
@@ -101,8 +102,6 @@ async fn rows(tracker: &Tracker, query: &ListQuery, customer: Option<Did>) -> Op
             })
         })
         .await
-        .inspect_err(|e| tracing::error!(error = %e, "dashboard: cannot list spaces"))
-        .ok()
 }
 
 /// One customer's spaces (per the policy's registry: this tracker's, or
@@ -150,29 +149,15 @@ fn cost(tracker: &Tracker, bytes: u64) -> Option<f64> {
 /// `GET /admin/usage`.
 pub(super) async fn list(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    Operator(session): Operator,
     Query(query): Query<ListQuery>,
-) -> Response {
-    let Some(session) = tracker.admin().session(&headers).await else {
-        return to_login();
-    };
-    let Ok(customer) = asked_customer(&query) else {
-        return respond(
-            StatusCode::BAD_REQUEST,
-            page(
-                "Spaces and customers",
-                Some(&session.csrf),
-                "<p>The customer is not a DID.</p>",
-            ),
-        );
-    };
-    let Some(Listing {
+) -> Result<Response, PageError> {
+    let customer = asked_customer(&query)
+        .map_err(|_| PageError::BadRequest("Spaces and customers", "The customer is not a DID."))?;
+    let Listing {
         rows,
         customer_total,
-    }) = rows(&tracker, &query, customer).await
-    else {
-        return unavailable();
-    };
+    } = rows(&tracker, &query, customer).await?;
     if query.csv() {
         let mut csv = String::from(super::csv::SPACES_HEADER);
         for r in &rows {
@@ -188,7 +173,7 @@ pub(super) async fn list(
                 ));
             }
         }
-        return csv_response("spaces.csv", csv);
+        return Ok(csv_response("spaces.csv", csv));
     }
     let mut body = format!(
         "<form method=\"get\" action=\"/admin/usage\"><label>Space DID starts with \
@@ -230,31 +215,24 @@ pub(super) async fn list(
     if tracker.settings().client_usd_per_tib.is_none() {
         body.push_str("<p>Set ETRACKER_CLIENT_EGRESS_USD_PER_TIB for costs.</p>");
     }
-    respond(
+    Ok(respond(
         StatusCode::OK,
         page("Spaces and customers", Some(&session.csrf), &body),
-    )
+    ))
 }
 
 /// `GET /admin/api/usage`.
 pub(super) async fn api_list(
     State(tracker): State<Arc<Tracker>>,
-    headers: HeaderMap,
+    _: ApiCaller,
     Query(query): Query<ListQuery>,
-) -> Response {
-    if !api_allowed(&tracker, &headers).await {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Ok(customer) = asked_customer(&query) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let Some(Listing {
+) -> Result<Response, ApiError> {
+    let customer =
+        asked_customer(&query).map_err(|_| ApiError::BadRequest("the customer is not a DID"))?;
+    let Listing {
         rows,
         customer_total,
-    }) = rows(&tracker, &query, customer).await
-    else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    };
+    } = rows(&tracker, &query, customer).await?;
     let spaces: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -280,5 +258,5 @@ pub(super) async fn api_list(
         listing["customer_total_bytes"] = total.into();
         listing["customer_cost_usd"] = cost(&tracker, total).into();
     }
-    Json(listing).into_response()
+    Ok(api_json(listing))
 }

@@ -134,7 +134,7 @@ impl Customers {
             Ok::<_, crate::store::StoreError>((listed, of))
         })
         .await
-        .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??;
+        .map_err(|e| crate::store::StoreError::backend("reading customers", e))??;
         customers.listed = listed;
         customers.of = of;
         Ok(customers)

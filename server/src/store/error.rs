@@ -1,5 +1,7 @@
 //! Why a store operation failed.
 
+use std::sync::Arc;
+
 use cid::Cid;
 use ucanto::principal::Did;
 
@@ -59,14 +61,127 @@ pub enum StoreError {
         /// The store's file.
         path: String,
     },
-    /// The backend failed (I/O, transaction, ...).
-    #[error("storage backend failed: {0}")]
-    Backend(String),
+    /// The backend kept refusing for want of capacity (DynamoDB throttling)
+    /// through every retry: transient, try again later.
+    #[error("the storage backend kept throttling {operation}")]
+    Throttled {
+        /// The operation throttled.
+        operation: &'static str,
+    },
+    /// Transactions kept being cancelled by others (contention) through
+    /// every retry: transient, try again later.
+    #[error("too much contention: the transaction was cancelled {attempts} times")]
+    Contended {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The backend failed (I/O, a transaction, a request); `cause` keeps the
+    /// backend's own error.
+    #[error("storage backend failed: {context}: {cause}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// The backend's error.
+        cause: BackendError,
+    },
 }
+
+impl StoreError {
+    /// The backend failed at `context` with `error`.
+    pub fn backend(
+        context: impl Into<String>,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            cause: BackendError(Arc::new(error)),
+        }
+    }
+
+    /// Whether trying again later may succeed (the backend was busy), as
+    /// opposed to a refusal or a fault that stays.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Throttled { .. } | StoreError::Contended { .. } | StoreError::InUse { .. }
+        )
+    }
+}
+
+/// A backend's error, kept whole (its type and chain) and shared, so that a
+/// [`StoreError`] stays `Clone`; it displays with its chain of sources.
+#[derive(Clone)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// The backend's error itself, for `downcast_ref`.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Two backend errors are equal when they are the same error or read the
+/// same (errors of most backends are not comparable themselves).
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for BackendError {}
+
+/// A failure of the store's own machinery, with no backend error under it
+/// (a group commit whose leader went away).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Internal(pub(crate) &'static str);
 
 /// A stored value without the fields its format has.
 impl From<ucanto::dag::FieldError> for StoreError {
     fn from(e: ucanto::dag::FieldError) -> Self {
         StoreError::Corrupt(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend failure keeps the backend's own error, typed: the caller
+    /// matches the variant and reads the cause, never the text.
+    #[test]
+    fn a_backend_failure_keeps_its_cause() {
+        let file = std::env::temp_dir().join(format!("etracker-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let Err(error) = crate::store::redb::RedbStore::open(&file.join("store")) else {
+            panic!("a store under a file opened");
+        };
+        let StoreError::Backend { cause, .. } = &error else {
+            panic!("{error:?}");
+        };
+        let io = cause.get().downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory);
+        assert!(!error.is_transient());
+        assert_eq!(error.clone(), error, "comparable, and Clone");
+        assert!(StoreError::Contended { attempts: 64 }.is_transient());
+        let _ = std::fs::remove_file(&file);
     }
 }

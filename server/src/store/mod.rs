@@ -71,7 +71,7 @@ pub(crate) use checks::{
 };
 pub use conclusions::{rejection_name, ConcludeOutcome, Conclusion, Conclusions, DailyUsage};
 pub use dashboard::{DashboardReads, Rejections, RetryCounter, StoreStats};
-pub use error::StoreError;
+pub use error::{BackendError, StoreError};
 pub use records::{EgressRecord, Lease, NewRecord, PutOutcome, RecordStatus, Records, Retry};
 pub use sessions::{Sessions, StoredSession, MAX_SESSIONS};
 pub use spaces::{SpaceEntry, SpaceStore};
@@ -114,5 +114,5 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(move || call(store.as_ref()))
         .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .map_err(|e| StoreError::backend("a store call", e))?
 }

@@ -166,7 +166,7 @@ impl RedbStore {
     /// first store is dropped.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::backend(format!("creating {}", dir.display()), e))?;
         let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -175,7 +175,7 @@ impl RedbStore {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
                     path: path.display().to_string(),
                 },
-                e => StoreError::Backend(format!("cannot open {}: {e}", path.display())),
+                e => StoreError::backend(format!("opening {}", path.display()), e),
             })?;
         Self::init(db, Some(path))
     }
@@ -308,7 +308,7 @@ trait OrBackend<T> {
 
 impl<T, E: Into<redb::Error>> OrBackend<T> for Result<T, E> {
     fn or_backend(self) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Backend(e.into().to_string()))
+        self.map_err(|e| StoreError::backend("redb", e.into()))
     }
 }
 

@@ -76,7 +76,8 @@
 //!   a range of days racing a conclusion may see some of its days and not
 //!   others; what is stored is all or nothing.
 //! - Transactions cancelled by contention are retried a bounded number of
-//!   times, then reported as `Backend`.
+//!   times, then reported as `StoreError::Contended` (throttling that outlasts
+//!   its retries as `StoreError::Throttled`).
 
 use std::future::Future;
 

@@ -69,7 +69,9 @@ impl DynamoStore {
             while let Some(request) = pending.take() {
                 rounds += 1;
                 if rounds > RETRIES {
-                    return Err(StoreError::Backend("BatchGetItem keeps throttling".into()));
+                    return Err(StoreError::Throttled {
+                        operation: "BatchGetItem",
+                    });
                 }
                 let out = self
                     .block_on(
@@ -121,9 +123,9 @@ impl DynamoStore {
             while !pending.is_empty() {
                 rounds += 1;
                 if rounds > RETRIES {
-                    return Err(StoreError::Backend(
-                        "BatchWriteItem keeps throttling".into(),
-                    ));
+                    return Err(StoreError::Throttled {
+                        operation: "BatchWriteItem",
+                    });
                 }
                 let out = self
                     .block_on(

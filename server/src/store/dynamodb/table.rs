@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
 use aws_sdk_dynamodb::error::BoxError;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
@@ -105,7 +105,7 @@ pub(super) fn connect_counting(
         .thread_name("etracker-dynamodb")
         .enable_all()
         .build()
-        .map_err(|e| StoreError::Backend(format!("cannot start runtime: {e}")))?;
+        .map_err(|e| StoreError::backend("starting the DynamoDB runtime", e))?;
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -189,9 +189,9 @@ impl DynamoStore {
             self.retries.cancelled.fetch_add(1, Ordering::Relaxed);
             backoff(round);
         }
-        Err(StoreError::Backend(
-            "too much contention: transaction cancelled too often".into(),
-        ))
+        Err(StoreError::Contended {
+            attempts: RETRIES as u32,
+        })
     }
 }
 
@@ -254,12 +254,12 @@ fn key_schema(name: &str, key_type: KeyType) -> Result<KeySchemaElement, StoreEr
 
 pub(crate) fn backend<E, R>(e: SdkError<E, R>) -> StoreError
 where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    StoreError::Backend(format!("dynamodb: {}", DisplayErrorContext(e)))
+    StoreError::backend("a DynamoDB request", e)
 }
 
 pub(super) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Backend(format!("dynamodb request: {e}"))
+    StoreError::backend("building a DynamoDB request", e)
 }

@@ -69,7 +69,12 @@ impl Records for RedbStore {
     fn put_within(&self, new: NewRecord, max_pending: u64) -> Result<PutOutcome, StoreError> {
         self.puts
             .submit((new, max_pending), |group| self.put_group(group))
-            .unwrap_or_else(|| Err(StoreError::Backend("a group commit failed".into())))
+            .unwrap_or_else(|| {
+                Err(StoreError::backend(
+                    "recording a batch",
+                    super::super::error::Internal("a group commit failed"),
+                ))
+            })
     }
 
     fn node_pending(&self, node: &Did) -> Result<u64, StoreError> {
