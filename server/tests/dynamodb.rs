@@ -523,19 +523,6 @@ impl Raw {
             )
             .unwrap();
     }
-
-    fn delete(&self, pk: &str, sk: &str) {
-        self.runtime
-            .block_on(
-                self.client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .key("pk", text(pk))
-                    .key("sk", text(sk))
-                    .send(),
-            )
-            .unwrap();
-    }
 }
 
 fn number(v: u64) -> aws_sdk_dynamodb::types::AttributeValue {
@@ -600,75 +587,6 @@ fn tracks_spread_over_shards_and_leases_miss_none() {
         leased_batches(&leased),
         expected.into_iter().map(batch).collect::<Vec<_>>()
     );
-    consistent(&store);
-}
-
-/// A table of format 2 (one due partition `due`, one counters item
-/// `stats`) is read as it is: its counters count, its due entries are
-/// leased and moved into their shard, and an entry a format-2 replica left
-/// behind is dropped, not leased twice.
-#[test]
-fn format_2_items_are_read_and_moved() {
-    let store = store();
-    let raw = Raw::of(&store);
-    store.put(new_record(1, node(), 100)).unwrap();
-    store.put(new_record(2, node(), 200)).unwrap();
-    // Rewrite batch 1 as the format-2 version wrote it.
-    let items = raw.scan();
-    let record_1 = items
-        .iter()
-        .find(|i| string(i, "pk") == format!("rec#{}", batch(1)))
-        .unwrap();
-    let shard = string(record_1, "due_pk");
-    let entry = items
-        .iter()
-        .find(|i| string(i, "pk") == shard && string(i, "batch") == batch(1).to_string())
-        .unwrap()
-        .clone();
-    let sk = string(&entry, "sk");
-    let mut legacy_record = record_1.clone();
-    legacy_record.remove("due_pk");
-    raw.put(legacy_record);
-    raw.delete(&shard, &sk);
-    let mut legacy_entry = entry.clone();
-    legacy_entry.insert("pk".into(), text("due"));
-    raw.put(legacy_entry);
-    // An older entry of batch 2 that a format-2 replica left behind.
-    let mut stale = entry;
-    stale.insert("pk".into(), text("due"));
-    stale.insert("sk".into(), text(&format!("{:020}#{:020}#00", 50, 2)));
-    stale.insert("batch".into(), text(&batch(2).to_string()));
-    raw.put(stale);
-    // The counters in the one unsharded item.
-    let mut records = 0;
-    for item in items
-        .iter()
-        .filter(|i| string(i, "pk").starts_with("stats#"))
-    {
-        records += item["records"].as_n().unwrap().parse::<u64>().unwrap();
-        raw.delete(&string(item, "pk"), "stats");
-    }
-    raw.put(Item::from([
-        ("pk".to_string(), text("stats")),
-        ("sk".to_string(), text("stats")),
-        (
-            "records".to_string(),
-            aws_sdk_dynamodb::types::AttributeValue::N(records.to_string()),
-        ),
-    ]));
-
-    assert_eq!(store.stats().unwrap().records, 2);
-    assert_eq!(store.pending_count().unwrap(), 3);
-    let leased = store.lease_pending(1_000, "a", 60, 10).unwrap();
-    assert_eq!(leased_batches(&leased), [batch(1), batch(2)]);
-    let items = raw.scan();
-    assert!(per_partition(&items, "due").keys().all(|pk| pk != "due"));
-    let record_1 = items
-        .iter()
-        .find(|i| string(i, "pk") == format!("rec#{}", batch(1)))
-        .unwrap();
-    assert_eq!(string(record_1, "due_pk"), shard);
-    assert_eq!(store.pending_count().unwrap(), 2);
     consistent(&store);
 }
 

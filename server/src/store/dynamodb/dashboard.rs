@@ -9,8 +9,7 @@ use ucanto::principal::Did;
 
 use super::items::{
     did_range, egress_pk, get_s, get_u64, node_batches_pk, node_pk, non_billable_pk, parse_cid,
-    parse_day_sk, parse_did, rejected_pk, space_days_pk, stats_pk, BILLED_SPACES, LEGACY_STATS,
-    NODES, SHARDS,
+    parse_day_sk, parse_did, rejected_pk, space_days_pk, stats_pk, BILLED_SPACES, NODES, SHARDS,
 };
 use super::DynamoStore;
 use crate::store::{
@@ -229,13 +228,11 @@ impl DashboardReads for DynamoStore {
     }
 
     /// [`DashboardReads::stats`](crate::store::DashboardReads::stats): the
-    /// counters, summed over their
-    /// shards (and the format-2 item), plus the due index's size for
+    /// counters, summed over their shards, plus the due index's size for
     /// `pending`.
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let keys: Vec<(String, String)> = (0..SHARDS)
             .map(stats_pk)
-            .chain([LEGACY_STATS.to_string()])
             .map(|pk| (pk, "stats".to_string()))
             .collect();
         let shards = self.get_many(&keys)?;

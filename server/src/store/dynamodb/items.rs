@@ -40,13 +40,8 @@
 //! written by every track or every conclusion; what each one writes is in
 //! the module docs of [`super`].
 //!
-//! Tables written before the shards (format 2) kept the due index in one
-//! partition `due` and the counters in one item `stats`/`stats`. They are
-//! read as one more shard of each: a lease scans `due` too, and moves what
-//! it leases from it into the batch's shard; `stats` adds `stats`/`stats`.
-//! A record names the partition of its due entry (`due_pk`; absent: `due`),
-//! so every write moves the entry from where it is, and replicas of the
-//! format-2 version can run beside these during an upgrade.
+//! A record names the partition of its due entry (`due_pk`), so every write
+//! finds the entry where it is.
 
 use std::collections::HashMap;
 
@@ -77,10 +72,6 @@ pub(super) struct Stored {
 
 /// Partitions of the due index and items of the counters.
 pub(super) const SHARDS: u8 = 16;
-
-/// The due index partition and counters item of tables of format 2.
-pub(super) const LEGACY_DUE: &str = "due";
-pub(super) const LEGACY_STATS: &str = "stats";
 
 /// The shard of `batch`'s due entry and counters.
 pub(super) fn shard_of(batch: &Cid) -> u8 {
@@ -137,14 +128,14 @@ pub(super) fn egress_pk(shard: u8) -> String {
     format!("egress#{shard:02}")
 }
 
-/// Every due index partition: the shards, then the format-2 one.
+/// Every due index partition: the shards.
 pub(super) fn due_partitions() -> impl Iterator<Item = String> {
-    (0..SHARDS).map(due_pk).chain([LEGACY_DUE.to_string()])
+    (0..SHARDS).map(due_pk)
 }
 
-/// Whether `pk` is a due index partition (a shard or the format-2 one).
+/// Whether `pk` is a due index partition.
 pub(super) fn is_due_pk(pk: &str) -> bool {
-    pk == LEGACY_DUE || pk.strip_prefix("due#").is_some_and(|k| k.len() == 2)
+    pk.strip_prefix("due#").is_some_and(|k| k.len() == 2)
 }
 
 pub(super) fn record_pk(batch: &Cid) -> String {
@@ -360,7 +351,7 @@ pub(super) fn decode_record(batch: &Cid, item: &Item) -> Result<Stored, StoreErr
         ver: get_u64(item, "ver")?,
         token: opt_s(item, "token")?,
         attempt: opt_s(item, "attempt")?,
-        due_partition: opt_s(item, "due_pk")?.unwrap_or_else(|| LEGACY_DUE.to_string()),
+        due_partition: get_s(item, "due_pk")?,
         counted_pending: item.contains_key(super::pending::COUNTED),
     })
 }

@@ -33,7 +33,6 @@ use crate::store::StoreError;
 /// partition and counters item are read as one more shard of each, so
 /// replicas of both versions can share a table during an upgrade.
 const FORMAT: u64 = 3;
-const FORMATS_READ: [u64; 2] = [2, 3];
 /// Re-reads after a cancelled transaction before giving up.
 pub(super) const RETRIES: usize = 64;
 
@@ -169,7 +168,7 @@ impl DynamoStore {
             }
             let item = self.get(("meta", "format"))?.unwrap_or_default();
             let format = get_u64(&item, "format")?;
-            if !FORMATS_READ.contains(&format) {
+            if format != FORMAT {
                 return Err(crate::store::unsupported_format(format, FORMAT));
             }
         }
