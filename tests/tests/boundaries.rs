@@ -63,3 +63,48 @@ fn crates_depend_only_on_what_the_rule_allows() {
         );
     }
 }
+
+/// Most lines a production source file may have, its tests aside.
+const MAX_PRODUCTION_LINES: usize = 700;
+
+/// The house stays small: no production file of ours over
+/// [`MAX_PRODUCTION_LINES`] (counted up to its `#[cfg(test)]` module; files
+/// that are tests are left out). A file that grows past it is cut along its
+/// seams in the same change.
+#[test]
+fn no_production_file_outgrows_the_limit() {
+    fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let root = etracker_e2e::repo_root();
+    let mut files = Vec::new();
+    for dir in ["src", "server/src", "capabilities/src", "client/src"] {
+        walk(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let mut too_long = Vec::new();
+    for file in files {
+        if file.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Up to the test module: `#[cfg(test)]` then `mod …` at the top level
+        // (a test-only item elsewhere counts).
+        let production = lines
+            .windows(2)
+            .position(|w| w[0] == "#[cfg(test)]" && w[1].starts_with("mod "))
+            .unwrap_or(lines.len());
+        if production > MAX_PRODUCTION_LINES {
+            too_long.push(format!("{} ({production} lines)", file.display()));
+        }
+    }
+    assert!(too_long.is_empty(), "over {MAX_PRODUCTION_LINES}: {too_long:?}");
+}
