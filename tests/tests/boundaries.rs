@@ -106,5 +106,8 @@ fn no_production_file_outgrows_the_limit() {
             too_long.push(format!("{} ({production} lines)", file.display()));
         }
     }
-    assert!(too_long.is_empty(), "over {MAX_PRODUCTION_LINES}: {too_long:?}");
+    assert!(
+        too_long.is_empty(),
+        "over {MAX_PRODUCTION_LINES}: {too_long:?}"
+    );
 }
