@@ -603,10 +603,24 @@ fn retries_are_counted_for_metrics() {
         names,
         [
             "etracker_store_transactions_cancelled_total",
-            "etracker_store_requests_retried_total"
+            "etracker_store_requests_retried_total",
+            "etracker_dynamodb_write_units_total",
+            "etracker_dynamodb_read_units_total",
+            "etracker_dynamodb_requests_refused_total",
         ]
     );
-    assert!(counters.iter().all(|c| c.value == 0), "{counters:?}");
+    let value = |name: &str| counters.iter().find(|c| c.name == name).unwrap().value;
+    assert_eq!(value("etracker_store_transactions_cancelled_total"), 0);
+    assert_eq!(value("etracker_store_requests_retried_total"), 0);
+    assert_eq!(value("etracker_dynamodb_requests_refused_total"), 0);
+    assert!(
+        value("etracker_dynamodb_write_units_total") >= 2,
+        "{counters:?}"
+    );
+    assert!(
+        value("etracker_dynamodb_read_units_total") >= 1,
+        "{counters:?}"
+    );
 }
 
 /// A claim carries its conclusion's end as `ttl`: the table's time to live

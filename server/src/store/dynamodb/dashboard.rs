@@ -273,6 +273,21 @@ impl DashboardReads for DynamoStore {
                 value: r.attempts.load(Relaxed).saturating_sub(r.requests.load(Relaxed))
                     + r.unprocessed.load(Relaxed),
             },
+            RetryCounter {
+                name: "etracker_dynamodb_write_units_total",
+                help: "DynamoDB write capacity units consumed, by its published rules from the bytes sent.",
+                value: self.usage.write_units() as u64,
+            },
+            RetryCounter {
+                name: "etracker_dynamodb_read_units_total",
+                help: "DynamoDB read capacity units consumed, by its published rules from the bytes read.",
+                value: self.usage.read_units() as u64,
+            },
+            RetryCounter {
+                name: "etracker_dynamodb_requests_refused_total",
+                help: "Requests real DynamoDB would refuse (item, transaction or batch limits, key condition bounds), refused before they were sent.",
+                value: self.usage.refused.load(Relaxed),
+            },
         ]
     }
 }

@@ -86,6 +86,7 @@ use aws_sdk_dynamodb::Client;
 use super::StoreError;
 
 mod audit;
+pub mod capacity;
 mod conclude;
 mod conclusions;
 mod dashboard;
@@ -96,9 +97,11 @@ mod requests;
 mod sessions;
 mod spaces;
 mod table;
+pub mod wire;
 
 pub(crate) use table::backend;
 pub use table::connect_client;
+pub use wire::{Faults, Usage};
 
 /// The [`Store`](super::Store) on a DynamoDB table (see the module docs).
 pub struct DynamoStore {
@@ -106,6 +109,8 @@ pub struct DynamoStore {
     table: String,
     runtime: Option<tokio::runtime::Runtime>,
     retries: std::sync::Arc<table::RetryCounts>,
+    /// What went over the wire, in DynamoDB's units.
+    usage: std::sync::Arc<Usage>,
     /// Spaces this process has listed in [`items::BILLED_SPACES`], so that
     /// a busy space costs one write per process, not one per conclusion.
     billed_listed: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -137,17 +142,46 @@ impl DynamoStore {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`
     /// (defaults `test`/`test`, which local emulators accept). Must not be
     /// called from async code (see the module docs).
+    ///
+    /// `ETRACKER_DYNAMODB_FAULTS=<rate>[,<seed>]` makes that fraction of
+    /// requests fail as DynamoDB under load does (see [`wire`]): for tests
+    /// and soaks, never in service.
     pub fn connect(endpoint: &str, table_prefix: &str) -> Result<Self, StoreError> {
-        let (client, runtime, retries) = table::connect_counting(endpoint, Default::default())?;
+        let faults =
+            match std::env::var("ETRACKER_DYNAMODB_FAULTS") {
+                Ok(text) if !text.is_empty() => Some(Faults::parse(&text).map_err(|why| {
+                    StoreError::Invalid(format!("ETRACKER_DYNAMODB_FAULTS: {why}"))
+                })?),
+                _ => None,
+            };
+        Self::connect_with(endpoint, table_prefix, faults)
+    }
+
+    /// [`DynamoStore::connect`] with `faults` injected (none: none).
+    pub fn connect_with(
+        endpoint: &str,
+        table_prefix: &str,
+        faults: Option<Faults>,
+    ) -> Result<Self, StoreError> {
+        let usage = std::sync::Arc::new(Usage::default());
+        let wire = wire::Wire::new(usage.clone(), faults);
+        let (client, runtime, retries) =
+            table::connect_counting(endpoint, Default::default(), wire)?;
         let store = DynamoStore {
             client,
             table: format!("{table_prefix}etracker"),
             runtime: Some(runtime),
             retries,
+            usage,
             billed_listed: Default::default(),
         };
         store.init()?;
         Ok(store)
+    }
+
+    /// What this store's requests cost so far, in DynamoDB's units.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// The table's name.

@@ -24,14 +24,13 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use super::items::{get_u64, n, s};
+use super::wire::{Wire, WireClient};
 use super::DynamoStore;
 use crate::store::StoreError;
+use aws_sdk_dynamodb::config::SharedHttpClient;
 
 /// Format 3: the due index and the counters in shards ([`super::items`]).
-/// Format 2 (counted retrievals keyed by payload id, as in the redb store;
-/// one due partition, one counters item) is read as it is: its due
-/// partition and counters item are read as one more shard of each, so
-/// replicas of both versions can share a table during an upgrade.
+/// A table of any other format is refused.
 const FORMAT: u64 = 3;
 /// Re-reads after a cancelled transaction before giving up.
 pub(super) const RETRIES: usize = 64;
@@ -39,7 +38,8 @@ pub(super) const RETRIES: usize = 64;
 /// A DynamoDB client for `endpoint` and the one-thread runtime its calls
 /// block on; region and credentials as [`DynamoStore::connect`] says.
 pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
-    connect_counting(endpoint, Arc::default()).map(|(client, runtime, _)| (client, runtime))
+    let wire = Wire::new(Arc::default(), None);
+    connect_counting(endpoint, Arc::default(), wire).map(|(client, runtime, _)| (client, runtime))
 }
 
 /// What the store counts of its own retries, for `/metrics`.
@@ -85,10 +85,12 @@ impl Intercept for CountAttempts {
     }
 }
 
-/// [`connect_client`], counting the SDK's retries into `counts`.
+/// [`connect_client`], counting the SDK's retries into `counts`, every
+/// request going through `wire` (see [`super::wire`]).
 pub(super) fn connect_counting(
     endpoint: &str,
     counts: Arc<RetryCounts>,
+    wire: Wire,
 ) -> Result<(Client, tokio::runtime::Runtime, Arc<RetryCounts>), StoreError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let credentials = Credentials::new(
@@ -110,7 +112,7 @@ pub(super) fn connect_counting(
         .endpoint_url(endpoint)
         .region(Region::new(region))
         .credentials_provider(credentials)
-        .http_client(http_client())
+        .http_client(SharedHttpClient::new(WireClient::new(http_client(), wire)))
         .interceptor(CountAttempts(counts.clone()))
         .build();
     Ok((Client::from_conf(config), runtime, counts))
