@@ -510,6 +510,18 @@ pub fn spaces_are_listed_by_page<S: TestStore>(make: &dyn Fn() -> S) {
         entries[1..2]
     );
     assert!(store.spaces_page("did:web:", None, 10).unwrap().is_empty());
+    // A cursor past every DID with the prefix: nothing follows (a key
+    // condition with its bounds reversed would be refused by DynamoDB).
+    let prefix = &entries[0].space.as_str()[..9];
+    assert!(store
+        .spaces_page(prefix, Some("did:zzz"), 10)
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .billed_spaces_page(prefix, Some("did:zzz"), 10)
+        .unwrap()
+        .is_empty());
+    assert!(store.nodes_page(prefix, Some("did:zzz"), 10).unwrap().is_empty());
 }
 
 /// A dashboard session is read back until it ends or is removed; another

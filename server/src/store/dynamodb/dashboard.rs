@@ -128,7 +128,9 @@ impl DashboardReads for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (lo, hi) = did_range(prefix, after);
+        let Some((lo, hi)) = did_range(prefix, after) else {
+            return Ok(Vec::new());
+        };
         let listed = self.query("spaces", &lo, &hi, Some(limit))?;
         self.entries_listed(&listed)
     }
@@ -143,7 +145,9 @@ impl DashboardReads for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (lo, hi) = did_range(prefix, after);
+        let Some((lo, hi)) = did_range(prefix, after) else {
+            return Ok(Vec::new());
+        };
         self.query(BILLED_SPACES, &lo, &hi, Some(limit))?
             .iter()
             .map(|item| parse_did(&get_s(item, "sk")?))
@@ -161,7 +165,9 @@ impl DashboardReads for DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let (lo, hi) = did_range(prefix, after);
+        let Some((lo, hi)) = did_range(prefix, after) else {
+            return Ok(Vec::new());
+        };
         let listed = self.query(NODES, &lo, &hi, Some(limit))?;
         let dids: Vec<String> = listed
             .iter()

@@ -92,13 +92,18 @@ pub(super) fn stats_pk(shard: u8) -> String {
 /// `prefix`, after `after` (exclusive). DIDs are ASCII below `~`, so
 /// `<prefix>~` is past all of them; a key is never empty, and every DID
 /// sorts after `!`.
-pub(super) fn did_range(prefix: &str, after: Option<&str>) -> (String, String) {
+///
+/// `None` when nothing can follow: an `after` past every DID with the prefix
+/// would make a key condition whose lower bound is above its upper bound,
+/// which DynamoDB refuses.
+pub(super) fn did_range(prefix: &str, after: Option<&str>) -> Option<(String, String)> {
     let lo = match after {
         Some(after) if after >= prefix => format!("{after}\u{1}"),
         _ if prefix.is_empty() => "!".to_string(),
         _ => prefix.to_string(),
     };
-    (lo, format!("{prefix}~"))
+    let hi = format!("{prefix}~");
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// The list of nodes paid: one item per node, `sk` its DID.
