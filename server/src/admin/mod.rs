@@ -8,7 +8,7 @@
 //! | `GET /admin?csv=` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name; `csv=egress\|pending\|rejected` downloads a table |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //! | `GET /admin/nodes?q=&after=&format=csv` | nodes paid: total, payout; search by DID prefix, pages, CSV |
-//! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts; CSV of the batches |
+//! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts, paged by the cursor of the last shown (`<received_at>-<batch CID>`, so batches of one second are never skipped); CSV of the batches |
 //! | `GET /admin/usage?q=&after=&customer=&format=csv` | spaces registered or with egress: customer, egress over 30 days, cost; one customer's spaces and bill; CSV per space and day |
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
 //!

@@ -15,14 +15,21 @@ use super::html::{bytes, escape, page, respond, urlencode};
 use super::{money, next_page, state, svg, time, usd, ListQuery, Period, PAGE};
 use crate::service::Tracker;
 use crate::store::StoreError;
-use crate::store::{EgressRecord, RecordStatus};
+use crate::store::{BatchCursor, EgressRecord, RecordStatus};
 
 #[derive(Deserialize, Default)]
 pub(super) struct NodeQuery {
-    /// Batches received before this time (the previous page's last).
-    before: Option<u64>,
+    /// The previous page's last batch (`<received_at>-<batch CID>`).
+    before: Option<String>,
     /// `csv` for this page of batches as a download.
     format: Option<String>,
+}
+
+impl NodeQuery {
+    /// The page's cursor, if it names one.
+    fn cursor(&self) -> Result<Option<BatchCursor>, String> {
+        self.before.as_deref().map(str::parse).transpose()
+    }
 }
 
 /// A node's row: DID, total bytes, payout.
@@ -122,7 +129,7 @@ struct NodeDetail {
 async fn detail(
     tracker: &Tracker,
     node: Did,
-    before: Option<u64>,
+    before: Option<BatchCursor>,
 ) -> Result<NodeDetail, StoreError> {
     let period = Period::now();
     let (from, to) = (period.from.clone(), period.to.clone());
@@ -132,7 +139,7 @@ async fn detail(
             Ok((
                 s.node_total(&node)?,
                 s.node_usage(&node, &from, &to)?,
-                s.node_batches(&node, before, PAGE)?,
+                s.node_batches(&node, before.as_ref(), PAGE)?,
             ))
         })
         .await?;
@@ -153,7 +160,10 @@ pub(super) async fn show(
 ) -> Result<Response, PageError> {
     let node =
         Did::parse(&did).map_err(|_| PageError::BadRequest("Not a DID", "That is not a DID."))?;
-    let d = detail(&tracker, node.clone(), query.before).await?;
+    let cursor = query.cursor().map_err(|_| {
+        PageError::BadRequest("Not a cursor", "That is not a page of this node's batches.")
+    })?;
+    let d = detail(&tracker, node.clone(), cursor).await?;
     if query.format.as_deref() == Some("csv") {
         let mut csv = String::from(super::csv::BATCHES_HEADER);
         for r in &d.batches {
@@ -214,7 +224,8 @@ pub(super) async fn show(
     body.push_str("</table>");
     let before = query
         .before
-        .map(|b| format!("&amp;before={b}"))
+        .as_deref()
+        .map(|b| format!("&amp;before={}", urlencode(b)))
         .unwrap_or_default();
     body.push_str(&format!(
         "<p><a id=\"csv\" href=\"/admin/nodes/{}?format=csv{before}\">These batches as CSV</a></p>",
@@ -224,7 +235,7 @@ pub(super) async fn show(
         body.push_str(&format!(
             "<p><a id=\"next\" href=\"/admin/nodes/{}?before={}\">Older batches</a></p>",
             urlencode(node.as_str()),
-            last.received_at
+            urlencode(&BatchCursor::after(last).to_string())
         ));
     }
     let title = format!("Node {}", node.as_str());
@@ -254,7 +265,10 @@ pub(super) async fn api_show(
     Query(query): Query<NodeQuery>,
 ) -> Result<Response, ApiError> {
     let node = Did::parse(&did).map_err(|_| ApiError::BadRequest("the node is not a DID"))?;
-    let d = detail(&tracker, node.clone(), query.before).await?;
+    let cursor = query
+        .cursor()
+        .map_err(|_| ApiError::BadRequest("before is not <received_at>-<batch CID>"))?;
+    let d = detail(&tracker, node.clone(), cursor).await?;
     let batches: Vec<serde_json::Value> = d
         .batches
         .iter()
@@ -279,5 +293,7 @@ pub(super) async fn api_show(
         "payout_usd": price.map(|p| usd(d.total, p)),
         "egress_by_day": d.by_day.iter().map(|(day, b)| serde_json::json!({"day": day, "bytes": b})).collect::<Vec<_>>(),
         "batches": batches,
+        // The cursor of the next page (`?before=`), when this one is full.
+        "next": next_page(&d.batches).map(|last| BatchCursor::after(last).to_string()),
     })))
 }

@@ -7,6 +7,46 @@ use ucanto::principal::Did;
 
 use super::{EgressRecord, SpaceEntry, StoreError};
 
+/// Where a page of a node's batches ended: its last batch, by time and CID.
+/// Batches received in the same second are told apart by their CID, so
+/// paging never skips one. Written `<received_at>-<batch CID>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchCursor {
+    /// When the last batch shown was received.
+    pub received_at: u64,
+    /// Its CID.
+    pub batch: cid::Cid,
+}
+
+impl BatchCursor {
+    /// The cursor after `record`.
+    pub fn after(record: &EgressRecord) -> Self {
+        BatchCursor {
+            received_at: record.received_at,
+            batch: record.batch,
+        }
+    }
+}
+
+impl std::fmt::Display for BatchCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.received_at, self.batch)
+    }
+}
+
+impl std::str::FromStr for BatchCursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a batch cursor (<received_at>-<batch CID>)");
+        let (at, batch) = text.split_once('-').ok_or_else(bad)?;
+        Ok(BatchCursor {
+            received_at: at.parse().map_err(|_| bad())?,
+            batch: batch.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// What consolidation refused, over all conclusions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rejections {
@@ -123,12 +163,13 @@ pub trait DashboardReads {
         limit: usize,
     ) -> Result<Vec<(Did, u64)>, StoreError>;
 
-    /// The batches `node` tracked, newest first (by `received_at`), those
-    /// received before `before` when given, at most `limit`.
+    /// The batches `node` tracked, newest first (by `received_at`, then by
+    /// CID), those after the cursor `before` (the previous page's last)
+    /// when given, at most `limit`.
     fn node_batches(
         &self,
         node: &Did,
-        before: Option<u64>,
+        before: Option<&BatchCursor>,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError>;
 

@@ -70,7 +70,7 @@ pub(crate) use checks::{
     unsupported_format,
 };
 pub use conclusions::{rejection_name, ConcludeOutcome, Conclusion, Conclusions, DailyUsage};
-pub use dashboard::{DashboardReads, Rejections, RetryCounter, StoreStats};
+pub use dashboard::{BatchCursor, DashboardReads, Rejections, RetryCounter, StoreStats};
 pub use error::{BackendError, StoreError};
 pub use records::{EgressRecord, Lease, NewRecord, PutOutcome, RecordStatus, Records, Retry};
 pub use sessions::{Sessions, StoredSession, MAX_SESSIONS};

@@ -27,6 +27,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn a_nodes_batches_page_without_skipping_a_second() {
+            common::a_nodes_batches_page_without_skipping_a_second(&$make);
+        }
+
+        #[test]
         fn put_by_another_node_conflicts() {
             common::put_by_another_node_conflicts(&$make);
         }
@@ -521,7 +526,10 @@ pub fn spaces_are_listed_by_page<S: TestStore>(make: &dyn Fn() -> S) {
         .billed_spaces_page(prefix, Some("did:zzz"), 10)
         .unwrap()
         .is_empty());
-    assert!(store.nodes_page(prefix, Some("did:zzz"), 10).unwrap().is_empty());
+    assert!(store
+        .nodes_page(prefix, Some("did:zzz"), 10)
+        .unwrap()
+        .is_empty());
 }
 
 /// A dashboard session is read back until it ends or is removed; another
@@ -649,12 +657,18 @@ pub fn nodes_and_their_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
     let listed = store.node_batches(&a, None, 10).unwrap();
     assert_eq!(leased_batches(&listed), [batch(2), batch(3), batch(1)]);
     assert!(listed[0].is_pending() && !listed[1].is_pending());
+    let after =
+        |r: &etracker_server::store::EgressRecord| etracker_server::store::BatchCursor::after(r);
     assert_eq!(
-        leased_batches(&store.node_batches(&a, Some(30), 1).unwrap()),
+        leased_batches(&store.node_batches(&a, Some(&after(&listed[0])), 1).unwrap()),
         [batch(3)]
     );
     assert_eq!(
-        leased_batches(&store.node_batches(&a, Some(20), 10).unwrap()),
+        leased_batches(
+            &store
+                .node_batches(&a, Some(&after(&listed[1])), 10)
+                .unwrap()
+        ),
         [batch(1)]
     );
     assert_eq!(
@@ -1776,4 +1790,32 @@ pub fn non_billable_bytes_are_kept_apart<S: TestStore>(make: &dyn Fn() -> S) {
     assert_eq!((stats.total_bytes, stats.non_billable_bytes), (5, 100));
     assert_eq!(store.counted(&[retrieve(2)]).unwrap(), [Some(batch(1))]);
     consistent(&store);
+}
+
+/// Sixty batches of one node received in the same second, paged seven at a
+/// time by the cursor of each page's last: every batch is listed once, in
+/// the store's order, none skipped.
+pub fn a_nodes_batches_page_without_skipping_a_second<S: TestStore>(make: &dyn Fn() -> S) {
+    use etracker_server::store::BatchCursor;
+    let store = make();
+    for n in 1..=60 {
+        store.put(new_record(n, node(), 1_000)).unwrap();
+    }
+    store.put(new_record(61, node(), 999)).unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<BatchCursor> = None;
+    loop {
+        let page = store.node_batches(&node(), cursor.as_ref(), 7).unwrap();
+        seen.extend(page.iter().map(|r| r.batch));
+        match page.last() {
+            Some(last) if page.len() == 7 => cursor = Some(BatchCursor::after(last)),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 61, "every batch listed once");
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 61);
+    assert_eq!(seen[60], batch(61), "the older second last");
+    let text = BatchCursor::after(&store.node_batches(&node(), None, 1).unwrap()[0]).to_string();
+    assert_eq!(text.parse::<BatchCursor>().unwrap().to_string(), text);
 }

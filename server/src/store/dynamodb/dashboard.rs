@@ -8,13 +8,14 @@ use cid::Cid;
 use ucanto::principal::Did;
 
 use super::items::{
-    did_range, egress_pk, get_s, get_u64, node_batches_pk, node_pk, non_billable_pk, parse_cid,
-    parse_day_sk, parse_did, rejected_pk, space_days_pk, stats_pk, BILLED_SPACES, NODES, SHARDS,
+    decode_record, did_range, egress_pk, get_s, get_u64, node_batches_pk, node_pk, non_billable_pk,
+    parse_cid, parse_day_sk, parse_did, record_pk, rejected_pk, space_days_pk, stats_pk,
+    BILLED_SPACES, NODES, SHARDS,
 };
 use super::DynamoStore;
 use crate::store::{
-    check_day_range, DashboardReads, EgressRecord, Records, Rejections, RetryCounter, SpaceEntry,
-    StoreError, StoreStats,
+    check_day_range, BatchCursor, DashboardReads, EgressRecord, Records, Rejections, RetryCounter,
+    SpaceEntry, StoreError, StoreStats,
 };
 
 impl DynamoStore {
@@ -195,21 +196,39 @@ impl DashboardReads for DynamoStore {
     fn node_batches(
         &self,
         node: &Did,
-        before: Option<u64>,
+        before: Option<&BatchCursor>,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
-        // Keys start with 20 digits of `received_at`.
-        let hi = format!("{:020}", before.unwrap_or(u64::MAX));
-        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit)?;
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let batch = parse_cid(&get_s(&entry, "batch")?)?;
-            let stored = self.load(&batch)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("node list names missing record {batch}"))
-            })?;
-            records.push(stored.record);
-        }
-        Ok(records)
+        // Keys are `<received_at, 20 digits>#<batch>`: the cursor's own key
+        // bounds the range (inclusive in a key condition, so one more is
+        // read and the cursor's own entry dropped), and the same second's
+        // other batches follow it.
+        let hi = match before {
+            Some(c) => format!("{:020}#{}", c.received_at, c.batch),
+            None => "~".to_string(),
+        };
+        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit + 1)?;
+        let batches: Vec<Cid> = entries
+            .iter()
+            .filter(|entry| before.is_none() || get_s(entry, "sk").ok().as_deref() != Some(&hi))
+            .take(limit)
+            .map(|entry| parse_cid(&get_s(entry, "batch")?))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<(String, String)> = batches
+            .iter()
+            .map(|batch| (record_pk(batch), "rec".to_string()))
+            .collect();
+        let found = self.get_many(&keys)?;
+        batches
+            .iter()
+            .zip(&keys)
+            .map(|(batch, key)| {
+                let item = found.get(key).ok_or_else(|| {
+                    StoreError::Corrupt(format!("node list names missing record {batch}"))
+                })?;
+                Ok(decode_record(batch, item)?.record)
+            })
+            .collect()
     }
 
     /// [`DashboardReads::rejections`](crate::store::DashboardReads::rejections): the counts of the

@@ -12,7 +12,8 @@ use super::{
     NON_BILLABLE_DAILY, RECEIPTS, RECORDS, REJECTIONS, SPACES, SPACE_DAILY, TOTAL_BYTES_KEY,
 };
 use crate::store::{
-    check_day_range, DashboardReads, EgressRecord, Rejections, SpaceEntry, StoreError, StoreStats,
+    check_day_range, BatchCursor, DashboardReads, EgressRecord, Rejections, SpaceEntry, StoreError,
+    StoreStats,
 };
 
 impl DashboardReads for RedbStore {
@@ -110,7 +111,7 @@ impl DashboardReads for RedbStore {
     fn node_batches(
         &self,
         node: &Did,
-        before: Option<u64>,
+        before: Option<&BatchCursor>,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
@@ -118,10 +119,17 @@ impl DashboardReads for RedbStore {
         let records = tx.open_table(RECORDS).or_backend()?;
         let node = node.as_str();
         let empty: &[u8] = &[];
-        let end = before.unwrap_or(u64::MAX);
+        // Keys are (node, received_at, batch bytes): the cursor's own key
+        // ends the range, exclusive, so the same second's other batches
+        // follow it.
+        let cursor = before.map(|c| (c.received_at, c.batch.to_bytes()));
+        let (end_at, end_batch) = match &cursor {
+            Some((at, batch)) => (*at, batch.as_slice()),
+            None => (u64::MAX, empty),
+        };
         let mut batches = Vec::new();
         for entry in index
-            .range((node, 0, empty)..(node, end, empty))
+            .range((node, 0, empty)..(node, end_at, end_batch))
             .or_backend()?
             .rev()
         {
