@@ -590,6 +590,37 @@ fn tracks_spread_over_shards_and_leases_miss_none() {
     consistent(&store);
 }
 
+/// What `/health` and `/metrics` read, and what a starting replica reads
+/// to take back its leases, does not grow with the backlog: the pending
+/// count comes from the 16 counters, and the take-back reads only the
+/// window where running leases end.
+#[test]
+fn probes_and_take_back_do_not_read_the_backlog() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let store = store();
+    for n in 1..=120 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    let now = 1_000;
+    assert_eq!(store.lease_pending(now, "a", 900, 2).unwrap().len(), 2);
+    let read = |store: &DynamoStore| store.usage().items_read.load(Relaxed);
+    let before = read(&store);
+    assert_eq!(store.pending_count().unwrap(), 120);
+    assert!(
+        read(&store) - before <= 16,
+        "{} items",
+        read(&store) - before
+    );
+    let before = read(&store);
+    assert_eq!(store.release_leases("a", now, 900).unwrap(), 2);
+    assert!(
+        read(&store) - before <= 8,
+        "{} items",
+        read(&store) - before
+    );
+    consistent(&store);
+}
+
 /// The store's retry counters, for `/metrics`: an uncontended table shows
 /// none, although every request went through the counting.
 #[test]

@@ -34,7 +34,13 @@ impl Tracker {
         // its leases would have run out; a first run at start then resumes
         // it, with whatever else a previous process left pending.
         let owner = self.settings.replica.clone();
-        match self.ctx.store(move |s| s.release_leases(&owner)).await {
+        let lease_secs = self.settings.lease_secs;
+        let now = ucanto::ucan::now();
+        match self
+            .ctx
+            .store(move |s| s.release_leases(&owner, now, lease_secs))
+            .await
+        {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "took back this replica's leases"),
             Err(e) => tracing::warn!(error = %e, "cannot take back this replica's leases"),

@@ -302,11 +302,12 @@ pub trait Records {
     /// waiting or retrying. Reads only.
     fn pending_records(&self, limit: usize) -> Result<Vec<EgressRecord>, StoreError>;
 
-    /// Releases every lease `owner` holds, as a replica does when it starts
-    /// again under its name: what it was consolidating when it stopped is
-    /// due at once, not when those leases would have run out. Returns how
-    /// many it released.
-    fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Releases every lease `owner` holds that runs past `now` (leases are
+    /// at most `lease_secs` long), as a replica does when it starts again
+    /// under its name: what it was consolidating when it stopped is due at
+    /// once, not when those leases would have run out. Returns how many it
+    /// released.
+    fn release_leases(&self, owner: &str, now: u64, lease_secs: u64) -> Result<u64, StoreError>;
 
     /// Records a transient failure of the attempt `owner` leased: increments
     /// `attempts`, sets `last_error` and `next_attempt_at` from `retry`, and

@@ -954,8 +954,8 @@ pub fn a_restarted_replica_takes_back_its_leases<S: TestStore>(store: &dyn Fn() 
     );
     assert!(store.lease_pending(201, "a", 900, 10).unwrap().is_empty());
 
-    assert_eq!(store.release_leases("a").unwrap(), 2);
-    assert_eq!(store.release_leases("a").unwrap(), 0);
+    assert_eq!(store.release_leases("a", 201, 900).unwrap(), 2);
+    assert_eq!(store.release_leases("a", 201, 900).unwrap(), 0);
     let again = store.lease_pending(201, "a", 900, 10).unwrap();
     assert_eq!(leased_batches(&again), [batch(1), batch(2)]);
     assert_eq!(

@@ -271,6 +271,9 @@ pub(crate) fn count(
             .write_half_units
             .fetch_add(half_units, Ordering::Relaxed);
     };
+    let items_read = |n: u64| {
+        usage.items_read.fetch_add(n, Ordering::Relaxed);
+    };
     let read = |half_units: u64| {
         usage
             .read_half_units
@@ -333,7 +336,10 @@ pub(crate) fn count(
                 written(size, 4 * write_units(size));
             }
         }
-        "GetItem" => read(read_cost(item_size(&answer["Item"]), consistent)),
+        "GetItem" => {
+            items_read(u64::from(answer["Item"].is_object()));
+            read(read_cost(item_size(&answer["Item"]), consistent));
+        }
         "BatchGetItem" => {
             for (table, asked) in request["RequestItems"].as_object().into_iter().flatten() {
                 let consistent = asked["ConsistentRead"].as_bool().unwrap_or(false);
@@ -345,6 +351,7 @@ pub(crate) fn count(
                 let unprocessed = answer["UnprocessedKeys"][table]["Keys"]
                     .as_array()
                     .map_or(0, Vec::len);
+                items_read(returned.len() as u64);
                 for item in &returned {
                     read(read_cost(item_size(item), consistent));
                 }
@@ -353,6 +360,7 @@ pub(crate) fn count(
             }
         }
         "Query" | "Scan" => {
+            items_read(answer["ScannedCount"].as_u64().unwrap_or(0));
             let bytes = match answer["Items"].as_array() {
                 Some(items) => items.iter().map(item_size).sum(),
                 None => answer["Count"].as_u64().unwrap_or(0) * COUNTED_ITEM_BYTES,
@@ -361,6 +369,7 @@ pub(crate) fn count(
         }
         "TransactGetItems" => {
             for item in answer["Responses"].as_array().into_iter().flatten() {
+                items_read(1);
                 read(2 * read_cost(item_size(&item["Item"]), true));
             }
         }

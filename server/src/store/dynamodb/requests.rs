@@ -216,32 +216,6 @@ impl DynamoStore {
         }
     }
 
-    /// Number of items of partition `pk`.
-    pub(super) fn count(&self, pk: &str) -> Result<u64, StoreError> {
-        let mut count = 0u64;
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .block_on(
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .consistent_read(true)
-                        .select(Select::Count)
-                        .key_condition_expression("pk = :pk")
-                        .expression_attribute_values(":pk", s(pk))
-                        .set_exclusive_start_key(start.take())
-                        .send(),
-                )
-                .map_err(backend)?;
-            count += out.count as u64;
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(count),
-            }
-        }
-    }
-
     /// One `TransactWriteItems`; contention is a [`Tx::Cancelled`], not an error.
     pub(super) fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
         debug_assert!(items.len() <= TX_MAX);

@@ -50,6 +50,8 @@ pub struct Usage {
     /// Read capacity units, in halves (an eventually consistent read of up
     /// to 4 KB costs half a unit).
     pub read_half_units: AtomicU64,
+    /// Items read (returned, or counted by a count-only query).
+    pub items_read: AtomicU64,
     /// Requests failed on purpose ([`Faults`]).
     pub faults: AtomicU64,
     /// Requests refused as real DynamoDB would.

@@ -150,7 +150,7 @@ impl Records for RedbStore {
         Ok(pending)
     }
 
-    fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+    fn release_leases(&self, owner: &str, _now: u64, _lease_secs: u64) -> Result<u64, StoreError> {
         let tx = self.db.begin_write().or_backend()?;
         let mut released = 0;
         {
