@@ -181,3 +181,32 @@ fn nodes_with_a_malformed_did_is_named_with_a_hint() {
         assert!(!line.contains("reach"), "{line}");
     }
 }
+
+/// Replicas asking for port 0 on one host get distinct default names (the
+/// address bound, not the one asked for), so their leases are never taken
+/// for each other's.
+#[tokio::test]
+async fn replicas_on_port_0_are_named_apart() {
+    let mut names = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let data = temp_dir("replica-name");
+        let mut child = tokio::process::Command::new(etracker_e2e::etracker_bin())
+            .args(["start", "--listen", "127.0.0.1:0", "--data-dir", dir(&data)])
+            .env("ETRACKER_PRIVATE_KEY", service().format())
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("etracker starts");
+        let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
+        let url = hello["url"].as_str().unwrap().to_string();
+        let replica = hello["replica"].as_str().unwrap().to_string();
+        let bound = url.trim_start_matches("http://").trim_end_matches('/');
+        assert!(replica.ends_with(&format!("/{bound}")), "{replica} for {url}");
+        assert!(!replica.ends_with(":0"), "{replica}");
+        names.push(replica);
+        children.push(child);
+    }
+    assert_ne!(names[0], names[1]);
+}

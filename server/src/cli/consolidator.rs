@@ -107,7 +107,7 @@ pub(crate) async fn consolidator(args: ConsolidatorArgs) -> Result<(), BoxError>
     );
     let listener = bind(args.listen).await?;
     let app = router(service, 64 * 1024 * 1024);
-    serve(listener, app, signer.did(), |address| {
+    serve(listener, app, signer.did(), None, |address| {
         tracing::info!(did = %signer.did(), %address, tracker = %args.tracker.tracker_url, "consolidator listening");
     })
     .await

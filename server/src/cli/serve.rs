@@ -22,11 +22,16 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: axum::Router,
     did: &Did,
+    replica: Option<&str>,
     announce: impl FnOnce(SocketAddr),
 ) -> Result<(), BoxError> {
     let address = listener.local_addr()?;
     announce(address);
-    println!("{{\"url\":\"http://{address}/\",\"did\":\"{did}\"}}");
+    let mut hello = serde_json::json!({ "url": format!("http://{address}/"), "did": did.as_str() });
+    if let Some(replica) = replica {
+        hello["replica"] = replica.into();
+    }
+    println!("{hello}");
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())

@@ -42,8 +42,9 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "ETRACKER_LEASE_SECS", default_value_t = 900)]
     lease_secs: u64,
     /// Name of this replica in leases, stable across its restarts and unique
-    /// among replicas sharing a store: by default `<host name>/<listen
-    /// address>`, which no two running replicas share.
+    /// among replicas sharing a store: by default `<host name>/<address it
+    /// listens on>` (the port bound, when asked for port 0), which no two
+    /// running replicas share.
     #[arg(long, env = "ETRACKER_REPLICA")]
     replica: Option<String>,
     /// First retry delay after a transient failure, seconds (doubles per attempt).
@@ -108,6 +109,10 @@ impl StartArgs {
 /// `etracker start`: opens the store, runs the scheduler and serves.
 pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
     let data_dir = &args.key.data_dir;
+    // Bound first: the default replica name is the address bound, so that
+    // replicas asking for port 0 on one host are told apart.
+    let listener = bind(args.listen).await?;
+    let bound = listener.local_addr()?;
     let mut settings = Settings {
         interval: Duration::from_secs(args.consolidation_interval),
         batch_limit: args.batch_limit,
@@ -118,7 +123,7 @@ pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
         replica: args
             .replica
             .clone()
-            .unwrap_or_else(|| format!("{}/{}", host_name(), args.listen)),
+            .unwrap_or_else(|| format!("{}/{bound}", host_name())),
         admin_token: args.admin_token.clone(),
         admin_login: args.admin_user.clone().zip(args.admin_password.clone()),
         provider_usd_per_tib: args.provider_egress_usd_per_tib,
@@ -135,9 +140,9 @@ pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
         args.store.hint(),
     ))?;
     let tracker = Tracker::new(signer.clone(), store, settings);
+    let replica = tracker.settings().replica.clone();
     tokio::spawn(tracker.clone().run_scheduler());
-    let listener = bind(args.listen).await?;
-    serve(listener, tracker.app(), signer.did(), |address| {
+    serve(listener, tracker.app(), signer.did(), Some(&replica), |address| {
         tracing::info!(did = %signer.did(), %address, data_dir = %data_dir.display(), "etracker listening");
     })
     .await
