@@ -621,6 +621,27 @@ fn probes_and_take_back_do_not_read_the_backlog() {
     consistent(&store);
 }
 
+/// A lease walk the table fails part-way hands over the leases it took
+/// (they are held, and would otherwise idle for the lease's time); one that
+/// took none reports the failure.
+#[test]
+fn a_lease_walk_cut_short_hands_over_what_it_took() {
+    let store = store();
+    for n in 1..=5 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    // The walk reads the 16 shards, then each entry's record and leases it
+    // (two requests): the table is lost after two leases.
+    store.lose_table_after(16 + 2 * 2);
+    let leased = store.lease_pending(1_000, "a", 900, 5).unwrap();
+    assert_eq!(leased.len(), 2, "the two it took");
+    assert!(leased
+        .iter()
+        .all(|r| r.lease.as_ref().is_some_and(|l| l.owner == "a")));
+    store.lose_table_after(0);
+    assert!(store.lease_pending(1_000, "a", 900, 5).is_err());
+}
+
 /// The store's retry counters, for `/metrics`: an uncontended table shows
 /// none, although every request went through the counting.
 #[test]

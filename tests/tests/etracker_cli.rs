@@ -203,7 +203,10 @@ async fn replicas_on_port_0_are_named_apart() {
         let url = hello["url"].as_str().unwrap().to_string();
         let replica = hello["replica"].as_str().unwrap().to_string();
         let bound = url.trim_start_matches("http://").trim_end_matches('/');
-        assert!(replica.ends_with(&format!("/{bound}")), "{replica} for {url}");
+        assert!(
+            replica.ends_with(&format!("/{bound}")),
+            "{replica} for {url}"
+        );
         assert!(!replica.ends_with(":0"), "{replica}");
         names.push(replica);
         children.push(child);

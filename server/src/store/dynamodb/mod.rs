@@ -111,6 +111,7 @@ pub struct DynamoStore {
     retries: std::sync::Arc<table::RetryCounts>,
     /// What went over the wire, in DynamoDB's units.
     usage: std::sync::Arc<Usage>,
+    wire: std::sync::Arc<wire::Wire>,
     /// Spaces this process has listed in [`items::BILLED_SPACES`], so that
     /// a busy space costs one write per process, not one per conclusion.
     billed_listed: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -164,15 +165,16 @@ impl DynamoStore {
         faults: Option<Faults>,
     ) -> Result<Self, StoreError> {
         let usage = std::sync::Arc::new(Usage::default());
-        let wire = wire::Wire::new(usage.clone(), faults);
+        let wire = std::sync::Arc::new(wire::Wire::new(usage.clone(), faults));
         let (client, runtime, retries) =
-            table::connect_counting(endpoint, Default::default(), wire)?;
+            table::connect_counting(endpoint, Default::default(), wire.clone())?;
         let store = DynamoStore {
             client,
             table: format!("{table_prefix}etracker"),
             runtime: Some(runtime),
             retries,
             usage,
+            wire,
             billed_listed: Default::default(),
         };
         store.init()?;
@@ -182,6 +184,12 @@ impl DynamoStore {
     /// What this store's requests cost so far, in DynamoDB's units.
     pub fn usage(&self) -> &Usage {
         &self.usage
+    }
+
+    /// For tests: from the `n`-th request on (0: the next), every request
+    /// fails as a 500, unrun, as if the table were lost.
+    pub fn lose_table_after(&self, n: u64) {
+        self.wire.lose_table_after(n);
     }
 
     /// The table's name.

@@ -289,13 +289,22 @@ impl Records for DynamoStore {
         let until = lease_end(now, lease_secs)?;
         let mut leased = Vec::new();
         // Due entries `<= now`: every key starts with 20 digits.
-        self.walk_due(&format!("{now:020}#~"), limit, |partition, sk, batch| {
+        let walked = self.walk_due(&format!("{now:020}#~"), limit, |partition, sk, batch| {
             let record = self.lease_entry(partition, sk, batch, now, owner, until)?;
             let taken = record.is_some();
             leased.extend(record);
             Ok(taken)
-        })?;
-        Ok(leased)
+        });
+        match walked {
+            Ok(()) => Ok(leased),
+            // The leases taken are held: hand them to the caller, which
+            // runs them, rather than leave them idle for the lease's time.
+            Err(error) if !leased.is_empty() => {
+                tracing::warn!(%error, leased = leased.len(), "lease walk cut short");
+                Ok(leased)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// [`Records::pending_records`](crate::store::Records::pending_records): the

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    Delete, KeysAndAttributes, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
+    Delete, KeysAndAttributes, PutRequest, TransactWriteItem, Update, WriteRequest,
 };
 
 use super::items::{get_s, n, s, Item};

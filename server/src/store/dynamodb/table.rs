@@ -27,6 +27,7 @@ use super::items::{get_u64, n, s};
 use super::wire::{Wire, WireClient};
 use super::DynamoStore;
 use crate::store::StoreError;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::SharedHttpClient;
 
 /// Format 3: the due index and the counters in shards ([`super::items`]).
@@ -38,7 +39,7 @@ pub(super) const RETRIES: usize = 64;
 /// A DynamoDB client for `endpoint` and the one-thread runtime its calls
 /// block on; region and credentials as [`DynamoStore::connect`] says.
 pub fn connect_client(endpoint: &str) -> Result<(Client, tokio::runtime::Runtime), StoreError> {
-    let wire = Wire::new(Arc::default(), None);
+    let wire = Arc::new(Wire::new(Arc::default(), None));
     connect_counting(endpoint, Arc::default(), wire).map(|(client, runtime, _)| (client, runtime))
 }
 
@@ -90,7 +91,7 @@ impl Intercept for CountAttempts {
 pub(super) fn connect_counting(
     endpoint: &str,
     counts: Arc<RetryCounts>,
-    wire: Wire,
+    wire: Arc<Wire>,
 ) -> Result<(Client, tokio::runtime::Runtime, Arc<RetryCounts>), StoreError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let credentials = Credentials::new(
@@ -114,6 +115,14 @@ pub(super) fn connect_counting(
         .credentials_provider(credentials)
         .http_client(SharedHttpClient::new(WireClient::new(http_client(), wire)))
         .interceptor(CountAttempts(counts.clone()))
+        // Throttling and 500s are retried by the SDK with a short jittered
+        // back-off first (its default waits a second), then by the store.
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(Duration::from_millis(20))
+                .with_max_backoff(Duration::from_secs(2)),
+        )
         .build();
     Ok((Client::from_conf(config), runtime, counts))
 }

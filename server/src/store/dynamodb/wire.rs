@@ -126,6 +126,10 @@ pub(crate) struct Wire {
     faults: Option<Faults>,
     random: Mutex<u64>,
     sizes: Mutex<Sizes>,
+    /// Requests seen, and the first that fails with every later one (the
+    /// table lost; `u64::MAX`: none).
+    seen: AtomicU64,
+    lost_from: AtomicU64,
 }
 
 impl Wire {
@@ -136,7 +140,17 @@ impl Wire {
             faults,
             random: Mutex::new(seed),
             sizes: Mutex::new(Sizes::default()),
+            seen: AtomicU64::new(0),
+            lost_from: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// From the `n`-th request on (0: the next), every request fails with a
+    /// 500 and is not run: the table is lost.
+    pub(crate) fn lose_table_after(&self, n: u64) {
+        let seen = self.seen.load(Ordering::Relaxed);
+        self.lost_from
+            .store(seen.saturating_add(n), Ordering::Relaxed);
     }
 
     /// A number in `0..1`, from a xorshift over the seed.
@@ -152,6 +166,10 @@ impl Wire {
 
     /// The fault this request meets, if any.
     fn fault(&self, operation: &str) -> Option<Fault> {
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed);
+        if seen >= self.lost_from.load(Ordering::Relaxed) {
+            return Some(Fault::Internal);
+        }
         let rate = self.faults.as_ref()?.rate;
         if self.next_random() >= rate {
             return None;
@@ -185,11 +203,8 @@ pub(crate) struct WireClient {
 }
 
 impl WireClient {
-    pub(crate) fn new(inner: SharedHttpClient, wire: Wire) -> WireClient {
-        WireClient {
-            inner,
-            wire: Arc::new(wire),
-        }
+    pub(crate) fn new(inner: SharedHttpClient, wire: Arc<Wire>) -> WireClient {
+        WireClient { inner, wire }
     }
 }
 
