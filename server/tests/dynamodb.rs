@@ -642,6 +642,41 @@ fn a_lease_walk_cut_short_hands_over_what_it_took() {
     assert!(store.lease_pending(1_000, "a", 900, 5).is_err());
 }
 
+/// A large conclusion under load (a quarter of requests throttled,
+/// cancelled by a conflicting transaction, or failed with a 500) commits
+/// once, and exactly: what load refused is sent again, not decided again,
+/// so it writes about what it writes on a quiet table.
+#[test]
+fn a_large_conclusion_under_load_commits_once_without_starting_over() {
+    use etracker_server::store::dynamodb::Faults;
+    use std::sync::atomic::Ordering::Relaxed;
+    let run = |faults: Option<Faults>| {
+        let store = DynamoStore::connect_with(&endpoint(), &fresh_prefix(), faults).unwrap();
+        store.put(new_record(1, node(), 1)).unwrap();
+        let receipts: Vec<u64> = (0..450).collect();
+        let c = conclusion(1, vec![usage(space_a(), "2025-01-01", 4500)], &receipts);
+        let before = store.usage().items_written.load(Relaxed);
+        assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+        let written = store.usage().items_written.load(Relaxed) - before;
+        assert_eq!(store.node_total(&node()).unwrap(), 4500);
+        assert_eq!(consistent(&store).counted_receipts, 450);
+        (written, store.usage().faults.load(Relaxed))
+    };
+    let (quiet, _) = run(None);
+    let (loaded, faults) = run(Some(Faults {
+        rate: 0.25,
+        seed: 7,
+    }));
+    assert!(
+        faults >= 5,
+        "{faults} faults injected, quiet {quiet}, loaded {loaded}"
+    );
+    assert!(
+        loaded <= quiet + quiet / 4,
+        "{loaded} items written under load, {quiet} quiet"
+    );
+}
+
 /// The store's retry counters, for `/metrics`: an uncontended table shows
 /// none, although every request went through the counting.
 #[test]

@@ -300,7 +300,8 @@ impl DashboardReads for DynamoStore {
                 name: "etracker_store_requests_retried_total",
                 help: "DynamoDB requests the SDK sent again (throttling, transient errors), after its jittered back-off.",
                 value: r.attempts.load(Relaxed).saturating_sub(r.requests.load(Relaxed))
-                    + r.unprocessed.load(Relaxed),
+                    + r.unprocessed.load(Relaxed)
+                    + r.busy.load(Relaxed),
             },
             RetryCounter {
                 name: "etracker_dynamodb_write_units_total",

@@ -25,8 +25,35 @@ const PUT_MAX: usize = 25;
 pub(super) enum Tx {
     /// Committed.
     Done,
-    /// Cancelled; the reason codes, one per item.
+    /// Cancelled by a condition (or an overflow); the reason codes, one per
+    /// item. Cancellations by load are retried by [`DynamoStore::transact`]
+    /// and never come back as this.
     Cancelled(Vec<String>),
+}
+
+/// Sends of one transaction before it counts as throttled.
+const BUSY_RETRIES: usize = 32;
+
+/// What one send of a transaction came to.
+enum Sent {
+    Done,
+    Cancelled(Vec<String>),
+    /// DynamoDB was busy: nothing ran (`false`), or it may have run (`true`:
+    /// a 500, a timeout), so it is sent again with the same token, which
+    /// DynamoDB answers as the first when it ran.
+    Busy(bool),
+}
+
+/// Whether a cancellation is the load's, not a condition's: every item's
+/// reason is none, a conflict with another transaction, or throttling
+/// (none given: a transaction with the same token in progress).
+fn cancelled_by_load(reasons: &[String]) -> bool {
+    reasons.iter().all(|r| {
+        matches!(
+            r.as_str(),
+            "None" | "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+        )
+    })
 }
 
 impl DynamoStore {
@@ -216,35 +243,75 @@ impl DynamoStore {
         }
     }
 
-    /// One `TransactWriteItems`; contention is a [`Tx::Cancelled`], not an error.
+    /// One `TransactWriteItems`, sent until DynamoDB decides it: when load
+    /// cancels or refuses it (another transaction on an item, throttling, a
+    /// 500), the same transaction is sent again after a jittered back-off,
+    /// never re-decided, so a large conclusion does not start over for a
+    /// busy moment. A condition that failed is a [`Tx::Cancelled`].
     pub(super) fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
         debug_assert!(items.len() <= TX_MAX);
+        let mut token = fresh_id();
+        for round in 0..BUSY_RETRIES {
+            match self.send_transaction(&items, &token)? {
+                Sent::Done => return Ok(Tx::Done),
+                Sent::Cancelled(reasons) if !cancelled_by_load(&reasons) => {
+                    return Ok(Tx::Cancelled(reasons))
+                }
+                Sent::Cancelled(_) | Sent::Busy(false) => token = fresh_id(),
+                Sent::Busy(true) => {}
+            }
+            self.retries
+                .busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            super::table::backoff(round);
+        }
+        Err(StoreError::Throttled {
+            operation: "TransactWriteItems",
+        })
+    }
+
+    fn send_transaction(
+        &self,
+        items: &[TransactWriteItem],
+        token: &str,
+    ) -> Result<Sent, StoreError> {
         let out = self.block_on(
             self.client
                 .transact_write_items()
                 // The SDK retries (after a timeout, say) with the same token,
                 // which DynamoDB answers as the first try: idempotent.
-                .client_request_token(fresh_id())
-                .set_transact_items(Some(items))
+                .client_request_token(token)
+                .set_transact_items(Some(items.to_vec()))
                 .send(),
         );
-        match out {
-            Ok(_) => Ok(Tx::Done),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
-                    Ok(Tx::Cancelled(
-                        c.cancellation_reasons()
-                            .iter()
-                            .map(|r| r.code().unwrap_or("None").to_string())
-                            .collect(),
-                    ))
-                }
+        let e = match out {
+            Ok(_) => return Ok(Sent::Done),
+            Err(e) => e,
+        };
+        use aws_sdk_dynamodb::error::SdkError;
+        Ok(match &e {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => Sent::Busy(true),
+            _ => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => Sent::Cancelled(
+                    c.cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None").to_string())
+                        .collect(),
+                ),
                 Some(TransactWriteItemsError::TransactionInProgressException(_)) => {
-                    Ok(Tx::Cancelled(Vec::new()))
+                    Sent::Cancelled(Vec::new())
                 }
-                _ => Err(backend(e)),
+                Some(
+                    TransactWriteItemsError::ThrottlingException(_)
+                    | TransactWriteItemsError::ProvisionedThroughputExceededException(_)
+                    | TransactWriteItemsError::RequestLimitExceeded(_),
+                ) => Sent::Busy(false),
+                Some(TransactWriteItemsError::InternalServerError(_)) => Sent::Busy(true),
+                _ => return Err(backend(e)),
             },
-        }
+        })
     }
 
     /// `Delete` of one item, unconditional.

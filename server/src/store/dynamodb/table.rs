@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
 use aws_sdk_dynamodb::error::BoxError;
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
@@ -55,6 +55,9 @@ pub(super) struct RetryCounts {
     pub(super) requests: AtomicU64,
     /// `BatchGetItem` rounds for keys left unprocessed (throttling).
     pub(super) unprocessed: AtomicU64,
+    /// Transactions sent again because DynamoDB was busy (throttling,
+    /// another transaction on an item, a 500), not re-decided.
+    pub(super) busy: AtomicU64,
 }
 
 /// Counts the SDK's requests and attempts into [`RetryCounts`].
@@ -262,11 +265,29 @@ fn key_schema(name: &str, key_type: KeyType) -> Result<KeySchemaElement, StoreEr
         .map_err(build_error)
 }
 
+/// A failed request as a store error: what load refused (throttling, a
+/// conflict with a transaction, a 500) after the SDK's retries is
+/// [`StoreError::Throttled`], transient; anything else keeps its cause.
 pub(crate) fn backend<E, R>(e: SdkError<E, R>) -> StoreError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let busy = matches!(
+        e.code(),
+        Some(
+            "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+                | "TransactionConflictException"
+                | "InternalServerError"
+        )
+    );
+    if busy {
+        return StoreError::Throttled {
+            operation: "a DynamoDB request",
+        };
+    }
     StoreError::backend("a DynamoDB request", e)
 }
 

@@ -134,7 +134,7 @@ pub(crate) struct Wire {
 
 impl Wire {
     pub(crate) fn new(usage: Arc<Usage>, faults: Option<Faults>) -> Wire {
-        let seed = faults.as_ref().map_or(1, |f| f.seed.max(1));
+        let seed = faults.as_ref().map_or(1, |f| f.seed);
         Wire {
             usage,
             faults,
@@ -153,15 +153,18 @@ impl Wire {
             .store(seen.saturating_add(n), Ordering::Relaxed);
     }
 
-    /// A number in `0..1`, from a xorshift over the seed.
+    /// A number in `0..1`: splitmix64 over the seed (well mixed from the
+    /// first draw, whatever the seed).
     fn next_random(&self) -> f64 {
-        let Ok(mut x) = self.random.lock() else {
+        let Ok(mut state) = self.random.lock() else {
             return 1.0;
         };
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        (*x >> 11) as f64 / (1u64 << 53) as f64
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// The fault this request meets, if any.
