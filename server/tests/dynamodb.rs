@@ -677,6 +677,28 @@ fn a_large_conclusion_under_load_commits_once_without_starting_over() {
     );
 }
 
+/// A receipt at the largest a store keeps fits DynamoDB's 400 KB item
+/// (which the wire layer enforces, as DynamoDB does); a larger one is
+/// refused as invalid before any write, not failed for ever by the table.
+#[test]
+fn receipts_up_to_the_item_limit_are_kept() {
+    use etracker_server::store::MAX_RECEIPT_BYTES;
+    let store = store();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, node(), 2)).unwrap();
+    let mut c = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[1]);
+    c.receipt_bytes = vec![7; MAX_RECEIPT_BYTES];
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    let mut c = conclusion(2, vec![usage(space_a(), "2025-01-01", 10)], &[2]);
+    c.receipt_bytes = vec![7; MAX_RECEIPT_BYTES + 1];
+    assert!(matches!(store.conclude(&c), Err(StoreError::Invalid(_))));
+    // Past DynamoDB's own limit too: refused the same way, nothing sent.
+    c.receipt_bytes = vec![7; 420 * 1024];
+    assert!(matches!(store.conclude(&c), Err(StoreError::Invalid(_))));
+    assert_eq!(store.usage().refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+    consistent(&store);
+}
+
 /// The store's retry counters, for `/metrics`: an uncontended table shows
 /// none, although every request went through the counting.
 #[test]

@@ -393,6 +393,8 @@ async fn conclude(
             let marks = conflict_marks(ctx, &batch, &nb.tally, blocks, &receipts).await?;
             Err(Refusal::Conflict { receipts, marks })
         }
+        // A conclusion the store can never keep: refused, typed.
+        Err(StoreError::Invalid(why)) => Err(format!("cannot conclude: {why}").into()),
         Err(e) => Err(Refusal::Unexpected(e)),
     }
 }

@@ -93,6 +93,13 @@ pub(crate) fn check_day(day: &str) -> Result<(), StoreError> {
 /// requires and returns the usage summed per (space, day) and per day, so
 /// backends add each key once.
 pub(crate) fn check_conclusion(c: &Conclusion) -> Result<SummedUsage, StoreError> {
+    if c.receipt_bytes.len() > super::MAX_RECEIPT_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "the receipt is {} bytes, over the {} a store keeps in one item",
+            c.receipt_bytes.len(),
+            super::MAX_RECEIPT_BYTES
+        )));
+    }
     let mut summed = SummedUsage::default();
     let mut total: u64 = 0;
     let overflow = || StoreError::Invalid("byte counts overflow u64".into());

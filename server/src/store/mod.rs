@@ -65,6 +65,12 @@ mod spaces;
 
 #[cfg(feature = "dynamodb")]
 pub(crate) use checks::SummedUsage;
+/// Largest consolidate receipt (the agent message served at
+/// `GET /receipts/{task}`) a store keeps: one DynamoDB item holds 400 KB
+/// with its keys, and a consolidator's receipts stay under 256 KiB (their
+/// `errors[]` are bounded), so an honest one always fits.
+pub const MAX_RECEIPT_BYTES: usize = 384 * 1024;
+
 pub(crate) use checks::{
     check_conclusion, check_day_range, check_record, lease_end, parse_did, staged_counted,
     unsupported_format,
