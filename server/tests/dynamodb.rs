@@ -592,7 +592,7 @@ fn tracks_spread_over_shards_and_leases_miss_none() {
 
 /// What `/health` and `/metrics` read, and what a starting replica reads
 /// to take back its leases, does not grow with the backlog: the pending
-/// count comes from the 16 counters, and the take-back reads only the
+/// count comes from the 16 counters (read with the table's format), and the take-back reads only the
 /// window where running leases end.
 #[test]
 fn probes_and_take_back_do_not_read_the_backlog() {
@@ -606,8 +606,9 @@ fn probes_and_take_back_do_not_read_the_backlog() {
     let read = |store: &DynamoStore| store.usage().items_read.load(Relaxed);
     let before = read(&store);
     assert_eq!(store.pending_count().unwrap(), 120);
+    // The 16 counters and the table's format.
     assert!(
-        read(&store) - before <= 16,
+        read(&store) - before <= 17,
         "{} items",
         read(&store) - before
     );
@@ -695,8 +696,57 @@ fn receipts_up_to_the_item_limit_are_kept() {
     // Past DynamoDB's own limit too: refused the same way, nothing sent.
     c.receipt_bytes = vec![7; 420 * 1024];
     assert!(matches!(store.conclude(&c), Err(StoreError::Invalid(_))));
-    assert_eq!(store.usage().refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        store
+            .usage()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     consistent(&store);
+}
+
+/// A table upgraded under a running replica (its format item changed by
+/// another version): the replica writes nothing more, tracks and
+/// conclusions are refused with a sentence saying what to do, the probe
+/// fails, and a replica starting on it refuses it the same way.
+#[test]
+fn a_replica_of_another_format_changes_nothing() {
+    let prefix = fresh_prefix();
+    let store = DynamoStore::connect(&endpoint(), &prefix).unwrap();
+    store.put(new_record(1, node(), 1)).unwrap();
+    let raw = Raw::of(&store);
+    raw.put(Item::from([
+        ("pk".to_string(), text("meta")),
+        ("sk".to_string(), text("format")),
+        ("format".to_string(), number(4)),
+    ]));
+    let changed = |e: StoreError| {
+        assert!(
+            matches!(
+                e,
+                StoreError::FormatChanged {
+                    found: 4,
+                    expected: 3
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("run the etracker version of format 4"),
+            "{e}"
+        );
+    };
+    changed(store.put(new_record(2, node(), 2)).unwrap_err());
+    let c = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[1]);
+    changed(store.conclude(&c).unwrap_err());
+    changed(store.pending_count().unwrap_err());
+    changed(DynamoStore::connect(&endpoint(), &prefix).unwrap_err());
+    assert!(
+        store.record(&batch(2)).unwrap().is_none(),
+        "nothing written"
+    );
 }
 
 /// The store's retry counters, for `/metrics`: an uncontended table shows

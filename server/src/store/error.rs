@@ -61,6 +61,15 @@ pub enum StoreError {
         /// The store's file.
         path: String,
     },
+    /// The table is of another format than this replica reads (made, or
+    /// upgraded meanwhile, by another version): nothing is written.
+    #[error("the table is of format {found}, and this etracker reads format {expected}: run the etracker version of format {found} against it (or this version against a new table); this replica changes nothing in it")]
+    FormatChanged {
+        /// The table's format.
+        found: u64,
+        /// This replica's.
+        expected: u64,
+    },
     /// The backend kept refusing for want of capacity (DynamoDB throttling)
     /// through every retry: transient, try again later.
     #[error("the storage backend kept throttling {operation}")]

@@ -257,11 +257,25 @@ impl DashboardReads for DynamoStore {
     /// whatever the table holds); `pending` is tracked less concluded, both
     /// kept by the transactions that track and conclude.
     fn stats(&self) -> Result<StoreStats, StoreError> {
+        let format_key = ("meta".to_string(), "format".to_string());
         let keys: Vec<(String, String)> = (0..SHARDS)
             .map(stats_pk)
             .map(|pk| (pk, "stats".to_string()))
+            .chain([format_key.clone()])
             .collect();
-        let shards = self.get_many(&keys)?;
+        let mut shards = self.get_many(&keys)?;
+        // Read with the counters (so `/health` fails on a table another
+        // version upgraded): the table's format.
+        let found = match shards.remove(&format_key) {
+            Some(item) => get_u64(&item, "format")?,
+            None => 0,
+        };
+        if found != super::table::FORMAT {
+            return Err(StoreError::FormatChanged {
+                found,
+                expected: super::table::FORMAT,
+            });
+        }
         let field = |k: &str| -> Result<u64, StoreError> {
             let mut sum = 0u64;
             for item in shards.values() {

@@ -14,8 +14,9 @@ use super::table::{backend, build_error, fresh_id, RETRIES};
 use super::DynamoStore;
 use crate::store::StoreError;
 
-/// Items per `TransactWriteItems`.
-pub(super) const TX_MAX: usize = 100;
+/// Items an operation may put in one transaction: DynamoDB takes 100, and
+/// [`DynamoStore::transact`] adds the check of the table's format.
+pub(super) const TX_MAX: usize = 99;
 /// Keys per `BatchGetItem`.
 const GET_MAX: usize = 100;
 /// Items per `BatchWriteItem`.
@@ -250,12 +251,19 @@ impl DynamoStore {
     /// busy moment. A condition that failed is a [`Tx::Cancelled`].
     pub(super) fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Tx, StoreError> {
         debug_assert!(items.len() <= TX_MAX);
+        // Every write checks the table's format: a replica of another
+        // format (the table upgraded under it) can change nothing.
+        let mut items = items;
+        items.push(self.format_check()?);
         let mut token = fresh_id();
         for round in 0..BUSY_RETRIES {
             match self.send_transaction(&items, &token)? {
                 Sent::Done => return Ok(Tx::Done),
-                Sent::Cancelled(reasons) if !cancelled_by_load(&reasons) => {
-                    return Ok(Tx::Cancelled(reasons))
+                Sent::Cancelled(mut reasons) if !cancelled_by_load(&reasons) => {
+                    if reasons.pop().as_deref() == Some("ConditionalCheckFailed") {
+                        return Err(self.format_changed());
+                    }
+                    return Ok(Tx::Cancelled(reasons));
                 }
                 Sent::Cancelled(_) | Sent::Busy(false) => token = fresh_id(),
                 Sent::Busy(true) => {}

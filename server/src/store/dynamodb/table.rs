@@ -19,7 +19,8 @@ use aws_sdk_dynamodb::config::{
 use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -32,7 +33,7 @@ use aws_sdk_dynamodb::config::SharedHttpClient;
 
 /// Format 3: the due index and the counters in shards ([`super::items`]).
 /// A table of any other format is refused.
-const FORMAT: u64 = 3;
+pub(super) const FORMAT: u64 = 3;
 /// Re-reads after a cancelled transaction before giving up.
 pub(super) const RETRIES: usize = 64;
 
@@ -131,6 +132,35 @@ pub(super) fn connect_counting(
 }
 
 impl DynamoStore {
+    /// The check, in every transaction, that the table is still of this
+    /// replica's format.
+    pub(super) fn format_check(&self) -> Result<TransactWriteItem, StoreError> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s("meta"))
+            .key("sk", s("format"))
+            .condition_expression("#f = :f")
+            .expression_attribute_names("#f", "format")
+            .expression_attribute_values(":f", n(FORMAT))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// What a failed format check found: the table's format now.
+    pub(super) fn format_changed(&self) -> StoreError {
+        let found = self
+            .get(("meta", "format"))
+            .ok()
+            .flatten()
+            .and_then(|item| get_u64(&item, "format").ok())
+            .unwrap_or(0);
+        StoreError::FormatChanged {
+            found,
+            expected: FORMAT,
+        }
+    }
+
     /// Creates the table if missing, waits until it is active, and checks
     /// (or writes) the format item.
     pub(super) fn init(&self) -> Result<(), StoreError> {
@@ -183,7 +213,10 @@ impl DynamoStore {
             let item = self.get(("meta", "format"))?.unwrap_or_default();
             let format = get_u64(&item, "format")?;
             if format != FORMAT {
-                return Err(crate::store::unsupported_format(format, FORMAT));
+                return Err(StoreError::FormatChanged {
+                    found: format,
+                    expected: FORMAT,
+                });
             }
         }
         Ok(())
