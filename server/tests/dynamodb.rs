@@ -345,6 +345,59 @@ fn an_interrupted_attempt_s_usage_rows_never_count() {
     assert_eq!(stale.len(), 2, "{stale:?}");
 }
 
+/// A retrieval claimed by another batch's conclusion still under way (or
+/// cut short) is not a conflict: the conclusion waits (transient), and the
+/// retrieval ends counted exactly once, by whichever batch, never by
+/// nobody: by the holder when it concludes with it, by the waiting one when
+/// the holder fails instead.
+#[test]
+fn a_claim_under_way_makes_others_wait_and_nothing_is_lost() {
+    for holder_fails in [false, true] {
+        let store = store();
+        let raw = Raw::of(&store);
+        store.put(new_record(1, node(), 1)).unwrap();
+        store.put(new_record(2, node(), 2)).unwrap();
+        // Batch 2's conclusion claimed retrieval 7 and was cut short.
+        raw.put(Item::from([
+            ("pk".to_string(), text(&format!("counted#{}", retrieve(7)))),
+            ("sk".to_string(), text("counted")),
+            ("batch".to_string(), text(&batch(2).to_string())),
+            ("attempt".to_string(), text("cut-short")),
+        ]));
+        let mine = conclusion(1, vec![usage(space_a(), "2025-01-01", 20)], &[6, 7]);
+        let waited = store.conclude(&mine).unwrap_err();
+        assert!(
+            matches!(waited, StoreError::HeldByPending { batch: b } if b == batch(2)),
+            "{waited:?}"
+        );
+        assert!(waited.is_transient());
+        let mut holder = conclusion(2, vec![usage(space_a(), "2025-01-01", 10)], &[7]);
+        if holder_fails {
+            holder = conclusion(2, Vec::new(), &[]);
+            holder.failed = true;
+        }
+        assert_eq!(store.conclude(&holder).unwrap(), ConcludeOutcome::Concluded);
+        let counted_by = if holder_fails {
+            assert_eq!(store.conclude(&mine).unwrap(), ConcludeOutcome::Concluded);
+            batch(1)
+        } else {
+            // Counted there: a conflict now, settled by leaving it out.
+            assert!(matches!(
+                store.conclude(&mine),
+                Err(StoreError::Conflict { receipts }) if receipts == [retrieve(7)]
+            ));
+            let without = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[6]);
+            assert_eq!(
+                store.conclude(&without).unwrap(),
+                ConcludeOutcome::Concluded
+            );
+            batch(2)
+        };
+        assert_eq!(store.counted(&[retrieve(7)]).unwrap(), [Some(counted_by)]);
+        assert_eq!(consistent(&store).counted_receipts, 2);
+    }
+}
+
 /// The upload service's consumer table, in its upstream schema (key
 /// `subscription` + `provider`; indexes on `consumer` and `customer`), made
 /// here and read through the space registry and the policy.

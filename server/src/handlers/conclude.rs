@@ -395,6 +395,9 @@ async fn conclude(
         }
         // A conclusion the store can never keep: refused, typed.
         Err(StoreError::Invalid(why)) => Err(format!("cannot conclude: {why}").into()),
+        // Busy (throttled, a claim held by a conclusion under way): the
+        // record stays pending and the task runs again.
+        Err(e) if e.is_transient() => Err(format!("not concluded yet: {e}").into()),
         Err(e) => Err(Refusal::Unexpected(e)),
     }
 }

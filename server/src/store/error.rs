@@ -32,6 +32,15 @@ pub enum StoreError {
         /// The receipts already counted.
         receipts: Vec<Cid>,
     },
+    /// A retrieval is claimed by the conclusion of another batch still
+    /// under way (or cut short and to be resumed): transient, the
+    /// conclusion waits until that one ends (then the retrieval is counted
+    /// there, or free).
+    #[error("a retrieval is claimed by batch {batch}, whose conclusion is under way: try again once it ends")]
+    HeldByPending {
+        /// The batch whose conclusion holds it.
+        batch: Cid,
+    },
     /// No record for the batch.
     #[error("no egress record for the batch")]
     NotFound,
@@ -112,7 +121,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Throttled { .. } | StoreError::Contended { .. } | StoreError::InUse { .. }
+            StoreError::Throttled { .. }
+                | StoreError::Contended { .. }
+                | StoreError::InUse { .. }
+                | StoreError::HeldByPending { .. }
         )
     }
 }

@@ -136,21 +136,28 @@ impl DynamoStore {
             Err(receipt) => return Ok(Some(ConcludeOutcome::AlreadyConcluded { receipt })),
         };
         let claims = self.claims(&c.counted_receipts)?;
-        let conflicts: Vec<Cid> = c
-            .counted_receipts
-            .iter()
-            .zip(&claims)
-            .filter(|(_, claim)| {
-                claim
-                    .as_ref()
-                    .is_some_and(|cl| cl.batch != c.batch && cl.state != ClaimState::Orphan)
-            })
-            .map(|(r, _)| *r)
-            .collect();
+        let held_by = |state: ClaimState| {
+            c.counted_receipts
+                .iter()
+                .zip(&claims)
+                .filter_map(move |(r, claim)| match claim {
+                    Some(cl) if cl.batch != c.batch && cl.state == state => Some((*r, cl.batch)),
+                    _ => None,
+                })
+        };
+        // Counted by another batch: a conflict, which the consolidator
+        // settles by leaving them out.
+        let conflicts: Vec<Cid> = held_by(ClaimState::Counted).map(|(r, _)| r).collect();
         if !conflicts.is_empty() {
             return Err(StoreError::Conflict {
                 receipts: conflicts,
             });
+        }
+        // Claimed by a conclusion of another batch still under way (or cut
+        // short, to be resumed): not counted yet, so not a conflict, or the
+        // retrieval could end counted by nobody; this one waits for it.
+        if let Some((_, batch)) = held_by(ClaimState::Pending).next() {
+            return Err(StoreError::HeldByPending { batch });
         }
         let attempt = fresh_id();
         let dailies = daily_deltas(c, summed);
