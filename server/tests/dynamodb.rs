@@ -398,6 +398,71 @@ fn a_claim_under_way_makes_others_wait_and_nothing_is_lost() {
     }
 }
 
+/// Usage rows are folded into the daily totals: after a conclusion too
+/// large for one commit, no row of it is left and every total is exact; a
+/// winning row left unfolded (its replica stopped) is counted by the first
+/// read and folded by it; reads after that read totals only.
+#[test]
+fn usage_rows_are_folded_into_the_totals() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let store = store();
+    let raw = Raw::of(&store);
+    store.put(new_record(1, node(), 1)).unwrap();
+    let spaces = many_spaces(40);
+    let usage = usage_grid(&spaces, 5, 0);
+    let c = conclusion(1, usage.clone(), &[1, 2, 3]);
+    assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
+    let rows = |raw: &Raw| -> Vec<Item> {
+        raw.scan()
+            .into_iter()
+            .filter(|i| {
+                string(i, "sk").starts_with("day#") && string(i, "sk").matches('#').count() == 2
+            })
+            .collect()
+    };
+    assert!(rows(&raw).is_empty(), "{:?}", rows(&raw));
+    let all = ("2025-01-01", "2025-12-31");
+    assert_eq!(
+        store.node_usage(&node(), all.0, all.1).unwrap(),
+        grid_node_days(&usage)
+    );
+    assert_eq!(consistent(&store).space_bytes, u128::from(c.total_bytes));
+
+    // A winning row its replica did not fold: counted, then folded.
+    let attempt = raw
+        .scan()
+        .into_iter()
+        .find(|i| string(i, "pk") == format!("rec#{}", batch(1)))
+        .map(|i| string(&i, "attempt"))
+        .unwrap();
+    raw.put(Item::from([
+        (
+            "pk".to_string(),
+            text(&format!("space#{}", space_a().as_str())),
+        ),
+        (
+            "sk".to_string(),
+            text(&format!("day#2025-06-01#{}", batch(1))),
+        ),
+        ("bytes".to_string(), number(42)),
+        ("batch".to_string(), text(&batch(1).to_string())),
+        ("attempt".to_string(), text(&attempt)),
+    ]));
+    let expected = [("2025-06-01".to_string(), 42)];
+    assert_eq!(
+        store.space_usage(&space_a(), all.0, all.1).unwrap(),
+        expected
+    );
+    assert!(rows(&raw).is_empty(), "folded by the read");
+    let before = store.usage().items_read.load(Relaxed);
+    assert_eq!(
+        store.space_usage(&space_a(), all.0, all.1).unwrap(),
+        expected
+    );
+    // The fold counter twice and the one total.
+    assert!(store.usage().items_read.load(Relaxed) - before <= 3);
+}
+
 /// The upload service's consumer table, in its upstream schema (key
 /// `subscription` + `provider`; indexes on `consumer` and `customer`), made
 /// here and read through the space registry and the policy.

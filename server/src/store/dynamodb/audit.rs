@@ -51,6 +51,9 @@ impl DynamoStore {
         for item in &items {
             let pk = get_s(item, "pk")?;
             let sk = get_s(item, "sk")?;
+            if sk == super::fold::FOLD_SK {
+                continue;
+            }
             if let Some(batch) = pk.strip_prefix("rec#") {
                 let batch = parse_cid(batch)?;
                 records.insert(batch, decode_record(&batch, item)?);

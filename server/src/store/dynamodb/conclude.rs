@@ -46,6 +46,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use cid::Cid;
 
+use super::fold::Row;
 use super::items::{
     counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
     record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
@@ -233,7 +234,26 @@ impl DynamoStore {
         let in_flip = if as_rows { &[][..] } else { &dailies[..] };
         let (items, adds) = self.final_writes(c, summed, &fenced, &attempt, in_flip)?;
         match self.transact(items)? {
-            Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
+            Tx::Done => {
+                if as_rows {
+                    // Counted from the flip on; folded into the totals now
+                    // (or by the first read that meets them, if this stops).
+                    let rows: Vec<Row> = dailies
+                        .iter()
+                        .map(|d| Row {
+                            pk: d.pk.clone(),
+                            day: d.day.clone(),
+                            batch: c.batch,
+                            attempt: attempt.clone(),
+                            bytes: d.bytes,
+                        })
+                        .collect();
+                    if let Err(error) = self.fold(&rows) {
+                        tracing::warn!(%error, batch = %c.batch, "cannot fold usage rows yet");
+                    }
+                }
+                Ok(Some(ConcludeOutcome::Concluded))
+            }
             Tx::Cancelled(_) => self.cancelled(&adds).inspect_err(|_| {
                 // Refused: its claims must not hold other batches back.
                 let _ = self.withdraw(&c.batch, &attempt, &claimed);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use cid::Cid;
 use ucanto::principal::Did;
 
+use super::fold::Row;
 use super::items::{
     decode_record, did_range, egress_pk, get_s, get_u64, node_batches_pk, node_pk, non_billable_pk,
     parse_cid, parse_day_sk, parse_did, record_pk, rejected_pk, space_days_pk, stats_pk,
@@ -18,10 +19,14 @@ use crate::store::{
     SpaceEntry, StoreError, StoreStats,
 };
 
+/// A partition's bytes per day, and the winning usage rows among them.
+type DaysAndRows = (Vec<(String, u64)>, Vec<Row>);
+
 impl DynamoStore {
     /// Bytes per day of a `<prefix>#<did>` partition, days `from..to`: each
     /// day's total plus the usage rows of batches done with the rows'
-    /// attempt (rows of other attempts never count).
+    /// attempt (rows of other attempts never count), read while no fold
+    /// lands (see [`super::fold`]); the winning rows met are folded then.
     pub(super) fn daily(
         &self,
         pk: &str,
@@ -31,6 +36,18 @@ impl DynamoStore {
         if !check_day_range(from, to)? {
             return Ok(Vec::new());
         }
+        let (days, unfolded) = self.without_folds(pk, || self.daily_once(pk, from, to))?;
+        if !unfolded.is_empty() {
+            // Left by a replica that stopped before folding them.
+            if let Err(error) = self.fold(&unfolded) {
+                tracing::warn!(%error, pk, "cannot fold usage rows yet");
+            }
+        }
+        Ok(days)
+    }
+
+    /// One read of [`DynamoStore::daily`]: the days, and the winning rows.
+    fn daily_once(&self, pk: &str, from: &str, to: &str) -> Result<DaysAndRows, StoreError> {
         // `day#<to>` sorts before `day#<to>#…` rows: they are out of range.
         let items = self.query(pk, &format!("day#{from}"), &format!("day#{to}"), None)?;
         let mut totals = Vec::new();
@@ -48,22 +65,30 @@ impl DynamoStore {
             }
         }
         if rows.is_empty() {
-            return Ok(totals);
+            return Ok((totals, Vec::new()));
         }
         let batches: Vec<Cid> = rows.iter().map(|(_, batch, _, _)| *batch).collect();
         let winners = self.done_attempts(&batches)?;
-        let mut days: BTreeMap<String, u64> = BTreeMap::new();
-        let counted = rows
+        let won: Vec<Row> = rows
             .into_iter()
             .filter(|(_, batch, attempt, _)| winners.get(batch) == Some(attempt))
-            .map(|(day, _, _, bytes)| (day, bytes));
+            .map(|(day, batch, attempt, bytes)| Row {
+                pk: pk.to_string(),
+                day,
+                batch,
+                attempt,
+                bytes,
+            })
+            .collect();
+        let mut days: BTreeMap<String, u64> = BTreeMap::new();
+        let counted = won.iter().map(|row| (row.day.clone(), row.bytes));
         for (day, bytes) in totals.into_iter().chain(counted) {
             let sum = days.entry(day).or_default();
             *sum = sum.checked_add(bytes).ok_or_else(|| {
                 StoreError::Corrupt(format!("the daily total of {pk} overflows u64"))
             })?;
         }
-        Ok(days.into_iter().collect())
+        Ok((days.into_iter().collect(), won))
     }
 }
 

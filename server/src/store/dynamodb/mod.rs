@@ -90,6 +90,7 @@ pub mod capacity;
 mod conclude;
 mod conclusions;
 mod dashboard;
+mod fold;
 mod items;
 mod pending;
 mod records;
