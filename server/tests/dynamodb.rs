@@ -785,6 +785,7 @@ fn a_large_conclusion_under_load_commits_once_without_starting_over() {
     let (loaded, faults) = run(Some(Faults {
         rate: 0.25,
         seed: 7,
+        latency_ms: 0,
     }));
     assert!(
         faults >= 5,

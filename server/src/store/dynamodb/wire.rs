@@ -75,12 +75,15 @@ impl Usage {
 pub struct Faults {
     /// The fraction of requests that fail (0 to 1).
     pub rate: f64,
+    /// Added to every request (a table farther away): milliseconds.
+    pub latency_ms: u64,
     /// Seeds the choice of requests and failures.
     pub seed: u64,
 }
 
 impl Faults {
-    /// Reads `rate[,seed]`, e.g. `0.05` or `0.05,7`.
+    /// Reads `rate[,seed[,latency_ms]]`, e.g. `0.05`, `0.05,7` or
+    /// `0.05,7,10`.
     pub fn parse(text: &str) -> Result<Faults, String> {
         let mut parts = text.split(',');
         let rate: f64 = parts
@@ -99,7 +102,18 @@ impl Faults {
                 .map_err(|_| format!("{seed:?} is not a seed"))?,
             None => 1,
         };
-        Ok(Faults { rate, seed })
+        let latency_ms = match parts.next() {
+            Some(ms) => ms
+                .trim()
+                .parse()
+                .map_err(|_| format!("{ms:?} is not a latency in milliseconds"))?,
+            None => 0,
+        };
+        Ok(Faults {
+            rate,
+            seed,
+            latency_ms,
+        })
     }
 }
 
@@ -251,6 +265,9 @@ impl HttpConnector for WireConnector {
             if let Err(why) = capacity::refusal(&operation, &body) {
                 wire.usage.refused.fetch_add(1, Ordering::Relaxed);
                 return Ok(error_response(400, "ValidationException", &why, None));
+            }
+            if let Some(ms) = wire.faults.as_ref().map(|f| f.latency_ms).filter(|ms| *ms > 0) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             }
             let fault = wire.fault(&operation);
             if let Some(fault) = fault.filter(|f| *f != Fault::InternalAfter) {
