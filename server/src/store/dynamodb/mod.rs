@@ -100,6 +100,8 @@ mod spaces;
 mod table;
 pub mod wire;
 
+/// The SDK, for tests that read the table raw.
+pub use aws_sdk_dynamodb as sdk;
 pub(crate) use table::backend;
 pub use table::connect_client;
 pub use wire::{Faults, Usage};

@@ -266,7 +266,12 @@ impl HttpConnector for WireConnector {
                 wire.usage.refused.fetch_add(1, Ordering::Relaxed);
                 return Ok(error_response(400, "ValidationException", &why, None));
             }
-            if let Some(ms) = wire.faults.as_ref().map(|f| f.latency_ms).filter(|ms| *ms > 0) {
+            if let Some(ms) = wire
+                .faults
+                .as_ref()
+                .map(|f| f.latency_ms)
+                .filter(|ms| *ms > 0)
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             }
             let fault = wire.fault(&operation);
