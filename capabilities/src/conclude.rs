@@ -124,10 +124,10 @@ pub type ConcludeOk = Empty;
 /// # Format
 /// ```text
 /// Refused        { name: "EgressConcludeError", message: string }
-/// Conflict       { name: "EgressConcludeError", message: string,
-///                  receipts: [Link<retrieval>] (the first 1,024), count: int,
-///                  conflicts: bytes }  bit i % 8 of byte i / 8: the tally's
-///                                      i-th counted retrieval, chunk by chunk
+/// Conflict       { name: "EgressConcludeError", message: string, count: int,
+///                  conflicts: bytes }  16 bytes per retrieval counted by
+///                                      another batch: the start of its
+///                                      payload id's sha2-256 digest
 /// UnknownSpaces  { name: "EgressConcludeError", message: string,
 ///                  spaces: [DID] (the first 1,024) }
 /// Incomplete     { name: "TallyIncomplete", message: string, stack: string }
@@ -148,13 +148,12 @@ pub enum ConcludeError {
     /// Retrievals of the tally that another batch counted meanwhile.
     #[error("{}: {message}", ConcludeError::NAME)]
     Conflict {
-        /// How many, with an example.
+        /// How many.
         message: String,
-        /// The first of them, by payload id.
-        receipts: Vec<Cid>,
         /// How many there are.
         count: u64,
-        /// One bit per counted retrieval of the tally, set for each of them.
+        /// The first 16 bytes of each one's payload id digest, one after
+        /// the other (see [`conflict_keys`]): no larger than the tally.
         conflicts: Vec<u8>,
     },
     /// Spaces of the tally the tracker does not bill.
@@ -204,13 +203,8 @@ impl Outcome for ConcludeError {
         match self {
             ConcludeError::Refused { .. } => {}
             ConcludeError::Conflict {
-                receipts,
-                count,
-                conflicts,
-                ..
+                count, conflicts, ..
             } => {
-                let links = receipts.iter().map(|cid| Ipld::Link(*cid)).collect();
-                map.insert("receipts".into(), Ipld::List(links));
                 map.insert("count".into(), Ipld::Integer((*count).into()));
                 map.insert("conflicts".into(), Ipld::Bytes(conflicts.clone()));
             }
@@ -236,9 +230,14 @@ impl Outcome for ConcludeError {
         }
         let fields = Fields::of("error", value)?;
         if let Ok(conflicts) = fields.bytes("conflicts") {
+            if conflicts.len() % 16 != 0 {
+                return Err(SchemaError::invalid(
+                    "error.conflicts",
+                    "not a whole number of 16-byte keys",
+                ));
+            }
             return Ok(ConcludeError::Conflict {
                 message,
-                receipts: fields.links("receipts")?,
                 count: fields.uint("count")?,
                 conflicts: conflicts.to_vec(),
             });
@@ -263,23 +262,12 @@ impl Outcome for ConcludeError {
     }
 }
 
-/// Marks the tally's `position`-th counted retrieval in a conflict's
-/// `conflicts` bytes (bit `position % 8` of byte `position / 8`), growing
-/// them as needed.
-pub fn mark_conflict(conflicts: &mut Vec<u8>, position: usize) {
-    let byte = position / 8;
-    if conflicts.len() <= byte {
-        conflicts.resize(byte + 1, 0);
-    }
-    conflicts[byte] |= 1 << (position % 8);
-}
-
-/// Whether a conflict's `conflicts` bytes mark the tally's `position`-th
-/// counted retrieval (see [`mark_conflict`]).
-pub fn is_conflict(conflicts: &[u8], position: usize) -> bool {
+/// The retrievals a conflict's `conflicts` bytes name: the first 16 bytes
+/// of each one's payload id digest.
+pub fn conflict_keys(conflicts: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
     conflicts
-        .get(position / 8)
-        .is_some_and(|byte| byte & (1 << (position % 8)) != 0)
+        .chunks_exact(16)
+        .map(|key| <[u8; 16]>::try_from(key).unwrap_or_default())
 }
 
 impl ConcludeError {
@@ -297,20 +285,18 @@ impl ConcludeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ucanto::dag::{cid_of, RAW};
 
     /// Every refusal reads back as what was written, and keeps the wire
-    /// shape a consolidator of the previous version read (`receipts`,
-    /// `spaces`, a `TallyIncomplete` with its stack).
+    /// shape a consolidator reads (`count` and `conflicts`, `spaces`, a
+    /// `TallyIncomplete` with its stack).
     #[test]
     fn refusals_round_trip_with_their_fields() {
         let refusals = [
             ConcludeError::new("not the task"),
             ConcludeError::Conflict {
                 message: "2 retrieval(s) were counted".into(),
-                receipts: vec![cid_of(RAW, b"a"), cid_of(RAW, b"b")],
                 count: 2,
-                conflicts: vec![0b101],
+                conflicts: [[1; 16], [2; 16]].concat(),
             },
             ConcludeError::UnknownSpaces {
                 message: "1 space(s)".into(),
@@ -338,5 +324,28 @@ mod tests {
             incomplete.get("stack"),
             Some(&Ipld::String("TallyIncomplete: m".into()))
         );
+    }
+
+    /// Conflict keys are read back in order; bytes that are not whole keys
+    /// are refused, not cut.
+    #[test]
+    fn conflicts_are_whole_keys() {
+        let keys = [[7; 16], [9; 16]];
+        let conflict = ConcludeError::Conflict {
+            message: "m".into(),
+            count: 2,
+            conflicts: keys.concat(),
+        };
+        let ConcludeError::Conflict { conflicts, .. } =
+            ConcludeError::from_ipld(&conflict.to_ipld()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(conflict_keys(&conflicts).collect::<Vec<_>>(), keys);
+        let Ipld::Map(mut wire) = conflict.to_ipld() else {
+            panic!()
+        };
+        wire.insert("conflicts".into(), Ipld::Bytes(vec![1; 17]));
+        assert!(ConcludeError::from_ipld(&Ipld::Map(wire)).is_err());
     }
 }

@@ -14,12 +14,16 @@
 //!   together (`nbf < t < exp`). The retrieval is dated at the latest such
 //!   second: a node serves a retrieval while it is valid, so that is the
 //!   latest it can have happened. A client that signs a retrieval valid
-//!   for ten years on a proof that ends in 3 s is dated at the proof's end.
-//! - **Bounded in time**: some UCAN of the chain expires (`NoExpiry`
-//!   otherwise; JS and Go ucanto set an expiry by default), and no later than
-//!   the freshness age after the track (`ExpiresTooLate`). Only then can the
-//!   tracker drop the record that it counted the retrieval and still refuse
-//!   it ever after: see *Fresh*.
+//!   for an hour on a proof that ends in 3 s is dated at the proof's end.
+//! - **Bounded in time**: the retrieval itself expires (`NoExpiry`
+//!   otherwise; JS and Go ucanto set an expiry by default, 30 s in JS), no
+//!   later than the freshness age after the track (`ExpiresTooLate`). Only
+//!   then can the tracker drop the record that it counted the retrieval and
+//!   still refuse it ever after: see *Fresh*. Its own expiry, not its
+//!   chain's: the expiry is part of the signed bytes, so every copy of the
+//!   retrieval has the same one whatever proofs it is validated with, and
+//!   the tracker files the record that it counted it under that hour
+//!   ([`Judgement::expires`]).
 //! - **Fresh**: dated no earlier than the freshness age before the track
 //!   (`StaleRetrieval`), nor than the freshness age plus the longest a batch
 //!   waits to conclude before now: a month already invoiced does not change.
@@ -181,6 +185,9 @@ pub struct Judgement {
     pub at: u64,
     /// The last second it was valid.
     pub last: u64,
+    /// The retrieval's own expiry (its `exp`): the same for every copy of
+    /// it, so the record that it was counted is filed under it.
+    pub expires: u64,
     /// The space billed (the capability's `with`).
     pub space: Did,
     /// False when the chain passes through a non-billable actor.
@@ -199,10 +206,10 @@ pub enum Refusal {
     /// track.
     #[error("{0}")]
     Unauthorized(String),
-    /// No UCAN of the chain expires.
-    #[error("neither the retrieval nor any proof of its chain expires: it could be counted again whenever tracked")]
+    /// The retrieval itself does not expire.
+    #[error("the retrieval sets no expiry: it could be counted again whenever tracked")]
     NoExpiry,
-    /// The chain is valid until later than the freshness age after the track.
+    /// The retrieval is valid until later than the freshness age after the track.
     #[error("the retrieval stays valid until {last}, later than {limit} (the freshness age after its batch was tracked)")]
     ExpiresTooLate {
         /// The last second it is valid.
@@ -264,11 +271,16 @@ pub fn judge(
     let found = access(retrieval, parser.as_ref(), &config)
         .map_err(|e| Refusal::Unauthorized(e.message))?;
     let window = window(retrieval, &found.proofs);
-    let last = window.last.ok_or(Refusal::NoExpiry)?;
+    let expires = retrieval.expiration().ok_or(Refusal::NoExpiry)?;
     let limit = when.tracked.saturating_add(rules.max_age);
-    if last > limit {
-        return Err(Refusal::ExpiresTooLate { last, limit });
+    if expires > limit {
+        return Err(Refusal::ExpiresTooLate {
+            last: expires,
+            limit,
+        });
     }
+    // Bounded by the retrieval's own expiry, whatever the proofs say.
+    let last = window.last.unwrap_or(expires).min(expires);
     let at = window.latest_by(when.tracked).ok_or_else(|| {
         Refusal::Unauthorized(
             "the retrieval and its proofs were never valid all at once before its batch was tracked"
@@ -312,6 +324,7 @@ pub fn judge(
     Ok(Judgement {
         at,
         last,
+        expires,
         space,
         billable,
         chain,

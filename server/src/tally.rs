@@ -15,8 +15,11 @@
 //! # Format
 //! ```text
 //! chunk  { batch: Link<batch>, usage: [{space: DID, day: "YYYY-MM-DD", bytes: int}],
-//!          counted: [Link<retrieval payload id>], nonBillable?: [as usage] }
+//!          counted: [Link<retrieval payload id>], expires: [int],
+//!          nonBillable?: [as usage] }
 //! ```
+//! `expires[i]` is the expiry (unix seconds) of the retrieval `counted[i]`
+//! itself, which the store files the record that it was counted under.
 //! Usage entries and counted retrievals may be spread over any number of chunks;
 //! every chunk names the same batch. A counted retrieval is the payload id
 //! of its `space/content/retrieve` invocation (raw CID of what the client
@@ -30,6 +33,7 @@ use ucanto::dag::{cbor, Block, CodecError, Ipld};
 use ucanto::principal::Did;
 
 use crate::scratch::ScratchFile;
+use crate::store::CountedRetrieval;
 
 /// Counted retrievals per chunk: ~150 KiB.
 pub const CHUNK_RECEIPTS: usize = 4096;
@@ -46,8 +50,8 @@ pub struct Chunk {
     pub usage: Vec<(Did, String, u64)>,
     /// Bytes per space and day retrieved by non-billable actors.
     pub non_billable: Vec<(Did, String, u64)>,
-    /// Retrievals counted.
-    pub counted: Vec<Cid>,
+    /// Retrievals counted, each with its own expiry.
+    pub counted: Vec<CountedRetrieval>,
 }
 
 impl Chunk {
@@ -67,8 +71,8 @@ impl Chunk {
                 cbor::text(out, space.as_str());
             }
         };
-        let mut out = Vec::with_capacity(64 + 40 * self.counted.len() + 80 * self.usage.len());
-        let fields = if self.non_billable.is_empty() { 3 } else { 4 };
+        let mut out = Vec::with_capacity(64 + 45 * self.counted.len() + 80 * self.usage.len());
+        let fields = if self.non_billable.is_empty() { 4 } else { 5 };
         cbor::head(&mut out, cbor::MAP, fields);
         cbor::text(&mut out, "batch");
         cbor::link(&mut out, &batch);
@@ -76,8 +80,13 @@ impl Chunk {
         entries(&mut out, &self.usage);
         cbor::text(&mut out, "counted");
         cbor::head(&mut out, cbor::LIST, self.counted.len() as u64);
-        for cid in &self.counted {
-            cbor::link(&mut out, cid);
+        for counted in &self.counted {
+            cbor::link(&mut out, &counted.retrieval);
+        }
+        cbor::text(&mut out, "expires");
+        cbor::head(&mut out, cbor::LIST, self.counted.len() as u64);
+        for counted in &self.counted {
+            cbor::head(&mut out, cbor::UINT, counted.expires);
         }
         if !self.non_billable.is_empty() {
             cbor::text(&mut out, "nonBillable");
@@ -106,11 +115,25 @@ impl Chunk {
         };
         let usage = entries(list("usage", true)?)?;
         let non_billable = entries(list("nonBillable", false)?)?;
-        let counted = list("counted", true)?
+        let retrievals = list("counted", true)?;
+        let expiries = list("expires", true)?;
+        if retrievals.len() != expiries.len() {
+            return Err(bad(format!(
+                "chunk {link} lists {} counted retrievals and {} expiries",
+                retrievals.len(),
+                expiries.len()
+            )));
+        }
+        let counted = retrievals
             .into_iter()
-            .map(|item| match item {
-                Ipld::Link(cid) => Ok(cid),
-                _ => Err(bad("counted entries are links".into())),
+            .zip(expiries)
+            .map(|pair| match pair {
+                (Ipld::Link(retrieval), Ipld::Integer(expires)) => Ok(CountedRetrieval {
+                    retrieval,
+                    expires: u64::try_from(expires)
+                        .map_err(|_| bad(format!("expiry {expires} out of range")))?,
+                }),
+                _ => Err(bad("counted entries are links, expiries integers".into())),
             })
             .collect::<Result<_, _>>()?;
         Ok(Chunk {
@@ -165,7 +188,7 @@ pub struct TallyWriter {
     batch: Cid,
     receipts_per_chunk: usize,
     usage_per_chunk: usize,
-    pending: Vec<Cid>,
+    pending: Vec<CountedRetrieval>,
     usage: Usage,
     non_billable: Usage,
     counted: u64,
@@ -208,7 +231,7 @@ impl TallyWriter {
         space: Did,
         day: String,
         bytes: u64,
-        retrieval: Cid,
+        retrieval: CountedRetrieval,
     ) -> Result<(), TallyError> {
         add_usage(&mut self.usage, space, day, bytes).ok_or(TallyError::Overflow)?;
         self.count(retrieval)
@@ -221,13 +244,13 @@ impl TallyWriter {
         space: Did,
         day: String,
         bytes: u64,
-        retrieval: Cid,
+        retrieval: CountedRetrieval,
     ) -> Result<(), TallyError> {
         add_usage(&mut self.non_billable, space, day, bytes).ok_or(TallyError::Overflow)?;
         self.count(retrieval)
     }
 
-    fn count(&mut self, retrieval: Cid) -> Result<(), TallyError> {
+    fn count(&mut self, retrieval: CountedRetrieval) -> Result<(), TallyError> {
         self.pending.push(retrieval);
         self.counted += 1;
         if self.pending.len() >= self.receipts_per_chunk {
@@ -400,7 +423,23 @@ mod tests {
             ("usage".to_string(), entries(&chunk.usage)),
             (
                 "counted".to_string(),
-                Ipld::List(chunk.counted.iter().map(|c| Ipld::Link(*c)).collect()),
+                Ipld::List(
+                    chunk
+                        .counted
+                        .iter()
+                        .map(|c| Ipld::Link(c.retrieval))
+                        .collect(),
+                ),
+            ),
+            (
+                "expires".to_string(),
+                Ipld::List(
+                    chunk
+                        .counted
+                        .iter()
+                        .map(|c| Ipld::Integer(c.expires.into()))
+                        .collect(),
+                ),
             ),
         ]);
         if !chunk.non_billable.is_empty() {
@@ -415,7 +454,7 @@ mod tests {
         /// (list lengths and byte counts across every head width).
         #[test]
         fn chunks_are_written_as_the_general_encoder_writes_them(
-            counted in proptest::collection::vec(proptest::num::u32::ANY, 0..300),
+            counted in proptest::collection::vec((proptest::num::u32::ANY, proptest::num::u64::ANY), 0..300),
             usage in proptest::collection::vec((0u8..3, 0u16..400, proptest::num::u64::ANY), 0..30),
             non_billable in proptest::collection::vec((0u8..3, 0u16..400, proptest::num::u64::ANY), 0..3),
         ) {
@@ -432,7 +471,10 @@ mod tests {
                 non_billable: entries(non_billable),
                 counted: counted
                     .iter()
-                    .map(|n| ucanto::dag::cid_of(ucanto::dag::RAW, &n.to_be_bytes()))
+                    .map(|(n, expires)| CountedRetrieval {
+                        retrieval: ucanto::dag::cid_of(ucanto::dag::RAW, &n.to_be_bytes()),
+                        expires: *expires,
+                    })
                     .collect(),
             };
             let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
@@ -442,8 +484,16 @@ mod tests {
         }
     }
 
+    /// A counted retrieval, expiring within a day of 2027-01-15.
+    fn counted(i: u64) -> CountedRetrieval {
+        CountedRetrieval {
+            retrieval: ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes()),
+            expires: 1_800_000_000 + i % 86_400,
+        }
+    }
+
     /// Reads every chunk of `tally` back: usage, non-billable usage and counted.
-    fn read_back(batch: &Cid, tally: &Tally) -> (Usage, Usage, Vec<Cid>) {
+    fn read_back(batch: &Cid, tally: &Tally) -> (Usage, Usage, Vec<CountedRetrieval>) {
         let (mut usage, mut non_billable, mut counted) = (Usage::new(), Usage::new(), Vec::new());
         for i in 0..tally.links().len() {
             let chunk = Chunk::decode(batch, &tally.chunk(i).unwrap()).unwrap();
@@ -468,7 +518,7 @@ mod tests {
         let mut writer = TallyWriter::new(batch, Some(file));
         let mut expected = Vec::new();
         for i in 0..(CHUNK_RECEIPTS * 2 + 3) {
-            let retrieval = ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes());
+            let retrieval = counted(i as u64);
             let day = format!("2026-11-{:02}", 1 + i % 3);
             writer.add(space.clone(), day, 10, retrieval).unwrap();
             expected.push(retrieval);
@@ -494,7 +544,7 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..50u64 {
             let space: Did = format!("did:web:space{i}.example").parse().unwrap();
-            let retrieval = ucanto::dag::cid_of(ucanto::dag::RAW, &i.to_le_bytes());
+            let retrieval = counted(i);
             expected.push(retrieval);
             if i % 5 == 0 {
                 writer
@@ -523,7 +573,7 @@ mod tests {
         let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
         let tally = Tally::empty(batch).unwrap();
         assert_eq!(tally.links().len(), 1);
-        assert_eq!(read_back(&batch, &tally).2, Vec::<Cid>::new());
+        assert_eq!(read_back(&batch, &tally).2, Vec::new());
     }
 
     #[test]
@@ -531,7 +581,7 @@ mod tests {
         let batch = ucanto::dag::cid_of(ucanto::dag::CAR, b"batch");
         let space: Did = "did:web:space.example".parse().unwrap();
         let mut writer = TallyWriter::new(batch, None);
-        let r = |i: u8| ucanto::dag::cid_of(ucanto::dag::RAW, &[i]);
+        let r = |i: u8| counted(i.into());
         writer
             .add(space.clone(), "2026-11-01".into(), u64::MAX, r(1))
             .unwrap();

@@ -117,7 +117,7 @@ fn two_replicas_race_to_lease_and_conclude() {
         };
         assert_eq!(
             store
-                .counted(&[retrieve(100 * pair), retrieve(100 * pair + 1)])
+                .counted(&node(), &[counted(100 * pair), counted(100 * pair + 1)])
                 .unwrap(),
             [Some(batch(winner)), Some(batch(winner))]
         );
@@ -177,9 +177,9 @@ fn large_conclusion_commits_once() {
             ..
         }
     ));
-    let all: Vec<_> = receipts.iter().copied().map(retrieve).collect();
+    let all: Vec<_> = receipts.iter().copied().map(counted).collect();
     assert!(store
-        .counted(&all)
+        .counted(&node(), &all)
         .unwrap()
         .iter()
         .all(|b| *b == Some(batch(1))));
@@ -191,10 +191,8 @@ fn large_conclusion_commits_once() {
     overlapping.push(449);
     let c2 = conclusion(2, vec![usage(space_a(), "2025-01-03", 7)], &overlapping);
     assert_eq!(
-        store.conclude(&c2).unwrap_err(),
-        StoreError::Conflict {
-            receipts: vec![retrieve(449)]
-        }
+        in_key_order(store.conclude(&c2).unwrap_err()),
+        conflict(&[449])
     );
     assert_eq!(store.audit().unwrap(), before);
     overlapping.pop();
@@ -345,57 +343,54 @@ fn an_interrupted_attempt_s_usage_rows_never_count() {
     assert_eq!(stale.len(), 2, "{stale:?}");
 }
 
-/// A retrieval claimed by another batch's conclusion still under way (or
-/// cut short) is not a conflict: the conclusion waits (transient), and the
-/// retrieval ends counted exactly once, by whichever batch, never by
-/// nobody: by the holder when it concludes with it, by the waiting one when
-/// the holder fails instead.
+/// A conclusion cut short after writing its claims holds nothing back: its
+/// pages count only with its flip, so another batch of the node counts the
+/// retrieval, and the first, concluding later, finds it counted (a
+/// conflict, settled by leaving it out). Never counted by nobody, never
+/// twice.
 #[test]
-fn a_claim_under_way_makes_others_wait_and_nothing_is_lost() {
-    for holder_fails in [false, true] {
-        let store = store();
-        let raw = Raw::of(&store);
-        store.put(new_record(1, node(), 1)).unwrap();
-        store.put(new_record(2, node(), 2)).unwrap();
-        // Batch 2's conclusion claimed retrieval 7 and was cut short.
-        raw.put(Item::from([
-            ("pk".to_string(), text(&format!("counted#{}", retrieve(7)))),
-            ("sk".to_string(), text("counted")),
-            ("batch".to_string(), text(&batch(2).to_string())),
-            ("attempt".to_string(), text("cut-short")),
-        ]));
-        let mine = conclusion(1, vec![usage(space_a(), "2025-01-01", 20)], &[6, 7]);
-        let waited = store.conclude(&mine).unwrap_err();
-        assert!(
-            matches!(waited, StoreError::HeldByPending { batch: b } if b == batch(2)),
-            "{waited:?}"
-        );
-        assert!(waited.is_transient());
-        let mut holder = conclusion(2, vec![usage(space_a(), "2025-01-01", 10)], &[7]);
-        if holder_fails {
-            holder = conclusion(2, Vec::new(), &[]);
-            holder.failed = true;
-        }
-        assert_eq!(store.conclude(&holder).unwrap(), ConcludeOutcome::Concluded);
-        let counted_by = if holder_fails {
-            assert_eq!(store.conclude(&mine).unwrap(), ConcludeOutcome::Concluded);
-            batch(1)
-        } else {
-            // Counted there: a conflict now, settled by leaving it out.
-            assert!(matches!(
-                store.conclude(&mine),
-                Err(StoreError::Conflict { receipts }) if receipts == [retrieve(7)]
-            ));
-            let without = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[6]);
-            assert_eq!(
-                store.conclude(&without).unwrap(),
-                ConcludeOutcome::Concluded
-            );
-            batch(2)
-        };
-        assert_eq!(store.counted(&[retrieve(7)]).unwrap(), [Some(counted_by)]);
-        assert_eq!(consistent(&store).counted_receipts, 2);
-    }
+fn a_conclusion_cut_short_holds_nothing_back() {
+    let store = store();
+    let raw = Raw::of(&store);
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, node(), 2)).unwrap();
+    // Batch 2's conclusion wrote its page with retrieval 7 and stopped.
+    let claim = counted(7);
+    let mut digests = claim.retrieval.hash().digest()[..16].to_vec();
+    digests.extend([0xff; 16]);
+    raw.put(Item::from([
+        (
+            "pk".to_string(),
+            text(&format!("claims#{}#{}", node(), claim.expires / 3600)),
+        ),
+        (
+            "sk".to_string(),
+            text(&format!("{}#cut-short#0000", batch(2))),
+        ),
+        ("batch".to_string(), text(&batch(2).to_string())),
+        ("attempt".to_string(), text("cut-short")),
+        (
+            "d".to_string(),
+            aws_sdk_dynamodb::types::AttributeValue::B(digests.into()),
+        ),
+    ]));
+    let mine = conclusion(1, vec![usage(space_a(), "2025-01-01", 20)], &[6, 7]);
+    assert_eq!(store.conclude(&mine).unwrap(), ConcludeOutcome::Concluded);
+    let theirs = conclusion(2, vec![usage(space_a(), "2025-01-01", 10)], &[7]);
+    assert_eq!(
+        in_key_order(store.conclude(&theirs).unwrap_err()),
+        conflict(&[7])
+    );
+    let without = conclusion(2, vec![usage(space_a(), "2025-01-01", 10)], &[8]);
+    assert_eq!(
+        store.conclude(&without).unwrap(),
+        ConcludeOutcome::Concluded
+    );
+    assert_eq!(
+        store.counted(&node(), &[counted(7), counted(8)]).unwrap(),
+        [Some(batch(1)), Some(batch(2))]
+    );
+    assert_eq!(consistent(&store).counted_receipts, 3);
 }
 
 /// Usage rows are folded into the daily totals: after a conclusion too
@@ -838,22 +833,22 @@ fn a_replica_of_another_format_changes_nothing() {
     raw.put(Item::from([
         ("pk".to_string(), text("meta")),
         ("sk".to_string(), text("format")),
-        ("format".to_string(), number(4)),
+        ("format".to_string(), number(5)),
     ]));
     let changed = |e: StoreError| {
         assert!(
             matches!(
                 e,
                 StoreError::FormatChanged {
-                    found: 4,
-                    expected: 3
+                    found: 5,
+                    expected: 4
                 }
             ),
             "{e:?}"
         );
         assert!(
             e.to_string()
-                .contains("run the etracker version of format 4"),
+                .contains("run the etracker version of format 5"),
             "{e}"
         );
     };
@@ -901,22 +896,44 @@ fn retries_are_counted_for_metrics() {
     );
 }
 
-/// A claim carries its conclusion's end as `ttl`: the table's time to live
-/// drops it once no batch could count the retrieval again.
+/// Claims are pages of 16-byte digests, one per node and hour the
+/// retrievals expire in, each carrying its conclusion's end as `ttl`: the
+/// table's time to live drops it once no batch could count the retrievals
+/// again.
 #[test]
-fn claims_carry_their_end_as_ttl() {
+fn claims_are_pages_per_node_and_hour_with_their_end_as_ttl() {
     let store = store();
     store.put(new_record(1, node(), 1_000)).unwrap();
-    let mut c = conclusion(1, vec![usage(space_a(), "2025-01-01", 10)], &[10, 11]);
+    // Retrievals 10, 14 and 18 expire in one hour, 11 in the next.
+    let mut c = conclusion(
+        1,
+        vec![usage(space_a(), "2025-01-01", 10)],
+        &[10, 14, 18, 11],
+    );
     c.claims_end = 50_000;
     store.conclude(&c).unwrap();
-    let claims: Vec<Item> = Raw::of(&store)
+    let pages: Vec<Item> = Raw::of(&store)
         .scan()
         .into_iter()
-        .filter(|item| string(item, "sk") == "counted")
+        .filter(|item| string(item, "pk").starts_with("claims#"))
         .collect();
-    assert_eq!(claims.len(), 2);
-    for claim in &claims {
-        assert_eq!(claim.get("ttl"), Some(&number(50_000)), "{claim:?}");
-    }
+    let hour = |n: u64| counted(n).expires / 3600;
+    let mut found: Vec<(String, usize)> = pages
+        .iter()
+        .map(|page| {
+            assert_eq!(page.get("ttl"), Some(&number(50_000)), "{page:?}");
+            let Some(aws_sdk_dynamodb::types::AttributeValue::B(d)) = page.get("d") else {
+                panic!("{page:?}");
+            };
+            (string(page, "pk"), d.as_ref().len())
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (format!("claims#{}#{}", node(), hour(10)), 3 * 16),
+            (format!("claims#{}#{}", node(), hour(11)), 16),
+        ]
+    );
 }

@@ -57,7 +57,10 @@ fn reopen_keeps_state() {
         store.receipt(&consolidate(1)).unwrap(),
         Some(b"receipt car 1".to_vec())
     );
-    assert_eq!(store.counted(&[retrieve(1)]).unwrap(), [Some(batch(1))]);
+    assert_eq!(
+        store.counted(&node(), &[counted(1)]).unwrap(),
+        [Some(batch(1))]
+    );
     assert!(store.lease_pending(69, "new", 60, 10).unwrap().is_empty());
     assert_eq!(
         leased_batches(&store.lease_pending(70, "new", 60, 10).unwrap()),
@@ -229,16 +232,20 @@ fn ended_claims_are_dropped() {
         c.claims_end = end;
         assert_eq!(store.conclude(&c).unwrap(), ConcludeOutcome::Concluded);
     }
-    let all = [retrieve(10), retrieve(11), retrieve(20), retrieve(21)];
+    let all = [counted(10), counted(11), counted(20), counted(21)];
     assert_eq!(
         store.drop_ended_claims(50_000).unwrap(),
         0,
         "not before the end"
     );
-    assert!(store.counted(&all).unwrap().iter().all(Option::is_some));
+    assert!(store
+        .counted(&node(), &all)
+        .unwrap()
+        .iter()
+        .all(Option::is_some));
     assert_eq!(store.drop_ended_claims(50_001).unwrap(), 2);
     assert_eq!(
-        store.counted(&all).unwrap(),
+        store.counted(&node(), &all).unwrap(),
         vec![None, None, Some(batch(2)), Some(batch(2))]
     );
     assert!(store.audit().unwrap().problems.is_empty());

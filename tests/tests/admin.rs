@@ -674,7 +674,10 @@ async fn cli_reads_the_admin_api_across_pages() {
                     day: today.clone(),
                     bytes: 1_000 + n,
                 }],
-                counted_receipts: vec![cid_of(DAG_CBOR, format!("cli retrieve {n}").as_bytes())],
+                counted_receipts: vec![etracker_server::store::CountedRetrieval {
+                    retrieval: cid_of(DAG_CBOR, format!("cli retrieve {n}").as_bytes()),
+                    expires: 1_800_000_000,
+                }],
                 staged_tally: Vec::new(),
                 non_billable: Vec::new(),
                 concluded_at: 10 + n,

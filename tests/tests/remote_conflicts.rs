@@ -1,18 +1,17 @@
 //! A consolidator deployed apart learns which retrievals another batch
 //! counted only from the tracker's refusal. However many there are, that
-//! answer stays small (the first 1,024 by CID, all of them as one bit each
-//! over the tally) and the batch, settled again without them, concludes in
-//! the same run.
+//! answer names each in 16 bytes (less than the tally sent for it) and the
+//! batch, settled again without them, concludes in the same run.
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
+use etracker_capabilities::conclude::conflict_keys;
 use etracker_e2e::node::{
     batch, consolidate_now, consolidate_out, fetch_receipt, good_receipts, node,
     remote_consolidator, serve_consolidator, start_tracker, test_settings, track_batch,
     BatchServer,
 };
-use etracker_server::handlers::conclude::MAX_LISTED_CONFLICTS;
 use etracker_server::service::RemoteConsolidator;
 use ucanto::dag::Ipld;
 use ucanto::message::AgentMessage;
@@ -89,7 +88,7 @@ async fn many_conflicts_are_summarised_and_the_batch_concludes() {
         "refused once, settled again without the conflicts, concluded"
     );
 
-    // The refusal: the first 1,024 by CID, the count, and a bit for each.
+    // The refusal: the count, and the 16-byte key of each retrieval.
     let answers = answers.lock().unwrap().clone();
     assert_eq!(answers.len(), 2, "one refusal, one conclusion");
     let message = AgentMessage::from_car(&answers[0]).unwrap();
@@ -98,25 +97,28 @@ async fn many_conflicts_are_summarised_and_the_batch_concludes() {
     let Err(Ipld::Map(error)) = receipt.out() else {
         panic!("{:?}", receipt.out())
     };
-    let Some(Ipld::List(listed)) = error.get("receipts") else {
-        panic!("{error:?}")
-    };
-    assert_eq!(listed.len(), MAX_LISTED_CONFLICTS);
     assert_eq!(error.get("count"), Some(&Ipld::Integer(repeated as i128)));
-    let Some(Ipld::Bytes(marks)) = error.get("conflicts") else {
+    let Some(Ipld::Bytes(conflicts)) = error.get("conflicts") else {
         panic!("{error:?}")
     };
-    let marked: u32 = marks.iter().map(|b| b.count_ones()).sum();
-    assert_eq!(
-        marked as u64, repeated,
-        "every conflict marked, one bit each"
-    );
+    let mut named: Vec<[u8; 16]> = conflict_keys(conflicts).collect();
+    named.sort_unstable();
+    let mut expected: Vec<[u8; 16]> = receipts[..repeated as usize]
+        .iter()
+        .map(|r| {
+            let invocation =
+                ucanto::ucan::Invocation::from_blocks(&r.ran_cid(), r.blocks().clone()).unwrap();
+            etracker_server::store::retrieval_key(&invocation.payload_id().unwrap())
+        })
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(named, expected, "every conflict named, 16 bytes each");
     // (The answer also carries the conclude invocation it ran.)
     let size = ucanto::dag::Block::encode(&Ipld::Map(error.clone()))
         .unwrap()
         .bytes
         .len();
-    assert!(size < 48 * 1024, "{size} bytes");
+    assert!(size < 16 * repeated as usize + 1024, "{size} bytes");
 
     // The receipt the tracker keeps and serves counts the new one only.
     let ok = consolidate_out(&fetch_receipt(&tracker.url, &task).await.unwrap()).unwrap();

@@ -1,10 +1,15 @@
 //! Three `etracker` replicas of the real binary on one DynamoDB table
-//! (moto, `ETRACKER_TEST_DYNAMODB`, started by `scripts/test.sh`), four
-//! nodes tracking 220 batches: tracks sent twice to different replicas,
-//! receipts repeated across batches, a node offline for half the run, and
-//! one replica killed with `kill -9` while it consolidates, then restarted.
-//! Afterwards every batch is concluded exactly once and every total is the
-//! exact sum of the distinct retrievals.
+//! (moto, `ETRACKER_TEST_DYNAMODB`, started by `scripts/test.sh`), under
+//! the fault layer (5% of requests throttled, cancelled by a conflicting
+//! transaction or failed with a 500, some after they ran; a few ms of
+//! latency each). Four nodes track 220 small batches and one large batch
+//! each (1,200 receipts over 150 spaces: the multi-transaction path, with
+//! usage rows): tracks sent twice to different replicas, receipts repeated
+//! across batches, a node offline for half the run, one replica killed
+//! with `kill -9` while it downloads and another while it concludes a large
+//! batch, both restarted. Afterwards every batch is concluded exactly once,
+//! every retrieval counted exactly once (none by nobody), every total is
+//! the exact sum of the distinct retrievals, and the audit is clean.
 //!
 //! Unset `ETRACKER_TEST_DYNAMODB` fails the test (it is not skipped).
 
@@ -27,6 +32,14 @@ use ucanto::receipt::Receipt;
 
 const NODES: u8 = 4;
 const BATCHES_PER_NODE: u64 = 55;
+/// Spaces of each node's large batch, and retrievals per space in it.
+const LARGE_SPACES: u8 = 150;
+const LARGE_PER_SPACE: u64 = 8;
+/// Retrievals of a node's small batches its large batch repeats.
+const LARGE_REPEATS: u64 = 20;
+/// The fault layer every replica runs under: rate, (seed), latency in ms.
+const FAULTS: &str = "0.05";
+const LATENCY_MS: u64 = 4;
 /// The node whose endpoint answers 503 until the killed replica is back.
 const OFFLINE: usize = 3;
 /// The node that serves its batches slowly until the kill.
@@ -81,10 +94,22 @@ async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, St
         .arg("--data-dir")
         .arg(data_dir)
         .env("ETRACKER_REPLICA", name)
+        .env(
+            "ETRACKER_DYNAMODB_FAULTS",
+            format!(
+                "{FAULTS},{},{LATENCY_MS}",
+                11 + name.len() as u64 * 7 + u64::from(name.as_bytes()[name.len() - 1])
+            ),
+        )
+        // The large batches' spaces are not registered.
+        .env("ETRACKER_SPACE_POLICY", "any")
         .env("ETRACKER_ADMIN_USER", "ops")
         .env("ETRACKER_ADMIN_PASSWORD", "replicas share this")
         // Conflicts between batches sharing a retrieval are expected here.
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("ETRACKER_SOAK_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -94,28 +119,60 @@ async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, St
     (child, hello["url"].as_str().unwrap().to_string())
 }
 
-/// One retrieval: its receipt, and the bytes it served.
+/// One retrieval from alice's space: its receipt, and the bytes it served.
 fn retrieval(node: &Ed25519Signer, tag: &str, size: u64) -> (Receipt, u64) {
-    let proof = retrieve_delegation(&alice(), bob().did());
-    let invocation = retrieve_invocation(
-        &bob(),
-        node.did(),
-        alice().did(),
-        0,
-        size - 1,
-        &[proof],
-        tag,
-    );
+    retrieval_from(&alice(), node, tag, size)
+}
+
+/// One retrieval from `space` by bob: its receipt and bytes.
+fn retrieval_from(
+    space: &Ed25519Signer,
+    node: &Ed25519Signer,
+    tag: &str,
+    size: u64,
+) -> (Receipt, u64) {
+    let proof = retrieve_delegation(space, bob().did());
+    let invocation =
+        retrieve_invocation(&bob(), node.did(), space.did(), 0, size - 1, &[proof], tag);
     (ok_receipt(node, &invocation), size)
+}
+
+/// A node's large batch: [`LARGE_PER_SPACE`] new retrievals from each of
+/// [`LARGE_SPACES`] spaces, and the first receipt of its first
+/// [`LARGE_REPEATS`] small batches again. Returns the batch and the bytes
+/// of its new retrievals.
+fn large_batch(k: u8, node: &Ed25519Signer, small: &[Receipt]) -> ((Cid, Vec<u8>), u64) {
+    let mut receipts = Vec::new();
+    let mut total = 0;
+    for s in 0..LARGE_SPACES {
+        let space = principal(100 + s);
+        for j in 0..LARGE_PER_SPACE {
+            let size = 100 + (u64::from(s) * 7 + j * 13 + u64::from(k)) % 50;
+            let (receipt, bytes) =
+                retrieval_from(&space, node, &format!("large-{k}-{s}-{j}"), size);
+            total += bytes;
+            receipts.push(receipt);
+        }
+    }
+    receipts.extend(small.iter().take(LARGE_REPEATS as usize).cloned());
+    (batch(&receipts), total)
+}
+
+/// A node's small batches: each batch (CID, bytes), the distinct bytes
+/// they add up to, and the first receipt of each.
+struct SmallBatches {
+    batches: Vec<(Cid, Vec<u8>)>,
+    total: u64,
+    firsts: Vec<Receipt>,
 }
 
 /// A node's batches: 3 new retrievals each, and every tenth batch also
 /// repeats a retrieval of the batch before it (counted once, whichever
-/// batch concludes first). Returns the batches (CID, bytes) and the
-/// distinct bytes they add up to.
-fn node_batches(k: u8, node: &Ed25519Signer) -> (Vec<(Cid, Vec<u8>)>, u64) {
+/// batch concludes first).
+fn node_batches(k: u8, node: &Ed25519Signer) -> SmallBatches {
     let mut batches = Vec::new();
     let mut total = 0;
+    let mut firsts = Vec::new();
     let mut previous: Option<Receipt> = None;
     for i in 0..BATCHES_PER_NODE {
         let mut receipts = Vec::new();
@@ -132,9 +189,14 @@ fn node_batches(k: u8, node: &Ed25519Signer) -> (Vec<(Cid, Vec<u8>)>, u64) {
             receipts.push(previous.clone().expect("a batch before"));
         }
         previous = Some(receipts[0].clone());
+        firsts.push(receipts[0].clone());
         batches.push(batch(&receipts));
     }
-    (batches, total)
+    SmallBatches {
+        batches,
+        total,
+        firsts,
+    }
 }
 
 /// `node` tracks `batch` on the tracker at `url`; the consolidate task.
@@ -171,16 +233,25 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
 
     // Four nodes, each serving its own batches; one of them offline.
     let mut nodes = Vec::new();
+    let mut larges = Vec::new();
     for k in 0..NODES {
         let signer = principal(40 + k);
-        let (batches, total) = node_batches(k, &signer);
+        let SmallBatches {
+            batches,
+            total: small_total,
+            firsts,
+        } = node_batches(k, &signer);
+        let (large, large_total) = large_batch(k, &signer, &firsts);
         let server = BatchServer::default();
         let endpoint = server.serve().await;
-        for (cid, bytes) in &batches {
+        for (cid, bytes) in batches.iter().chain([&large]) {
             server.put(cid, bytes.clone());
         }
-        nodes.push((signer, batches, total, server, endpoint));
+        larges.push((large.0, large_total));
+        nodes.push((signer, batches, small_total + large_total, server, endpoint));
     }
+    let alice_total: u64 =
+        nodes.iter().map(|n| n.2).sum::<u64>() - larges.iter().map(|(_, t)| t).sum::<u64>();
     nodes[OFFLINE].3.failing.store(true, Ordering::Relaxed);
     // Until the kill, one node is slow: whoever consolidates its batches
     // holds their leases for seconds, so the kill lands in a run.
@@ -255,15 +326,100 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
     eprintln!("replica 1 killed holding {orphaned} leases");
     assert!(orphaned > 0, "killed between runs, not in one");
 
-    // The rest is tracked on the two survivors; then the victim restarts
-    // under its name and the offline node comes back.
+    // The rest is tracked on the two survivors, with the large batches.
     let survivors: Vec<String> = replicas.iter().map(|(_, url)| url.clone()).collect();
-    tasks.extend(track_some(half..BATCHES_PER_NODE, survivors).await);
-    let restarted = start_replica(&table, names[victim], &dirs[victim]).await;
-    replicas.insert(victim, restarted);
+    tasks.extend(track_some(half..BATCHES_PER_NODE, survivors.clone()).await);
+    for (k, (signer, _, _, _, endpoint)) in nodes.iter().enumerate() {
+        let batch = larges[k].0;
+        let task = track(&survivors[k % survivors.len()], signer, batch, endpoint).await;
+        tasks.push((k, batch, task));
+    }
+
+    // Kill whichever survivor is in the middle of concluding a large batch:
+    // its fence taken (claims being written), its lease held.
+    let (client, runtime) =
+        etracker_server::store::dynamodb::connect_client(&table.endpoint).expect("a raw client");
+    let client = std::sync::Arc::new((client, runtime));
+    let record_table = format!("{}etracker", table.prefix);
+    let concluding = |batch: Cid| {
+        let (client, record_table) = (client.clone(), record_table.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let (client, runtime) = &*client;
+                let item = runtime
+                    .block_on(
+                        client
+                            .get_item()
+                            .table_name(&record_table)
+                            .key(
+                                "pk",
+                                etracker_server::store::dynamodb::sdk::types::AttributeValue::S(
+                                    format!("rec#{batch}"),
+                                ),
+                            )
+                            .key(
+                                "sk",
+                                etracker_server::store::dynamodb::sdk::types::AttributeValue::S(
+                                    "rec".into(),
+                                ),
+                            )
+                            .consistent_read(true)
+                            .send(),
+                    )
+                    .ok()?
+                    .item?;
+                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+                (text("status").as_deref() == Some("pending") && text("token").is_some())
+                    .then(|| text("lease_owner"))
+                    .flatten()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let second_victim = 'found: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no replica was caught concluding a large batch"
+        );
+        for (batch, _) in &larges {
+            if let Some(owner) = concluding(*batch).await {
+                if let Some(i) = names.iter().position(|n| *n == owner) {
+                    if i != victim {
+                        break 'found i;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let position = if second_victim > victim {
+        second_victim - 1
+    } else {
+        second_victim
+    };
+    let (child, _) = replicas.remove(position);
+    etracker_e2e::kill9(child).await;
+    eprintln!(
+        "{} killed while concluding a large batch",
+        names[second_victim]
+    );
+
+    // Both victims restart under their names; the offline node comes back.
+    for i in [victim, second_victim]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let restarted = start_replica(&table, names[i], &dirs[i]).await;
+        replicas.insert(i, restarted);
+    }
     nodes[OFFLINE].3.failing.store(false, Ordering::Relaxed);
     *nodes[SLOW].3.slow.lock().unwrap() = None;
-    assert_eq!(tasks.len(), usize::from(NODES) * BATCHES_PER_NODE as usize);
+    assert_eq!(
+        tasks.len(),
+        usize::from(NODES) * (BATCHES_PER_NODE as usize + 1)
+    );
     assert!(tasks.len() >= 200);
 
     // Every batch concludes, one receipt each, the same on every replica.
@@ -307,7 +463,7 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
         }
         assert_eq!(counted, *total, "node {k}: counted exactly once");
     }
-    let repeats = (NODES as u64 * (BATCHES_PER_NODE / 10)) as usize;
+    let repeats = (NODES as u64 * (BATCHES_PER_NODE / 10 + LARGE_REPEATS)) as usize;
     assert_eq!(refused, repeats, "each repeat refused once, nothing else");
 
     // The table agrees: every batch concluded once, every total exact.
@@ -346,15 +502,16 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
     assert_eq!(stats.pending, 0);
     let distinct: HashSet<Cid> = tasks.iter().map(|(_, _, t)| *t).collect();
     assert_eq!(distinct.len(), tasks.len());
+    let large_retrievals = u64::from(LARGE_SPACES) * LARGE_PER_SPACE;
     assert_eq!(
         stats.counted_receipts,
-        tasks.len() as u64 * 3,
-        "3 new retrievals a batch, repeats not counted"
+        u64::from(NODES) * (BATCHES_PER_NODE * 3 + large_retrievals),
+        "every distinct retrieval counted once, repeats not: none by nobody"
     );
     for (k, node) in nodes.iter().enumerate() {
         assert_eq!(node_totals[k], node.2, "node {k} total");
     }
-    assert_eq!(space_total, expected, "alice's space total");
+    assert_eq!(space_total, alice_total, "alice's space total");
     assert_eq!(stats.total_bytes, expected);
 }
 

@@ -155,14 +155,14 @@ async fn a_retrieval_counts_when_its_chain_was_valid_together() {
     let tracker = start_tracker(test_settings()).await;
     let start = now();
 
-    // Valid for ten years, on a proof that ends 3 s from now: served at
+    // Valid for an hour, on a proof that ends 3 s from now: served at
     // once, tracked 4.5 s later. Paid, dated at the proof's last second.
     let short = grant(&space, space.did(), bob().did(), Some(start + 3), None, &[]);
     let long = retrieval(
         &bob(),
         space.did(),
         &[short],
-        Some(start + 10 * 365 * DAY),
+        Some(start + 3_600),
         None,
         "long",
     );
@@ -248,6 +248,39 @@ async fn stale_and_unbounded_retrievals_are_refused() {
             None,
             "month",
         ),
+        // Never expiring itself, on a proof that ends in a minute: its
+        // claim could not be filed under its own expiry.
+        retrieval(
+            &bob(),
+            space.did(),
+            &[grant(
+                &space,
+                space.did(),
+                bob().did(),
+                Some(current + 60),
+                None,
+                &[],
+            )],
+            None,
+            None,
+            "forever on a short proof",
+        ),
+        // Valid for ten years itself, on a proof that ends in a minute.
+        retrieval(
+            &bob(),
+            space.did(),
+            &[grant(
+                &space,
+                space.did(),
+                bob().did(),
+                Some(current + 60),
+                None,
+                &[],
+            )],
+            Some(current + 10 * 365 * DAY),
+            None,
+            "ten years on a short proof",
+        ),
         // Within the age: counts.
         retrieval(
             &bob(),
@@ -266,6 +299,8 @@ async fn stale_and_unbounded_retrievals_are_refused() {
         [
             "StaleRetrieval",
             "StaleRetrieval",
+            "NoExpiry",
+            "ExpiresTooLate",
             "NoExpiry",
             "ExpiresTooLate"
         ]
@@ -307,13 +342,20 @@ async fn claims_go_once_no_batch_could_count_them() {
             .unwrap()
             .payload_id()
             .unwrap();
-    assert!(tracker.store.counted(&[retrieval_id]).unwrap()[0].is_some());
+    let claim = [etracker_server::store::CountedRetrieval {
+        retrieval: retrieval_id,
+        expires: start + 2,
+    }];
+    assert!(tracker.store.counted(node().did(), &claim).unwrap()[0].is_some());
 
     // Past the end of its claim (the batch was tracked at `start` or just
     // after), a run drops it.
     tokio::time::sleep(std::time::Duration::from_secs(lifetime + 2)).await;
     consolidate_now(&tracker.url).await;
-    assert_eq!(tracker.store.counted(&[retrieval_id]).unwrap(), vec![None]);
+    assert_eq!(
+        tracker.store.counted(node().did(), &claim).unwrap(),
+        vec![None]
+    );
     assert!(tracker.store.audit().unwrap().problems.is_empty());
 
     // The same retrieval, in another receipt (tagged), in a new batch.

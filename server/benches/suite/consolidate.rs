@@ -53,8 +53,8 @@ impl Run {
 /// A batch written once, in a directory of its own (removed on drop), to be
 /// consolidated by as many fresh trackers as wanted.
 pub(crate) struct Prepared {
-    batch: BatchFile,
-    dir: PathBuf,
+    pub(crate) batch: BatchFile,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Prepared {

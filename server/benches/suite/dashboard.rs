@@ -96,7 +96,10 @@ fn seed(dir: &Path, size: Size) -> (Did, f64) {
         store.put(new).unwrap();
         let receipt = cid_of(DAG_CBOR, format!("receipt {n}").as_bytes());
         let counted_receipts = (0..usage.len())
-            .map(|r| cid_of(DAG_CBOR, format!("retrieve {n} {r}").as_bytes()))
+            .map(|r| etracker_server::store::CountedRetrieval {
+                retrieval: cid_of(DAG_CBOR, format!("retrieve {n} {r}").as_bytes()),
+                expires: 1_000_000 + n,
+            })
             .collect();
         store
             .conclude(&Conclusion {

@@ -16,7 +16,11 @@
 //!   and 100,000 spaces in the store, against 100 nodes and 1,000 spaces;
 //! - **attacks**: the tracker's peak RSS and answer times under the costliest
 //!   attacks of the security table (`attacks`; `BENCH_ATTACKS=1` alone);
-//! - **interop**: the ratios `cargo bench --bench interop` wrote, if any.
+//! - **interop**: the ratios `cargo bench --bench interop` wrote, if any;
+//! - **dynamodb** (built with the `dynamodb` feature, `BENCH_DYNAMODB=<url>`
+//!   set): write and read units and stored bytes per counted receipt of a
+//!   100 MiB batch on that endpoint (`dynamo.rs`); `BENCH_DYNAMODB_ONLY`
+//!   measures it alone and adds it to an existing report.
 //!
 //! `BENCH_MAX_MIB` caps the batch sizes (default 1024); `BENCH_TRACKS` sets
 //! the number of track invocations per peer (default 5000); `BENCH_ONE_MIB`
@@ -31,6 +35,8 @@ mod attacks;
 mod batch;
 mod consolidate;
 mod dashboard;
+#[cfg(feature = "dynamodb")]
+mod dynamo;
 mod peers;
 mod track;
 
@@ -67,6 +73,25 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The DynamoDB figures, when built with the feature and given an endpoint.
+#[allow(unused_variables)]
+async fn dynamodb_cost(
+    p: &batch::Principals,
+    work: &std::path::Path,
+    max_mib: u64,
+) -> serde_json::Value {
+    #[cfg(feature = "dynamodb")]
+    if let Ok(endpoint) = std::env::var("BENCH_DYNAMODB") {
+        let mib = max_mib.min(100);
+        eprintln!("dynamodb: {mib} MiB, all valid, on {endpoint}…");
+        let prepared = consolidate::prepare(p, work, mib, true);
+        let figures = dynamo::run(p, work, &endpoint, &prepared).await;
+        eprintln!("  {figures}");
+        return figures;
+    }
+    serde_json::Value::Null
 }
 
 async fn run() {
@@ -118,6 +143,19 @@ async fn run() {
         )
         .unwrap();
         attacks::print(&attacks);
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    }
+    let dynamodb = dynamodb_cost(&p, &work, max_mib).await;
+    if std::env::var_os("BENCH_DYNAMODB_ONLY").is_some() {
+        let path = out.join("report.json");
+        let mut report: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        report["dynamodb"] = dynamodb.clone();
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n").unwrap();
+        println!("{}", serde_json::to_string_pretty(&dynamodb).unwrap());
         let _ = std::fs::remove_dir_all(&work);
         return;
     }
@@ -270,6 +308,7 @@ async fn run() {
         "dashboard": dashboard,
         "attacks": attacks,
         "interop": interop,
+        "dynamodb": dynamodb,
         "targets": {
             "track_20x_inv_per_s": rust.per_second >= 20.0 * js.per_second,
             "track_p99_1_20": rust.p99_ms * 20.0 <= js.p99_ms,

@@ -30,6 +30,8 @@ pub(super) struct Counted {
     /// Days since the Unix epoch (UTC).
     pub(super) day: i64,
     pub(super) bytes: u64,
+    /// The retrieval's own expiry ([`payable::Judgement::expires`]).
+    pub(super) expires: u64,
     /// False when a non-billable actor made the retrieval.
     pub(super) billable: bool,
 }
@@ -426,6 +428,7 @@ impl Checks {
             space: retrieve.with,
             day: (judged.at / 86_400) as i64,
             bytes: size,
+            expires: judged.expires,
             billable,
         }))
     }

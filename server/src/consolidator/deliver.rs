@@ -2,7 +2,7 @@
 //! by invoking `space/egress/conclude`, in pages under its body limit.
 
 use cid::Cid;
-use etracker_capabilities::conclude::{is_conflict, ConcludeError};
+use etracker_capabilities::conclude::{conflict_keys, ConcludeError};
 use etracker_capabilities::{Ability, Outcome};
 use ucanto::dag::Block;
 use ucanto::receipt::{Receipt, ReceiptParts};
@@ -179,23 +179,15 @@ impl Delivery {
             };
             tracing::warn!(task = %task.cid(), %batch, error = %undelivered.error, "conclude failed");
             let answer = undelivered.answer?;
-            let (Some(again), Some(tally), Err(error)) = (&done.again, tally, answer.out()) else {
+            let (Some(again), Some(_), Err(error)) = (&done.again, tally, answer.out()) else {
                 return Some(answer);
             };
             match ConcludeError::from_ipld(error) {
                 Ok(ConcludeError::UnknownSpaces { spaces, .. }) => refused.spaces.extend(spaces),
                 Ok(ConcludeError::Conflict { conflicts, .. }) => {
-                    match marked_retrievals(&batch, tally, &conflicts) {
-                        Ok(marked) => {
-                            refused.retrievals.extend(marked);
-                            refused.retrievals.sort_unstable();
-                            refused.retrievals.dedup();
-                        }
-                        Err(error) => {
-                            tracing::warn!(%batch, %error, "cannot read the conflicts");
-                            return Some(answer);
-                        }
-                    }
+                    refused.retrievals.extend(conflict_keys(&conflicts));
+                    refused.retrievals.sort_unstable();
+                    refused.retrievals.dedup();
                 }
                 _ => return Some(answer),
             }
@@ -231,29 +223,3 @@ impl Delivery {
 /// refusal (a new one can only come from another batch concluding in the
 /// meantime, again).
 const MAX_SETTLINGS: usize = 3;
-
-/// The retrievals of `tally` whose bits `marks` sets (the tracker's
-/// conflict answer): read back from the tally a chunk at a time.
-fn marked_retrievals(
-    batch: &Cid,
-    tally: &Tally,
-    marks: &[u8],
-) -> Result<Vec<[u8; 32]>, DeliveryError> {
-    let mut marked = Vec::new();
-    let mut position = 0usize;
-    for i in 0..tally.links().len() {
-        if position / 8 >= marks.len() {
-            break;
-        }
-        let chunk = crate::tally::Chunk::decode(batch, &tally.chunk(i)?)?;
-        for retrieval in chunk.counted {
-            if is_conflict(marks, position) {
-                if let Ok(digest) = retrieval.hash().digest().try_into() {
-                    marked.push(digest);
-                }
-            }
-            position += 1;
-        }
-    }
-    Ok(marked)
-}

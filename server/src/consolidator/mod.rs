@@ -282,13 +282,13 @@ struct Again {
 }
 
 /// What the tracker refused of a conclusion, read from its typed answer:
-/// retrievals another batch counted meanwhile (sorted digests of their
-/// payload ids) and spaces it does not bill. It is a value of one run of a
+/// retrievals another batch counted meanwhile (sorted keys: the first 16
+/// bytes of their payload ids' digests) and spaces it does not bill. It is a value of one run of a
 /// task, passed from the delivery to settling the batch again; nothing is
 /// remembered between runs (a later run reads the store, or is told again).
 #[derive(Clone, Debug, Default)]
 struct Refused {
-    retrievals: Vec<[u8; 32]>,
+    retrievals: Vec<[u8; 16]>,
     spaces: HashSet<Did>,
 }
 

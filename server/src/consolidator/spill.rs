@@ -21,13 +21,17 @@ pub(super) struct Entry {
     /// Index of its (space, day, billable) in the batch's table of those.
     pub(super) usage: u32,
     pub(super) bytes: u64,
+    /// The retrieval's own expiry (what its record of being counted is
+    /// filed under).
+    pub(super) expires: u64,
     pub(super) receipt: Cid,
 }
 
 /// Bytes of an entry, in memory and on disk: retrieval, seq (big-endian, so
-/// that the first 40 bytes sort as (retrieval, seq)), usage, bytes, then the
-/// receipt CID's length and bytes (a CID of a 64-byte digest takes 86 at most).
-const RECORD: usize = 32 + 8 + 4 + 8 + 1 + RECEIPT_SLOT;
+/// that the first 40 bytes sort as (retrieval, seq)), usage, bytes, expires,
+/// then the receipt CID's length and bytes (a CID of a 64-byte digest takes
+/// 86 at most).
+const RECORD: usize = 32 + 8 + 4 + 8 + 8 + 1 + RECEIPT_SLOT;
 const RECEIPT_SLOT: usize = 95;
 /// The sorting key: retrieval, then position.
 const KEY: usize = 40;
@@ -50,8 +54,9 @@ impl Entry {
         record[32..40].copy_from_slice(&self.seq.to_be_bytes());
         record[40..44].copy_from_slice(&self.usage.to_be_bytes());
         record[44..52].copy_from_slice(&self.bytes.to_be_bytes());
-        record[52] = receipt.len() as u8;
-        record[53..53 + receipt.len()].copy_from_slice(&receipt);
+        record[52..60].copy_from_slice(&self.expires.to_be_bytes());
+        record[60] = receipt.len() as u8;
+        record[61..61 + receipt.len()].copy_from_slice(&receipt);
         Ok(record)
     }
 
@@ -61,6 +66,7 @@ impl Entry {
         let (seq, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
         let (usage, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
         let (bytes, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let (expires, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
         let (len, rest) = rest.split_first().ok_or_else(bad)?;
         let receipt = rest.get(..usize::from(*len)).ok_or_else(bad)?;
         Ok(Entry {
@@ -68,6 +74,7 @@ impl Entry {
             seq: u64::from_be_bytes(*seq),
             usage: u32::from_be_bytes(*usage),
             bytes: u64::from_be_bytes(*bytes),
+            expires: u64::from_be_bytes(*expires),
             receipt: Cid::try_from(receipt).map_err(|_| bad())?,
         })
     }
@@ -203,6 +210,7 @@ mod tests {
             seq,
             usage: (seq % 7) as u32,
             bytes: seq * 3,
+            expires: 1_800_000_000 + seq,
             receipt: ucanto::dag::cid_of(ucanto::dag::DAG_CBOR, &seq.to_be_bytes()),
         }
     }

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::registry::{judge_all, Billing};
 use crate::scratch::ScratchFile;
-use crate::store::Store;
+use crate::store::{CountedRetrieval, Store};
 use crate::tally::{Tally, TallyError, TallyWriter};
 
 impl HandlerState {
@@ -190,7 +190,7 @@ impl HandlerState {
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
-        self.finish(batch, result?, refused).await
+        self.finish(node, batch, result?, refused).await
     }
 
     /// Streams the batch to `path`, enforcing the size limits, the minimum
@@ -373,6 +373,7 @@ impl HandlerState {
     /// spaces no known provider provisions, and tallies the rest.
     async fn finish(
         &self,
+        node: &Did,
         batch: &Cid,
         counting: Counting,
         refused: &Refused,
@@ -387,6 +388,7 @@ impl HandlerState {
             .await
             .map_err(|e| BatchFailure::internal("looking up spaces", e))?;
         let settle = Settle {
+            node: node.clone(),
             store: self.store.clone(),
             verdicts,
             refused: refused.clone(),
@@ -465,6 +467,7 @@ impl Counting {
             space,
             day,
             bytes,
+            expires,
             billable,
         } = counted;
         // Payload ids are raw sha2-256 CIDs: the digest stands for the CID.
@@ -488,6 +491,7 @@ impl Counting {
                 seq,
                 usage,
                 bytes,
+                expires,
                 receipt,
             })
             .map_err(spilling)
@@ -508,6 +512,8 @@ fn spilling(e: std::io::Error) -> BatchFailure {
 
 /// What settling the counted retrievals needs to know.
 struct Settle {
+    /// The node that served the batch: every retrieval counted was its own.
+    node: Did,
     store: Option<Arc<dyn Store>>,
     verdicts: HashMap<Did, Billing>,
     /// What the tracker refused in this run's earlier conclusion.
@@ -572,14 +578,15 @@ impl Settle {
         rejected: &mut Rejections,
         tally: &mut TallyWriter,
     ) -> Result<(), BatchFailure> {
-        let cids: Vec<Cid> = page.iter().map(retrieval_cid).collect();
+        let cids: Vec<CountedRetrieval> = page.iter().map(counted_retrieval).collect();
         let earlier = match &self.store {
             Some(store) if !cids.is_empty() => store
-                .counted(&cids)
+                .counted(&self.node, &cids)
                 .map_err(|e| BatchFailure::internal("reading counted retrievals", e))?,
             _ => vec![None; cids.len()],
         };
-        for ((entry, retrieval), counted_by) in page.drain(..).zip(cids).zip(earlier) {
+        for ((entry, counted), counted_by) in page.drain(..).zip(cids).zip(earlier) {
+            let retrieval = counted.retrieval;
             let reject = |name: &str, message: String| ReceiptError {
                 name: name.into(),
                 message,
@@ -592,7 +599,7 @@ impl Settle {
                 None if self
                     .refused
                     .retrievals
-                    .binary_search(&entry.retrieval)
+                    .binary_search(&crate::store::retrieval_key(&retrieval))
                     .is_ok() =>
                 {
                     Some(format!(
@@ -623,7 +630,7 @@ impl Settle {
                     ),
                 );
                 tally
-                    .add_non_billable(space.clone(), day.clone(), entry.bytes, retrieval)
+                    .add_non_billable(space.clone(), day.clone(), entry.bytes, counted)
                     .map_err(tallying)?;
                 continue;
             }
@@ -637,7 +644,7 @@ impl Settle {
             match unknown {
                 Some(message) => rejected.push(entry.seq, reject(UNKNOWN_SPACE, message)),
                 None => tally
-                    .add(space.clone(), day.clone(), entry.bytes, retrieval)
+                    .add(space.clone(), day.clone(), entry.bytes, counted)
                     .map_err(tallying)?,
             }
         }
@@ -648,6 +655,14 @@ impl Settle {
 /// The retrieval's payload id (a raw sha2-256 CID).
 fn retrieval_cid(entry: &Entry) -> Cid {
     ucanto::dag::cid_of_digest(ucanto::dag::RAW, entry.retrieval)
+}
+
+/// The retrieval of `entry` with its own expiry.
+fn counted_retrieval(entry: &Entry) -> CountedRetrieval {
+    CountedRetrieval {
+        retrieval: retrieval_cid(entry),
+        expires: entry.expires,
+    }
 }
 
 #[cfg(test)]
@@ -679,15 +694,17 @@ mod tests {
                 space: space.clone(),
                 day: 20_758, // 2026-11-01
                 bytes: 10,
+                expires: 1_800_000_000,
                 billable: true,
             };
             counting.add(seq, counted).unwrap();
         }
         let settle = Settle {
+            node: space.clone(),
             store: None,
             verdicts: HashMap::new(),
             refused: Refused {
-                retrievals: vec![retrieval(5).hash().digest().try_into().unwrap()],
+                retrievals: vec![crate::store::retrieval_key(&retrieval(5))],
                 spaces: HashSet::new(),
             },
         };
@@ -709,7 +726,7 @@ mod tests {
         let mut counted = Vec::new();
         for i in 0..tally.links().len() {
             let chunk = crate::tally::Chunk::decode(&batch, &tally.chunk(i).unwrap()).unwrap();
-            counted.extend(chunk.counted);
+            counted.extend(chunk.counted.into_iter().map(|c| c.retrieval));
         }
         let mut expected: Vec<Cid> = [1, 2, 3, 4].map(retrieval).to_vec();
         expected.sort_by_key(|c| c.hash().digest().to_vec());

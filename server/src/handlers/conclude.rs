@@ -12,12 +12,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use cid::Cid;
-use etracker_capabilities::conclude::{
-    attached_receipt, mark_conflict, ConcludeError, ConcludeNb, ConcludeOk,
-};
+use etracker_capabilities::conclude::{attached_receipt, ConcludeError, ConcludeNb, ConcludeOk};
 use etracker_capabilities::consolidate::{ConsolidateError, ConsolidateOk};
 use etracker_capabilities::{read_out, Conclude, Invoked, Outcome};
-use ucanto::dag::{Block, BlockStore, Ipld};
+use ucanto::dag::{BlockStore, Ipld};
 use ucanto::message::AgentMessage;
 use ucanto::principal::Did;
 use ucanto::receipt::Receipt;
@@ -28,8 +26,11 @@ use super::{unexpected, Context};
 use crate::consolidator::consolidate_task;
 use crate::metrics::Metrics;
 use crate::registry::{judge_all, Billing};
-use crate::store::{ConcludeOutcome, Conclusion, DailyUsage, StoreError};
-use crate::tally::{add_usage, staged_block, Chunk, Usage};
+use crate::store::{
+    ConcludeOutcome, Conclusion, CountedRetrieval, DailyUsage, RetrievalKey, StagedChunk, Staging,
+    StoreError,
+};
+use crate::tally::{add_usage, Chunk, Usage};
 
 /// Handles one conclude invocation.
 pub async fn handle(
@@ -43,11 +44,17 @@ pub async fn handle(
         Ok(outcome) => return Ok(outcome),
         Err(Refusal::Unexpected(e)) => return Err(unexpected(e)),
         Err(Refusal::Error(message)) => ConcludeError::new(message),
-        Err(Refusal::Conflict { receipts, marks }) => ConcludeError::Conflict {
-            message: describe_conflict(&receipts),
-            count: receipts.len() as u64,
-            receipts: receipts.into_iter().take(MAX_LISTED_CONFLICTS).collect(),
-            conflicts: marks,
+        Err(Refusal::Conflict(retrievals)) => ConcludeError::Conflict {
+            message: format!(
+                "{} retrieval(s) were counted by another batch meanwhile; consolidate again without them",
+                retrievals.len()
+            ),
+            count: retrievals.len() as u64,
+            conflicts: retrievals
+                .iter()
+                .take(MAX_CONFLICT_KEYS)
+                .flat_map(|key| key.iter().copied())
+                .collect(),
         },
         Err(Refusal::UnknownSpaces(spaces)) => ConcludeError::UnknownSpaces {
             message: format!(
@@ -67,67 +74,14 @@ pub async fn handle(
     Ok(Response::error(refused.to_ipld()))
 }
 
-/// Most retrievals a conflict answer lists by CID (~43 KiB); all of them
-/// are marked in its `conflicts` bitmap, which is what a consolidator reads.
-pub const MAX_LISTED_CONFLICTS: usize = 1024;
+/// Most retrievals a conflict answer names (16 bytes each, 1 MiB): a
+/// consolidator without the store drops those and settles again, and learns
+/// the rest, if any, from the next answer.
+pub const MAX_CONFLICT_KEYS: usize = 65_536;
 
 /// Most spaces a refusal of unbilled spaces lists: a consolidator drops
 /// those and learns the rest on its next run.
 pub const MAX_LISTED_SPACES: usize = 1024;
-
-/// One bit per retrieval of the tally, in its order (chunk by chunk, then
-/// as each chunk lists them; bit `i % 8` of byte `i / 8`), set for those
-/// in `conflicts`: every conflict named in one bit, so the answer stays
-/// small (at most an eighth of a byte per retrieval) however many there
-/// are, and the consolidator maps them back with its own tally.
-async fn conflict_marks(
-    ctx: &Arc<Context>,
-    batch: &Cid,
-    links: &[Cid],
-    blocks: &BlockStore,
-    conflicts: &[Cid],
-) -> Result<Vec<u8>, Refusal> {
-    let conflicts: HashSet<&Cid> = conflicts.iter().collect();
-    let mut marks = Vec::new();
-    let mut position = 0usize;
-    for link in links {
-        let block = chunk_block(ctx, batch, link, blocks, true).await?;
-        let chunk = Chunk::decode(batch, &block).map_err(|e| e.to_string())?;
-        for retrieval in &chunk.counted {
-            if conflicts.contains(retrieval) {
-                mark_conflict(&mut marks, position);
-            }
-            position += 1;
-        }
-    }
-    Ok(marks)
-}
-
-/// Tally chunk `link`: attached to the invocation (when `attached_first`),
-/// else as staged by an earlier page.
-async fn chunk_block(
-    ctx: &Arc<Context>,
-    batch: &Cid,
-    link: &Cid,
-    blocks: &BlockStore,
-    attached_first: bool,
-) -> Result<Block, Refusal> {
-    if attached_first {
-        if let Ok(block) = blocks.block(link) {
-            return Ok(block);
-        }
-    }
-    let (wanted, batch) = (*link, *batch);
-    let bytes = ctx
-        .store(move |store| store.staged_chunks(&batch, &[wanted]))
-        .await
-        .map_err(Refusal::Unexpected)?
-        .pop()
-        .flatten()
-        .ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
-    Ok(staged_block(link, bytes)
-        .ok_or_else(|| format!("staged chunk {link} does not hash to its CID"))?)
-}
 
 /// What a tally says, read a chunk at a time: the usage summed, and the
 /// counted retrievals of a tally in one piece; those of a tally in pages stay
@@ -139,25 +93,26 @@ struct TallySummary {
     /// Retrievals counted, in all chunks.
     counted: u64,
     /// The counted retrievals of a tally in one piece.
-    listed: Vec<Cid>,
+    listed: Vec<CountedRetrieval>,
     /// The chunks of a tally in pages, all staged.
     staged: Vec<Cid>,
 }
 
-/// Reads the tally chunks `links` of `batch`, attached to this invocation or
-/// staged by earlier pages. When some are still missing, stages the attached
-/// ones and answers [`Refusal::Incomplete`].
+/// Reads the tally chunks `links` of the conclusion `staging`, attached to
+/// this invocation or staged by earlier pages. When some are still missing,
+/// stages the attached ones and answers [`Refusal::Incomplete`].
 async fn read_tally(
     ctx: &Arc<Context>,
-    batch: &Cid,
+    staging: &Staging,
     links: &[Cid],
     blocks: &BlockStore,
 ) -> Result<TallySummary, Refusal> {
-    let batch = *batch;
+    let batch = staging.batch;
     let staged: HashSet<Cid> = if links.iter().all(|link| blocks.block(link).is_ok()) {
         HashSet::new()
     } else {
-        ctx.store(move |store| store.staged_chunk_ids(&batch))
+        let staging = staging.clone();
+        ctx.store(move |store| store.staged_chunk_ids(&staging))
             .await
             .map_err(Refusal::Unexpected)?
             .into_iter()
@@ -168,16 +123,11 @@ async fn read_tally(
         .filter(|link| blocks.block(link).is_err() && !staged.contains(link))
         .count();
     if missing > 0 {
-        stage_attached(ctx, batch, links, blocks, &staged).await?;
+        stage_attached(ctx, staging, links, blocks, &staged).await?;
         return Err(Refusal::Incomplete {
             received: links.len() - missing,
             total: links.len(),
         });
-    }
-    // A tally in pages: this page's chunks are staged too, so that the store
-    // reads every chunk one at a time and none is held here.
-    if !staged.is_empty() {
-        stage_attached(ctx, batch, links, blocks, &staged).await?;
     }
     let mut summary = TallySummary {
         usage: Usage::new(),
@@ -187,27 +137,45 @@ async fn read_tally(
         staged: Vec::new(),
     };
     let overflow = || "the tally's usage overflows u64".to_string();
-    for link in links {
-        let in_hand = if staged.is_empty() {
-            blocks.block(link).ok()
-        } else {
-            None
-        };
-        let (block, attached) = match in_hand {
-            Some(block) => (block, true),
-            None => (chunk_block(ctx, &batch, link, blocks, false).await?, false),
-        };
-        let chunk = Chunk::decode(&batch, &block).map_err(|e| e.to_string())?;
+    let add = |summary: &mut TallySummary, chunk: StagedChunk| -> Result<(), Refusal> {
         for (space, day, bytes) in chunk.usage {
             add_usage(&mut summary.usage, space, day, bytes).ok_or_else(overflow)?;
         }
         for (space, day, bytes) in chunk.non_billable {
             add_usage(&mut summary.non_billable, space, day, bytes).ok_or_else(overflow)?;
         }
-        summary.counted += chunk.counted.len() as u64;
-        if attached {
+        summary.counted += chunk.counted;
+        Ok(())
+    };
+    if staged.is_empty() {
+        // A tally in one piece: read here, its retrievals listed.
+        for link in links {
+            let block = blocks.block(link).map_err(|e| e.to_string())?;
+            let chunk = Chunk::decode(&batch, &block).map_err(|e| e.to_string())?;
+            add(
+                &mut summary,
+                StagedChunk {
+                    usage: chunk.usage,
+                    non_billable: chunk.non_billable,
+                    counted: chunk.counted.len() as u64,
+                },
+            )?;
             summary.listed.extend(chunk.counted);
-        } else {
+        }
+        return Ok(summary);
+    }
+    // A tally in pages: this page's chunks are staged too, so that the store
+    // reads every chunk's retrievals as it commits and none is held here.
+    stage_attached(ctx, staging, links, blocks, &staged).await?;
+    for page in links.chunks(64) {
+        let (staging, page_links) = (staging.clone(), page.to_vec());
+        let read = ctx
+            .store(move |store| store.staged_chunks(&staging, &page_links))
+            .await
+            .map_err(Refusal::Unexpected)?;
+        for (link, chunk) in page.iter().zip(read) {
+            let chunk = chunk.ok_or_else(|| format!("tally chunk {link} is no longer staged"))?;
+            add(&mut summary, chunk)?;
             summary.staged.push(*link);
         }
     }
@@ -218,7 +186,7 @@ async fn read_tally(
 /// `staged` already.
 async fn stage_attached(
     ctx: &Arc<Context>,
-    batch: Cid,
+    staging: &Staging,
     links: &[Cid],
     blocks: &BlockStore,
     staged: &HashSet<Cid>,
@@ -229,9 +197,15 @@ async fn stage_attached(
         .filter_map(|link| blocks.block(link).ok())
         .map(|block| (block.cid, block.bytes.to_vec()))
         .collect();
-    ctx.store(move |store| store.stage_chunks(&batch, &attached))
+    let staging = staging.clone();
+    match ctx
+        .store(move |store| store.stage_chunks(&staging, &attached))
         .await
-        .map_err(Refusal::Unexpected)
+    {
+        Ok(()) => Ok(()),
+        Err(StoreError::Invalid(why)) => Err(format!("cannot stage the tally: {why}").into()),
+        Err(e) => Err(Refusal::Unexpected(e)),
+    }
 }
 
 enum Refusal {
@@ -247,10 +221,7 @@ enum Refusal {
     /// Retrievals another batch counted meanwhile, and their marks over
     /// the tally (see [`conflict_marks`]), so a consolidator without store
     /// access can drop them on its next run.
-    Conflict {
-        receipts: Vec<Cid>,
-        marks: Vec<u8>,
-    },
+    Conflict(Vec<RetrievalKey>),
     Unexpected(StoreError),
 }
 
@@ -304,7 +275,14 @@ async fn conclude(
         )
         .into());
     }
-    let tally = read_tally(ctx, &batch, &nb.tally, blocks).await?;
+    let staging = Staging {
+        batch,
+        receipt: receipt.cid(),
+        tally: nb.tally.clone(),
+        node: record.node.clone(),
+        claims_end: record.received_at.saturating_add(ctx.claim_lifetime),
+    };
+    let tally = read_tally(ctx, &staging, &nb.tally, blocks).await?;
     let tally_total = tally
         .usage
         .values()
@@ -368,7 +346,7 @@ async fn conclude(
         staged_tally: tally.staged,
         non_billable: daily_usage(&tally.non_billable),
         concluded_at: now(),
-        claims_end: record.received_at.saturating_add(ctx.claim_lifetime),
+        claims_end: staging.claims_end,
         rejected,
         failed,
     };
@@ -389,14 +367,11 @@ async fn conclude(
         Ok(ConcludeOutcome::AlreadyConcluded { receipt }) => {
             Err(format!("batch {batch} was concluded with receipt {receipt}").into())
         }
-        Err(StoreError::Conflict { receipts }) => {
-            let marks = conflict_marks(ctx, &batch, &nb.tally, blocks, &receipts).await?;
-            Err(Refusal::Conflict { receipts, marks })
-        }
+        Err(StoreError::Conflict { retrievals }) => Err(Refusal::Conflict(retrievals)),
         // A conclusion the store can never keep: refused, typed.
         Err(StoreError::Invalid(why)) => Err(format!("cannot conclude: {why}").into()),
-        // Busy (throttled, a claim held by a conclusion under way): the
-        // record stays pending and the task runs again.
+        // Busy (throttled, contended): the record stays pending and the
+        // task runs again.
         Err(e) if e.is_transient() => Err(format!("not concluded yet: {e}").into()),
         Err(e) => Err(Refusal::Unexpected(e)),
     }
@@ -411,14 +386,6 @@ fn daily_usage(usage: &Usage) -> Vec<DailyUsage> {
             bytes: *bytes,
         })
         .collect()
-}
-
-fn describe_conflict(receipts: &[Cid]) -> String {
-    let first = receipts.first().map(Cid::to_string).unwrap_or_default();
-    format!(
-        "{} retrieval(s) were counted by another batch meanwhile (e.g. {first}); consolidate again",
-        receipts.len()
-    )
 }
 
 /// `errors[]` counted by name. The last entry, when it is `TooManyErrors`,

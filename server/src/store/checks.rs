@@ -129,8 +129,15 @@ pub(crate) fn check_conclusion(c: &Conclusion) -> Result<SummedUsage, StoreError
         *space_day = space_day.checked_add(u.bytes).ok_or_else(overflow)?;
     }
     let mut seen = std::collections::HashSet::with_capacity(c.counted_receipts.len());
-    if let Some(dup) = c.counted_receipts.iter().find(|r| !seen.insert(**r)) {
-        return Err(StoreError::Invalid(format!("receipt {dup} listed twice")));
+    if let Some(dup) = c
+        .counted_receipts
+        .iter()
+        .find(|r| !seen.insert(r.retrieval))
+    {
+        return Err(StoreError::Invalid(format!(
+            "receipt {} listed twice",
+            dup.retrieval
+        )));
     }
     Ok(summed)
 }
@@ -141,14 +148,23 @@ pub(crate) fn staged_counted(
     batch: &Cid,
     link: &Cid,
     bytes: Option<Vec<u8>>,
-) -> Result<Vec<Cid>, StoreError> {
+) -> Result<Vec<super::CountedRetrieval>, StoreError> {
+    Ok(staged_chunk(batch, link, bytes)?.counted)
+}
+
+/// The tally chunk `link` of `batch` as `bytes` (`None`: not staged), which
+/// must hash to it and name the batch.
+pub(crate) fn staged_chunk(
+    batch: &Cid,
+    link: &Cid,
+    bytes: Option<Vec<u8>>,
+) -> Result<crate::tally::Chunk, StoreError> {
     let bytes =
         bytes.ok_or_else(|| StoreError::Invalid(format!("tally chunk {link} is not staged")))?;
     let block = crate::tally::staged_block(link, bytes).ok_or_else(|| {
         StoreError::Corrupt(format!("staged chunk {link} does not hash to its CID"))
     })?;
     crate::tally::Chunk::decode(batch, &block)
-        .map(|chunk| chunk.counted)
         .map_err(|e| StoreError::Invalid(format!("tally chunk {link}: {e}")))
 }
 

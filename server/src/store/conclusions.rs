@@ -19,6 +19,85 @@ pub struct DailyUsage {
     pub bytes: u64,
 }
 
+/// A retrieval a conclusion counts: the payload id of its
+/// `space/content/retrieve` invocation, and that invocation's own expiry.
+/// The expiry is part of what was signed, so every copy of the retrieval
+/// carries the same one; DynamoDB files the record that it was counted
+/// under its node and the hour it expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountedRetrieval {
+    /// The payload id (raw CID) of the retrieve invocation.
+    pub retrieval: Cid,
+    /// Its `exp`, unix seconds.
+    pub expires: u64,
+}
+
+/// How claims and conflicts name a retrieval: the first 16 bytes of its
+/// payload id's digest (random: two retrievals of one node and hour share
+/// them with odds of about 2⁻¹¹⁰ at a billion an hour).
+pub type RetrievalKey = [u8; 16];
+
+/// The [`RetrievalKey`] of a retrieval's payload id.
+pub fn retrieval_key(retrieval: &Cid) -> RetrievalKey {
+    let mut key = [0; 16];
+    let digest = retrieval.hash().digest();
+    let n = digest.len().min(16);
+    key[..n].copy_from_slice(&digest[..n]);
+    key
+}
+
+/// The conclusion that tally chunks are staged for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staging {
+    /// The batch.
+    pub batch: Cid,
+    /// The consolidate receipt the chunks detail.
+    pub receipt: Cid,
+    /// Every chunk of the tally, in order (the conclusion's `staged_tally`).
+    pub tally: Vec<Cid>,
+    /// The node that tracked the batch.
+    pub node: Did,
+    /// The conclusion's `claims_end`.
+    pub claims_end: u64,
+}
+
+impl Staging {
+    /// The name of the conclusion the chunks are staged for: chunks staged
+    /// for another receipt or tally of the batch (an earlier settling) are
+    /// not this one's. See [`staged_attempt`].
+    pub fn attempt(&self) -> String {
+        staged_attempt(&self.receipt, &self.tally)
+    }
+}
+
+/// The name of the conclusion of `receipt` with the staged tally `chunks`:
+/// the start of a sha2-256 over both, so that the same receipt and tally
+/// always get the same name, and any other gets another.
+pub fn staged_attempt(receipt: &Cid, chunks: &[Cid]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(receipt.to_bytes());
+    for chunk in chunks {
+        hash.update(chunk.to_bytes());
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a staged chunk adds to its conclusion, as read back; its counted
+/// retrievals stay with the store, which reads them as it commits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StagedChunk {
+    /// Billable bytes per space and day.
+    pub usage: Vec<(Did, String, u64)>,
+    /// Non-billable bytes per space and day.
+    pub non_billable: Vec<(Did, String, u64)>,
+    /// How many retrievals it counts.
+    pub counted: u64,
+}
+
 /// The outcome of consolidating a batch, committed by [`Conclusions::conclude`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conclusion {
@@ -37,8 +116,9 @@ pub struct Conclusion {
     /// Bytes per (space, day). Repeated (space, day) pairs are added up.
     pub usage: Vec<DailyUsage>,
     /// Retrievals counted in `usage` or `non_billable`, with those of
-    /// `staged_tally`; no duplicates.
-    pub counted_receipts: Vec<Cid>,
+    /// `staged_tally`; no duplicates. Every one was addressed to `node`
+    /// (the consolidator checks it), so claims are the node's.
+    pub counted_receipts: Vec<CountedRetrieval>,
     /// Tally chunks of the batch staged by [`Conclusions::stage_chunks`] whose
     /// `counted` retrievals count too: the store reads them a chunk at a
     /// time as it commits, so that a conclusion of any size takes bounded
@@ -96,11 +176,11 @@ pub trait Conclusions {
     /// 2. no record → [`StoreError::NotFound`]; another consolidate CID or node
     ///    → [`StoreError::Mismatch`];
     /// 3. record done → `Ok(`[`ConcludeOutcome::AlreadyConcluded`]`)`, no write;
-    /// 4. a chunk of `staged_tally` missing or malformed, or a retrieval
-    ///    listed twice across `counted_receipts` and the chunks →
+    /// 4. a chunk of `staged_tally` not staged for this receipt, or a
+    ///    retrieval listed twice across `counted_receipts` and the chunks →
     ///    [`StoreError::Invalid`], no write;
     /// 5. any counted retrieval already counted → [`StoreError::Conflict`]
-    ///    listing them, no write;
+    ///    naming them by [`RetrievalKey`], no write;
     /// 6. otherwise, in one transaction: store the receipt bytes under the
     ///    consolidate CID, add `total_bytes` to the node total, add each
     ///    (space, day) to the space and node daily totals, map every counted
@@ -110,41 +190,52 @@ pub trait Conclusions {
     /// The lease is not required: whoever concludes first wins, and the
     /// conditions above make a racing second conclusion harmless.
     ///
-    /// DynamoDB: a batch can count tens of thousands of receipts, more than
-    /// one `TransactWriteItems` (100 items) holds. Each counted receipt gets
-    /// a claim item naming the batch and the conclusion attempt; a claim
-    /// counts only once its batch is done with that attempt, so the claims
-    /// of an interrupted attempt never count. When everything fits, one
-    /// transaction writes the claims, the receipt, the totals (`ADD`) and the
-    /// done record. Otherwise the attempt takes a fence on the record
-    /// (`token`), claims in transactions of 99 claims each checked against
-    /// the fence, and a final transaction, conditioned on the record's
-    /// version and fence, stores the receipt, `ADD`s the totals and marks the
-    /// record done: totals move only with that flip. A claim that meets a
-    /// receipt counted meanwhile withdraws the attempt's claims and reports
-    /// `Conflict`, as does a receipt claimed by a pending attempt of another
-    /// batch. The totals of one conclusion (5 items plus one per (space, day)
-    /// and per day) must fit one transaction, else [`StoreError::Invalid`].
+    /// DynamoDB: a batch can count hundreds of thousands of receipts, more
+    /// than one `TransactWriteItems` (100 items) holds. Each attempt writes
+    /// its counted retrievals as pages of digests per node and hour of
+    /// expiry, which count only once the batch is done with that attempt,
+    /// so the pages of an interrupted attempt never count; one final
+    /// transaction, conditioned on the record's version and on the node's
+    /// version of conclusions (which it bumps), stores the receipt, `ADD`s
+    /// the totals and marks the record done: totals move only with that
+    /// flip. A conclusion of the same node that flipped in between changed
+    /// the node's version, so this one re-reads and finds what that one
+    /// counted (`Conflict`). Daily totals that do not fit the final
+    /// transaction are written before it as usage rows under a fence on the
+    /// record, and count from the flip on.
     fn conclude(&self, conclusion: &Conclusion) -> Result<ConcludeOutcome, StoreError>;
 
-    /// Keeps tally chunks of `batch` (CID, bytes) that arrive before their
-    /// conclusion: a large tally travels over several conclude invocations.
-    /// Chunks are content-addressed, so staging one twice changes nothing.
-    /// [`Conclusions::conclude`] of the batch drops them.
-    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError>;
+    /// Keeps tally chunks (CID, bytes, each hashing to its CID) that arrive
+    /// before their conclusion: a large tally travels over several conclude
+    /// invocations. Chunks are content-addressed, so staging one twice
+    /// changes nothing; a malformed one is [`StoreError::Invalid`].
+    /// [`Conclusions::conclude`] of the batch drops them. DynamoDB keeps no
+    /// chunk: it writes their counted retrievals as claims pages of the
+    /// staging's receipt (which count only if the batch concludes with it)
+    /// and a summary of the rest.
+    fn stage_chunks(&self, staging: &Staging, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError>;
 
-    /// The staged chunks of `batch` among `cids`, in order (`None` where missing).
-    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// The chunks staged for `staging` among `cids`, in order (`None` where
+    /// missing).
+    fn staged_chunks(
+        &self,
+        staging: &Staging,
+        cids: &[Cid],
+    ) -> Result<Vec<Option<StagedChunk>>, StoreError>;
 
-    /// The CIDs of the chunks staged for `batch`.
-    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError>;
+    /// The CIDs of the chunks staged for `staging`.
+    fn staged_chunk_ids(&self, staging: &Staging) -> Result<Vec<Cid>, StoreError>;
 
     /// The consolidate receipt (CAR bytes) stored for a consolidate invocation.
     fn receipt(&self, consolidate_invocation: &Cid) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// For each retrieve receipt, the batch that counted it, if any.
-    /// The answer has the same length and order as `receipts`.
-    fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError>;
+    /// For each retrieval served by `node`, the batch that counted it, if
+    /// any. The answer has the same length and order as `retrievals`.
+    fn counted(
+        &self,
+        node: &Did,
+        retrievals: &[CountedRetrieval],
+    ) -> Result<Vec<Option<Cid>>, StoreError>;
 
     /// Drops the records of counted retrievals whose conclusion's
     /// `claims_end` is before `now`: none of them could be counted again

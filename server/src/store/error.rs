@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use cid::Cid;
 use ucanto::principal::Did;
 
 /// Why a store operation failed.
@@ -26,20 +25,11 @@ pub enum StoreError {
         /// The node's pending records.
         pending: u64,
     },
-    /// Some receipts were already counted by another batch; nothing changed.
-    #[error("{} retrieve receipt(s) already counted by another batch", receipts.len())]
+    /// Some retrievals were already counted by another batch; nothing changed.
+    #[error("{} retrieval(s) already counted by another batch", retrievals.len())]
     Conflict {
-        /// The receipts already counted.
-        receipts: Vec<Cid>,
-    },
-    /// A retrieval is claimed by the conclusion of another batch still
-    /// under way (or cut short and to be resumed): transient, the
-    /// conclusion waits until that one ends (then the retrieval is counted
-    /// there, or free).
-    #[error("a retrieval is claimed by batch {batch}, whose conclusion is under way: try again once it ends")]
-    HeldByPending {
-        /// The batch whose conclusion holds it.
-        batch: Cid,
+        /// The retrievals already counted.
+        retrievals: Vec<super::RetrievalKey>,
     },
     /// No record for the batch.
     #[error("no egress record for the batch")]
@@ -121,10 +111,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Throttled { .. }
-                | StoreError::Contended { .. }
-                | StoreError::InUse { .. }
-                | StoreError::HeldByPending { .. }
+            StoreError::Throttled { .. } | StoreError::Contended { .. } | StoreError::InUse { .. }
         )
     }
 }

@@ -72,10 +72,13 @@ pub(crate) use checks::SummedUsage;
 pub const MAX_RECEIPT_BYTES: usize = 384 * 1024;
 
 pub(crate) use checks::{
-    check_conclusion, check_day_range, check_record, lease_end, parse_did, staged_counted,
-    unsupported_format,
+    check_conclusion, check_day_range, check_record, lease_end, parse_did, staged_chunk,
+    staged_counted, unsupported_format,
 };
-pub use conclusions::{rejection_name, ConcludeOutcome, Conclusion, Conclusions, DailyUsage};
+pub use conclusions::{
+    rejection_name, retrieval_key, staged_attempt, ConcludeOutcome, Conclusion, Conclusions,
+    CountedRetrieval, DailyUsage, RetrievalKey, StagedChunk, Staging,
+};
 pub use dashboard::{BatchCursor, DashboardReads, Rejections, RetryCounter, StoreStats};
 pub use error::{BackendError, StoreError};
 pub use records::{EgressRecord, Lease, NewRecord, PutOutcome, RecordStatus, Records, Retry};

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use cid::Cid;
 use etracker_server::store::redb::{Audit, RedbStore};
 use etracker_server::store::{
-    ConcludeOutcome, Conclusion, DailyUsage, NewRecord, PutOutcome, RecordStatus, Rejections,
-    Retry, Store, StoreError,
+    retrieval_key, ConcludeOutcome, Conclusion, CountedRetrieval, DailyUsage, NewRecord,
+    PutOutcome, RecordStatus, Rejections, RetrievalKey, Retry, StagedChunk, Staging, Store,
+    StoreError,
 };
 use proptest::prelude::*;
 use ucanto::dag::{cid_of, CAR, DAG_CBOR};
@@ -225,6 +226,44 @@ pub fn consolidate(n: u64) -> Cid {
 pub fn retrieve(n: u64) -> Cid {
     cid_of(DAG_CBOR, format!("retrieve receipt {n}").as_bytes())
 }
+/// The key a conflict names retrieval `n` by.
+pub fn key(n: u64) -> RetrievalKey {
+    retrieval_key(&retrieve(n))
+}
+/// The conflict naming retrievals `ns`, in key order.
+pub fn conflict(ns: &[u64]) -> StoreError {
+    let mut retrievals: Vec<RetrievalKey> = ns.iter().map(|n| key(*n)).collect();
+    retrievals.sort_unstable();
+    StoreError::Conflict { retrievals }
+}
+/// `e` with a conflict's retrievals in key order (the order is the store's).
+pub fn in_key_order(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict { mut retrievals } => {
+            retrievals.sort_unstable();
+            StoreError::Conflict { retrievals }
+        }
+        other => other,
+    }
+}
+/// The staging of batch `n`'s [`conclusion`] with the staged tally `tally`.
+pub fn staging(n: u64, tally: &[Cid]) -> Staging {
+    let c = conclusion(n, Vec::new(), &[]);
+    Staging {
+        batch: c.batch,
+        receipt: c.receipt,
+        tally: tally.to_vec(),
+        node: c.node,
+        claims_end: c.claims_end,
+    }
+}
+/// Retrieval `n` as a conclusion counts it: expiring in one of four hours.
+pub fn counted(n: u64) -> CountedRetrieval {
+    CountedRetrieval {
+        retrieval: retrieve(n),
+        expires: 1_800_000_000 + (n % 4) * 3_600,
+    }
+}
 
 /// The record a track of batch `n` by `node` at time `at` stores.
 pub fn new_record(n: u64, node: Did, at: u64) -> NewRecord {
@@ -257,7 +296,7 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         node: node(),
         total_bytes: usage.iter().map(|u| u.bytes).sum(),
         usage,
-        counted_receipts: receipts.iter().copied().map(retrieve).collect(),
+        counted_receipts: receipts.iter().copied().map(counted).collect(),
         staged_tally: Vec::new(),
         non_billable: Vec::new(),
         concluded_at: 10_000 + n,
@@ -874,10 +913,8 @@ pub fn conclusions_of_any_size<S: TestStore>(make: &dyn Fn() -> S) {
     receipts.push(149);
     let c2 = conclusion(2, second.clone(), &receipts);
     assert_eq!(
-        store.conclude(&c2).unwrap_err(),
-        StoreError::Conflict {
-            receipts: vec![retrieve(149)]
-        }
+        in_key_order(store.conclude(&c2).unwrap_err()),
+        conflict(&[149])
     );
     assert!(store.record(&batch(2)).unwrap().unwrap().is_pending());
     assert_eq!(store.audit().unwrap(), before);
@@ -1160,7 +1197,7 @@ pub fn conclude_commits_everything_once<S: TestStore>(store: &dyn Fn() -> S) {
     );
     assert_eq!(
         store
-            .counted(&[retrieve(1), retrieve(5), retrieve(4)])
+            .counted(&node(), &[counted(1), counted(5), counted(4)])
             .unwrap(),
         [Some(batch(1)), None, Some(batch(1))]
     );
@@ -1285,16 +1322,14 @@ pub fn overlapping_receipts_conflict_and_change_nothing<S: TestStore>(store: &dy
         &[3, 2, 4, 1],
     );
     assert_eq!(
-        store.conclude(&overlapping).unwrap_err(),
-        StoreError::Conflict {
-            receipts: vec![retrieve(2), retrieve(1)]
-        }
+        in_key_order(store.conclude(&overlapping).unwrap_err()),
+        conflict(&[2, 1])
     );
     assert_eq!(store.audit().unwrap(), before);
     assert_eq!(store.record(&batch(2)).unwrap(), record_before);
     assert_eq!(store.receipt(&consolidate(2)).unwrap(), None);
     assert_eq!(
-        store.counted(&[retrieve(3), retrieve(4)]).unwrap(),
+        store.counted(&node(), &[counted(3), counted(4)]).unwrap(),
         [None, None]
     );
     assert_eq!(
@@ -1524,10 +1559,10 @@ pub fn run_steps<S: TestStore>(
                     c.node = r.node.clone();
                 }
                 let out = store.conclude(&c);
-                let overlap: Vec<Cid> = receipts
+                let overlap: Vec<u64> = receipts
                     .iter()
                     .filter(|r| counted.contains(*r))
-                    .map(|r| retrieve(*r))
+                    .copied()
                     .collect();
                 match before {
                     None => prop_assert!(matches!(out, Err(StoreError::NotFound)), "{out:?}"),
@@ -1536,7 +1571,7 @@ pub fn run_steps<S: TestStore>(
                         "{out:?}"
                     ),
                     Some(_) if !overlap.is_empty() => {
-                        prop_assert_eq!(out, Err(StoreError::Conflict { receipts: overlap }))
+                        prop_assert_eq!(out.map_err(in_key_order), Err(conflict(&overlap)))
                     }
                     Some(_) => {
                         prop_assert_eq!(out, Ok(ConcludeOutcome::Concluded));
@@ -1558,26 +1593,47 @@ pub fn run_steps<S: TestStore>(
 
 // ---------------------------------------------------------------- staging
 
-/// Tally chunks staged for a batch are read back by CID (missing ones as
-/// `None`), staging one twice is harmless, other batches see none of them,
-/// and the batch's conclusion drops them.
+/// Tally chunks staged for a batch are read back by CID as what they add
+/// (missing ones as `None`), staging one twice is harmless, a chunk that is
+/// not one of the batch's is refused, other batches see none of them, and
+/// the batch's conclusion drops them.
 pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> S) {
     let store = make();
     store.put(new_record(1, node(), 100)).unwrap();
-    let chunk = |n: u8| (cid_of(DAG_CBOR, &[n]), vec![n; 3]);
-    store
-        .stage_chunks(&batch(1), &[chunk(1), chunk(2)])
-        .unwrap();
-    store.stage_chunks(&batch(1), &[chunk(2)]).unwrap();
+    let chunk = |n: u64| {
+        let chunk = etracker_server::tally::Chunk {
+            usage: vec![(space_a(), "2025-01-01".into(), n)],
+            counted: (0..n).map(|r| counted(100 * n + r)).collect(),
+            ..Default::default()
+        };
+        let block = chunk.encode(batch(1)).unwrap();
+        (block.cid, block.bytes.to_vec())
+    };
+    let read = |n: u64| {
+        Some(StagedChunk {
+            usage: vec![(space_a(), "2025-01-01".into(), n)],
+            non_billable: Vec::new(),
+            counted: n,
+        })
+    };
+    let garbage = (cid_of(DAG_CBOR, b"not a chunk"), b"not a chunk".to_vec());
+    let tally = [chunk(1).0, chunk(2).0, chunk(3).0, garbage.0];
+    let staged = staging(1, &tally);
+    store.stage_chunks(&staged, &[chunk(1), chunk(2)]).unwrap();
+    store.stage_chunks(&staged, &[chunk(2)]).unwrap();
     let wanted = [chunk(1).0, chunk(3).0, chunk(2).0];
     assert_eq!(
-        store.staged_chunks(&batch(1), &wanted).unwrap(),
-        [Some(vec![1; 3]), None, Some(vec![2; 3])]
+        store.staged_chunks(&staged, &wanted).unwrap(),
+        [read(1), None, read(2)]
     );
     assert_eq!(
-        store.staged_chunks(&batch(2), &wanted).unwrap(),
+        store.staged_chunks(&staging(2, &tally), &wanted).unwrap(),
         [None, None, None]
     );
+    assert!(matches!(
+        store.stage_chunks(&staged, &[garbage]),
+        Err(StoreError::Invalid(_) | StoreError::Corrupt(_))
+    ));
     store.lease_pending(100, "a", 60, 10).unwrap();
     store
         .conclude(&conclusion(
@@ -1587,7 +1643,7 @@ pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> 
         ))
         .unwrap();
     assert_eq!(
-        store.staged_chunks(&batch(1), &wanted).unwrap(),
+        store.staged_chunks(&staged, &wanted).unwrap(),
         [None, None, None]
     );
     consistent(&store);
@@ -1596,7 +1652,7 @@ pub fn staged_chunks_wait_for_their_conclusion<S: TestStore>(make: &dyn Fn() -> 
 /// A tally chunk of batch `n` counting the retrievals `receipts`.
 fn tally_chunk(n: u64, receipts: &[u64]) -> (Cid, Vec<u8>) {
     let chunk = etracker_server::tally::Chunk {
-        counted: receipts.iter().copied().map(retrieve).collect(),
+        counted: receipts.iter().copied().map(counted).collect(),
         ..Default::default()
     };
     let block = chunk.encode(batch(n)).unwrap();
@@ -1620,10 +1676,11 @@ pub fn a_staged_tally_counts_a_chunk_at_a_time<S: TestStore>(make: &dyn Fn() -> 
         ))
         .unwrap();
     let (first, second) = (tally_chunk(1, &[10, 11, 12]), tally_chunk(1, &[13, 14]));
+    let both = staging(1, &[first.0, second.0]);
     store
-        .stage_chunks(&batch(1), &[first.clone(), second.clone()])
+        .stage_chunks(&both, &[first.clone(), second.clone()])
         .unwrap();
-    let mut staged = store.staged_chunk_ids(&batch(1)).unwrap();
+    let mut staged = store.staged_chunk_ids(&both).unwrap();
     staged.sort();
     let mut expected = vec![first.0, second.0];
     expected.sort();
@@ -1645,17 +1702,21 @@ pub fn a_staged_tally_counts_a_chunk_at_a_time<S: TestStore>(make: &dyn Fn() -> 
         Err(StoreError::Invalid(_))
     ));
     let foreign = tally_chunk(2, &[30]);
-    store
-        .stage_chunks(&batch(1), std::slice::from_ref(&foreign))
-        .unwrap();
+    assert!(matches!(
+        store.stage_chunks(&staging(1, &[foreign.0]), std::slice::from_ref(&foreign)),
+        Err(StoreError::Invalid(_))
+    ));
     let other_batch = with(&[1], vec![foreign.0]);
     assert!(store.conclude(&other_batch).is_err());
-    let conflict = tally_chunk(1, &[99]);
+    let conflicting = tally_chunk(1, &[99]);
     store
-        .stage_chunks(&batch(1), std::slice::from_ref(&conflict))
+        .stage_chunks(
+            &staging(1, &[first.0, conflicting.0]),
+            &[first.clone(), conflicting.clone()],
+        )
         .unwrap();
-    match store.conclude(&with(&[1], vec![first.0, conflict.0])) {
-        Err(StoreError::Conflict { receipts }) => assert_eq!(receipts, vec![retrieve(99)]),
+    match store.conclude(&with(&[1], vec![first.0, conflicting.0])) {
+        Err(e) => assert_eq!(in_key_order(e), conflict(&[99])),
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(consistent(&store).counted_receipts, before.counted_receipts);
@@ -1673,13 +1734,16 @@ pub fn a_staged_tally_counts_a_chunk_at_a_time<S: TestStore>(make: &dyn Fn() -> 
         other => panic!("not done: {other:?}"),
     }
     let counted = store
-        .counted(&[retrieve(1), retrieve(12), retrieve(14), retrieve(30)])
+        .counted(
+            &node(),
+            &[counted(1), counted(12), counted(14), counted(30)],
+        )
         .unwrap();
     assert_eq!(
         counted,
         [Some(batch(1)), Some(batch(1)), Some(batch(1)), None]
     );
-    assert!(store.staged_chunk_ids(&batch(1)).unwrap().is_empty());
+    assert!(store.staged_chunk_ids(&both).unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------- spaces
@@ -1788,7 +1852,10 @@ pub fn non_billable_bytes_are_kept_apart<S: TestStore>(make: &dyn Fn() -> S) {
     );
     let stats = store.stats().unwrap();
     assert_eq!((stats.total_bytes, stats.non_billable_bytes), (5, 100));
-    assert_eq!(store.counted(&[retrieve(2)]).unwrap(), [Some(batch(1))]);
+    assert_eq!(
+        store.counted(&node(), &[counted(2)]).unwrap(),
+        [Some(batch(1))]
+    );
     consistent(&store);
 }
 

@@ -61,8 +61,13 @@ impl DynamoStore {
                 due.insert((pk, sk));
             } else if let Some(cid) = pk.strip_prefix("receipt#") {
                 receipts.insert(parse_cid(cid)?);
-            } else if pk.starts_with("counted#") {
-                claims.push((parse_cid(&get_s(item, "batch")?)?, get_s(item, "attempt")?));
+            } else if let Some(node_hour) = pk.strip_prefix("claims#") {
+                claims.push((
+                    node_hour.to_string(),
+                    parse_cid(&get_s(item, "batch")?)?,
+                    get_s(item, "attempt")?,
+                    super::claims::page_digests(item)?,
+                ));
             } else if sk.starts_with("day#") && parse_day_sk(&sk)?.1.is_some() {
                 // A usage row: counted below, once the records are known.
                 rows.push((
@@ -116,12 +121,23 @@ impl DynamoStore {
             auditor.record(record, has_due_entry, has_receipt)?;
         }
         auditor.check_index_sizes(due.len() as u64, receipts.len() as u64);
-        // Claims of pending batches or of attempts that lost never count.
-        for (batch, attempt) in &claims {
+        // Pages of pending batches or of attempts that lost never count;
+        // a retrieval in two pages that count is counted twice.
+        let mut counted_once: HashSet<(String, [u8; 16])> = HashSet::new();
+        for (node_hour, batch, attempt, digests) in &claims {
             let counts = records
                 .get(batch)
                 .is_some_and(|r| !r.record.is_pending() && r.attempt.as_ref() == Some(attempt));
-            if counts {
+            if !counts {
+                continue;
+            }
+            for digest in digests.chunks_exact(16) {
+                let digest: [u8; 16] = digest.try_into().unwrap_or_default();
+                if !counted_once.insert((node_hour.clone(), digest)) {
+                    auditor.problem(format!(
+                        "a retrieval of {node_hour} is counted twice (batch {batch})"
+                    ));
+                }
                 auditor.audit.counted_receipts += 1;
             }
         }
@@ -171,5 +187,59 @@ impl DynamoStore {
             ));
         }
         Ok(auditor.audit)
+    }
+}
+
+impl DynamoStore {
+    /// The bytes the table stores, by DynamoDB's rules (each attribute's
+    /// name and value), summed over a scan: what storage is billed on,
+    /// before the 100 bytes of overhead per item DynamoDB adds. For the
+    /// benchmarks.
+    pub fn stored_bytes(&self) -> Result<(u64, u64), StoreError> {
+        let (mut bytes, mut items) = (0, 0);
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .block_on(
+                    self.client
+                        .scan()
+                        .table_name(&self.table)
+                        .set_exclusive_start_key(start.take())
+                        .send(),
+                )
+                .map_err(backend)?;
+            for item in out.items.unwrap_or_default() {
+                items += 1;
+                bytes += item
+                    .iter()
+                    .map(|(name, value)| name.len() as u64 + value_size(value))
+                    .sum::<u64>();
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok((bytes, items)),
+            }
+        }
+    }
+}
+
+/// A value's size as DynamoDB counts it (numbers: about a byte per two
+/// digits, plus one).
+fn value_size(value: &aws_sdk_dynamodb::types::AttributeValue) -> u64 {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    match value {
+        V::S(s) => s.len() as u64,
+        V::N(n) => (n.trim_start_matches('-').len() as u64).div_ceil(2) + 1,
+        V::B(b) => b.as_ref().len() as u64,
+        V::Bool(_) | V::Null(_) => 1,
+        V::Ss(list) => list.iter().map(|s| s.len() as u64).sum(),
+        V::L(list) => 3 + list.iter().map(|v| 1 + value_size(v)).sum::<u64>(),
+        V::M(map) => {
+            3 + map
+                .iter()
+                .map(|(k, v)| 1 + k.len() as u64 + value_size(v))
+                .sum::<u64>()
+        }
+        _ => 0,
     }
 }

@@ -1,84 +1,77 @@
-//! The conclude transaction chain: claims of the counted receipts, the
-//! conclusion fence, and the final flip that adds the totals.
+//! The conclude chain: the attempt's claims pages, the conclusion fence
+//! (for usage rows), and the final flip that adds the totals.
 //!
-//! Each attempt gets a random attempt id. A counted-receipt item names the
-//! batch *and* attempt that claimed it; it counts only when that batch is done
-//! **with that attempt** (`attempt` on the done record).
-//! [`Conclusions::counted`](crate::store::Conclusions::counted), the conflict check and the
-//! audit all apply that rule, so a claim left by an interrupted attempt never
-//! counts. Claims are `Put` with
-//! `attribute_not_exists(pk) OR batch = :batch` (own leftovers are taken over),
-//! or, for an orphan (its batch is done with another attempt, so it never
-//! counts), `batch = :other AND attempt = :its_attempt`.
+//! An attempt's claims are pages of keys filed per node and hour
+//! (`claims.rs`), and its usage rows, when it has them, name the attempt
+//! too: both count exactly when the batch is done **with that attempt**
+//! (`attempt` on the done record), so those of an attempt that lost, was
+//! refused or stopped never count. A tally staged in chunks had its pages
+//! written as the chunks arrived, under a name made of its receipt and
+//! chunks; any other attempt gets a random name and writes its pages here.
 //!
-//! - **Small** (everything fits one `TransactWriteItems`, 100 items): one
-//!   transaction puts the done record (`ver = :v`), deletes its due entry,
-//!   puts the receipt, `ADD`s the node total (`attribute_exists`, or
-//!   `attribute_not_exists` plus `ADD nodes 1` to the counters when it is the
-//!   node's first), the node and space daily totals and the counters, and
-//!   claims every receipt. All or nothing, like redb.
-//! - **Large**: (1) check as redb does; (2) take the record's conclusion
-//!   fence: `SET token = :attempt` with `ver = :v`; (3) claim the receipts in
-//!   transactions of 99 claims plus a `ConditionCheck` that the record is
-//!   still pending with `token = :attempt`, so once another attempt takes the
-//!   fence no claim of this one can land any more; (4) the final transaction
-//!   is the small one without the claims, conditioned on `ver` and `token`.
-//!   Totals move only in (4), atomically with the flip, so nothing is ever
-//!   counted twice; a crash before (4) leaves only claims that never count,
-//!   and concluding again resumes (own claims are taken over). If a claim
-//!   hits a receipt counted meanwhile, the attempt deletes its claims (fenced
-//!   the same way) and reports `Conflict`.
-//! - **Any number of daily totals**: when the daily totals do not fit (4)
-//!   beside its fixed items (the record, its due entry, the receipt, the
-//!   node's total, the counters, the node's pending count), step (3) also writes one **usage row** per
-//!   daily total, `day#<day>#<batch>` in the total's partition, naming the
-//!   attempt; (4) then adds none of them. A row counts exactly when its batch
-//!   is done with its attempt, the rule of the claims, so all of a batch's
-//!   rows start counting at once, with the flip, and the rows of an attempt
-//!   that lost never count (another attempt of the batch overwrites them;
-//!   rows of days it does not touch stay, ignored). Reads of daily totals add
-//!   the counting rows to the day's total. Rows are not folded into the
-//!   totals afterwards: a fold could not be seen atomically by a query, which
-//!   DynamoDB runs read-committed, and a read would count a batch twice.
+//! 1. Check as redb does; read the node's version (`cv` on its total), then
+//!    the retrievals this conclusion counts (listed, and read back from its
+//!    staged pages) against what the node's earlier conclusions counted in
+//!    the same hours: one counted by another batch is a `Conflict`.
+//! 2. Write the listed retrievals' pages (plain puts: they count only from
+//!    the flip).
+//! 3. **Small** (the daily totals fit the final transaction): the final
+//!    transaction puts the done record (`ver = :v`), deletes its due entry,
+//!    puts the receipt, `ADD`s the node total (conditioned on the version
+//!    read in 1, which it bumps; `attribute_not_exists` plus `ADD nodes 1`
+//!    to the counters for the node's first), the daily totals and the
+//!    counters. All or nothing, like redb; a conclusion of the same node
+//!    that flipped meanwhile changed the version, so this one reads again
+//!    and finds what that one counted.
+//! 4. **Any number of daily totals**: when they do not fit the final
+//!    transaction beside its fixed items (the record, its due entry, the
+//!    receipt, the node's total, the counters, the node's pending count),
+//!    the attempt takes the record's conclusion fence (`SET token =
+//!    :attempt` with `ver = :v`), writes one **usage row** per daily total,
+//!    `day#<day>#<batch>` in the total's partition, in transactions of 99
+//!    rows plus a `ConditionCheck` that the record is still pending with
+//!    its token (so once another attempt takes the fence no row of this
+//!    one lands any more), then flips as in 3 without the daily totals, also
+//!    conditioned on the token. All of a batch's rows start counting at
+//!    once, with the flip; reads add counting rows to the day's total, and
+//!    the concluding replica folds them in right after (`fold.rs`).
 
-use std::collections::HashMap;
-
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use cid::Cid;
 
+use super::conclusions::Summary;
 use super::fold::Row;
 use super::items::{
-    counted_pk, egress_pk, get_s, n, node_pk, non_billable_pk, opt_s, parse_cid, receipt_pk,
-    record_pk, rejected_pk, s, shard_of, space_days_pk, stats_pk, usage_row_sk, Stored,
-    BILLED_SPACES, NODES,
+    egress_pk, n, node_pk, non_billable_pk, receipt_pk, record_pk, rejected_pk, s, shard_of,
+    space_days_pk, stats_pk, usage_row_sk, Stored, BILLED_SPACES, NODES,
 };
 use super::requests::{Add, Tx, TX_MAX};
-use super::table::{build_error, fresh_id};
+use super::table::build_error;
 use super::DynamoStore;
-use crate::store::{
-    check_conclusion, ConcludeOutcome, Conclusion, Conclusions, StoreError, SummedUsage,
-};
+use crate::store::{ConcludeOutcome, Conclusion, StoreError, SummedUsage};
 
-/// Who claims a receipt, and whether the claim counts.
-#[derive(Clone, Debug)]
-pub(super) struct Claim {
-    /// The batch that claims it.
-    pub(super) batch: Cid,
-    /// The attempt of that batch that claims it.
-    pub(super) attempt: String,
-    /// Whether the claim counts.
-    pub(super) state: ClaimState,
+/// One conclusion's attempt, kept across the re-reads of a `conclude`
+/// call (its listed pages are written once). A staged tally's attempt is
+/// named by its receipt and chunks ([`crate::store::staged_attempt`]), the
+/// name its pages were written under as the chunks arrived; any other gets
+/// a random name.
+pub(super) struct Attempt {
+    id: String,
+    pages_written: bool,
 }
 
-/// Whether a claim counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ClaimState {
-    /// The batch is done with this attempt: the receipt is counted.
-    Counted,
-    /// The batch is still pending: the attempt may yet commit.
-    Pending,
-    /// The batch is done with another attempt: this claim never counts.
-    Orphan,
+impl Attempt {
+    pub(super) fn new(c: &Conclusion) -> Self {
+        let id = if c.staged_tally.is_empty() {
+            super::table::fresh_id()
+        } else {
+            crate::store::staged_attempt(&c.receipt, &c.staged_tally)
+        };
+        Attempt {
+            id,
+            pages_written: false,
+        }
+    }
 }
 
 impl DynamoStore {
@@ -110,253 +103,106 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// `c` with the counted retrievals of its staged chunks listed. (Held in
-    /// memory: claims are written per attempt, in pages of a transaction.)
-    pub(super) fn with_staged_tally(&self, c: &Conclusion) -> Result<Conclusion, StoreError> {
-        let mut whole = c.clone();
-        let staged = self.staged_chunks(&c.batch, &c.staged_tally)?;
-        for (link, bytes) in c.staged_tally.iter().zip(staged) {
-            whole
-                .counted_receipts
-                .extend(crate::store::staged_counted(&c.batch, link, bytes)?);
-        }
-        whole.staged_tally.clear();
-        check_conclusion(&whole)?;
-        Ok(whole)
-    }
-
-    /// One attempt of [`Conclusions::conclude`](crate::store::Conclusions::conclude); `None`
+    /// One try of [`Conclusions::conclude`](crate::store::Conclusions::conclude); `None`
     /// when a write was cancelled and the whole must be re-read and re-decided.
     pub(super) fn conclude_once(
         &self,
         c: &Conclusion,
         summed: &SummedUsage,
+        staged: &[(Cid, Summary)],
+        attempt: &mut Attempt,
     ) -> Result<Option<ConcludeOutcome>, StoreError> {
         let old = match self.check_record(c)? {
             Ok(old) => old,
             Err(receipt) => return Ok(Some(ConcludeOutcome::AlreadyConcluded { receipt })),
         };
-        let claims = self.claims(&c.counted_receipts)?;
-        let held_by = |state: ClaimState| {
-            c.counted_receipts
-                .iter()
-                .zip(&claims)
-                .filter_map(move |(r, claim)| match claim {
-                    Some(cl) if cl.batch != c.batch && cl.state == state => Some((*r, cl.batch)),
-                    _ => None,
-                })
-        };
-        // Counted by another batch: a conflict, which the consolidator
-        // settles by leaving them out.
-        let conflicts: Vec<Cid> = held_by(ClaimState::Counted).map(|(r, _)| r).collect();
+        // The version first: a conclusion of the node that flips after this
+        // read changes it, and the flip below is refused.
+        let version = self.node_version(c.node.as_str())?;
+        let mine = self.own_keys(c, staged, &attempt.id)?;
+        let counted = mine.len() as u64;
+        let mut conflicts = Vec::new();
+        for (hour, keys) in &mine.by_hour {
+            let earlier = self.hour_counted(c.node.as_str(), *hour, version)?;
+            conflicts.extend(keys.iter().filter(|key| earlier.contains_key(*key)));
+        }
         if !conflicts.is_empty() {
             return Err(StoreError::Conflict {
-                receipts: conflicts,
+                retrievals: conflicts,
             });
         }
-        // Claimed by a conclusion of another batch still under way (or cut
-        // short, to be resumed): not counted yet, so not a conflict, or the
-        // retrieval could end counted by nobody; this one waits for it.
-        if let Some((_, batch)) = held_by(ClaimState::Pending).next() {
-            return Err(StoreError::HeldByPending { batch });
+        if !attempt.pages_written && !c.counted_receipts.is_empty() {
+            self.write_pages(
+                &c.node,
+                &c.batch,
+                &attempt.id,
+                "l",
+                &c.counted_receipts,
+                c.claims_end,
+            )?;
         }
-        let attempt = fresh_id();
+        attempt.pages_written = true;
+        let id = attempt.id.as_str();
+        let flip = Flip {
+            attempt: id,
+            version,
+            counted,
+        };
         let dailies = daily_deltas(c, summed);
         // The flip's own items: the record, its due entry, the receipt, the
         // node's entry in the list of nodes and its total, the counters,
         // and the rejection counts if any.
         let fixed = 6 + usize::from(rejection_add(c).is_some()) + usize::from(old.counted_pending);
-        if fixed + dailies.len() + c.counted_receipts.len() <= TX_MAX {
-            let (mut items, adds) = self.final_writes(c, summed, &old, &attempt, &dailies)?;
-            for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
-                items.push(self.claim_write(receipt, c, &attempt, claim.as_ref())?);
-            }
+        if fixed + dailies.len() <= TX_MAX {
+            let (items, adds) = self.final_writes(c, summed, &old, &dailies, &flip)?;
             return match self.transact(items)? {
                 Tx::Done => Ok(Some(ConcludeOutcome::Concluded)),
                 Tx::Cancelled(_) => self.cancelled(&adds),
             };
         }
-        // Large: take the fence, claim (and write usage rows) in fenced
-        // chunks, then flip. Daily totals that do not fit the flip become
-        // usage rows, which count from the flip on.
-        let as_rows = fixed + dailies.len() > TX_MAX;
-        let fenced = self.record_writes(Some(&old), &old.record, Some(&attempt), None)?;
+        // Daily totals that do not fit the flip become usage rows, written
+        // under the fence, which count from the flip on.
+        let fenced = self.record_writes(Some(&old), &old.record, Some(id), None)?;
         if let Tx::Cancelled(_) = self.transact(fenced)? {
             return Ok(None);
         }
-        let mut writes = Vec::new();
-        for (receipt, claim) in c.counted_receipts.iter().zip(&claims) {
-            writes.push((
-                Some(*receipt),
-                self.claim_write(receipt, c, &attempt, claim.as_ref())?,
-            ));
-        }
-        if as_rows {
-            for daily in &dailies {
-                writes.push((None, self.usage_row(daily, &c.batch, &attempt)?));
+        for rows in dailies.chunks(TX_MAX - 1) {
+            let mut items = vec![self.fence(&c.batch, id)?];
+            for daily in rows {
+                items.push(self.usage_row(daily, &c.batch, id)?);
             }
-        }
-        let mut claimed = Vec::new();
-        let mut writes = writes.into_iter().peekable();
-        while writes.peek().is_some() {
-            let chunk: Vec<_> = writes.by_ref().take(TX_MAX - 1).collect();
-            let mut items = vec![self.fence(&c.batch, &attempt)?];
-            let mut receipts = Vec::new();
-            for (receipt, write) in chunk {
-                receipts.extend(receipt);
-                items.push(write);
-            }
-            match self.transact(items)? {
-                Tx::Done => claimed.extend(receipts),
-                Tx::Cancelled(reasons) => {
-                    let fence_lost = reasons.first().is_some_and(|r| r != "None");
-                    // Only claims carry conditions: usage rows are written
-                    // under the fence alone.
-                    let claim_lost = reasons
-                        .iter()
-                        .skip(1)
-                        .any(|r| r == "ConditionalCheckFailed");
-                    if claim_lost && !fence_lost {
-                        // Counted (or claimed) meanwhile by another batch:
-                        // withdraw, then re-decide (usually `Conflict`).
-                        self.withdraw(&c.batch, &attempt, &claimed)?;
-                    }
-                    return Ok(None);
-                }
+            if let Tx::Cancelled(_) = self.transact(items)? {
+                return Ok(None);
             }
         }
         let Ok(fenced) = self.check_record(c)? else {
             return Ok(None);
         };
-        if fenced.token.as_deref() != Some(attempt.as_str()) {
+        if fenced.token.as_deref() != Some(id) {
             return Ok(None);
         }
-        let in_flip = if as_rows { &[][..] } else { &dailies[..] };
-        let (items, adds) = self.final_writes(c, summed, &fenced, &attempt, in_flip)?;
+        let (items, adds) = self.final_writes(c, summed, &fenced, &[], &flip)?;
         match self.transact(items)? {
             Tx::Done => {
-                if as_rows {
-                    // Counted from the flip on; folded into the totals now
-                    // (or by the first read that meets them, if this stops).
-                    let rows: Vec<Row> = dailies
-                        .iter()
-                        .map(|d| Row {
-                            pk: d.pk.clone(),
-                            day: d.day.clone(),
-                            batch: c.batch,
-                            attempt: attempt.clone(),
-                            bytes: d.bytes,
-                        })
-                        .collect();
-                    if let Err(error) = self.fold(&rows) {
-                        tracing::warn!(%error, batch = %c.batch, "cannot fold usage rows yet");
-                    }
+                // Counted from the flip on; folded into the totals now (or
+                // by the first read that meets them, if this stops).
+                let rows: Vec<Row> = dailies
+                    .iter()
+                    .map(|d| Row {
+                        pk: d.pk.clone(),
+                        day: d.day.clone(),
+                        batch: c.batch,
+                        attempt: id.to_string(),
+                        bytes: d.bytes,
+                    })
+                    .collect();
+                if let Err(error) = self.fold(&rows) {
+                    tracing::warn!(%error, batch = %c.batch, "cannot fold usage rows yet");
                 }
                 Ok(Some(ConcludeOutcome::Concluded))
             }
-            Tx::Cancelled(_) => self.cancelled(&adds).inspect_err(|_| {
-                // Refused: its claims must not hold other batches back.
-                let _ = self.withdraw(&c.batch, &attempt, &claimed);
-            }),
+            Tx::Cancelled(_) => self.cancelled(&adds),
         }
-    }
-
-    /// For each receipt, its claim: `(batch, attempt, counts)`, where
-    /// `counts` says whether the claiming batch is done with that attempt.
-    pub(super) fn claims(&self, receipts: &[Cid]) -> Result<Vec<Option<Claim>>, StoreError> {
-        let keys: Vec<(String, String)> = receipts
-            .iter()
-            .map(|r| (counted_pk(r), "counted".to_string()))
-            .collect();
-        let items = self.get_many(&keys)?;
-        let mut raw = Vec::with_capacity(receipts.len());
-        for key in &keys {
-            raw.push(match items.get(key) {
-                None => None,
-                Some(item) => Some((parse_cid(&get_s(item, "batch")?)?, get_s(item, "attempt")?)),
-            });
-        }
-        let batches: Vec<Cid> = raw.iter().flatten().map(|(batch, _)| *batch).collect();
-        let winners = self.done_attempts(&batches)?;
-        Ok(raw
-            .into_iter()
-            .map(|claim| {
-                let (batch, attempt) = claim?;
-                let state = match winners.get(&batch) {
-                    None => ClaimState::Pending,
-                    Some(a) if *a == attempt => ClaimState::Counted,
-                    Some(_) => ClaimState::Orphan,
-                };
-                Some(Claim {
-                    batch,
-                    attempt,
-                    state,
-                })
-            })
-            .collect())
-    }
-
-    /// The attempt each of `batches` is done with; pending (or unknown)
-    /// batches are absent. A claim or usage row counts only when its
-    /// attempt is its batch's.
-    pub(super) fn done_attempts(
-        &self,
-        batches: &[Cid],
-    ) -> Result<HashMap<Cid, String>, StoreError> {
-        let keys: Vec<(String, String)> = batches
-            .iter()
-            .map(|b| (record_pk(b), "rec".to_string()))
-            .collect();
-        let records = self.get_many(&keys)?;
-        let mut done = HashMap::new();
-        for (batch, key) in batches.iter().zip(&keys) {
-            if let Some(item) = records.get(key) {
-                if get_s(item, "status")? == "done" {
-                    if let Some(attempt) = opt_s(item, "attempt")? {
-                        done.insert(*batch, attempt);
-                    }
-                }
-            }
-        }
-        Ok(done)
-    }
-
-    /// The claim write of `receipt` by the conclusion `c`'s `attempt`,
-    /// given what claims it now. It carries the conclusion's `claims_end`
-    /// as `ttl`: the table's time to live drops it once no batch could
-    /// count the retrieval again.
-    fn claim_write(
-        &self,
-        receipt: &Cid,
-        c: &Conclusion,
-        attempt: &str,
-        current: Option<&Claim>,
-    ) -> Result<TransactWriteItem, StoreError> {
-        let batch = &c.batch;
-        let mut put = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(&counted_pk(receipt)))
-            .item("sk", s("counted"))
-            .item("batch", s(&batch.to_string()))
-            .item("attempt", s(attempt));
-        if c.claims_end != u64::MAX {
-            put = put.item("ttl", n(c.claims_end));
-        }
-        put = match current {
-            Some(c) if c.batch != *batch => put
-                .condition_expression("attribute_exists(pk) AND #b = :other AND #at = :its")
-                .expression_attribute_names("#b", "batch")
-                .expression_attribute_names("#at", "attempt")
-                .expression_attribute_values(":other", s(&c.batch.to_string()))
-                .expression_attribute_values(":its", s(&c.attempt)),
-            _ => put
-                .condition_expression("attribute_not_exists(pk) OR #b = :batch")
-                .expression_attribute_names("#b", "batch")
-                .expression_attribute_values(":batch", s(&batch.to_string())),
-        };
-        Ok(TransactWriteItem::builder()
-            .put(put.build().map_err(build_error)?)
-            .build())
     }
 
     /// A `ConditionCheck` that `batch` is pending with fence `token`.
@@ -396,32 +242,6 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// Deletes the claims of `attempt`, each chunk fenced by the record.
-    fn withdraw(&self, batch: &Cid, attempt: &str, receipts: &[Cid]) -> Result<(), StoreError> {
-        for chunk in receipts.chunks(TX_MAX - 1) {
-            let mut items = vec![self.fence(batch, attempt)?];
-            for receipt in chunk {
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(&counted_pk(receipt)))
-                    .key("sk", s("counted"))
-                    .condition_expression("#b = :batch AND #at = :attempt")
-                    .expression_attribute_names("#b", "batch")
-                    .expression_attribute_names("#at", "attempt")
-                    .expression_attribute_values(":batch", s(&batch.to_string()))
-                    .expression_attribute_values(":attempt", s(attempt))
-                    .build()
-                    .map_err(build_error)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
-            }
-            if let Tx::Cancelled(_) = self.transact(items)? {
-                // Fence lost or claims taken over: they are no longer ours.
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
     /// Steps 2 and 3 of [`Conclusions::conclude`](crate::store::Conclusions::conclude) on a
     /// fresh read: `Ok(Ok(record))` when pending, `Ok(Err(receipt))` when done.
     fn check_record(&self, c: &Conclusion) -> Result<Result<Stored, Cid>, StoreError> {
@@ -441,10 +261,15 @@ impl DynamoStore {
         c: &Conclusion,
         summed: &SummedUsage,
         old: &Stored,
-        attempt: &str,
         dailies: &[Daily],
+        flip: &Flip,
     ) -> Result<(Vec<TransactWriteItem>, Vec<Add>), StoreError> {
-        let record = old.record.concluded(c, c.counted_receipts.len() as u64);
+        let Flip {
+            attempt,
+            version,
+            counted,
+        } = *flip;
+        let record = old.record.concluded(c, counted);
         let mut items = self.record_writes(Some(old), &record, None, Some(attempt))?;
         if old.counted_pending {
             items.push(self.pending_taken(c.node.as_str())?);
@@ -466,11 +291,11 @@ impl DynamoStore {
             .map_err(build_error)?;
         items.push(TransactWriteItem::builder().put(listed).build());
         let node_pk = node_pk(c.node.as_str());
-        let first = self.get((&node_pk, "total"))?.is_none();
-        let (condition, nodes) = if first {
-            ("attribute_not_exists(pk)", 1)
-        } else {
-            ("attribute_exists(pk)", 0)
+        // The node's first conclusion makes its total; any other requires
+        // the version its claims were checked at.
+        let (condition, nodes) = match version {
+            None => (Some("attribute_not_exists(pk)"), 1),
+            Some(_) => (None, 0),
         };
         let add = |pk: &str, sk: &str, deltas: Vec<(&str, u64)>| Add {
             pk: pk.to_string(),
@@ -480,19 +305,22 @@ impl DynamoStore {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             condition: None,
+            version: None,
         };
         let mut adds = vec![
-            // The node's total says whether this is the node's first.
+            // The node's total says whether this is the node's first, and
+            // orders its conclusions.
             Add {
-                condition: Some(condition),
-                ..add(&node_pk, "total", vec![("bytes", c.total_bytes)])
+                condition,
+                version,
+                ..add(&node_pk, "total", vec![("bytes", c.total_bytes), ("cv", 1)])
             },
             add(
                 &stats_pk(shard_of(&c.batch)),
                 "stats",
                 vec![
                     ("concluded", 1),
-                    ("counted", c.counted_receipts.len() as u64),
+                    ("counted", counted),
                     ("nodes", nodes),
                     ("total_bytes", c.total_bytes),
                     ("non_billable_bytes", summed.non_billable.values().sum()),
@@ -523,6 +351,16 @@ impl DynamoStore {
             None => Ok(None),
         }
     }
+}
+
+/// What the final transaction names besides the conclusion: the attempt
+/// that wins with it, the node's version it was checked at, and how many
+/// retrievals it counts.
+#[derive(Clone, Copy)]
+struct Flip<'a> {
+    attempt: &'a str,
+    version: Option<u64>,
+    counted: u64,
 }
 
 /// One daily total a conclusion adds to: its partition, day and bytes.
@@ -591,5 +429,6 @@ fn rejection_add(c: &Conclusion) -> Option<Add> {
         sk: "rejected".to_string(),
         deltas,
         condition: None,
+        version: None,
     })
 }

@@ -79,6 +79,7 @@ impl DynamoStore {
                     sk: FOLD_SK.to_string(),
                     deltas: vec![("v".to_string(), 1)],
                     condition: None,
+                    version: None,
                 })?);
             }
             items.push(self.add(&Add {
@@ -86,6 +87,7 @@ impl DynamoStore {
                 sk: format!("day#{}", row.day),
                 deltas: vec![("bytes".to_string(), row.bytes)],
                 condition: None,
+                version: None,
             })?);
             let delete = Delete::builder()
                 .table_name(&self.table)

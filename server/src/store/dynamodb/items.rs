@@ -5,17 +5,17 @@
 //!
 //! | item              | `pk`                  | `sk`                                   | attributes                                       |
 //! |-------------------|-----------------------|----------------------------------------|--------------------------------------------------|
-//! | format            | `meta`                | `format`                               | `format` = 3 (2 before the shards)               |
+//! | format            | `meta`                | `format`                               | `format` = 4 (3: claims one item per retrieval)  |
 //! | record            | `rec#<batch>`         | `rec`                                  | the record's fields, `ver`, `token`?, `attempt`?, `due_pk`?, `pc`? (in its node's pending count) |
 //! | node's pending count | `pending#<did>`    | `pending`                              | `count` (see `pending.rs`)                       |
 //! | due index entry   | `due#<shard>`         | `<due_at:020>#<received_at:020>#<hex>` | `batch`                                          |
 //! | consolidate receipt | `receipt#<consolidate>` | `receipt`                          | `body` (CAR bytes)                               |
-//! | staged tally chunk | `staged#<batch>`     | `<chunk CID>`                          | `body` (dag-cbor bytes)                          |
+//! | staged chunk summary | `staged#<batch>`   | `<attempt>#<chunk CID>`                | `body` (the chunk's usage, dag-cbor), `count`, `hours` |
 //! | non-billable bytes | `nonbillable#<space>` | `day#<day>`                          | `bytes`                                          |
 //! | registered space  | `space-entry#<space>` | `space`                                | `space`, `provider`, `customer`?                 |
 //! | list of spaces    | `spaces`              | `<space DID>`                          |                                                  |
-//! | counted receipt   | `counted#<receipt>`   | `counted`                              | `batch`, `attempt`                               |
-//! | node total        | `node#<did>`          | `total`                                | `bytes`                                          |
+//! | claims page       | `claims#<node>#<hour>` | `<batch>#<attempt>#<part>#<n>`        | `d` (16-byte keys), `batch`, `attempt`, `ttl`?   |
+//! | node total        | `node#<did>`          | `total`                                | `bytes`, `cv` (its conclusions' version)         |
 //! | node daily total  | `node#<did>`          | `day#<day>`                            | `bytes`                                          |
 //! | space daily total | `space#<did>`         | `day#<day>`                            | `bytes`                                          |
 //! | node paid         | `nodes`               | `<node DID>`                           |                                                  |
@@ -145,10 +145,6 @@ pub(super) fn is_due_pk(pk: &str) -> bool {
 
 pub(super) fn record_pk(batch: &Cid) -> String {
     format!("rec#{batch}")
-}
-
-pub(super) fn counted_pk(receipt: &Cid) -> String {
-    format!("counted#{receipt}")
 }
 
 pub(super) fn receipt_pk(consolidate: &Cid) -> String {

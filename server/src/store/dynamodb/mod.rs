@@ -25,7 +25,8 @@
 //!   of pending records;
 //! - `conclusions.rs`: [`Conclusions`](super::Conclusions): staged tally
 //!   chunks, receipts, counted retrievals, and `conclude`, whose chain
-//!   (claims, fence, final flip) is in `conclude.rs`;
+//!   (claims pages, fence, final flip) is in `conclude.rs`, and the claims
+//!   (pages of digests per node and hour) in `claims.rs`;
 //! - `spaces.rs`: [`SpaceStore`](super::SpaceStore): the space registry;
 //! - `dashboard.rs`: [`DashboardReads`](super::DashboardReads): reads of the
 //!   totals, pages of spaces and nodes, counters;
@@ -45,25 +46,25 @@
 //! |---|---|---|
 //! | track (`put`) | the record, its due entry, `ADD` to its shard of the counters, its entry in the node's list of batches, the node's pending count | no: due entry and counters in one of 16 shards, by batch; the count per node |
 //! | lease (per record) | the record, its due entry moved | no |
-//! | conclude | the record, its due entry removed, the receipt, `ADD` −1 to the node's pending count, the node's entry in the list of nodes, `ADD`s to the node's total, its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); one claim per counted receipt; before all that, outside the transaction, an entry per billed space in the list of spaces with egress (once per space and process) | no: per node, per space, per receipt, shards by batch |
+//! | conclude | the record, its due entry removed, the receipt, `ADD` −1 to the node's pending count, the node's entry in the list of nodes, `ADD`s to the node's total (and its version), its shard of the counters and of the rejection counts, and one daily total per (space, day), per node and day and per day in its shard of all nodes' egress (or, past 95, one usage row each, written before); before that, outside the transaction, the attempt's claims pages (16 bytes per counted receipt, per node and hour) and an entry per billed space in the list of spaces with egress (once per space and process) | no: per node, per space, shards by batch |
 //! | `stats` | — (reads the 17 counters items and counts the 17 due partitions) | |
 //! | release (a replica's start) | each of its leased records, its due entry moved (reads the whole due index) | no |
 //!
 //! So a track writes five items (about 10 write units with a 1–2 KB track
-//! invocation), and a counted receipt one claim item (2 units) plus its
-//! share of the daily totals. The items a node's every conclusion writes
-//! are its own total and its entry in the list of nodes. A daily-total
-//! read costs one more item per usage row of the day, plus one record read
-//! per batch among them. The due index is read a page at a time from each
-//! shard by every lease.
+//! invocation), and a counted receipt 16 bytes of a claims page (about
+//! 0.016 write units) plus its share of the daily totals; checking it reads
+//! the node's pages of its hour once per version of the node (about 0.004
+//! read units). The items a node's every conclusion writes are its own
+//! total and its entry in the list of nodes. A daily-total read costs one
+//! more item per usage row of the day not yet folded. The due index is read
+//! a page at a time from each shard by every lease.
 //!
 //! # Differences from redb
 //!
-//! - A receipt claimed by an attempt of another batch that is still pending
-//!   (racing right now, or interrupted by a crash) is reported in `Conflict`
-//!   although it does not count yet: the tracker treats `Conflict` as
-//!   "consolidate again", and the claim is released once that batch concludes
-//!   without it.
+//! - Claims are per node: a retrieval counted for one node and listed in
+//!   another node's conclusion is not a conflict here (redb keys claims by
+//!   the retrieval alone). The consolidator never lets that happen: a
+//!   retrieval counts only for the node it was addressed to.
 //! - Totals are refused past `u64::MAX` as redb refuses them (`Invalid`),
 //!   each `ADD` conditioned on the room left; but the counters of `stats`
 //!   are summed over shards when read, so a sum past `u64::MAX` (18 EB of
@@ -87,6 +88,7 @@ use super::StoreError;
 
 mod audit;
 pub mod capacity;
+mod claims;
 mod conclude;
 mod conclusions;
 mod dashboard;
@@ -118,6 +120,8 @@ pub struct DynamoStore {
     /// Spaces this process has listed in [`items::BILLED_SPACES`], so that
     /// a busy space costs one write per process, not one per conclusion.
     billed_listed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Hours of claims read, and batches known done (`claims.rs`).
+    claim_cache: std::sync::Mutex<claims::ClaimCache>,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -179,6 +183,7 @@ impl DynamoStore {
             usage,
             wire,
             billed_listed: Default::default(),
+            claim_cache: Default::default(),
         };
         store.init()?;
         Ok(store)

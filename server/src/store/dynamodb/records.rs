@@ -252,6 +252,7 @@ impl Records for DynamoStore {
                 sk: "stats".into(),
                 deltas: vec![("records".to_string(), 1)],
                 condition: None,
+                version: None,
             })?);
             // The node's list of its batches, by time.
             let listed = Put::builder()

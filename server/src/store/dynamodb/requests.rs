@@ -343,6 +343,7 @@ impl DynamoStore {
             sk,
             deltas,
             condition,
+            version,
         } = add;
         let expression = deltas
             .iter()
@@ -357,6 +358,7 @@ impl DynamoStore {
         let guard = condition
             .map(|c| format!("({c})"))
             .into_iter()
+            .chain(version.map(|_| "#cv = :cv".to_string()))
             .chain(room)
             .collect::<Vec<_>>()
             .join(" AND ");
@@ -366,6 +368,11 @@ impl DynamoStore {
             .key("sk", s(sk))
             .update_expression(format!("ADD {expression}"))
             .condition_expression(guard);
+        if let Some(version) = version {
+            update = update
+                .expression_attribute_names("#cv", "cv")
+                .expression_attribute_values(":cv", n(*version));
+        }
         for (i, (name, delta)) in deltas.iter().enumerate() {
             update = update
                 .expression_attribute_names(format!("#a{i}"), name.as_str())
@@ -408,4 +415,6 @@ pub(super) struct Add {
     pub(super) sk: String,
     pub(super) deltas: Vec<(String, u64)>,
     pub(super) condition: Option<&'static str>,
+    /// The item's version (`cv`) must be this.
+    pub(super) version: Option<u64>,
 }

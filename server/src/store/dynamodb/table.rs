@@ -31,9 +31,10 @@ use crate::store::StoreError;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::SharedHttpClient;
 
-/// Format 3: the due index and the counters in shards ([`super::items`]).
-/// A table of any other format is refused.
-pub(super) const FORMAT: u64 = 3;
+/// Format 4: the due index and the counters in shards ([`super::items`]),
+/// counted retrievals in pages per node and hour (`claims.rs`; format 3 kept
+/// one item per retrieval). A table of any other format is refused.
+pub(super) const FORMAT: u64 = 4;
 /// Re-reads after a cancelled transaction before giving up.
 pub(super) const RETRIES: usize = 64;
 

@@ -11,7 +11,11 @@ use super::{
     NON_BILLABLE_BYTES_KEY, NON_BILLABLE_DAILY, RECEIPTS, RECORDS, REJECTIONS, SPACE_DAILY, STAGED,
     TOTAL_BYTES_KEY,
 };
-use crate::store::{check_conclusion, ConcludeOutcome, Conclusion, Conclusions, StoreError};
+use crate::store::{
+    check_conclusion, retrieval_key, ConcludeOutcome, Conclusion, Conclusions, CountedRetrieval,
+    StagedChunk, Staging, StoreError,
+};
+use ucanto::principal::Did;
 
 impl Conclusions for RedbStore {
     fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
@@ -40,8 +44,8 @@ impl Conclusions for RedbStore {
             let mut conflicts = Vec::new();
             let mut marked: u64 = 0;
             let mut ends = tx.open_table(claims::CLAIM_ENDS).or_backend()?;
-            let mut mark = |cids: &[Cid]| -> Result<(), StoreError> {
-                for cid in cids {
+            let mut mark = |counted_now: &[CountedRetrieval]| -> Result<(), StoreError> {
+                for CountedRetrieval { retrieval: cid, .. } in counted_now {
                     let key = CidBytes::of(cid);
                     let previous = counted.insert(&*key, batch_key.as_slice()).or_backend()?;
                     if previous.is_none() {
@@ -51,7 +55,7 @@ impl Conclusions for RedbStore {
                         Some(batch) if batch.value() == batch_key.as_slice() => {
                             return Err(StoreError::Invalid(format!("receipt {cid} listed twice")))
                         }
-                        Some(_) => conflicts.push(*cid),
+                        Some(_) => conflicts.push(retrieval_key(cid)),
                         None => marked += 1,
                     }
                 }
@@ -67,7 +71,7 @@ impl Conclusions for RedbStore {
             }
             if !conflicts.is_empty() {
                 return Err(StoreError::Conflict {
-                    receipts: conflicts,
+                    retrievals: conflicts,
                 });
             }
 
@@ -161,11 +165,16 @@ impl Conclusions for RedbStore {
         Ok(ConcludeOutcome::Concluded)
     }
 
-    fn stage_chunks(&self, batch: &Cid, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
+    /// Keeps the chunks whole, keyed by batch: a chunk staged for an earlier
+    /// receipt of the batch says the same, so it serves this one too.
+    fn stage_chunks(&self, staging: &Staging, chunks: &[(Cid, Vec<u8>)]) -> Result<(), StoreError> {
+        for (cid, bytes) in chunks {
+            crate::store::staged_chunk(&staging.batch, cid, Some(bytes.clone()))?;
+        }
         let tx = self.db.begin_write().or_backend()?;
         {
             let mut staged = tx.open_table(STAGED).or_backend()?;
-            let batch_key = batch.to_bytes();
+            let batch_key = staging.batch.to_bytes();
             for (cid, bytes) in chunks {
                 staged
                     .insert(
@@ -179,24 +188,37 @@ impl Conclusions for RedbStore {
         Ok(())
     }
 
-    fn staged_chunks(&self, batch: &Cid, cids: &[Cid]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    fn staged_chunks(
+        &self,
+        staging: &Staging,
+        cids: &[Cid],
+    ) -> Result<Vec<Option<StagedChunk>>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let staged = tx.open_table(STAGED).or_backend()?;
-        let batch_key = batch.to_bytes();
+        let batch_key = staging.batch.to_bytes();
         cids.iter()
             .map(|cid| {
-                Ok(staged
+                let Some(bytes) = staged
                     .get((batch_key.as_slice(), cid.to_bytes().as_slice()))
                     .or_backend()?
-                    .map(|v| v.value().to_vec()))
+                    .map(|v| v.value().to_vec())
+                else {
+                    return Ok(None);
+                };
+                let chunk = crate::store::staged_chunk(&staging.batch, cid, Some(bytes))?;
+                Ok(Some(StagedChunk {
+                    usage: chunk.usage,
+                    non_billable: chunk.non_billable,
+                    counted: chunk.counted.len() as u64,
+                }))
             })
             .collect()
     }
 
-    fn staged_chunk_ids(&self, batch: &Cid) -> Result<Vec<Cid>, StoreError> {
+    fn staged_chunk_ids(&self, staging: &Staging) -> Result<Vec<Cid>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let staged = tx.open_table(STAGED).or_backend()?;
-        let batch_key = batch.to_bytes();
+        let batch_key = staging.batch.to_bytes();
         let from: (&[u8], &[u8]) = (batch_key.as_slice(), &[]);
         let mut ids = Vec::new();
         for entry in staged.range(from..).or_backend()? {
@@ -231,15 +253,23 @@ impl Conclusions for RedbStore {
         }
     }
 
-    fn counted(&self, receipts: &[Cid]) -> Result<Vec<Option<Cid>>, StoreError> {
+    /// Keyed by the retrieval alone: a retrieval is addressed to one node
+    /// (the consolidator checks it), so the node and expiry add nothing here.
+    fn counted(
+        &self,
+        _node: &Did,
+        retrievals: &[CountedRetrieval],
+    ) -> Result<Vec<Option<Cid>>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
         let counted = tx.open_table(COUNTED).or_backend()?;
-        receipts
+        retrievals
             .iter()
-            .map(|cid| match counted.get(&*CidBytes::of(cid)).or_backend()? {
-                Some(batch) => decode_cid(batch.value()).map(Some),
-                None => Ok(None),
-            })
+            .map(
+                |r| match counted.get(&*CidBytes::of(&r.retrieval)).or_backend()? {
+                    Some(batch) => decode_cid(batch.value()).map(Some),
+                    None => Ok(None),
+                },
+            )
             .collect()
     }
 }
