@@ -336,7 +336,7 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
     }
 
     // Kill whichever survivor is in the middle of concluding a large batch:
-    // its fence taken (claims being written), its lease held.
+    // its fence taken (usage rows being written), its lease held.
     let (client, runtime) =
         etracker_server::store::dynamodb::connect_client(&table.endpoint).expect("a raw client");
     let client = std::sync::Arc::new((client, runtime));
@@ -394,6 +394,12 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // The raw client's runtime cannot be dropped in async code.
+    drop(concluding);
+    if let Ok((client, runtime)) = std::sync::Arc::try_unwrap(client) {
+        drop(client);
+        runtime.shutdown_background();
+    }
     let position = if second_victim > victim {
         second_victim - 1
     } else {

@@ -91,25 +91,11 @@ pub(crate) async fn run(p: &Principals, work: &Path, prepared: &Prepared) -> Run
 
     let cpu_before = tracker.cpu_seconds();
     let started = Instant::now();
-    let summary = reqwest::Client::new()
-        .post(format!("{}consolidate", tracker.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    let summary = peers::consolidate_now(&tracker.url).await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = tracker.cpu_seconds() - cpu_before;
     assert_eq!(summary["concluded"], 1, "{summary}");
-    let metrics = reqwest::get(format!("{}metrics", tracker.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted = metric(&metrics, "etracker_consolidated_bytes_total");
+    let counted = peers::metric(&tracker.url, "etracker_consolidated_bytes_total").await as u64;
     assert_eq!(
         counted,
         batch.distinct * RETRIEVAL_BYTES,
@@ -123,12 +109,6 @@ pub(crate) async fn run(p: &Principals, work: &Path, prepared: &Prepared) -> Run
         cpu_seconds,
         peak_rss,
     }
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// The two signatures of each of `receipts` receipts (the node's on the

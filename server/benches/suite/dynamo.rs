@@ -40,39 +40,18 @@ pub(crate) async fn run(
     .await;
     peers::ready(&tracker.url).await;
     peers::track(p, &tracker.url, batch.cid, node_endpoint).await;
-    let summary = reqwest::Client::new()
-        .post(format!("{}consolidate", tracker.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    let summary = peers::consolidate_now(&tracker.url).await;
     assert_eq!(summary["concluded"], 1, "{summary}");
-    let metrics = reqwest::get(format!("{}metrics", tracker.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    tracker.stop().await;
-    let metric = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
+    let metric = |name: &'static str| peers::metric(&tracker.url, name);
     assert_eq!(
-        metric("etracker_consolidated_bytes_total") as u64,
+        metric("etracker_consolidated_bytes_total").await as u64,
         batch.distinct * crate::batch::RETRIEVAL_BYTES,
         "every retrieval counted once"
     );
     let counted = batch.distinct as f64;
-    let (write, read) = (
-        metric("etracker_dynamodb_write_units_total"),
-        metric("etracker_dynamodb_read_units_total"),
-    );
+    let write = metric("etracker_dynamodb_write_units_total").await;
+    let read = metric("etracker_dynamodb_read_units_total").await;
+    tracker.stop().await;
     let endpoint = endpoint.to_string();
     let (stored, items) = tokio::task::spawn_blocking(move || {
         DynamoStore::connect(&endpoint, &prefix)

@@ -168,6 +168,32 @@ pub(crate) async fn node_server(dir: PathBuf) -> String {
 }
 
 /// Waits until `url` answers `GET /health`.
+/// Runs consolidation now on the tracker at `url`; its summary.
+pub(crate) async fn consolidate_now(url: &str) -> serde_json::Value {
+    let summary = reqwest::Client::new()
+        .post(format!("{url}consolidate"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&summary).unwrap()
+}
+
+/// The value of `name` on the `/metrics` of the tracker at `url`.
+pub(crate) async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 pub(crate) async fn ready(url: &str) {
     for _ in 0..100 {
         if reqwest::get(format!("{url}health")).await.is_ok() {

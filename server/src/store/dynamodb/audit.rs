@@ -15,25 +15,7 @@ impl DynamoStore {
     /// like [`RedbStore::audit`](crate::store::redb::RedbStore::audit). For tests and
     /// the admin page; not a snapshot, so run it when the store is quiet.
     pub fn audit(&self) -> Result<Audit, StoreError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .block_on(
-                    self.client
-                        .scan()
-                        .table_name(&self.table)
-                        .consistent_read(true)
-                        .set_exclusive_start_key(start.take())
-                        .send(),
-                )
-                .map_err(backend)?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let items = self.scan_all()?;
         let mut auditor = Auditor::default();
         let audit = &mut auditor.audit;
         let mut records = HashMap::new();
@@ -195,8 +177,20 @@ impl DynamoStore {
     /// name and value), summed over a scan: what storage is billed on,
     /// before the 100 bytes of overhead per item DynamoDB adds. For the
     /// benchmarks.
+    /// Returns the bytes and the number of items.
     pub fn stored_bytes(&self) -> Result<(u64, u64), StoreError> {
-        let (mut bytes, mut items) = (0, 0);
+        let items = self.scan_all()?;
+        let bytes = items
+            .iter()
+            .flat_map(|item| item.iter())
+            .map(|(name, value)| name.len() as u64 + value_size(value))
+            .sum();
+        Ok((bytes, items.len() as u64))
+    }
+
+    /// Every item of the table, read strongly consistent.
+    fn scan_all(&self) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             let out = self
@@ -204,20 +198,15 @@ impl DynamoStore {
                     self.client
                         .scan()
                         .table_name(&self.table)
+                        .consistent_read(true)
                         .set_exclusive_start_key(start.take())
                         .send(),
                 )
                 .map_err(backend)?;
-            for item in out.items.unwrap_or_default() {
-                items += 1;
-                bytes += item
-                    .iter()
-                    .map(|(name, value)| name.len() as u64 + value_size(value))
-                    .sum::<u64>();
-            }
+            items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok((bytes, items)),
+                _ => return Ok(items),
             }
         }
     }
