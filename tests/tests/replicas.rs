@@ -395,7 +395,6 @@ async fn three_replicas_survive_kill_9_and_count_exactly_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     // The raw client's runtime cannot be dropped in async code.
-    drop(concluding);
     if let Ok((client, runtime)) = std::sync::Arc::try_unwrap(client) {
         drop(client);
         runtime.shutdown_background();
