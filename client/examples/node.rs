@@ -186,9 +186,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     assert_eq!(batch.expected_egress(), served);
 
     // A tracker counts only spaces a known provider provisions: register the
-    // client's space with it (its admin API answers callers on its machine,
-    // or holders of ETRACKER_ADMIN_TOKEN). A tracker you do not run has its
-    // own registry: ask its operator.
+    // client's space with it (its admin API needs its admin token:
+    // ETRACKER_ADMIN_TOKEN, or the admin.token `etracker start` wrote in its
+    // data directory). A tracker you do not run has its own registry: ask
+    // its operator.
     register_space(&args.tracker_url, client_key.did()).await;
 
     // Track it.
@@ -248,7 +249,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 async fn register_space(tracker_url: &str, space: &ucanto::principal::Did) {
     let url = format!("{}/admin/spaces/{space}", tracker_url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().put(url);
-    if let Ok(token) = std::env::var("ETRACKER_ADMIN_TOKEN") {
+    if let Some(token) = admin_token() {
         request = request.bearer_auth(token);
     }
     match request.send().await {
@@ -259,6 +260,28 @@ async fn register_space(tracker_url: &str, space: &ucanto::principal::Did) {
         ),
         Err(e) => println!("space   {space} not registered ({e})"),
     }
+}
+
+/// The tracker's admin token: `ETRACKER_ADMIN_TOKEN`, else the file
+/// `etracker start` keeps it in (`ETRACKER_ADMIN_TOKEN_FILE`, else
+/// `$ETRACKER_DATA_DIR/admin.token`, else `etracker-data/admin.token`).
+fn admin_token() -> Option<String> {
+    if let Some(token) = std::env::var("ETRACKER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(token);
+    }
+    let file = std::env::var_os("ETRACKER_ADMIN_TOKEN_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("ETRACKER_DATA_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "etracker-data".into())
+                .join("admin.token")
+        });
+    let token = std::fs::read_to_string(file).ok()?;
+    Some(token.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// The spec's minimum batch size.

@@ -218,8 +218,13 @@ pub fn test_settings() -> Settings {
     // Every authorized space counts here; the billable-space tests set their
     // own policy.
     settings.space_rule = SpaceRule::Any;
+    settings.admin_token = Some(ADMIN_TOKEN.into());
     settings
 }
+
+/// The admin token of [`test_settings`]' trackers: every admin route
+/// (`/consolidate`, `/metrics`, `/admin/*`) needs it as a bearer.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A tracker (signed by `service`) on a fresh redb store, served over HTTP.
 pub struct RunningTracker {
@@ -298,6 +303,7 @@ pub async fn invoke(url: &str, invocation: &Invocation) -> Receipt {
 pub async fn consolidate_now(url: &str) -> serde_json::Value {
     let response = reqwest::Client::new()
         .post(format!("{url}consolidate"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("consolidate");
@@ -343,7 +349,10 @@ pub fn consolidate_out(receipt: &Receipt) -> Result<ConsolidateOk, ConsolidateEr
 
 /// `GET /metrics` value of `name`.
 pub async fn metric(url: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{url}metrics"))
+    let text = reqwest::Client::new()
+        .get(format!("{url}metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
         .await
         .expect("metrics")
         .text()

@@ -782,3 +782,56 @@ async fn cli_reads_the_admin_api_across_pages() {
     assert!(out.is_empty());
     assert!(err.contains("admin token"), "{err}");
 }
+
+/// DNS rebinding: a page elsewhere points its own name at the tracker's
+/// address, so a browser on the operator's machine sends its requests
+/// here with that name in `Host`. The dashboard answers 421 to every such
+/// request, pages and API alike, even with the token; its own names (and
+/// those listed in `admin_hosts`) are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_answers_its_own_host_names_only() {
+    let mut settings = test_settings();
+    settings.admin_login = Some((USER.into(), PASSWORD.into()));
+    settings.admin_token = Some(TOKEN.into());
+    settings.admin_hosts = vec!["tracker.example".into()];
+    let tracker = start_tracker(settings).await;
+    let port = tracker
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let get = |path: &str, host: String| {
+        let request = client()
+            .get(format!("{}{path}", tracker.url))
+            .header(reqwest::header::HOST, host)
+            .bearer_auth(TOKEN);
+        async move { request.send().await.unwrap().status() }
+    };
+    for path in ["admin/login", "admin", "admin/api/overview", "admin/nodes"] {
+        for foreign in [
+            format!("attacker.example:{port}"),
+            "attacker.example".to_string(),
+            format!("127.0.0.1.attacker.example:{port}"),
+        ] {
+            assert_eq!(
+                get(path, foreign.clone()).await,
+                StatusCode::MISDIRECTED_REQUEST,
+                "{path} for {foreign}"
+            );
+        }
+    }
+    assert_eq!(
+        get("admin/api/overview", format!("localhost:{port}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("admin/api/overview", "tracker.example".into()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("admin/login", format!("127.0.0.1:{port}")).await,
+        StatusCode::OK
+    );
+}

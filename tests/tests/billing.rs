@@ -79,10 +79,11 @@ async fn only_spaces_of_known_providers_count() {
         .store
         .put_space(&register(&foreign, "did:web:elsewhere.example"))
         .unwrap();
-    // The operator registers a space over the admin API (loopback, no token):
-    // the tracker is its provider.
+    // The operator registers a space over the admin API: the tracker is its
+    // provider.
     let response = reqwest::Client::new()
         .put(format!("{}admin/spaces/{}", tracker.url, operator.did()))
+        .bearer_auth(etracker_e2e::node::ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

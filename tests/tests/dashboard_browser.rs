@@ -37,7 +37,6 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     // One retrieval twice: the repeat is refused, and counted by name.
     receipts.push(receipts[1].clone());
     let task = track_batch(&tracker, &server, &endpoint, &node(), batch(&receipts)).await;
-    // No admin token: /consolidate answers this machine.
     assert_eq!(consolidate_now(&tracker.url).await["concluded"], 1);
 
     let shots = repo_root().join("target/dashboard");

@@ -182,34 +182,173 @@ fn nodes_with_a_malformed_did_is_named_with_a_hint() {
     }
 }
 
-/// Replicas asking for port 0 on one host get distinct default names (the
-/// address bound, not the one asked for), so their leases are never taken
-/// for each other's.
+/// Replicas asking for port 0 on one host get distinct default names (their
+/// data directories: the port changes at every start), so their leases are
+/// never taken for each other's; a restart keeps the name, so it takes back
+/// its own leases at once.
 #[tokio::test]
 async fn replicas_on_port_0_are_named_apart() {
-    let mut names = Vec::new();
-    let mut children = Vec::new();
-    for _ in 0..2 {
-        let data = temp_dir("replica-name");
-        let mut child = tokio::process::Command::new(etracker_e2e::etracker_bin())
-            .args(["start", "--listen", "127.0.0.1:0", "--data-dir", dir(&data)])
+    let start = |data: &std::path::Path| {
+        tokio::process::Command::new(etracker_e2e::etracker_bin())
+            .args(["start", "--listen", "127.0.0.1:0", "--data-dir", dir(data)])
             .env("ETRACKER_PRIVATE_KEY", service().format())
             .env("RUST_LOG", "off")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("etracker starts");
+            .expect("etracker starts")
+    };
+    let mut names = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let data = temp_dir("replica-name");
+        let mut child = start(&data);
         let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
-        let url = hello["url"].as_str().unwrap().to_string();
         let replica = hello["replica"].as_str().unwrap().to_string();
-        let bound = url.trim_start_matches("http://").trim_end_matches('/');
+        let absolute = std::fs::canonicalize(&data).unwrap();
         assert!(
-            replica.ends_with(&format!("/{bound}")),
-            "{replica} for {url}"
+            replica.ends_with(&format!("/{}", absolute.display())),
+            "{replica} for {}",
+            data.display()
         );
-        assert!(!replica.ends_with(":0"), "{replica}");
         names.push(replica);
-        children.push(child);
+        dirs.push((data, child));
     }
     assert_ne!(names[0], names[1]);
+    let (data, child) = dirs.remove(0);
+    etracker_e2e::kill9(child).await;
+    let mut again = start(&data);
+    let hello = etracker_e2e::hello_line(&mut again, "etracker start").await;
+    assert_eq!(
+        hello["replica"].as_str(),
+        Some(names[0].as_str()),
+        "kept across a restart"
+    );
+}
+
+/// An empty `ETRACKER_ADMIN_TOKEN` is refused at start: it would let anyone
+/// in.
+#[test]
+fn an_empty_admin_token_is_refused() {
+    let data_dir = temp_dir("cli-empty-token");
+    let line = fails(
+        &[
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir(&data_dir),
+        ],
+        &[
+            ("ETRACKER_PRIVATE_KEY", &service().format()),
+            ("ETRACKER_ADMIN_TOKEN", ""),
+        ],
+        "ETRACKER_ADMIN_TOKEN cannot be used",
+        &format!(
+            "Unset it, and etracker keeps a random one in {}; or set a long random value.",
+            data_dir.join("admin.token").display()
+        ),
+    );
+    assert!(line.contains("empty"), "{line}");
+}
+
+/// No admin route trusts the network: `etracker start` without a token
+/// writes one into `<data dir>/admin.token` (mode 0600, kept across
+/// restarts), every admin route answers 401 without it, even on loopback,
+/// and the commands run where that file is use it.
+#[tokio::test]
+async fn admin_routes_need_the_token_written_at_start() {
+    let data = temp_dir("cli-token");
+    let start = || {
+        tokio::process::Command::new(etracker_e2e::etracker_bin())
+            .args(["start", "--listen", "127.0.0.1:0", "--data-dir", dir(&data)])
+            .env("ETRACKER_PRIVATE_KEY", service().format())
+            .env_remove("ETRACKER_ADMIN_TOKEN")
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("etracker starts")
+    };
+    let mut child = start();
+    let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
+    let url = hello["url"].as_str().unwrap().to_string();
+    let file = data.join("admin.token");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+    }
+    let client = reqwest::Client::new();
+    let status = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut request = client.request(method, format!("{url}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let space = etracker_e2e::bob().did().to_string();
+    let admin_routes = [
+        (reqwest::Method::POST, "consolidate".to_string()),
+        (reqwest::Method::GET, "metrics".to_string()),
+        (reqwest::Method::GET, "admin/spaces".to_string()),
+        (reqwest::Method::PUT, format!("admin/spaces/{space}")),
+        (reqwest::Method::GET, "admin/api/overview".to_string()),
+    ];
+    for (method, path) in &admin_routes {
+        assert_eq!(status(method.clone(), path, None).await, 401, "{path}");
+        assert_eq!(
+            status(method.clone(), path, Some("guess")).await,
+            401,
+            "{path}"
+        );
+    }
+    for (method, path) in &admin_routes {
+        assert_eq!(
+            status(method.clone(), path, Some(&token)).await,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(status(reqwest::Method::GET, "health", None).await, 200);
+
+    // A command run with the data directory's file reaches the API.
+    let overview = tokio::process::Command::new(etracker_e2e::etracker_bin())
+        .args(["overview", "--url", &url])
+        .env("ETRACKER_DATA_DIR", &data)
+        .env_remove("ETRACKER_ADMIN_TOKEN")
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    assert!(overview.status.success(), "{overview:?}");
+    let refused = tokio::process::Command::new(etracker_e2e::etracker_bin())
+        .args(["overview", "--url", &url])
+        .env("ETRACKER_DATA_DIR", temp_dir("cli-token-elsewhere"))
+        .env_remove("ETRACKER_ADMIN_TOKEN")
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("admin.token"),
+        "{refused:?}"
+    );
+
+    // Restarted, it keeps its token.
+    etracker_e2e::kill9(child).await;
+    let mut child = start();
+    let hello = etracker_e2e::hello_line(&mut child, "etracker start").await;
+    let url = hello["url"].as_str().unwrap().to_string();
+    let again = client
+        .get(format!("{url}metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
 }

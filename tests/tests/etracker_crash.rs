@@ -42,6 +42,10 @@ async fn start(data_dir: &std::path::Path) -> (Child, String) {
 /// [`start`] with leases of `lease_secs` seconds.
 async fn start_leasing(data_dir: &std::path::Path, lease_secs: u64) -> (Child, String) {
     let lease_secs = lease_secs.to_string();
+    // The admin token in the data directory, where `etracker start` and the
+    // commands run on that directory read it (the tests' constant).
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(data_dir.join("admin.token"), ADMIN_TOKEN).unwrap();
     let mut child = Command::new(etracker_e2e::etracker_bin())
         .args([
             "start",
@@ -92,6 +96,7 @@ async fn track_then_kill_mid_run(
         async move {
             reqwest::Client::new()
                 .post(format!("{url}consolidate"))
+                .bearer_auth(ADMIN_TOKEN)
                 .send()
                 .await
         }

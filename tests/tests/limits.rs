@@ -157,7 +157,12 @@ fn poll(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Duration
         let (mut slowest, mut answered) = (Duration::ZERO, 0);
         while !stop.load(Ordering::Relaxed) {
             let start = Instant::now();
-            let response = client.get(&url).send().await.expect("answers");
+            let response = client
+                .get(&url)
+                .bearer_auth(etracker_e2e::node::ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("answers");
             assert!(
                 response.status().is_success(),
                 "{url}: {}",

@@ -56,6 +56,56 @@ impl FromRequestParts<Arc<Tracker>> for ApiCaller {
     }
 }
 
+/// Answers 421 to a dashboard request whose `Host` is not one the tracker
+/// answers to ([`host_allowed`]): a page elsewhere that points its own name
+/// at this machine (DNS rebinding) reads nothing, even from a browser on it.
+pub(super) async fn known_host(
+    axum::extract::State(tracker): axum::extract::State<Arc<Tracker>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if host_allowed(host, &tracker.settings().admin_hosts) {
+        return next.run(request).await;
+    }
+    respond(
+        StatusCode::MISDIRECTED_REQUEST,
+        page(
+            "Unknown host",
+            None,
+            "<p>The dashboard does not answer to this host name. Its operator lists the names it answers to in ETRACKER_ADMIN_HOSTS.</p>",
+        ),
+    )
+}
+
+/// Whether the dashboard answers to `host` (a `Host` header, with or
+/// without its port): `localhost`, `127.0.0.1`, `[::1]`, and each of
+/// `allowed` (a name alone admits any port).
+pub(super) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map_or(host, |(inside, _)| &host[..inside.len() + 2]),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    if name.is_empty() {
+        return false;
+    }
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known))
+        || allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
 /// Why a dashboard page could not be shown.
 #[derive(Debug)]
 pub(super) enum PageError {
@@ -134,4 +184,42 @@ fn no_store(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn the_dashboard_answers_to_its_own_names_only() {
+        let none: Vec<String> = Vec::new();
+        for good in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "LOCALHOST",
+            "127.0.0.1",
+        ] {
+            assert!(host_allowed(good, &none), "{good}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "",
+            ":8080",
+            "[::1",
+        ] {
+            assert!(!host_allowed(bad, &none), "{bad}");
+        }
+        let listed = vec![
+            "tracker.example".to_string(),
+            "ops.example:8443".to_string(),
+        ];
+        assert!(host_allowed("tracker.example", &listed));
+        assert!(host_allowed("tracker.example:443", &listed));
+        assert!(host_allowed("ops.example:8443", &listed));
+        assert!(!host_allowed("ops.example:9000", &listed));
+        assert!(host_allowed("localhost:8080", &listed));
+    }
 }

@@ -41,7 +41,7 @@ use crate::service::Tracker;
 use crate::store::{EgressRecord, RecordStatus, Rejections, StoreError, StoreStats};
 
 /// The dashboard's routes.
-pub fn routes() -> Router<Arc<Tracker>> {
+pub fn routes(tracker: Arc<Tracker>) -> Router<Arc<Tracker>> {
     Router::new()
         .route("/admin", get(overview))
         .route("/admin/login", get(login_form).post(login))
@@ -53,6 +53,10 @@ pub fn routes() -> Router<Arc<Tracker>> {
         .route("/admin/api/nodes/{did}", get(nodes::api_show))
         .route("/admin/usage", get(spaces::list))
         .route("/admin/api/usage", get(spaces::api_list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tracker,
+            access::known_host,
+        ))
 }
 
 /// The client's address, when served with connect info (`etracker start`).

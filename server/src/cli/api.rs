@@ -12,20 +12,41 @@ pub(crate) struct ApiArgs {
     /// The running service.
     #[arg(long, env = "ETRACKER_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Bearer token, when the service has one.
+    /// The service's admin token. Unset: the one in --admin-token-file.
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The file `etracker start` keeps its token in (default:
+    /// `$ETRACKER_DATA_DIR/admin.token`, else `etracker-data/admin.token`).
+    #[arg(long, env = "ETRACKER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
 }
 
 /// What to check when `etracker start` cannot be reached.
 const IS_IT_RUNNING: &str = "Is `etracker start` running there? Set --url or ETRACKER_URL.";
 
 impl ApiArgs {
+    /// These arguments, with `<data_dir>/admin.token` as the token file
+    /// when none is named (a command that has the data directory).
+    pub(crate) fn in_data_dir(&self, data_dir: &std::path::Path) -> ApiArgs {
+        ApiArgs {
+            url: self.url.clone(),
+            admin_token: self.admin_token.clone(),
+            admin_token_file: self
+                .admin_token_file
+                .clone()
+                .or_else(|| Some(data_dir.join(super::token::TOKEN_FILE))),
+        }
+    }
+
     /// A request of `method` to `<url><path>`, with the token.
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let request = reqwest::Client::new().request(method, url);
-        match &self.admin_token {
+        let token = super::token::for_client(
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
+        );
+        match token {
             Some(token) => request.bearer_auth(token),
             None => request,
         }
@@ -53,7 +74,7 @@ impl ApiArgs {
         let (status, body) = self.send(request, IS_IT_RUNNING).await?;
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(
-                "the tracker refused: set --admin-token or ETRACKER_ADMIN_TOKEN to its admin token"
+                "the tracker refused: set ETRACKER_ADMIN_TOKEN to its admin token, or run this where its data directory's admin.token is (--admin-token-file)"
                     .into(),
             );
         }

@@ -187,6 +187,10 @@ impl BillingArgs {
 /// deployed apart (`etracker consolidator`), written once into `settings`:
 /// the attesting authorities, the billing (space rule, providers, registry,
 /// non-billable actors) and the batch limits, spooling under
+/// What to do when the data directory cannot be made.
+pub(crate) const DATA_DIR_HINT: &str =
+    "Pass --data-dir (ETRACKER_DATA_DIR) a directory this user can create and write.";
+
 /// `<data_dir>/tmp` (created here, with the data directory, once the flags
 /// were read).
 pub(crate) fn consolidation(
@@ -200,7 +204,7 @@ pub(crate) fn consolidation(
     let limits = batches.limits(data_dir);
     std::fs::create_dir_all(&limits.scratch_dir).map_err(explain(
         format!("cannot create the data directory {}", data_dir.display()),
-        "Pass --data-dir (ETRACKER_DATA_DIR) a directory this user can create and write.",
+        DATA_DIR_HINT,
     ))?;
     settings.limits = limits;
     Ok(())

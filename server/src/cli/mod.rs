@@ -9,3 +9,4 @@ pub(crate) mod serve;
 pub(crate) mod space;
 pub(crate) mod start;
 pub(crate) mod store;
+pub(crate) mod token;

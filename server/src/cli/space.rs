@@ -76,14 +76,14 @@ pub(crate) async fn space(command: SpaceCommand) -> Result<(), BoxError> {
         }
         Err(e) => return Err(e),
     };
+    let api = &access.api.in_data_dir(data_dir);
     let admin = |method: reqwest::Method, path: String, body: Option<String>| {
-        let mut request = access.api.request(method, &format!("/admin/spaces{path}"));
+        let mut request = api.request(method, &format!("/admin/spaces{path}"));
         if let Some(body) = body {
             request = request.body(body);
         }
         async move {
-            let (status, text) = access
-                .api
+            let (status, text) = api
                 .send(
                     request,
                     "The data directory is in use, so a tracker should be running: set --url or ETRACKER_URL to it.",

@@ -43,8 +43,9 @@ pub(crate) struct StartArgs {
     lease_secs: u64,
     /// Name of this replica in leases, stable across its restarts and unique
     /// among replicas sharing a store: by default `<host name>/<address it
-    /// listens on>` (the port bound, when asked for port 0), which no two
-    /// running replicas share.
+    /// listens on>`, or, listening on port 0 (a port that changes at every
+    /// start), `<host name>/<data directory's absolute path>`; no two
+    /// running replicas share either, and a restart keeps it.
     #[arg(long, env = "ETRACKER_REPLICA")]
     replica: Option<String>,
     /// First retry delay after a transient failure, seconds (doubles per attempt).
@@ -56,10 +57,16 @@ pub(crate) struct StartArgs {
     /// Seconds a ucanto request may take, waiting included (then 408).
     #[arg(long, env = "ETRACKER_REQUEST_TIMEOUT", default_value_t = 60)]
     request_timeout: u64,
-    /// Bearer token for /metrics and /consolidate (unset: /metrics is open,
-    /// /consolidate answers loopback callers only).
+    /// Bearer token of every admin route (/metrics, /consolidate, /admin/*)
+    /// and a dashboard password. Unset: the one in <data dir>/admin.token,
+    /// written (mode 0600) the first time. Empty is refused.
     #[arg(long, env = "ETRACKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Host names (with or without a port) the dashboard answers to, comma
+    /// separated: a page elsewhere that points its own name at this machine
+    /// (DNS rebinding) gets 421. Default: localhost, 127.0.0.1, [::1].
+    #[arg(long, env = "ETRACKER_ADMIN_HOSTS", value_delimiter = ',')]
+    admin_hosts: Vec<String>,
     /// User name of the dashboard's login (/admin), with --admin-password.
     #[arg(long, env = "ETRACKER_ADMIN_USER", requires = "admin_password")]
     admin_user: Option<String>,
@@ -109,10 +116,12 @@ impl StartArgs {
 /// `etracker start`: opens the store, runs the scheduler and serves.
 pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
     let data_dir = &args.key.data_dir;
-    // Bound first: the default replica name is the address bound, so that
-    // replicas asking for port 0 on one host are told apart.
     let listener = bind(args.listen).await?;
-    let bound = listener.local_addr()?;
+    let admin_token = super::token::for_start(args.admin_token.as_deref(), data_dir)?;
+    let replica = match &args.replica {
+        Some(name) => name.clone(),
+        None => default_replica(args.listen, data_dir),
+    };
     let mut settings = Settings {
         interval: Duration::from_secs(args.consolidation_interval),
         batch_limit: args.batch_limit,
@@ -120,11 +129,9 @@ pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
         max_pending_per_node: args.max_pending_per_node,
         retry_base_secs: args.retry_base,
         lease_secs: args.lease_secs,
-        replica: args
-            .replica
-            .clone()
-            .unwrap_or_else(|| format!("{}/{bound}", host_name())),
-        admin_token: args.admin_token.clone(),
+        replica,
+        admin_token: Some(admin_token),
+        admin_hosts: args.admin_hosts.clone(),
         admin_login: args.admin_user.clone().zip(args.admin_password.clone()),
         provider_usd_per_tib: args.provider_egress_usd_per_tib,
         client_usd_per_tib: args.client_egress_usd_per_tib,
@@ -146,6 +153,19 @@ pub(crate) async fn start(args: StartArgs) -> Result<(), BoxError> {
         tracing::info!(did = %signer.did(), %address, data_dir = %data_dir.display(), "etracker listening");
     })
     .await
+}
+
+/// The name a replica leases under when none is given: stable across its
+/// restarts (so it takes back its leases at once) and unique among the
+/// replicas running on this host. A port asked for names it; port 0, which
+/// changes at every start, cannot, so the data directory does (made by
+/// now: the admin token lives in it).
+fn default_replica(listen: SocketAddr, data_dir: &std::path::Path) -> String {
+    if listen.port() != 0 {
+        return format!("{}/{listen}", host_name());
+    }
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!("{}/{}", host_name(), dir.display())
 }
 
 /// This machine's name, for the default replica name.
