@@ -8,7 +8,7 @@ use ucanto::cli::{sentence, BoxError};
 
 mod cli;
 
-use cli::api::{ApiArgs, ConsolidateArgs, NodesArgs, UsageArgs};
+use cli::api::{ApiArgs, ConsolidateArgs, NodesArgs, StatementArgs, UsageArgs};
 use cli::consolidator::ConsolidatorArgs;
 use cli::keys::{DelegateArgs, KeyCommand};
 use cli::space::SpaceCommand;
@@ -39,7 +39,7 @@ enum Command {
     /// Trigger consolidation on a running service.
     Consolidate(ConsolidateArgs),
     /// Run a separately deployed consolidator (the tracker invokes it over HTTP).
-    Consolidator(ConsolidatorArgs),
+    Consolidator(Box<ConsolidatorArgs>),
     /// The registry of billable spaces (ETRACKER_SPACE_POLICY=known).
     Space {
         #[command(subcommand)]
@@ -54,6 +54,9 @@ enum Command {
     /// Every space registered or with egress, with its customer, its egress
     /// over the last 30 days and its cost, one JSON object a line.
     Usage(UsageArgs),
+    /// A UTC month's statement from a running tracker: each node's pay,
+    /// each customer's bill, whether the month is final (JSON, or --csv).
+    Statement(StatementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -114,11 +117,12 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Start(args) => cli::start::start(*args).await,
         Command::Key { command } => cli::keys::key(command),
         Command::Delegate(args) => cli::keys::delegate(args),
-        Command::Consolidator(args) => cli::consolidator::consolidator(args).await,
+        Command::Consolidator(args) => cli::consolidator::consolidator(*args).await,
         Command::Space { command } => cli::space::space(command).await,
         Command::Overview(api) => cli::api::overview(api).await,
         Command::Nodes(args) => cli::api::nodes(args).await,
         Command::Usage(args) => cli::api::usage(args).await,
+        Command::Statement(args) => cli::api::statement(args).await,
         Command::Consolidate(args) => cli::api::consolidate(args).await,
     }
 }

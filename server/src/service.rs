@@ -275,6 +275,21 @@ impl Tracker {
         &self.ctx
     }
 
+    /// The second after which no batch can add to the days before
+    /// `next_day` (days since the epoch): a retrieval dated then is stale
+    /// past the freshness age plus the give-up age after it (the rules of
+    /// [`etracker_capabilities::payable`]), and a conclusion judged just in
+    /// time commits within a lease.
+    pub fn final_at(&self, next_day: i64) -> u64 {
+        let limits = &self.settings.limits;
+        u64::try_from(next_day)
+            .unwrap_or_default()
+            .saturating_mul(86_400)
+            .saturating_add(limits.max_retrieval_age)
+            .saturating_add(limits.give_up_after)
+            .saturating_add(self.settings.lease_secs)
+    }
+
     /// The settings it runs with.
     pub fn settings(&self) -> &Settings {
         &self.settings

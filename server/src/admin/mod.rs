@@ -11,6 +11,7 @@
 //! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts, paged by the cursor of the last shown (`<received_at>-<batch CID>`, so batches of one second are never skipped); CSV of the batches |
 //! | `GET /admin/usage?q=&after=&customer=&format=csv` | spaces registered or with egress: customer, egress over 30 days, cost; one customer's spaces and bill; CSV per space and day |
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
+//! | `GET /admin/statements/{YYYY-MM}?format=csv`, `/admin/api/statements/{YYYY-MM}` | a UTC month's statement: nodes' pay, customers' bills, unassigned and non-billable bytes, whether it is final ([`statements`]) |
 //!
 //! A page asked for without a session redirects to the login; the API
 //! answers 401 (the extractors and error types of [`access`]).
@@ -23,6 +24,7 @@ pub mod csv;
 pub mod html;
 pub mod nodes;
 pub mod spaces;
+pub mod statements;
 pub mod svg;
 
 use std::net::SocketAddr;
@@ -53,6 +55,8 @@ pub fn routes(tracker: Arc<Tracker>) -> Router<Arc<Tracker>> {
         .route("/admin/api/nodes/{did}", get(nodes::api_show))
         .route("/admin/usage", get(spaces::list))
         .route("/admin/api/usage", get(spaces::api_list))
+        .route("/admin/statements/{month}", get(statements::show))
+        .route("/admin/api/statements/{month}", get(statements::api_show))
         .route_layer(axum::middleware::from_fn_with_state(
             tracker,
             access::known_host,

@@ -242,3 +242,39 @@ pub(crate) async fn consolidate(args: ConsolidateArgs) -> Result<(), BoxError> {
     print!("{body}");
     Ok(())
 }
+
+// The arguments of `etracker statement`.
+#[derive(Args)]
+pub(crate) struct StatementArgs {
+    /// The UTC month, YYYY-MM.
+    month: String,
+    /// CSV (kind, party, space, bytes, usd), as the dashboard exports.
+    #[arg(long)]
+    csv: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `etracker statement YYYY-MM [--csv]`: the month's statement, as JSON or CSV.
+pub(crate) async fn statement(args: StatementArgs) -> Result<(), BoxError> {
+    let month = args.month.trim();
+    if etracker_server::admin::statements::month_days(month).is_none() {
+        return Err(format!("{month:?} is not a month. Write it YYYY-MM, e.g. 2026-11.").into());
+    }
+    if !args.csv {
+        let statement = args.api.get(&format!("statements/{month}"), &[]).await?;
+        println!("{}", serde_json::to_string_pretty(&statement)?);
+        return Ok(());
+    }
+    let path = format!("/admin/api/statements/{month}");
+    let request = args
+        .api
+        .request(reqwest::Method::GET, &path)
+        .query(&[("format", "csv")]);
+    let (status, body) = args.api.send(request, IS_IT_RUNNING).await?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {body}").into());
+    }
+    print!("{body}");
+    Ok(())
+}
