@@ -105,6 +105,7 @@ async fn start_replica(table: &Table, name: &str, data_dir: &Path) -> (Child, St
         .env("ETRACKER_SPACE_POLICY", "any")
         .env("ETRACKER_ADMIN_USER", "ops")
         .env("ETRACKER_ADMIN_PASSWORD", "replicas share this")
+        .env("ETRACKER_ADMIN_TOKEN", ADMIN_TOKEN)
         // Conflicts between batches sharing a retrieval are expected here.
         .env(
             "RUST_LOG",

@@ -226,7 +226,7 @@ async fn a_month_s_statement_adds_up_and_agrees_with_egress_get() {
     let current: serde_json::Value = api(this_month, false).await.json().await.unwrap();
     assert_eq!(current["final"], false);
     let final_at = current["final_at"].as_u64().unwrap();
-    let next_month = parse_date(&current["period"]["to"].as_str().unwrap()).unwrap() as u64;
+    let next_month = parse_date(current["period"]["to"].as_str().unwrap()).unwrap() as u64;
     assert!(final_at > next_month * 86_400 + 7 * 86_400, "{final_at}");
 
     // CSV, over HTTP and from the command line.

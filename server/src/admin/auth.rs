@@ -13,13 +13,18 @@
 //! - Every form carries a CSRF token: the session's for forms behind the
 //!   login, and for the login form itself one set in a cookie with the form
 //!   (double submit), so a page elsewhere cannot log a browser in either.
-//! - Wrong credentials count against the client's address (an IPv6 client
-//!   by its /64, which one host usually has whole): after [`MAX_FAILURES`]
-//!   in [`FAILURE_WINDOW_SECS`], logins from it are refused with 429 until
-//!   the window passes, right or wrong. There is no limit over all
-//!   addresses: a stranger could then lock the operators out. The counts
-//!   are per process: N replicas behind one balancer allow N times the
-//!   guesses.
+//! - Wrong logins are limited so that a stranger cannot lock the operators
+//!   out, and many addresses do not buy an attacker many guesses. A browser
+//!   that logged in once carries a **device cookie** (a random id with its
+//!   HMAC under a key made from the credentials, so it is void once they
+//!   change): its logins count only against itself ([`MAX_FAILURES`] in
+//!   [`FAILURE_WINDOW_SECS`]). Every other login counts against its address
+//!   (an IPv6 client by its /64) and against one budget shared by all
+//!   addresses ([`MAX_UNKNOWN_FAILURES`] per window): past either, logins
+//!   without a device cookie wait (429) while operators with one log in as
+//!   usual. A proxy in front makes every caller one address: the device
+//!   cookie still tells operators apart. The counts are per process: N
+//!   replicas behind one balancer allow N times the guesses.
 //! - The admin token (`Authorization: Bearer`) also opens the JSON API, for
 //!   scripts and the CLI; no cookie, so no CSRF exposure.
 
@@ -40,6 +45,13 @@ pub const SESSION_SECS: u64 = 12 * 3600;
 pub const MAX_FAILURES: u32 = 5;
 /// The window of the failure counts, seconds.
 pub const FAILURE_WINDOW_SECS: u64 = 300;
+/// Wrong logins without a device cookie, over all addresses, per window.
+pub const MAX_UNKNOWN_FAILURES: u32 = 30;
+
+/// The cookie of a browser that logged in before.
+pub const DEVICE_COOKIE: &str = "etracker_device";
+/// How long a device cookie lasts, seconds.
+pub const DEVICE_SECS: u64 = 180 * 86_400;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "etracker_session";
@@ -74,6 +86,24 @@ impl Credentials {
             .as_ref()
             .is_some_and(|t| constant_time_eq(password.as_bytes(), t.as_bytes()));
         by_password | by_token
+    }
+
+    /// A digest of these credentials: a session opened under others (the
+    /// password or token changed since) is over.
+    pub fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"etracker dashboard credentials\0");
+        if let Some((user, password)) = &self.user_password {
+            hash.update((user.len() as u64).to_be_bytes());
+            hash.update(user.as_bytes());
+            hash.update((password.len() as u64).to_be_bytes());
+            hash.update(password.as_bytes());
+        }
+        hash.update(b"\0token\0");
+        if let Some(token) = &self.token {
+            hash.update(token.as_bytes());
+        }
+        hex::encode(&hash.finalize()[..16])
     }
 
     /// Whether the request carries the admin token as a bearer token.
@@ -114,8 +144,13 @@ pub struct Session {
 /// What a login attempt came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Login {
-    /// Logged in: the new session's cookie value.
-    Session(String),
+    /// Logged in: the new session's cookie value, and the device cookie's.
+    Session {
+        /// The session cookie.
+        session: String,
+        /// The device cookie (the one presented, when it was valid).
+        device: String,
+    },
     /// Wrong user or password (counted).
     Refused,
     /// Too many wrong logins lately: try again after this many seconds.
@@ -134,10 +169,39 @@ pub struct Sessions {
     failures: Mutex<Failures>,
 }
 
-/// Wrong logins per client (address, or /64), since the window started.
+/// Wrong logins since each window started: per client (address, or /64)
+/// and over all of them for logins without a device cookie; per device
+/// for the others.
 #[derive(Debug, Default)]
 struct Failures {
     by_client: HashMap<IpAddr, (Instant, u32)>,
+    unknown: Option<(Instant, u32)>,
+    by_device: HashMap<String, (Instant, u32)>,
+}
+
+/// Who a login counts against.
+#[derive(Clone, Debug)]
+enum Attempt {
+    /// A browser with a valid device cookie (its id).
+    Device(String),
+    /// Anyone else, by client.
+    Unknown(IpAddr),
+}
+
+/// Seconds left of a window that started at `start`, if `n` filled it.
+fn over(entry: Option<&(Instant, u32)>, max: u32, now: Instant) -> Option<u64> {
+    let (start, n) = entry?;
+    let window = Duration::from_secs(FAILURE_WINDOW_SECS);
+    let age = now.duration_since(*start);
+    (age < window && *n >= max).then(|| (window - age).as_secs().max(1))
+}
+
+/// Counts one failure in `entry`, starting a new window when it is over.
+fn count(entry: &mut (Instant, u32), now: Instant) {
+    if now.duration_since(entry.0) >= Duration::from_secs(FAILURE_WINDOW_SECS) {
+        *entry = (now, 0);
+    }
+    entry.1 += 1;
 }
 
 /// The client an address stands for: itself, or its /64 for IPv6; clients
@@ -181,10 +245,15 @@ impl Sessions {
         user: &str,
         password: &str,
         csrf_field: &str,
-        csrf_cookie: Option<&str>,
+        cookies: (Option<&str>, Option<&str>),
     ) -> Login {
+        let (csrf_cookie, device_cookie) = cookies;
         let now = Instant::now();
-        if let Some(wait) = self.limited(address, now) {
+        let attempt = match device_cookie.and_then(|c| self.device_id(c)) {
+            Some(id) => Attempt::Device(id),
+            None => Attempt::Unknown(client(address)),
+        };
+        if let Some(wait) = self.limited(&attempt, now) {
             return Login::Limited(wait);
         }
         let forged = csrf_cookie
@@ -193,20 +262,30 @@ impl Sessions {
             return Login::Forged;
         }
         if !self.credentials.configured() || !self.credentials.check(user, password) {
-            self.fail(address, now);
+            self.fail(&attempt, now);
             return Login::Refused;
         }
+        let device = match (&attempt, device_cookie) {
+            (Attempt::Device(_), Some(cookie)) => cookie.to_string(),
+            _ => self.new_device(),
+        };
         let token = random_token();
+        let started_at = ucanto::ucan::now();
         let session = StoredSession {
             user: user.to_string(),
             csrf: random_token(),
-            expires_at: ucanto::ucan::now() + SESSION_SECS,
+            expires_at: started_at + SESSION_SECS,
+            started_at,
+            credentials: self.credentials.fingerprint(),
         };
         let id = digest(&token);
         match crate::store::blocking(self.store.clone(), move |s| s.put_session(&id, &session))
             .await
         {
-            Ok(()) => Login::Session(token),
+            Ok(()) => Login::Session {
+                session: token,
+                device,
+            },
             Err(e) => {
                 tracing::error!(error = %e, "dashboard: cannot keep a session");
                 Login::Unavailable
@@ -220,10 +299,13 @@ impl Sessions {
         let id = digest(cookie(headers, SESSION_COOKIE)?);
         let now = ucanto::ucan::now();
         match crate::store::blocking(self.store.clone(), move |s| s.session(&id, now)).await {
-            Ok(found) => found.map(|s| Session {
-                user: s.user,
-                csrf: s.csrf,
-            }),
+            // A session opened under other credentials is over.
+            Ok(found) => found
+                .filter(|s| s.credentials == self.credentials.fingerprint())
+                .map(|s| Session {
+                    user: s.user,
+                    csrf: s.csrf,
+                }),
             Err(e) => {
                 tracing::error!(error = %e, "dashboard: cannot read a session");
                 None
@@ -243,27 +325,92 @@ impl Sessions {
         }
     }
 
-    /// Seconds until `address` may try again, if it is over the limit.
-    fn limited(&self, address: Option<IpAddr>, now: Instant) -> Option<u64> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let window = Duration::from_secs(FAILURE_WINDOW_SECS);
-        let (start, n) = failures.by_client.get(&client(address))?;
-        let age = now.duration_since(*start);
-        (age < window && *n >= MAX_FAILURES).then(|| (window - age).as_secs().max(1))
+    /// Ends every session, this one included, on every replica.
+    pub async fn logout_everywhere(&self) -> Result<(), crate::store::StoreError> {
+        let now = ucanto::ucan::now();
+        // Sessions that began in this very second end too.
+        crate::store::blocking(self.store.clone(), move |s| s.end_sessions(now + 1)).await
     }
 
-    fn fail(&self, address: Option<IpAddr>, now: Instant) {
+    /// Seconds until `attempt` may try again, if it is over a limit.
+    fn limited(&self, attempt: &Attempt, now: Instant) -> Option<u64> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match attempt {
+            Attempt::Device(id) => over(failures.by_device.get(id), MAX_FAILURES, now),
+            Attempt::Unknown(client) => {
+                let mine = over(failures.by_client.get(client), MAX_FAILURES, now);
+                let all = over(failures.unknown.as_ref(), MAX_UNKNOWN_FAILURES, now);
+                mine.max(all)
+            }
+        }
+    }
+
+    fn fail(&self, attempt: &Attempt, now: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let window = Duration::from_secs(FAILURE_WINDOW_SECS);
-        failures
-            .by_client
-            .retain(|_, (start, _)| now.duration_since(*start) < window);
-        let entry = failures
-            .by_client
-            .entry(client(address))
-            .or_insert((now, 0));
-        entry.1 += 1;
+        let live = |(start, _): &mut (Instant, u32)| now.duration_since(*start) < window;
+        failures.by_client.retain(|_, entry| live(entry));
+        failures.by_device.retain(|_, entry| live(entry));
+        match attempt {
+            Attempt::Device(id) => count(
+                failures.by_device.entry(id.clone()).or_insert((now, 0)),
+                now,
+            ),
+            Attempt::Unknown(client) => {
+                count(failures.by_client.entry(*client).or_insert((now, 0)), now);
+                count(failures.unknown.get_or_insert((now, 0)), now);
+            }
+        }
     }
+
+    /// A new device cookie: a random id and its MAC.
+    fn new_device(&self) -> String {
+        let id = hex::encode(&random_token().as_bytes()[..16]);
+        format!("{id}.{}", self.device_mac(&id))
+    }
+
+    /// The id of a device cookie whose MAC holds under these credentials.
+    fn device_id(&self, cookie: &str) -> Option<String> {
+        let (id, mac) = cookie.split_once('.')?;
+        (id.len() == 32 && constant_time_eq(mac.as_bytes(), self.device_mac(id).as_bytes()))
+            .then(|| id.to_string())
+    }
+
+    /// HMAC-SHA256 of `id` under a key made from the credentials (the admin
+    /// token and password are secrets; other credentials void the cookie).
+    fn device_mac(&self, id: &str) -> String {
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(b"etracker device key\0")
+            .chain_update(self.credentials.fingerprint())
+            .chain_update(self.credentials.token.as_deref().unwrap_or_default())
+            .chain_update(
+                self.credentials
+                    .user_password
+                    .as_ref()
+                    .map_or("", |(_, password)| password.as_str()),
+            )
+            .finalize()
+            .into();
+        hex::encode(hmac_sha256(&key, id.as_bytes()))
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under a 32-byte `key`.
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let (mut inner_key, mut outer_key) = ([0x36u8; 64], [0x5cu8; 64]);
+    for (i, byte) in key.iter().enumerate() {
+        inner_key[i] ^= byte;
+        outer_key[i] ^= byte;
+    }
+    let inner = Sha256::new()
+        .chain_update(inner_key)
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(outer_key)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// 32 random bytes, hex.
@@ -334,7 +481,9 @@ mod tests {
     async fn right_credentials_or_the_token_open_a_session() {
         let s = sessions();
         let ip = Some("10.0.0.1".parse().unwrap());
-        let Login::Session(token) = s.login(ip, "ops", "correct horse", "x", Some("x")).await
+        let Login::Session { session: token, .. } = s
+            .login(ip, "ops", "correct horse", "x", (Some("x"), None))
+            .await
         else {
             panic!("refused");
         };
@@ -345,8 +494,9 @@ mod tests {
         assert_eq!(session.user, "ops");
         assert_eq!(session.csrf.len(), 64);
         assert!(matches!(
-            s.login(ip, "anyone", "admin-token", "y", Some("y")).await,
-            Login::Session(_)
+            s.login(ip, "anyone", "admin-token", "y", (Some("y"), None))
+                .await,
+            Login::Session { .. }
         ));
         s.logout(&with_cookie(SESSION_COOKIE, &token)).await;
         assert!(s
@@ -360,24 +510,27 @@ mod tests {
         let s = sessions();
         let ip = Some("10.0.0.2".parse().unwrap());
         assert_eq!(
-            s.login(ip, "ops", "wrong", "x", Some("x")).await,
+            s.login(ip, "ops", "wrong", "x", (Some("x"), None)).await,
             Login::Refused
         );
         assert_eq!(
-            s.login(ip, "root", "correct horse", "x", Some("x")).await,
+            s.login(ip, "root", "correct horse", "x", (Some("x"), None))
+                .await,
             Login::Refused
         );
         // No login cookie, or one that differs from the form's token.
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "x", None).await,
+            s.login(ip, "ops", "correct horse", "x", (None, None)).await,
             Login::Forged
         );
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "x", Some("y")).await,
+            s.login(ip, "ops", "correct horse", "x", (Some("y"), None))
+                .await,
             Login::Forged
         );
         assert_eq!(
-            s.login(ip, "ops", "correct horse", "", Some("")).await,
+            s.login(ip, "ops", "correct horse", "", (Some(""), None))
+                .await,
             Login::Forged
         );
         assert!(s
@@ -386,7 +539,10 @@ mod tests {
             .is_none());
         let store = crate::store::redb::RedbStore::in_memory().unwrap();
         let none = Sessions::new(Credentials::default(), Arc::new(store));
-        assert_eq!(none.login(ip, "", "", "x", Some("x")).await, Login::Refused);
+        assert_eq!(
+            none.login(ip, "", "", "x", (Some("x"), None)).await,
+            Login::Refused
+        );
     }
 
     #[tokio::test]
@@ -395,32 +551,35 @@ mod tests {
         let guesser = Some("10.0.0.3".parse().unwrap());
         for _ in 0..MAX_FAILURES {
             assert_eq!(
-                s.login(guesser, "ops", "guess", "x", Some("x")).await,
+                s.login(guesser, "ops", "guess", "x", (Some("x"), None))
+                    .await,
                 Login::Refused
             );
         }
         // Now even the right password waits.
         assert!(matches!(
-            s.login(guesser, "ops", "correct horse", "x", Some("x")).await,
+            s.login(guesser, "ops", "correct horse", "x", (Some("x"), None)).await,
             Login::Limited(wait) if wait > 0 && wait <= FAILURE_WINDOW_SECS
         ));
         // Another address is not held back by it.
         let other = Some("10.0.0.4".parse().unwrap());
         assert!(matches!(
-            s.login(other, "ops", "correct horse", "x", Some("x")).await,
-            Login::Session(_)
+            s.login(other, "ops", "correct horse", "x", (Some("x"), None))
+                .await,
+            Login::Session { .. }
         ));
         // An IPv6 host cannot dodge the limit by changing the low 64 bits.
         for i in 0..MAX_FAILURES {
             let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
             assert_eq!(
-                s.login(Some(ip), "ops", "guess", "x", Some("x")).await,
+                s.login(Some(ip), "ops", "guess", "x", (Some("x"), None))
+                    .await,
                 Login::Refused
             );
         }
         let next: IpAddr = "2001:db8::ffff:1".parse().unwrap();
         assert!(matches!(
-            s.login(Some(next), "ops", "correct horse", "x", Some("x"))
+            s.login(Some(next), "ops", "correct horse", "x", (Some("x"), None))
                 .await,
             Login::Limited(_)
         ));
@@ -435,7 +594,9 @@ mod tests {
         let a = Sessions::new(credentials(), store.clone());
         let b = Sessions::new(credentials(), store.clone());
         let ip = Some("10.0.0.5".parse().unwrap());
-        let Login::Session(token) = a.login(ip, "ops", "correct horse", "x", Some("x")).await
+        let Login::Session { session: token, .. } = a
+            .login(ip, "ops", "correct horse", "x", (Some("x"), None))
+            .await
         else {
             panic!("refused");
         };
@@ -451,6 +612,8 @@ mod tests {
             user: "ops".into(),
             csrf: random_token(),
             expires_at: ucanto::ucan::now() - 1,
+            started_at: 0,
+            credentials: credentials().fingerprint(),
         };
         store.put_session(&digest(&old), &expired).unwrap();
         assert!(a
@@ -469,5 +632,140 @@ mod tests {
             assert!(set.contains(part), "{set}");
         }
         assert!(!set_cookie(SESSION_COOKIE, "abc", 60, false).contains("Secure"));
+    }
+
+    /// A changed password or token ends the sessions opened before it; "log
+    /// out everywhere" ends them all, on every replica of the store.
+    #[tokio::test]
+    async fn sessions_end_with_their_credentials_and_everywhere() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::redb::RedbStore::in_memory().unwrap());
+        let before = Sessions::new(credentials(), store.clone());
+        let ip = Some("10.0.0.9".parse().unwrap());
+        let Login::Session { session: token, .. } = before
+            .login(ip, "ops", "correct horse", "x", (Some("x"), None))
+            .await
+        else {
+            panic!("refused");
+        };
+        let cookie = with_cookie(SESSION_COOKIE, &token);
+        assert!(before.session(&cookie).await.is_some());
+        for changed in [
+            Credentials {
+                user_password: Some(("ops".into(), "new horse".into())),
+                ..credentials()
+            },
+            Credentials {
+                token: Some("new-token".into()),
+                ..credentials()
+            },
+        ] {
+            let after = Sessions::new(changed, store.clone());
+            assert!(after.session(&cookie).await.is_none());
+        }
+        // Same credentials: still open, until it logs out everywhere.
+        let other = Sessions::new(credentials(), store.clone());
+        let Login::Session {
+            session: second, ..
+        } = other
+            .login(ip, "ops", "correct horse", "y", (Some("y"), None))
+            .await
+        else {
+            panic!("refused");
+        };
+        assert!(other.session(&cookie).await.is_some());
+        other.logout_everywhere().await.unwrap();
+        assert!(before.session(&cookie).await.is_none());
+        assert!(other
+            .session(&with_cookie(SESSION_COOKIE, &second))
+            .await
+            .is_none());
+    }
+
+    /// A stranger guessing from the address every caller shares (a proxy),
+    /// or from many, holds back logins without a device cookie, never a
+    /// browser that logged in before; a device cookie is only good with
+    /// its MAC, and guesses with one are limited on their own.
+    #[tokio::test]
+    async fn strangers_cannot_lock_the_operators_out() {
+        let s = sessions();
+        let proxy = Some("10.0.0.10".parse().unwrap());
+        let Login::Session { device, .. } = s
+            .login(proxy, "ops", "correct horse", "x", (Some("x"), None))
+            .await
+        else {
+            panic!("refused");
+        };
+        // Guesses from many addresses, as many as the shared budget allows.
+        for i in 0..MAX_UNKNOWN_FAILURES {
+            let ip: IpAddr = format!("192.0.2.{}", i % 250).parse().unwrap();
+            let out = s
+                .login(Some(ip), "ops", "guess", "x", (Some("x"), None))
+                .await;
+            assert!(matches!(out, Login::Refused | Login::Limited(_)), "{out:?}");
+        }
+        // A new address without a device cookie waits now: many addresses
+        // bought no more guesses.
+        let fresh = Some("198.51.100.7".parse().unwrap());
+        assert!(matches!(
+            s.login(fresh, "ops", "correct horse", "x", (Some("x"), None))
+                .await,
+            Login::Limited(_)
+        ));
+        // The operator's browser still logs in, through the same proxy.
+        let out = s
+            .login(
+                proxy,
+                "ops",
+                "correct horse",
+                "x",
+                (Some("x"), Some(&device)),
+            )
+            .await;
+        assert!(
+            matches!(&out, Login::Session { device: kept, .. } if *kept == device),
+            "{out:?}"
+        );
+        // A device cookie with a wrong MAC is no device cookie.
+        let forged = format!("{}.{}", &device[..32], "0".repeat(64));
+        assert!(matches!(
+            s.login(
+                fresh,
+                "ops",
+                "correct horse",
+                "x",
+                (Some("x"), Some(&forged))
+            )
+            .await,
+            Login::Limited(_)
+        ));
+        // Guesses with a device cookie count against that device alone.
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                s.login(proxy, "ops", "guess", "x", (Some("x"), Some(&device)))
+                    .await,
+                Login::Refused
+            );
+        }
+        assert!(matches!(
+            s.login(
+                proxy,
+                "ops",
+                "correct horse",
+                "x",
+                (Some("x"), Some(&device))
+            )
+            .await,
+            Login::Limited(_)
+        ));
+        // Other credentials void every device cookie.
+        let changed = Sessions::new(
+            Credentials {
+                token: Some("another".into()),
+                ..credentials()
+            },
+            Arc::new(crate::store::redb::RedbStore::in_memory().unwrap()),
+        );
+        assert_eq!(changed.device_id(&device), None);
+        assert!(s.device_id(&device).is_some());
     }
 }

@@ -54,7 +54,8 @@ pub fn page(title: &str, logged_in: Option<&str>, body: &str) -> String {
              <a href=\"/admin/usage\" id=\"nav-spaces\">Spaces</a>\
              <form method=\"post\" action=\"/admin/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button id=\"logout\">Log out</button></form>",
+             <button id=\"logout\">Log out</button>\
+             <button id=\"logout-everywhere\" name=\"everywhere\" value=\"1\">Log out everywhere</button></form>",
             escape(csrf)
         ),
     };

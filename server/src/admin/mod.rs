@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /admin/login`, `POST /admin/login` | the login form; a session cookie on success |
-//! | `POST /admin/logout` | ends the session (CSRF token required) |
+//! | `POST /admin/logout` | ends the session, or with `everywhere` every session on every replica (CSRF token required) |
 //! | `GET /admin?csv=` | overview: egress per day over the last 30 days (chart), the store's counters, pending batches, rejections by error name; `csv=egress\|pending\|rejected` downloads a table |
 //! | `GET /admin/api/overview` | the same, as JSON (session, or the admin token as bearer) |
 //! | `GET /admin/nodes?q=&after=&format=csv` | nodes paid: total, payout; search by DID prefix, pages, CSV |
@@ -92,6 +92,8 @@ struct LoginForm {
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
+    /// Set by the "log out everywhere" button.
+    everywhere: Option<String>,
 }
 
 /// `GET /admin/login`: the form, with a fresh login CSRF token in a cookie
@@ -152,16 +154,20 @@ async fn login(
             &form.user,
             &form.password,
             &form.csrf,
-            auth::cookie(&headers, LOGIN_COOKIE),
+            (
+                auth::cookie(&headers, LOGIN_COOKIE),
+                auth::cookie(&headers, auth::DEVICE_COOKIE),
+            ),
         )
         .await;
     match outcome {
-        Login::Session(token) => {
+        Login::Session { session, device } => {
             let secure = auth::over_https(&headers);
             let mut response = Redirect::to("/admin").into_response();
             let cookies = [
-                auth::set_cookie(SESSION_COOKIE, &token, SESSION_SECS, secure),
+                auth::set_cookie(SESSION_COOKIE, &session, SESSION_SECS, secure),
                 auth::set_cookie(LOGIN_COOKIE, "", 0, secure),
+                auth::set_cookie(auth::DEVICE_COOKIE, &device, auth::DEVICE_SECS, secure),
             ];
             for cookie in cookies {
                 add_cookie(&mut response, &cookie);
@@ -196,7 +202,7 @@ async fn login(
                 &headers,
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(&format!(
-                    "Too many wrong logins from your address: try again in {wait} s."
+                    "Too many wrong logins: try again in {wait} s. A browser that logged in here before is not held back."
                 )),
             );
             if let Ok(value) = wait.to_string().parse() {
@@ -221,7 +227,14 @@ async fn logout(
             page("Forbidden", Some(&session.csrf), "<p>Bad form token.</p>"),
         );
     }
-    tracker.admin().logout(&headers).await;
+    if form.everywhere.is_some() {
+        if let Err(error) = tracker.admin().logout_everywhere().await {
+            tracing::error!(%error, "dashboard: cannot end every session");
+            return PageError::Unavailable.into_response();
+        }
+    } else {
+        tracker.admin().logout(&headers).await;
+    }
     let mut response = Redirect::to("/admin/login").into_response();
     let cookie = auth::set_cookie(SESSION_COOKIE, "", 0, auth::over_https(&headers));
     add_cookie(&mut response, &cookie);

@@ -14,6 +14,12 @@ pub struct StoredSession {
     pub csrf: String,
     /// When it ends (unix seconds).
     pub expires_at: u64,
+    /// When it began (unix seconds): [`Sessions::end_sessions`] ends those
+    /// that began before its time.
+    pub started_at: u64,
+    /// Which credentials it was opened under (a digest of the configured
+    /// user, password and token): a session of other ones is over.
+    pub credentials: String,
 }
 
 /// Sessions a store keeps at most, where it can count them (redb); the
@@ -26,8 +32,13 @@ pub trait Sessions {
     /// expired ones (and, past [`MAX_SESSIONS`], the soonest to expire).
     fn put_session(&self, id: &[u8; 32], session: &StoredSession) -> Result<(), StoreError>;
 
-    /// Session `id` unless it expired by `now` (unix seconds).
+    /// Session `id` unless it expired by `now` (unix seconds) or began
+    /// before the last [`Sessions::end_sessions`].
     fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<StoredSession>, StoreError>;
+
+    /// Ends every session that began before `before` (unix seconds), on
+    /// every replica: "log out everywhere".
+    fn end_sessions(&self, before: u64) -> Result<(), StoreError>;
 
     /// Ends session `id` (nothing when there is none).
     fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError>;

@@ -586,6 +586,8 @@ pub fn sessions_are_kept_until_they_end<S: TestStore>(make: &dyn Fn() -> S) {
         user: "ops".into(),
         csrf: csrf.into(),
         expires_at,
+        started_at: now - 10,
+        credentials: "c0ffee".into(),
     };
     assert_eq!(store.session(&a, now).unwrap(), None);
     store.put_session(&a, &session("ca", now + 1_000)).unwrap();
@@ -602,6 +604,22 @@ pub fn sessions_are_kept_until_they_end<S: TestStore>(make: &dyn Fn() -> S) {
         Some(session("ca", now + 1_000))
     );
     store.remove_session(&b).unwrap();
+
+    // Log out everywhere: every session begun before the time ends, on
+    // every replica of the store; one begun after lives.
+    store.put_session(&b, &session("cb", now + 2_000)).unwrap();
+    store.end_sessions(now - 5).unwrap();
+    assert_eq!(store.session(&a, now).unwrap(), None);
+    assert_eq!(store.session(&b, now).unwrap(), None);
+    let later = StoredSession {
+        started_at: now,
+        ..session("cc", now + 1_000)
+    };
+    store.put_session(&a, &later).unwrap();
+    assert_eq!(store.session(&a, now).unwrap(), Some(later.clone()));
+    // An earlier time never brings the ended ones back.
+    store.end_sessions(0).unwrap();
+    assert_eq!(store.session(&a, now).unwrap(), Some(later));
 }
 
 /// Spaces with billable egress are listed in DID order, by prefix and page,

@@ -25,6 +25,8 @@ impl Sessions for DynamoStore {
                 .item("user", s(&session.user))
                 .item("csrf", s(&session.csrf))
                 .item("expires_at", n(session.expires_at))
+                .item("started_at", n(session.started_at))
+                .item("credentials", s(&session.credentials))
                 .item("ttl", n(session.expires_at))
                 .send(),
         )
@@ -34,15 +36,57 @@ impl Sessions for DynamoStore {
 
     /// [`Sessions::session`](crate::store::Sessions::session).
     fn session(&self, id: &[u8; 32], now: u64) -> Result<Option<StoredSession>, StoreError> {
-        let Some(item) = self.get((&session_pk(id), "session"))? else {
+        // The session and the time before which sessions are over, in one
+        // request.
+        let keys = [
+            (session_pk(id), "session".to_string()),
+            ("meta".to_string(), "sessions".to_string()),
+        ];
+        let mut found = self.get_many(&keys)?;
+        let Some(item) = found.remove(&keys[0]) else {
             return Ok(None);
+        };
+        let since = match found.remove(&keys[1]) {
+            Some(meta) => get_u64(&meta, "since")?,
+            None => 0,
         };
         let session = StoredSession {
             user: get_s(&item, "user")?,
             csrf: get_s(&item, "csrf")?,
             expires_at: get_u64(&item, "expires_at")?,
+            started_at: get_u64(&item, "started_at")?,
+            credentials: get_s(&item, "credentials")?,
         };
-        Ok(Some(session).filter(|s| s.expires_at > now))
+        Ok(Some(session).filter(|s| s.expires_at > now && s.started_at >= since))
+    }
+
+    /// [`Sessions::end_sessions`](crate::store::Sessions::end_sessions): the
+    /// time is kept in one item (only ever raised); the sessions themselves
+    /// expire by the table's time to live.
+    fn end_sessions(&self, before: u64) -> Result<(), StoreError> {
+        let raised = self.block_on(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s("meta"))
+                .key("sk", s("sessions"))
+                .update_expression("SET #since = :before")
+                .condition_expression("attribute_not_exists(#since) OR #since < :before")
+                .expression_attribute_names("#since", "since")
+                .expression_attribute_values(":before", n(before))
+                .send(),
+        );
+        match raised {
+            Ok(_) => Ok(()),
+            // Already at or past it.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
     }
 
     /// [`Sessions::remove_session`](crate::store::Sessions::remove_session).

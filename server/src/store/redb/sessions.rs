@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use ::redb::{ReadableDatabase, ReadableTable};
 use ucanto::dag::{decode_cbor, encode_cbor, Ipld};
 
-use super::{OrBackend, RedbStore, SESSIONS};
+use super::{OrBackend, RedbStore, META, SESSIONS};
+
+/// The key in `meta` of the time before which sessions are over.
+const SESSIONS_SINCE: &str = "sessions_since";
 use crate::store::{Sessions, StoreError, StoredSession};
 
 impl Sessions for RedbStore {
@@ -36,6 +39,14 @@ impl Sessions for RedbStore {
                     "expires_at".to_string(),
                     Ipld::Integer(session.expires_at.into()),
                 ),
+                (
+                    "started_at".to_string(),
+                    Ipld::Integer(session.started_at.into()),
+                ),
+                (
+                    "credentials".to_string(),
+                    Ipld::String(session.credentials.clone()),
+                ),
             ])))
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
             sessions
@@ -51,7 +62,32 @@ impl Sessions for RedbStore {
         let Some(value) = sessions.get(id.as_slice()).or_backend()? else {
             return Ok(None);
         };
-        Ok(Some(decode_session(value.value())?).filter(|s| s.expires_at > now))
+        let since = tx
+            .open_table(META)
+            .or_backend()?
+            .get(SESSIONS_SINCE)
+            .or_backend()?
+            .map_or(0, |v| v.value());
+        Ok(Some(decode_session(value.value())?)
+            .filter(|s| s.expires_at > now && s.started_at >= since))
+    }
+
+    fn end_sessions(&self, before: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().or_backend()?;
+        {
+            let mut meta = tx.open_table(META).or_backend()?;
+            let since = meta
+                .get(SESSIONS_SINCE)
+                .or_backend()?
+                .map_or(0, |v| v.value());
+            meta.insert(SESSIONS_SINCE, since.max(before))
+                .or_backend()?;
+            tx.open_table(SESSIONS)
+                .or_backend()?
+                .retain(|_, value| decode_session(value).is_ok_and(|s| s.started_at >= before))
+                .or_backend()?;
+        }
+        tx.commit().or_backend()
     }
 
     fn remove_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
@@ -78,9 +114,15 @@ fn decode_session(bytes: &[u8]) -> Result<StoredSession, StoreError> {
         Some(Ipld::Integer(n)) => u64::try_from(*n).map_err(|_| corrupt("bad expires_at"))?,
         _ => return Err(corrupt("no expires_at")),
     };
+    let started_at = match map.get("started_at") {
+        Some(Ipld::Integer(n)) => u64::try_from(*n).map_err(|_| corrupt("bad started_at"))?,
+        _ => return Err(corrupt("no started_at")),
+    };
     Ok(StoredSession {
         user: text("user")?,
         csrf: text("csrf")?,
         expires_at,
+        started_at,
+        credentials: text("credentials")?,
     })
 }
