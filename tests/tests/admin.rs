@@ -835,3 +835,74 @@ async fn the_dashboard_answers_its_own_host_names_only() {
         StatusCode::OK
     );
 }
+
+/// A node's link is its DID percent-encoded: a `did:web` with a `%2F` in
+/// it (legal in a DID) leads to that node's page, not to another path, and
+/// its markup never becomes markup.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_links_are_url_encoded() {
+    use etracker_server::store::prelude::*;
+    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
+    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+
+    let t = tracker().await;
+    let node: ucanto::principal::Did = "did:web:a%2Fb.example%3Cb%3E".parse().unwrap();
+    let batch = cid_of(CAR, b"encoded node batch");
+    let consolidate = cid_of(DAG_CBOR, b"encoded node consolidate");
+    t.store
+        .put(NewRecord {
+            batch,
+            node: node.clone(),
+            endpoint: "https://node.example/{cid}".into(),
+            track_invocation: cid_of(DAG_CBOR, b"encoded node track"),
+            track_invocation_bytes: vec![1],
+            consolidate_invocation: consolidate,
+            received_at: 1,
+        })
+        .unwrap();
+    t.store
+        .conclude(&Conclusion {
+            batch,
+            consolidate_invocation: consolidate,
+            receipt: cid_of(DAG_CBOR, b"encoded node receipt"),
+            receipt_bytes: vec![2],
+            node: node.clone(),
+            total_bytes: 5,
+            usage: vec![DailyUsage {
+                space: etracker_e2e::alice().did().clone(),
+                day: "2026-11-01".into(),
+                bytes: 5,
+            }],
+            counted_receipts: vec![CountedRetrieval {
+                retrieval: cid_of(DAG_CBOR, b"encoded node retrieval"),
+                expires: 1_800_000_000,
+            }],
+            staged_tally: Vec::new(),
+            non_billable: Vec::new(),
+            concluded_at: 2,
+            claims_end: u64::MAX,
+            rejected: Vec::new(),
+            failed: false,
+        })
+        .unwrap();
+    let session = log_in(&t.url, USER, PASSWORD).await;
+    let get = |path: String| {
+        let request = client()
+            .get(format!("{}{path}", t.url))
+            .header(COOKIE, format!("etracker_session={session}"));
+        async move { request.send().await.unwrap() }
+    };
+    let list = get("admin/nodes".into()).await.text().await.unwrap();
+    let href = list
+        .split("href=\"/admin/nodes/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(href, "did:web:a%252Fb.example%253Cb%253E");
+    assert!(!list.contains("<b>"), "markup stays text");
+    let page = get(format!("admin/nodes/{href}")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("did:web:a%2Fb.example%3Cb%3E"), "{html}");
+}

@@ -126,3 +126,168 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }
 }
+
+/// Concludes batch `n` of `node`, `bytes` of `space` today.
+fn seed(
+    store: &dyn Store,
+    n: u64,
+    node: &ucanto::principal::Did,
+    space: &ucanto::principal::Did,
+    bytes: u64,
+) {
+    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
+    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+    let batch = cid_of(CAR, format!("listing batch {n}").as_bytes());
+    let consolidate = cid_of(DAG_CBOR, format!("listing consolidate {n}").as_bytes());
+    store
+        .put(NewRecord {
+            batch,
+            node: node.clone(),
+            endpoint: "https://node.example/{cid}".into(),
+            track_invocation: cid_of(DAG_CBOR, format!("listing track {n}").as_bytes()),
+            track_invocation_bytes: vec![1],
+            consolidate_invocation: consolidate,
+            received_at: n,
+        })
+        .unwrap();
+    let today = etracker_capabilities::account_egress_get::format_date(
+        (ucanto::ucan::now() / 86_400) as i64,
+    );
+    store
+        .conclude(&Conclusion {
+            batch,
+            consolidate_invocation: consolidate,
+            receipt: cid_of(DAG_CBOR, format!("listing receipt {n}").as_bytes()),
+            receipt_bytes: vec![2],
+            node: node.clone(),
+            total_bytes: bytes,
+            usage: vec![DailyUsage {
+                space: space.clone(),
+                day: today,
+                bytes,
+            }],
+            counted_receipts: vec![CountedRetrieval {
+                retrieval: cid_of(DAG_CBOR, format!("listing retrieval {n}").as_bytes()),
+                expires: 1_800_000_000,
+            }],
+            staged_tally: Vec::new(),
+            non_billable: Vec::new(),
+            concluded_at: n,
+            claims_end: u64::MAX,
+            rejected: Vec::new(),
+            failed: false,
+        })
+        .unwrap();
+}
+
+/// Long listings, hostile names and a statement in the browser: 56 nodes
+/// paged by 50 (every one listed once), a node whose `did:web` carries
+/// markup and a customer whose name has quotes and markup (shown as text,
+/// nothing run, the node's link leading to its own page), this month's
+/// statement, and "log out everywhere".
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_page_and_hostile_names_stay_text() {
+    use ucanto::principal::Did;
+    let mut settings = test_settings();
+    settings.admin_login = Some((USER.into(), PASSWORD.into()));
+    settings.provider_usd_per_tib = Some(1024.0);
+    settings.client_usd_per_tib = Some(2048.0);
+    let tracker = start_tracker(settings).await;
+    let hostile: Did = "did:web:evil.example:<img src=x onerror=alert(1)><b>\"bold\"</b>"
+        .parse()
+        .unwrap();
+    let customer: Did = "did:mailto:example.com:\"o'brien\"<b>x</b>"
+        .parse()
+        .unwrap();
+    let space = etracker_e2e::alice().did().clone();
+    tracker
+        .store
+        .put_space(&etracker_server::store::SpaceEntry {
+            space: space.clone(),
+            provider: etracker_e2e::service().did().clone(),
+            customer: Some(customer.clone()),
+        })
+        .unwrap();
+    let mut nodes: Vec<Did> = (0..55u8)
+        .map(|i| etracker_e2e::principal(100 + i).did().clone())
+        .collect();
+    nodes.push(hostile.clone());
+    for (n, node) in nodes.iter().enumerate() {
+        seed(&*tracker.store, n as u64, node, &space, 1_000 + n as u64);
+    }
+    nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let month = etracker_capabilities::account_egress_get::format_date(
+        (ucanto::ucan::now() / 86_400) as i64,
+    )[..7]
+        .to_string();
+
+    let shots = repo_root().join("target/dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let output = tokio::process::Command::new("node")
+        .arg("listings.mjs")
+        .args([&tracker.url, USER, PASSWORD, &month, hostile.as_str()])
+        .arg(&shots)
+        .current_dir(repo_root().join("tests/browser"))
+        .output()
+        .await
+        .expect("node runs (scripts/test.sh installs it, chromium and playwright-core)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "listings.mjs failed: {stderr}");
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+
+    let listed: Vec<String> = serde_json::from_value(seen["nodes"].clone()).unwrap();
+    assert_eq!(
+        listed,
+        nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "every node once, in order, over two pages"
+    );
+    assert_eq!(seen["dialogs"], 0, "no markup ran");
+    for injected in [
+        "nodes_injected",
+        "hostile_injected",
+        "spaces_injected",
+        "statement_injected",
+    ] {
+        assert_eq!(seen[injected], 0, "{injected}");
+    }
+    assert_eq!(
+        seen["hostile_page_title"],
+        format!("Node {hostile}").as_str(),
+        "the link leads to that node's own page"
+    );
+    assert_eq!(seen["hostile_total"], "1055");
+    let customers: Vec<String> = serde_json::from_value(seen["customers"].clone()).unwrap();
+    assert!(customers.contains(&customer.to_string()), "{customers:?}");
+    assert_eq!(
+        seen["statement_url"],
+        format!("{}admin/statements/{month}", tracker.url).as_str(),
+        "the navigation leads to this month's statement"
+    );
+    assert_eq!(
+        seen["statement_title"],
+        format!("Statement {month}").as_str()
+    );
+    assert!(
+        seen["statement_final"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not final"),
+        "{}",
+        seen["statement_final"]
+    );
+    assert_eq!(seen["statement_nodes"], 56);
+    assert_eq!(
+        seen["statement_customers"],
+        serde_json::json!([customer.as_str()])
+    );
+    assert_eq!(seen["logout_everywhere"], true);
+    assert_eq!(
+        seen["after_logout_url"],
+        format!("{}admin/login", tracker.url).as_str()
+    );
+    for shot in ["hostile-node.png", "statement.png"] {
+        let bytes = std::fs::read(shots.join(shot)).expect(shot);
+        assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
+    }
+}

@@ -52,11 +52,13 @@ pub fn page(title: &str, logged_in: Option<&str>, body: &str) -> String {
         Some(csrf) => format!(
             "<a href=\"/admin\">Overview</a><a href=\"/admin/nodes\" id=\"nav-nodes\">Nodes</a>\
              <a href=\"/admin/usage\" id=\"nav-spaces\">Spaces</a>\
+             <a href=\"/admin/statements/{month}\" id=\"nav-statements\">Statements</a>\
              <form method=\"post\" action=\"/admin/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button id=\"logout\">Log out</button>\
              <button id=\"logout-everywhere\" name=\"everywhere\" value=\"1\">Log out everywhere</button></form>",
-            escape(csrf)
+            escape(csrf),
+            month = this_month(),
         ),
     };
     format!(
@@ -66,6 +68,12 @@ pub fn page(title: &str, logged_in: Option<&str>, body: &str) -> String {
          <main><h1>{title}</h1>{body}</main></body></html>",
         title = escape(title),
     )
+}
+
+/// The UTC month of now, `YYYY-MM`.
+pub fn this_month() -> String {
+    let today = (ucanto::ucan::now() / 86_400) as i64;
+    etracker_capabilities::account_egress_get::format_date(today)[..7].to_string()
 }
 
 /// An HTML response with the dashboard's headers: nothing cached, no

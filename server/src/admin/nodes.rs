@@ -79,8 +79,9 @@ pub(super) async fn list(
     for r in &rows {
         let did = escape(r.node.as_str());
         body.push_str(&format!(
-            "<tr><td><a href=\"/admin/nodes/{did}\">{did}</a></td><td class=\"n\">{human}</td>\
+            "<tr><td><a href=\"/admin/nodes/{link}\">{did}</a></td><td class=\"n\">{human}</td>\
              <td class=\"n\">{total}</td><td class=\"n\">{payout}</td></tr>",
+            link = urlencode(r.node.as_str()),
             human = bytes(r.total),
             total = r.total,
             payout = money(r.payout),

@@ -319,11 +319,16 @@ pub(super) async fn show(
             s.final_at
         )
     };
+    let (first, next) = month_days(&s.month).unwrap_or_default();
     let mut body = format!(
-        "<p id=\"final\">{}</p><p><a href=\"/admin/statements/{month}?format=csv\" id=\"statement-csv\">CSV</a></p>\
+        "<p id=\"final\">{}</p><p><a href=\"/admin/statements/{previous}\" id=\"previous-month\">Previous month</a> · \
+         <a href=\"/admin/statements/{following}\" id=\"next-month\">Next month</a> · \
+         <a href=\"/admin/statements/{month}?format=csv\" id=\"statement-csv\">CSV</a></p>\
          <h2>Nodes</h2><table id=\"statement-nodes\"><tr><th>Node</th><th>Egress</th><th>Bytes</th><th>Pay (USD)</th></tr>",
         escape(&state),
         month = escape(&s.month),
+        previous = &format_date(first - 1)[..7],
+        following = &format_date(next)[..7],
     );
     for (node, n) in &s.nodes {
         body.push_str(&format!(

@@ -124,7 +124,13 @@ impl DynamoStore {
         let mut conflicts = Vec::new();
         for (hour, keys) in &mine.by_hour {
             let earlier = self.hour_counted(c.node.as_str(), *hour, version)?;
-            conflicts.extend(keys.iter().filter(|key| earlier.contains_key(*key)));
+            // Counted by this very batch: another attempt of it won since
+            // the record was read; the flip below fails and the re-read
+            // answers `AlreadyConcluded`. Only other batches conflict.
+            conflicts.extend(
+                keys.iter()
+                    .filter(|key| earlier.get(*key).is_some_and(|by| *by != c.batch)),
+            );
         }
         if !conflicts.is_empty() {
             return Err(StoreError::Conflict {
