@@ -22,7 +22,7 @@ try {
     await dialog.dismiss()
   })
   const text = async (selector) => (await page.textContent(selector))?.trim()
-  const injected = () => page.$$eval('main img, main script, main b', (els) => els.length)
+  const injected = () => page.$$eval('main img, main script, main b, main i', (els) => els.length)
 
   await page.goto(`${url}admin/login`)
   await page.fill('#user', user)
@@ -68,6 +68,15 @@ try {
   await page.goto(`${url}admin/usage`)
   seen.customers = await page.$$eval('#spaces-table tr td:nth-child(2)', (cells) => cells.map((c) => c.textContent))
   seen.spaces_injected = await injected()
+
+  // A failed batch: from the overview's count to its node and error.
+  await page.goto(`${url}admin`)
+  await Promise.all([page.waitForNavigation(), page.click('#failed-link')])
+  seen.failed_rows = await page.$$eval('#failed-batches tr', (rows) =>
+    rows.slice(1).map((r) => Array.from(r.querySelectorAll('td')).map((c) => c.textContent))
+  )
+  seen.failed_injected = await injected()
+  await page.screenshot({ path: `${shots}/failed.png`, fullPage: true })
 
   // This month's statement, from the navigation.
   await Promise.all([page.waitForNavigation(), page.click('#nav-statements')])

@@ -683,7 +683,7 @@ async fn cli_reads_the_admin_api_across_pages() {
                 concluded_at: 10 + n,
                 claims_end: u64::MAX,
                 rejected: Vec::new(),
-                failed: false,
+                failure: None,
             })
             .unwrap();
         nodes.push(node);
@@ -882,7 +882,7 @@ async fn node_links_are_url_encoded() {
             concluded_at: 2,
             claims_end: u64::MAX,
             rejected: Vec::new(),
-            failed: false,
+            failure: None,
         })
         .unwrap();
     let session = log_in(&t.url, USER, PASSWORD).await;
@@ -905,4 +905,83 @@ async fn node_links_are_url_encoded() {
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains("did:web:a%2Fb.example%3Cb%3E"), "{html}");
+}
+
+/// Nodes by payout, largest first, paged through the API: with many equal
+/// totals, every node is listed once (the cursor is the total and the DID).
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_sort_by_payout_without_skipping_ties() {
+    use etracker_server::store::prelude::*;
+    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
+    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+
+    let t = tracker().await;
+    let mut expected = Vec::new();
+    for n in 0..60u64 {
+        let node = etracker_e2e::principal(100 + n as u8).did().clone();
+        let total = 1_000 + n % 3;
+        let batch = cid_of(CAR, format!("payout batch {n}").as_bytes());
+        let consolidate = cid_of(DAG_CBOR, format!("payout consolidate {n}").as_bytes());
+        t.store
+            .put(NewRecord {
+                batch,
+                node: node.clone(),
+                endpoint: "https://node.example/{cid}".into(),
+                track_invocation: cid_of(DAG_CBOR, format!("payout track {n}").as_bytes()),
+                track_invocation_bytes: vec![1],
+                consolidate_invocation: consolidate,
+                received_at: n,
+            })
+            .unwrap();
+        t.store
+            .conclude(&Conclusion {
+                batch,
+                consolidate_invocation: consolidate,
+                receipt: cid_of(DAG_CBOR, format!("payout receipt {n}").as_bytes()),
+                receipt_bytes: vec![2],
+                node: node.clone(),
+                total_bytes: total,
+                usage: vec![DailyUsage {
+                    space: etracker_e2e::alice().did().clone(),
+                    day: "2026-11-01".into(),
+                    bytes: total,
+                }],
+                counted_receipts: vec![CountedRetrieval {
+                    retrieval: cid_of(DAG_CBOR, format!("payout retrieval {n}").as_bytes()),
+                    expires: 1_800_000_000,
+                }],
+                staged_tally: Vec::new(),
+                non_billable: Vec::new(),
+                concluded_at: n,
+                claims_end: u64::MAX,
+                rejected: Vec::new(),
+                failure: None,
+            })
+            .unwrap();
+        expected.push((total, node.to_string()));
+    }
+    expected.sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.cmp(y)));
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = client()
+            .get(format!("{}admin/api/nodes", t.url))
+            .bearer_auth(TOKEN)
+            .query(&[("sort", "payout")]);
+        if let Some(after) = &after {
+            request = request.query(&[("after", after.as_str())]);
+        }
+        let page: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+        for node in page["nodes"].as_array().unwrap() {
+            seen.push((
+                node["total_bytes"].as_u64().unwrap(),
+                node["node"].as_str().unwrap().to_string(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected, "largest first, ties by DID, each once");
 }

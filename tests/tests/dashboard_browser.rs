@@ -175,7 +175,7 @@ fn seed(
             concluded_at: n,
             claims_end: u64::MAX,
             rejected: Vec::new(),
-            failed: false,
+            failure: None,
         })
         .unwrap();
 }
@@ -215,6 +215,46 @@ async fn listings_page_and_hostile_names_stay_text() {
     for (n, node) in nodes.iter().enumerate() {
         seed(&*tracker.store, n as u64, node, &space, 1_000 + n as u64);
     }
+    // One batch failed as a whole, with an error that carries markup.
+    let failure = "the batch at https://node.example/x answered 404 <i>gone</i>";
+    {
+        use etracker_server::store::{Conclusion, NewRecord};
+        use ucanto::dag::{cid_of, CAR, DAG_CBOR};
+        let batch = cid_of(CAR, b"listing failed batch");
+        let consolidate = cid_of(DAG_CBOR, b"listing failed consolidate");
+        tracker
+            .store
+            .put(NewRecord {
+                batch,
+                node: nodes[0].clone(),
+                endpoint: "https://node.example/{cid}".into(),
+                track_invocation: cid_of(DAG_CBOR, b"listing failed track"),
+                track_invocation_bytes: vec![1],
+                consolidate_invocation: consolidate,
+                received_at: 100,
+            })
+            .unwrap();
+        tracker
+            .store
+            .conclude(&Conclusion {
+                batch,
+                consolidate_invocation: consolidate,
+                receipt: cid_of(DAG_CBOR, b"listing failed receipt"),
+                receipt_bytes: vec![2],
+                node: nodes[0].clone(),
+                total_bytes: 0,
+                usage: Vec::new(),
+                counted_receipts: Vec::new(),
+                staged_tally: Vec::new(),
+                non_billable: Vec::new(),
+                concluded_at: 200,
+                claims_end: u64::MAX,
+                rejected: Vec::new(),
+                failure: Some(failure.into()),
+            })
+            .unwrap();
+    }
+    let failed_node = nodes[0].to_string();
     nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let month = etracker_capabilities::account_egress_get::format_date(
         (ucanto::ucan::now() / 86_400) as i64,
@@ -243,11 +283,16 @@ async fn listings_page_and_hostile_names_stay_text() {
         "every node once, in order, over two pages"
     );
     assert_eq!(seen["dialogs"], 0, "no markup ran");
+    let failed: Vec<Vec<String>> = serde_json::from_value(seen["failed_rows"].clone()).unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0][1], failed_node, "the failed batch's node");
+    assert_eq!(failed[0][3], failure, "its error, as text");
     for injected in [
         "nodes_injected",
         "hostile_injected",
         "spaces_injected",
         "statement_injected",
+        "failed_injected",
     ] {
         assert_eq!(seen[injected], 0, "{injected}");
     }
@@ -286,7 +331,7 @@ async fn listings_page_and_hostile_names_stay_text() {
         seen["after_logout_url"],
         format!("{}admin/login", tracker.url).as_str()
     );
-    for shot in ["hostile-node.png", "statement.png"] {
+    for shot in ["hostile-node.png", "statement.png", "failed.png"] {
         let bytes = std::fs::read(shots.join(shot)).expect(shot);
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

@@ -69,7 +69,7 @@ fn conclude(store: &dyn Store, n: u64, node: &Did, usage: &[(&Did, &str, u64)], 
             concluded_at: 10 + n,
             claims_end: u64::MAX,
             rejected: Vec::new(),
-            failed: false,
+            failure: None,
         })
         .unwrap();
 }

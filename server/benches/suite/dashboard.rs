@@ -116,7 +116,7 @@ fn seed(dir: &Path, size: Size) -> (Did, f64) {
                 concluded_at: 2_000_000 + n,
                 claims_end: u64::MAX,
                 rejected: vec![("InvalidSignature".into(), n % 3)],
-                failed: false,
+                failure: None,
             })
             .unwrap();
     };

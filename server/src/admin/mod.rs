@@ -11,6 +11,7 @@
 //! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts, paged by the cursor of the last shown (`<received_at>-<batch CID>`, so batches of one second are never skipped); CSV of the batches |
 //! | `GET /admin/usage?q=&after=&customer=&format=csv` | spaces registered or with egress: customer, egress over 30 days, cost; one customer's spaces and bill; CSV per space and day |
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
+//! | `GET /admin/failed?before=`, `/admin/api/failed` | the batches that failed as a whole, newest first: node, when, the error ([`failed`]) |
 //! | `GET /admin/statements/{YYYY-MM}?format=csv`, `/admin/api/statements/{YYYY-MM}` | a UTC month's statement: nodes' pay, customers' bills, unassigned and non-billable bytes, whether it is final ([`statements`]) |
 //!
 //! A page asked for without a session redirects to the login; the API
@@ -21,6 +22,7 @@ use self::access::{api_json, ApiCaller, ApiError, Operator, PageError};
 mod access;
 pub mod auth;
 pub mod csv;
+mod failed;
 pub mod html;
 pub mod nodes;
 pub mod spaces;
@@ -55,6 +57,8 @@ pub fn routes(tracker: Arc<Tracker>) -> Router<Arc<Tracker>> {
         .route("/admin/api/nodes/{did}", get(nodes::api_show))
         .route("/admin/usage", get(spaces::list))
         .route("/admin/api/usage", get(spaces::api_list))
+        .route("/admin/failed", get(failed::list))
+        .route("/admin/api/failed", get(failed::api_list))
         .route("/admin/statements/{month}", get(statements::show))
         .route("/admin/api/statements/{month}", get(statements::api_show))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -251,6 +255,8 @@ pub(super) struct ListQuery {
     format: Option<String>,
     #[serde(default)]
     customer: String,
+    /// `payout`: nodes by payout, largest first.
+    sort: Option<String>,
 }
 
 impl ListQuery {
@@ -263,6 +269,9 @@ impl ListQuery {
 /// and the next page when this one is full (`last` is its last DID).
 fn page_links(path: &str, query: &ListQuery, csv_label: &str, last: Option<&str>) -> String {
     let mut q = html::urlencode(query.q.trim());
+    if let Some(sort) = &query.sort {
+        q.push_str(&format!("&amp;sort={}", html::urlencode(sort)));
+    }
     if !query.customer.trim().is_empty() {
         q.push_str(&format!(
             "&amp;customer={}",
@@ -481,7 +490,10 @@ async fn overview(
         row(
             "failed",
             "Batches failed (an error receipt)",
-            rejections.failed_batches.to_string(),
+            format!(
+                "<a href=\"/admin/failed\" id=\"failed-link\">{}</a>",
+                rejections.failed_batches
+            ),
         ),
         row(
             "receipts",
@@ -513,6 +525,9 @@ fn time(unix: u64) -> String {
 /// first run or `retrying` after a failure.
 fn state(r: &EgressRecord) -> &'static str {
     match &r.status {
+        RecordStatus::Done {
+            failure: Some(_), ..
+        } => "failed",
         RecordStatus::Done { .. } => "concluded",
         RecordStatus::Pending if r.attempts > 0 => "retrying",
         RecordStatus::Pending => "waiting",

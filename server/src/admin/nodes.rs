@@ -39,11 +39,56 @@ struct NodeRow {
     payout: Option<f64>,
 }
 
+/// Whether the listing is by payout, largest first (else by DID).
+fn by_payout(query: &ListQuery) -> bool {
+    query.sort.as_deref() == Some("payout")
+}
+
+/// The `?after=` of the page after `row`: its DID, or by payout
+/// `<total>-<DID>` (a tie-break, so no node of an equal total is skipped).
+fn cursor(query: &ListQuery, row: &NodeRow) -> String {
+    if by_payout(query) {
+        format!("{}-{}", row.total, row.node)
+    } else {
+        row.node.to_string()
+    }
+}
+
 async fn rows(tracker: &Tracker, query: &ListQuery) -> Result<Vec<NodeRow>, StoreError> {
     let (q, after) = (query.q.trim().to_string(), query.after.clone());
+    let sorted = by_payout(query);
     let page = tracker
         .context()
-        .store(move |s| s.nodes_page(&q, after.as_deref(), PAGE))
+        .store(move |s| {
+            if !sorted {
+                return s.nodes_page(&q, after.as_deref(), PAGE);
+            }
+            // By payout: every node read, then sorted (largest first, then
+            // by DID), the page after the cursor `<total>-<DID>`.
+            let mut all = Vec::new();
+            let mut from: Option<String> = None;
+            loop {
+                let page = s.nodes_page(&q, from.as_deref(), 1000)?;
+                let full = page.len() == 1000;
+                from = page.last().map(|(node, _)| node.to_string());
+                all.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            all.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.as_str().cmp(b.as_str())));
+            // The first row after the cursor in that order.
+            let start = match after.as_deref().and_then(|a| a.split_once('-')) {
+                Some((total, node)) => {
+                    let total: u64 = total.parse().unwrap_or(u64::MAX);
+                    all.iter()
+                        .position(|(n, t)| *t < total || (*t == total && n.as_str() > node))
+                        .unwrap_or(all.len())
+                }
+                None => 0,
+            };
+            Ok(all.into_iter().skip(start).take(PAGE).collect())
+        })
         .await?;
     let price = tracker.settings().provider_usd_per_tib;
     Ok(page
@@ -88,13 +133,18 @@ pub(super) async fn list(
         ));
     }
     body.push_str("</table>");
-    let last = next_page(&rows).map(|r| r.node.as_str());
+    let last = next_page(&rows).map(|r| cursor(&query, r));
     body.push_str(&super::page_links(
         "/admin/nodes",
         &query,
         "This page as CSV",
-        last,
+        last.as_deref(),
     ));
+    body.push_str(if by_payout(&query) {
+        "<p><a id=\"sort\" href=\"/admin/nodes\">By DID</a></p>"
+    } else {
+        "<p><a id=\"sort\" href=\"/admin/nodes?sort=payout\">By payout, largest first</a></p>"
+    });
     if tracker.settings().provider_usd_per_tib.is_none() {
         body.push_str("<p>Set ETRACKER_PROVIDER_EGRESS_USD_PER_TIB for payouts.</p>");
     }
@@ -116,7 +166,7 @@ pub(super) async fn api_list(
         .map(|r| serde_json::json!({"node": r.node.as_str(), "total_bytes": r.total, "payout_usd": r.payout}))
         .collect();
     // The cursor of the next page (`?after=`), when this one is full.
-    let next = next_page(&rows).map(|r| r.node.as_str());
+    let next = next_page(&rows).map(|r| cursor(&query, r));
     Ok(api_json(serde_json::json!({ "nodes": list, "next": next })))
 }
 
@@ -182,7 +232,7 @@ pub(super) async fn show(
                 state(r).to_string(),
                 egress,
                 counted,
-                r.last_error.clone().unwrap_or_default(),
+                error_of(r).unwrap_or_default().to_string(),
                 receipt,
             ]));
         }
@@ -219,7 +269,7 @@ pub(super) async fn show(
             batch = escape(&r.batch.to_string()),
             tracked = time(r.received_at),
             state = state(r),
-            error = escape(r.last_error.as_deref().unwrap_or("")),
+            error = escape(error_of(r).unwrap_or_default()),
         ));
     }
     body.push_str("</table>");
@@ -244,6 +294,17 @@ pub(super) async fn show(
         StatusCode::OK,
         page(&title, Some(&session.csrf), &body),
     ))
+}
+
+/// Why a batch failed as a whole, or else why its last attempt did.
+fn error_of(r: &EgressRecord) -> Option<&str> {
+    match &r.status {
+        RecordStatus::Done {
+            failure: Some(failure),
+            ..
+        } => Some(failure),
+        _ => r.last_error.as_deref(),
+    }
 }
 
 /// A concluded batch's bytes and retrievals counted; `None` while pending.
@@ -281,7 +342,7 @@ pub(super) async fn api_show(
                 "state": state(r),
                 "total_bytes": total,
                 "counted_receipts": counted,
-                "last_error": r.last_error,
+                "last_error": error_of(r),
                 "receipt": (!r.is_pending())
                     .then(|| format!("/receipts/{}", r.consolidate_invocation)),
             })

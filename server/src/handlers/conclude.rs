@@ -290,22 +290,24 @@ async fn conclude(
         .ok_or_else(|| "the tally's usage overflows u64".to_string())?;
     // The total, the receipts `errors[]` lists by name, and whether the
     // batch failed whole.
-    let (total, rejected, failed) = match read_out::<ConsolidateOk, ConsolidateError>(receipt.out())
-    {
-        Ok(Ok(ok)) if ok.total_egress == tally_total => {
-            (ok.total_egress, rejections_by_name(&ok.errors), false)
-        }
-        Ok(Ok(ok)) => {
-            return Err(format!(
-                "totalEgress {} differs from the tally's {tally_total}",
-                ok.total_egress,
-            )
-            .into())
-        }
-        Ok(Err(_)) if tally.counted == 0 => (0, Vec::new(), true),
-        Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
-        Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
-    };
+    let (total, rejected, failure) =
+        match read_out::<ConsolidateOk, ConsolidateError>(receipt.out()) {
+            Ok(Ok(ok)) if ok.total_egress == tally_total => {
+                (ok.total_egress, rejections_by_name(&ok.errors), None)
+            }
+            Ok(Ok(ok)) => {
+                return Err(format!(
+                    "totalEgress {} differs from the tally's {tally_total}",
+                    ok.total_egress,
+                )
+                .into())
+            }
+            Ok(Err(e)) if tally.counted == 0 => {
+                (0, Vec::new(), Some(ucanto::bounded::message(e.message)))
+            }
+            Ok(Err(_)) => return Err("an error receipt cannot count receipts".to_string().into()),
+            Err(e) => return Err(format!("receipt result is not a consolidate result: {e}").into()),
+        };
     let rejected_count: u64 = rejected.iter().map(|(_, n)| n).sum();
 
     // The consolidator judged the spaces; judge them again, so that one with
@@ -348,7 +350,7 @@ async fn conclude(
         concluded_at: now(),
         claims_end: staging.claims_end,
         rejected,
-        failed,
+        failure,
     };
     let non_billable: u64 = tally.non_billable.values().sum();
     let receipt_cid = receipt.cid();

@@ -136,8 +136,9 @@ pub struct Conclusion {
     /// Receipts of the batch not counted, by error name (`errors[]` of the
     /// receipt), for the operators' counts.
     pub rejected: Vec<(String, u64)>,
-    /// Whether the receipt is an error: the batch failed as a whole.
-    pub failed: bool,
+    /// Why the batch failed as a whole, when its receipt is an error (the
+    /// error's message, at most 1 KiB): kept on the record and listed.
+    pub failure: Option<String>,
 }
 
 /// What [`Conclusions::conclude`] did.

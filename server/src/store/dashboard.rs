@@ -7,12 +7,13 @@ use ucanto::principal::Did;
 
 use super::{EgressRecord, SpaceEntry, StoreError};
 
-/// Where a page of a node's batches ended: its last batch, by time and CID.
-/// Batches received in the same second are told apart by their CID, so
-/// paging never skips one. Written `<received_at>-<batch CID>`.
+/// Where a page of batches ended: its last batch, by time and CID (the
+/// time it was received, for a node's batches; concluded, for the failed
+/// ones). Batches of the same second are told apart by their CID, so
+/// paging never skips one. Written `<time>-<batch CID>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchCursor {
-    /// When the last batch shown was received.
+    /// When the last batch shown was received (or concluded).
     pub received_at: u64,
     /// Its CID.
     pub batch: cid::Cid,
@@ -169,6 +170,16 @@ pub trait DashboardReads {
     fn node_batches(
         &self,
         node: &Did,
+        before: Option<&BatchCursor>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError>;
+
+    /// The batches that failed as a whole (an error receipt: see
+    /// [`RecordStatus::Done`](super::RecordStatus::Done)'s `failure`),
+    /// newest conclusion first, those after the cursor `before` (whose time
+    /// is the conclusion's) when given, at most `limit`.
+    fn failed_batches(
+        &self,
         before: Option<&BatchCursor>,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError>;

@@ -44,6 +44,9 @@ pub enum RecordStatus {
         total_bytes: u64,
         /// Number of retrieve receipts this batch counted.
         counted_receipts: u64,
+        /// Why the batch failed as a whole (its consolidate receipt is an
+        /// error, and counts nothing), when it did.
+        failure: Option<String>,
     },
 }
 
@@ -186,6 +189,7 @@ impl EgressRecord {
             concluded_at: c.concluded_at,
             total_bytes: c.total_bytes,
             counted_receipts: counted,
+            failure: c.failure.clone(),
         };
         record.lease = None;
         record

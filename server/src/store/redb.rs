@@ -127,6 +127,14 @@ const BILLED_SPACES: TableDefinition<&str, ()> = TableDefinition::new("billed_sp
 /// `account/egress/get` reads an account's spaces without reading them all.
 const CUSTOMER_SPACES: TableDefinition<(&str, &str), ()> = TableDefinition::new("customer_spaces");
 
+/// Every node that tracked a batch: the nodes listing shows those with
+/// only pending or failed batches too.
+const KNOWN_NODES: TableDefinition<&str, ()> = TableDefinition::new("known_nodes");
+
+/// (concluded_at, batch CID bytes) of every batch that failed as a whole:
+/// the dashboard lists them newest first.
+const FAILED: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("failed");
+
 /// SHA-256 of a dashboard session's cookie → dag-cbor
 /// `{user, csrf, expires_at}`.
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
@@ -223,6 +231,8 @@ impl RedbStore {
             tx.open_table(NODE_BATCHES).or_backend()?;
             tx.open_table(BILLED_SPACES).or_backend()?;
             tx.open_table(EGRESS_DAILY).or_backend()?;
+            tx.open_table(FAILED).or_backend()?;
+            tx.open_table(KNOWN_NODES).or_backend()?;
             tx.open_table(pending::NODE_PENDING).or_backend()?;
             tx.open_table(claims::CLAIM_ENDS).or_backend()?;
             // A new store starts its running sums at 0. (No store of an

@@ -33,6 +33,16 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn nodes_with_only_pending_batches_are_listed() {
+            common::nodes_with_only_pending_batches_are_listed(&$make);
+        }
+
+        #[test]
+        fn failed_batches_are_listed_with_their_error_without_skipping() {
+            common::failed_batches_are_listed_with_their_error_without_skipping(&$make);
+        }
+
+        #[test]
         fn put_by_another_node_conflicts() {
             common::put_by_another_node_conflicts(&$make);
         }
@@ -302,7 +312,7 @@ pub fn conclusion(n: u64, usage: Vec<DailyUsage>, receipts: &[u64]) -> Conclusio
         concluded_at: 10_000 + n,
         claims_end: u64::MAX,
         rejected: Vec::new(),
-        failed: false,
+        failure: None,
     }
 }
 
@@ -443,7 +453,7 @@ pub fn a_nodes_pending_batches_are_counted_and_capped<S: TestStore>(make: &dyn F
     assert_eq!(store.node_pending(&mallory()).unwrap(), 1);
     for n in [1, 2, 3, 4] {
         let mut failed = conclusion(n, Vec::new(), &[]);
-        failed.failed = true;
+        failed.failure = Some("the batch could not be fetched".into());
         store.conclude(&failed).unwrap();
     }
     assert_eq!(store.node_pending(&node()).unwrap(), 0);
@@ -667,12 +677,13 @@ pub fn billed_spaces_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
     consistent(&store);
 }
 
-/// The nodes paid are listed in DID order with their totals, by prefix and
-/// page; a node's batches newest first, pending ones too, by page.
+/// Every node that tracked a batch is listed in DID order with its total
+/// (0 for one whose batches are all pending), by prefix and page; a
+/// node's batches newest first, pending ones too, by page.
 pub fn nodes_and_their_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
     let store = make();
     let (a, b, idle) = (did(20), did(21), did(22));
-    let mut sorted = [a.clone(), b.clone()];
+    let mut sorted = [a.clone(), b.clone(), idle.clone()];
     sorted.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     for (n, who, at) in [
         (1, &a, 10),
@@ -691,7 +702,11 @@ pub fn nodes_and_their_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
     concluded(1, &a, 100);
     concluded(3, &a, 20);
     concluded(4, &b, 7);
-    let total = |who: &Did| if *who == a { 120 } else { 7 };
+    let total = |who: &Did| match who {
+        _ if *who == a => 120,
+        _ if *who == b => 7,
+        _ => 0,
+    };
     let all = store.nodes_page("", None, 10).unwrap();
     assert_eq!(
         all,
@@ -749,7 +764,7 @@ pub fn rejections_are_counted_once_by_name<S: TestStore>(make: &dyn Fn() -> S) {
         ("DuplicateReceipt".into(), 1),
     ];
     let mut c2 = conclusion(2, Vec::new(), &[]);
-    c2.failed = true;
+    c2.failure = Some("the batch is not a CAR".into());
     let mut c3 = conclusion(3, vec![usage(space_a(), "2025-01-01", 5)], &[3]);
     c3.rejected = vec![("InvalidSignature".into(), 1), ("<script>".into(), 4)];
     // Refused (receipt 1 is counted already): its rejections do not count.
@@ -1205,7 +1220,8 @@ pub fn conclude_commits_everything_once<S: TestStore>(store: &dyn Fn() -> S) {
             receipt: c.receipt,
             concluded_at: c.concluded_at,
             total_bytes: 124,
-            counted_receipts: 4
+            counted_receipts: 4,
+            failure: None,
         }
     );
     assert_eq!(record.lease, None);
@@ -1903,4 +1919,85 @@ pub fn a_nodes_batches_page_without_skipping_a_second<S: TestStore>(make: &dyn F
     assert_eq!(seen[60], batch(61), "the older second last");
     let text = BatchCursor::after(&store.node_batches(&node(), None, 1).unwrap()[0]).to_string();
     assert_eq!(text.parse::<BatchCursor>().unwrap().to_string(), text);
+}
+
+/// Batches that failed as a whole are listed newest first with their
+/// error, paged by a cursor of (conclusion time, CID): 60 failed in one
+/// second and one before are each listed once; a concluded batch is not.
+pub fn failed_batches_are_listed_with_their_error_without_skipping<S: TestStore>(
+    make: &dyn Fn() -> S,
+) {
+    use etracker_server::store::BatchCursor;
+    let store = make();
+    for n in 1..=62 {
+        store.put(new_record(n, node(), n)).unwrap();
+    }
+    for n in 1..=61 {
+        let mut c = conclusion(n, Vec::new(), &[]);
+        c.failure = Some(format!("batch {n} is not a CAR"));
+        c.concluded_at = if n == 61 { 1_999 } else { 2_000 };
+        store.conclude(&c).unwrap();
+    }
+    let fine = conclusion(62, vec![usage(space_a(), "2025-01-01", 5)], &[62]);
+    store.conclude(&fine).unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<BatchCursor> = None;
+    loop {
+        let page = store.failed_batches(cursor.as_ref(), 7).unwrap();
+        for r in &page {
+            let RecordStatus::Done {
+                failure: Some(failure),
+                concluded_at,
+                ..
+            } = &r.status
+            else {
+                panic!("not failed: {r:?}");
+            };
+            let n = (1..=61)
+                .find(|n| batch(*n) == r.batch)
+                .expect("a failed batch");
+            assert_eq!(*failure, format!("batch {n} is not a CAR"));
+            seen.push((r.batch, *concluded_at));
+        }
+        match page.last() {
+            Some(last) if page.len() == 7 => {
+                cursor = Some(BatchCursor {
+                    received_at: seen.last().unwrap().1,
+                    batch: last.batch,
+                })
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 61, "every failed batch listed once");
+    let distinct: std::collections::HashSet<_> = seen.iter().map(|(b, _)| b).collect();
+    assert_eq!(distinct.len(), 61);
+    assert_eq!(seen[60], (batch(61), 1_999), "the older second last");
+    assert!(
+        !distinct.contains(&batch(62)),
+        "a concluded batch is not listed"
+    );
+    consistent(&store);
+}
+
+/// A node that tracked only batches still pending (or failed) is listed,
+/// with nothing paid; the count of nodes paid is unchanged by it.
+pub fn nodes_with_only_pending_batches_are_listed<S: TestStore>(make: &dyn Fn() -> S) {
+    let store = make();
+    store.put(new_record(1, node(), 1)).unwrap();
+    store.put(new_record(2, mallory(), 2)).unwrap();
+    store
+        .conclude(&conclusion(
+            1,
+            vec![usage(space_a(), "2025-01-01", 5)],
+            &[1],
+        ))
+        .unwrap();
+    let mut listed = store.nodes_page("", None, 10).unwrap();
+    listed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut expected = vec![(node(), 5), (mallory(), 0)];
+    expected.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    assert_eq!(listed, expected);
+    consistent(&store);
+    assert_eq!(store.stats().unwrap().nodes, 1, "one node paid");
 }

@@ -158,7 +158,10 @@ impl DynamoStore {
         // The flip's own items: the record, its due entry, the receipt, the
         // node's entry in the list of nodes and its total, the counters,
         // and the rejection counts if any.
-        let fixed = 6 + usize::from(rejection_add(c).is_some()) + usize::from(old.counted_pending);
+        let fixed = 6
+            + usize::from(rejection_add(c).is_some())
+            + usize::from(old.counted_pending)
+            + usize::from(c.failure.is_some());
         if fixed + dailies.len() <= TX_MAX {
             let (items, adds) = self.final_writes(c, summed, &old, &dailies, &flip)?;
             return match self.transact(items)? {
@@ -288,6 +291,17 @@ impl DynamoStore {
             .build()
             .map_err(build_error)?;
         items.push(TransactWriteItem::builder().put(put).build());
+        // A failed batch is listed, for the dashboard.
+        if c.failure.is_some() {
+            let failed = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(super::items::FAILED))
+                .item("sk", s(&format!("{:020}#{}", c.concluded_at, c.batch)))
+                .item("batch", s(&c.batch.to_string()))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(failed).build());
+        }
         // The list of nodes paid (idempotent).
         let listed = Put::builder()
             .table_name(&self.table)
@@ -418,7 +432,7 @@ fn rejection_add(c: &Conclusion) -> Option<Add> {
         .filter(|(_, n)| *n > 0)
         .map(|(name, n)| (format!("n_{}", crate::store::rejection_name(name)), *n))
         .collect();
-    if c.failed {
+    if c.failure.is_some() {
         deltas.push(("failed".to_string(), 1));
     }
     // One `ADD` per attribute: names made equal by the cleaning add up.

@@ -224,36 +224,18 @@ impl DashboardReads for DynamoStore {
         before: Option<&BatchCursor>,
         limit: usize,
     ) -> Result<Vec<EgressRecord>, StoreError> {
-        // Keys are `<received_at, 20 digits>#<batch>`: the cursor's own key
-        // bounds the range (inclusive in a key condition, so one more is
-        // read and the cursor's own entry dropped), and the same second's
-        // other batches follow it.
-        let hi = match before {
-            Some(c) => format!("{:020}#{}", c.received_at, c.batch),
-            None => "~".to_string(),
-        };
-        let entries = self.query_last(&node_batches_pk(node.as_str()), "0", &hi, limit + 1)?;
-        let batches: Vec<Cid> = entries
-            .iter()
-            .filter(|entry| before.is_none() || get_s(entry, "sk").ok().as_deref() != Some(&hi))
-            .take(limit)
-            .map(|entry| parse_cid(&get_s(entry, "batch")?))
-            .collect::<Result<_, _>>()?;
-        let keys: Vec<(String, String)> = batches
-            .iter()
-            .map(|batch| (record_pk(batch), "rec".to_string()))
-            .collect();
-        let found = self.get_many(&keys)?;
-        batches
-            .iter()
-            .zip(&keys)
-            .map(|(batch, key)| {
-                let item = found.get(key).ok_or_else(|| {
-                    StoreError::Corrupt(format!("node list names missing record {batch}"))
-                })?;
-                Ok(decode_record(batch, item)?.record)
-            })
-            .collect()
+        self.batches_before(&node_batches_pk(node.as_str()), before, limit)
+    }
+
+    /// [`DashboardReads::failed_batches`](crate::store::DashboardReads::failed_batches): the
+    /// partition `failed`, one entry per failed batch, written with its
+    /// conclusion (failures are rare: one partition holds them).
+    fn failed_batches(
+        &self,
+        before: Option<&BatchCursor>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        self.batches_before(super::items::FAILED, before, limit)
     }
 
     /// [`DashboardReads::rejections`](crate::store::DashboardReads::rejections): the counts of the
@@ -358,5 +340,48 @@ impl DashboardReads for DynamoStore {
                 value: self.usage.refused.load(Relaxed),
             },
         ]
+    }
+}
+
+impl DynamoStore {
+    /// The batches listed in partition `pk` (sort keys `<time, 20
+    /// digits>#<batch>`, attribute `batch`), newest first, after the cursor
+    /// `before`, at most `limit`.
+    fn batches_before(
+        &self,
+        pk: &str,
+        before: Option<&BatchCursor>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        // Keys are `<time, 20 digits>#<batch>`: the cursor's own key
+        // bounds the range (inclusive in a key condition, so one more is
+        // read and the cursor's own entry dropped), and the same second's
+        // other batches follow it.
+        let hi = match before {
+            Some(c) => format!("{:020}#{}", c.received_at, c.batch),
+            None => "~".to_string(),
+        };
+        let entries = self.query_last(pk, "0", &hi, limit + 1)?;
+        let batches: Vec<Cid> = entries
+            .iter()
+            .filter(|entry| before.is_none() || get_s(entry, "sk").ok().as_deref() != Some(&hi))
+            .take(limit)
+            .map(|entry| parse_cid(&get_s(entry, "batch")?))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<(String, String)> = batches
+            .iter()
+            .map(|batch| (record_pk(batch), "rec".to_string()))
+            .collect();
+        let found = self.get_many(&keys)?;
+        batches
+            .iter()
+            .zip(&keys)
+            .map(|(batch, key)| {
+                let item = found.get(key).ok_or_else(|| {
+                    StoreError::Corrupt(format!("batch list names missing record {batch}"))
+                })?;
+                Ok(decode_record(batch, item)?.record)
+            })
+            .collect()
     }
 }

@@ -143,6 +143,9 @@ pub(super) fn is_due_pk(pk: &str) -> bool {
     pk.strip_prefix("due#").is_some_and(|k| k.len() == 2)
 }
 
+/// The partition listing the batches that failed as a whole.
+pub(super) const FAILED: &str = "failed";
+
 pub(super) fn record_pk(batch: &Cid) -> String {
     format!("rec#{batch}")
 }
@@ -292,12 +295,16 @@ pub(super) fn encode_record(r: &EgressRecord) -> Item {
             concluded_at,
             total_bytes,
             counted_receipts,
+            failure,
         } => {
             item.insert("status".into(), s("done"));
             item.insert("done_receipt".into(), s(&receipt.to_string()));
             item.insert("concluded_at".into(), n(*concluded_at));
             item.insert("total_bytes".into(), n(*total_bytes));
             item.insert("counted_receipts".into(), n(*counted_receipts));
+            if let Some(failure) = failure {
+                item.insert("failure".into(), s(failure));
+            }
         }
     }
     item
@@ -319,6 +326,7 @@ pub(super) fn decode_record(batch: &Cid, item: &Item) -> Result<Stored, StoreErr
             concluded_at: get_u64(item, "concluded_at")?,
             total_bytes: get_u64(item, "total_bytes")?,
             counted_receipts: get_u64(item, "counted_receipts")?,
+            failure: opt_s(item, "failure")?,
         },
         other => return Err(StoreError::Corrupt(format!("record status {other:?}"))),
     };

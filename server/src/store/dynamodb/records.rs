@@ -263,6 +263,15 @@ impl Records for DynamoStore {
                 .build()
                 .map_err(build_error)?;
             items.push(TransactWriteItem::builder().put(listed).build());
+            // The list of nodes, which shows those with only pending or
+            // failed batches too (idempotent).
+            let known = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(super::items::NODES))
+                .item("sk", s(record.node.as_str()))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().put(known).build());
             match self.transact(items)? {
                 Tx::Done => Ok(Some(PutOutcome::Inserted(record.clone()))),
                 Tx::Cancelled(_) => Ok(None),

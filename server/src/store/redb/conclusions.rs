@@ -7,7 +7,7 @@ use ucanto::dag::CidBytes;
 
 use super::{
     add, add_daily, claims, decode_cid, load, pending, save, space_days, OrBackend, RedbStore,
-    BILLED_SPACES, COUNTED, DUE, EGRESS_DAILY, META, NODE_DAILY, NODE_TOTALS,
+    BILLED_SPACES, COUNTED, DUE, EGRESS_DAILY, FAILED, META, NODE_DAILY, NODE_TOTALS,
     NON_BILLABLE_BYTES_KEY, NON_BILLABLE_DAILY, RECEIPTS, RECORDS, REJECTIONS, SPACE_DAILY, STAGED,
     TOTAL_BYTES_KEY,
 };
@@ -128,7 +128,7 @@ impl Conclusions for RedbStore {
                 .rejected
                 .iter()
                 .map(|(name, n)| (format!("name:{}", crate::store::rejection_name(name)), *n))
-                .chain(c.failed.then(|| ("failed".to_string(), 1)));
+                .chain(c.failure.is_some().then(|| ("failed".to_string(), 1)));
             for (key, n) in counts {
                 let now = rejections
                     .get(key.as_str())
@@ -153,6 +153,12 @@ impl Conclusions for RedbStore {
                 meta.insert(key, now.saturating_add(bytes)).or_backend()?;
             }
 
+            if c.failure.is_some() {
+                tx.open_table(FAILED)
+                    .or_backend()?
+                    .insert((c.concluded_at, batch_key.as_slice()), ())
+                    .or_backend()?;
+            }
             save(
                 &mut records,
                 &mut due,

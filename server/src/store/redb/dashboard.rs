@@ -8,8 +8,9 @@ use ucanto::principal::Did;
 
 use super::{
     decode_cid, decode_space, load, OrBackend, RedbStore, BILLED_SPACES, COUNTED, DUE,
-    EGRESS_DAILY, META, NODE_BATCHES, NODE_DAILY, NODE_TOTALS, NON_BILLABLE_BYTES_KEY,
-    NON_BILLABLE_DAILY, RECEIPTS, RECORDS, REJECTIONS, SPACES, SPACE_DAILY, TOTAL_BYTES_KEY,
+    EGRESS_DAILY, FAILED, KNOWN_NODES, META, NODE_BATCHES, NODE_DAILY, NODE_TOTALS,
+    NON_BILLABLE_BYTES_KEY, NON_BILLABLE_DAILY, RECEIPTS, RECORDS, REJECTIONS, SPACES, SPACE_DAILY,
+    TOTAL_BYTES_KEY,
 };
 use crate::store::{
     check_day_range, BatchCursor, DashboardReads, EgressRecord, Rejections, SpaceEntry, StoreError,
@@ -102,9 +103,11 @@ impl DashboardReads for RedbStore {
         limit: usize,
     ) -> Result<Vec<(Did, u64)>, StoreError> {
         let tx = self.db.begin_read().or_backend()?;
+        let known = tx.open_table(KNOWN_NODES).or_backend()?;
         let totals = tx.open_table(NODE_TOTALS).or_backend()?;
-        did_listing(&totals, prefix, after, limit, |node, bytes| {
-            Ok((crate::store::parse_did(node)?, bytes.value()))
+        did_listing(&known, prefix, after, limit, |node, _| {
+            let total = totals.get(node).or_backend()?.map_or(0, |v| v.value());
+            Ok((crate::store::parse_did(node)?, total))
         })
     }
 
@@ -140,6 +143,38 @@ impl DashboardReads for RedbStore {
             let batch = decode_cid(key.value().2)?;
             batches.push(load(&records, &batch)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("node index names missing record {batch}"))
+            })?);
+        }
+        Ok(batches)
+    }
+
+    fn failed_batches(
+        &self,
+        before: Option<&BatchCursor>,
+        limit: usize,
+    ) -> Result<Vec<EgressRecord>, StoreError> {
+        let tx = self.db.begin_read().or_backend()?;
+        let index = tx.open_table(FAILED).or_backend()?;
+        let records = tx.open_table(RECORDS).or_backend()?;
+        let empty: &[u8] = &[];
+        let cursor = before.map(|c| (c.received_at, c.batch.to_bytes()));
+        let (end_at, end_batch) = match &cursor {
+            Some((at, batch)) => (*at, batch.as_slice()),
+            None => (u64::MAX, empty),
+        };
+        let mut batches = Vec::new();
+        for entry in index
+            .range((0, empty)..(end_at, end_batch))
+            .or_backend()?
+            .rev()
+        {
+            if batches.len() == limit {
+                break;
+            }
+            let (key, _) = entry.or_backend()?;
+            let batch = decode_cid(key.value().1)?;
+            batches.push(load(&records, &batch)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("failed index names missing record {batch}"))
             })?);
         }
         Ok(batches)

@@ -9,8 +9,8 @@ use ucanto::dag::{decode_cbor, encode_cbor, Fields, Ipld};
 use ucanto::principal::Did;
 
 use super::{
-    cid_bytes, decode_cid, int, load, pending, save, OrBackend, RedbStore, DUE, NODE_BATCHES,
-    RECORDS, RECORD_VERSION,
+    cid_bytes, decode_cid, int, load, pending, save, OrBackend, RedbStore, DUE, KNOWN_NODES,
+    NODE_BATCHES, RECORDS, RECORD_VERSION,
 };
 use crate::store::{
     lease_end, EgressRecord, Lease, NewRecord, PutOutcome, RecordStatus, Records, Retry, StoreError,
@@ -30,6 +30,7 @@ impl RedbStore {
                 let mut records = tx.open_table(RECORDS).or_backend()?;
                 let mut due = tx.open_table(DUE).or_backend()?;
                 let mut node_batches = tx.open_table(NODE_BATCHES).or_backend()?;
+                let mut known_nodes = tx.open_table(KNOWN_NODES).or_backend()?;
                 let mut node_pending = tx.open_table(pending::NODE_PENDING).or_backend()?;
                 for (new, max_pending) in group {
                     if let Some(existing) = load(&records, &new.batch)? {
@@ -51,6 +52,7 @@ impl RedbStore {
                             (),
                         )
                         .or_backend()?;
+                    known_nodes.insert(record.node.as_str(), ()).or_backend()?;
                     results.push(Ok(PutOutcome::Inserted(record)));
                     inserted = true;
                 }
@@ -241,14 +243,18 @@ pub(super) fn encode_record(r: &EgressRecord) -> Result<Vec<u8>, StoreError> {
         concluded_at,
         total_bytes,
         counted_receipts,
+        failure,
     } = &r.status
     {
-        let done = BTreeMap::from([
+        let mut done = BTreeMap::from([
             ("receipt".to_string(), cid_bytes(receipt)),
             ("concludedAt".to_string(), int(*concluded_at)),
             ("totalBytes".to_string(), int(*total_bytes)),
             ("countedReceipts".to_string(), int(*counted_receipts)),
         ]);
+        if let Some(failure) = failure {
+            done.insert("failure".to_string(), Ipld::String(failure.clone()));
+        }
         map.insert("done".to_string(), Ipld::Map(done));
     }
     encode_cbor(&Ipld::Map(map)).map_err(|e| StoreError::Corrupt(format!("encode record: {e}")))
@@ -308,12 +314,14 @@ pub(super) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<EgressRecord, St
                 "concludedAt",
                 "totalBytes",
                 "countedReceipts",
+                "failure",
             ])?;
             RecordStatus::Done {
                 receipt: decode_cid(d.bytes("receipt")?)?,
                 concluded_at: d.uint("concludedAt")?,
                 total_bytes: d.uint("totalBytes")?,
                 counted_receipts: d.uint("countedReceipts")?,
+                failure: d.opt_string("failure")?.map(str::to_string),
             }
         }
     };
@@ -371,8 +379,17 @@ mod tests {
             concluded_at: 300,
             total_bytes: 42,
             counted_receipts: 3,
+            failure: None,
         };
         r.lease = None;
+        assert_eq!(decode_record(&key, &encode_record(&r).unwrap()).unwrap(), r);
+        r.status = RecordStatus::Done {
+            receipt: cid_of(DAG_CBOR, b"receipt"),
+            concluded_at: 301,
+            total_bytes: 0,
+            counted_receipts: 0,
+            failure: Some("the batch is not a CAR".into()),
+        };
         assert_eq!(decode_record(&key, &encode_record(&r).unwrap()).unwrap(), r);
     }
 
