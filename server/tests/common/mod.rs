@@ -1584,14 +1584,19 @@ pub fn run_steps<S: TestStore>(
                 let before = store.record(&batch(n)).unwrap();
                 let space = if b { space_b() } else { space_a() };
                 let bytes = receipts.len() as u64 * 100 + 1;
+                // A retrieval is addressed to one node (the consolidator
+                // checks it): mallory's retrievals are its own.
+                let node = before.as_ref().map_or_else(node, |r| r.node.clone());
+                let receipts: Vec<u64> = receipts
+                    .iter()
+                    .map(|r| if node == mallory() { r + 10_000 } else { *r })
+                    .collect();
                 let mut c = conclusion(
                     n,
                     vec![usage(space, &format!("2025-05-0{day}"), bytes)],
                     &receipts,
                 );
-                if let Some(r) = &before {
-                    c.node = r.node.clone();
-                }
+                c.node = node;
                 let out = store.conclude(&c);
                 let overlap: Vec<u64> = receipts
                     .iter()
