@@ -500,3 +500,85 @@ pub async fn js_read_receipt(url: &str, task: &Cid) -> serde_json::Value {
     assert_eq!(code, 0, "{out}");
     serde_json::from_str(out.trim()).expect("read-receipt.js prints one JSON line")
 }
+
+/// A batch concluded straight in the store, for dashboard and statement
+/// tests that need many: batch `tag`/`n` of `node`, tracked at `n`,
+/// counting `usage` (space, day, bytes) with one retrieval, or failed as
+/// a whole with `failure`.
+pub struct Seeded<'a> {
+    /// Names the batch's CIDs apart from other tests'.
+    pub tag: &'a str,
+    /// The batch's number (and the second it is tracked and concluded).
+    pub n: u64,
+    /// The node that tracked it.
+    pub node: &'a Did,
+    /// Bytes per (space, day).
+    pub usage: &'a [(&'a Did, &'a str, u64)],
+    /// Non-billable bytes of the first usage entry's space and day.
+    pub non_billable: u64,
+    /// Why it failed as a whole, if it did.
+    pub failure: Option<&'a str>,
+}
+
+impl Seeded<'_> {
+    /// Puts and concludes it in `store`.
+    pub fn conclude(&self, store: &dyn etracker_server::store::Store) {
+        use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
+        use ucanto::dag::DAG_CBOR;
+        let (tag, n) = (self.tag, self.n);
+        let batch = cid_of(CAR, format!("{tag} batch {n}").as_bytes());
+        let consolidate = cid_of(DAG_CBOR, format!("{tag} consolidate {n}").as_bytes());
+        store
+            .put(NewRecord {
+                batch,
+                node: self.node.clone(),
+                endpoint: "https://node.example/{cid}".into(),
+                track_invocation: cid_of(DAG_CBOR, format!("{tag} track {n}").as_bytes()),
+                track_invocation_bytes: vec![1],
+                consolidate_invocation: consolidate,
+                received_at: n,
+            })
+            .expect("put");
+        let usage: Vec<DailyUsage> = self
+            .usage
+            .iter()
+            .map(|(space, day, bytes)| DailyUsage {
+                space: (*space).clone(),
+                day: day.to_string(),
+                bytes: *bytes,
+            })
+            .collect();
+        let non_billable = match usage.first() {
+            Some(first) if self.non_billable > 0 => vec![DailyUsage {
+                bytes: self.non_billable,
+                ..first.clone()
+            }],
+            _ => Vec::new(),
+        };
+        let counted_receipts = match self.failure {
+            Some(_) => Vec::new(),
+            None => vec![CountedRetrieval {
+                retrieval: cid_of(DAG_CBOR, format!("{tag} retrieval {n}").as_bytes()),
+                expires: 1_800_000_000,
+            }],
+        };
+        store
+            .conclude(&Conclusion {
+                batch,
+                consolidate_invocation: consolidate,
+                receipt: cid_of(DAG_CBOR, format!("{tag} receipt {n}").as_bytes()),
+                receipt_bytes: vec![2],
+                node: self.node.clone(),
+                total_bytes: usage.iter().map(|u| u.bytes).sum(),
+                usage,
+                counted_receipts,
+                staged_tally: Vec::new(),
+                non_billable,
+                concluded_at: n,
+                claims_end: u64::MAX,
+                rejected: Vec::new(),
+                failure: self.failure.map(str::to_string),
+            })
+            .expect("conclude");
+    }
+}

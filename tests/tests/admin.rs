@@ -635,9 +635,6 @@ async fn spaces_billed_through_a_consumer_table_are_listed() {
 /// page, every space; a wrong token is refused with a clear message.
 #[tokio::test]
 async fn cli_reads_the_admin_api_across_pages() {
-    use etracker_server::store::prelude::*;
-    use etracker_server::store::{Conclusion, DailyUsage, NewRecord};
-    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
     use ucanto::principal::Did;
 
     let t = tracker().await;
@@ -648,44 +645,16 @@ async fn cli_reads_the_admin_api_across_pages() {
     let mut nodes: Vec<Did> = Vec::new();
     for n in 0..120u64 {
         let node = etracker_e2e::principal(100 + n as u8).did().clone();
-        let batch = cid_of(CAR, format!("cli batch {n}").as_bytes());
-        let consolidate = cid_of(DAG_CBOR, format!("cli consolidate {n}").as_bytes());
-        t.store
-            .put(NewRecord {
-                batch,
-                node: node.clone(),
-                endpoint: "https://node.example/{cid}".into(),
-                track_invocation: cid_of(DAG_CBOR, format!("cli track {n}").as_bytes()),
-                track_invocation_bytes: vec![1],
-                consolidate_invocation: consolidate,
-                received_at: n,
-            })
-            .unwrap();
-        t.store
-            .conclude(&Conclusion {
-                batch,
-                consolidate_invocation: consolidate,
-                receipt: cid_of(DAG_CBOR, format!("cli receipt {n}").as_bytes()),
-                receipt_bytes: vec![2],
-                node: node.clone(),
-                total_bytes: 1_000 + n,
-                usage: vec![DailyUsage {
-                    space: etracker_e2e::alice().did().clone(),
-                    day: today.clone(),
-                    bytes: 1_000 + n,
-                }],
-                counted_receipts: vec![etracker_server::store::CountedRetrieval {
-                    retrieval: cid_of(DAG_CBOR, format!("cli retrieve {n}").as_bytes()),
-                    expires: 1_800_000_000,
-                }],
-                staged_tally: Vec::new(),
-                non_billable: Vec::new(),
-                concluded_at: 10 + n,
-                claims_end: u64::MAX,
-                rejected: Vec::new(),
-                failure: None,
-            })
-            .unwrap();
+        let alice = etracker_e2e::alice().did().clone();
+        Seeded {
+            tag: "cli",
+            n,
+            node: &node,
+            usage: &[(&alice, &today, 1_000 + n)],
+            non_billable: 0,
+            failure: None,
+        }
+        .conclude(&*t.store);
         nodes.push(node);
     }
     nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -841,50 +810,18 @@ async fn the_dashboard_answers_its_own_host_names_only() {
 /// its markup never becomes markup.
 #[tokio::test(flavor = "multi_thread")]
 async fn node_links_are_url_encoded() {
-    use etracker_server::store::prelude::*;
-    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
-    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
-
     let t = tracker().await;
     let node: ucanto::principal::Did = "did:web:a%2Fb.example%3Cb%3E".parse().unwrap();
-    let batch = cid_of(CAR, b"encoded node batch");
-    let consolidate = cid_of(DAG_CBOR, b"encoded node consolidate");
-    t.store
-        .put(NewRecord {
-            batch,
-            node: node.clone(),
-            endpoint: "https://node.example/{cid}".into(),
-            track_invocation: cid_of(DAG_CBOR, b"encoded node track"),
-            track_invocation_bytes: vec![1],
-            consolidate_invocation: consolidate,
-            received_at: 1,
-        })
-        .unwrap();
-    t.store
-        .conclude(&Conclusion {
-            batch,
-            consolidate_invocation: consolidate,
-            receipt: cid_of(DAG_CBOR, b"encoded node receipt"),
-            receipt_bytes: vec![2],
-            node: node.clone(),
-            total_bytes: 5,
-            usage: vec![DailyUsage {
-                space: etracker_e2e::alice().did().clone(),
-                day: "2026-11-01".into(),
-                bytes: 5,
-            }],
-            counted_receipts: vec![CountedRetrieval {
-                retrieval: cid_of(DAG_CBOR, b"encoded node retrieval"),
-                expires: 1_800_000_000,
-            }],
-            staged_tally: Vec::new(),
-            non_billable: Vec::new(),
-            concluded_at: 2,
-            claims_end: u64::MAX,
-            rejected: Vec::new(),
-            failure: None,
-        })
-        .unwrap();
+    let alice = etracker_e2e::alice().did().clone();
+    Seeded {
+        tag: "encoded node",
+        n: 1,
+        node: &node,
+        usage: &[(&alice, "2026-11-01", 5)],
+        non_billable: 0,
+        failure: None,
+    }
+    .conclude(&*t.store);
     let session = log_in(&t.url, USER, PASSWORD).await;
     let get = |path: String| {
         let request = client()
@@ -911,53 +848,21 @@ async fn node_links_are_url_encoded() {
 /// totals, every node is listed once (the cursor is the total and the DID).
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_sort_by_payout_without_skipping_ties() {
-    use etracker_server::store::prelude::*;
-    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
-    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
-
     let t = tracker().await;
     let mut expected = Vec::new();
     for n in 0..60u64 {
         let node = etracker_e2e::principal(100 + n as u8).did().clone();
         let total = 1_000 + n % 3;
-        let batch = cid_of(CAR, format!("payout batch {n}").as_bytes());
-        let consolidate = cid_of(DAG_CBOR, format!("payout consolidate {n}").as_bytes());
-        t.store
-            .put(NewRecord {
-                batch,
-                node: node.clone(),
-                endpoint: "https://node.example/{cid}".into(),
-                track_invocation: cid_of(DAG_CBOR, format!("payout track {n}").as_bytes()),
-                track_invocation_bytes: vec![1],
-                consolidate_invocation: consolidate,
-                received_at: n,
-            })
-            .unwrap();
-        t.store
-            .conclude(&Conclusion {
-                batch,
-                consolidate_invocation: consolidate,
-                receipt: cid_of(DAG_CBOR, format!("payout receipt {n}").as_bytes()),
-                receipt_bytes: vec![2],
-                node: node.clone(),
-                total_bytes: total,
-                usage: vec![DailyUsage {
-                    space: etracker_e2e::alice().did().clone(),
-                    day: "2026-11-01".into(),
-                    bytes: total,
-                }],
-                counted_receipts: vec![CountedRetrieval {
-                    retrieval: cid_of(DAG_CBOR, format!("payout retrieval {n}").as_bytes()),
-                    expires: 1_800_000_000,
-                }],
-                staged_tally: Vec::new(),
-                non_billable: Vec::new(),
-                concluded_at: n,
-                claims_end: u64::MAX,
-                rejected: Vec::new(),
-                failure: None,
-            })
-            .unwrap();
+        let alice = etracker_e2e::alice().did().clone();
+        Seeded {
+            tag: "payout",
+            n,
+            node: &node,
+            usage: &[(&alice, "2026-11-01", total)],
+            non_billable: 0,
+            failure: None,
+        }
+        .conclude(&*t.store);
         expected.push((total, node.to_string()));
     }
     expected.sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.cmp(y)));

@@ -127,59 +127,6 @@ async fn an_operator_logs_in_reads_the_numbers_and_logs_out() {
     }
 }
 
-/// Concludes batch `n` of `node`, `bytes` of `space` today.
-fn seed(
-    store: &dyn Store,
-    n: u64,
-    node: &ucanto::principal::Did,
-    space: &ucanto::principal::Did,
-    bytes: u64,
-) {
-    use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord};
-    use ucanto::dag::{cid_of, CAR, DAG_CBOR};
-    let batch = cid_of(CAR, format!("listing batch {n}").as_bytes());
-    let consolidate = cid_of(DAG_CBOR, format!("listing consolidate {n}").as_bytes());
-    store
-        .put(NewRecord {
-            batch,
-            node: node.clone(),
-            endpoint: "https://node.example/{cid}".into(),
-            track_invocation: cid_of(DAG_CBOR, format!("listing track {n}").as_bytes()),
-            track_invocation_bytes: vec![1],
-            consolidate_invocation: consolidate,
-            received_at: n,
-        })
-        .unwrap();
-    let today = etracker_capabilities::account_egress_get::format_date(
-        (ucanto::ucan::now() / 86_400) as i64,
-    );
-    store
-        .conclude(&Conclusion {
-            batch,
-            consolidate_invocation: consolidate,
-            receipt: cid_of(DAG_CBOR, format!("listing receipt {n}").as_bytes()),
-            receipt_bytes: vec![2],
-            node: node.clone(),
-            total_bytes: bytes,
-            usage: vec![DailyUsage {
-                space: space.clone(),
-                day: today,
-                bytes,
-            }],
-            counted_receipts: vec![CountedRetrieval {
-                retrieval: cid_of(DAG_CBOR, format!("listing retrieval {n}").as_bytes()),
-                expires: 1_800_000_000,
-            }],
-            staged_tally: Vec::new(),
-            non_billable: Vec::new(),
-            concluded_at: n,
-            claims_end: u64::MAX,
-            rejected: Vec::new(),
-            failure: None,
-        })
-        .unwrap();
-}
-
 /// Long listings, hostile names and a statement in the browser: 56 nodes
 /// paged by 50 (every one listed once), a node whose `did:web` carries
 /// markup and a customer whose name has quotes and markup (shown as text,
@@ -212,48 +159,31 @@ async fn listings_page_and_hostile_names_stay_text() {
         .map(|i| etracker_e2e::principal(100 + i).did().clone())
         .collect();
     nodes.push(hostile.clone());
+    let today = etracker_capabilities::account_egress_get::format_date(
+        (ucanto::ucan::now() / 86_400) as i64,
+    );
     for (n, node) in nodes.iter().enumerate() {
-        seed(&*tracker.store, n as u64, node, &space, 1_000 + n as u64);
+        Seeded {
+            tag: "listing",
+            n: n as u64,
+            node,
+            usage: &[(&space, &today, 1_000 + n as u64)],
+            non_billable: 0,
+            failure: None,
+        }
+        .conclude(&*tracker.store);
     }
     // One batch failed as a whole, with an error that carries markup.
     let failure = "the batch at https://node.example/x answered 404 <i>gone</i>";
-    {
-        use etracker_server::store::{Conclusion, NewRecord};
-        use ucanto::dag::{cid_of, CAR, DAG_CBOR};
-        let batch = cid_of(CAR, b"listing failed batch");
-        let consolidate = cid_of(DAG_CBOR, b"listing failed consolidate");
-        tracker
-            .store
-            .put(NewRecord {
-                batch,
-                node: nodes[0].clone(),
-                endpoint: "https://node.example/{cid}".into(),
-                track_invocation: cid_of(DAG_CBOR, b"listing failed track"),
-                track_invocation_bytes: vec![1],
-                consolidate_invocation: consolidate,
-                received_at: 100,
-            })
-            .unwrap();
-        tracker
-            .store
-            .conclude(&Conclusion {
-                batch,
-                consolidate_invocation: consolidate,
-                receipt: cid_of(DAG_CBOR, b"listing failed receipt"),
-                receipt_bytes: vec![2],
-                node: nodes[0].clone(),
-                total_bytes: 0,
-                usage: Vec::new(),
-                counted_receipts: Vec::new(),
-                staged_tally: Vec::new(),
-                non_billable: Vec::new(),
-                concluded_at: 200,
-                claims_end: u64::MAX,
-                rejected: Vec::new(),
-                failure: Some(failure.into()),
-            })
-            .unwrap();
+    Seeded {
+        tag: "listing failed",
+        n: 200,
+        node: &nodes[0],
+        usage: &[],
+        non_billable: 0,
+        failure: Some(failure),
     }
+    .conclude(&*tracker.store);
     let failed_node = nodes[0].to_string();
     nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let month = etracker_capabilities::account_egress_get::format_date(

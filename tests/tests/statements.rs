@@ -13,8 +13,8 @@ use etracker_e2e::node::*;
 use etracker_e2e::principal;
 use etracker_server::service::SpaceRule;
 use etracker_server::store::prelude::*;
-use etracker_server::store::{Conclusion, CountedRetrieval, DailyUsage, NewRecord, SpaceEntry};
-use ucanto::dag::{cid_of, Ipld, IpldMap, CAR, DAG_CBOR};
+use etracker_server::store::SpaceEntry;
+use ucanto::dag::{Ipld, IpldMap};
 use ucanto::principal::{Absentee, Did, Signer};
 
 const ALICE: &str = "did:mailto:example.com:alice";
@@ -23,55 +23,15 @@ const BOB: &str = "did:mailto:example.com:bob";
 /// Concludes batch `n` of `node` counting `usage` (space, day, bytes) and
 /// `non_billable` bytes of the first space on its first day.
 fn conclude(store: &dyn Store, n: u64, node: &Did, usage: &[(&Did, &str, u64)], non_billable: u64) {
-    let batch = cid_of(CAR, format!("statement batch {n}").as_bytes());
-    let consolidate = cid_of(DAG_CBOR, format!("statement consolidate {n}").as_bytes());
-    store
-        .put(NewRecord {
-            batch,
-            node: node.clone(),
-            endpoint: "https://node.example/{cid}".into(),
-            track_invocation: cid_of(DAG_CBOR, format!("statement track {n}").as_bytes()),
-            track_invocation_bytes: vec![1],
-            consolidate_invocation: consolidate,
-            received_at: n,
-        })
-        .unwrap();
-    let usage: Vec<DailyUsage> = usage
-        .iter()
-        .map(|(space, day, bytes)| DailyUsage {
-            space: (*space).clone(),
-            day: day.to_string(),
-            bytes: *bytes,
-        })
-        .collect();
-    let non_billable = match usage.first() {
-        Some(first) if non_billable > 0 => vec![DailyUsage {
-            bytes: non_billable,
-            ..first.clone()
-        }],
-        _ => Vec::new(),
-    };
-    store
-        .conclude(&Conclusion {
-            batch,
-            consolidate_invocation: consolidate,
-            receipt: cid_of(DAG_CBOR, format!("statement receipt {n}").as_bytes()),
-            receipt_bytes: vec![2],
-            node: node.clone(),
-            total_bytes: usage.iter().map(|u| u.bytes).sum(),
-            usage,
-            counted_receipts: vec![CountedRetrieval {
-                retrieval: cid_of(DAG_CBOR, format!("statement retrieve {n}").as_bytes()),
-                expires: 1_800_000_000,
-            }],
-            staged_tally: Vec::new(),
-            non_billable,
-            concluded_at: 10 + n,
-            claims_end: u64::MAX,
-            rejected: Vec::new(),
-            failure: None,
-        })
-        .unwrap();
+    Seeded {
+        tag: "statement",
+        n,
+        node,
+        usage,
+        non_billable,
+        failure: None,
+    }
+    .conclude(store);
 }
 
 #[tokio::test(flavor = "multi_thread")]
