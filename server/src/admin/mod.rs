@@ -11,6 +11,7 @@
 //! | `GET /admin/nodes/{did}?before=&format=csv` | a node: egress per day, total, payout, its batches with their receipts, paged by the cursor of the last shown (`<received_at>-<batch CID>`, so batches of one second are never skipped); CSV of the batches |
 //! | `GET /admin/usage?q=&after=&customer=&format=csv` | spaces registered or with egress: customer, egress over 30 days, cost; one customer's spaces and bill; CSV per space and day |
 //! | `GET /admin/api/nodes`, `/admin/api/nodes/{did}`, `/admin/api/usage` | the same, as JSON |
+//! | `GET /admin/pending?after=`, `/admin/api/pending` | every pending batch, node by node, paged by the last shown ([`pending`]) |
 //! | `GET /admin/failed?before=`, `/admin/api/failed` | the batches that failed as a whole, newest first: node, when, the error ([`failed`]) |
 //! | `GET /admin/statements/{YYYY-MM}?format=csv`, `/admin/api/statements/{YYYY-MM}` | a UTC month's statement: nodes' pay, customers' bills, unassigned and non-billable bytes, whether it is final ([`statements`]) |
 //!
@@ -25,6 +26,7 @@ pub mod csv;
 mod failed;
 pub mod html;
 pub mod nodes;
+mod pending;
 pub mod spaces;
 pub mod statements;
 pub mod svg;
@@ -57,6 +59,8 @@ pub fn routes(tracker: Arc<Tracker>) -> Router<Arc<Tracker>> {
         .route("/admin/api/nodes/{did}", get(nodes::api_show))
         .route("/admin/usage", get(spaces::list))
         .route("/admin/api/usage", get(spaces::api_list))
+        .route("/admin/pending", get(pending::list))
+        .route("/admin/api/pending", get(pending::api_list))
         .route("/admin/failed", get(failed::list))
         .route("/admin/api/failed", get(failed::api_list))
         .route("/admin/statements/{month}", get(statements::show))
@@ -539,7 +543,8 @@ fn state(r: &EgressRecord) -> &'static str {
 fn pending_table(pending: &[EgressRecord], count: u64) -> String {
     let mut html = format!(
         "<h2>Pending batches</h2><p>{count} pending, {retrying} of the first {listed} \
-         retrying; earliest due first.</p>",
+         retrying; earliest due first. <a href=\"/admin/pending\" id=\"all-pending\">All \
+         pending batches</a>, node by node.</p>",
         retrying = pending.iter().filter(|r| state(r) == "retrying").count(),
         listed = pending.len(),
     );
