@@ -142,7 +142,14 @@ async fn pages_and_api_need_a_login() {
         "{said}"
     );
     // Every page and API route checks, through the same extractors.
-    for path in ["admin/nodes", "admin/usage", "admin/nodes/did:key:z6Mk"] {
+    for path in [
+        "admin/nodes",
+        "admin/usage",
+        "admin/nodes/did:key:z6Mk",
+        "admin/failed",
+        "admin/pending",
+        "admin/statements/2026-11",
+    ] {
         let page = client()
             .get(format!("{}{path}", t.url))
             .send()
@@ -150,7 +157,14 @@ async fn pages_and_api_need_a_login() {
             .unwrap();
         assert_eq!(page.headers()[LOCATION], "/admin/login", "{path}");
     }
-    for path in ["nodes", "usage", "nodes/did:key:z6Mk"] {
+    for path in [
+        "nodes",
+        "usage",
+        "nodes/did:key:z6Mk",
+        "failed",
+        "pending",
+        "statements/2026-11",
+    ] {
         let api = client()
             .get(format!("{}admin/api/{path}", t.url))
             .send()
@@ -183,6 +197,17 @@ async fn pages_and_api_need_a_login() {
             .send()
     };
     assert_eq!(bearer(TOKEN).await.unwrap().status(), StatusCode::OK);
+    // Every API answer behind credentials is never cached.
+    for path in [
+        "overview",
+        "nodes",
+        "usage",
+        "failed",
+        "pending",
+        "statements/2026-11",
+    ] {
+        api_json(&t.url, path).await;
+    }
     assert_eq!(
         bearer("admin-token-for-test").await.unwrap().status(),
         StatusCode::UNAUTHORIZED
