@@ -1783,6 +1783,15 @@ pub fn a_staged_tally_counts_a_chunk_at_a_time<S: TestStore>(make: &dyn Fn() -> 
         [Some(batch(1)), Some(batch(1)), Some(batch(1)), None]
     );
     assert!(store.staged_chunk_ids(&both).unwrap().is_empty());
+    // Sent again once its chunks are gone (an answer lost on the way): the
+    // batch is concluded, with that receipt, as step 3 says before step 4.
+    let again = with(&[1, 2], vec![first.0, second.0]);
+    assert_eq!(
+        store.conclude(&again).unwrap(),
+        ConcludeOutcome::AlreadyConcluded {
+            receipt: again.receipt
+        }
+    );
 }
 
 // ---------------------------------------------------------------- spaces

@@ -39,7 +39,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use cid::Cid;
 
-use super::conclusions::Summary;
+use super::claims::OwnKeys;
 use super::fold::Row;
 use super::items::{
     egress_pk, n, node_pk, non_billable_pk, receipt_pk, record_pk, rejected_pk, s, shard_of,
@@ -51,12 +51,14 @@ use super::DynamoStore;
 use crate::store::{ConcludeOutcome, Conclusion, StoreError, SummedUsage};
 
 /// One conclusion's attempt, kept across the re-reads of a `conclude`
-/// call (its listed pages are written once). A staged tally's attempt is
-/// named by its receipt and chunks ([`crate::store::staged_attempt`]), the
-/// name its pages were written under as the chunks arrived; any other gets
-/// a random name.
+/// call: the retrievals it counts are read once (its staged pages do not
+/// change), and its listed pages are written once. A staged tally's
+/// attempt is named by its receipt and chunks
+/// ([`crate::store::staged_attempt`]), the name its pages were written
+/// under as the chunks arrived; any other gets a random name.
 pub(super) struct Attempt {
     id: String,
+    mine: Option<OwnKeys>,
     pages_written: bool,
 }
 
@@ -69,6 +71,7 @@ impl Attempt {
         };
         Attempt {
             id,
+            mine: None,
             pages_written: false,
         }
     }
@@ -109,7 +112,6 @@ impl DynamoStore {
         &self,
         c: &Conclusion,
         summed: &SummedUsage,
-        staged: &[(Cid, Summary)],
         attempt: &mut Attempt,
     ) -> Result<Option<ConcludeOutcome>, StoreError> {
         let old = match self.check_record(c)? {
@@ -119,7 +121,15 @@ impl DynamoStore {
         // The version first: a conclusion of the node that flips after this
         // read changes it, and the flip below is refused.
         let version = self.node_version(c.node.as_str())?;
-        let mine = self.own_keys(c, staged, &attempt.id)?;
+        // Read once the record says the batch is pending (a batch concluded
+        // already answers so, its staged chunks gone or not).
+        let mine = match attempt.mine.take() {
+            Some(mine) => mine,
+            None => {
+                let staged = self.staged_parts(c)?;
+                self.own_keys(c, &staged, &attempt.id)?
+            }
+        };
         let counted = mine.len() as u64;
         let mut conflicts = Vec::new();
         for (hour, keys) in &mine.by_hour {
@@ -132,6 +142,7 @@ impl DynamoStore {
                     .filter(|key| earlier.get(*key).is_some_and(|by| *by != c.batch)),
             );
         }
+        attempt.mine = Some(mine);
         if !conflicts.is_empty() {
             return Err(StoreError::Conflict {
                 retrievals: conflicts,

@@ -21,12 +21,11 @@ impl Conclusions for DynamoStore {
     /// while cancelled.
     fn conclude(&self, c: &Conclusion) -> Result<ConcludeOutcome, StoreError> {
         let summed = check_conclusion(c)?;
-        let staged = self.staged_parts(c)?;
         // Listed first: a space the conclusion counts is always listed (one
         // whose conclusion then loses is listed with the egress it has).
         self.list_billed(&summed)?;
         let mut attempt = Attempt::new(c);
-        let outcome = self.retry(|| self.conclude_once(c, &summed, &staged, &mut attempt))?;
+        let outcome = self.retry(|| self.conclude_once(c, &summed, &mut attempt))?;
         // Staged summaries served their purpose (their pages stay: they
         // are the claims).
         self.drop_staged(&c.batch);
@@ -201,7 +200,7 @@ impl DynamoStore {
 
     /// The staged parts of `c`: each chunk of its staged tally with its
     /// summary; one not staged for its receipt is [`StoreError::Invalid`].
-    fn staged_parts(&self, c: &Conclusion) -> Result<Vec<(Cid, Summary)>, StoreError> {
+    pub(super) fn staged_parts(&self, c: &Conclusion) -> Result<Vec<(Cid, Summary)>, StoreError> {
         if c.staged_tally.is_empty() {
             return Ok(Vec::new());
         }
