@@ -124,6 +124,17 @@ impl From<StoreError> for PageError {
     }
 }
 
+impl PageError {
+    /// What the JSON API answers where a page would fail so: a bad request
+    /// says `bad_request`, the store's failure stays one.
+    pub(super) fn for_api(self, bad_request: &'static str) -> ApiError {
+        match self {
+            PageError::BadRequest(..) => ApiError::BadRequest(bad_request),
+            PageError::Unavailable | PageError::NotFound => ApiError::Unavailable,
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, title, sentence) = match self {

@@ -98,10 +98,7 @@ pub(super) async fn api_list(
 ) -> Result<Response, ApiError> {
     let rows = rows(&tracker, query.before.as_deref())
         .await
-        .map_err(|e| match e {
-            PageError::BadRequest(..) => ApiError::BadRequest("not a cursor of failed batches"),
-            _ => ApiError::Unavailable,
-        })?;
+        .map_err(|e| e.for_api("not a cursor of failed batches"))?;
     let failed: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

@@ -149,10 +149,7 @@ pub(super) async fn api_list(
 ) -> Result<Response, ApiError> {
     let rows = rows(&tracker, query.after.as_deref())
         .await
-        .map_err(|e| match e {
-            PageError::BadRequest(..) => ApiError::BadRequest("not a cursor of pending batches"),
-            _ => ApiError::Unavailable,
-        })?;
+        .map_err(|e| e.for_api("not a cursor of pending batches"))?;
     let pending: Vec<serde_json::Value> = rows.iter().map(super::pending_json).collect();
     Ok(api_json(serde_json::json!({
         "pending": pending,

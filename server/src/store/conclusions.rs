@@ -61,6 +61,19 @@ pub struct Staging {
     pub claims_end: u64,
 }
 
+impl From<&Conclusion> for Staging {
+    /// The staging of `c`'s staged tally.
+    fn from(c: &Conclusion) -> Self {
+        Staging {
+            batch: c.batch,
+            receipt: c.receipt,
+            tally: c.staged_tally.clone(),
+            node: c.node.clone(),
+            claims_end: c.claims_end,
+        }
+    }
+}
+
 impl Staging {
     /// The name of the conclusion the chunks are staged for: chunks staged
     /// for another receipt or tally of the batch (an earlier settling) are

@@ -258,14 +258,9 @@ pub fn in_key_order(e: StoreError) -> StoreError {
 }
 /// The staging of batch `n`'s [`conclusion`] with the staged tally `tally`.
 pub fn staging(n: u64, tally: &[Cid]) -> Staging {
-    let c = conclusion(n, Vec::new(), &[]);
-    Staging {
-        batch: c.batch,
-        receipt: c.receipt,
-        tally: tally.to_vec(),
-        node: c.node,
-        claims_end: c.claims_end,
-    }
+    let mut c = conclusion(n, Vec::new(), &[]);
+    c.staged_tally = tally.to_vec();
+    Staging::from(&c)
 }
 /// Retrieval `n` as a conclusion counts it: expiring in one of four hours.
 pub fn counted(n: u64) -> CountedRetrieval {

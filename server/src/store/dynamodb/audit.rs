@@ -113,8 +113,7 @@ impl DynamoStore {
             if !counts {
                 continue;
             }
-            for digest in digests.chunks_exact(16) {
-                let digest: [u8; 16] = digest.try_into().unwrap_or_default();
+            for digest in super::claims::page_keys(digests) {
                 if !counted_once.insert((node_hour.clone(), digest)) {
                     auditor.problem(format!(
                         "a retrieval of {node_hour} is counted twice (batch {batch})"

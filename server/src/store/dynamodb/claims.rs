@@ -7,16 +7,16 @@
 //! record that it was counted lives in `claims#<node>#<hour it expires>`:
 //! a repeat in any later batch lands in the same partition.
 //!
-//! - **Pages are immutable.** An attempt (named by its consolidate
-//!   receipt) writes its retrievals of an hour as pages of 16-byte keys
-//!   ([`RetrievalKey`]), plain `PutItem`s before its flip: one write unit
-//!   per KB, about 0.016 per retrieval. A tally staged in chunks writes
-//!   them as each chunk arrives (`sk = <batch>#<receipt>#c<chunk>#<n>`),
-//!   keeping no chunk; one in one piece at its conclusion
-//!   (`<batch>#<receipt>#l<n>`). A page counts exactly when its batch is
-//!   done with its receipt as attempt (the rule of usage rows), so the
-//!   pages of an attempt that lost, was refused or stopped never count and
-//!   need no undoing.
+//! - **Pages are immutable.** An attempt writes its retrievals of an hour
+//!   as pages of 16-byte keys ([`RetrievalKey`]), plain `PutItem`s before
+//!   its flip: one write unit per KB, about 0.016 per retrieval. A tally
+//!   staged in chunks writes them as each chunk arrives, under the attempt
+//!   its receipt and chunks name (`sk = <batch>#<attempt>#c<chunk>#<n>`),
+//!   keeping no chunk; one in one piece at its conclusion, under a random
+//!   attempt (`<batch>#<attempt>#l#<n>`). A page counts exactly when its
+//!   batch is done with its attempt (the rule of usage rows), so the pages
+//!   of an attempt that lost, was refused or stopped never count and need
+//!   no undoing.
 //! - **A node's conclusions are ordered** by a version (`cv`) on the node's
 //!   total: an attempt reads it before it reads the pages it checks
 //!   against, and its flip requires it unchanged (and bumps it). Of two
@@ -48,6 +48,25 @@ pub(super) const PAGE_DIGESTS: usize = 16_384;
 const CACHE_DIGESTS: usize = 2_000_000;
 
 type Digest = RetrievalKey;
+
+/// The keys of `retrievals`, by the hour each is filed under.
+fn keys_by_hour(retrievals: &[CountedRetrieval]) -> BTreeMap<u64, Vec<Digest>> {
+    let mut by_hour: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
+    for r in retrievals {
+        by_hour
+            .entry(hour_of(r))
+            .or_default()
+            .push(retrieval_key(&r.retrieval));
+    }
+    by_hour
+}
+
+/// The keys of a page's bytes ([`page_digests`]: whole 16-byte keys).
+pub(super) fn page_keys(digests: &[u8]) -> impl Iterator<Item = Digest> + '_ {
+    digests
+        .chunks_exact(16)
+        .map(|key| Digest::try_from(key).unwrap_or_default())
+}
 
 /// The hour (since the epoch) a retrieval's claim is filed under.
 pub(super) fn hour_of(retrieval: &CountedRetrieval) -> u64 {
@@ -144,8 +163,8 @@ impl DynamoStore {
             if winners.get(&page.batch) != Some(&page.attempt) {
                 continue;
             }
-            for d in page.digests.chunks_exact(16) {
-                counted.insert(Digest::try_from(d).unwrap_or_default(), page.batch);
+            for key in page_keys(&page.digests) {
+                counted.insert(key, page.batch);
             }
         }
         let counted = Arc::new(counted);
@@ -191,13 +210,7 @@ impl DynamoStore {
         retrievals: &[CountedRetrieval],
         ttl: u64,
     ) -> Result<Vec<u64>, StoreError> {
-        let mut by_hour: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
-        for r in retrievals {
-            by_hour
-                .entry(hour_of(r))
-                .or_default()
-                .push(retrieval_key(&r.retrieval));
-        }
+        let by_hour = keys_by_hour(retrievals);
         for (hour, digests) in &by_hour {
             for (n, page) in digests.chunks(PAGE_DIGESTS).enumerate() {
                 let mut put = self
@@ -291,13 +304,7 @@ impl DynamoStore {
         staged: &[(Cid, super::conclusions::Summary)],
         attempt: &str,
     ) -> Result<OwnKeys, StoreError> {
-        let mut by_hour: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
-        for r in &c.counted_receipts {
-            by_hour
-                .entry(hour_of(r))
-                .or_default()
-                .push(retrieval_key(&r.retrieval));
-        }
+        let mut by_hour = keys_by_hour(&c.counted_receipts);
         if !staged.is_empty() {
             let mut wanted: HashMap<String, (u64, u64)> = staged
                 .iter()
@@ -318,11 +325,10 @@ impl DynamoStore {
                         continue;
                     };
                     *found += (page.digests.len() / 16) as u64;
-                    by_hour.entry(hour).or_default().extend(
-                        page.digests
-                            .chunks_exact(16)
-                            .map(|d| Digest::try_from(d).unwrap_or_default()),
-                    );
+                    by_hour
+                        .entry(hour)
+                        .or_default()
+                        .extend(page_keys(&page.digests));
                 }
             }
             if let Some((part, (expected, found))) = wanted.iter().find(|(_, (e, f))| e != f) {

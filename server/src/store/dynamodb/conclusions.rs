@@ -204,23 +204,18 @@ impl DynamoStore {
         if c.staged_tally.is_empty() {
             return Ok(Vec::new());
         }
-        let staging = Staging {
-            batch: c.batch,
-            receipt: c.receipt,
-            tally: c.staged_tally.clone(),
-            node: c.node.clone(),
-            claims_end: c.claims_end,
-        };
-        let mut parts = Vec::new();
-        for page in c.staged_tally.chunks(100) {
-            for (cid, summary) in page.iter().zip(self.summaries(&staging, page)?) {
+        // `get_many` reads them in requests of as many as DynamoDB takes.
+        let summaries = self.summaries(&Staging::from(c), &c.staged_tally)?;
+        c.staged_tally
+            .iter()
+            .zip(summaries)
+            .map(|(cid, summary)| {
                 let summary = summary.ok_or_else(|| {
                     StoreError::Invalid(format!("tally chunk {cid} is not staged"))
                 })?;
-                parts.push((*cid, summary));
-            }
-        }
-        Ok(parts)
+                Ok((*cid, summary))
+            })
+            .collect()
     }
 
     /// Deletes the staged summaries of `batch`, as far as it goes: one left

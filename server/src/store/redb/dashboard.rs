@@ -125,27 +125,13 @@ impl DashboardReads for RedbStore {
         // Keys are (node, received_at, batch bytes): the cursor's own key
         // ends the range, exclusive, so the same second's other batches
         // follow it.
-        let cursor = before.map(|c| (c.received_at, c.batch.to_bytes()));
-        let (end_at, end_batch) = match &cursor {
-            Some((at, batch)) => (*at, batch.as_slice()),
-            None => (u64::MAX, empty),
-        };
-        let mut batches = Vec::new();
-        for entry in index
-            .range((node, 0, empty)..(node, end_at, end_batch))
+        let (end_at, end_batch) = range_end(before);
+        let entries = index
+            .range((node, 0, empty)..(node, end_at, end_batch.as_slice()))
             .or_backend()?
             .rev()
-        {
-            if batches.len() == limit {
-                break;
-            }
-            let (key, _) = entry.or_backend()?;
-            let batch = decode_cid(key.value().2)?;
-            batches.push(load(&records, &batch)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("node index names missing record {batch}"))
-            })?);
-        }
-        Ok(batches)
+            .map(|entry| decode_cid(entry.or_backend()?.0.value().2));
+        records_named(&records, entries, limit, "node index")
     }
 
     fn failed_batches(
@@ -157,27 +143,14 @@ impl DashboardReads for RedbStore {
         let index = tx.open_table(FAILED).or_backend()?;
         let records = tx.open_table(RECORDS).or_backend()?;
         let empty: &[u8] = &[];
-        let cursor = before.map(|c| (c.received_at, c.batch.to_bytes()));
-        let (end_at, end_batch) = match &cursor {
-            Some((at, batch)) => (*at, batch.as_slice()),
-            None => (u64::MAX, empty),
-        };
-        let mut batches = Vec::new();
-        for entry in index
-            .range((0, empty)..(end_at, end_batch))
+        // Keys are (concluded_at, batch bytes), ended by the cursor's own.
+        let (end_at, end_batch) = range_end(before);
+        let entries = index
+            .range((0, empty)..(end_at, end_batch.as_slice()))
             .or_backend()?
             .rev()
-        {
-            if batches.len() == limit {
-                break;
-            }
-            let (key, _) = entry.or_backend()?;
-            let batch = decode_cid(key.value().1)?;
-            batches.push(load(&records, &batch)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("failed index names missing record {batch}"))
-            })?);
-        }
-        Ok(batches)
+            .map(|entry| decode_cid(entry.or_backend()?.0.value().1));
+        records_named(&records, entries, limit, "failed index")
     }
 
     fn rejections(&self) -> Result<Rejections, StoreError> {
@@ -254,6 +227,33 @@ fn did_page<'a>(prefix: &'a str, after: Option<&'a str>) -> (Bound<&'a str>, Bou
 
 /// A page of a table keyed by DID (see [`did_page`]): at most `limit`
 /// entries whose key starts with `prefix`, each made a row by `row`.
+/// Where a newest-first walk of a `(time, batch bytes)` index ends,
+/// exclusive: at the cursor's own key, or past the last.
+fn range_end(before: Option<&BatchCursor>) -> (u64, Vec<u8>) {
+    match before {
+        Some(c) => (c.received_at, c.batch.to_bytes()),
+        None => (u64::MAX, Vec::new()),
+    }
+}
+
+/// The records of the first `limit` of `batches` (as an index lists them,
+/// named `index` when one is missing).
+fn records_named(
+    records: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    batches: impl Iterator<Item = Result<cid::Cid, StoreError>>,
+    limit: usize,
+    index: &str,
+) -> Result<Vec<EgressRecord>, StoreError> {
+    batches
+        .take(limit)
+        .map(|batch| {
+            let batch = batch?;
+            load(records, &batch)?
+                .ok_or_else(|| StoreError::Corrupt(format!("{index} names missing record {batch}")))
+        })
+        .collect()
+}
+
 fn did_listing<V: ::redb::Value + 'static, T>(
     table: &impl ReadableTable<&'static str, V>,
     prefix: &str,
